@@ -1,0 +1,67 @@
+"""Settings from the environment (prefix ``HUB_``), overridable from the CLI."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IceServer(BaseSettings):
+    """One STUN or TURN server handed to aiortc and to browsers."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address the HTTP server listens on."""
+    port: int = 8080
+    data_dir: Path = Path("data")
+    """Recordings, library, the SQLite file and the generated secret live here."""
+    secret: str | None = None
+    """Signs join tokens. When unset, one is generated once into ``data_dir/secret``."""
+    redis_url: str | None = None
+    """Set to share state between nodes; unset means the in-memory Store/Bus."""
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means a SQLite file in ``data_dir``."""
+    node_id: str | None = None
+    """This process's name in a cluster; generated when unset."""
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    """STUN/TURN servers (JSON). Empty by default: nothing outside the intranet is needed."""
+    ice_gather_addresses: list[str] = Field(default_factory=list)
+    """Local addresses the hub gathers ICE candidates on; empty means every interface."""
+    ice_announce_address: str | None = None
+    """Address put first in the hub's candidates, for a hub behind NAT (LiveKit's node IP)."""
+    room_empty_timeout: float = 30.0
+    """Seconds an empty room stays open before it closes."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """Serve HTTPS directly: browsers give the camera only to secure origins."""
+
+    def resolved_secret(self) -> str:
+        """The token secret: configured, or generated once and kept in the data dir."""
+        if self.secret:
+            if len(self.secret) < 16:
+                raise ValueError("HUB_SECRET must be at least 16 characters")
+            return self.secret
+        path = self.data_dir / "secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'hub.sqlite3').resolve()}"

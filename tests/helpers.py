@@ -1,0 +1,25 @@
+"""Test helpers shared by the suites."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def wait_until(
+    check: Callable[[], str | None | Awaitable[str | None]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> None:
+    """Wait until ``check`` returns None; it returns why it is not done yet otherwise,
+    so a timeout says what was missing."""
+    deadline = time.monotonic() + timeout
+    reason: str | None = "never checked"
+    while time.monotonic() < deadline:
+        result = check()
+        reason = await result if asyncio.iscoroutine(result) else result  # type: ignore[assignment]
+        if reason is None:
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s: {reason}")
