@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Set to share state between nodes; unset means the in-memory Store/Bus."""
     database_url: str | None = None
-    """SQLAlchemy URL; unset means a SQLite file in ``data_dir``."""
+    """Async SQLAlchemy URL (``postgresql+psycopg://…``); unset means SQLite in ``data_dir``."""
     node_id: str | None = None
     """This process's name in a cluster; generated when unset."""
     ice_servers: list[IceServer] = Field(default_factory=list)
@@ -64,4 +64,4 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.data_dir / 'hub.sqlite3').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.sqlite3').resolve()}"
