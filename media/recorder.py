@@ -179,14 +179,14 @@ class Recorder:
     def on_stage_change(self, stage: list[str], at: float) -> None:
         self._submit(_Stage(StageEntry(at=at, stage=list(stage))))
 
-    async def close(self) -> Manifest:
-        """Finish every file (Matroska cues and duration) and the manifest."""
+    async def close(self) -> None:
+        """Finish every file (Matroska cues and duration) and the manifest; the final
+        manifest stays readable as :attr:`manifest`."""
         if not self._closed:
             self._closed = True
             self._tracks.clear()
             self._submit(_Close(time.time()))
             await asyncio.to_thread(self._worker.join)
-        return self.manifest
 
     def _submit(self, command: _Command) -> None:
         self._worker.submit(command, droppable=False)

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def decoded(path: Path, kind: str) -> tuple[int, float, float]:
     """(frames decoded, first pts in s, span first→last frame in s) of one stream."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
-        times = [float(frame.time) for frame in container.decode(stream)]
+        streams = container.streams.video if kind == "video" else container.streams.audio
+        frames: Iterator[Any] = container.decode(streams[0])
+        times = [frame.time or 0.0 for frame in frames]
     return len(times), times[0], times[-1] - times[0]
 
 
