@@ -1,0 +1,162 @@
+"""The in-memory Store and Bus: one process, the default.
+
+Values are kept as JSON text, so they behave as in Redis: a non-JSON-able value
+fails at once, and every read returns a fresh copy. Nothing here awaits, so every
+method is atomic on the event loop. Expiry is read against an injectable clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from hub.ids import NodeID, ParticipantIdentity, RoomName
+from hub.store import Fanout, Subscription, check_ttl
+
+K = TypeVar("K", bound=str)
+V = TypeVar("V")
+
+
+class _Expiring(Generic[K, V]):
+    """Entries with deadlines; an expired entry reads as absent and is dropped."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    def set(self, key: K, value: V, ttl: float | None) -> None:
+        deadline = math.inf if ttl is None else self._clock() + check_ttl(ttl)
+        self._entries[key] = (deadline, value)
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def pop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def live(self) -> dict[K, V]:
+        now = self._clock()
+        self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now}
+        return {k: value for k, (_, value) in self._entries.items()}
+
+
+class MemoryStore:
+    """A Store for one process. ``clock`` (seconds) lets tests move time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rooms: dict[RoomName, NodeID] = {}
+        self._nodes: _Expiring[NodeID, str] = _Expiring(clock)
+        self._presence: dict[RoomName, _Expiring[ParticipantIdentity, str]] = {}
+        self._leases: _Expiring[str, str] = _Expiring(clock)
+        self._documents: _Expiring[str, str] = _Expiring(clock)
+
+    async def claim_room(self, room: RoomName, node: NodeID) -> NodeID:
+        owner = self._live_owner(room)
+        if owner is not None:
+            return owner
+        self._rooms[room] = node
+        return node
+
+    async def room_node(self, room: RoomName) -> NodeID | None:
+        return self._live_owner(room)
+
+    async def release_room(self, room: RoomName, node: NodeID) -> None:
+        if self._rooms.get(room) == node:
+            del self._rooms[room]
+
+    async def rooms(self) -> dict[RoomName, NodeID]:
+        live = self._nodes.live()
+        self._rooms = {room: node for room, node in self._rooms.items() if node in live}
+        return dict(self._rooms)
+
+    def _live_owner(self, room: RoomName) -> NodeID | None:
+        node = self._rooms.get(room)
+        if node is None or self._nodes.get(node) is None:
+            return None
+        return node
+
+    async def heartbeat(self, node: NodeID, info: dict[str, Any], ttl: float) -> None:
+        self._nodes.set(node, json.dumps(info), ttl)
+
+    async def nodes(self) -> dict[NodeID, dict[str, Any]]:
+        return {node: json.loads(info) for node, info in self._nodes.live().items()}
+
+    async def set_presence(
+        self, room: RoomName, identity: ParticipantIdentity, info: dict[str, Any], ttl: float
+    ) -> None:
+        entries = self._presence.setdefault(room, _Expiring(self._clock))
+        entries.set(identity, json.dumps(info), ttl)
+
+    async def remove_presence(self, room: RoomName, identity: ParticipantIdentity) -> None:
+        entries = self._presence.get(room)
+        if entries is not None:
+            entries.pop(identity)
+
+    async def presence(self, room: RoomName) -> dict[ParticipantIdentity, dict[str, Any]]:
+        entries = self._presence.get(room)
+        live = {} if entries is None else entries.live()
+        if not live:
+            self._presence.pop(room, None)
+        return {identity: json.loads(info) for identity, info in live.items()}
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        if self._leases.get(name) not in (None, holder):
+            return False
+        self._leases.set(name, holder, ttl)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        if self._leases.get(name) == holder:
+            self._leases.pop(name)
+
+    async def lease_holder(self, name: str) -> str | None:
+        return self._leases.get(name)
+
+    async def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> None:
+        self._documents.set(key, json.dumps(value), ttl)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        text = self._documents.get(key)
+        if text is None:
+            return None
+        value: dict[str, Any] = json.loads(text)
+        return value
+
+    async def delete(self, key: str) -> None:
+        self._documents.pop(key)
+
+    async def close(self) -> None:
+        """Nothing to release: the state goes with the object."""
+
+
+class MemoryBus:
+    """A Bus for one process: publish hands each subscriber its own copy at once."""
+
+    def __init__(self) -> None:
+        self._fanout = Fanout()
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        self._fanout.ensure_open()
+        self._fanout.deliver(channel, json.dumps(message))
+
+    def subscribe(self, channel: str) -> Subscription:
+        return Subscription(channel, self._attach, self._detach)
+
+    async def _attach(self, subscription: Subscription) -> None:
+        self._fanout.add(subscription)
+
+    async def _detach(self, subscription: Subscription) -> None:
+        self._fanout.remove(subscription)
+
+    async def close(self) -> None:
+        self._fanout.close()
