@@ -1,0 +1,521 @@
+"""Offline library processing with ffmpeg: a Recording directory or an uploaded file
+becomes HLS VOD + a faststart MP4 + a JPEG poster in ``<library_dir>/<item_id>/``.
+
+H.264 video is remuxed (``-c:v copy``): a one-hour lecture is ready in seconds. Only
+VP8 (or, for uploads, any non-H.264) video is transcoded. Audio always becomes AAC.
+
+The program of a recording is its lecturer: see :func:`choose_lecturer` for the rule.
+The optional ``composite`` layout transcodes once, with ffmpeg's filter graph, into the
+lecturer large and the screen share or a station on stage beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import shutil
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+import ffmpeg
+import imageio_ffmpeg
+
+from media.frames import Codec, Kind, Source
+
+Layout = Literal["lecturer", "composite"]
+JobKind = Literal["recording", "upload"]
+Progress = Callable[[float], Awaitable[None]]
+"""Receives the percentage done, 0 to 100."""
+
+HLS_PLAYLIST = "index.m3u8"
+MP4_FILE = "video.mp4"
+POSTER_FILE = "poster.jpg"
+MANIFEST = "recording.json"
+
+CANVAS = (1280, 720)
+"""Composite frame size."""
+SIDE_BY_SIDE_MAIN = (854, 480)
+SIDE_BY_SIDE_SIDE = (426, 240)
+"""While something is beside the lecturer: the lecturer at 2/3 width, the other at 1/3."""
+
+
+class ProcessingError(Exception):
+    """Processing failed; the message says why (for ffmpeg: the end of its log)."""
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+# --- probing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    duration: float
+    """Seconds; 0 when the container does not say."""
+    video_codec: str | None
+    """FFmpeg's codec name (``h264``, ``vp8``…) of the first video stream."""
+    width: int
+    height: int
+    audio_codec: str | None
+
+
+def probe(path: Path) -> MediaInfo:
+    """What a media file holds, read with PyAV (there is no ffprobe here).
+
+    Raises ProcessingError for a file that is not media at all. Blocking: call it in a thread.
+    """
+    try:
+        with av.open(str(path)) as container:
+            video = next(iter(container.streams.video), None)
+            audio = next(iter(container.streams.audio), None)
+            duration = container.duration / 1_000_000 if container.duration else 0.0
+            return MediaInfo(
+                duration=duration,
+                video_codec=video.codec_context.name if video else None,
+                width=video.codec_context.width if video else 0,
+                height=video.codec_context.height if video else 0,
+                audio_codec=audio.codec_context.name if audio else None,
+            )
+    except av.error.FFmpegError as e:
+        raise ProcessingError(f"not a media file: {e}") from e
+
+
+# --- the recording manifest ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    track_id: str
+    kind: Kind
+    codec: Codec
+    source: Source
+    participant: str
+    label: str
+    file: Path
+    """Absolute path of the track's media file."""
+    start: float
+    end: float
+    """``time.time()`` of the first and last frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    at: float
+    stage: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    directory: Path
+    started_at: float
+    ended_at: float
+    status: str
+    error: str | None
+    tracks: list[Track]
+    stage: list[StageChange]
+
+
+def load_recording(directory: Path) -> Recording:
+    """Read ``recording.json``; ProcessingError when it is missing or malformed."""
+    try:
+        raw: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+        tracks = [
+            Track(
+                track_id=str(t["track_id"]),
+                kind=t["kind"],
+                codec=t["codec"],
+                source=t["source"],
+                participant=str(t["participant"]),
+                label=str(t.get("label", t["participant"])),
+                file=_inside(directory, str(t["file"])),
+                start=float(t["start"]),
+                end=float(t["end"]),
+            )
+            for t in raw["tracks"]
+        ]
+        stage = sorted(
+            (
+                StageChange(at=float(s["at"]), stage=[str(p) for p in s["stage"]])
+                for s in raw["stage"]
+            ),
+            key=lambda s: s.at,
+        )
+        return Recording(
+            directory=directory,
+            started_at=float(raw["started_at"]),
+            ended_at=float(raw["ended_at"]),
+            status=str(raw["status"]),
+            error=raw.get("error"),
+            tracks=tracks,
+            stage=stage,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ProcessingError(f"bad recording manifest in {directory}: {e!r}") from e
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """A manifest's file name resolved, refused when it points outside the recording."""
+    path = (directory / name).resolve()
+    if not path.is_relative_to(directory.resolve()):
+        raise ValueError(f"track file outside the recording: {name!r}")
+    return path
+
+
+def stage_intervals(recording: Recording) -> dict[str, list[tuple[float, float]]]:
+    """For each identity, the ``time.time()`` intervals it spent on stage.
+
+    Each stage entry holds until the next one; the last until the recording ended.
+    """
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    if not recording.stage:
+        return intervals
+    ends = [s.at for s in recording.stage[1:]] + [recording.ended_at]
+    for change, end in zip(recording.stage, ends, strict=True):
+        for identity in change.stage:
+            if end > change.at:
+                intervals.setdefault(identity, []).append((change.at, end))
+    return intervals
+
+
+def choose_lecturer(recording: Recording) -> str:
+    """The participant whose program the library item shows.
+
+    Rule: among participants with a camera or screen track, the one on stage the longest in
+    total; a tie goes to whoever was on stage first. With nobody on stage (no stage
+    timeline), the participant whose camera track (else screen track) started first.
+    """
+    with_video = {t.participant for t in recording.tracks if t.kind == "video"}
+    if not with_video:
+        raise ProcessingError("the recording has no video track")
+    on_stage = {p: iv for p, iv in stage_intervals(recording).items() if p in with_video}
+    if on_stage:
+        return max(on_stage, key=lambda p: (sum(b - a for a, b in on_stage[p]), -on_stage[p][0][0]))
+    videos = sorted(
+        (t for t in recording.tracks if t.kind == "video"),
+        key=lambda t: (t.source != "camera", t.start),
+    )
+    return videos[0].participant
+
+
+def _longest(tracks: Sequence[Track]) -> Track | None:
+    return max(tracks, key=lambda t: t.end - t.start, default=None)
+
+
+def program_tracks(recording: Recording, lecturer: str) -> tuple[Track, Track | None]:
+    """The lecturer's camera (else screen) video and microphone (None when silent)."""
+    mine = [t for t in recording.tracks if t.participant == lecturer]
+    video = _longest([t for t in mine if t.source == "camera" and t.kind == "video"]) or _longest(
+        [t for t in mine if t.kind == "video"]
+    )
+    if video is None:
+        raise ProcessingError(f"{lecturer} has no video track")
+    return video, _longest([t for t in mine if t.kind == "audio"])
+
+
+@dataclass(frozen=True, slots=True)
+class Beside:
+    """One interval of the composite: ``track`` is shown beside the lecturer."""
+
+    start: float
+    end: float
+    """Seconds from the start of the lecturer's video."""
+    track: Track
+
+
+def beside_timeline(recording: Recording, lecturer: Track, duration: float) -> list[Beside]:
+    """What is shown beside the lecturer, following the stage timeline.
+
+    A screen share wins; otherwise the first other participant on stage with a camera
+    track running. Times are clipped to the program ``[0, duration]``.
+    """
+    t0 = lecturer.start
+    videos = [t for t in recording.tracks if t.kind == "video" and t != lecturer]
+    stage = stage_intervals(recording)
+    points = sorted(
+        {t0, t0 + duration}
+        | {s.at for s in recording.stage}
+        | {x for t in videos for x in (t.start, t.end)}
+    )
+    timeline: list[Beside] = []
+    for a, b in itertools.pairwise(points):
+        if a < t0 or b > t0 + duration or b <= a:
+            continue
+        mid = (a + b) / 2
+        running = [t for t in videos if t.start <= mid < t.end]
+        screens = [t for t in running if t.source == "screen"]
+        stations = [
+            t
+            for t in running
+            if t.source == "camera"
+            and t.participant != lecturer.participant
+            and any(x <= mid < y for x, y in stage.get(t.participant, []))
+        ]
+        if not screens and not stations:
+            continue
+        chosen = (screens or stations)[0]
+        if timeline and timeline[-1].track == chosen and timeline[-1].end == a - t0:
+            timeline[-1] = Beside(timeline[-1].start, b - t0, chosen)
+        else:
+            timeline.append(Beside(a - t0, b - t0, chosen))
+    return timeline
+
+
+# --- running ffmpeg ------------------------------------------------------------------
+
+
+async def run_ffmpeg(stream: Any, *, duration: float, progress: Progress) -> None:
+    """Run an ffmpeg-python graph, reporting progress from ``-progress pipe:1``.
+
+    The process is killed if this coroutine is cancelled. Raises ProcessingError with the
+    tail of ffmpeg's log when it fails.
+    """
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats"]
+    args += ["-progress", "pipe:1", *ffmpeg.get_args(stream, overwrite_output=True)]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    log: deque[str] = deque(maxlen=20)
+
+    async def read_log(stderr: asyncio.StreamReader) -> None:
+        async for line in stderr:
+            log.append(line.decode(errors="replace").rstrip())
+
+    log_task = asyncio.create_task(read_log(proc.stderr))
+    try:
+        async for raw in proc.stdout:
+            key, _, value = raw.decode(errors="replace").strip().partition("=")
+            if key == "out_time_us" and value.isdigit() and duration > 0:
+                await progress(min(100.0, int(value) / 1e6 / duration * 100))
+            elif key == "progress" and value == "end":
+                await progress(100.0)
+        returncode = await proc.wait()
+        await log_task
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log_task.cancel()
+        with suppress(asyncio.CancelledError):
+            await log_task
+    if returncode != 0:
+        raise ProcessingError(f"ffmpeg exited with {returncode}: " + "\n".join(log))
+
+
+def _part(progress: Progress, lo: float, hi: float) -> Progress:
+    """Map one step's 0–100 onto ``lo``–``hi`` of the whole job."""
+
+    async def report(percent: float) -> None:
+        await progress(lo + (hi - lo) * percent / 100)
+
+    return report
+
+
+def _fit(stream: Any, size: tuple[int, int]) -> Any:
+    """Scale into ``size`` keeping the aspect ratio, black bars around."""
+    w, h = size
+    return stream.filter("scale", w, h, force_original_aspect_ratio="decrease").filter(
+        "pad", w, h, "(ow-iw)/2", "(oh-ih)/2"
+    )
+
+
+def _aligned_audio(track: Track, t0: float) -> Any:
+    """A track's audio moved onto the program's clock, which starts at ``t0``."""
+    audio = ffmpeg.input(str(track.file))["a:0"].filter("asetpts", "PTS-STARTPTS")
+    offset = track.start - t0
+    if offset > 0:
+        return audio.filter("adelay", delays=str(round(offset * 1000)), all=1)
+    if offset < 0:
+        return audio.filter("atrim", start=-offset).filter("asetpts", "PTS-STARTPTS")
+    return audio
+
+
+def _between(intervals: Sequence[Beside]) -> str:
+    return "+".join(f"between(t,{b.start:.3f},{b.end:.3f})" for b in intervals) or "0"
+
+
+X264 = {"vcodec": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p"}
+"""Transcoding settings; a keyframe every 2 s so HLS segments cut evenly."""
+X264_KEYFRAMES = {"force_key_frames": "expr:gte(t,n_forced*2)"}
+AAC = {"acodec": "aac", "audio_bitrate": "128k"}
+
+
+# --- the processor -----------------------------------------------------------------
+
+
+class Processor:
+    """Turns a recording directory or an uploaded file into a library item's files."""
+
+    def __init__(self, library_dir: Path, *, hls_time: float = 6.0) -> None:
+        self.library_dir = library_dir
+        self.hls_time = hls_time
+
+    async def process(
+        self, item_id: str, kind: JobKind, source: Path, layout: Layout, progress: Progress
+    ) -> float:
+        """Make ``<library_dir>/<item_id>/``; returns the program's duration in seconds.
+
+        Work happens in ``<item_id>.partial`` and replaces the item's folder only when
+        complete, so a half-made item is never served and a retry starts clean.
+        """
+        work = self.library_dir / f"{item_id}.partial"
+        await asyncio.to_thread(_fresh_dir, work)
+        try:
+            mp4 = work / MP4_FILE
+            await progress(0.0)
+            if kind == "upload":
+                await self._upload_mp4(source, mp4, _part(progress, 0, 85))
+            else:
+                await self._recording_mp4(source, layout, mp4, _part(progress, 0, 85))
+            info = await asyncio.to_thread(probe, mp4)
+            await self._hls(mp4, work, info.duration, _part(progress, 85, 97))
+            await self._poster(mp4, work / POSTER_FILE, info.duration)
+            await asyncio.to_thread(_replace_dir, self.library_dir / item_id, work)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
+        await progress(100.0)
+        return info.duration
+
+    async def _upload_mp4(self, source: Path, mp4: Path, progress: Progress) -> None:
+        info = await asyncio.to_thread(probe, source)
+        if info.video_codec is None:
+            raise ProcessingError("the upload has no video stream")
+        inp = ffmpeg.input(str(source))
+        video = {"vcodec": "copy"} if info.video_codec == "h264" else {**X264, **X264_KEYFRAMES}
+        streams = [inp["v:0"] if info.video_codec == "h264" else _even(inp["v:0"])]
+        audio: dict[str, Any] = {}
+        if info.audio_codec is not None:
+            streams.append(inp["a:0"])
+            audio = {"acodec": "copy"} if info.audio_codec == "aac" else AAC
+        out = ffmpeg.output(*streams, str(mp4), movflags="+faststart", **video, **audio)
+        await run_ffmpeg(out, duration=info.duration, progress=progress)
+
+    async def _recording_mp4(
+        self, directory: Path, layout: Layout, mp4: Path, progress: Progress
+    ) -> None:
+        recording = await asyncio.to_thread(load_recording, directory)
+        lecturer = choose_lecturer(recording)
+        video, mic = program_tracks(recording, lecturer)
+        info = await asyncio.to_thread(probe, video.file)
+        duration = info.duration or (video.end - video.start)
+        if layout == "composite":
+            out = self._composite(recording, video, duration, mp4)
+        else:
+            streams = [ffmpeg.input(str(video.file))["v:0"]]
+            if video.codec == "H264":
+                codec: dict[str, Any] = {"vcodec": "copy"}
+            else:
+                codec = {**X264, **X264_KEYFRAMES}
+                streams = [_even(streams[0])]
+            if mic is not None:
+                streams.append(_aligned_audio(mic, video.start))
+                codec |= AAC
+            # Cut at the video's end: a microphone that ran on would freeze the last frame.
+            out = ffmpeg.output(
+                *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec
+            )
+        await run_ffmpeg(out, duration=duration, progress=progress)
+
+    def _composite(self, recording: Recording, lecturer: Track, duration: float, mp4: Path) -> Any:
+        """Lecturer large; while something is beside them, side by side (2/3 + 1/3)."""
+        timeline = beside_timeline(recording, lecturer, duration)
+        w, h = CANVAS
+        canvas = ffmpeg.input(f"color=c=black:s={w}x{h}:r=25:d={duration:.3f}", f="lavfi")
+        camera = ffmpeg.input(str(lecturer.file))["v:0"].filter("setpts", "PTS-STARTPTS")
+        if timeline:
+            split = camera.split()
+            full, small = split[0], split[1]
+            beside = _between(timeline)
+            out = canvas.overlay(_fit(full, CANVAS), enable=f"not({beside})", eof_action="pass")
+            main_h = SIDE_BY_SIDE_MAIN[1]
+            out = out.overlay(
+                _fit(small, SIDE_BY_SIDE_MAIN),
+                x=0,
+                y=(h - main_h) // 2,
+                enable=beside,
+                eof_action="pass",
+            )
+        else:
+            out = canvas.overlay(_fit(camera, CANVAS), eof_action="pass")
+        shown = list(dict.fromkeys(b.track for b in timeline))
+        for track in shown:
+            offset = track.start - lecturer.start
+            other = ffmpeg.input(str(track.file))["v:0"].filter(
+                "setpts", f"PTS-STARTPTS+{offset:.3f}/TB"
+            )
+            out = out.overlay(
+                _fit(other, SIDE_BY_SIDE_SIDE),
+                x=SIDE_BY_SIDE_MAIN[0],
+                y=(h - SIDE_BY_SIDE_SIDE[1]) // 2,
+                enable=_between([b for b in timeline if b.track == track]),
+                eof_action="pass",
+            )
+        speakers = {lecturer.participant} | {t.participant for t in shown}
+        mics = [t for t in recording.tracks if t.kind == "audio" and t.participant in speakers]
+        streams = [out]
+        codec: dict[str, Any] = {**X264, **X264_KEYFRAMES}
+        if mics:
+            audio = [_aligned_audio(m, lecturer.start) for m in mics]
+            mixed = (
+                audio[0]
+                if len(audio) == 1
+                else ffmpeg.filter(
+                    audio, "amix", inputs=len(audio), duration="longest", normalize=0
+                )
+            )
+            streams.append(mixed)
+            codec |= AAC
+        return ffmpeg.output(
+            *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec
+        )
+
+    async def _hls(self, mp4: Path, work: Path, duration: float, progress: Progress) -> None:
+        """HLS VOD cut from the finished MP4 without re-encoding."""
+        out = ffmpeg.input(str(mp4)).output(
+            str(work / HLS_PLAYLIST),
+            c="copy",
+            f="hls",
+            hls_time=self.hls_time,
+            hls_playlist_type="vod",
+            hls_segment_filename=str(work / "seg_%05d.ts"),
+        )
+        await run_ffmpeg(out, duration=duration, progress=progress)
+
+    async def _poster(self, mp4: Path, poster: Path, duration: float) -> None:
+        """A frame a little way in (the first one is often black), at most 640 wide."""
+
+        async def ignore(percent: float) -> None:
+            pass
+
+        seek = f"{min(duration * 0.1, 10.0):.3f}"
+        frame = ffmpeg.input(str(mp4), ss=seek)["v:0"].filter("scale", "min(640,iw)", -2)
+        out = frame.output(str(poster), vframes=1, **{"q:v": 3, "update": 1})
+        await run_ffmpeg(out, duration=0, progress=ignore)
+
+
+def _even(video: Any) -> Any:
+    """yuv420p needs even dimensions; odd-sized uploads lose one pixel."""
+    return video.filter("scale", "trunc(iw/2)*2", "trunc(ih/2)*2")
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _replace_dir(final: Path, work: Path) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    work.rename(final)

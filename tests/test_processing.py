@@ -1,0 +1,540 @@
+"""Library processing and its job runner, with the real ffmpeg on real files.
+
+The media helpers at the top also serve tests/test_library_http.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import struct
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import av
+import imageio_ffmpeg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from media.frames import Kind, Source
+from media.jobs import JobRunner, JobStatus
+from media.library import ItemStatus, Library, Theme, create_tables, jobs_table
+from media.processing import (
+    Beside,
+    ProcessingError,
+    Processor,
+    Recording,
+    StageChange,
+    Track,
+    beside_timeline,
+    choose_lecturer,
+    load_recording,
+    run_ffmpeg,
+    stage_intervals,
+)
+from tests.helpers import wait_until
+
+T0 = 1_700_000_000.0
+SECONDS = 4.0
+
+
+# --- making real media --------------------------------------------------------------
+
+
+def ffmpeg_make(*args: str) -> None:
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run([exe, "-nostdin", "-v", "error", "-y", *args], check=True, timeout=60)
+
+
+def make_video(path: Path, codec: str, seconds: float = SECONDS, pattern: str = "testsrc") -> Path:
+    """A video-only file: H.264 High (as OBS sends) or VP8 (as browsers send)."""
+    source = ["-f", "lavfi", "-i", f"{pattern}=size=320x240:rate=25", "-t", str(seconds)]
+    if codec == "H264":
+        encode = ["-c:v", "libx264", "-profile:v", "high", "-pix_fmt", "yuv420p", "-g", "25"]
+        encode += ["-preset", "veryfast"]
+    else:
+        encode = ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"]
+    ffmpeg_make(*source, *encode, str(path))
+    return path
+
+
+def make_audio_file(path: Path, seconds: float = SECONDS) -> Path:
+    """An Opus-only file, as the recorder writes a microphone."""
+    ffmpeg_make(
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        "-t", str(seconds), "-c:a", "libopus", str(path),
+    )  # fmt: skip
+    return path
+
+
+def make_recording(directory: Path, video_codec: str = "H264") -> Path:
+    """A Recording directory: the center lectures (camera + microphone from T0), station
+    st01 shares its screen from T0+1 and is on stage from T0+2."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ext = "mkv" if video_codec == "H264" else "webm"
+    make_video(directory / f"camera.{ext}", video_codec)
+    make_audio_file(directory / "mic.mkv", SECONDS - 0.2)
+    make_video(directory / "screen.webm", "VP8", SECONDS - 1, pattern="testsrc2")
+
+    def track(
+        tid: str, kind: str, codec: str, source: str, who: str, file: str, start: float
+    ) -> dict[str, Any]:
+        return {
+            "track_id": tid, "kind": kind, "codec": codec, "source": source,
+            "participant": who, "label": who.upper(), "file": file,
+            "start": T0 + start, "end": T0 + SECONDS,
+        }  # fmt: skip
+
+    manifest = {
+        "started_at": T0,
+        "ended_at": T0 + SECONDS,
+        "status": "stopped",
+        "error": None,
+        "tracks": [
+            track("v1", "video", video_codec, "camera", "center", f"camera.{ext}", 0),
+            track("a1", "audio", "opus", "microphone", "center", "mic.mkv", 0.2),
+            track("s1", "video", "VP8", "screen", "st01", "screen.webm", 1),
+        ],
+        "stage": [
+            {"at": T0, "stage": ["center"]},
+            {"at": T0 + 2, "stage": ["center", "st01"]},
+        ],
+    }
+    (directory / "recording.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def video_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    data = path.read_bytes()
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
+        boxes.append(kind.decode("latin-1"))
+        pos += size or len(data)
+    return boxes
+
+
+def ffmpeg_processes(marker: str) -> list[int]:
+    """Pids of running processes whose command line mentions ``marker``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid.isdigit() and marker.encode() in cmdline and b"ffmpeg" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.fixture(scope="session")
+def h264_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_recording(tmp_path_factory.mktemp("rec-h264"), "H264")
+
+
+@pytest.fixture(scope="session")
+def vp8_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_recording(tmp_path_factory.mktemp("rec-vp8"), "VP8")
+
+
+async def no_progress(percent: float) -> None:
+    pass
+
+
+async def process(
+    tmp_path: Path, source: Path, kind: str = "recording", layout: str = "lecturer"
+) -> tuple[Path, float]:
+    item_id = "0" * 32
+    duration = await Processor(tmp_path / "library").process(
+        item_id,
+        kind,  # type: ignore[arg-type]
+        source,
+        layout,  # type: ignore[arg-type]
+        no_progress,
+    )
+    return tmp_path / "library" / item_id, duration
+
+
+# --- choosing what to show: pure functions ------------------------------------------
+
+
+def rec(
+    tracks: list[tuple[str, Kind, Source, float, float]], stage: list[tuple[float, list[str]]]
+) -> Recording:
+    """A Recording from (participant, kind, source, start, end) rows, times from 0."""
+    return Recording(
+        directory=Path("/nowhere"),
+        started_at=0.0,
+        ended_at=100.0,
+        status="stopped",
+        error=None,
+        tracks=[
+            Track(
+                track_id=f"{who}-{source}",
+                kind=kind,
+                codec="VP8" if kind == "video" else "opus",
+                source=source,
+                participant=who,
+                label=who,
+                file=Path(f"/nowhere/{who}-{source}"),
+                start=start,
+                end=end,
+            )
+            for who, kind, source, start, end in tracks
+        ],
+        stage=[StageChange(at=at, stage=s) for at, s in stage],
+    )
+
+
+def test_stage_intervals_run_until_the_next_change_and_the_end() -> None:
+    r = rec([], [(0, ["a"]), (10, ["a", "b"]), (30, ["b"])])
+    assert stage_intervals(r) == {"a": [(0, 10), (10, 30)], "b": [(10, 30), (30, 100)]}
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ([(0, ["a"]), (10, ["b"])], "b"),  # b is on stage 90 s, a 10 s: longest wins
+        ([(0, ["a"]), (50, ["b"])], "a"),  # 50 s each: the first on stage wins
+        ([(0, ["nobody-with-video"]), (20, ["b"])], "b"),  # only those with video count
+        ([], "a"),  # no stage: the earliest camera
+    ],
+)
+def test_choose_lecturer(stage: list[tuple[float, list[str]]], expected: str) -> None:
+    r = rec(
+        [
+            ("a", "video", "camera", 0, 100),
+            ("b", "video", "camera", 5, 100),
+            ("b", "video", "screen", 1, 100),
+            ("nobody-with-video", "audio", "microphone", 0, 100),
+        ],
+        stage,
+    )
+    assert choose_lecturer(r) == expected
+
+
+def test_beside_timeline_prefers_a_screen_then_a_station_on_stage() -> None:
+    r = rec(
+        [
+            ("a", "video", "camera", 0, 100),
+            ("b", "video", "camera", 0, 100),
+            ("c", "video", "screen", 60, 80),
+        ],
+        [(0, ["a"]), (20, ["a", "b"]), (40, ["a"])],
+    )
+    lecturer, b_camera, c_screen = r.tracks
+    assert beside_timeline(r, lecturer, 90) == [
+        Beside(20, 40, b_camera),
+        Beside(60, 80, c_screen),
+    ]
+
+
+def test_a_manifest_cannot_point_outside_its_recording(tmp_path: Path) -> None:
+    make_recording(tmp_path / "rec")
+    manifest = json.loads((tmp_path / "rec" / "recording.json").read_text())
+    manifest["tracks"][0]["file"] = "../../etc/passwd"
+    (tmp_path / "rec" / "recording.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProcessingError, match="outside the recording"):
+        load_recording(tmp_path / "rec")
+
+
+# --- ffmpeg runs -----------------------------------------------------------------
+
+
+async def test_run_ffmpeg_reports_progress_up_to_100() -> None:
+    import ffmpeg
+
+    seen: list[float] = []
+
+    async def record(percent: float) -> None:
+        seen.append(percent)
+
+    graph = ffmpeg.input("testsrc=size=160x90:rate=25:duration=3", f="lavfi").output("-", f="null")
+    await run_ffmpeg(graph, duration=3.0, progress=record)
+    assert seen and seen[-1] == 100.0
+    assert seen == sorted(seen)
+
+
+async def test_run_ffmpeg_failure_carries_ffmpegs_message(tmp_path: Path) -> None:
+    import ffmpeg
+
+    graph = ffmpeg.input(str(tmp_path / "missing.mkv")).output(str(tmp_path / "out.mp4"))
+    with pytest.raises(ProcessingError, match="No such file"):
+        await run_ffmpeg(graph, duration=1.0, progress=no_progress)
+
+
+async def test_cancelling_run_ffmpeg_kills_the_process(tmp_path: Path) -> None:
+    import ffmpeg
+
+    marker = tmp_path / "never-finishes.mp4"
+    started = asyncio.Event()
+
+    async def on_progress(percent: float) -> None:
+        started.set()
+
+    # -re paces reading at real time: 600 s would never finish within the test.
+    graph = ffmpeg.input("testsrc=size=160x90:rate=25:duration=600", f="lavfi", re=None).output(
+        str(marker)
+    )
+    task = asyncio.create_task(run_ffmpeg(graph, duration=600, progress=on_progress))
+    await asyncio.wait_for(started.wait(), 20)
+    assert ffmpeg_processes(str(marker))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ffmpeg_processes(str(marker)) == []
+
+
+# --- processing a recording ---------------------------------------------------------
+
+
+async def test_h264_recording_is_remuxed_not_reencoded(
+    tmp_path: Path, h264_recording: Path
+) -> None:
+    out, duration = await process(tmp_path, h264_recording)
+    # Bit-identical video packets: no encoder ran (an encoder never reproduces them).
+    assert video_packets(out / "video.mp4") == video_packets(h264_recording / "camera.mkv")
+    with av.open(str(out / "video.mp4")) as mp4:
+        assert mp4.streams.video[0].codec_context.name == "h264"
+        assert mp4.streams.video[0].codec_context.profile == "High"
+        assert mp4.streams.audio[0].codec_context.name == "aac"
+    assert abs(duration - SECONDS) <= 0.5
+
+
+async def test_outputs_play_hls_faststart_mp4_and_a_jpeg_poster(
+    tmp_path: Path, h264_recording: Path
+) -> None:
+    out, duration = await process(tmp_path, h264_recording)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("seg_")) == [
+        "index.m3u8",
+        "poster.jpg",
+        "video.mp4",
+    ]
+    playlist = (out / "index.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and "#EXT-X-ENDLIST" in playlist
+    with av.open(str(out / "index.m3u8")) as hls:
+        video_frames = sum(1 for _ in hls.decode(video=0))
+    with av.open(str(out / "index.m3u8")) as hls:
+        audio_frames = sum(1 for _ in hls.decode(audio=0))
+    assert video_frames == 25 * SECONDS
+    assert audio_frames > 0
+    boxes = top_level_boxes(out / "video.mp4")
+    assert boxes.index("moov") < boxes.index("mdat")
+    poster = (out / "poster.jpg").read_bytes()
+    assert poster[:3] == b"\xff\xd8\xff" and poster[-2:] == b"\xff\xd9"
+    with av.open(str(out / "poster.jpg")) as jpeg:
+        frame = next(jpeg.decode(video=0))
+        assert (frame.width, frame.height) == (320, 240)
+    assert abs(duration - SECONDS) <= 0.5
+
+
+async def test_vp8_recording_is_transcoded_to_h264(tmp_path: Path, vp8_recording: Path) -> None:
+    out, duration = await process(tmp_path, vp8_recording)
+    with av.open(str(out / "video.mp4")) as mp4:
+        assert mp4.streams.video[0].codec_context.name == "h264"
+        assert mp4.streams.audio[0].codec_context.name == "aac"
+    with av.open(str(out / "index.m3u8")) as hls:
+        assert sum(1 for _ in hls.decode(video=0)) >= 25 * SECONDS - 2
+    assert abs(duration - SECONDS) <= 0.5
+
+
+def mean_luma(frame: Any, x0: int, x1: int, y0: int, y1: int) -> float:
+    plane = frame.reformat(format="gray").planes[0]
+    data, stride = bytes(plane), plane.line_size
+    total = sum(sum(data[y * stride + x0 : y * stride + x1]) for y in range(y0, y1))
+    return total / ((x1 - x0) * (y1 - y0))
+
+
+async def test_composite_follows_the_stage_timeline(tmp_path: Path, h264_recording: Path) -> None:
+    out, duration = await process(tmp_path, h264_recording, layout="composite")
+    assert abs(duration - SECONDS) <= 0.5
+    with av.open(str(out / "video.mp4")) as mp4:
+        stream = mp4.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (1280, 720)
+        frames = {round(float(f.time), 2): f for f in mp4.decode(stream)}
+    before, during = frames[0.48], frames[3.0]
+    # Before the screen share (t < 1) the lecturer fills the height, 4:3 centred: the far
+    # right is black. During it, the screen sits in the right third.
+    assert mean_luma(before, 1150, 1280, 300, 420) < 5
+    assert mean_luma(during, 900, 1240, 300, 420) > 30
+
+
+# --- uploads ----------------------------------------------------------------------
+
+
+async def test_an_h264_upload_is_remuxed(tmp_path: Path) -> None:
+    upload = tmp_path / "talk.mp4"
+    ffmpeg_make(
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
+        "-i", "sine=sample_rate=48000", "-t", "3", "-c:v", "libx264", "-preset", "ultrafast",
+        "-pix_fmt", "yuv420p", "-c:a", "aac", str(upload),
+    )  # fmt: skip
+    out, duration = await process(tmp_path, upload, kind="upload")
+    assert video_packets(out / "video.mp4") == video_packets(upload)
+    assert abs(duration - 3) <= 0.5
+
+
+async def test_a_vp8_upload_is_transcoded(tmp_path: Path) -> None:
+    upload = tmp_path / "talk.webm"
+    ffmpeg_make(
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi",
+        "-i", "sine=sample_rate=48000", "-t", "3", "-c:v", "libvpx", "-deadline", "realtime",
+        "-cpu-used", "8", "-c:a", "libopus", str(upload),
+    )  # fmt: skip
+    out, duration = await process(tmp_path, upload, kind="upload")
+    with av.open(str(out / "video.mp4")) as mp4:
+        assert mp4.streams.video[0].codec_context.name == "h264"
+        assert mp4.streams.audio[0].codec_context.name == "aac"
+    assert abs(duration - 3) <= 0.5
+
+
+# --- the job runner -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'jobs.sqlite3'}")
+    await create_tables(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def library(engine: AsyncEngine, tmp_path: Path) -> Library:
+    return Library(engine, tmp_path / "library")
+
+
+def runner(engine: AsyncEngine, library: Library, **kwargs: Any) -> JobRunner:
+    return JobRunner(
+        engine, library, Processor(library.library_dir), backoff=0.05, poll_interval=0.2, **kwargs
+    )
+
+
+async def new_item(library: Library) -> str:
+    item = await library.create(title="讲座", theme=Theme.THEORY, date=datetime.date(2026, 5, 1))
+    return item.id
+
+
+async def job_status(jobs: JobRunner, job_id: str, *wanted: JobStatus) -> str | None:
+    job = await jobs.get(job_id)
+    assert job is not None
+    return None if job.status in wanted else f"job is {job.status} ({job.error})"
+
+
+async def test_a_job_reports_progress_from_0_to_100_and_makes_the_item_ready(
+    engine: AsyncEngine, library: Library, vp8_recording: Path
+) -> None:
+    jobs = runner(engine, library)
+    item_id = await new_item(library)
+    job = await jobs.submit(item_id, "recording", vp8_recording, layout="composite")
+    assert (job.status, job.progress) == (JobStatus.QUEUED, 0.0)
+    seen: list[float] = []
+
+    async def done() -> str | None:
+        current = await jobs.get(job.id)
+        assert current is not None
+        seen.append(current.progress)
+        return None if current.status == JobStatus.DONE else f"job is {current.status}"
+
+    await jobs.start()
+    try:
+        await wait_until(done, timeout=60, interval=0.02)
+    finally:
+        await jobs.close()
+    assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 100.0
+    item = await library.get(item_id)
+    assert item is not None and item.status == ItemStatus.READY
+    assert item.duration is not None and abs(item.duration - SECONDS) <= 0.5
+    assert (library.library_dir / item_id / "index.m3u8").is_file()
+
+
+async def test_a_failing_job_is_retried_then_failed_with_its_error(
+    engine: AsyncEngine, library: Library, tmp_path: Path
+) -> None:
+    broken = make_recording(tmp_path / "broken")
+    (broken / "camera.mkv").write_bytes(b"this is not a matroska file" * 100)
+    jobs = runner(engine, library, max_attempts=3)
+    item_id = await new_item(library)
+    job = await jobs.submit(item_id, "recording", broken)
+    await jobs.start()
+    try:
+        await wait_until(lambda: job_status(jobs, job.id, JobStatus.FAILED), timeout=30)
+    finally:
+        await jobs.close()
+    failed = await jobs.get(job.id)
+    assert failed is not None
+    assert failed.attempts == 3
+    assert failed.error is not None and "ProcessingError" in failed.error
+    item = await library.get(item_id)
+    assert item is not None and item.status == ItemStatus.FAILED
+    assert not (library.library_dir / item_id).exists()
+
+
+async def test_closing_mid_job_requeues_it_and_a_new_runner_finishes_it(
+    engine: AsyncEngine, library: Library, vp8_recording: Path
+) -> None:
+    item_id = await new_item(library)
+    first = runner(engine, library)
+    job = await first.submit(item_id, "recording", vp8_recording, layout="composite")
+    await first.start()
+    try:
+        await wait_until(lambda: job_status(first, job.id, JobStatus.RUNNING), interval=0.01)
+    finally:
+        await first.close()
+    interrupted = await first.get(job.id)
+    assert interrupted is not None
+    assert (interrupted.status, interrupted.attempts) == (JobStatus.QUEUED, 0)
+    assert ffmpeg_processes(item_id) == []
+
+    second = runner(engine, library)
+    await second.start()
+    try:
+        await wait_until(lambda: job_status(second, job.id, JobStatus.DONE), timeout=60)
+    finally:
+        await second.close()
+    item = await library.get(item_id)
+    assert item is not None and item.status == ItemStatus.READY
+
+
+async def test_a_job_left_running_by_a_crash_is_restarted(
+    engine: AsyncEngine, library: Library, h264_recording: Path
+) -> None:
+    item_id = await new_item(library)
+    jobs = runner(engine, library)
+    job = await jobs.submit(item_id, "recording", h264_recording)
+    async with engine.begin() as conn:  # what a killed process leaves behind
+        await conn.execute(jobs_table.update().values(status="running", attempts=1))
+    await jobs.start()
+    try:
+        await wait_until(lambda: job_status(jobs, job.id, JobStatus.DONE), timeout=30)
+    finally:
+        await jobs.close()
+    done = await jobs.get(job.id)
+    assert done is not None and done.attempts == 2
+
+
+async def test_discarding_an_items_jobs_stops_its_running_attempt(
+    engine: AsyncEngine, library: Library, vp8_recording: Path
+) -> None:
+    item_id = await new_item(library)
+    jobs = runner(engine, library)
+    job = await jobs.submit(item_id, "recording", vp8_recording, layout="composite")
+    await jobs.start()
+    try:
+        await wait_until(lambda: job_status(jobs, job.id, JobStatus.RUNNING), interval=0.01)
+        await jobs.discard(item_id)
+        assert ffmpeg_processes(item_id) == []
+        assert await jobs.get(job.id) is None
+    finally:
+        await jobs.close()
