@@ -127,15 +127,16 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _client(url: str) -> Redis:
-    return Redis.from_url(url, decode_responses=True)
+def _client(url: str, name: str) -> Redis:
+    # The name shows in CLIENT LIST, so an operator can tell the hub's connections apart.
+    return Redis.from_url(url, decode_responses=True, client_name=name)
 
 
 class RedisStore:
     """A Store shared by every node using the same Redis and prefix."""
 
     def __init__(self, client: Redis, *, prefix: str = "hub:") -> None:
-        """Takes ownership of ``client``: ``close`` closes it."""
+        """Owns ``client`` (made with ``decode_responses=True``): ``close`` closes it."""
         self._client = client
         self._prefix = prefix
         self._rooms_key = f"{prefix}rooms"
@@ -153,7 +154,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "hub:") -> RedisStore:
-        return cls(_client(url), prefix=prefix)
+        return cls(_client(url, f"{prefix}store"), prefix=prefix)
 
     def _presence_keys(self, room: RoomName) -> list[str]:
         return [f"{self._prefix}presence:{room}", f"{self._prefix}presence_deadlines:{room}"]
@@ -242,7 +243,7 @@ class RedisBus:
     read by one task that this bus owns."""
 
     def __init__(self, client: Redis, *, prefix: str = "hub:") -> None:
-        """Takes ownership of ``client``: ``close`` closes it."""
+        """Owns ``client`` (made with ``decode_responses=True``): ``close`` closes it."""
         self._client = client
         self._channel_prefix = f"{prefix}bus:"
         self._pubsub = client.pubsub()
@@ -255,7 +256,7 @@ class RedisBus:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "hub:") -> RedisBus:
-        return cls(_client(url), prefix=prefix)
+        return cls(_client(url, f"{prefix}bus"), prefix=prefix)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         self._fanout.ensure_open()

@@ -8,11 +8,13 @@ Redis sleeps past short TTLs. No assertion depends on something happening quickl
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from hub.ids import NodeID, ParticipantIdentity, RoomName
 from hub.store import Bus, Store, Subscription, open_store_bus
@@ -141,12 +143,13 @@ async def test_heartbeat_expiry_removes_the_node_and_frees_its_rooms(
     await store.heartbeat(A, {"url": "https://a"}, SHORT)
     await store.heartbeat(B, {"url": "https://b"}, LONG)
     await store.claim_room(ROOM, A)
+    await store.claim_room(RoomName("orphan"), A)
     await store.claim_room(RoomName("kept"), B)
     await cluster.elapse(PAST_SHORT)
     assert await store.nodes() == {B: {"url": "https://b"}}
     assert await store.room_node(ROOM) is None
-    assert await store.rooms() == {RoomName("kept"): B}
     assert await store.claim_room(ROOM, B) == B
+    assert await store.rooms() == {ROOM: B, RoomName("kept"): B}
 
 
 async def test_a_node_without_heartbeat_holds_no_room(store: Store) -> None:
@@ -351,3 +354,25 @@ async def test_closing_the_redis_store_and_bus_leaves_no_task_behind(redis_url: 
     await bus.close()
     await store.close()
     assert asyncio.all_tasks() == before
+
+
+async def test_the_redis_bus_subscribes_again_after_its_connection_drops(redis_url: str) -> None:
+    prefix = f"test-{secrets.token_hex(4)}:"
+    bus = RedisBus.from_url(redis_url, prefix=prefix)
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with bus.subscribe("ch") as messages:
+            ours = [c["id"] for c in await admin.client_list() if c["name"] == f"{prefix}bus"]
+            assert ours
+            for client_id in ours:
+                await admin.client_kill_filter(_id=client_id)
+
+            async def resubscribed() -> str | None:
+                receivers = await admin.publish(f"{prefix}bus:ch", '{"n": 1}')
+                return None if receivers else "no subscriber on the channel yet"
+
+            await wait_until(resubscribed, timeout=10, interval=0.2)
+            assert (await receive(messages, 1))[0] == {"n": 1}
+    finally:
+        await bus.close()
+        await admin.aclose()
