@@ -1,0 +1,213 @@
+"""End to end in real Chromium against the real hub: the console, stations and a
+household viewer, shown working by getStats figures (frames decoded increasing)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Browsers, HubProcess, poll, screenshot
+from tests.browser.rtc import Progress, client_state, counter, outbound, sid_of
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
+
+
+def joined(page: Any, label: str) -> None:
+    def check() -> str | None:
+        state = client_state(page)
+        return None if state == "joined" else f"{label} is {state}"
+
+    poll(check, timeout=20)
+
+
+def open_console(hub: HubProcess, browsers: Browsers, room: str) -> Any:
+    token = hub.token(room, "CENTER-01", "center", name="市中心")
+    page = browsers.open(f"{hub.base_url}/console?token={token}", "console")
+    joined(page, "console")
+    page.click("#golive")
+
+    def sending() -> str | None:
+        rows = [r for r in outbound(page) if r["source"] == "camera"]
+        if not rows or rows[0]["packetsSent"] == 0:
+            return f"console camera not sending: {rows}"
+        return None
+
+    poll(sending, timeout=20)
+    return page
+
+
+def open_station(hub: HubProcess, browsers: Browsers, room: str, n: int) -> Any:
+    token = hub.token(room, f"I01-S{n:03d}", "station", name=f"第{n}村站")
+    page = browsers.open(f"{hub.base_url}/station?token={token}", f"station{n}")
+    joined(page, f"station{n}")
+    return page
+
+
+def camera_width(page: Any) -> int:
+    rows = [r for r in outbound(page) if r["source"] == "camera"]
+    return rows[0]["frameWidth"] if rows else 0
+
+
+def test_stations_decode_the_lecturer(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-join"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    stations = [open_station(hub, browsers, room, n) for n in (1, 2, 3)]
+    for station in stations:
+        poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
+        poll(Progress(station, "audio", center, "microphone", "samples"), timeout=15)
+    # the console's wall shows the three sites
+    poll(
+        lambda: (
+            None
+            if console.locator(".tile[data-sid]").count() == 3
+            else f"{console.locator('.tile[data-sid]').count()} tiles on the wall"
+        ),
+        timeout=10,
+    )
+
+
+def test_hand_stage_and_back(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-stage"
+    console = open_console(hub, browsers, room)
+    a = open_station(hub, browsers, room, 1)
+    b = open_station(hub, browsers, room, 2)
+    a_sid = sid_of(a)
+    poll(Progress(b, "video", sid_of(console), "camera", "framesDecoded"), timeout=25)
+
+    def thumbnail() -> str | None:
+        width = camera_width(a)
+        return None if 0 < width <= 320 else f"station camera sends {width} px wide"
+
+    poll(thumbnail, timeout=15)
+
+    a.click("#hand")
+    hand_item = console.locator(f'#hands li[data-sid="{a_sid}"]')
+    hand_item.wait_for(timeout=10000)
+    hand_item.locator('[data-action="stage"]').click()
+
+    poll(Progress(b, "video", a_sid, "camera", "framesDecoded"), timeout=20)
+
+    def raised() -> str | None:
+        width = camera_width(a)
+        return None if width > 320 else f"on stage, station camera still {width} px wide"
+
+    poll(raised, timeout=25)
+    a.locator("#stage-notice").wait_for(state="visible", timeout=5000)
+    screenshot(b, "station.png")
+    screenshot(console, "console.png")
+
+    console.locator(f'.tile[data-sid="{a_sid}"] [data-action="stage"]').click()
+
+    def lowered() -> str | None:
+        width = camera_width(a)
+        return None if 0 < width <= 320 else f"back off stage, station camera still {width} px wide"
+
+    poll(lowered, timeout=25)
+
+
+def test_moderator_mute(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-mute"
+    console = open_console(hub, browsers, room)
+    a = open_station(hub, browsers, room, 1)
+    b = open_station(hub, browsers, room, 2)
+    a_sid = sid_of(a)
+    tile = console.locator(f'.tile[data-sid="{a_sid}"]')
+    tile.wait_for(timeout=10000)
+    tile.locator('[data-action="stage"]').click()
+    poll(Progress(b, "audio", a_sid, "microphone", "packetsReceived"), timeout=20)
+
+    tile.locator('[data-action="mute"]').click()
+
+    def muted_in_ui() -> str | None:
+        mic = a.locator("#mic")
+        state = (
+            mic.get_attribute("data-muted"),
+            mic.get_attribute("data-locked"),
+            mic.is_disabled(),
+        )
+        if state == ("true", "true", True):
+            return None
+        return f"station mic (muted, locked, disabled) = {state}"
+
+    poll(muted_in_ui, timeout=10)
+    time.sleep(2)  # what was in flight has arrived
+    pages = (b, console)
+    before = {p: counter(p, "audio", a_sid, "microphone", "packetsReceived") for p in pages}
+    time.sleep(3)
+    for page, label in ((b, "other station"), (console, "console")):
+        after = counter(page, "audio", a_sid, "microphone", "packetsReceived")
+        assert after is None or after == before[page], (
+            f"{label} still receives the muted station's audio: {before[page]} -> {after}"
+        )
+
+
+def test_screen_share_reaches_stations(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-screen"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    a = open_station(hub, browsers, room, 1)
+    poll(Progress(a, "video", center, "camera", "framesDecoded"), timeout=25)
+    console.click("#share")
+    poll(Progress(a, "video", center, "screen", "framesDecoded"), timeout=25)
+    # the screen takes the stage's main view
+    poll(
+        lambda: (
+            None
+            if a.locator("#stage-video").evaluate("v => v.videoWidth") >= 640
+            else "stage video not showing the screen"
+        ),
+        timeout=10,
+    )
+
+
+def test_station_recovers_by_itself(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-recover"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    a = open_station(hub, browsers, room, 1)
+    poll(Progress(a, "video", center, "camera", "framesDecoded"), timeout=25)
+
+    # 1. the station's network drops: websocket and both peer connections die
+    a.evaluate(
+        """() => { const c = window.practiceHub.client;
+                   c.publisher.close(); c.subscriber.close(); c.ws.close(); }"""
+    )
+    took = poll(Progress(a, "video", center, "camera", "framesDecoded"), timeout=20)
+    assert took <= 10, f"station took {took:.1f}s to decode again after a network drop"
+
+    # 2. the hub restarts (killed, then started again on the same port)
+    hub.restart()
+    took = poll(Progress(a, "video", None, "camera", "framesDecoded"), timeout=25)
+    assert took <= 10, f"station took {took:.1f}s after the hub came back"
+    assert client_state(a) == "joined"
+    assert client_state(console) == "joined"
+
+
+def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -> None:
+    room = "lecture-watch"
+    open_console(hub, browsers, room)
+    viewer = browsers.open(f"{hub.base_url}/watch/{room}", "viewer", width=360, height=740)
+
+    def frames() -> str | None:
+        got = viewer.evaluate(
+            """async () => {
+                const s = window.practiceHub.session;
+                const v = document.getElementById('player');
+                let decoded = 0;
+                if (s && s.pc) for (const r of (await s.pc.getStats()).values())
+                    if (r.type === 'inbound-rtp' && r.kind === 'video')
+                        decoded += r.framesDecoded || 0;
+                return {decoded, time: v.currentTime, mode: window.practiceHub.mode};
+            }"""
+        )
+        return None if got["decoded"] > 30 and got["time"] > 1 else f"viewer: {got}"
+
+    poll(frames, timeout=30)
+    t0 = viewer.evaluate("() => document.getElementById('player').currentTime")
+    time.sleep(1.5)
+    t1 = viewer.evaluate("() => document.getElementById('player').currentTime")
+    assert t1 > t0, f"viewer's video is not advancing ({t0} -> {t1})"
+    screenshot(viewer, "viewer.png")

@@ -1,0 +1,474 @@
+// @ts-check
+/** The center console: go live, the wall of sites, moderation, chat. */
+
+import { CAMERA_CAPTURE, HubClient, fetchRoomStatus } from "./protocol.js";
+import { initI18n, onLangChange, t } from "./i18n.js";
+import {
+    AudioSink,
+    attachTrack,
+    byId,
+    el,
+    formatStats,
+    levelOf,
+    mediaAvailable,
+    showState,
+    toast,
+    tokenFromLocation,
+} from "./ui.js";
+
+/** @typedef {import("./protocol.js").ParticipantInfo} ParticipantInfo */
+/** @typedef {import("./protocol.js").RemoteTrack} RemoteTrack */
+
+initI18n();
+
+const statusNode = byId("status");
+const banner = byId("banner");
+const wall = byId("wall");
+const hands = byId("hands");
+const chatLog = byId("chat-log");
+const preview = /** @type {HTMLVideoElement} */ (byId("preview"));
+const screenPreview = /** @type {HTMLVideoElement} */ (byId("screen-preview"));
+const cameraSelect = /** @type {HTMLSelectElement} */ (byId("camera-select"));
+const micSelect = /** @type {HTMLSelectElement} */ (byId("mic-select"));
+const goLiveButton = /** @type {HTMLButtonElement} */ (byId("golive"));
+const shareButton = /** @type {HTMLButtonElement} */ (byId("share"));
+const micToggle = /** @type {HTMLButtonElement} */ (byId("mic-toggle"));
+const audioSink = new AudioSink(byId("audio"));
+
+/** @type {HubClient | null} */
+let client = null;
+let live = false;
+/** @type {MediaStreamTrack | null} */
+let cameraTrack = null;
+/** @type {MediaStreamTrack | null} */
+let micTrack = null;
+/** @type {MediaStreamTrack | null} */
+let screenTrack = null;
+/** @type {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number}>} */
+let lastStats = {};
+/** @type {{recording?: boolean, live?: boolean, hls_url?: string} | null} */
+let roomStatus = null;
+
+/** Test and debugging hook: the client and the page state, no DOM. */
+const exposed = {
+    /** @type {HubClient | null} */
+    client: null,
+    get live() {
+        return live;
+    },
+};
+Object.assign(window, { practiceHub: exposed });
+
+// ---- devices and preview ---------------------------------------------------------
+
+/**
+ * @param {HTMLSelectElement} select
+ * @param {MediaDeviceKind} kind
+ * @param {string | undefined} selected
+ */
+async function fillDevices(select, kind, selected) {
+    const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === kind);
+    select.replaceChildren(
+        ...devices.map((d, i) =>
+            el("option", { value: d.deviceId, text: d.label || `${kind} ${i + 1}`, selected: d.deviceId === selected }),
+        ),
+    );
+}
+
+/** @param {string} [deviceId] */
+async function openCamera(deviceId) {
+    const stream = await navigator.mediaDevices.getUserMedia({
+        video: {
+            width: { ideal: CAMERA_CAPTURE.width },
+            height: { ideal: CAMERA_CAPTURE.height },
+            frameRate: { ideal: CAMERA_CAPTURE.frameRate },
+            ...(deviceId ? { deviceId: { exact: deviceId } } : {}),
+        },
+    });
+    return stream.getVideoTracks()[0];
+}
+
+/** @param {string} [deviceId] */
+async function openMicrophone(deviceId) {
+    const stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) },
+    });
+    return stream.getAudioTracks()[0];
+}
+
+async function setupDevices() {
+    if (!mediaAvailable()) {
+        showBanner(t("error.insecure"));
+        goLiveButton.disabled = true;
+        shareButton.disabled = true;
+        return;
+    }
+    try {
+        cameraTrack = await openCamera();
+        micTrack = await openMicrophone();
+        attachTrack(preview, cameraTrack);
+        await fillDevices(cameraSelect, "videoinput", cameraTrack.getSettings().deviceId);
+        await fillDevices(micSelect, "audioinput", micTrack.getSettings().deviceId);
+    } catch (e) {
+        showBanner(t("error.media") + String(e));
+    }
+}
+
+cameraSelect.addEventListener("change", async () => {
+    const old = cameraTrack;
+    cameraTrack = await openCamera(cameraSelect.value);
+    attachTrack(preview, cameraTrack);
+    if (live && client) await client.publish("camera", cameraTrack);
+    if (old && old !== cameraTrack) old.stop();
+});
+
+micSelect.addEventListener("change", async () => {
+    const old = micTrack;
+    micTrack = await openMicrophone(micSelect.value);
+    if (live && client) await client.publish("microphone", micTrack);
+    if (old && old !== micTrack) old.stop();
+});
+
+goLiveButton.addEventListener("click", async () => {
+    if (!client) return;
+    goLiveButton.disabled = true;
+    try {
+        if (!live) {
+            if (!cameraTrack || cameraTrack.readyState === "ended") cameraTrack = await openCamera(cameraSelect.value || undefined);
+            if (!micTrack || micTrack.readyState === "ended") micTrack = await openMicrophone(micSelect.value || undefined);
+            attachTrack(preview, cameraTrack);
+            live = true;
+            await client.publish("camera", cameraTrack);
+            await client.publish("microphone", micTrack);
+        } else {
+            live = false;
+            await client.unpublish("camera");
+            await client.unpublish("microphone");
+        }
+    } catch (e) {
+        showBanner(String(e));
+    } finally {
+        goLiveButton.disabled = false;
+        renderLiveButtons();
+    }
+});
+
+shareButton.addEventListener("click", async () => {
+    if (!client) return;
+    if (screenTrack) {
+        await stopShare();
+        return;
+    }
+    try {
+        const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
+        screenTrack = stream.getVideoTracks()[0];
+        screenTrack.addEventListener("ended", () => void stopShare());
+        screenPreview.hidden = false;
+        attachTrack(screenPreview, screenTrack);
+        await client.publish("screen", screenTrack);
+    } catch (e) {
+        screenTrack = null;
+        toast(String(e));
+    }
+    renderLiveButtons();
+});
+
+async function stopShare() {
+    const track = screenTrack;
+    screenTrack = null;
+    if (track) track.stop();
+    screenPreview.hidden = true;
+    attachTrack(screenPreview, null);
+    if (client) await client.unpublish("screen");
+    renderLiveButtons();
+}
+
+micToggle.addEventListener("click", () => {
+    if (!client) return;
+    client.setMuted("microphone", !client.isMuted("microphone"));
+    renderLiveButtons();
+});
+
+function renderLiveButtons() {
+    goLiveButton.textContent = t(live ? "console.stoplive" : "console.golive");
+    goLiveButton.setAttribute("aria-pressed", String(live));
+    shareButton.textContent = t(screenTrack ? "console.unshare" : "console.share");
+    shareButton.setAttribute("aria-pressed", String(!!screenTrack));
+    const muted = client ? client.isMuted("microphone") : false;
+    micToggle.textContent = t(muted ? "action.unmute" : "action.mute");
+    micToggle.setAttribute("aria-pressed", String(muted));
+}
+
+// ---- the wall -----------------------------------------------------------------------
+
+/** @type {Map<string, HTMLElement>} */
+const tiles = new Map();
+
+/** @param {string} sid */
+function tileFor(sid) {
+    let tile = tiles.get(sid);
+    if (tile) return tile;
+    tile = el("article", { class: "tile", "data-sid": sid }, [
+        el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "camera" }),
+        el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "screen", hidden: true }),
+        el("div", { class: "name" }),
+        el("div", { class: "badges" }),
+        el("div", { class: "meta" }),
+        el("div", { class: "actions" }, [
+            el("button", { type: "button", "data-action": "stage" }),
+            el("button", { type: "button", "data-action": "mute" }),
+            el("button", { type: "button", "data-action": "remove" }),
+        ]),
+    ]);
+    tile.addEventListener("click", onTileAction);
+    wall.append(tile);
+    tiles.set(sid, tile);
+    return tile;
+}
+
+/** @param {Event} event */
+function onTileAction(event) {
+    const target = /** @type {HTMLElement} */ (event.target);
+    const button = target.closest("button");
+    const tile = target.closest("[data-sid]");
+    if (!button || !tile || !client) return;
+    const sid = tile.getAttribute("data-sid") || "";
+    moderate(sid, button.getAttribute("data-action") || "");
+}
+
+/**
+ * @param {string} sid
+ * @param {string} action
+ */
+function moderate(sid, action) {
+    if (!client) return;
+    const p = client.participants.get(sid);
+    if (!p) return;
+    if (action === "stage") client.moderateStage(sid, !isOnStage(p));
+    else if (action === "mute") client.moderateMute(sid, "microphone", !isMicMuted(p));
+    else if (action === "lower") client.lowerHand(sid);
+    else if (action === "remove") {
+        if (window.confirm(t("confirm.remove", { name: p.name || p.identity }))) client.remove(sid);
+    }
+}
+
+/** @param {ParticipantInfo} p */
+function isOnStage(p) {
+    return p.on_stage || (client ? client.stage.includes(p.sid) : false);
+}
+
+/** @param {ParticipantInfo} p */
+function isMicMuted(p) {
+    const mic = p.publications.find((pub) => pub.source === "microphone");
+    return !!mic && mic.muted;
+}
+
+/**
+ * @param {string} sid
+ * @param {'camera' | 'screen'} source
+ * @returns {MediaStreamTrack | null}
+ */
+function videoOf(sid, source) {
+    if (!client) return null;
+    for (const r of client.remoteTracks.values()) {
+        if (r.info.participant === sid && r.info.source === source && r.track.kind === "video") return r.track;
+    }
+    return null;
+}
+
+function renderWall() {
+    if (!client) return;
+    const participants = [...client.participants.values()];
+    const present = new Set(participants.map((p) => p.sid));
+    for (const [sid, tile] of tiles) {
+        if (!present.has(sid)) {
+            for (const v of tile.querySelectorAll("video")) v.srcObject = null;
+            tile.remove();
+            tiles.delete(sid);
+        }
+    }
+    for (const p of participants) {
+        const tile = tileFor(p.sid);
+        const onStage = isOnStage(p);
+        const muted = isMicMuted(p);
+        const speaking = client.speakers.includes(p.sid);
+        tile.classList.toggle("on-stage", onStage);
+        tile.classList.toggle("speaking", speaking);
+        const camera = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="camera"]'));
+        const screen = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="screen"]'));
+        attachTrack(camera, videoOf(p.sid, "camera"));
+        const screenTrack = videoOf(p.sid, "screen");
+        screen.hidden = !screenTrack;
+        attachTrack(screen, screenTrack);
+        camera.setAttribute("aria-label", p.name || p.identity);
+        /** @type {HTMLElement} */ (tile.querySelector(".name")).textContent = p.name || p.identity;
+        const badges = /** @type {HTMLElement} */ (tile.querySelector(".badges"));
+        badges.replaceChildren(
+            ...[
+                onStage && el("span", { class: "badge stage", text: t("badge.stage") }),
+                p.hand_raised && el("span", { class: "badge hand", text: t("badge.hand") }),
+                muted && el("span", { class: "badge muted", text: t("badge.muted") }),
+                speaking && el("span", { class: "badge", text: t("badge.speaking") }),
+            ].filter((x) => !!x),
+        );
+        const stats = lastStats[p.sid];
+        const meta = /** @type {HTMLElement} */ (tile.querySelector(".meta"));
+        meta.replaceChildren(el("span", { class: "q", "data-level": levelOf(stats) }), formatStats(stats));
+        const stageButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="stage"]'));
+        stageButton.textContent = t(onStage ? "action.stageOff" : "action.stageOn");
+        stageButton.setAttribute("aria-label", `${t(onStage ? "action.stageOff" : "action.stageOn")} ${p.name || p.identity}`);
+        const muteButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="mute"]'));
+        muteButton.textContent = t(muted ? "action.unmute" : "action.mute");
+        muteButton.setAttribute("aria-label", `${t(muted ? "action.unmute" : "action.mute")} ${p.name || p.identity}`);
+        const removeButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="remove"]'));
+        removeButton.textContent = t("action.remove");
+        removeButton.setAttribute("aria-label", `${t("action.remove")} ${p.name || p.identity}`);
+    }
+    byId("wall-empty").hidden = participants.length > 0;
+    byId("site-count").textContent = t("console.sites", { n: participants.length });
+    renderHands();
+}
+
+function renderHands() {
+    if (!client) return;
+    const raised = [...client.participants.values()].filter((p) => p.hand_raised);
+    hands.replaceChildren(
+        ...raised.map((p) =>
+            el("li", { "data-sid": p.sid }, [
+                el("span", { text: p.name || p.identity }),
+                el("span", { class: "row" }, [
+                    el("button", {
+                        type: "button",
+                        class: "primary",
+                        "data-action": "stage",
+                        text: t(isOnStage(p) ? "action.stageOff" : "action.stageOn"),
+                    }),
+                    el("button", { type: "button", "data-action": "lower", text: t("action.lowerHand") }),
+                ]),
+            ]),
+        ),
+    );
+    byId("hands-empty").hidden = raised.length > 0;
+}
+
+hands.addEventListener("click", (event) => {
+    const target = /** @type {HTMLElement} */ (event.target);
+    const button = target.closest("button");
+    const item = target.closest("[data-sid]");
+    if (button && item) moderate(item.getAttribute("data-sid") || "", button.getAttribute("data-action") || "");
+});
+
+/** @param {RemoteTrack[]} tracks */
+function onTracks(tracks) {
+    audioSink.update(tracks.filter((r) => r.track.kind === "audio").map((r) => r.track));
+    renderWall();
+}
+
+// ---- room status indicators ------------------------------------------------------------
+
+function renderIndicators() {
+    /**
+     * @param {string} id
+     * @param {string} labelKey
+     * @param {boolean | undefined} value
+     */
+    const show = (id, labelKey, value) => {
+        const node = byId(id);
+        const known = typeof value === "boolean";
+        node.setAttribute("aria-disabled", String(!known));
+        node.dataset.on = String(!!value);
+        const state = known ? (value ? "console.status.on" : "console.status.off") : "console.status.unknown";
+        node.textContent = `${t(labelKey)}：${t(state)}`;
+    };
+    show("ind-recording", "console.recording", roomStatus?.recording);
+    show("ind-live", "console.householdLive", roomStatus ? roomStatus.live ?? (roomStatus.hls_url ? true : undefined) : undefined);
+}
+
+async function pollRoomStatus() {
+    if (client && client.room) roomStatus = await fetchRoomStatus(client.room);
+    renderIndicators();
+}
+
+// ---- chat ---------------------------------------------------------------------------------
+
+/** @param {{name: string, text: string, at: number}} message */
+function addChat(message) {
+    const time = new Date(message.at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    chatLog.append(el("p", {}, [el("b", { text: `${message.name} ` }), `${time} `, message.text]));
+    chatLog.scrollTop = chatLog.scrollHeight;
+}
+
+byId("chat-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = /** @type {HTMLInputElement} */ (byId("chat-input"));
+    if (client && client.sendChat(input.value)) input.value = "";
+});
+
+// ---- start ----------------------------------------------------------------------------------
+
+/** @param {string} text */
+function showBanner(text) {
+    banner.textContent = text;
+    banner.hidden = false;
+}
+
+/** @param {string} token */
+async function start(token) {
+    byId("token-form").hidden = true;
+    byId("app").hidden = false;
+    client = new HubClient({ token });
+    exposed.client = client;
+    client.on("state", (state) => showState(statusNode, state));
+    client.on("participants", renderWall);
+    client.on("stage", renderWall);
+    client.on("speakers", renderWall);
+    client.on("tracks", onTracks);
+    client.on("stats", (stats) => {
+        lastStats = stats;
+        renderWall();
+    });
+    client.on("chat", addChat);
+    client.on("muted", renderLiveButtons);
+    client.on("joined", (self) => {
+        byId("room-name").textContent = client ? `· ${client.room}` : "";
+        document.title = `${t("console.title")} · ${self.name || self.identity}`;
+        void pollRoomStatus();
+    });
+    client.on("error", (err) => toast(`${err.code}: ${err.message}`));
+    client.on("fatal", () => showBanner(t("error.token")));
+    client.on("removed", (reason) => {
+        const key = `removed.${reason}`;
+        showBanner(t(key) === key ? t("removed.other") : t(key));
+    });
+    showState(statusNode, client.state);
+    const devices = setupDevices();
+    try {
+        await client.start();
+    } catch {
+        return;
+    }
+    await devices;
+    setInterval(pollRoomStatus, 10000);
+}
+
+onLangChange(() => {
+    if (client) showState(statusNode, client.state);
+    renderLiveButtons();
+    renderWall();
+    renderIndicators();
+});
+
+renderLiveButtons();
+renderIndicators();
+const initialToken = tokenFromLocation();
+if (initialToken) {
+    void start(initialToken);
+} else {
+    const form = /** @type {HTMLFormElement} */ (byId("token-form"));
+    form.hidden = false;
+    form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const value = /** @type {HTMLTextAreaElement} */ (byId("token-input")).value.trim();
+        if (value) void start(value);
+    });
+}

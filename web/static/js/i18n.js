@@ -1,0 +1,294 @@
+// @ts-check
+/**
+ * All user-visible strings, one dictionary per language. Simplified Chinese
+ * is the default; the choice is remembered in localStorage.
+ */
+
+const STORAGE_KEY = "practiceHub.lang";
+
+/** @typedef {'zh' | 'en'} Lang */
+
+const zh = {
+    "app.title": "新时代文明实践中心",
+    "lang.toggle": "English",
+    "lang.toggle.label": "切换语言为英文",
+    "landing.title": "文明实践互动平台",
+    "landing.intro": "中心直播宣讲、召开调度会；各所、各站在线参与；群众在家收看直播。",
+    "landing.console": "中心控制台",
+    "landing.console.desc": "开播、共享屏幕、点名上台、管理各站点。",
+    "landing.station": "站点客户端",
+    "landing.station.desc": "各所、各站请打开下发的专用链接；也可在此粘贴入会令牌。",
+    "landing.watch": "群众观看",
+    "landing.watch.desc": "无需账号，输入房间名即可收看。",
+    "landing.watch.room": "房间名",
+    "landing.watch.go": "观看",
+    "state.new": "未连接",
+    "state.connecting": "正在连接…",
+    "state.joined": "已连接",
+    "state.reconnecting": "连接中断，正在自动重连…",
+    "state.closed": "已断开",
+    "token.title": "加入会议",
+    "token.prompt": "请打开下发的站点链接，或粘贴入会令牌：",
+    "token.label": "入会令牌",
+    "token.join": "加入",
+    "error.token": "令牌无效或已过期，请联系中心重新下发链接。",
+    "error.media": "无法打开摄像头或麦克风：",
+    "error.insecure": "浏览器只在 HTTPS 或本机地址下开放摄像头和麦克风，请使用 https:// 地址打开。",
+    "removed.removed_by_moderator": "您已被主持人移出会议。",
+    "removed.duplicate_identity": "该站点已在其他设备或窗口加入，本窗口已断开。",
+    "removed.other": "您已离开会议。",
+    "console.title": "中心控制台",
+    "console.golive": "开始直播",
+    "console.stoplive": "停止直播",
+    "console.share": "共享屏幕",
+    "console.unshare": "停止共享",
+    "console.camera": "摄像头",
+    "console.microphone": "麦克风",
+    "console.preview": "本地预览",
+    "console.wall": "站点画面",
+    "console.wall.empty": "暂无站点接入",
+    "console.hands": "举手队列",
+    "console.hands.empty": "暂无举手",
+    "console.recording": "录制",
+    "console.householdLive": "群众直播",
+    "console.status.unknown": "未知",
+    "console.status.on": "进行中",
+    "console.status.off": "未开启",
+    "console.sites": "在线站点：{n}",
+    "action.stageOn": "上台",
+    "action.stageOff": "下台",
+    "action.mute": "静音",
+    "action.unmute": "取消静音",
+    "action.remove": "移出",
+    "action.lowerHand": "放下手",
+    "confirm.remove": "确定将 {name} 移出会议？",
+    "badge.stage": "台上",
+    "badge.hand": "举手",
+    "badge.muted": "已静音",
+    "badge.speaking": "正在发言",
+    "stats.rtt": "延迟 {v} ms",
+    "stats.loss": "丢包 {v}%",
+    "stats.bitrate": "码率 {v} kbps",
+    "chat.title": "文字交流",
+    "chat.placeholder": "输入消息",
+    "chat.send": "发送",
+    "chat.label": "消息内容",
+    "station.title": "站点客户端",
+    "station.stage": "主画面",
+    "station.waiting": "等待中心开播…",
+    "station.raiseHand": "举手发言",
+    "station.lowerHand": "放下手",
+    "station.mic.on": "麦克风：开",
+    "station.mic.off": "麦克风：关",
+    "station.cam.on": "摄像头：开",
+    "station.cam.off": "摄像头：关",
+    "station.lockedByModerator": "已被主持人静音",
+    "station.audioOnly": "仅音频模式",
+    "station.audioOnly.on": "仅音频模式：开",
+    "station.audioOnly.hint": "网络较差时使用：停止发送本站画面，也不再显示其他画面，只保留声音。",
+    "station.onStage": "您已被请上台，画面已切换为高清。",
+    "station.self": "本站画面",
+    "quality.title": "网络质量",
+    "quality.good": "良好",
+    "quality.fair": "一般",
+    "quality.poor": "较差",
+    "quality.down": "断开",
+    "watch.title": "直播观看",
+    "watch.waiting": "直播尚未开始，稍后自动播放…",
+    "watch.playing": "正在直播",
+    "watch.unmute": "点击开启声音",
+    "watch.hls": "直播（HLS）",
+    "watch.webrtc": "直播（实时）",
+    "watch.retry": "连接中断，正在重新连接…",
+    "unit.participant": "站点",
+    "role.center": "中心",
+    "role.institute": "所",
+    "role.station": "站",
+};
+
+/** @type {Record<keyof typeof zh, string>} */
+const en = {
+    "app.title": "Civilization Practice Center",
+    "lang.toggle": "中文",
+    "lang.toggle.label": "Switch language to Chinese",
+    "landing.title": "Practice Hub",
+    "landing.intro": "The center broadcasts lectures and holds meetings; institutes and stations join online; households watch live.",
+    "landing.console": "Center console",
+    "landing.console.desc": "Go live, share the screen, call stations on stage, manage sites.",
+    "landing.station": "Station client",
+    "landing.station.desc": "Institutes and stations open the link they were given; or paste a join token here.",
+    "landing.watch": "Watch",
+    "landing.watch.desc": "No account needed: enter the room name.",
+    "landing.watch.room": "Room name",
+    "landing.watch.go": "Watch",
+    "state.new": "Not connected",
+    "state.connecting": "Connecting…",
+    "state.joined": "Connected",
+    "state.reconnecting": "Connection lost, reconnecting…",
+    "state.closed": "Disconnected",
+    "token.title": "Join",
+    "token.prompt": "Open the station link you were given, or paste a join token:",
+    "token.label": "Join token",
+    "token.join": "Join",
+    "error.token": "The token is invalid or expired: ask the center for a new link.",
+    "error.media": "Cannot open the camera or microphone: ",
+    "error.insecure": "Browsers only give the camera and microphone to HTTPS or local pages: open the https:// address.",
+    "removed.removed_by_moderator": "The moderator removed you from the meeting.",
+    "removed.duplicate_identity": "This site joined from another device or window; this one was disconnected.",
+    "removed.other": "You left the meeting.",
+    "console.title": "Center console",
+    "console.golive": "Go live",
+    "console.stoplive": "Stop",
+    "console.share": "Share screen",
+    "console.unshare": "Stop sharing",
+    "console.camera": "Camera",
+    "console.microphone": "Microphone",
+    "console.preview": "Local preview",
+    "console.wall": "Sites",
+    "console.wall.empty": "No site connected yet",
+    "console.hands": "Raised hands",
+    "console.hands.empty": "No raised hand",
+    "console.recording": "Recording",
+    "console.householdLive": "Household live",
+    "console.status.unknown": "unknown",
+    "console.status.on": "on",
+    "console.status.off": "off",
+    "console.sites": "Sites online: {n}",
+    "action.stageOn": "Call on stage",
+    "action.stageOff": "Send back",
+    "action.mute": "Mute",
+    "action.unmute": "Unmute",
+    "action.remove": "Remove",
+    "action.lowerHand": "Lower hand",
+    "confirm.remove": "Remove {name} from the meeting?",
+    "badge.stage": "On stage",
+    "badge.hand": "Hand raised",
+    "badge.muted": "Muted",
+    "badge.speaking": "Speaking",
+    "stats.rtt": "RTT {v} ms",
+    "stats.loss": "loss {v}%",
+    "stats.bitrate": "{v} kbps",
+    "chat.title": "Chat",
+    "chat.placeholder": "Type a message",
+    "chat.send": "Send",
+    "chat.label": "Message",
+    "station.title": "Station client",
+    "station.stage": "Stage",
+    "station.waiting": "Waiting for the center to go live…",
+    "station.raiseHand": "Raise hand",
+    "station.lowerHand": "Lower hand",
+    "station.mic.on": "Microphone: on",
+    "station.mic.off": "Microphone: off",
+    "station.cam.on": "Camera: on",
+    "station.cam.off": "Camera: off",
+    "station.lockedByModerator": "Muted by the moderator",
+    "station.audioOnly": "Audio only",
+    "station.audioOnly.on": "Audio only: on",
+    "station.audioOnly.hint": "For weak links: stops sending this station's camera and hides incoming video; sound only.",
+    "station.onStage": "You are on stage: your camera is sent in high quality.",
+    "station.self": "This station",
+    "quality.title": "Link quality",
+    "quality.good": "good",
+    "quality.fair": "fair",
+    "quality.poor": "poor",
+    "quality.down": "down",
+    "watch.title": "Live",
+    "watch.waiting": "Not live yet; playback starts by itself…",
+    "watch.playing": "Live",
+    "watch.unmute": "Tap to turn sound on",
+    "watch.hls": "Live (HLS)",
+    "watch.webrtc": "Live (real time)",
+    "watch.retry": "Connection lost, reconnecting…",
+    "unit.participant": "site",
+    "role.center": "Center",
+    "role.institute": "Institute",
+    "role.station": "Station",
+};
+
+/** @typedef {keyof typeof zh} MessageKey */
+
+/** @type {Record<Lang, Record<MessageKey, string>>} */
+export const DICTIONARIES = { zh, en };
+
+/** @type {Set<() => void>} */
+const listeners = new Set();
+
+/** @returns {Lang} */
+function initialLang() {
+    try {
+        const stored = localStorage.getItem(STORAGE_KEY);
+        if (stored === "en" || stored === "zh") return stored;
+    } catch {
+        /* storage disabled */
+    }
+    return "zh";
+}
+
+let current = initialLang();
+
+/** @returns {Lang} */
+export function getLang() {
+    return current;
+}
+
+/** @param {Lang} lang */
+export function setLang(lang) {
+    current = lang;
+    try {
+        localStorage.setItem(STORAGE_KEY, lang);
+    } catch {
+        /* storage disabled */
+    }
+    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+    applyTranslations(document);
+    for (const listener of listeners) listener();
+}
+
+/** @param {() => void} listener */
+export function onLangChange(listener) {
+    listeners.add(listener);
+}
+
+/**
+ * @param {string} key
+ * @param {Record<string, string | number>} [params]
+ */
+export function t(key, params) {
+    const dict = DICTIONARIES[current];
+    let text = key in dict ? dict[/** @type {MessageKey} */ (key)] : key;
+    if (params) {
+        for (const [name, value] of Object.entries(params)) text = text.replaceAll(`{${name}}`, String(value));
+    }
+    return text;
+}
+
+/**
+ * Fills every element marked `data-i18n="key"` (text), and
+ * `data-i18n-attr="attr:key;attr2:key2"` (attributes).
+ * @param {ParentNode} root
+ */
+export function applyTranslations(root) {
+    for (const el of root.querySelectorAll("[data-i18n]")) {
+        const key = el.getAttribute("data-i18n");
+        if (key) el.textContent = t(key);
+    }
+    for (const el of root.querySelectorAll("[data-i18n-attr]")) {
+        const spec = el.getAttribute("data-i18n-attr") || "";
+        for (const pair of spec.split(";")) {
+            const [attr, key] = pair.split(":");
+            if (attr && key) el.setAttribute(attr.trim(), t(key.trim()));
+        }
+    }
+}
+
+/**
+ * Sets the page language and wires the toggle button (id `lang-toggle`).
+ */
+export function initI18n() {
+    document.documentElement.lang = current === "zh" ? "zh-CN" : "en";
+    applyTranslations(document);
+    const toggle = document.getElementById("lang-toggle");
+    if (toggle) {
+        toggle.addEventListener("click", () => setLang(current === "zh" ? "en" : "zh"));
+    }
+}

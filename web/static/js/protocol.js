@@ -1,0 +1,1117 @@
+// @ts-check
+/**
+ * The browser side of the Practice Hub signaling protocol (hub/PROTOCOL.md).
+ *
+ * No DOM access here: this module owns the signaling websocket, the two peer
+ * connections (publisher: we offer; subscriber: the hub offers), candidate
+ * trickle, renegotiation, ping/pong liveness and reconnection with backoff.
+ * The pages (console.js, station.js) drive it and render what it reports.
+ */
+
+/** @typedef {'camera' | 'microphone' | 'screen'} Source */
+/** @typedef {'thumbnail' | 'stage'} QualityLevel */
+/** @typedef {'new' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ClientState */
+
+/**
+ * @typedef {object} PublicationInfo
+ * @property {string} publication
+ * @property {Source} source
+ * @property {'audio' | 'video'} kind
+ * @property {string} [codec]
+ * @property {boolean} muted
+ */
+
+/**
+ * @typedef {object} ParticipantInfo
+ * @property {string} sid
+ * @property {string} identity
+ * @property {string} name
+ * @property {string} role
+ * @property {boolean} hand_raised
+ * @property {boolean} on_stage
+ * @property {boolean} can_moderate
+ * @property {PublicationInfo[]} publications
+ */
+
+/**
+ * What one m-line of the subscriber connection carries (`tracks` of an `offer`).
+ * @typedef {object} TrackInfo
+ * @property {string} publication
+ * @property {string} participant
+ * @property {Source} source
+ */
+
+/**
+ * A track received on the subscriber connection, with what it carries.
+ * @typedef {object} RemoteTrack
+ * @property {string} mid
+ * @property {MediaStreamTrack} track
+ * @property {RTCRtpReceiver} receiver
+ * @property {TrackInfo} info
+ */
+
+/**
+ * @typedef {object} LinkStats
+ * @property {number | null} rttMs      round trip, from ICE (else from ping/pong)
+ * @property {number | null} loss       fraction of inbound packets lost since the last sample
+ * @property {number | null} inKbps
+ * @property {number | null} outKbps
+ * @property {'good' | 'fair' | 'poor' | 'down'} level
+ */
+
+/**
+ * @typedef {object} HubError
+ * @property {string} code
+ * @property {string} message
+ * @property {string} [ref]
+ */
+
+/**
+ * Events the client emits, with their detail.
+ * @typedef {object} HubEvents
+ * @property {ClientState} state
+ * @property {ParticipantInfo} joined          our own participant, after every (re)join
+ * @property {Map<string, ParticipantInfo>} participants  the room changed (join, leave, update)
+ * @property {string[]} stage
+ * @property {RemoteTrack[]} tracks            the set of received tracks changed
+ * @property {{from: string, name: string, text: string, at: number}} chat
+ * @property {{source: Source, muted: boolean, by_moderator: boolean}} muted
+ * @property {QualityLevel} quality
+ * @property {string[]} speakers
+ * @property {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number}>} stats
+ * @property {string} removed                  reason; the client will not reconnect
+ * @property {HubError} error                  an `error` message from the hub, or a local failure
+ * @property {HubError} fatal                  the client gave up (bad token...)
+ */
+
+/** Error codes after which reconnecting with the same token cannot help. */
+const FATAL_CODES = new Set(["invalid_token", "token_expired", "wrong_room"]);
+
+/** Camera encodings per quality level (see `quality` in PROTOCOL.md). */
+export const CAMERA_CAPTURE = { width: 1280, height: 720, frameRate: 30 };
+export const THUMBNAIL = { width: 320, maxFramerate: 15, maxBitrate: 250_000 };
+export const STAGE = { maxFramerate: 30, maxBitrate: 1_500_000 };
+
+/**
+ * The encoding parameters for a camera track at a quality level.
+ * @param {QualityLevel} level
+ * @param {number | undefined} captureWidth
+ * @returns {RTCRtpEncodingParameters}
+ */
+export function cameraEncoding(level, captureWidth) {
+    if (level === "stage") {
+        return {
+            active: true,
+            scaleResolutionDownBy: 1,
+            maxFramerate: STAGE.maxFramerate,
+            maxBitrate: STAGE.maxBitrate,
+        };
+    }
+    const width = captureWidth || CAMERA_CAPTURE.width;
+    return {
+        active: true,
+        scaleResolutionDownBy: Math.max(1, width / THUMBNAIL.width),
+        maxFramerate: THUMBNAIL.maxFramerate,
+        maxBitrate: THUMBNAIL.maxBitrate,
+    };
+}
+
+/**
+ * Reconnection delay for the n-th consecutive attempt (0-based), in ms:
+ * 250, 500, 1000, 2000, then 3000 at most, with ±20 % jitter so that 190
+ * stations do not all come back in the same instant. Kept short so that a
+ * station is back within 10 s of the hub.
+ * @param {number} attempt
+ * @param {() => number} [random]
+ */
+export function backoffDelay(attempt, random = Math.random) {
+    const base = Math.min(3000, 250 * 2 ** attempt);
+    return Math.round(base * (0.8 + 0.4 * random()));
+}
+
+/** The signaling websocket URL for a page served by the hub. */
+export function defaultSignalingUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * @param {RTCPeerConnection} pc
+ * @param {number} timeoutMs
+ * @returns {Promise<void>}
+ */
+function iceGatheringDone(pc, timeoutMs) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+        const done = () => {
+            clearTimeout(timer);
+            pc.removeEventListener("icegatheringstatechange", check);
+            resolve();
+        };
+        const check = () => {
+            if (pc.iceGatheringState === "complete") done();
+        };
+        const timer = setTimeout(done, timeoutMs);
+        pc.addEventListener("icegatheringstatechange", check);
+    });
+}
+
+/**
+ * Per peer connection bookkeeping for candidate trickle.
+ * @typedef {object} PcSlot
+ * @property {RTCPeerConnection} pc
+ * @property {boolean} described  our SDP has been sent: later candidates are trickled
+ */
+
+export class HubClient {
+    /**
+     * @param {object} options
+     * @param {string} options.token              the join token
+     * @param {string} [options.url]              signaling URL (default: /ws on this page's host)
+     * @param {(attempt: number) => number} [options.backoff]
+     * @param {number} [options.pingIntervalMs]
+     * @param {number} [options.silenceTimeoutMs]
+     */
+    constructor(options) {
+        this.token = options.token;
+        this.url = options.url || defaultSignalingUrl();
+        this.backoff = options.backoff || ((n) => backoffDelay(n));
+        this.pingIntervalMs = options.pingIntervalMs || 5000;
+        this.silenceTimeoutMs = options.silenceTimeoutMs || 15000;
+
+        /** @type {ClientState} */
+        this.state = "new";
+        /** @type {WebSocket | null} */
+        this.ws = null;
+        /** @type {RTCPeerConnection | null} */
+        this.publisher = null;
+        /** @type {RTCPeerConnection | null} */
+        this.subscriber = null;
+        /** @type {ParticipantInfo | null} */
+        this.self = null;
+        /** @type {string} */
+        this.room = "";
+        /** @type {Map<string, ParticipantInfo>} */
+        this.participants = new Map();
+        /** @type {string[]} */
+        this.stage = [];
+        /** @type {string[]} */
+        this.speakers = [];
+        /** @type {QualityLevel} */
+        this.quality = "thumbnail";
+        /** @type {RTCIceServer[]} */
+        this.iceServers = [];
+        /** @type {Map<string, RemoteTrack>} received tracks by subscriber mid */
+        this.remoteTracks = new Map();
+        /** @type {Map<Source, MediaStreamTrack>} what we publish (kept across reconnects) */
+        this.localTracks = new Map();
+        /** @type {Map<Source, RTCRtpTransceiver>} publisher transceivers by source */
+        this.transceivers = new Map();
+        /** @type {Map<Source, boolean>} the user's own mute choice */
+        this.selfMuted = new Map();
+        /** @type {Set<Source>} sources a moderator muted (the user cannot unmute them) */
+        this.moderatorMuted = new Set();
+        /** @type {number | null} last ping round trip in ms */
+        this.pingRttMs = null;
+        /** number of successful joins after the first */
+        this.rejoins = 0;
+
+        /** @type {Map<string, Set<(detail: any) => void>>} */
+        this._handlers = new Map();
+        this._generation = 0;
+        this._attempt = 0;
+        this._pingId = 0;
+        /** @type {Map<number, number>} */
+        this._pingSent = new Map();
+        this._lastHeard = 0;
+        /** @type {ReturnType<typeof setInterval> | null} */
+        this._pingTimer = null;
+        /** @type {ReturnType<typeof setTimeout> | null} */
+        this._retryTimer = null;
+        /** @type {ReturnType<typeof setTimeout> | null} */
+        this._joinTimer = null;
+        /** @type {Map<string, PcSlot>} */
+        this._slots = new Map();
+        /** @type {Promise<void>} serializes subscriber offers */
+        this._subscriberQueue = Promise.resolve();
+        this._negotiating = false;
+        this._negotiateAgain = false;
+        /** @type {{resolve: (sdp: string) => void, reject: (e: Error) => void} | null} */
+        this._pendingAnswer = null;
+        /** @type {{resolve: () => void, reject: (e: Error) => void} | null} */
+        this._firstJoin = null;
+        /** @type {Map<string, {bytes: number, packets: number, lost: number, sent: number, at: number}>} */
+        this._lastSample = new Map();
+    }
+
+    // ---- events -------------------------------------------------------------
+
+    /**
+     * @template {keyof HubEvents} K
+     * @param {K} type
+     * @param {(detail: HubEvents[K]) => void} handler
+     */
+    on(type, handler) {
+        let set = this._handlers.get(type);
+        if (!set) this._handlers.set(type, (set = new Set()));
+        set.add(handler);
+        return () => set.delete(handler);
+    }
+
+    /**
+     * @template {keyof HubEvents} K
+     * @param {K} type
+     * @param {HubEvents[K]} detail
+     */
+    _emit(type, detail) {
+        const set = this._handlers.get(type);
+        if (!set) return;
+        for (const handler of [...set]) {
+            try {
+                handler(detail);
+            } catch (e) {
+                console.error(`practice-hub: ${type} handler failed`, e);
+            }
+        }
+    }
+
+    /** @param {ClientState} state */
+    _setState(state) {
+        if (this.state === state) return;
+        this.state = state;
+        this._emit("state", state);
+    }
+
+    // ---- lifecycle ------------------------------------------------------------
+
+    /**
+     * Connects and joins; resolves after the first `joined`, rejects if the hub
+     * refuses the token. After that the client reconnects by itself.
+     * @returns {Promise<void>}
+     */
+    start() {
+        if (this.state !== "new") return Promise.resolve();
+        return new Promise((resolve, reject) => {
+            this._firstJoin = { resolve, reject };
+            this._connect();
+        });
+    }
+
+    /** Leaves the room for good. */
+    leave() {
+        if (this.state === "closed") return;
+        this._send({ type: "leave" });
+        this._shutdown();
+    }
+
+    /** Stops everything without reconnecting. */
+    _shutdown() {
+        this._generation++;
+        this._setState("closed");
+        this._clearTimers();
+        const ws = this.ws;
+        this.ws = null;
+        if (ws) {
+            ws.onclose = null;
+            ws.onmessage = null;
+            ws.close();
+        }
+        this._closePeerConnections();
+    }
+
+    _clearTimers() {
+        if (this._pingTimer) clearInterval(this._pingTimer);
+        if (this._retryTimer) clearTimeout(this._retryTimer);
+        if (this._joinTimer) clearTimeout(this._joinTimer);
+        this._pingTimer = this._retryTimer = this._joinTimer = null;
+    }
+
+    _connect() {
+        const generation = ++this._generation;
+        this._setState(this.rejoins > 0 || this._attempt > 0 ? "reconnecting" : "connecting");
+        /** @type {WebSocket} */
+        let ws;
+        try {
+            ws = new WebSocket(this.url);
+        } catch (e) {
+            this._connectionLost(generation, String(e));
+            return;
+        }
+        this.ws = ws;
+        ws.onopen = () => {
+            if (generation !== this._generation) return;
+            this._lastHeard = Date.now();
+            ws.send(JSON.stringify({ type: "join", token: this.token }));
+        };
+        ws.onmessage = (event) => {
+            if (generation !== this._generation) return;
+            this._lastHeard = Date.now();
+            /** @type {any} */
+            let msg;
+            try {
+                msg = JSON.parse(String(event.data));
+            } catch {
+                return;
+            }
+            if (!msg || typeof msg.type !== "string") return;
+            this._handle(msg, generation).catch((e) => {
+                this._emit("error", { code: "client", message: String(e), ref: msg.type });
+            });
+        };
+        ws.onclose = () => {
+            this._connectionLost(generation, "socket closed");
+        };
+        this._joinTimer = setTimeout(() => {
+            if (generation === this._generation && this.state !== "joined") {
+                this._connectionLost(generation, "join timed out");
+            }
+        }, 10000);
+    }
+
+    /**
+     * The websocket died (or a peer connection failed): drop everything of this
+     * join and try again after a backoff delay, with the same token.
+     * @param {number} generation
+     * @param {string} why
+     */
+    _connectionLost(generation, why) {
+        if (generation !== this._generation || this.state === "closed") return;
+        this._generation++;
+        this._clearTimers();
+        const ws = this.ws;
+        this.ws = null;
+        if (ws) {
+            ws.onclose = null;
+            ws.onmessage = null;
+            try {
+                ws.close();
+            } catch {
+                /* already closed */
+            }
+        }
+        this._closePeerConnections();
+        this._setState("reconnecting");
+        const delay = this.backoff(this._attempt++);
+        console.info(`practice-hub: connection lost (${why}); retrying in ${delay} ms`);
+        this._retryTimer = setTimeout(() => this._connect(), delay);
+    }
+
+    _closePeerConnections() {
+        if (this._pendingAnswer) {
+            this._pendingAnswer.reject(new Error("connection closed"));
+            this._pendingAnswer = null;
+        }
+        for (const slot of this._slots.values()) {
+            slot.pc.onicecandidate = null;
+            slot.pc.onconnectionstatechange = null;
+            slot.pc.close();
+        }
+        this._slots.clear();
+        this.publisher = null;
+        this.subscriber = null;
+        this.transceivers.clear();
+        this._negotiating = false;
+        this._negotiateAgain = false;
+        this._subscriberQueue = Promise.resolve();
+        this._lastSample.clear();
+        if (this.remoteTracks.size) {
+            this.remoteTracks.clear();
+            this._emit("tracks", []);
+        }
+    }
+
+    /** @param {object} msg */
+    _send(msg) {
+        const ws = this.ws;
+        if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+        ws.send(JSON.stringify(msg));
+        return true;
+    }
+
+    _startPing() {
+        const generation = this._generation;
+        this._pingTimer = setInterval(() => {
+            if (generation !== this._generation) return;
+            if (Date.now() - this._lastHeard > this.silenceTimeoutMs) {
+                this._connectionLost(generation, "no message for too long");
+                return;
+            }
+            const id = ++this._pingId;
+            this._pingSent.set(id, performance.now());
+            if (this._pingSent.size > 8) {
+                const oldest = this._pingSent.keys().next().value;
+                if (oldest !== undefined) this._pingSent.delete(oldest);
+            }
+            this._send({ type: "ping", id });
+        }, this.pingIntervalMs);
+    }
+
+    // ---- incoming messages ------------------------------------------------------
+
+    /**
+     * @param {any} msg
+     * @param {number} generation
+     */
+    async _handle(msg, generation) {
+        switch (msg.type) {
+            case "joined":
+                await this._onJoined(msg, generation);
+                break;
+            case "answer":
+                if (msg.pc === "publisher" && this._pendingAnswer) {
+                    const pending = this._pendingAnswer;
+                    this._pendingAnswer = null;
+                    pending.resolve(String(msg.sdp));
+                }
+                break;
+            case "offer":
+                if (msg.pc === "subscriber") {
+                    const run = () => this._onSubscriberOffer(msg, generation);
+                    this._subscriberQueue = this._subscriberQueue.then(run, run);
+                    await this._subscriberQueue;
+                }
+                break;
+            case "candidate": {
+                const slot = this._slots.get(msg.pc);
+                if (!slot) break;
+                const c = msg.candidate;
+                try {
+                    if (!c || !c.candidate) await slot.pc.addIceCandidate();
+                    else await slot.pc.addIceCandidate(c);
+                } catch (e) {
+                    console.warn("practice-hub: addIceCandidate failed", e);
+                }
+                break;
+            }
+            case "participant_joined":
+            case "participant_updated": {
+                /** @type {ParticipantInfo} */
+                const p = msg.participant;
+                if (!p || typeof p.sid !== "string") break;
+                if (this.self && p.sid === this.self.sid) {
+                    this.self = p;
+                } else {
+                    this.participants.set(p.sid, p);
+                }
+                this._emit("participants", this.participants);
+                break;
+            }
+            case "participant_left":
+                this.participants.delete(msg.sid);
+                this._emit("participants", this.participants);
+                break;
+            case "stage":
+                this.stage = Array.isArray(msg.stage) ? msg.stage : [];
+                this._emit("stage", this.stage);
+                break;
+            case "chat":
+                this._emit("chat", {
+                    from: String(msg.from || ""),
+                    name: String(msg.name || ""),
+                    text: String(msg.text || ""),
+                    at: Number(msg.at) || Date.now() / 1000,
+                });
+                break;
+            case "quality":
+                if (msg.level === "stage" || msg.level === "thumbnail") {
+                    this.quality = msg.level;
+                    await this.applyQuality();
+                    this._emit("quality", this.quality);
+                }
+                break;
+            case "muted":
+                this._onMuted(msg.source, !!msg.muted, !!msg.by_moderator);
+                break;
+            case "removed":
+                this._shutdown();
+                this._emit("removed", String(msg.reason || ""));
+                break;
+            case "pong": {
+                const sent = this._pingSent.get(msg.id);
+                if (sent !== undefined) {
+                    this.pingRttMs = performance.now() - sent;
+                    this._pingSent.delete(msg.id);
+                }
+                break;
+            }
+            case "speakers":
+                this.speakers = Array.isArray(msg.speakers) ? msg.speakers : [];
+                this._emit("speakers", this.speakers);
+                break;
+            case "stats":
+                this._emit("stats", msg.participants || {});
+                break;
+            case "error":
+                this._onError(msg, generation);
+                break;
+            default:
+                break;
+        }
+    }
+
+    /**
+     * @param {any} msg
+     * @param {number} generation
+     */
+    _onError(msg, generation) {
+        /** @type {HubError} */
+        const err = { code: String(msg.code), message: String(msg.message || ""), ref: msg.ref };
+        if (msg.ref === "offer" && this._pendingAnswer) {
+            const pending = this._pendingAnswer;
+            this._pendingAnswer = null;
+            pending.reject(new Error(`${err.code}: ${err.message}`));
+        }
+        if (msg.ref === "mute" && err.code === "muted_by_moderator" && msg.source) {
+            // our unmute was refused: show it muted and locked.
+            this._onMuted(msg.source, true, true);
+        }
+        if ((msg.ref === "join" || this.state !== "joined") && FATAL_CODES.has(err.code)) {
+            this._shutdown();
+            if (this._firstJoin) {
+                this._firstJoin.reject(new Error(`${err.code}: ${err.message}`));
+                this._firstJoin = null;
+            }
+            this._emit("fatal", err);
+            return;
+        }
+        if (generation === this._generation) this._emit("error", err);
+    }
+
+    /**
+     * @param {any} msg
+     * @param {number} generation
+     */
+    async _onJoined(msg, generation) {
+        if (this._joinTimer) clearTimeout(this._joinTimer);
+        this._joinTimer = null;
+        const wasJoined = this.self !== null;
+        this.room = String(msg.room || "");
+        this.self = msg.participant;
+        this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+        this.participants = new Map();
+        for (const p of msg.participants || []) {
+            if (p && p.sid !== this.self?.sid) this.participants.set(p.sid, p);
+        }
+        this.stage = Array.isArray(msg.stage) ? msg.stage : [];
+        this.quality = msg.quality === "stage" ? "stage" : "thumbnail";
+        this.moderatorMuted.clear();
+        if (wasJoined) this.rejoins++;
+        this._attempt = 0;
+        this._setState("joined");
+        this._startPing();
+
+        this.subscriber = this._newPeerConnection("subscriber", generation);
+        this.publisher = this._newPeerConnection("publisher", generation);
+
+        if (this.self) this._emit("joined", this.self);
+        this._emit("participants", this.participants);
+        this._emit("stage", this.stage);
+        this._emit("quality", this.quality);
+        if (this._firstJoin) {
+            this._firstJoin.resolve();
+            this._firstJoin = null;
+        }
+        // Republish whatever we were publishing before the drop.
+        if (this.localTracks.size) {
+            for (const [source, track] of this.localTracks) this._addTransceiver(source, track);
+            await this._negotiate();
+            for (const [source, muted] of this.selfMuted) {
+                if (muted && this.localTracks.has(source)) {
+                    this._send({ type: "mute", source, muted: true });
+                }
+            }
+        }
+    }
+
+    /**
+     * @param {'publisher' | 'subscriber'} name
+     * @param {number} generation
+     */
+    _newPeerConnection(name, generation) {
+        const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+        /** @type {PcSlot} */
+        const slot = { pc, described: false };
+        this._slots.set(name, slot);
+        pc.onicecandidate = (event) => {
+            if (generation !== this._generation || !slot.described) return;
+            const candidate = event.candidate ? event.candidate.toJSON() : null;
+            this._send({ type: "candidate", pc: name, candidate });
+        };
+        pc.onconnectionstatechange = () => {
+            if (generation !== this._generation) return;
+            if (pc.connectionState === "failed") {
+                this._connectionLost(generation, `${name} connection failed`);
+            }
+        };
+        return pc;
+    }
+
+    /**
+     * @param {any} msg
+     * @param {number} generation
+     */
+    async _onSubscriberOffer(msg, generation) {
+        const slot = this._slots.get("subscriber");
+        if (!slot || generation !== this._generation) return;
+        const pc = slot.pc;
+        await pc.setRemoteDescription({ type: "offer", sdp: String(msg.sdp) });
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        if (!slot.described) await iceGatheringDone(pc, 1000);
+        if (generation !== this._generation || !pc.localDescription) return;
+        this._send({ type: "answer", pc: "subscriber", sdp: pc.localDescription.sdp });
+        slot.described = true;
+
+        /** @type {Record<string, TrackInfo>} */
+        const tracks = msg.tracks && typeof msg.tracks === "object" ? msg.tracks : {};
+        this.remoteTracks.clear();
+        for (const transceiver of pc.getTransceivers()) {
+            const mid = transceiver.mid;
+            if (mid === null || !(mid in tracks)) continue;
+            this.remoteTracks.set(mid, {
+                mid,
+                track: transceiver.receiver.track,
+                receiver: transceiver.receiver,
+                info: tracks[mid],
+            });
+        }
+        this._emit("tracks", [...this.remoteTracks.values()]);
+    }
+
+    // ---- publishing ---------------------------------------------------------------
+
+    /**
+     * @param {Source} source
+     * @param {MediaStreamTrack} track
+     */
+    _addTransceiver(source, track) {
+        const pc = this.publisher;
+        if (!pc) return;
+        const stream = new MediaStream([track]);
+        /** @type {RTCRtpEncodingParameters[] | undefined} */
+        let sendEncodings;
+        if (source === "camera") {
+            sendEncodings = [cameraEncoding(this.quality, track.getSettings().width)];
+        } else if (source === "screen") {
+            sendEncodings = [{ maxBitrate: STAGE.maxBitrate, maxFramerate: 15 }];
+        }
+        let transceiver = this.transceivers.get(source);
+        if (transceiver) {
+            transceiver.direction = "sendonly";
+            transceiver.sender.replaceTrack(track);
+            return;
+        }
+        transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings });
+        this.transceivers.set(source, transceiver);
+    }
+
+    /**
+     * Publishes a track as `source` (replacing the current one without
+     * renegotiation if that source is already published).
+     * @param {Source} source
+     * @param {MediaStreamTrack} track
+     */
+    async publish(source, track) {
+        if (source === "screen" && "contentHint" in track) track.contentHint = "detail";
+        const had = this.localTracks.get(source);
+        this.localTracks.set(source, track);
+        const muted = this.isMuted(source);
+        track.enabled = !muted;
+        const transceiver = this.transceivers.get(source);
+        if (had && transceiver && transceiver.direction === "sendonly") {
+            await transceiver.sender.replaceTrack(track);
+            if (source === "camera") await this.applyQuality();
+            return;
+        }
+        if (this.state !== "joined" || !this.publisher) return; // published on (re)join
+        this._addTransceiver(source, track);
+        await this._negotiate();
+        if (muted) this._send({ type: "mute", source, muted: true });
+    }
+
+    /**
+     * Stops publishing `source`: its m-line goes inactive in a new offer.
+     * The track itself is left to the caller.
+     * @param {Source} source
+     */
+    async unpublish(source) {
+        if (!this.localTracks.delete(source)) return;
+        const transceiver = this.transceivers.get(source);
+        if (!transceiver || !this.publisher) return;
+        transceiver.direction = "inactive";
+        await transceiver.sender.replaceTrack(null);
+        await this._negotiate();
+    }
+
+    /** Offers the publisher connection's current state; one offer at a time. */
+    async _negotiate() {
+        if (this._negotiating) {
+            this._negotiateAgain = true;
+            return;
+        }
+        this._negotiating = true;
+        const generation = this._generation;
+        try {
+            do {
+                this._negotiateAgain = false;
+                const slot = this._slots.get("publisher");
+                if (!slot || generation !== this._generation) return;
+                const pc = slot.pc;
+                await pc.setLocalDescription(await pc.createOffer());
+                if (!slot.described) await iceGatheringDone(pc, 1000);
+                if (generation !== this._generation || !pc.localDescription) return;
+                /** @type {Record<string, Source>} */
+                const sources = {};
+                for (const [source, t] of this.transceivers) {
+                    if (t.mid !== null && t.direction === "sendonly" && t.sender.track) {
+                        sources[t.mid] = source;
+                    }
+                }
+                const answered = new Promise((resolve, reject) => {
+                    this._pendingAnswer = { resolve, reject };
+                });
+                const sent = this._send({
+                    type: "offer",
+                    pc: "publisher",
+                    sdp: pc.localDescription.sdp,
+                    sources,
+                });
+                slot.described = true;
+                if (!sent) return;
+                /** @type {string} */
+                let sdp;
+                try {
+                    sdp = await withTimeout(answered, 15000, "no answer from the hub");
+                } catch (e) {
+                    this._pendingAnswer = null;
+                    if (generation !== this._generation) return;
+                    if (pc.signalingState === "have-local-offer") {
+                        await pc.setLocalDescription({ type: "rollback" });
+                    }
+                    this._emit("error", { code: "negotiation", message: String(e), ref: "offer" });
+                    if (String(e).includes("no answer")) this._connectionLost(generation, "no answer");
+                    return;
+                }
+                if (generation !== this._generation) return;
+                await pc.setRemoteDescription({ type: "answer", sdp });
+                await this.applyQuality();
+            } while (this._negotiateAgain);
+        } finally {
+            if (generation === this._generation) this._negotiating = false;
+        }
+    }
+
+    /** Applies the current quality level to the camera sender (no renegotiation). */
+    async applyQuality() {
+        const transceiver = this.transceivers.get("camera");
+        const track = this.localTracks.get("camera");
+        if (!transceiver || !track || transceiver.direction !== "sendonly") return;
+        const sender = transceiver.sender;
+        const params = sender.getParameters();
+        if (!params.encodings || params.encodings.length === 0) return;
+        Object.assign(params.encodings[0], cameraEncoding(this.quality, track.getSettings().width));
+        try {
+            await sender.setParameters(params);
+        } catch (e) {
+            console.warn("practice-hub: setParameters failed", e);
+        }
+    }
+
+    // ---- mute -----------------------------------------------------------------------
+
+    /** @param {Source} source */
+    isMuted(source) {
+        return this.moderatorMuted.has(source) || !!this.selfMuted.get(source);
+    }
+
+    /** @param {Source} source */
+    isLocked(source) {
+        return this.moderatorMuted.has(source);
+    }
+
+    /**
+     * Mutes or unmutes one of our publications. Unmuting is refused locally
+     * while a moderator holds the mute.
+     * @param {Source} source
+     * @param {boolean} muted
+     * @returns {boolean} whether the change was made
+     */
+    setMuted(source, muted) {
+        if (!muted && this.moderatorMuted.has(source)) return false;
+        this.selfMuted.set(source, muted);
+        const track = this.localTracks.get(source);
+        if (track) track.enabled = !this.isMuted(source);
+        if (track) this._send({ type: "mute", source, muted });
+        this._emit("muted", { source, muted: this.isMuted(source), by_moderator: false });
+        return true;
+    }
+
+    /**
+     * @param {Source} source
+     * @param {boolean} muted
+     * @param {boolean} byModerator
+     */
+    _onMuted(source, muted, byModerator) {
+        if (muted && byModerator) this.moderatorMuted.add(source);
+        if (!muted) this.moderatorMuted.delete(source);
+        if (!muted && byModerator) {
+            // The moderator released the mute: back to the user's own choice.
+        } else if (!byModerator) {
+            this.selfMuted.set(source, muted);
+        }
+        const track = this.localTracks.get(source);
+        if (track) track.enabled = !this.isMuted(source);
+        this._emit("muted", { source, muted: this.isMuted(source), by_moderator: byModerator });
+    }
+
+    // ---- room actions -----------------------------------------------------------------
+
+    /** @param {boolean} raised */
+    raiseHand(raised) {
+        return this._send({ type: "hand", raised });
+    }
+
+    /** @param {string} text */
+    sendChat(text) {
+        const trimmed = text.trim().slice(0, 2000);
+        if (!trimmed) return false;
+        return this._send({ type: "chat", text: trimmed });
+    }
+
+    /**
+     * @param {string} sid
+     * @param {Source} source
+     * @param {boolean} muted
+     */
+    moderateMute(sid, source, muted) {
+        return this._send({ type: "moderate", action: "mute", participant: sid, source, muted });
+    }
+
+    /**
+     * @param {string} sid
+     * @param {boolean} onStage
+     */
+    moderateStage(sid, onStage) {
+        return this._send({ type: "moderate", action: "stage", participant: sid, on_stage: onStage });
+    }
+
+    /** @param {string} sid */
+    lowerHand(sid) {
+        return this._send({ type: "moderate", action: "hand", participant: sid, raised: false });
+    }
+
+    /** @param {string} sid */
+    remove(sid) {
+        return this._send({ type: "moderate", action: "remove", participant: sid });
+    }
+
+    // ---- link quality -------------------------------------------------------------------
+
+    /**
+     * Our own link as the browser sees it: round trip from the selected ICE pair
+     * (or ping/pong), inbound loss and bitrates since the previous call.
+     * @returns {Promise<LinkStats>}
+     */
+    async linkStats() {
+        if (this.state !== "joined") {
+            return { rttMs: null, loss: null, inKbps: null, outKbps: null, level: "down" };
+        }
+        /** @type {number | null} */
+        let rtt = null;
+        let packets = 0;
+        let lost = 0;
+        let bytesIn = 0;
+        let bytesOut = 0;
+        for (const [name, slot] of this._slots) {
+            /** @type {RTCStatsReport} */
+            let report;
+            try {
+                report = await slot.pc.getStats();
+            } catch {
+                continue;
+            }
+            for (const s of report.values()) {
+                if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+                    rtt = Math.max(rtt ?? 0, s.currentRoundTripTime * 1000);
+                }
+                if (s.type === "inbound-rtp" && name === "subscriber") {
+                    packets += s.packetsReceived || 0;
+                    lost += Math.max(0, s.packetsLost || 0);
+                    bytesIn += s.bytesReceived || 0;
+                }
+                if (s.type === "outbound-rtp" && name === "publisher") {
+                    bytesOut += s.bytesSent || 0;
+                }
+            }
+        }
+        const now = performance.now();
+        const prev = this._lastSample.get("link");
+        this._lastSample.set("link", { bytes: bytesIn, packets, lost, sent: bytesOut, at: now });
+        /** @type {number | null} */
+        let loss = null;
+        /** @type {number | null} */
+        let inKbps = null;
+        /** @type {number | null} */
+        let outKbps = null;
+        if (prev && now > prev.at) {
+            const secs = (now - prev.at) / 1000;
+            const dp = packets - prev.packets + (lost - prev.lost);
+            loss = dp > 0 ? Math.max(0, lost - prev.lost) / dp : 0;
+            inKbps = ((bytesIn - prev.bytes) * 8) / 1000 / secs;
+            outKbps = ((bytesOut - prev.sent) * 8) / 1000 / secs;
+        }
+        const rttMs = rtt ?? this.pingRttMs;
+        return { rttMs, loss, inKbps, outKbps, level: qualityLevel(rttMs, loss) };
+    }
+}
+
+/**
+ * Classifies a link from its round trip (ms) and loss fraction.
+ * @param {number | null} rttMs
+ * @param {number | null} loss
+ * @returns {'good' | 'fair' | 'poor'}
+ */
+export function qualityLevel(rttMs, loss) {
+    const r = rttMs ?? 0;
+    const l = loss ?? 0;
+    if (r > 400 || l > 0.08) return "poor";
+    if (r > 150 || l > 0.02) return "fair";
+    return "good";
+}
+
+/**
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {number} ms
+ * @param {string} message
+ * @returns {Promise<T>}
+ */
+function withTimeout(promise, ms, message) {
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(message)), ms);
+        promise.then(
+            (v) => {
+                clearTimeout(timer);
+                resolve(v);
+            },
+            (e) => {
+                clearTimeout(timer);
+                reject(e);
+            },
+        );
+    });
+}
+
+// ---- WHEP (household viewers) ---------------------------------------------------------
+
+/**
+ * A WHEP session: one recvonly audio + video offer POSTed to /whep/{room}.
+ * No DOM: the page attaches `stream` to a <video>.
+ */
+export class WhepSession {
+    /**
+     * @param {string} endpoint  e.g. "/whep/lecture-1"
+     * @param {{token?: string, iceServers?: RTCIceServer[]}} [options]
+     */
+    constructor(endpoint, options = {}) {
+        this.endpoint = endpoint;
+        this.token = options.token;
+        this.iceServers = options.iceServers || [];
+        /** @type {RTCPeerConnection | null} */
+        this.pc = null;
+        /** @type {string | null} */
+        this.resource = null;
+        this.stream = new MediaStream();
+        /** @type {((state: RTCPeerConnectionState) => void) | null} */
+        this.onstatechange = null;
+    }
+
+    /**
+     * Offers, waits for the answer; throws with the HTTP status on refusal.
+     * @returns {Promise<void>}
+     */
+    async start() {
+        const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+        this.pc = pc;
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        pc.addTransceiver("video", { direction: "recvonly" });
+        pc.ontrack = (event) => {
+            this.stream.addTrack(event.track);
+        };
+        pc.onconnectionstatechange = () => {
+            if (this.onstatechange) this.onstatechange(pc.connectionState);
+        };
+        await pc.setLocalDescription(await pc.createOffer());
+        await iceGatheringDone(pc, 1000);
+        /** @type {Record<string, string>} */
+        const headers = { "Content-Type": "application/sdp" };
+        if (this.token) headers.Authorization = `Bearer ${this.token}`;
+        const response = await fetch(this.endpoint, {
+            method: "POST",
+            headers,
+            body: pc.localDescription ? pc.localDescription.sdp : "",
+        });
+        if (response.status !== 201) {
+            pc.close();
+            this.pc = null;
+            throw new WhepError(response.status, await response.text().catch(() => ""));
+        }
+        const location = response.headers.get("Location");
+        this.resource = location ? new URL(location, new URL(this.endpoint, globalThis.location.href)).href : null;
+        await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    }
+
+    /** Ends the session (DELETE on the resource); safe to call twice. */
+    async stop() {
+        const pc = this.pc;
+        this.pc = null;
+        if (pc) pc.close();
+        for (const track of this.stream.getTracks()) this.stream.removeTrack(track);
+        const resource = this.resource;
+        this.resource = null;
+        if (resource) {
+            try {
+                await fetch(resource, { method: "DELETE", keepalive: true });
+            } catch {
+                /* the hub will time it out */
+            }
+        }
+    }
+}
+
+export class WhepError extends Error {
+    /**
+     * @param {number} status
+     * @param {string} body
+     */
+    constructor(status, body) {
+        super(`WHEP ${status}: ${body.slice(0, 200)}`);
+        this.status = status;
+    }
+}
+
+/**
+ * What the hub says about a room for households (future `GET /api/rooms/{room}`):
+ * an `hls_url` when it is live over HLS. Unknown fields stay undefined.
+ * @typedef {object} RoomStatus
+ * @property {string} [hls_url]
+ * @property {boolean} [recording]
+ * @property {boolean} [live]
+ */
+
+/**
+ * @param {string} room
+ * @returns {Promise<RoomStatus | null>} null when the hub does not expose it (yet)
+ */
+export async function fetchRoomStatus(room) {
+    try {
+        const response = await fetch(`/api/rooms/${encodeURIComponent(room)}`, {
+            headers: { Accept: "application/json" },
+        });
+        if (!response.ok) return null;
+        const body = await response.json();
+        return body && typeof body === "object" ? body : null;
+    } catch {
+        return null;
+    }
+}

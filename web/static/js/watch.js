@@ -1,0 +1,126 @@
+// @ts-check
+/**
+ * The household viewer: no account. Plays the room's stage over WHEP today;
+ * when the hub reports the room live for households (`hls_url` in
+ * `GET /api/rooms/{room}`), plays that HLS in the plain <video> instead.
+ */
+
+import { WhepError, WhepSession, backoffDelay, fetchRoomStatus } from "./protocol.js";
+import { initI18n, onLangChange, t } from "./i18n.js";
+import { byId } from "./ui.js";
+
+initI18n();
+
+const player = /** @type {HTMLVideoElement} */ (byId("player"));
+const statusNode = byId("status");
+const unmuteButton = /** @type {HTMLButtonElement} */ (byId("unmute"));
+const room = decodeURIComponent(location.pathname.replace(/^\/watch\//, "").replace(/\/$/, ""));
+byId("room-name").textContent = room ? `· ${room}` : "";
+
+/** @typedef {'waiting' | 'webrtc' | 'hls' | 'retry'} Mode */
+
+/** Test and debugging hook. */
+const state = {
+    /** @type {Mode} */
+    mode: "waiting",
+    /** @type {WhepSession | null} */
+    session: null,
+    /** @type {string | null} */
+    hlsUrl: null,
+    attempts: 0,
+};
+Object.assign(window, { practiceHub: state });
+
+/** @param {Mode} mode */
+function setMode(mode) {
+    state.mode = mode;
+    renderStatus();
+}
+
+function renderStatus() {
+    const key = {
+        waiting: "watch.waiting",
+        webrtc: "watch.webrtc",
+        hls: "watch.hls",
+        retry: "watch.retry",
+    }[state.mode];
+    statusNode.textContent = t(key);
+    statusNode.dataset.state = state.mode === "webrtc" || state.mode === "hls" ? "joined" : "connecting";
+}
+
+/** @param {string} url */
+function playHls(url) {
+    state.hlsUrl = url;
+    player.srcObject = null;
+    player.src = url;
+    player.play().catch(() => {});
+    setMode("hls");
+}
+
+/** @type {ReturnType<typeof setTimeout> | null} */
+let retryTimer = null;
+
+function scheduleRetry() {
+    if (retryTimer) clearTimeout(retryTimer);
+    const delay = backoffDelay(Math.min(state.attempts++, 4));
+    retryTimer = setTimeout(() => void connect(), delay);
+}
+
+async function connect() {
+    retryTimer = null;
+    const status = await fetchRoomStatus(room);
+    if (status && typeof status.hls_url === "string" && status.hls_url) {
+        if (state.session) await state.session.stop();
+        state.session = null;
+        playHls(status.hls_url);
+        return;
+    }
+    if (state.session) await state.session.stop();
+    const session = new WhepSession(`/whep/${encodeURIComponent(room)}`);
+    state.session = session;
+    session.onstatechange = (pcState) => {
+        if (state.session !== session) return;
+        if (pcState === "connected") {
+            state.attempts = 0;
+            setMode("webrtc");
+        } else if (pcState === "failed" || pcState === "closed") {
+            setMode("retry");
+            scheduleRetry();
+        }
+    };
+    try {
+        await session.start();
+        player.srcObject = session.stream;
+        player.play().catch(() => {});
+    } catch (e) {
+        // 404: the room is not live yet; anything else: try again later.
+        setMode(e instanceof WhepError && e.status === 404 ? "waiting" : "retry");
+        if (state.session === session) state.session = null;
+        scheduleRetry();
+    }
+}
+
+/** Switch to HLS when the hub starts publishing it (checked every 15 s). */
+setInterval(async () => {
+    if (state.mode === "hls") return;
+    const status = await fetchRoomStatus(room);
+    if (status && typeof status.hls_url === "string" && status.hls_url) {
+        if (state.session) await state.session.stop();
+        state.session = null;
+        playHls(status.hls_url);
+    }
+}, 15000);
+
+unmuteButton.addEventListener("click", () => {
+    player.muted = false;
+    player.play().catch(() => {});
+    unmuteButton.hidden = true;
+});
+
+window.addEventListener("pagehide", () => {
+    if (state.session) void state.session.stop();
+});
+
+onLangChange(renderStatus);
+renderStatus();
+void connect();
