@@ -62,3 +62,11 @@ def chromium_path() -> str:
     if shutil.which(CHROMIUM) is None and not os.path.exists(CHROMIUM):
         missing_service(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     return CHROMIUM
+
+
+@pytest.fixture
+async def hub_server(tmp_path):  # type: ignore[no-untyped-def]
+    from tests.hubserver import running_hub
+
+    async with running_hub(tmp_path) as running:
+        yield running

@@ -9,12 +9,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hub.metrics import metrics_router
+from hub.rooms_api import rooms_router
+from hub.service import Hub
 from hub.settings import Settings
+from hub.signaling import signaling_router
+from hub.store import open_store_bus
+from hub.whip import whip_router
+from web.pages import pages_router
 
 
 def create_engine_for(settings: Settings) -> AsyncEngine:
-    url = settings.resolved_database_url()
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(settings.resolved_database_url(), pool_pre_ping=True)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -25,10 +31,20 @@ def create_app(settings: Settings) -> FastAPI:
         async with AsyncExitStack() as stack:
             engine = create_engine_for(settings)
             stack.push_async_callback(engine.dispose)
+            store, bus = open_store_bus(settings.redis_url)
+            stack.push_async_callback(store.close)
+            stack.push_async_callback(bus.close)
+            hub = Hub(settings, store, bus)
+            await hub.start()
+            stack.push_async_callback(hub.close)
             app.state.settings = settings
             app.state.engine = engine
-            # --- parts are wired below, each package in its own block ---
+            app.state.hub = hub
+            app.include_router(signaling_router(hub))
+            app.include_router(whip_router(hub))
+            app.include_router(rooms_router(hub))
+            app.include_router(metrics_router(hub))
+            app.include_router(pages_router())
             yield
 
-    app = FastAPI(title="Practice Hub", lifespan=lifespan)
-    return app
+    return FastAPI(title="Practice Hub", lifespan=lifespan)

@@ -1,0 +1,302 @@
+"""Every access to aiortc's and aioice's private internals, and nothing else.
+
+aiortc has no public tap for encoded media, decodes everything it receives, has no
+fast send path and accepts only two H.264 profiles; a forwarding hub needs all of
+that changed. Each reach into a private attribute is here, for the pinned versions
+below; :func:`check_internals` fails loudly when an upgrade moves any of them, and a
+test runs it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import queue
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import CODECS
+from aiortc.rtcconfiguration import RTCConfiguration
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
+from aiortc.rtp import RtpPacket
+
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+
+# Profiles a forwarding hub must accept and pass through unchanged: Main and High
+# are what OBS and `ffmpeg -profile:v high` offer; aiortc ships only 42001f/42e01f.
+EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f")
+
+_RECEIVER_ATTRS = (
+    "_RTCRtpReceiver__nack_generator",
+    "_RTCRtpReceiver__decoder_queue",
+    "_send_rtcp_pli",
+)
+_SENDER_ATTRS = (
+    "_ssrc",
+    "_rtx_ssrc",
+    "_retransmit",
+    "_send_keyframe",
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__packet_count",
+)
+_TRANSCEIVER_ATTRS = ("_codecs", "_headerExtensions")
+
+
+class InternalsChanged(RuntimeError):
+    """The installed aiortc/aioice no longer has what this module relies on."""
+
+
+def _require(obj: object, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if not hasattr(obj, name)]
+    if missing:
+        raise InternalsChanged(
+            f"{type(obj).__name__} lacks {missing}: aiortc internals changed "
+            f"(pinned {PINNED}); update hub/aiortc_internals.py"
+        )
+
+
+async def check_internals() -> None:
+    """Verify the pinned versions and every private attribute this module touches."""
+    for package, version in PINNED.items():
+        installed = importlib.metadata.version(package)
+        if installed != version:
+            raise InternalsChanged(f"{package} {installed} installed, {version} pinned")
+    if not callable(getattr(aioice.ice, "get_host_addresses", None)):
+        raise InternalsChanged("aioice.ice.get_host_addresses is gone")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for kind in ("audio", "video"):
+            transceiver = pc.addTransceiver(kind, direction="sendrecv")
+            _require(transceiver, _TRANSCEIVER_ATTRS)
+            _require(transceiver.receiver, _RECEIVER_ATTRS)
+            _require(transceiver.sender, _SENDER_ATTRS)
+            dtls = transceiver.sender.transport
+            _require(dtls, ("_tx_srtp", "_state"))
+            _require(dtls.transport, ("_connection",))
+            _require(dtls.transport._connection, ("_nominated",))
+        if not isinstance(CODECS.get("video"), list):
+            raise InternalsChanged("aiortc.codecs.CODECS changed shape")
+    finally:
+        await pc.close()
+
+
+# --- codecs -------------------------------------------------------------------
+
+
+def install_h264_profiles() -> None:
+    """Let aiortc negotiate H.264 Main and High profile (idempotent).
+
+    aiortc matches H.264 by profile only, so ``64001f`` also accepts an offer of
+    ``640028``; the hub forwards the publisher's bitstream unchanged.
+    """
+    video = CODECS["video"]
+    present = {str(c.parameters.get("profile-level-id", "")).lower() for c in video}
+    used = {c.payloadType for kind in CODECS.values() for c in kind}
+    for profile in EXTRA_H264_PROFILES:
+        if profile in present:
+            continue
+        pt = next(p for p in range(96, 128) if p not in used and p + 1 not in used)
+        used |= {pt, pt + 1}
+        video += [
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": profile,
+                },
+            ),
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+            ),
+        ]
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs the last negotiation settled on, in order (RTX included)."""
+    return list(transceiver._codecs)
+
+
+def negotiated_header_extensions(
+    transceiver: RTCRtpTransceiver,
+) -> list[RTCRtpHeaderExtensionParameters]:
+    return list(transceiver._headerExtensions)
+
+
+# --- ICE ----------------------------------------------------------------------
+
+_original_host_addresses = aioice.ice.get_host_addresses
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gather host candidates only on ``addresses`` (every interface when empty).
+
+    aioice gathers on every interface except 127.0.0.1 and has no option for it; a
+    hub on an intranet, and every test, must choose.
+    """
+    if not addresses:
+        aioice.ice.get_host_addresses = _original_host_addresses
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+# --- receiving: taps that keep frames away from the decoder ---------------------
+
+
+class _PacketTap:
+    """Stands where the receiver keeps its NACK generator: sees each media packet
+    after RTX unwrapping, forwards it, then lets the real generator (video) work."""
+
+    __slots__ = ("_nack", "missing", "on_rtp")
+
+    def __init__(self, nack: Any, on_rtp: Callable[[RtpPacket], None]) -> None:
+        self._nack = nack
+        self.on_rtp = on_rtp
+        self.missing: set[int] = nack.missing if nack is not None else set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        self.on_rtp(packet)
+        if self._nack is None:
+            return False
+        lost: bool = self._nack.add(packet)
+        self.missing = self._nack.missing
+        return lost
+
+
+FrameCallback = Callable[[str, bytes, int], None]
+"""Called with (codec name, depayloaded frame, unwrapped RTP timestamp)."""
+
+
+class _FrameTap:
+    """Stands where the receiver keeps its decoder queue: complete encoded frames
+    go to ``on_frame`` (or nowhere); the decoder thread, started on this object,
+    only ever gets the stop sentinel."""
+
+    __slots__ = ("_stop_queue", "on_frame")
+
+    def __init__(self, stop_queue: queue.Queue[Any], on_frame: FrameCallback | None) -> None:
+        self._stop_queue = stop_queue
+        self.on_frame = on_frame
+
+    def get(self) -> Any:
+        """The decoder thread waits here for the stop sentinel only."""
+        return self._stop_queue.get()
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            # The receiver's stop sentinel: it ends the idle decoder thread.
+            self._stop_queue.put(None)
+            return
+        if self.on_frame is not None:
+            codec, frame = item
+            self.on_frame(codec.name, frame.data, frame.timestamp)
+
+
+class ReceiverTap:
+    """Installed on one RTCRtpReceiver before it starts receiving."""
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        on_rtp: Callable[[RtpPacket], None],
+        on_frame: FrameCallback | None = None,
+    ) -> None:
+        _require(receiver, _RECEIVER_ATTRS)
+        self._receiver = receiver
+        self._packets = _PacketTap(receiver._RTCRtpReceiver__nack_generator, on_rtp)
+        self._frames = _FrameTap(receiver._RTCRtpReceiver__decoder_queue, on_frame)
+        receiver._RTCRtpReceiver__nack_generator = self._packets
+        receiver._RTCRtpReceiver__decoder_queue = self._frames
+
+    def set_frame_callback(self, on_frame: FrameCallback | None) -> None:
+        self._frames.on_frame = on_frame
+
+    def request_keyframe(self, media_ssrc: int) -> Awaitable[None]:
+        """Send a PLI to the publisher for ``media_ssrc``."""
+        result: Awaitable[None] = self._receiver._send_rtcp_pli(media_ssrc)
+        return result
+
+
+# --- sending: bypass the encoder, answer NACK and PLI from the hub --------------
+
+
+class SenderHook:
+    """Takes over an RTCRtpSender whose track never yields: the hub writes RTP
+    itself, and the sender's RTCP machinery (SR, RR, NACK, PLI) stays in use."""
+
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        retransmit: Callable[[int], Awaitable[None]],
+        keyframe: Callable[[], None],
+    ) -> None:
+        _require(sender, _SENDER_ATTRS)
+        self._sender = sender
+        sender._retransmit = retransmit
+        sender._send_keyframe = keyframe
+
+    @property
+    def ssrc(self) -> int:
+        ssrc: int = self._sender._ssrc
+        return ssrc
+
+    @property
+    def rtx_ssrc(self) -> int:
+        ssrc: int = self._sender._rtx_ssrc
+        return ssrc
+
+    def record_sent(self, rtp_timestamp: int, ntp_timestamp: int, payload_size: int) -> None:
+        """Keep the sender's Sender Report figures true to what the hub sent."""
+        sender = self._sender
+        sender._RTCRtpSender__ntp_timestamp = ntp_timestamp
+        sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
+        sender._RTCRtpSender__octet_count += payload_size
+        sender._RTCRtpSender__packet_count += 1
+
+
+class RtpWriter:
+    """A synchronous SRTP-protect-and-send for one DTLS transport.
+
+    aiortc's own path is three nested coroutines per packet; on the forwarding path
+    that cost is paid once per packet per subscriber.
+    """
+
+    __slots__ = ("_connection", "_dtls")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._connection = dtls.transport._connection
+
+    def ready(self) -> bool:
+        return self._dtls._state is State.CONNECTED and 1 in self._connection._nominated
+
+    def send(self, data: bytes) -> bool:
+        """Protect and send one RTP packet; False when the transport cannot send."""
+        dtls = self._dtls
+        if dtls._state is not State.CONNECTED:
+            return False
+        pair = self._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return False
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        return True

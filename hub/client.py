@@ -1,0 +1,203 @@
+"""A Python client of the hub's signaling protocol (PROTOCOL.md), built on aiortc.
+
+Used by the tests, the benchmarks, and any bot that joins a room from a script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
+
+from hub.aiortc_internals import ReceiverTap
+from hub.peers import make_peer_connection
+from hub.tasks import TaskOwner
+
+logger = logging.getLogger(__name__)
+
+
+class ReceivedTrack:
+    """A track the client receives, and what it is (from the offer's ``tracks`` map)."""
+
+    def __init__(self, mid: str, track: MediaStreamTrack, info: dict[str, str]) -> None:
+        self.mid = mid
+        self.track = track
+        self.info = info
+        self.packets = 0
+        self.bytes = 0
+
+    def count(self, packet: RtpPacket) -> None:
+        self.packets += 1
+        self.bytes += len(packet.payload)
+
+
+class HubClient:
+    """One participant: a websocket, a publisher and a subscriber connection.
+
+    With ``decode=False`` received media is counted and dropped before any decoder,
+    as a benchmark's many subscribers need.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        decode: bool = True,
+        ice_servers: list[RTCIceServer] | None = None,
+        on_rtp: Callable[[ReceivedTrack, RtpPacket], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.decode = decode
+        self.ice_servers = ice_servers or []
+        self.on_rtp = on_rtp
+        self.messages: list[dict[str, Any]] = []
+        self.joined: dict[str, Any] = {}
+        self.publisher: RTCPeerConnection | None = None
+        self.subscriber: RTCPeerConnection | None = None
+        self.received: dict[str, ReceivedTrack] = {}
+        self._offer_tracks: dict[str, dict[str, str]] = {}
+        self._ws: Any = None
+        self._changed = asyncio.Event()
+        self._answer: asyncio.Future[str] | None = None
+        self._tasks = TaskOwner("client")
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        self._ws = await websockets.connect(self.url, max_size=2**22)
+        self._tasks.spawn(self._read(), name="read")
+        await self.send({"type": "join", "token": self.token})
+        message = await self.wait_for(lambda m: m["type"] in ("joined", "error"), timeout)
+        if message["type"] == "error":
+            raise ConnectionError(f"join refused: {message['code']}: {message['message']}")
+        self.joined = message
+        return message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._ws.send(json.dumps(message))
+
+    async def publish(self, tracks: dict[str, MediaStreamTrack], timeout: float = 10.0) -> None:
+        """Send ``tracks`` (source → track) on the publisher connection."""
+        if self.publisher is None:
+            self.publisher = make_peer_connection(self.ice_servers)
+        sources: dict[str, str] = {}
+        pending = []
+        for source, track in tracks.items():
+            transceiver = self.publisher.addTransceiver(track, direction="sendonly")
+            pending.append((transceiver, source))
+        offer = await self.publisher.createOffer()
+        await self.publisher.setLocalDescription(offer)
+        for transceiver, source in pending:
+            sources[str(transceiver.mid)] = source
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.send(
+            {
+                "type": "offer",
+                "pc": "publisher",
+                "sdp": self.publisher.localDescription.sdp,
+                "sources": sources,
+            }
+        )
+        answer = await asyncio.wait_for(self._answer, timeout)
+        await self.publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0
+    ) -> dict[str, Any]:
+        """The first message from index ``start`` on that satisfies ``predicate``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        index = start
+        while True:
+            while index < len(self.messages):
+                message = self.messages[index]
+                index += 1
+                if predicate(message):
+                    return message
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message; last: {self.messages[-3:]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def tracks_of(self, source: str, participant: str | None = None) -> list[ReceivedTrack]:
+        return [
+            t
+            for t in self.received.values()
+            if t.info.get("source") == source
+            and (participant is None or t.info.get("participant") == participant)
+        ]
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                if message.get("type") == "offer" and message.get("pc") == "subscriber":
+                    await self._on_offer(message)
+                elif message.get("type") == "answer" and self._answer and not self._answer.done():
+                    self._answer.set_result(message["sdp"])
+                elif (
+                    message.get("type") == "error"
+                    and message.get("ref") == "offer"
+                    and self._answer is not None
+                    and not self._answer.done()
+                ):
+                    self._answer.set_exception(ConnectionError(message["message"]))
+                self.messages.append(message)
+                self._changed.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.messages.append({"type": "closed"})
+            self._changed.set()
+
+    async def _on_offer(self, message: dict[str, Any]) -> None:
+        if self.subscriber is None:
+            self.subscriber = make_peer_connection(self.ice_servers)
+            self.subscriber.on("track", self._on_track)
+        self._offer_tracks = message.get("tracks", {})
+        for mid, received in self.received.items():
+            received.info = self._offer_tracks.get(mid, {})
+        await self.subscriber.setRemoteDescription(
+            RTCSessionDescription(sdp=message["sdp"], type="offer")
+        )
+        answer = await self.subscriber.createAnswer()
+        await self.subscriber.setLocalDescription(answer)
+        await self.send(
+            {"type": "answer", "pc": "subscriber", "sdp": self.subscriber.localDescription.sdp}
+        )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.subscriber is not None
+        transceiver = next(
+            t for t in self.subscriber.getTransceivers() if t.receiver.track is track
+        )
+        mid = str(transceiver.mid)
+        received = ReceivedTrack(mid, track, self._offer_tracks.get(mid, {}))
+        self.received[mid] = received
+        if not self.decode:
+            callback = self.on_rtp
+
+            def count(packet: RtpPacket) -> None:
+                received.count(packet)
+                if callback is not None:
+                    callback(received, packet)
+
+            ReceiverTap(transceiver.receiver, count)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        await self._tasks.close()
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                await pc.close()

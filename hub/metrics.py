@@ -1,0 +1,84 @@
+"""``/metrics`` in the Prometheus text format, and ``/healthz``."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from hub.service import Hub
+
+_HELP = {
+    "packets_received": "RTP packets received from publishers",
+    "packets_forwarded": "RTP packets forwarded to subscribers",
+    "bytes_forwarded": "RTP bytes forwarded to subscribers",
+    "keyframe_requests": "keyframe requests (PLI) sent to publishers, after coalescing",
+    "keyframe_requests_coalesced": "keyframe requests folded into another",
+    "nacks_received": "sequence numbers subscribers reported lost",
+    "retransmissions": "packets resent from the hub's history",
+    "frames_to_sinks": "encoded frames handed to recorders and live packagers",
+}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(hub: Hub) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP practicehub_{name} {help_text}")
+        lines.append(f"# TYPE practicehub_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"practicehub_{name}{labels} {value:g}")
+
+    rooms = list(hub.rooms.values())
+    participants = [p for r in rooms for p in r.participants.values()]
+    publications = [pub for p in participants for pub in p.publications.values()]
+    metric("rooms", "gauge", "open rooms on this node", [("", len(rooms))])
+    metric("participants", "gauge", "participants on this node", [("", len(participants))])
+    metric("publications", "gauge", "published tracks", [("", len(publications))])
+    metric(
+        "subscriptions",
+        "gauge",
+        "publication-to-subscriber forwarders",
+        [("", sum(len(pub.up.subscriptions) for pub in publications))],
+    )
+    for field in fields(hub.stats):
+        metric(
+            f"{field.name}_total",
+            "counter",
+            _HELP[field.name],
+            [("", getattr(hub.stats, field.name))],
+        )
+    rtt: list[tuple[str, float]] = []
+    loss: list[tuple[str, float]] = []
+    bitrate: list[tuple[str, float]] = []
+    for room in rooms:
+        for p in room.participants.values():
+            labels = f'{{room="{_label(room.name)}",identity="{_label(p.identity)}"}}'
+            if p.link.rtt_ms is not None:
+                rtt.append((labels, p.link.rtt_ms / 1000))
+            if p.link.loss is not None:
+                loss.append((labels, p.link.loss))
+            bitrate.append((labels, p.link.bitrate_kbps * 1000))
+    metric("participant_rtt_seconds", "gauge", "round-trip time to the participant", rtt)
+    metric("participant_loss_ratio", "gauge", "fraction of packets the participant lost", loss)
+    metric("participant_inbound_bits_per_second", "gauge", "what the participant sends", bitrate)
+    return "\n".join(lines) + "\n"
+
+
+def metrics_router(hub: Hub) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "node": hub.node_id, "rooms": len(hub.rooms)})
+
+    @router.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render(hub), media_type="text/plain; version=0.0.4")
+
+    return router

@@ -1,0 +1,88 @@
+"""``/api/rooms``: open, inspect, open to households and close rooms."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path
+from pydantic import BaseModel, ConfigDict
+
+from hub.ids import RoomName
+from hub.room import HubError, Room
+from hub.service import Hub
+from hub.tokens import Grant
+
+ROOM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class RoomPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    public: bool | None = None
+    """Households may watch without an account."""
+
+
+def room_info(room: Room) -> dict[str, Any]:
+    return {
+        "name": room.name,
+        "public": room.public,
+        "created_at": room.created_at,
+        "participants": len(room.participants),
+        "stage": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in room.stage],
+        "hands": [p.sid for p in room.hands()],
+    }
+
+
+def rooms_router(hub: Hub) -> APIRouter:
+    router = APIRouter(prefix="/api/rooms", tags=["rooms"])
+
+    def moderator(authorization: Annotated[str | None, Header()] = None) -> Grant:
+        if authorization is None or not authorization.lower().startswith("bearer "):
+            raise HTTPException(401, "send Authorization: Bearer <moderator token>")
+        try:
+            grant = hub.verify(authorization[7:].strip())
+        except HubError as exc:
+            raise HTTPException(401, exc.message) from None
+        if not grant.can_moderate:
+            raise HTTPException(403, f"{grant.role.value} cannot manage rooms")
+        return grant
+
+    ModeratorDep = Annotated[Grant, Depends(moderator)]
+    RoomPath = Annotated[str, Path(pattern=ROOM_NAME)]
+
+    def own(grant: Grant, name: str) -> RoomName:
+        if grant.room != name:
+            raise HTTPException(403, f"token is for room {grant.room}, not {name}")
+        return RoomName(name)
+
+    async def existing(name: str) -> Room:
+        room = hub.rooms.get(RoomName(name))
+        if room is None:
+            raise HTTPException(404, f"no room {name} on this node")
+        return room
+
+    @router.get("/{name}")
+    async def get_room(name: RoomPath) -> dict[str, Any]:
+        return room_info(await existing(name))
+
+    @router.post("/{name}", status_code=201)
+    async def open_room(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:
+        try:
+            room = await hub.room(own(grant, name))
+        except HubError as exc:
+            raise HTTPException(409, exc.message) from None
+        return room_info(room)
+
+    @router.patch("/{name}")
+    async def patch_room(name: RoomPath, patch: RoomPatch, grant: ModeratorDep) -> dict[str, Any]:
+        own(grant, name)
+        room = await existing(name)
+        if patch.public is not None:
+            room.public = patch.public
+        return room_info(room)
+
+    @router.delete("/{name}", status_code=204)
+    async def close_room(name: RoomPath, grant: ModeratorDep) -> None:
+        if not await hub.close_room(own(grant, name)):
+            raise HTTPException(404, f"no room {name} on this node")
+
+    return router

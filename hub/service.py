@@ -1,0 +1,164 @@
+"""The hub of one node: its rooms, its place in the cluster, its token signer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiortc import RTCIceServer
+
+from hub.aiortc_internals import check_internals, install_h264_profiles, restrict_host_addresses
+from hub.forwarding import ForwardingStats
+from hub.ids import NodeID, RoomName
+from hub.room import HubError, Participant, Room
+from hub.settings import Settings
+from hub.store import Bus, Store
+from hub.tasks import TaskOwner
+from hub.tokens import Grant, TokenError, TokenSigner
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 5.0
+PRESENCE_TTL = 30.0
+PRESENCE_CHANNEL = "presence"
+
+
+class Hub:
+    """Owns the rooms on this node; created and closed by the app's lifespan."""
+
+    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.signer = TokenSigner(settings.resolved_secret())
+        self.node_id = NodeID(settings.node_id or f"node-{secrets.token_hex(4)}")
+        self.stats = ForwardingStats()
+        self.rooms: dict[RoomName, Room] = {}
+        self.ice_servers = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in settings.ice_servers
+        ]
+        self.tasks = TaskOwner("hub")
+        self.started_at = time.time()
+        self._room_locks: dict[RoomName, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        await check_internals()
+        install_h264_profiles()
+        restrict_host_addresses(self.settings.ice_gather_addresses)
+        await self._heartbeat()
+        self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+
+    def ice_servers_for_clients(self) -> list[dict[str, Any]]:
+        return [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]
+
+    def verify(self, token: str) -> Grant:
+        """A token's grant, or a :class:`HubError` with the protocol's code."""
+        try:
+            return self.signer.verify(token)
+        except TokenError as exc:
+            code = "token_expired" if "expired" in exc.reason else "invalid_token"
+            raise HubError(code, exc.reason) from None
+
+    async def room(self, name: RoomName, *, create: bool = True) -> Room:
+        """The room on this node, created (and claimed in the cluster) if needed."""
+        lock = self._room_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            room = self.rooms.get(name)
+            if room is not None and not room.closed:
+                return room
+            if not create:
+                raise HubError("not_found", f"no room {name}")
+            owner = await self.store.claim_room(name, self.node_id)
+            if owner != self.node_id:
+                raise HubError("room_elsewhere", f"room {name} lives on node {owner}")
+            gather = self.settings.ice_gather_addresses
+            room = Room(
+                name,
+                stats=self.stats,
+                ice_servers=self.ice_servers,
+                announce_address=self.settings.ice_announce_address,
+                gather_first=gather[0] if gather else None,
+                empty_timeout=self.settings.room_empty_timeout,
+                on_empty=lambda r: self.tasks.spawn(self.close_room(r.name), name="close-room"),
+                on_presence=self._presence_changed,
+            )
+            self.rooms[name] = room
+            logger.info("room %s opened on %s", name, self.node_id)
+            return room
+
+    async def close_room(self, name: RoomName) -> bool:
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return False
+        await room.close()
+        await self.store.release_room(name, self.node_id)
+        self._room_locks.pop(name, None)
+        logger.info("room %s closed", name)
+        return True
+
+    def _presence_info(self, participant: Participant) -> dict[str, Any]:
+        return {
+            "sid": participant.sid,
+            "name": participant.name,
+            "role": participant.role.value,
+            "node": self.node_id,
+            "joined_at": participant.joined_at,
+            "on_stage": participant.on_stage,
+            "link": participant.link.as_dict(),
+        }
+
+    def _presence_changed(self, room: Room, participant: Participant, here: bool) -> None:
+        """Joins and leaves reach the Store and the Bus at once (the dashboard)."""
+        self.tasks.spawn(self._publish_presence(room, participant, here), name="presence")
+
+    async def _publish_presence(self, room: Room, participant: Participant, here: bool) -> None:
+        if here:
+            info = self._presence_info(participant)
+            await self.store.set_presence(room.name, participant.identity, info, PRESENCE_TTL)
+        else:
+            await self.store.remove_presence(room.name, participant.identity)
+        await self.bus.publish(
+            PRESENCE_CHANNEL,
+            {
+                "room": room.name,
+                "identity": participant.identity,
+                "here": here,
+                "node": self.node_id,
+                "at": time.time(),
+            },
+        )
+
+    async def set_presence(self, room: Room) -> None:
+        for participant in list(room.participants.values()):
+            info = self._presence_info(participant)
+            await self.store.set_presence(room.name, participant.identity, info, PRESENCE_TTL)
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(
+            self.node_id,
+            {
+                "rooms": len(self.rooms),
+                "participants": sum(len(r.participants) for r in self.rooms.values()),
+                "started_at": self.started_at,
+            },
+            HEARTBEAT_INTERVAL * 3,
+        )
+        for room in list(self.rooms.values()):
+            await self.set_presence(room)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    async def close(self) -> None:
+        await self.tasks.close()
+        for name in list(self.rooms):
+            await self.close_room(name)

@@ -1,0 +1,374 @@
+"""The ``/ws`` signaling endpoint; the protocol is written down in PROTOCOL.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, WebSocket
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from hub.peers import MAX_SDP_BYTES, SdpError
+from hub.room import HubError, Participant, Room
+from hub.service import Hub
+from hub.tokens import Source
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024
+OUTBOX_LIMIT = 4096
+"""Messages queued for one client before it counts as too slow and is dropped."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Join(_Message):
+    type: Literal["join"]
+    token: Annotated[StrictStr, Field(max_length=4096)]
+
+
+class Offer(_Message):
+    type: Literal["offer"]
+    pc: Literal["publisher"]
+    sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
+    sources: dict[StrictStr, Source] = Field(default_factory=dict)
+
+
+class Answer(_Message):
+    type: Literal["answer"]
+    pc: Literal["subscriber"]
+    sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
+
+
+class CandidateBody(_Message):
+    candidate: Annotated[StrictStr, Field(max_length=1024)]
+    sdpMid: StrictStr | None = None
+    sdpMLineIndex: StrictInt | None = None
+
+
+class Candidate(_Message):
+    type: Literal["candidate"]
+    pc: Literal["publisher", "subscriber"]
+    candidate: CandidateBody | None = None
+
+
+class Unpublish(_Message):
+    type: Literal["unpublish"]
+    source: Source
+
+
+class Mute(_Message):
+    type: Literal["mute"]
+    source: Source
+    muted: StrictBool
+
+
+class Hand(_Message):
+    type: Literal["hand"]
+    raised: StrictBool
+
+
+class Chat(_Message):
+    type: Literal["chat"]
+    text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
+
+
+class Moderate(_Message):
+    type: Literal["moderate"]
+    action: Literal["mute", "stage", "hand", "remove"]
+    participant: Annotated[StrictStr, Field(max_length=64)]
+    source: Source | None = None
+    muted: StrictBool | None = None
+    on_stage: StrictBool | None = None
+    raised: StrictBool | None = None
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+    id: StrictInt | StrictStr | None = None
+
+
+class Leave(_Message):
+    type: Literal["leave"]
+
+
+_MODELS: dict[str, type[_Message]] = {
+    "join": Join,
+    "offer": Offer,
+    "answer": Answer,
+    "candidate": Candidate,
+    "unpublish": Unpublish,
+    "mute": Mute,
+    "hand": Hand,
+    "chat": Chat,
+    "moderate": Moderate,
+    "ping": Ping,
+    "leave": Leave,
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+class _Close(Exception):
+    """Ends the connection after the current message."""
+
+
+class Connection:
+    """One websocket: reads messages in order, writes through a bounded outbox."""
+
+    def __init__(self, hub: Hub, websocket: WebSocket) -> None:
+        self.hub = hub
+        self.websocket = websocket
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.participant: Participant | None = None
+        self.room: Room | None = None
+        self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
+            "offer": self._offer,
+            "answer": self._answer,
+            "candidate": self._candidate,
+            "unpublish": self._unpublish,
+            "mute": self._mute,
+            "hand": self._hand,
+            "chat": self._chat,
+            "moderate": self._moderate,
+            "ping": self._ping,
+            "leave": self._leave,
+        }
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message; a client that cannot keep up is disconnected."""
+        try:
+            self.outbox.put_nowait(message)
+            if message.get("type") == "removed":
+                self.outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            logger.warning(
+                "client too slow, dropping %s", self.participant and self.participant.identity
+            )
+            self.outbox = asyncio.Queue(1)
+            self.outbox.put_nowait(None)
+
+    def error(self, code: str, message: str, ref: str | None = None) -> None:
+        self.send({"type": "error", "code": code, "message": message, "ref": ref})
+
+    async def run(self) -> None:
+        await self.websocket.accept()
+        writer = asyncio.create_task(self._write())
+        reader = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, reader):
+                task.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
+            if self.room is not None and self.participant is not None:
+                if self.room.participants.get(self.participant.sid) is self.participant:
+                    await self.room.leave(self.participant)
+            if self.websocket.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    await self.websocket.close()
+                except RuntimeError:
+                    pass
+
+    async def _write(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            if message is None:
+                return
+            await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+
+    async def _read(self) -> None:
+        while True:
+            event = await self.websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            text = event.get("text")
+            if text is None:
+                data = event.get("bytes") or b""
+                self.error("bad_message", "binary frames are not part of the protocol")
+                if len(data) > MAX_MESSAGE_BYTES:
+                    await self.websocket.close(code=1009)
+                    return
+                continue
+            if len(text) > MAX_MESSAGE_BYTES:
+                await self.websocket.close(code=1009, reason="message too large")
+                return
+            try:
+                await self._handle(text)
+            except _Close:
+                self.outbox.put_nowait(None) if not self.outbox.full() else None
+                return
+
+    async def _handle(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            self.error("bad_message", "not JSON")
+            return
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            self.error("bad_message", "a message is a JSON object with a string 'type'")
+            return
+        kind = data["type"]
+        model = _MODELS.get(kind)
+        if model is None:
+            self.error("unknown_type", f"unknown message type {kind[:40]!r}", kind[:40])
+            return
+        try:
+            message = model.model_validate(data)
+        except ValidationError as exc:
+            self.error("bad_message", _describe(exc), kind)
+            return
+        try:
+            if isinstance(message, Join):
+                await self._join(message)
+            elif self.participant is None:
+                self.error("not_joined", "send join first", kind)
+                raise _Close
+            else:
+                await self._handlers[kind](message)
+        except HubError as exc:
+            self.error(exc.code, exc.message, kind)
+            if kind == "join":
+                raise _Close from None
+        except SdpError as exc:
+            self.error("bad_sdp", str(exc), kind)
+        except _Close:
+            raise
+        except Exception as exc:
+            logger.exception("handling %s failed", kind)
+            self.error("internal", f"{type(exc).__name__}", kind)
+
+    # --- handlers ---
+
+    def _joined(self) -> Participant:
+        assert self.participant is not None
+        return self.participant
+
+    def _in_room(self) -> Room:
+        assert self.room is not None
+        return self.room
+
+    async def _join(self, message: Join) -> None:
+        if self.participant is not None:
+            raise HubError("bad_message", "already joined")
+        grant = self.hub.verify(message.token)
+        room = await self.hub.room(grant.room)
+        participant = await room.join(grant, "ws", self.send)
+        self.room = room
+        self.participant = participant
+        self.send(
+            {
+                "type": "joined",
+                "room": room.name,
+                "participant": participant.info(),
+                "participants": [
+                    p.info() for p in room.participants.values() if p is not participant
+                ],
+                "stage": [p.sid for p in room.stage],
+                "ice_servers": self.hub.ice_servers_for_clients(),
+                "quality": "stage" if participant.on_stage else "thumbnail",
+            }
+        )
+
+    async def _offer(self, message: Offer) -> None:
+        participant = self._joined()
+        if participant.publisher is None:
+            raise HubError("forbidden", f"{participant.role.value} may not publish")
+        answer = await participant.publisher.on_offer(message.sdp, message.sources)
+        self.send({"type": "answer", "pc": "publisher", "sdp": answer})
+
+    async def _answer(self, message: Answer) -> None:
+        participant = self._joined()
+        if participant.subscriber is None:
+            raise HubError("forbidden", "this participant receives nothing")
+        await participant.subscriber.on_answer(message.sdp)
+
+    async def _candidate(self, message: Candidate) -> None:
+        participant = self._joined()
+        body = message.candidate
+        if message.pc == "publisher":
+            if participant.publisher is None:
+                raise HubError("forbidden", "no publisher connection")
+            if body is not None:
+                await participant.publisher.add_candidate(
+                    body.candidate, body.sdpMid, body.sdpMLineIndex
+                )
+        # The hub's subscriber side answers from a full candidate list in its offer;
+        # the client's trickled candidates there are peer-reflexive to aioice.
+
+    async def _unpublish(self, message: Unpublish) -> None:
+        participant = self._joined()
+        publication = participant.publication_by_source(message.source)
+        if publication is None:
+            raise HubError("not_found", f"no {message.source.value} publication")
+        participant.unpublish(publication)
+
+    async def _mute(self, message: Mute) -> None:
+        self._joined().set_muted(message.source, message.muted, by_moderator=False)
+
+    async def _hand(self, message: Hand) -> None:
+        self._in_room().set_hand(self._joined(), message.raised)
+
+    async def _chat(self, message: Chat) -> None:
+        participant = self._joined()
+        self._in_room().broadcast(
+            {
+                "type": "chat",
+                "from": participant.sid,
+                "name": participant.name,
+                "text": message.text,
+                "at": time.time(),
+            }
+        )
+
+    async def _moderate(self, message: Moderate) -> None:
+        participant = self._joined()
+        if not participant.grant.can_moderate:
+            raise HubError("forbidden", f"{participant.role.value} cannot moderate")
+        room = self._in_room()
+        target = room.participant(message.participant)
+        if message.action == "mute":
+            if message.source is None or message.muted is None:
+                raise HubError("bad_message", "mute needs source and muted")
+            target.set_muted(message.source, message.muted, by_moderator=True)
+        elif message.action == "stage":
+            if message.on_stage is None:
+                raise HubError("bad_message", "stage needs on_stage")
+            room.set_stage(target, message.on_stage)
+        elif message.action == "hand":
+            if message.raised is None:
+                raise HubError("bad_message", "hand needs raised")
+            room.set_hand(target, message.raised)
+        else:
+            target.send({"type": "removed", "reason": "removed_by_moderator"})
+            await room.leave(target)
+
+    async def _ping(self, message: Ping) -> None:
+        self.send({"type": "pong", "id": message.id})
+
+    async def _leave(self, message: Leave) -> None:
+        raise _Close
+
+
+def signaling_router(hub: Hub) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/ws")
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        try:
+            await Connection(hub, websocket).run()
+        except WebSocketDisconnect:
+            pass
+
+    return router

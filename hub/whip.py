@@ -1,0 +1,183 @@
+"""WHIP ingest and WHEP playback: one HTTP POST of an SDP offer, one DELETE to end."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from hub.ids import ParticipantIdentity, RoomName
+from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
+from hub.room import HubError, Participant, Room
+from hub.service import Hub
+from hub.tokens import Grant, Role, Source, grant_for_role
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {
+    "invalid_token": 401,
+    "token_expired": 401,
+    "wrong_room": 403,
+    "forbidden": 403,
+    "not_found": 404,
+    "room_closed": 404,
+    "room_elsewhere": 409,
+    "bad_sdp": 400,
+    "bad_message": 400,
+}
+ANONYMOUS_VIEW_TTL = 12 * 3600
+
+
+def _problem(status: int, reason: str) -> PlainTextResponse:
+    return PlainTextResponse(reason, status_code=status)
+
+
+async def _read_offer(request: Request) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/sdp":
+        raise _HttpError(415, "Content-Type must be application/sdp")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_SDP_BYTES:
+        raise _HttpError(413, f"SDP larger than {MAX_SDP_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SDP_BYTES:
+            raise _HttpError(413, f"SDP larger than {MAX_SDP_BYTES} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _HttpError(400, "SDP is not UTF-8") from None
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _HttpError(401, "Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def whip_router(hub: Hub) -> APIRouter:
+    router = APIRouter()
+    resources: dict[str, tuple[Room, Participant]] = {}
+
+    def created(room: Room, participant: Participant, kind: str, answer: str) -> Response:
+        resources[participant.sid] = (room, participant)
+        return Response(
+            answer,
+            status_code=201,
+            media_type="application/sdp",
+            headers={"Location": f"/{kind}/{room.name}/{participant.sid}"},
+        )
+
+    async def guarded(kind: str, room_name: str, request: Request, grant_of: type) -> Response:
+        try:
+            offer = await _read_offer(request)
+            parse_sdp(offer)
+            token = _bearer(request)
+            grant = await grant_of(token, RoomName(room_name))
+            room = await hub.room(RoomName(room_name))
+            participant = await room.join(grant, kind, lambda message: None)  # type: ignore[arg-type]
+            try:
+                if kind == "whip":
+                    assert participant.publisher is not None
+                    answer = await participant.publisher.on_offer(offer, _whip_sources(offer))
+                else:
+                    assert participant.whep is not None
+                    answer = await participant.whep.on_offer(offer, room)
+            except BaseException:
+                await room.leave(participant)
+                raise
+            return created(room, participant, kind, answer)
+        except _HttpError as exc:
+            return _problem(exc.status, exc.reason)
+        except SdpError as exc:
+            return _problem(400, str(exc))
+        except HubError as exc:
+            return _problem(_STATUS.get(exc.code, 400), exc.message)
+
+    async def whip_grant(token: str | None, room: RoomName) -> Grant:
+        if token is None:
+            raise _HttpError(401, "WHIP needs Authorization: Bearer <token>")
+        grant = hub.verify(token)
+        if grant.room != room:
+            raise HubError("wrong_room", f"token is for room {grant.room}, not {room}")
+        if not grant.can_publish:
+            raise HubError("forbidden", f"{grant.role.value} may not publish")
+        return grant
+
+    async def whep_grant(token: str | None, room: RoomName) -> Grant:
+        if token is None:
+            existing = hub.rooms.get(room)
+            if existing is None or not existing.public:
+                raise _HttpError(401, "this room is not open to anonymous viewers; send a token")
+            return grant_for_role(
+                room,
+                ParticipantIdentity(f"household-{time.monotonic_ns()}"),
+                Role.VIEWER,
+                ttl=ANONYMOUS_VIEW_TTL,
+                name="household",
+            )
+        grant = hub.verify(token)
+        if grant.room != room:
+            raise HubError("wrong_room", f"token is for room {grant.room}, not {room}")
+        if not grant.can_subscribe:
+            raise HubError("forbidden", f"{grant.role.value} may not watch")
+        return grant
+
+    @router.post("/whip/{room}")
+    async def whip(room: str, request: Request) -> Response:
+        return await guarded("whip", room, request, whip_grant)  # type: ignore[arg-type]
+
+    @router.post("/whep/{room}")
+    async def whep(room: str, request: Request) -> Response:
+        return await guarded("whep", room, request, whep_grant)  # type: ignore[arg-type]
+
+    async def delete(room: str, resource: str) -> Response:
+        found = resources.pop(resource, None)
+        if found is None or found[0].name != room:
+            return _problem(404, "no such resource")
+        await found[0].leave(found[1])
+        return Response(status_code=204)
+
+    @router.delete("/whip/{room}/{resource}")
+    async def whip_delete(room: str, resource: str) -> Response:
+        return await delete(room, resource)
+
+    @router.delete("/whep/{room}/{resource}")
+    async def whep_delete(room: str, resource: str) -> Response:
+        return await delete(room, resource)
+
+    @router.patch("/whip/{room}/{resource}")
+    @router.patch("/whep/{room}/{resource}")
+    async def trickle(room: str, resource: str) -> Response:
+        # The hub's answer carries all its candidates; trickle is not needed.
+        return _problem(405, "trickle ICE is not supported; all candidates are in the SDP")
+
+    return router
+
+
+def _whip_sources(offer: str) -> dict[str, Source]:
+    """WHIP has no source map: the first video is the camera, a second the screen."""
+    sources: dict[str, Source] = {}
+    videos = [Source.CAMERA, Source.SCREEN]
+    for media in parse_sdp(offer):
+        if media.direction not in ("sendonly", "sendrecv"):
+            continue
+        if media.kind == "audio" and Source.MICROPHONE not in sources.values():
+            sources[media.mid] = Source.MICROPHONE
+        elif media.kind == "video" and videos:
+            sources[media.mid] = videos.pop(0)
+    return sources
