@@ -67,7 +67,9 @@ def check_edit_site(actor: Actor, tree: SiteTree, code: str) -> Refusal:
         return refusal
     if code == home:
         return "only the center edits an institute's own record"
-    if code not in tree or not tree.is_within(code, home):
+    if code not in tree:
+        return f"unknown site {code}"
+    if not tree.is_within(code, home):
         return f"{code} is outside your institute {home}"
     return None
 

@@ -1,0 +1,393 @@
+"""The scheduler's HTTP API: login, sites (tree, CRUD, CSV) and sessions.
+
+Every refusal is a 4xx whose ``detail`` says why. Times go out in Asia/Shanghai and
+come in either with an offset or as Asia/Shanghai wall-clock time.
+
+No ``from __future__ import annotations`` here: FastAPI must see the route-local
+``AccountDep`` alias when it reads the signatures."""
+
+from dataclasses import asdict, replace
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Request, Response, UploadFile, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from scheduler.accounts import Account, Auth
+from scheduler.permissions import (
+    Refusal,
+    Role,
+    check_cancel_session,
+    check_create_site,
+    check_edit_site,
+    check_schedule,
+    check_view_session,
+    check_view_site,
+)
+from scheduler.recurrence import Recurrence, Repeat, local, to_utc
+from scheduler.schedule import (
+    Audience,
+    AudienceKind,
+    Schedule,
+    Session,
+    SessionOptions,
+    Theme,
+)
+from scheduler.sites import Site, SiteError, SiteKind, Sites, SiteTree, export_csv, parse_csv
+
+
+class LoginBody(BaseModel):
+    username: str
+    password: str
+
+
+class TokenBody(BaseModel):
+    label: str = ""
+
+
+class AccountBody(BaseModel):
+    username: str
+    password: str
+    role: Role
+    site: str | None = None
+
+
+class SiteBody(BaseModel):
+    code: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1)
+    kind: SiteKind
+    parent: str | None = None
+    region: str = ""
+    contact_name: str = ""
+    contact_phone: str = ""
+
+
+class SitePatch(BaseModel):
+    name: str | None = Field(default=None, min_length=1)
+    kind: SiteKind | None = None
+    parent: str | None = None
+    region: str | None = None
+    contact_name: str | None = None
+    contact_phone: str | None = None
+
+
+class AudienceBody(BaseModel):
+    kind: AudienceKind
+    codes: list[str] = Field(default_factory=list)
+
+
+class RecurrenceBody(BaseModel):
+    repeat: Repeat = Repeat.NONE
+    weekdays: list[int] = Field(default_factory=list)
+    until: date | None = None
+    count: int | None = None
+
+
+class OptionsBody(BaseModel):
+    record: bool = False
+    publish: bool = False
+    live_households: bool = False
+    restream_urls: list[str] = Field(default_factory=list)
+
+
+class SessionBody(BaseModel):
+    title: str
+    theme: Theme
+    host: str
+    audience: AudienceBody
+    start: datetime
+    """With an offset, or naive for Asia/Shanghai wall-clock time."""
+    end: datetime
+    recurrence: RecurrenceBody = Field(default_factory=RecurrenceBody)
+    options: OptionsBody = Field(default_factory=OptionsBody)
+
+
+def _allow(refusal: Refusal) -> None:
+    if refusal is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=refusal)
+
+
+def _unprocessable(reason: str, errors: list[tuple[int, str]] | None = None) -> JSONResponse:
+    content: dict[str, Any] = {"detail": reason}
+    if errors is not None:
+        content["errors"] = [{"row": row, "message": message} for row, message in errors]
+    return JSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "username": account.username,
+        "role": account.role.value,
+        "site": account.site,
+    }
+
+
+def site_json(site: Site) -> dict[str, Any]:
+    return {**asdict(site), "kind": site.kind.value}
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    rule = session.recurrence
+    return {
+        "id": session.id,
+        "title": session.title,
+        "theme": session.theme.value,
+        "theme_label": session.theme.label,
+        "host": session.host,
+        "audience": {"kind": session.audience.kind.value, "codes": list(session.audience.codes)},
+        "start": local(session.start).isoformat(),
+        "end": local(session.end).isoformat(),
+        "recurrence": {
+            "repeat": rule.repeat.value,
+            "weekdays": sorted(rule.weekdays),
+            "until": rule.until.isoformat() if rule.until else None,
+            "count": rule.count,
+        },
+        "options": {
+            **asdict(session.options),
+            "restream_urls": list(session.options.restream_urls),
+        },
+        "status": session.status.value,
+        "created_by": session.created_by,
+    }
+
+
+def _check_site_change(account: Account, tree: SiteTree, site: Site) -> Refusal:
+    """Whether ``account`` may write ``site`` (a new one, or a change to an existing one)."""
+    actor = account.actor
+    if site.code not in tree:
+        return check_create_site(actor, tree, site.parent)
+    refusal = check_edit_site(actor, tree, site.code)
+    if refusal is None and site.parent != tree.get(site.code).parent:
+        refusal = check_create_site(actor, tree, site.parent)
+    if refusal is None and site.kind is not tree.get(site.code).kind:
+        refusal = None if actor.role is Role.CENTER_ADMIN else "only the center changes a kind"
+    return refusal
+
+
+def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
+    """The routes under ``/api``: login, ``/sites``, ``/sessions``, ``/accounts``."""
+    router = APIRouter(prefix="/api", tags=["scheduler"])
+    AccountDep = Annotated[Account, Depends(auth.current_account)]
+
+    async def visible_session(account: Account, session_id: int) -> tuple[Session, SiteTree]:
+        try:
+            session = await schedule.get(session_id)
+        except KeyError:
+            raise HTTPException(404, detail=f"no session {session_id}") from None
+        tree = await sites.tree()
+        _allow(check_view_session(account.actor, tree, session.host, session.audience))
+        return session, tree
+
+    # --- login ---
+
+    @router.post("/login")
+    async def login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+        account = await auth.login(request, response, body.username, body.password)
+        return {"account": account_json(account)}
+
+    @router.post("/logout", status_code=204)
+    async def logout(request: Request, response: Response) -> None:
+        await auth.logout(request, response)
+
+    @router.get("/me")
+    async def me(account: AccountDep) -> dict[str, Any]:
+        return account_json(account)
+
+    @router.post("/me/tokens", status_code=201)
+    async def create_token(account: AccountDep, body: TokenBody) -> dict[str, str]:
+        return {"token": await auth.accounts.create_api_token(account, body.label)}
+
+    @router.post("/accounts", status_code=201, response_model=None)
+    async def create_account(
+        account: AccountDep, body: AccountBody
+    ) -> dict[str, Any] | JSONResponse:
+        tree = await sites.tree()
+        if account.role is not Role.CENTER_ADMIN:
+            if body.role is not Role.STATION_OPERATOR or body.site is None:
+                _allow("institute operators create only station operators")
+            _allow(check_edit_site(account.actor, tree, body.site or ""))
+        try:
+            created = await auth.accounts.create(
+                body.username, body.password, body.role, body.site, tree
+            )
+        except ValueError as exc:
+            return _unprocessable(str(exc))
+        return account_json(created)
+
+    # --- sites ---
+
+    @router.get("/sites")
+    async def list_sites(account: AccountDep) -> list[dict[str, Any]]:
+        """The sites the caller may see, parents before children."""
+        tree = await sites.tree()
+        return [
+            site_json(site)
+            for site in tree.all()
+            if check_view_site(account.actor, tree, site.code) is None
+        ]
+
+    @router.get("/sites/export.csv")
+    async def export_sites(account: AccountDep) -> Response:
+        tree = await sites.tree()
+        visible = SiteTree(
+            s for s in tree.all() if check_view_site(account.actor, tree, s.code) is None
+        )
+        return Response(
+            export_csv(visible),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="sites.csv"'},
+        )
+
+    @router.post("/sites/import", response_model=None)
+    async def import_sites(
+        account: AccountDep, file: Annotated[UploadFile, File()]
+    ) -> dict[str, int] | JSONResponse:
+        """Add or update sites from CSV, all or nothing; 422 lists each bad row."""
+        try:
+            parsed, rows = parse_csv(await file.read())
+        except SiteError as exc:
+            return _unprocessable("the file has errors; nothing was imported", exc.errors)
+        tree = await sites.tree()
+        refused = [
+            (rows[site.code], refusal)
+            for site in parsed
+            if (refusal := _check_site_change(account, tree, site)) is not None
+        ]
+        if refused:
+            return JSONResponse(
+                {
+                    "detail": "some rows are outside your permissions; nothing was imported",
+                    "errors": [{"row": r, "message": m} for r, m in refused],
+                },
+                status_code=403,
+            )
+        try:
+            await sites.upsert(parsed, rows)
+        except SiteError as exc:
+            return _unprocessable("the file has errors; nothing was imported", exc.errors)
+        return {"imported": len(parsed)}
+
+    @router.get("/sites/{code}")
+    async def get_site(account: AccountDep, code: str) -> dict[str, Any]:
+        tree = await sites.tree()
+        if code not in tree:
+            raise HTTPException(404, detail=f"no site {code}")
+        _allow(check_view_site(account.actor, tree, code))
+        return {**site_json(tree.get(code)), "children": tree.children(code)}
+
+    @router.post("/sites", status_code=201, response_model=None)
+    async def create_site(account: AccountDep, body: SiteBody) -> dict[str, Any] | JSONResponse:
+        tree = await sites.tree()
+        if body.code in tree:
+            raise HTTPException(409, detail=f"site {body.code} exists")
+        site = Site(**body.model_dump())
+        _allow(_check_site_change(account, tree, site))
+        try:
+            await sites.upsert([site])
+        except SiteError as exc:
+            return _unprocessable(str(exc))
+        return site_json(site)
+
+    @router.patch("/sites/{code}", response_model=None)
+    async def update_site(
+        account: AccountDep, code: str, body: SitePatch
+    ) -> dict[str, Any] | JSONResponse:
+        tree = await sites.tree()
+        if code not in tree:
+            raise HTTPException(404, detail=f"no site {code}")
+        changes = body.model_dump(exclude_unset=True)
+        if any(v is None for k, v in changes.items() if k != "parent"):
+            return _unprocessable("only parent may be set to null")
+        site = replace(tree.get(code), **changes)
+        _allow(_check_site_change(account, tree, site))
+        try:
+            await sites.upsert([site])
+        except SiteError as exc:
+            return _unprocessable(str(exc))
+        return site_json(site)
+
+    @router.delete("/sites/{code}", status_code=204)
+    async def delete_site(account: AccountDep, code: str) -> None:
+        tree = await sites.tree()
+        if code not in tree:
+            raise HTTPException(404, detail=f"no site {code}")
+        _allow(check_edit_site(account.actor, tree, code))
+        try:
+            await sites.delete(code)
+        except SiteError as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+
+    @router.get("/sites/{code}/sessions")
+    async def site_sessions(
+        account: AccountDep, code: str, day: date | None = None, days: int = 7
+    ) -> list[dict[str, Any]]:
+        """Today's (or ``day``'s) and upcoming occurrences the site hosts or attends."""
+        tree = await sites.tree()
+        if code not in tree:
+            raise HTTPException(404, detail=f"no site {code}")
+        _allow(check_view_site(account.actor, tree, code))
+        if not 1 <= days <= 62:
+            raise HTTPException(422, detail="days must be between 1 and 62")
+        day = day or local(datetime.now(UTC)).date()
+        found = await schedule.sessions_for_site(tree, code, day, days)
+        return [info.to_json() for info in found]
+
+    # --- sessions ---
+
+    @router.post("/sessions", status_code=201, response_model=None)
+    async def create_session(
+        account: AccountDep, body: SessionBody
+    ) -> dict[str, Any] | JSONResponse:
+        tree = await sites.tree()
+        audience = Audience(body.audience.kind, tuple(body.audience.codes))
+        _allow(check_schedule(account.actor, tree, body.host, audience))
+        rule = body.recurrence
+        try:
+            session = await schedule.create(
+                tree,
+                title=body.title,
+                theme=body.theme,
+                host=body.host,
+                audience=audience,
+                start=to_utc(body.start),
+                end=to_utc(body.end),
+                recurrence=Recurrence(
+                    rule.repeat, frozenset(rule.weekdays), rule.until, rule.count
+                ),
+                options=SessionOptions(
+                    record=body.options.record,
+                    publish=body.options.publish,
+                    live_households=body.options.live_households,
+                    restream_urls=tuple(body.options.restream_urls),
+                ),
+                created_by=account.id,
+            )
+        except ValueError as exc:
+            return _unprocessable(str(exc))
+        return session_json(session)
+
+    @router.get("/sessions")
+    async def list_sessions(account: AccountDep) -> list[dict[str, Any]]:
+        """The sessions the caller may see, newest first."""
+        tree = await sites.tree()
+        return [
+            session_json(s)
+            for s in await schedule.all()
+            if check_view_session(account.actor, tree, s.host, s.audience) is None
+        ]
+
+    @router.get("/sessions/{session_id}")
+    async def get_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+        session, _ = await visible_session(account, session_id)
+        return session_json(session)
+
+    @router.post("/sessions/{session_id}/cancel")
+    async def cancel_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+        session, tree = await visible_session(account, session_id)
+        _allow(check_cancel_session(account.actor, tree, session.host, session.audience))
+        return session_json(await schedule.cancel(session_id))
+
+    return router

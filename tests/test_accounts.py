@@ -1,0 +1,303 @@
+"""Accounts: argon2 passwords, cookie logins with CSRF, API tokens, the login rate limit,
+the create-admin command. Also home of the ``api`` fixture (a test app on the router)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from scheduler.accounts import CSRF_COOKIE, LOGIN_COOKIE, Accounts, Auth, LoginLimiter
+from scheduler.http import scheduler_router
+from scheduler.permissions import Role
+from scheduler.schedule import Schedule
+from scheduler.seed import load_seed
+from scheduler.sites import Sites
+from scheduler.tables import accounts as accounts_table
+from scheduler.tables import api_tokens, logins
+from tests.test_sites import engine_fixture, run_module  # noqa: F401  (fixture import)
+
+# Cheap parameters keep the suite fast; one test checks the production defaults.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+PASSWORD = "correct horse battery"
+USERS = {
+    "admin": (Role.CENTER_ADMIN, None),
+    "inst1": (Role.INSTITUTE_OPERATOR, "I01"),
+    "inst2": (Role.INSTITUTE_OPERATOR, "I02"),
+    "sta1": (Role.STATION_OPERATOR, "I01-S001"),
+    "sta2": (Role.STATION_OPERATOR, "I01-S002"),
+}
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.value = 1000.0
+
+    def __call__(self) -> float:
+        return self.value
+
+
+@dataclass
+class Api:
+    """A test app on ``scheduler_router`` with the seed county and one account per role."""
+
+    app: FastAPI
+    auth: Auth
+    clock: FakeMonotonic
+
+    def anonymous(self, base_url: str = "http://test") -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=base_url)
+
+    async def client(self, username: str) -> httpx.AsyncClient:
+        """Logged in as ``username``, echoing the CSRF cookie like the page script does."""
+        client = self.anonymous()
+        response = await client.post(
+            "/api/login", json={"username": username, "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        client.headers["X-CSRF-Token"] = client.cookies[CSRF_COOKIE]
+        return client
+
+
+@pytest.fixture
+async def api(engine: AsyncEngine) -> AsyncIterator[Api]:
+    await load_seed(engine)
+    sites = Sites(engine)
+    accounts = Accounts(engine, hasher=FAST_HASHER)
+    tree = await sites.tree()
+    for username, (role, site) in USERS.items():
+        await accounts.create(username, PASSWORD, role, site, tree)
+    clock = FakeMonotonic()
+    auth = Auth(accounts, LoginLimiter(clock=clock))
+    app = FastAPI()
+    app.include_router(scheduler_router(auth, sites, Schedule(engine)))
+    yield Api(app, auth, clock)
+
+
+async def test_passwords_are_argon2_hashed_and_verified(engine: AsyncEngine) -> None:
+    accounts = Accounts(engine)  # production parameters
+    admin = await accounts.create(
+        "root", PASSWORD, Role.CENTER_ADMIN, None, await Sites(engine).tree()
+    )
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(accounts_table.c.password_hash))).scalar_one()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert await accounts.authenticate("root", PASSWORD) == admin
+    assert await accounts.authenticate("root", "wrong password") is None
+    assert await accounts.authenticate("nobody", PASSWORD) is None
+
+
+async def test_weak_parameters_are_upgraded_on_login(engine: AsyncEngine) -> None:
+    await Accounts(engine, hasher=FAST_HASHER).create(
+        "root", PASSWORD, Role.CENTER_ADMIN, None, await Sites(engine).tree()
+    )
+    assert await Accounts(engine).authenticate("root", PASSWORD) is not None
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(accounts_table.c.password_hash))).scalar_one()
+    assert not PasswordHasher().check_needs_rehash(stored)
+
+
+BAD_ACCOUNTS = [
+    ("empty username", " ", PASSWORD, Role.CENTER_ADMIN, None, "username is required"),
+    ("short password", "x", "short", Role.CENTER_ADMIN, None, "at least 8"),
+    ("admin bound to a site", "x", PASSWORD, Role.CENTER_ADMIN, "C", "bound to no site"),
+    (
+        "institute operator on a station",
+        "x",
+        PASSWORD,
+        Role.INSTITUTE_OPERATOR,
+        "I01-S001",
+        "existing institute",
+    ),
+    (
+        "station operator without site",
+        "x",
+        PASSWORD,
+        Role.STATION_OPERATOR,
+        None,
+        "existing station",
+    ),
+    ("unknown site", "x", PASSWORD, Role.STATION_OPERATOR, "I99-S001", "existing station"),
+    ("taken username", "taken", PASSWORD, Role.CENTER_ADMIN, None, "is taken"),
+]
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "role", "site", "message"),
+    [case[1:] for case in BAD_ACCOUNTS],
+    ids=[case[0] for case in BAD_ACCOUNTS],
+)
+async def test_invalid_accounts_are_refused(
+    engine: AsyncEngine, username: str, password: str, role: Role, site: str | None, message: str
+) -> None:
+    await load_seed(engine)
+    accounts = Accounts(engine, hasher=FAST_HASHER)
+    tree = await Sites(engine).tree()
+    await accounts.create("taken", PASSWORD, Role.CENTER_ADMIN, None, tree)
+    with pytest.raises(ValueError, match=message):
+        await accounts.create(username, password, role, site, tree)
+
+
+async def test_login_tokens_and_api_tokens_are_stored_hashed_and_expire(
+    engine: AsyncEngine,
+) -> None:
+    accounts = Accounts(engine, hasher=FAST_HASHER, login_ttl=timedelta(seconds=-1))
+    admin = await accounts.create(
+        "root", PASSWORD, Role.CENTER_ADMIN, None, await Sites(engine).tree()
+    )
+    expired_login, _ = await accounts.start_login(admin)
+    assert await accounts.resolve_login(expired_login) is None
+    api_token = await accounts.create_api_token(admin, "monitoring")
+    assert await accounts.resolve_api_token(api_token) == admin
+    assert await accounts.resolve_api_token(api_token + "x") is None
+    async with engine.connect() as conn:
+        stored = [r[0] for r in await conn.execute(sa.select(logins.c.token_hash))]
+        stored += [r[0] for r in await conn.execute(sa.select(api_tokens.c.token_hash))]
+    assert len(stored) == 2 and expired_login not in stored and api_token not in stored
+
+
+def test_limiter_blocks_after_five_failures_until_the_window_passes() -> None:
+    clock = FakeMonotonic()
+    limiter = LoginLimiter(max_failures=5, window=300, clock=clock)
+    for _ in range(4):
+        limiter.failed("user:a", "addr:1")
+        clock.value += 10
+    assert limiter.retry_after("user:a", "addr:1") is None
+    limiter.failed("user:a", "addr:1")
+    assert limiter.retry_after("user:a") == 260  # the first failure leaves the window then
+    assert limiter.retry_after("user:b", "addr:1") == 260  # the address is blocked too
+    assert limiter.retry_after("user:b", "addr:2") is None
+    clock.value += 260
+    assert limiter.retry_after("user:a", "addr:1") is None
+
+
+async def test_create_admin_command(engine: AsyncEngine) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    args = ("scheduler.accounts", "create-admin", "--database-url", url)
+    done = await run_module(*args, "--username", "chief", "--password", PASSWORD)
+    assert done.returncode == 0 and "created center administrator chief" in done.stdout, done.stderr
+    again = await run_module(*args, "--username", "chief", "--password", PASSWORD)
+    assert again.returncode == 1 and "username chief is taken" in again.stderr
+    account = await Accounts(engine).authenticate("chief", PASSWORD)
+    assert account is not None and account.role is Role.CENTER_ADMIN
+
+
+async def test_login_sets_httponly_lax_cookies_and_me_answers(api: Api) -> None:
+    async with api.anonymous() as client:
+        response = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert response.status_code == 200
+        cookies = {c.split("=")[0]: c.lower() for c in response.headers.get_list("set-cookie")}
+        assert "httponly" in cookies[LOGIN_COOKIE] and "samesite=lax" in cookies[LOGIN_COOKIE]
+        assert "httponly" not in cookies[CSRF_COOKIE]  # the page script must read it
+        assert "secure" not in cookies[LOGIN_COOKIE]  # plain HTTP here
+        me = await client.get("/api/me")
+        assert me.json() == {
+            "id": me.json()["id"],
+            "username": "sta1",
+            "role": "station_operator",
+            "site": "I01-S001",
+        }
+        assert (await client.post("/api/logout")).status_code == 204
+        assert (await client.get("/api/me")).status_code == 401
+
+
+async def test_cookies_are_secure_over_https(api: Api) -> None:
+    async with api.anonymous("https://hub.example") as client:
+        response = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert all("secure" in c.lower() for c in response.headers.get_list("set-cookie"))
+
+
+async def test_unauthenticated_requests_get_401_with_a_reason(api: Api) -> None:
+    async with api.anonymous() as client:
+        response = await client.get("/api/me")
+        assert response.status_code == 401 and response.json()["detail"] == "not logged in"
+        response = await client.get("/api/me", headers={"Authorization": "Bearer nope"})
+        assert response.status_code == 401 and response.json()["detail"] == "unknown API token"
+        response = await client.get("/api/me", headers={"Authorization": "Basic abc"})
+        assert response.status_code == 401 and "Bearer" in response.json()["detail"]
+        bad = await client.post("/api/login", json={"username": "sta1", "password": "nope nope"})
+        assert bad.status_code == 401 and bad.json()["detail"] == "wrong username or password"
+
+
+async def test_state_changing_cookie_requests_need_the_csrf_token(api: Api) -> None:
+    client = await api.client("admin")
+    token = client.headers.pop("X-CSRF-Token")
+    body = {"label": "x"}
+    missing = await client.post("/api/me/tokens", json=body)
+    assert missing.status_code == 403 and "CSRF token missing" in missing.json()["detail"]
+    wrong = await client.post("/api/me/tokens", json=body, headers={"X-CSRF-Token": "forged"})
+    assert wrong.status_code == 403 and "does not match" in wrong.json()["detail"]
+    # Reads need no token; a form field works as well as the header.
+    assert (await client.get("/api/me")).status_code == 200
+    form = await client.post(
+        "/api/sites/import",
+        data={"csrf_token": token},
+        files={"file": ("sites.csv", b"code,name,kind,parent,region,contact_name,contact_phone\n")},
+    )
+    assert form.status_code == 200, form.text
+    assert (
+        await client.post("/api/me/tokens", json=body, headers={"X-CSRF-Token": token})
+    ).status_code == 201
+    await client.aclose()
+
+
+async def test_csrf_token_of_another_login_is_refused(api: Api) -> None:
+    mine = await api.client("admin")
+    other = await api.client("admin")
+    mine.headers["X-CSRF-Token"] = other.cookies[CSRF_COOKIE]
+    mine.cookies.set(CSRF_COOKIE, other.cookies[CSRF_COOKIE])
+    response = await mine.post("/api/me/tokens", json={})
+    assert response.status_code == 403 and "does not match" in response.json()["detail"]
+    for client in (mine, other):
+        await client.aclose()
+
+
+async def test_api_token_works_as_bearer_without_csrf(api: Api) -> None:
+    client = await api.client("inst1")
+    token = (await client.post("/api/me/tokens", json={"label": "ci"})).json()["token"]
+    await client.aclose()
+    async with api.anonymous() as bearer:
+        bearer.headers["Authorization"] = f"Bearer {token}"
+        assert (await bearer.get("/api/me")).json()["username"] == "inst1"
+        created = await bearer.post("/api/me/tokens", json={})
+        assert created.status_code == 201
+
+
+async def test_failed_logins_are_rate_limited_with_retry_after(api: Api) -> None:
+    async with api.anonymous() as client:
+        for _ in range(5):
+            bad = await client.post("/api/login", json={"username": "sta1", "password": "wrong pw"})
+            assert bad.status_code == 401
+        blocked = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert blocked.status_code == 429
+        assert blocked.headers["Retry-After"] == "300"
+        # The same client address is blocked for other usernames too.
+        other = await client.post("/api/login", json={"username": "sta2", "password": PASSWORD})
+        assert other.status_code == 429
+        api.clock.value += 301
+        ok = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert ok.status_code == 200
+
+
+async def test_accounts_are_created_within_permissions(api: Api) -> None:
+    admin = await api.client("admin")
+    inst1 = await api.client("inst1")
+    body = {"username": "s3", "password": PASSWORD, "role": "station_operator", "site": "I01-S002"}
+    assert (await inst1.post("/api/accounts", json=body)).status_code == 201
+    outside = {**body, "username": "s4", "site": "I02-S001"}
+    refused = await inst1.post("/api/accounts", json=outside)
+    assert refused.status_code == 403 and "outside your institute I01" in refused.json()["detail"]
+    promote = {**body, "username": "i9", "role": "institute_operator", "site": "I01"}
+    assert (await inst1.post("/api/accounts", json=promote)).status_code == 403
+    assert (await admin.post("/api/accounts", json=promote)).status_code == 201
+    taken = await admin.post("/api/accounts", json=promote)
+    assert taken.status_code == 422 and "taken" in taken.json()["detail"]
+    for client in (admin, inst1):
+        await client.aclose()
