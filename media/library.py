@@ -287,10 +287,10 @@ class Library:
             where.append(t.c.date <= query.date_to)
         if query.text:
             pattern = like_pattern(query.text)
+            # As plain text: the pattern must not go through the tags' JSON encoding.
+            tags = sa.type_coerce(t.c.tags, sa.Text)
             where.append(
-                sa.or_(
-                    *(c.ilike(pattern, escape="\\") for c in (t.c.title, t.c.description, t.c.tags))
-                )
+                sa.or_(*(c.ilike(pattern, escape="\\") for c in (t.c.title, t.c.description, tags)))
             )
         async with self.engine.connect() as conn:
             total = (
