@@ -178,12 +178,18 @@ class JobRunner:
     async def _work(self) -> None:
         while True:
             self._wake.clear()
-            job = await self._claim()
-            if job is not None:
-                await self._run(job)
-                continue
+            try:
+                job = await self._claim()
+                if job is not None:
+                    await self._run(job)
+                    continue
+                idle = await self._idle_time()
+            except Exception:
+                # The database is away (a PostgreSQL restart): say so, keep the worker alive.
+                log.exception("library job worker: database error, retrying")
+                idle = self.poll_interval
             with suppress(TimeoutError):
-                async with asyncio.timeout(await self._idle_time()):
+                async with asyncio.timeout(idle):
                     await self._wake.wait()
 
     async def _idle_time(self) -> float:

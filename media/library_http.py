@@ -220,7 +220,7 @@ def library_router(
             raise HTTPException(403, "only administrators see unpublished items")
         result = await library.search(
             SearchQuery(
-                text=q.strip() or None if q else None,
+                text=(q or "").strip() or None,
                 theme=theme,
                 site=site or None,
                 date_from=date_from,
@@ -302,7 +302,7 @@ def library_router(
             raise HTTPException(404, "this item has no processing job")
         return job_json(job)
 
-    @router.get("/library/{item_id}/{name}")
+    @router.api_route("/library/{item_id}/{name}", methods=["GET", "HEAD"])
     async def media_file(item: Visible, name: str) -> Response:
         """HLS playlist and segments, the MP4 (HTTP Range supported), the poster."""
         path = await asyncio.to_thread(_media_path, library_dir, item.id, name)

@@ -64,9 +64,13 @@ class MediaInfo:
     """Seconds; 0 when the container does not say."""
     video_codec: str | None
     """FFmpeg's codec name (``h264``, ``vp8``…) of the first video stream."""
-    width: int
-    height: int
+    pix_fmt: str | None
     audio_codec: str | None
+
+    @property
+    def remuxable(self) -> bool:
+        """H.264 that every browser plays as it is (8-bit 4:2:0): copied, never re-encoded."""
+        return self.video_codec == "h264" and self.pix_fmt in ("yuv420p", "yuvj420p")
 
 
 def probe(path: Path) -> MediaInfo:
@@ -82,8 +86,7 @@ def probe(path: Path) -> MediaInfo:
             return MediaInfo(
                 duration=duration,
                 video_codec=video.codec_context.name if video else None,
-                width=video.codec_context.width if video else 0,
-                height=video.codec_context.height if video else 0,
+                pix_fmt=video.codec_context.pix_fmt if video else None,
                 audio_codec=audio.codec_context.name if audio else None,
             )
     except av.error.FFmpegError as e:
@@ -347,9 +350,14 @@ def _between(intervals: Sequence[Beside]) -> str:
     return "+".join(f"between(t,{b.start:.3f},{b.end:.3f})" for b in intervals) or "0"
 
 
-X264 = {"vcodec": "libx264", "preset": "veryfast", "crf": 23, "pix_fmt": "yuv420p"}
+X264 = {
+    "vcodec": "libx264",
+    "preset": "veryfast",
+    "crf": 23,
+    "pix_fmt": "yuv420p",
+    "force_key_frames": "expr:gte(t,n_forced*2)",
+}
 """Transcoding settings; a keyframe every 2 s so HLS segments cut evenly."""
-X264_KEYFRAMES = {"force_key_frames": "expr:gte(t,n_forced*2)"}
 AAC = {"acodec": "aac", "audio_bitrate": "128k"}
 
 
@@ -394,13 +402,12 @@ class Processor:
         if info.video_codec is None:
             raise ProcessingError("the upload has no video stream")
         inp = ffmpeg.input(str(source))
-        video = {"vcodec": "copy"} if info.video_codec == "h264" else {**X264, **X264_KEYFRAMES}
-        streams = [inp["v:0"] if info.video_codec == "h264" else _even(inp["v:0"])]
-        audio: dict[str, Any] = {}
+        video, codec = _program_video(inp["v:0"], info)
+        streams = [video]
         if info.audio_codec is not None:
             streams.append(inp["a:0"])
-            audio = {"acodec": "copy"} if info.audio_codec == "aac" else AAC
-        out = ffmpeg.output(*streams, str(mp4), movflags="+faststart", **video, **audio)
+            codec |= {"acodec": "copy"} if info.audio_codec == "aac" else AAC
+        out = ffmpeg.output(*streams, str(mp4), movflags="+faststart", **codec)
         await run_ffmpeg(out, duration=info.duration, progress=progress)
 
     async def _recording_mp4(
@@ -414,12 +421,9 @@ class Processor:
         if layout == "composite":
             out = self._composite(recording, video, duration, mp4)
         else:
-            streams = [ffmpeg.input(str(video.file))["v:0"]]
-            if video.codec == "H264":
-                codec: dict[str, Any] = {"vcodec": "copy"}
-            else:
-                codec = {**X264, **X264_KEYFRAMES}
-                streams = [_even(streams[0])]
+            # The probe decides, not the manifest: the file is what gets muxed.
+            stream, codec = _program_video(ffmpeg.input(str(video.file))["v:0"], info)
+            streams = [stream]
             if mic is not None:
                 streams.append(_aligned_audio(mic, video.start))
                 codec |= AAC
@@ -466,7 +470,7 @@ class Processor:
         speakers = {lecturer.participant} | {t.participant for t in shown}
         mics = [t for t in recording.tracks if t.kind == "audio" and t.participant in speakers]
         streams = [out]
-        codec: dict[str, Any] = {**X264, **X264_KEYFRAMES}
+        codec: dict[str, Any] = dict(X264)
         if mics:
             audio = [_aligned_audio(m, lecturer.start) for m in mics]
             mixed = (
@@ -506,9 +510,12 @@ class Processor:
         await run_ffmpeg(out, duration=0, progress=ignore)
 
 
-def _even(video: Any) -> Any:
-    """yuv420p needs even dimensions; odd-sized uploads lose one pixel."""
-    return video.filter("scale", "trunc(iw/2)*2", "trunc(ih/2)*2")
+def _program_video(stream: Any, info: MediaInfo) -> tuple[Any, dict[str, Any]]:
+    """The video stream and its codec options: remuxed when possible, else to H.264."""
+    if info.remuxable:
+        return stream, {"vcodec": "copy"}
+    # yuv420p needs even dimensions: an odd-sized upload loses one pixel.
+    return stream.filter("scale", "trunc(iw/2)*2", "trunc(ih/2)*2"), dict(X264)
 
 
 def _fresh_dir(path: Path) -> None:

@@ -240,6 +240,10 @@ async def test_the_mp4_answers_range_requests(hub: Hub) -> None:
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["content-type"] == "video/mp4"
 
+    head = await hub.client.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(size)
+
     first = await hub.client.get(url, headers={"Range": "bytes=0-99"})
     assert first.status_code == 206
     assert first.headers["content-range"] == f"bytes 0-99/{size}"

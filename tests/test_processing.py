@@ -25,6 +25,7 @@ from media.jobs import JobRunner, JobStatus
 from media.library import ItemStatus, Library, Theme, create_tables, jobs_table
 from media.processing import (
     Beside,
+    MediaInfo,
     ProcessingError,
     Processor,
     Recording,
@@ -247,6 +248,15 @@ def test_a_manifest_cannot_point_outside_its_recording(tmp_path: Path) -> None:
     (tmp_path / "rec" / "recording.json").write_text(json.dumps(manifest))
     with pytest.raises(ProcessingError, match="outside the recording"):
         load_recording(tmp_path / "rec")
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt", "remux"),
+    [("h264", "yuv420p", True), ("h264", "yuv420p10le", False), ("vp8", "yuv420p", False)],
+)
+def test_only_browser_playable_h264_is_remuxed(codec: str, pix_fmt: str, remux: bool) -> None:
+    info = MediaInfo(duration=1, video_codec=codec, pix_fmt=pix_fmt, audio_codec=None)
+    assert info.remuxable is remux
 
 
 # --- ffmpeg runs -----------------------------------------------------------------
