@@ -1,7 +1,5 @@
 """``/api/rooms``: open, inspect, open to households and close rooms."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path
@@ -13,6 +11,9 @@ from hub.service import Hub
 from hub.tokens import Grant
 
 ROOM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+RoomPath = Annotated[str, Path(pattern=ROOM_NAME)]
 
 
 class RoomPatch(BaseModel):
@@ -47,7 +48,6 @@ def rooms_router(hub: Hub) -> APIRouter:
         return grant
 
     ModeratorDep = Annotated[Grant, Depends(moderator)]
-    RoomPath = Annotated[str, Path(pattern=ROOM_NAME)]
 
     def own(grant: Grant, name: str) -> RoomName:
         if grant.room != name:

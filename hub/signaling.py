@@ -32,6 +32,7 @@ class _Message(BaseModel):
 class Join(_Message):
     type: Literal["join"]
     token: Annotated[StrictStr, Field(max_length=4096)]
+    room: Annotated[StrictStr, Field(max_length=64)] | None = None
 
 
 class Offer(_Message):
@@ -263,6 +264,8 @@ class Connection:
         if self.participant is not None:
             raise HubError("bad_message", "already joined")
         grant = self.hub.verify(message.token)
+        if message.room is not None and message.room != grant.room:
+            raise HubError("wrong_room", f"token is for room {grant.room}, not {message.room}")
         room = await self.hub.room(grant.room)
         participant = await room.join(grant, "ws", self.send)
         self.room = room

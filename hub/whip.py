@@ -104,7 +104,7 @@ def whip_router(hub: Hub) -> APIRouter:
         except _HttpError as exc:
             return _problem(exc.status, exc.reason)
         except SdpError as exc:
-            return _problem(400, str(exc))
+            return _problem(400, f"bad SDP: {exc}")
         except HubError as exc:
             return _problem(_STATUS.get(exc.code, 400), exc.message)
 

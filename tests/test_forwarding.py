@@ -1,0 +1,201 @@
+"""The forwarding path's rewriting, keyframe gating, coalescing and NACK answers,
+on real RTP bytes (parsed back with aiortc's own parser)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiortc.rtp import RtpPacket, unwrap_rtx
+
+from hub.codecs import h264_keyframe_start, vp8_keyframe_start
+from hub.forwarding import (
+    HISTORY_SIZE,
+    CodecInfo,
+    DownTrack,
+    ForwardingStats,
+    KeyframeRequester,
+    Subscription,
+    UpTrack,
+)
+
+VP8 = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+VP8_KEY = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A])  # S=1, PID=0; P bit 0: key frame
+VP8_DELTA = bytes([0x10, 0x01, 0x00])  # S=1, P bit 1: delta frame
+VP8_CONT = bytes([0x00, 0x55, 0x66])  # continuation of a frame
+
+
+class Wire:
+    """Collects what a down track sends, as the subscriber's transport would."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.open = True
+
+    def ready(self) -> bool:
+        return self.open
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+def packet(seq: int, ts: int, payload: bytes, marker: int = 0) -> RtpPacket:
+    p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=marker, ssrc=1111)
+    p.payload = payload
+    p.extensions.mid = "0"
+    p.extensions.audio_level = (True, 30)
+    return p
+
+
+def make_pair(
+    stats: ForwardingStats, plis: list[int], abs_id: int | None = None
+) -> tuple[UpTrack, DownTrack, Wire, list[tuple[int, int, int]]]:
+    up = UpTrack("video", VP8, stats, lambda: plis.append(1))
+    sent_reports: list[tuple[int, int, int]] = []
+    down = DownTrack("video", 0xABCDEF01, 0x01020304, lambda *a: sent_reports.append(a), stats)
+    wire = Wire()
+    down.configure(wire, payload_type=100, rtx_payload_type=101, abs_send_time_id=abs_id)
+    return up, down, wire, sent_reports
+
+
+async def test_subscription_starts_at_keyframe_and_rewrites_headers() -> None:
+    stats = ForwardingStats()
+    plis: list[int] = []
+    up, down, wire, reports = make_pair(stats, plis)
+    Subscription(up, down)
+    up.on_rtp(packet(65534, 1000, VP8_DELTA))
+    up.on_rtp(packet(65535, 1000, VP8_CONT, marker=1))
+    assert wire.sent == []  # nothing before a keyframe
+    await asyncio.sleep(0)
+    assert plis  # and the publisher was asked for one
+    up.on_rtp(packet(0, 4000, VP8_KEY))
+    up.on_rtp(packet(1, 4000, VP8_CONT, marker=1))
+    up.on_rtp(packet(2, 7000, VP8_DELTA, marker=1))
+    out = [RtpPacket.parse(b) for b in wire.sent]
+    assert [p.ssrc for p in out] == [0xABCDEF01] * 3
+    assert [p.payload_type for p in out] == [100] * 3
+    seqs = [p.sequence_number for p in out]
+    assert seqs == [seqs[0], (seqs[0] + 1) & 0xFFFF, (seqs[0] + 2) & 0xFFFF]
+    assert out[1].timestamp == out[0].timestamp
+    assert (out[2].timestamp - out[0].timestamp) & 0xFFFFFFFF == 3000
+    assert [p.marker for p in out] == [0, 1, 1]
+    assert [p.payload for p in out] == [VP8_KEY, VP8_CONT, VP8_DELTA]  # unchanged
+    # Sender Report figures follow what was sent.
+    assert [r[0] for r in reports] == [p.timestamp for p in out]
+    assert sum(r[2] for r in reports) == len(VP8_KEY) + len(VP8_CONT) + len(VP8_DELTA)
+
+
+async def test_publisher_extensions_are_not_copied_only_negotiated_ones_written() -> None:
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [], abs_id=3)
+    Subscription(up, down)
+    up.on_rtp(packet(10, 0, VP8_KEY, marker=1))
+    raw = wire.sent[0]
+    assert raw[0] & 0x10  # extension bit
+    assert raw[12:16] == b"\xbe\xde\x00\x01"  # one-byte header, one word
+    assert raw[16] >> 4 == 3 and raw[16] & 0x0F == 2  # abs-send-time only (3 bytes)
+    up2, down2, wire2, _ = make_pair(stats, [], abs_id=None)
+    Subscription(up2, down2)
+    up2.on_rtp(packet(10, 0, VP8_KEY, marker=1))
+    assert not wire2.sent[0][0] & 0x10  # nothing negotiated: no extension at all
+    assert RtpPacket.parse(wire2.sent[0]).payload == VP8_KEY
+
+
+async def test_a_new_publication_on_the_same_slot_continues_sequence_and_clock() -> None:
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [])
+    first = Subscription(up, down)
+    up.on_rtp(packet(100, 9000, VP8_KEY, marker=1))
+    other = UpTrack("video", VP8, stats, lambda: None)
+    Subscription(other, down)  # replaces the first on this slot
+    assert first.closed and first not in up.subscriptions
+    other.on_rtp(packet(40000, 123456, VP8_KEY, marker=1))
+    a, b = (RtpPacket.parse(x) for x in wire.sent)
+    assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF
+    assert 0 < (b.timestamp - a.timestamp) & 0xFFFFFFFF < 90000
+
+
+async def test_nack_is_answered_from_history_over_rtx() -> None:
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [])
+    Subscription(up, down)
+    for i in range(50):
+        up.on_rtp(packet(1000 + i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
+    lost = RtpPacket.parse(wire.sent[20])
+    wire.sent.clear()
+    await down.on_nack(lost.sequence_number)
+    assert len(wire.sent) == 1
+    rtx = RtpPacket.parse(wire.sent[0])
+    assert rtx.ssrc == 0x01020304 and rtx.payload_type == 101
+    original = unwrap_rtx(rtx, payload_type=100, ssrc=0xABCDEF01)
+    assert original.sequence_number == lost.sequence_number
+    assert original.timestamp == lost.timestamp and original.payload == lost.payload
+    assert stats.nacks_received == 1 and stats.retransmissions == 1
+
+
+async def test_history_holds_more_than_a_second_of_video() -> None:
+    assert HISTORY_SIZE >= 160 * 2  # 1.5 Mbps VP8 is ~160 packets/s
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [])
+    Subscription(up, down)
+    for i in range(400):
+        up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
+    oldest = RtpPacket.parse(wire.sent[0])
+    wire.sent.clear()
+    await down.on_nack(oldest.sequence_number)
+    assert len(wire.sent) == 1  # 400 packets (2.5 s) later, still answerable
+
+
+async def test_keyframe_requests_are_coalesced_but_never_dropped() -> None:
+    stats = ForwardingStats()
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    requester = KeyframeRequester(lambda: sent.append(loop.time()), stats, interval=0.2)
+    for _ in range(100):
+        requester.request()
+    assert len(sent) == 1
+    await asyncio.sleep(0.35)
+    assert len(sent) == 2  # the burst's tail was sent once the interval ended
+    assert sent[1] - sent[0] >= 0.19
+    assert stats.keyframe_requests == 2 and stats.keyframe_requests_coalesced == 99
+    requester.close()
+
+
+async def test_subscriber_pli_reaches_the_publisher_coalesced() -> None:
+    stats = ForwardingStats()
+    plis: list[int] = []
+    up, down, wire, _ = make_pair(stats, plis)
+    Subscription(up, down)
+    plis.clear()
+    up.keyframes._last = -1.0  # the subscription's own request is long past
+    for _ in range(20):
+        down.on_pli()
+    assert len(plis) == 1
+
+
+async def test_muted_publication_forwards_nothing() -> None:
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [])
+    Subscription(up, down)
+    up.on_rtp(packet(1, 0, VP8_KEY, marker=1))
+    up.muted = True
+    up.on_rtp(packet(2, 3000, VP8_DELTA, marker=1))
+    assert len(wire.sent) == 1
+
+
+def test_keyframe_detection_on_real_payload_shapes() -> None:
+    assert vp8_keyframe_start(VP8_KEY)
+    assert not vp8_keyframe_start(VP8_DELTA)
+    assert not vp8_keyframe_start(VP8_CONT)
+    # X=1, I=1 with a 15-bit picture id, then a key frame header.
+    assert vp8_keyframe_start(bytes([0x90, 0x80, 0x81, 0x23, 0x10]))
+    assert not vp8_keyframe_start(bytes([0x90, 0x80, 0x81, 0x23, 0x11]))
+    sps = bytes([0x67, 0x64, 0x00, 0x1F])
+    pps = bytes([0x68, 0xEE])
+    stap_a = bytes([0x18]) + len(sps).to_bytes(2, "big") + sps + len(pps).to_bytes(2, "big") + pps
+    assert h264_keyframe_start(stap_a)
+    assert h264_keyframe_start(bytes([0x65, 0x88]))  # IDR slice
+    assert h264_keyframe_start(bytes([0x7C, 0x85, 0x00]))  # FU-A start of an IDR
+    assert not h264_keyframe_start(bytes([0x7C, 0x05, 0x00]))  # FU-A middle
+    assert not h264_keyframe_start(bytes([0x41, 0x9A]))  # non-IDR slice
+    assert not h264_keyframe_start(b"")

@@ -1,0 +1,306 @@
+"""Signaling over /ws with real aiortc peers: grants, stage, moderation, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import websockets
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from hub.client import HubClient
+from hub.ids import ParticipantIdentity, RoomName
+from hub.tokens import Role, Source, grant_for_role
+from tests.helpers import wait_until
+from tests.hubserver import RunningHub, running_hub
+from tests.test_forwarding_e2e import decode_frames
+
+
+async def raw_exchange(url: str, *messages: object) -> list[dict[str, object]]:
+    """Send raw messages, collect replies until the socket is quiet or closed."""
+    replies: list[dict[str, object]] = []
+    async with websockets.connect(url) as ws:
+        for message in messages:
+            await ws.send(message if isinstance(message, str) else json.dumps(message))
+        try:
+            while True:
+                replies.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+        except (TimeoutError, websockets.ConnectionClosed):
+            pass
+    return replies
+
+
+async def test_join_refusals(hub_server: RunningHub) -> None:
+    expired = hub_server.token("r", "S1", "station", ttl=0.001)
+    await asyncio.sleep(0.01)
+    cases = [
+        ({"type": "join", "token": expired}, "token_expired"),
+        ({"type": "join", "token": "abc.def.ghi"}, "invalid_token"),
+        (
+            {"type": "join", "token": hub_server.token("a", "S1", "station"), "room": "b"},
+            "wrong_room",
+        ),
+        ({"type": "hand", "raised": True}, "not_joined"),
+    ]
+    for message, code in cases:
+        replies = await raw_exchange(hub_server.ws, message)
+        assert replies and replies[0]["type"] == "error", replies
+        assert replies[0]["code"] == code
+    assert "b" not in hub_server.hub.rooms  # a refused join opens nothing
+
+
+async def test_grants_are_enforced(hub_server: RunningHub) -> None:
+    viewer = HubClient(hub_server.ws, hub_server.token("g", "V1", "viewer"))
+    station = HubClient(hub_server.ws, hub_server.token("g", "S1", "station"))
+    center = HubClient(hub_server.ws, hub_server.token("g", "C", "center"))
+    limited = hub_server.signer.issue(
+        grant_for_role(RoomName("g"), ParticipantIdentity("S2"), Role.STATION, ttl=60).__class__(
+            **{
+                **grant_for_role(
+                    RoomName("g"), ParticipantIdentity("S2"), Role.STATION, ttl=60
+                ).__dict__,
+                "sources": frozenset({Source.CAMERA}),
+            }
+        )
+    )
+    camera_only = HubClient(hub_server.ws, limited)
+    clients = [viewer, station, center, camera_only]
+    try:
+        for client in clients:
+            await client.connect()
+        # A viewer cannot publish.
+        try:
+            await viewer.publish({"camera": VideoStreamTrack()}, timeout=5)
+            raise AssertionError("viewer published")
+        except ConnectionError as exc:
+            assert "may not publish" in str(exc)
+        # A grant limited to the camera cannot share its screen.
+        try:
+            await camera_only.publish({"screen": VideoStreamTrack()}, timeout=5)
+            raise AssertionError("screen published")
+        except ConnectionError as exc:
+            assert "screen" in str(exc)
+        # A station cannot moderate.
+        start = len(station.messages)
+        center_sid = center.joined["participant"]["sid"]
+        await station.send({"type": "moderate", "action": "remove", "participant": center_sid})
+        error = await station.wait_for(lambda m: m["type"] == "error", start=start)
+        assert error["code"] == "forbidden" and error["ref"] == "moderate"
+        assert hub_server.hub.rooms[RoomName("g")].participants.get(center_sid) is not None
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_stage_hands_and_who_receives_what(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("s", "C", "center"), decode=False)
+    s1 = HubClient(hub_server.ws, hub_server.token("s", "S1", "station", name="东湖村"))
+    s2 = HubClient(hub_server.ws, hub_server.token("s", "S2", "station"), decode=False)
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        for station in (s1, s2):
+            await station.connect()
+            await station.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        s1_sid = s1.joined["participant"]["sid"]
+        c_sid = center.joined["participant"]["sid"]
+        # Stations receive the stage (the center) only; the center receives everyone.
+        await wait_until(
+            lambda: None if len(center.received) == 4 else f"center has {len(center.received)}"
+        )
+        await wait_until(lambda: None if len(s2.received) == 2 else f"s2 has {len(s2.received)}")
+        assert {t.info["participant"] for t in s2.received.values()} == {c_sid}
+
+        await s1.send({"type": "hand", "raised": True})
+        update = await center.wait_for(
+            lambda m: (
+                m["type"] == "participant_updated"
+                and m["participant"]["sid"] == s1_sid
+                and m["participant"]["hand_raised"]
+            )
+        )
+        assert update["participant"]["name"] == "东湖村"
+
+        mark = len(s1.messages)
+        await center.send(
+            {"type": "moderate", "action": "stage", "participant": s1_sid, "on_stage": True}
+        )
+        quality = await s1.wait_for(lambda m: m["type"] == "quality", start=mark)
+        assert quality["level"] == "stage"
+        stage = await s2.wait_for(lambda m: m["type"] == "stage" and s1_sid in m["stage"])
+        assert set(stage["stage"]) == {c_sid, s1_sid}
+        await wait_until(lambda: None if s2.tracks_of("camera", s1_sid) else "s2 lacks s1's camera")
+        s1_camera = s2.tracks_of("camera", s1_sid)[0]
+        before = s1_camera.packets
+        await wait_until(lambda: None if s1_camera.packets > before + 30 else "no s1 video at s2")
+        hand = next(
+            p for p in hub_server.hub.rooms[RoomName("s")].participants.values() if p.sid == s1_sid
+        )
+        assert not hand.hand_raised  # called on stage lowers the hand
+
+        mark = len(s1.messages)
+        await center.send(
+            {"type": "moderate", "action": "stage", "participant": s1_sid, "on_stage": False}
+        )
+        quality = await s1.wait_for(lambda m: m["type"] == "quality", start=mark)
+        assert quality["level"] == "thumbnail"
+        await wait_until(lambda: None if not s2.tracks_of("camera", s1_sid) else "s1 still offered")
+        stalled = s1_camera.packets
+        await asyncio.sleep(0.5)
+        assert s1_camera.packets <= stalled + 2  # off stage: no more of s1's media
+    finally:
+        for client in (s2, s1, center):
+            await client.close()
+
+
+async def test_moderator_mute_stops_forwarding_and_locks_unmute(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("m", "C", "center"), decode=False)
+    station = HubClient(hub_server.ws, hub_server.token("m", "S1", "station"))
+    try:
+        await center.connect()
+        await station.connect()
+        await station.publish({"microphone": AudioStreamTrack()})
+        sid = station.joined["participant"]["sid"]
+        await wait_until(
+            lambda: None if center.tracks_of("microphone", sid) else "no mic at center"
+        )
+        mic = center.tracks_of("microphone", sid)[0]
+        await wait_until(lambda: None if mic.packets > 20 else f"{mic.packets} audio packets")
+        await center.send(
+            {
+                "type": "moderate",
+                "action": "mute",
+                "participant": sid,
+                "source": "microphone",
+                "muted": True,
+            }
+        )
+        muted = await station.wait_for(lambda m: m["type"] == "muted")
+        assert muted == {
+            "type": "muted",
+            "source": "microphone",
+            "muted": True,
+            "by_moderator": True,
+        }
+        await asyncio.sleep(0.2)
+        frozen = mic.packets
+        await asyncio.sleep(1.0)
+        assert mic.packets == frozen  # 50 packets/s would have arrived
+        mark = len(station.messages)
+        await station.send({"type": "mute", "source": "microphone", "muted": False})
+        error = await station.wait_for(lambda m: m["type"] == "error", start=mark)
+        assert error["code"] == "muted_by_moderator"
+        await center.send(
+            {
+                "type": "moderate",
+                "action": "mute",
+                "participant": sid,
+                "source": "microphone",
+                "muted": False,
+            }
+        )
+        await wait_until(lambda: None if mic.packets > frozen + 20 else "audio did not resume")
+    finally:
+        await station.close()
+        await center.close()
+
+
+async def test_remove_chat_and_duplicate_identity(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("c", "C", "center"))
+    s1 = HubClient(hub_server.ws, hub_server.token("c", "S1", "station"))
+    s2 = HubClient(hub_server.ws, hub_server.token("c", "S2", "station"))
+    s2_again = HubClient(hub_server.ws, hub_server.token("c", "S2", "station"))
+    try:
+        for client in (center, s1, s2):
+            await client.connect()
+        await s1.send({"type": "chat", "text": "收到，东湖村已就位"})
+        chat = await center.wait_for(lambda m: m["type"] == "chat")
+        assert (
+            chat["text"] == "收到，东湖村已就位" and chat["from"] == s1.joined["participant"]["sid"]
+        )
+        mark = len(s1.messages)
+        await s1.send({"type": "chat", "text": "x" * 2001})
+        assert (await s1.wait_for(lambda m: m["type"] == "error", start=mark))[
+            "code"
+        ] == "bad_message"
+
+        await s2_again.connect()  # the same station reconnecting
+        removed = await s2.wait_for(lambda m: m["type"] == "removed")
+        assert removed["reason"] == "duplicate_identity"
+        await s2.wait_for(lambda m: m["type"] == "closed")
+        room = hub_server.hub.rooms[RoomName("c")]
+        assert [p.identity for p in room.participants.values()].count("S2") == 1
+
+        s1_sid = s1.joined["participant"]["sid"]
+        await center.send({"type": "moderate", "action": "remove", "participant": s1_sid})
+        removed = await s1.wait_for(lambda m: m["type"] == "removed")
+        assert removed["reason"] == "removed_by_moderator"
+        await s1.wait_for(lambda m: m["type"] == "closed")
+        left = await center.wait_for(
+            lambda m: m["type"] == "participant_left" and m["sid"] == s1_sid
+        )
+        assert left
+    finally:
+        for client in (s2_again, s2, s1, center):
+            await client.close()
+
+
+async def test_room_lifecycle_and_cascading_close(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, room_empty_timeout=0.3) as hub:
+        center = HubClient(hub.ws, hub.token("life", "C", "center"))
+        station = HubClient(hub.ws, hub.token("life", "S1", "station"), decode=False)
+        await center.connect()  # created on first join
+        room = hub.hub.rooms[RoomName("life")]
+        await center.publish({"camera": VideoStreamTrack()})
+        await station.connect()
+        await wait_until(lambda: None if station.received else "nothing received")
+        publication = next(iter(next(iter(room.participants.values())).publications.values()))
+        async with httpx.AsyncClient() as http:
+            info = (await http.get(f"{hub.base}/api/rooms/life")).json()
+            assert info["participants"] == 2
+            denied = await http.delete(
+                f"{hub.base}/api/rooms/life",
+                headers={"Authorization": f"Bearer {hub.token('life', 'S1', 'station')}"},
+            )
+            assert denied.status_code == 403
+            closed = await http.delete(
+                f"{hub.base}/api/rooms/life",
+                headers={"Authorization": f"Bearer {hub.token('life', 'C', 'center')}"},
+            )
+            assert closed.status_code == 204
+        removed = await station.wait_for(lambda m: m["type"] == "removed")
+        assert removed["reason"] == "room_closed"
+        assert room.closed and not room.participants
+        assert publication.closed and publication.up.closed and not publication.up.subscriptions
+        assert RoomName("life") not in hub.hub.rooms
+        await center.close()
+        await station.close()
+
+        # Closed when empty after the grace period.
+        again = HubClient(hub.ws, hub.token("idle", "C", "center"))
+        await again.connect()
+        assert RoomName("idle") in hub.hub.rooms
+        await again.close()
+        await wait_until(lambda: None if RoomName("idle") not in hub.hub.rooms else "still open")
+        assert await hub.hub.store.room_node(RoomName("idle")) is None
+
+
+async def test_lecture_frames_decode_after_late_join(hub_server: RunningHub) -> None:
+    """A station joining late starts at a keyframe the hub asked for."""
+    center = HubClient(hub_server.ws, hub_server.token("late", "C", "center"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await asyncio.sleep(3)  # well past the publisher's first keyframe
+        station = HubClient(hub_server.ws, hub_server.token("late", "S9", "station"))
+        await station.connect()
+        try:
+            await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+            frames = await decode_frames(station.tracks_of("camera")[0].track, 5, timeout=10)
+            assert len(frames) == 5
+        finally:
+            await station.close()
+    finally:
+        await center.close()

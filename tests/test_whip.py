@@ -1,0 +1,191 @@
+"""WHIP ingest from the real ffmpeg (H.264 High profile + Opus) and WHEP playback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+
+import httpx
+import imageio_ffmpeg
+import pytest
+from aiortc import RTCSessionDescription
+
+from hub.client import HubClient
+from hub.peers import make_peer_connection
+from tests.helpers import wait_until
+from tests.hubserver import RunningHub
+from tests.test_forwarding_e2e import decode_frames
+
+
+def ffmpeg_whip(url: str, token: str, seconds: int = 40) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner", "-loglevel", "warning", "-re",
+            "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v", "libx264", "-profile:v", "high", "-bf", "0", "-g", "30",
+            "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
+            "-c:a", "libopus", "-ar", "48000", "-ac", "2",
+            "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def ffmpeg_ingest(hub_server: RunningHub) -> AsyncIterator[subprocess.Popen[bytes]]:
+    token = hub_server.token("obs", "encoder-1", "ingest", name="导播台")
+    process = ffmpeg_whip(f"{hub_server.base}/whip/obs", token)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def whep_view(base: str, room: str, token: str | None):  # type: ignore[no-untyped-def]
+    pc = make_peer_connection([])
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tracks: dict[str, object] = {}
+    pc.on("track", lambda track: tracks.__setitem__(track.kind, track))
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{base}/whep/{room}", content=pc.localDescription.sdp, headers=headers
+        )
+    return pc, tracks, response
+
+
+async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
+    hub_server: RunningHub, ffmpeg_ingest: subprocess.Popen[bytes]
+) -> None:
+    def ingest_published() -> str | None:
+        room = hub_server.hub.rooms.get("obs")  # type: ignore[call-overload]
+        if ffmpeg_ingest.poll() is not None:
+            raise AssertionError(ffmpeg_ingest.stderr.read().decode())  # type: ignore[union-attr]
+        if room is None:
+            return "no room yet"
+        pubs = [p for part in room.participants.values() for p in part.publications.values()]
+        return None if len(pubs) == 2 else f"publications: {pubs}"
+
+    await wait_until(ingest_published, timeout=20)
+    room = hub_server.hub.rooms["obs"]  # type: ignore[index]
+    ingest = next(iter(room.participants.values()))
+    camera = next(p for p in ingest.publications.values() if p.kind == "video")
+    assert camera.up.codec.name == "H264"
+    assert str(camera.up.codec.parameters["profile-level-id"]).startswith("6400")
+
+    station = HubClient(hub_server.ws, hub_server.token("obs", "S1", "station"))
+    await station.connect()
+    try:
+        await wait_until(lambda: None if station.tracks_of("camera") else "no camera yet")
+        frames = await decode_frames(station.tracks_of("camera")[0].track, 15, timeout=20)
+        assert (frames[-1].width, frames[-1].height) == (640, 360)
+        sdp = station.subscriber.remoteDescription.sdp  # type: ignore[union-attr]
+        assert "profile-level-id=6400" in sdp  # forwarded as High profile, unchanged
+
+        pc, tracks, response = await whep_view(
+            hub_server.base, "obs", hub_server.token("obs", "viewer-1", "viewer")
+        )
+        try:
+            assert response.status_code == 201, response.text
+            assert response.headers["content-type"].startswith("application/sdp")
+            location = response.headers["location"]
+            assert location.startswith("/whep/obs/")
+            await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+            await wait_until(lambda: None if "video" in tracks else "no WHEP video track")
+            frames = await decode_frames(tracks["video"], 15, timeout=20)
+            assert (frames[-1].width, frames[-1].height) == (640, 360)
+            async with httpx.AsyncClient() as http:
+                gone = await http.delete(f"{hub_server.base}{location}")
+            assert gone.status_code == 204
+            assert all(p.kind != "whep" for p in room.participants.values())
+        finally:
+            await pc.close()
+    finally:
+        await station.close()
+
+
+async def test_whip_answer_lists_reachable_host_candidate_first(hub_server: RunningHub) -> None:
+    pc = make_peer_connection([])
+    from aiortc.mediastreams import VideoStreamTrack
+
+    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    token = hub_server.token("w", "enc", "ingest")
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{hub_server.base}/whip/w",
+            content=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 201, response.text
+        candidates = [l for l in response.text.split("\r\n") if l.startswith("a=candidate:")]
+        assert candidates and " 127.0.0.1 " in candidates[0] and " typ host" in candidates[0]
+        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+        gone = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        assert gone.status_code == 204
+        again = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        assert again.status_code == 404
+    await pc.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "reason"),
+    [
+        ({"Content-Type": "application/sdp"}, "v=0\r\n", 400, "SDP"),
+        (
+            {"Content-Type": "text/plain", "Authorization": "Bearer x"},
+            "v=0",
+            415,
+            "application/sdp",
+        ),
+        ({"Content-Type": "application/sdp", "Authorization": "Basic abc"}, None, 401, "Bearer"),
+        ({"Content-Type": "application/sdp", "Authorization": "Bearer nope"}, None, 401, "token"),
+        ({"Content-Type": "application/sdp"}, "v=0\r\n" + "a=x\r\n" * 20000, 413, "larger"),
+    ],
+)
+async def test_whip_refusals_say_why(
+    hub_server: RunningHub, headers: dict[str, str], body: str | None, status: int, reason: str
+) -> None:
+    if body is None:
+        pc = make_peer_connection([])
+        pc.addTransceiver("audio", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        body = pc.localDescription.sdp
+        await pc.close()
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{hub_server.base}/whip/r", content=body, headers=headers)
+    assert response.status_code == status
+    assert reason.lower() in response.text.lower()
+
+
+async def test_whip_grants_are_enforced(hub_server: RunningHub) -> None:
+    pc = make_peer_connection([])
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    cases = [
+        (hub_server.token("a", "v", "viewer"), "/whip/a", 403),  # a viewer cannot publish
+        (hub_server.token("a", "e", "ingest"), "/whip/b", 403),  # token for room a, not b
+        (hub_server.token("a", "e", "ingest", ttl=0.001), "/whip/a", 401),  # expired
+        (hub_server.token("a", "e", "ingest"), "/whep/a", 403),  # an ingest cannot watch
+        (None, "/whep/a", 401),  # not a public room: anonymous viewers refused
+    ]
+    await asyncio.sleep(0.01)
+    async with httpx.AsyncClient() as http:
+        for token, path, status in cases:
+            headers = {"Content-Type": "application/sdp"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            response = await http.post(f"{hub_server.base}{path}", content=sdp, headers=headers)
+            assert response.status_code == status, (path, response.text)
