@@ -1,0 +1,67 @@
+"""HTTP for live HLS: the playlist with blocking reload, init, parts and segments.
+
+Playlists are not cached (each reload must reach the packager); media files never
+change once written, so they are immutable for a year and a reverse proxy or CDN
+in front carries the viewers: origin cost stays independent of their number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+
+from media.hls import PLAYLIST, HlsPackager
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/iso.segment"}
+PLAYLIST_CACHE = "no-cache, no-store"
+MEDIA_CACHE = "public, max-age=31536000, immutable"
+
+
+def _number(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise HTTPException(400, f"{name} must be a non-negative integer")
+    return int(value)
+
+
+def live_router(get_packager: Callable[[str], HlsPackager | None]) -> APIRouter:
+    """Routes ``/live/{room}/index.m3u8`` and ``/live/{room}/{name}``."""
+    router = APIRouter(prefix="/live", tags=["live"])
+
+    def packager_for(room: str) -> HlsPackager:
+        packager = get_packager(room)
+        if packager is None:
+            raise HTTPException(404, f"room {room!r} is not live")
+        return packager
+
+    @router.get(f"/{{room}}/{PLAYLIST}")
+    async def playlist(
+        room: str,
+        hls_msn: Annotated[str | None, Query(alias="_HLS_msn")] = None,
+        hls_part: Annotated[str | None, Query(alias="_HLS_part")] = None,
+    ) -> Response:
+        packager = packager_for(room)
+        msn = _number(hls_msn, "_HLS_msn")
+        part = _number(hls_part, "_HLS_part")
+        problem = packager.validate(msn, part)
+        if problem is not None:
+            raise HTTPException(400, problem)
+        text = await packager.playlist(msn, part)
+        return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": PLAYLIST_CACHE})
+
+    @router.get("/{room}/{name}")
+    async def media_file(room: str, name: str) -> Response:
+        packager = packager_for(room)
+        # Only names the packager listed: no path from the request reaches the disk.
+        path = await packager.file(name)
+        content_type = CONTENT_TYPES.get(name[name.rfind(".") :]) if "." in name else None
+        if path is None or content_type is None or not path.is_file():
+            raise HTTPException(404, f"{name!r} is not in room {room!r}'s stream")
+        return FileResponse(path, media_type=content_type, headers={"Cache-Control": MEDIA_CACHE})
+
+    return router

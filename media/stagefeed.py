@@ -1,0 +1,356 @@
+"""The stage as one audio+video stream through one ffmpeg process per room.
+
+Live HLS and the RTMP restream both need the same thing: the stage's main video and
+the lecturer's voice, as H.264 + AAC. :class:`StageFeed` picks those two tracks
+among the ones it receives, remuxes their frames (no decoding) into a Matroska
+stream written to an ffmpeg's stdin, and lets a subclass consume ffmpeg's output.
+H.264 is copied; VP8 is transcoded by that single ffmpeg, whatever the number of
+viewers or targets; Opus becomes AAC (HLS players on Safari/iOS and FLV need it).
+
+Selection rule: the lecturer is the first identity of the stage (the hub lists the
+lecturer first); before any stage is known, the publisher of the first track. The
+main video is the most recently published screen share of anyone on stage, else
+the lecturer's camera; the audio is the lecturer's microphone. A new main video
+takes over at its first keyframe (``request_keyframe`` asks the hub for one).
+While no audio flows, Opus silence fills the gap so ffmpeg's interleaving never
+waits on a silent track.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+import av
+
+from media.frames import Codec, EncodedFrame, TrackInfo
+from media.muxing import (
+    KeyframeGate,
+    TrackClock,
+    Worker,
+    add_stream,
+    ffmpeg_exe,
+    loop_callback,
+    make_packet,
+)
+
+log = logging.getLogger(__name__)
+
+Role = Literal["video", "audio"]
+
+OPUS_SILENCE = bytes([0xF8, 0xFF, 0xFE])
+"""One 20 ms CELT frame of silence."""
+OPUS_FRAME = 960
+SILENCE_AFTER = 0.25
+"""Seconds of audio missing behind the video before silence is inserted."""
+KEYFRAME_REQUEST_INTERVAL = 1.0
+
+# Small clusters and a flush per packet: ffmpeg sees each frame at once.
+_PIPE_MUX_OPTIONS = {"live": "1", "cluster_time_limit": "100", "flush_packets": "1"}
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    video: str | None
+    audio: str | None
+
+
+def select(tracks: list[TrackInfo], stage: list[str]) -> Selection:
+    """The main video and audio track ids among ``tracks`` (in publication order)."""
+    if not tracks:
+        return Selection(None, None)
+    lecturer = stage[0] if stage else tracks[0].participant
+    on_stage = set(stage) or {lecturer}
+    screens = [t for t in tracks if t.source == "screen" and t.participant in on_stage]
+    cameras = [t for t in tracks if t.source == "camera" and t.participant == lecturer]
+    microphones = [t for t in tracks if t.kind == "audio" and t.participant == lecturer]
+    video = (screens or cameras)[-1:] if screens or cameras else []
+    return Selection(
+        video=video[0].track_id if video else None,
+        audio=microphones[-1].track_id if microphones else None,
+    )
+
+
+@dataclass
+class _Item:
+    role: Role
+    track_id: str
+    frame: EncodedFrame
+
+
+class StageFeed:
+    """A :class:`~media.frames.FrameSink` feeding the stage to one ffmpeg process.
+
+    Subclasses give ffmpeg's output options (:meth:`output_args`) and read its
+    stdout in a thread of their own (:meth:`consume_output`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        request_keyframe: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        video_size: tuple[int, int] = (1280, 720),
+        video_bitrate: str = "1500k",
+        queue_size: int = 300,
+    ) -> None:
+        self.name = name
+        self.video_size = video_size
+        self.video_bitrate = video_bitrate
+        self.error: str | None = None
+        self.processes_started = 0
+        """ffmpeg processes this feed started (one per room: the transcode count)."""
+        self._request_keyframe = request_keyframe or (lambda track_id: None)
+        self._on_error = loop_callback(on_error)
+        # Loop-side state.
+        self._tracks: dict[str, TrackInfo] = {}
+        self._stage: list[str] = []
+        self._video: str | None = None
+        self._pending_video: str | None = None
+        self._audio: str | None = None
+        self._video_codec: Codec | None = None
+        self._gate = KeyframeGate()
+        self._last_request = 0.0
+        self._closed = False
+        # Worker-side state.
+        self._process: subprocess.Popen[bytes] | None = None
+        self._container: Any = None
+        self._streams: dict[Role, Any] = {}
+        self._clocks: dict[Role, tuple[str, TrackClock]] = {}
+        self._origin = 0.0
+        self._audio_next = 0
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._threads: list[threading.Thread] = []
+        self._worker: Worker[_Item] = Worker(f"stagefeed:{name}", self._handle, queue_size)
+
+    # --- for subclasses ------------------------------------------------------------
+
+    def output_args(self) -> list[str]:
+        """ffmpeg options after the codec options, ending with the output."""
+        raise NotImplementedError
+
+    def consume_output(self, stdout: IO[bytes]) -> None:
+        """Read ffmpeg's stdout to its end (runs in its own thread)."""
+        raise NotImplementedError
+
+    @property
+    def transcoding(self) -> bool:
+        """True when the main video is VP8, so ffmpeg encodes H.264."""
+        return self._video_codec == "VP8"
+
+    def fail(self, message: str) -> None:
+        """Record a failure once and report it through ``on_error`` (any thread)."""
+        if self.error is None:
+            self.error = message
+            log.error("stage feed %s: %s", self.name, message)
+            self._on_error(message)
+
+    # --- FrameSink, on the event loop ---------------------------------------------
+
+    def add_track(self, track: TrackInfo) -> None:
+        self._tracks[track.track_id] = track
+        self._reselect()
+
+    def remove_track(self, track_id: str) -> None:
+        if self._tracks.pop(track_id, None) is not None:
+            self._gate.close(track_id)
+            self._reselect()
+
+    def on_stage_change(self, stage: list[str], at: float) -> None:
+        self._stage = list(stage)
+        self._reselect()
+
+    def on_frame(self, track_id: str, frame: EncodedFrame) -> None:
+        if self._closed or self.error is not None:
+            return
+        if track_id == self._pending_video:
+            if not frame.keyframe:
+                self._ask_keyframe(track_id)
+                return
+            self._gate.close(self._video or "")
+            self._video, self._pending_video = track_id, None
+            self._video_codec = self._video_codec or frame.codec
+        role: Role
+        if track_id == self._video:
+            role = "video"
+        elif track_id == self._audio:
+            role = "audio"
+        else:
+            return
+        if not self._gate.admit(track_id, frame):
+            self._ask_keyframe(track_id)
+            return
+        if not self._worker.submit(_Item(role, track_id, frame)):
+            # ffmpeg is not keeping up: resume this track at its next keyframe.
+            self._gate.close(track_id)
+
+    async def close(self) -> None:
+        """Finish the stream: ffmpeg gets end-of-file and writes its last output."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._shutdown)
+
+    # --- selection ----------------------------------------------------------------------
+
+    def _reselect(self) -> None:
+        chosen = select(list(self._tracks.values()), self._stage)
+        self._audio = chosen.audio
+        video = chosen.video
+        if video is not None and self._video_codec not in (None, self._tracks[video].codec):
+            # One ffmpeg input stream has one codec: stay on the current source.
+            log.warning("stage feed %s: cannot switch video codec, ignoring %s", self.name, video)
+            return
+        if video == self._video or video is None:
+            self._pending_video = None
+            if video is None:
+                self._video = None
+            return
+        self._pending_video = video
+        if self._video not in self._tracks:
+            self._video = None
+        self._ask_keyframe(video)
+
+    def _ask_keyframe(self, track_id: str) -> None:
+        now = time.monotonic()
+        if now - self._last_request >= KEYFRAME_REQUEST_INTERVAL:
+            self._last_request = now
+            self._request_keyframe(track_id)
+
+    # --- the worker thread: Matroska into ffmpeg ----------------------------------
+
+    def _handle(self, item: _Item) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self._container is None:
+                if item.role != "video":
+                    return  # the stream starts at the first video keyframe
+                self._start(item.frame)
+            if item.role == "video":
+                self._mux_video(item)
+            else:
+                self._mux_audio(item)
+        except (OSError, av.FFmpegError, ValueError) as error:
+            detail = "; ".join(self._stderr_tail) or str(error)
+            self.fail(f"ffmpeg stopped: {detail}")
+
+    def _start(self, keyframe: EncodedFrame) -> None:
+        process = subprocess.Popen(
+            self._command(keyframe.codec),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self._process = process
+        self.processes_started += 1
+        assert process.stdout is not None and process.stderr is not None
+        self._spawn("output", self.consume_output, process.stdout)
+        self._spawn("stderr", self._read_stderr, process.stderr)
+        self._origin = keyframe.arrival
+        self._container = av.open(process.stdin, "w", format="matroska", options=_PIPE_MUX_OPTIONS)
+        self._streams["video"] = add_stream(self._container, keyframe)
+        self._streams["audio"] = add_stream(
+            self._container,
+            EncodedFrame("opus", OPUS_SILENCE, 0, 48_000, True, keyframe.arrival),
+        )
+
+    def _command(self, codec: Codec) -> list[str]:
+        if codec == "H264":
+            video = ["-c:v", "copy"]
+        else:
+            width, height = self.video_size
+            # Fixed output size: a source switch must not change the encoder's size.
+            fit = (
+                f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
+                f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,format=yuv420p"
+            )
+            video = [
+                "-vf", fit,
+                "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+                "-b:v", self.video_bitrate, "-maxrate", self.video_bitrate,
+                "-bufsize", self.video_bitrate,
+                # A keyframe every 2 s: the HLS segment length and an RTMP join point.
+                "-force_key_frames", "expr:gte(t,n_forced*2)",
+            ]  # fmt: skip
+        return [
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostats",
+            "-probesize", "32", "-analyzeduration", "0",
+            "-f", "matroska", "-i", "pipe:0",
+            "-map", "0:v:0", "-map", "0:a:0",
+            *video,
+            "-c:a", "aac", "-b:a", "96k", "-ar", "48000", "-ac", "2",
+            "-max_interleave_delta", "500000",
+            *self.output_args(),
+        ]  # fmt: skip
+
+    def _spawn(self, what: str, target: Callable[[IO[bytes]], None], pipe: IO[bytes]) -> None:
+        thread = threading.Thread(
+            target=target, args=(pipe,), name=f"stagefeed:{self.name}:{what}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _read_stderr(self, stderr: IO[bytes]) -> None:
+        for line in stderr:
+            text = line.decode(errors="replace").strip()
+            if text:
+                self._stderr_tail.append(text)
+                log.warning("ffmpeg %s: %s", self.name, text)
+
+    def _clock(self, role: Role, track_id: str) -> TrackClock:
+        current = self._clocks.get(role)
+        if current is None or current[0] != track_id:
+            # A new source for this role: placed by arrival, never before the last.
+            clock = TrackClock(origin=self._origin)
+            if current is not None:
+                clock.last_pts = current[1].last_pts
+            current = self._clocks[role] = (track_id, clock)
+        return current[1]
+
+    def _mux_video(self, item: _Item) -> None:
+        pts = self._clock("video", item.track_id).pts(item.frame)
+        self._container.mux(make_packet(self._streams["video"], item.frame, pts))
+        self._fill_silence(pts / item.frame.clock_rate)
+
+    def _mux_audio(self, item: _Item) -> None:
+        pts = self._clock("audio", item.track_id).pts(item.frame)
+        if pts < self._audio_next - OPUS_FRAME // 2:
+            return  # silence already covers this time
+        self._container.mux(make_packet(self._streams["audio"], item.frame, pts))
+        self._audio_next = pts + OPUS_FRAME
+
+    def _fill_silence(self, until: float) -> None:
+        limit = round((until - SILENCE_AFTER) * 48_000)
+        while self._audio_next <= limit:
+            silence = EncodedFrame("opus", OPUS_SILENCE, 0, 48_000, True, 0.0)
+            self._container.mux(make_packet(self._streams["audio"], silence, self._audio_next))
+            self._audio_next += OPUS_FRAME
+
+    def _shutdown(self) -> None:
+        self._worker.join()
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (OSError, av.FFmpegError, ValueError):
+                log.debug("stage feed %s: ffmpeg's stdin already closed", self.name)
+        process = self._process
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for thread in self._threads:
+            thread.join(timeout=10)
