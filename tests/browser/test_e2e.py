@@ -188,7 +188,17 @@ def test_station_recovers_by_itself(hub: HubProcess, browsers: Browsers) -> None
 
 def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -> None:
     room = "lecture-watch"
-    open_console(hub, browsers, room)
+    console = open_console(hub, browsers, room)
+    # the center opens the room to households (anonymous WHEP)
+    console.click("#households")
+    poll(
+        lambda: (
+            None
+            if console.get_attribute("#households", "aria-pressed") == "true"
+            else "room not shown open to households"
+        ),
+        timeout=10,
+    )
     viewer = browsers.open(f"{hub.base_url}/watch/{room}", "viewer", width=360, height=740)
 
     def frames() -> str | None:

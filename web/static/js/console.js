@@ -1,7 +1,7 @@
 // @ts-check
 /** The center console: go live, the wall of sites, moderation, chat. */
 
-import { CAMERA_CAPTURE, HubClient, fetchRoomStatus } from "./protocol.js";
+import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRoomPublic } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
 import {
     AudioSink,
@@ -33,6 +33,7 @@ const micSelect = /** @type {HTMLSelectElement} */ (byId("mic-select"));
 const goLiveButton = /** @type {HTMLButtonElement} */ (byId("golive"));
 const shareButton = /** @type {HTMLButtonElement} */ (byId("share"));
 const micToggle = /** @type {HTMLButtonElement} */ (byId("mic-toggle"));
+const householdsButton = /** @type {HTMLButtonElement} */ (byId("households"));
 const audioSink = new AudioSink(byId("audio"));
 
 /** @type {HubClient | null} */
@@ -46,8 +47,9 @@ let micTrack = null;
 let screenTrack = null;
 /** @type {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number}>} */
 let lastStats = {};
-/** @type {{recording?: boolean, live?: boolean, hls_url?: string} | null} */
+/** @type {import("./protocol.js").RoomStatus | null} */
 let roomStatus = null;
+let token = "";
 
 /** Test and debugging hook: the client and the page state, no DOM. */
 const exposed = {
@@ -381,8 +383,27 @@ function renderIndicators() {
         node.textContent = `${t(labelKey)}：${t(state)}`;
     };
     show("ind-recording", "console.recording", roomStatus?.recording);
-    show("ind-live", "console.householdLive", roomStatus ? roomStatus.live ?? (roomStatus.hls_url ? true : undefined) : undefined);
+    /** @type {boolean | undefined} */
+    let households;
+    if (roomStatus && typeof roomStatus.hls_url === "string") households = true;
+    else if (roomStatus && typeof roomStatus.public === "boolean") households = roomStatus.public;
+    show("ind-live", "console.householdLive", households);
+    householdsButton.textContent = t(households ? "console.closeHouseholds" : "console.openHouseholds");
+    householdsButton.setAttribute("aria-pressed", String(!!households));
 }
+
+householdsButton.addEventListener("click", async () => {
+    if (!client || !client.room) return;
+    householdsButton.disabled = true;
+    try {
+        roomStatus = await setRoomPublic(client.room, token, !(roomStatus && roomStatus.public));
+    } catch (e) {
+        toast(String(e));
+    } finally {
+        householdsButton.disabled = false;
+        renderIndicators();
+    }
+});
 
 async function pollRoomStatus() {
     if (client && client.room) roomStatus = await fetchRoomStatus(client.room);
@@ -412,8 +433,9 @@ function showBanner(text) {
     banner.hidden = false;
 }
 
-/** @param {string} token */
-async function start(token) {
+/** @param {string} joinToken */
+async function start(joinToken) {
+    token = joinToken;
     byId("token-form").hidden = true;
     byId("app").hidden = false;
     client = new HubClient({ token });

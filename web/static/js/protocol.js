@@ -1091,12 +1091,13 @@ export class WhepError extends Error {
 }
 
 /**
- * What the hub says about a room for households (future `GET /api/rooms/{room}`):
- * an `hls_url` when it is live over HLS. Unknown fields stay undefined.
+ * What `GET /api/rooms/{room}` says about a room. `public`: households may
+ * watch without an account (WHEP today); `hls_url` (future): live HLS for
+ * households; `recording` (future). Unknown fields stay undefined.
  * @typedef {object} RoomStatus
+ * @property {boolean} [public]
  * @property {string} [hls_url]
  * @property {boolean} [recording]
- * @property {boolean} [live]
  */
 
 /**
@@ -1114,4 +1115,22 @@ export async function fetchRoomStatus(room) {
     } catch {
         return null;
     }
+}
+
+/**
+ * Opens or closes a room to anonymous household viewers
+ * (`PATCH /api/rooms/{room}` with a moderator's token).
+ * @param {string} room
+ * @param {string} token
+ * @param {boolean} isPublic
+ * @returns {Promise<RoomStatus>}
+ */
+export async function setRoomPublic(room, token, isPublic) {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room)}`, {
+        method: "PATCH",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+        body: JSON.stringify({ public: isPublic }),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 200)}`);
+    return response.json();
 }

@@ -7,7 +7,7 @@
 
 import { WhepError, WhepSession, backoffDelay, fetchRoomStatus } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
-import { byId } from "./ui.js";
+import { byId, tokenFromLocation } from "./ui.js";
 
 initI18n();
 
@@ -76,7 +76,9 @@ async function connect() {
         return;
     }
     if (state.session) await state.session.stop();
-    const session = new WhepSession(`/whep/${encodeURIComponent(room)}`);
+    // Households need no token (the room is open to them); a viewer link may carry one.
+    const token = tokenFromLocation() || undefined;
+    const session = new WhepSession(`/whep/${encodeURIComponent(room)}`, { token });
     state.session = session;
     session.onstatechange = (pcState) => {
         if (state.session !== session) return;
@@ -93,8 +95,9 @@ async function connect() {
         player.srcObject = session.stream;
         player.play().catch(() => {});
     } catch (e) {
-        // 404: the room is not live yet; anything else: try again later.
-        setMode(e instanceof WhepError && e.status === 404 ? "waiting" : "retry");
+        // 401/403/404: the room is not live (or not open to households) yet.
+        const notYet = e instanceof WhepError && [401, 403, 404].includes(e.status);
+        setMode(notYet ? "waiting" : "retry");
         if (state.session === session) state.session = null;
         scheduleRetry();
     }

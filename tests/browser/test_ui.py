@@ -1,0 +1,55 @@
+"""The pages in a real browser: language toggle remembered, nothing fetched from
+outside the hub, usable at 360 px, chat between the console and a station."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.browser.conftest import Browsers, HubProcess, poll
+from tests.browser.rtc import client_state
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
+
+
+def test_language_toggle_is_remembered_and_nothing_external(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    page = browsers.open(f"{hub.base_url}/", "landing", width=360, height=740)
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(urlparse(r.url).hostname or r.url))
+    page.reload()
+    assert page.locator("html").get_attribute("lang") == "zh-CN"
+    assert page.locator("h1").inner_text() == "文明实践互动平台"
+    page.locator("#lang-toggle").focus()
+    page.keyboard.press("Enter")
+    assert page.locator("h1").inner_text() == "Practice Hub"
+    page.reload()
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("h1").inner_text() == "Practice Hub"
+    for path in ("/console", "/station", "/watch/some-room"):
+        page.goto(f"{hub.base_url}{path}")
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 360, f"{path} is {width}px wide at a 360px viewport"
+    assert hosts <= {"127.0.0.1"}, f"requests outside the hub: {hosts}"
+
+
+def test_chat_between_station_and_console(hub: HubProcess, browsers: Browsers) -> None:
+    room = "chat-room"
+    center = hub.token(room, "CENTER-01", "center", name="市中心")
+    station = hub.token(room, "I01-S001", "station", name="东湖村站")
+    console = browsers.open(f"{hub.base_url}/console?token={center}", "console")
+    a: Any = browsers.open(f"{hub.base_url}/station?token={station}", "station")
+    for page in (console, a):
+
+        def check(p: Any = page) -> str | None:
+            return None if client_state(p) == "joined" else client_state(p)
+
+        poll(check)
+    a.fill("#chat-input", "东湖村站已就位")
+    a.press("#chat-input", "Enter")
+    console.locator("#chat-log", has_text="东湖村站已就位").wait_for(timeout=10000)
+    a.locator("#chat-log", has_text="东湖村站已就位").wait_for(timeout=10000)
