@@ -13,6 +13,7 @@ from typing import Any
 
 import websockets
 from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import ReceiverTap
@@ -82,14 +83,22 @@ class HubClient:
     async def send(self, message: dict[str, Any]) -> None:
         await self._ws.send(json.dumps(message))
 
-    async def publish(self, tracks: dict[str, MediaStreamTrack], timeout: float = 10.0) -> None:
-        """Send ``tracks`` (source → track) on the publisher connection."""
+    async def publish(
+        self,
+        tracks: dict[str, MediaStreamTrack],
+        timeout: float = 10.0,
+        preferences: dict[str, list[RTCRtpCodecCapability]] | None = None,
+    ) -> None:
+        """Send ``tracks`` (source → track) on the publisher connection, offering the
+        codecs in ``preferences`` (source → capabilities) where given."""
         if self.publisher is None:
             self.publisher = make_peer_connection(self.ice_servers)
         sources: dict[str, str] = {}
         pending = []
         for source, track in tracks.items():
             transceiver = self.publisher.addTransceiver(track, direction="sendonly")
+            if preferences and source in preferences:
+                transceiver.setCodecPreferences(preferences[source])
             pending.append((transceiver, source))
         offer = await self.publisher.createOffer()
         await self.publisher.setLocalDescription(offer)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
+
+from aiortc.mediastreams import VideoStreamTrack
+from av import VideoFrame
 
 
 async def wait_until(
@@ -23,3 +27,15 @@ async def wait_until(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s: {reason}")
+
+
+class NoisyVideo(VideoStreamTrack):
+    """Random pixels: every frame is large when encoded, as a real camera's are."""
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(640, 360, "yuv420p")
+        for plane in frame.planes:
+            plane.update(os.urandom(plane.buffer_size))
+        frame.pts, frame.time_base = pts, time_base
+        return frame

@@ -1,0 +1,80 @@
+"""Nothing on the forwarding path decodes, and memory stays flat with nobody reading."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Iterator
+from unittest.mock import patch
+
+import pytest
+from aiortc.codecs.h264 import H264Decoder
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.codecs.vpx import Vp8Decoder
+from aiortc.mediastreams import AudioStreamTrack
+
+from hub.client import HubClient
+from tests.helpers import NoisyVideo, wait_until
+from tests.hubserver import RunningHub
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture
+def decode_calls() -> Iterator[list[str]]:
+    """Spies on every aiortc decoder in this process (hub and clients alike)."""
+    calls: list[str] = []
+
+    def spy(cls: type) -> object:
+        original = cls.decode
+
+        def decode(self: object, frame: object) -> object:
+            calls.append(cls.__name__)
+            return original(self, frame)
+
+        return patch.object(cls, "decode", decode)
+
+    with spy(Vp8Decoder), spy(OpusDecoder), spy(H264Decoder):
+        yield calls
+
+
+@pytest.mark.timeout(90)
+async def test_forwarding_decodes_nothing_and_memory_stays_flat(
+    hub_server: RunningHub, decode_calls: list[str]
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("nd", "C", "center"))
+    stations = [
+        HubClient(hub_server.ws, hub_server.token("nd", f"S{i}", "station"), decode=False)
+        for i in range(3)
+    ]
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        for station in stations:
+            await station.connect()
+        cameras = []
+        for station in stations:
+            await wait_until(lambda s=station: None if s.tracks_of("camera") else "no camera")
+            cameras.append(station.tracks_of("camera")[0])
+        await wait_until(lambda: None if min(c.packets for c in cameras) > 50 else "slow start")
+        forwarded_before = hub_server.hub.stats.packets_forwarded
+        bytes_before = sum(c.bytes for c in cameras)
+        start = rss_mb()
+        await asyncio.sleep(12)
+        growth = rss_mb() - start
+        received = sum(c.bytes for c in cameras) - bytes_before
+        assert hub_server.hub.stats.packets_forwarded - forwarded_before > 1000
+        # Decoded and left unread, this much video would be ~1 GB of raw frames.
+        assert received > 3_000_000, f"only {received} bytes of video arrived"
+        assert decode_calls == [], f"decoders ran: {set(decode_calls)}"
+        assert growth < 40, f"RSS grew {growth:.0f} MB in 12 s"
+    finally:
+        for station in stations:
+            await station.close()
+        await center.close()
