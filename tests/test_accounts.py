@@ -66,8 +66,8 @@ class Api:
         return client
 
 
-@pytest.fixture
-async def api(engine: AsyncEngine) -> AsyncIterator[Api]:
+@pytest.fixture(name="api")
+async def api_fixture(engine: AsyncEngine) -> AsyncIterator[Api]:
     await load_seed(engine)
     sites = Sites(engine)
     accounts = Accounts(engine, hasher=FAST_HASHER)
