@@ -51,9 +51,13 @@ class Api:
     app: FastAPI
     auth: Auth
     clock: FakeMonotonic
+    engine: AsyncEngine
 
-    def anonymous(self, base_url: str = "http://test") -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=base_url)
+    def anonymous(
+        self, base_url: str = "http://test", address: str = "127.0.0.1"
+    ) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url=base_url)
 
     async def client(self, username: str) -> httpx.AsyncClient:
         """Logged in as ``username``, echoing the CSRF cookie like the page script does."""
@@ -78,7 +82,7 @@ async def api_fixture(engine: AsyncEngine) -> AsyncIterator[Api]:
     auth = Auth(accounts, LoginLimiter(clock=clock))
     app = FastAPI()
     app.include_router(scheduler_router(auth, sites, Schedule(engine)))
-    yield Api(app, auth, clock)
+    yield Api(app, auth, clock, engine)
 
 
 async def test_passwords_are_argon2_hashed_and_verified(engine: AsyncEngine) -> None:
@@ -214,6 +218,16 @@ async def test_cookies_are_secure_over_https(api: Api) -> None:
         assert all("secure" in c.lower() for c in response.headers.get_list("set-cookie"))
 
 
+async def test_secure_cookies_can_be_forced_behind_a_tls_proxy(api: Api) -> None:
+    forced = Auth(api.auth.accounts, secure_cookies=True)
+    app = FastAPI()
+    app.include_router(scheduler_router(forced, Sites(api.engine), Schedule(api.engine)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert all("secure" in c.lower() for c in response.headers.get_list("set-cookie"))
+
+
 async def test_unauthenticated_requests_get_401_with_a_reason(api: Api) -> None:
     async with api.anonymous() as client:
         response = await client.get("/api/me")
@@ -284,6 +298,18 @@ async def test_failed_logins_are_rate_limited_with_retry_after(api: Api) -> None
         api.clock.value += 301
         ok = await client.post("/api/login", json={"username": "sta1", "password": PASSWORD})
         assert ok.status_code == 200
+
+
+async def test_a_username_is_limited_across_client_addresses(api: Api) -> None:
+    for attempt in range(5):
+        async with api.anonymous(address=f"10.0.0.{attempt}") as client:
+            bad = await client.post("/api/login", json={"username": "sta1", "password": "wrong pw"})
+            assert bad.status_code == 401
+    async with api.anonymous(address="10.0.0.99") as client:
+        blocked = await client.post("/api/login", json={"username": "STA1 ", "password": PASSWORD})
+        assert blocked.status_code == 429 and "too many failed logins" in blocked.json()["detail"]
+        other = await client.post("/api/login", json={"username": "sta2", "password": PASSWORD})
+        assert other.status_code == 200
 
 
 async def test_accounts_are_created_within_permissions(api: Api) -> None:

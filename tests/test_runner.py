@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from scheduler.recurrence import LOCAL_ZONE, Recurrence, Repeat
 from scheduler.runner import (
     LEASE_NAME,
+    Lease,
     Runner,
     RunnerConfig,
     Step,
@@ -496,3 +497,38 @@ async def test_webhook_notifier_survives_a_dead_url(serve: Any) -> None:
     await notifier.notify({"C"}, {"type": "x"})
     await notifier.aclose()
     assert len(live.bodies) == 1
+
+
+# --- the hub's real Store as the lease (another engineer's module) ---
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, world: World) -> AsyncIterator[Lease]:
+    if request.param == "memory":
+        from hub.store_memory import MemoryStore
+
+        memory = MemoryStore(clock=lambda: world.clock.now().timestamp())
+        yield memory
+        await memory.close()
+    else:
+        from hub.store_redis import RedisStore
+
+        redis = RedisStore.from_url(request.getfixturevalue("redis_url"), prefix="test-scheduler:")
+        yield redis
+        await redis.close()
+
+
+async def test_two_runners_on_the_hub_store_take_turns(world: World, store: Lease) -> None:
+    session_id = await world.add()
+    room = room_name(session_id, T)
+    a_rooms, b_rooms = Rooms(), Rooms()
+    a = Runner(world.engine, a_rooms, Notices(), store, "node-a", world.clock, CONFIG)
+    b = Runner(world.engine, b_rooms, Notices(), store, "node-b", world.clock, CONFIG)
+    await at(a, world.clock, T - 10 * MIN)
+    await at(b, world.clock, T - 10 * MIN)
+    assert a.leading and not b.leading
+    assert a_rooms.calls == [("open", room)] and b_rooms.calls == []
+    await a.stop()
+    await at(b, world.clock, T)
+    assert b.leading and b_rooms.calls == [("start_recording", room)]
+    await b.stop()
