@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from hub.ids import NodeID, ParticipantIdentity, RoomName
 from hub.store import Fanout, Subscription, check_ttl
+from hub.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,8 @@ class RedisBus:
         self._channel_prefix = f"{prefix}bus:"
         self._pubsub = client.pubsub()
         self._fanout = Fanout()
-        self._reader: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("redis bus")
+        self._reader: asyncio.Task[Any] | None = None
         # SUBSCRIBE and UNSUBSCRIBE go out one at a time, so the single confirmation
         # awaited is unambiguous and the server's state follows the local one.
         self._lock = asyncio.Lock()
@@ -282,15 +284,20 @@ class RedisBus:
         try:
             await self._pubsub.subscribe(key)
             if self._reader is None:
-                self._reader = asyncio.create_task(self._read(), name="redis bus reader")
+                self._reader = self._tasks.spawn(self._read(), name="redis bus reader")
             await confirmed
         finally:
             self._confirmation = None
 
     async def _detach(self, subscription: Subscription) -> None:
         async with self._lock:
-            if self._fanout.remove(subscription):
+            if not self._fanout.remove(subscription):
+                return
+            try:
                 await self._pubsub.unsubscribe(self._channel_prefix + subscription.channel)
+            except (RedisError, OSError) as error:
+                # Closing a subscription must not fail: stray messages find no subscriber.
+                log.warning("could not unsubscribe from %r: %s", subscription.channel, error)
 
     async def _read(self) -> None:
         while True:
@@ -316,10 +323,8 @@ class RedisBus:
         if self._fanout.closed:
             return
         self._fanout.close()
-        if self._confirmation is not None:
+        if self._confirmation is not None and not self._confirmation[1].done():
             self._confirmation[1].set_exception(RuntimeError("the bus is closed"))
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait([self._reader])
+        await self._tasks.close()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
