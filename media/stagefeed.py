@@ -119,6 +119,7 @@ class StageFeed:
         self._video_codec: Codec | None = None
         self._gate = KeyframeGate()
         self._last_request = 0.0
+        self._keyframe_wanted = False
         self._closed = False
         # Worker-side state.
         self._process: subprocess.Popen[bytes] | None = None
@@ -145,6 +146,11 @@ class StageFeed:
     def transcoding(self) -> bool:
         """True when the main video is VP8, so ffmpeg encodes H.264."""
         return self._video_codec == "VP8"
+
+    def want_keyframe(self) -> None:
+        """Ask the hub for a keyframe of the main video (from any thread): a consumer
+        that (re)starts needs one to begin."""
+        self._keyframe_wanted = True
 
     def fail(self, message: str) -> None:
         """Record a failure once and report it through ``on_error`` (any thread)."""
@@ -188,6 +194,10 @@ class StageFeed:
         if not self._gate.admit(track_id, frame):
             self._ask_keyframe(track_id)
             return
+        if self._keyframe_wanted and role == "video":
+            self._keyframe_wanted = False
+            self._last_request = 0.0
+            self._ask_keyframe(track_id)
         if not self._worker.submit(_Item(role, track_id, frame)):
             # ffmpeg is not keeping up: resume this track at its next keyframe.
             self._gate.close(track_id)

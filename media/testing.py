@@ -8,15 +8,18 @@ wrapped as :class:`EncodedFrame` sequences, so sinks can be tested without a hub
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Literal
 
 import av
 
 from media.frames import EncodedFrame, FrameSink, TrackInfo
+from media.muxing import ffmpeg_exe
 
 VideoCodec = Literal["VP8", "H264"]
 
@@ -204,3 +207,18 @@ async def play(
                 replace(frame, timestamp=frame.timestamp + step, arrival=started + media_time),
             )
         await asyncio.sleep(0)
+
+
+def ffmpeg_children(pattern: str) -> int:
+    """ffmpeg processes started by this process whose arguments include ``pattern``
+    (how tests count transcoders)."""
+    count = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and command[0] == ffmpeg_exe().encode():
+            count += pattern.encode() in command
+    return count

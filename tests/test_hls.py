@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import time
@@ -22,7 +21,7 @@ from fastapi import FastAPI
 from media.hls import HlsPackager, Part, PlaylistState, Segment
 from media.live_http import live_router
 from media.muxing import ffmpeg_exe
-from media.testing import Clip, VideoCodec, interleave, make_clip, play
+from media.testing import Clip, VideoCodec, ffmpeg_children, interleave, make_clip, play
 from tests.helpers import wait_until
 
 
@@ -228,20 +227,6 @@ async def test_old_segments_leave_the_window_and_the_disk(
         last = state.segments[-1].msn
         assert on_disk == {f"seg{n}.m4s" for n in range(last - 3, last + 1)}
         assert not (live.packager.directory / "seg0.m4s").exists()
-
-
-def ffmpeg_children(pattern: str) -> int:
-    """ffmpeg processes started by this test process whose command has ``pattern``."""
-    count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == os.getpid() and command[0] == ffmpeg_exe().encode():
-            count += pattern.encode() in command
-    return count
 
 
 async def test_vp8_is_transcoded_once_however_many_viewers(
