@@ -124,7 +124,11 @@ class Subscription:
         if self._entered:
             raise RuntimeError("a subscription is entered once")
         self._entered = True
-        await self._attach(self)
+        try:
+            await self._attach(self)
+        except BaseException:
+            self.end()
+            raise
         return self
 
     async def __aexit__(
@@ -161,7 +165,7 @@ class Subscription:
             return
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
             log.warning("dropped a message on %r that is not a JSON object", self.channel)

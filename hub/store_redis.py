@@ -128,9 +128,9 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _client(url: str, name: str) -> Redis:
+def _client(url: str, name: str, *, decode: bool) -> Redis:
     # The name shows in CLIENT LIST, so an operator can tell the hub's connections apart.
-    return Redis.from_url(url, decode_responses=True, client_name=name)
+    return Redis.from_url(url, decode_responses=decode, client_name=name)
 
 
 class RedisStore:
@@ -155,7 +155,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "hub:") -> RedisStore:
-        return cls(_client(url, f"{prefix}store"), prefix=prefix)
+        return cls(_client(url, f"{prefix}store", decode=True), prefix=prefix)
 
     def _presence_keys(self, room: RoomName) -> list[str]:
         return [f"{self._prefix}presence:{room}", f"{self._prefix}presence_deadlines:{room}"]
@@ -244,7 +244,8 @@ class RedisBus:
     read by one task that this bus owns."""
 
     def __init__(self, client: Redis, *, prefix: str = "hub:") -> None:
-        """Owns ``client`` (made with ``decode_responses=True``): ``close`` closes it."""
+        """Owns ``client`` (made with ``decode_responses=False``: anyone may publish any
+        bytes, which must not break the reader): ``close`` closes it."""
         self._client = client
         self._channel_prefix = f"{prefix}bus:"
         self._pubsub = client.pubsub()
@@ -258,7 +259,7 @@ class RedisBus:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "hub:") -> RedisBus:
-        return cls(_client(url, f"{prefix}bus"), prefix=prefix)
+        return cls(_client(url, f"{prefix}bus", decode=False), prefix=prefix)
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         self._fanout.ensure_open()
@@ -308,9 +309,9 @@ class RedisBus:
                 log.warning("Redis bus connection lost (%s); retrying", error)
                 await asyncio.sleep(1.0)
                 continue
-            if message is None:
+            if message is None or message["type"] not in ("message", "subscribe"):
                 continue
-            key = message["channel"]
+            key = message["channel"].decode()  # one of our channel names
             if message["type"] == "message":
                 self._fanout.deliver(key.removeprefix(self._channel_prefix), message["data"])
             elif message["type"] == "subscribe" and self._confirmation is not None:

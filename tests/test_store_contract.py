@@ -376,3 +376,17 @@ async def test_the_redis_bus_subscribes_again_after_its_connection_drops(redis_u
     finally:
         await bus.close()
         await admin.aclose()
+
+
+async def test_the_redis_bus_drops_messages_that_are_not_json_objects(redis_url: str) -> None:
+    bus = RedisBus.from_url(redis_url, prefix="test:")
+    admin = Redis.from_url(redis_url)
+    try:
+        async with bus.subscribe("ch") as messages:
+            for raw in (b"not json", b"[1, 2]", b"\xff\xfe", b"[" * 5000):
+                await admin.publish("test:bus:ch", raw)
+            await bus.publish("ch", {"n": 1})
+            assert await receive(messages, 1) == [{"n": 1}]
+    finally:
+        await bus.close()
+        await admin.aclose()
