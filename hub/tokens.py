@@ -100,8 +100,8 @@ def grant_for_role(
     now: float | None = None,
 ) -> Grant:
     """The default grant of ``role``, valid for ``ttl`` seconds from ``now``."""
-    if not ttl > 0:
-        raise ValueError("ttl must be positive")
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError("ttl must be a positive number of seconds")
     defaults = _ROLE_DEFAULTS[role]
     return Grant(
         room=room,

@@ -99,9 +99,10 @@ def test_grant_for_role_names_the_participant_by_identity_unless_told() -> None:
     assert named.name == "Chengguan Institute"
 
 
-def test_grant_for_role_with_non_positive_ttl_raises_value_error() -> None:
+@pytest.mark.parametrize("ttl", [0.0, -1.0, float("nan"), float("inf")])
+def test_grant_for_role_with_a_bad_ttl_raises_value_error(ttl: float) -> None:
     with pytest.raises(ValueError):
-        grant_for_role(ROOM, ParticipantIdentity("x"), Role.VIEWER, ttl=0)
+        grant_for_role(ROOM, ParticipantIdentity("x"), Role.VIEWER, ttl=ttl)
 
 
 def test_may_publish_needs_can_publish_and_the_source() -> None:
