@@ -69,7 +69,7 @@ def redis_cluster(url: str) -> Cluster:
     return Cluster(lambda: open_store_bus(url, prefix="test:"), asyncio.sleep)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     if request.param == "memory":
         made = memory_cluster()
@@ -343,6 +343,7 @@ async def test_open_store_bus_without_url_is_in_memory() -> None:
     await store.close()
 
 
+@pytest.mark.redis
 async def test_closing_the_redis_store_and_bus_leaves_no_task_behind(redis_url: str) -> None:
     before = asyncio.all_tasks()
     store, bus = open_store_bus(redis_url, prefix="test:")
@@ -356,6 +357,7 @@ async def test_closing_the_redis_store_and_bus_leaves_no_task_behind(redis_url: 
     assert asyncio.all_tasks() == before
 
 
+@pytest.mark.redis
 async def test_the_redis_bus_subscribes_again_after_its_connection_drops(redis_url: str) -> None:
     prefix = f"test-{secrets.token_hex(4)}:"
     bus = RedisBus.from_url(redis_url, prefix=prefix)
@@ -378,6 +380,7 @@ async def test_the_redis_bus_subscribes_again_after_its_connection_drops(redis_u
         await admin.aclose()
 
 
+@pytest.mark.redis
 async def test_the_redis_bus_drops_messages_that_are_not_json_objects(redis_url: str) -> None:
     bus = RedisBus.from_url(redis_url, prefix="test:")
     admin = Redis.from_url(redis_url)
