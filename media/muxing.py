@@ -105,7 +105,11 @@ class TrackClock:
     def pts(self, frame: EncodedFrame) -> int:
         if self.first_ts is None:
             self.first_ts = frame.timestamp
-            self.offset = max(0, round((frame.arrival - self.origin) * frame.clock_rate))
+            placed = round((frame.arrival - self.origin) * frame.clock_rate)
+            # A clock that takes over from another source (``last_pts`` set) starts
+            # after it, even if that source ran ahead of the wall clock.
+            after = self.last_pts + frame.clock_rate // 50 if self.last_pts >= 0 else 0
+            self.offset = max(placed, after)
         pts = self.offset + frame.timestamp - self.first_ts
         pts = max(pts, self.last_pts + 1)
         self.last_pts = pts

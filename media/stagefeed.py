@@ -118,7 +118,7 @@ class StageFeed:
         self._audio: str | None = None
         self._video_codec: Codec | None = None
         self._gate = KeyframeGate()
-        self._last_request = 0.0
+        self._last_request: dict[str, float] = {}
         self._keyframe_wanted = False
         self._closed = False
         # Worker-side state.
@@ -196,7 +196,7 @@ class StageFeed:
             return
         if self._keyframe_wanted and role == "video":
             self._keyframe_wanted = False
-            self._last_request = 0.0
+            self._last_request.pop(track_id, None)
             self._ask_keyframe(track_id)
         if not self._worker.submit(_Item(role, track_id, frame)):
             # ffmpeg is not keeping up: resume this track at its next keyframe.
@@ -231,8 +231,9 @@ class StageFeed:
 
     def _ask_keyframe(self, track_id: str) -> None:
         now = time.monotonic()
-        if now - self._last_request >= KEYFRAME_REQUEST_INTERVAL:
-            self._last_request = now
+        last = self._last_request.get(track_id)
+        if last is None or now - last >= KEYFRAME_REQUEST_INTERVAL:
+            self._last_request[track_id] = now
             self._request_keyframe(track_id)
 
     # --- the worker thread: Matroska into ffmpeg ----------------------------------

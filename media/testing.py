@@ -143,6 +143,7 @@ def make_clip(
     participant: str = "center",
     video_source: Literal["camera", "screen"] = "camera",
     gop: int = 30,
+    size: tuple[int, int] = (320, 180),
 ) -> Clip:
     """A camera (or screen) plus microphone publication of one participant."""
     video = TrackInfo(
@@ -164,7 +165,7 @@ def make_clip(
     return Clip(
         video=video,
         audio=audio,
-        video_frames=encode_video(video_codec, seconds, gop=gop),
+        video_frames=encode_video(video_codec, seconds, gop=gop, size=size),
         audio_frames=encode_opus(seconds),
     )
 

@@ -1,0 +1,108 @@
+"""Which tracks make the stage stream, source switches, silence for a mute stage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from media.frames import TrackInfo
+from media.hls import HlsPackager
+from media.stagefeed import Selection, select
+from media.testing import interleave, make_clip, play
+from tests.helpers import wait_until
+
+
+def track(participant: str, source: str) -> TrackInfo:
+    kind = "audio" if source == "microphone" else "video"
+    codec = "opus" if kind == "audio" else "H264"
+    return TrackInfo(f"{participant}-{source}", kind, codec, source, participant, participant)  # type: ignore[arg-type]
+
+
+LECTURER_CAM = track("center", "camera")
+LECTURER_MIC = track("center", "microphone")
+LECTURER_SCREEN = track("center", "screen")
+STATION_CAM = track("st-042", "camera")
+STATION_MIC = track("st-042", "microphone")
+STATION_SCREEN = track("st-042", "screen")
+
+
+@pytest.mark.parametrize(
+    ("tracks", "stage", "expected"),
+    [
+        ([], [], Selection(None, None)),
+        ([LECTURER_CAM, LECTURER_MIC], [], Selection("center-camera", "center-microphone")),
+        ([STATION_CAM, LECTURER_CAM, LECTURER_MIC], ["center", "st-042"],
+         Selection("center-camera", "center-microphone")),
+        ([LECTURER_CAM, LECTURER_MIC, LECTURER_SCREEN], ["center"],
+         Selection("center-screen", "center-microphone")),
+        # A station on stage sharing its screen: the screen, the lecturer's voice.
+        ([LECTURER_CAM, LECTURER_MIC, STATION_SCREEN, STATION_MIC], ["center", "st-042"],
+         Selection("st-042-screen", "center-microphone")),
+        # ... but not once it has left the stage.
+        ([LECTURER_CAM, LECTURER_MIC, STATION_SCREEN], ["center"],
+         Selection("center-camera", "center-microphone")),
+        ([LECTURER_CAM], ["center"], Selection("center-camera", None)),
+    ],
+)  # fmt: skip
+def test_select(tracks: list[TrackInfo], stage: list[str], expected: Selection) -> None:
+    assert select(tracks, stage) == expected
+
+
+def picture_sizes(directory: Path, segments: list[str]) -> list[tuple[int, int]]:
+    """Frame sizes of the segments played in a row, as a player does."""
+    path = directory / "played.mp4"
+    path.write_bytes(b"".join((directory / name).read_bytes() for name in ["init.mp4", *segments]))
+    with av.open(str(path)) as container:
+        return [(frame.width, frame.height) for frame in container.decode(video=0)]
+
+
+async def test_a_screen_share_takes_over_at_its_keyframe(tmp_path: Path) -> None:
+    requested: list[str] = []
+    packager = HlsPackager(tmp_path, request_keyframe=requested.append)
+    camera = make_clip("H264", 2.0, gop=60)
+    screen = make_clip("H264", 3.0, gop=60, video_source="screen", size=(640, 360))
+    packager.add_track(camera.video)
+    packager.add_track(camera.audio)
+    packager.on_stage_change(["center"], time.time())
+    try:
+        stream = interleave(
+            [(camera.video.track_id, camera.video_frames),
+             (camera.audio.track_id, camera.audio_frames)]
+        )  # fmt: skip
+        await play(packager, stream, speed=4.0, loops=2)
+        packager.add_track(screen.video)
+        assert requested == [camera.video.track_id, screen.video.track_id]
+        # Mid-GOP frames of the screen are not used; its keyframe (frame 60) switches.
+        frames = [(screen.video.track_id, f) for f in screen.video_frames[30:]]
+        await play(packager, frames, speed=4.0)
+    finally:
+        await packager.close()
+    await asyncio.sleep(0.1)
+    sizes = picture_sizes(tmp_path, [str(segment.name) for segment in packager.state.segments])
+    assert sizes[0] == (320, 180) and sizes[-1] == (640, 360)
+    # Camera for 4 s, then the screen from its keyframe on (frames 60..89).
+    assert sizes.count((640, 360)) == 30 and sizes.count((320, 180)) == 120
+
+
+async def test_a_stage_without_microphone_still_streams_with_silence(tmp_path: Path) -> None:
+    packager = HlsPackager(tmp_path)
+    clip = make_clip("H264", 2.0, gop=60)
+    packager.add_track(clip.video)
+    try:
+        await play(
+            packager, [(clip.video.track_id, f) for f in clip.video_frames], speed=4, loops=3
+        )
+        await wait_until(lambda: None if len(packager.state.segments) > 1 else "no segment", 10)
+    finally:
+        await packager.close()
+    directory = tmp_path
+    path = directory / "check.mp4"
+    path.write_bytes((directory / "init.mp4").read_bytes() + (directory / "seg0.m4s").read_bytes())
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert samples / 48_000 > 1.0
