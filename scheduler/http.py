@@ -190,6 +190,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
 
     @router.post("/logout", status_code=204)
     async def logout(request: Request, response: Response) -> None:
+        """Ends the login of the cookie sent. No CSRF check: a forged logout only logs out."""
         await auth.logout(request, response)
 
     @router.get("/me")

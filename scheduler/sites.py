@@ -280,6 +280,3 @@ class Sites:
         parsed, rows = parse_csv(data)
         await self.upsert(parsed, rows)
         return len(parsed)
-
-    async def export_csv(self) -> bytes:
-        return export_csv(await self.tree())

@@ -251,7 +251,7 @@ async def test_a_hub_down_past_the_end_still_closes_what_it_opened(world: World)
     runner, _, _ = world.runner()
     await at(runner, world.clock, T)
     restarted, later_rooms, _ = world.runner()
-    await at(restarted, world.clock, T + timedelta(days=1))
+    await at(restarted, world.clock, T + timedelta(days=3))
     room = room_name(session_id, T)
     assert later_rooms.calls == [("stop_recording", room), ("close", room), ("library", room)]
 

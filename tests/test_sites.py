@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from scheduler.seed import load_seed
-from scheduler.sites import CSV_HEADER, Site, SiteError, SiteKind, Sites, SiteTree
+from scheduler.sites import CSV_HEADER, Site, SiteError, SiteKind, Sites, SiteTree, export_csv
 from scheduler.tables import create_tables, drop_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ async def test_csv_export_is_excel_friendly_and_round_trips(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
     await load_seed(engine)
-    exported = await Sites(engine).export_csv()
+    exported = export_csv(await Sites(engine).tree())
     assert exported.startswith(b"\xef\xbb\xbf")
     lines = exported.decode("utf-8-sig").splitlines()
     assert lines[0] == ",".join(CSV_HEADER)
