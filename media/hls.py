@@ -27,6 +27,9 @@ from media.stagefeed import StageFeed
 
 INIT = "init.mp4"
 PLAYLIST = "index.m3u8"
+KEYFRAME_LEAD = 0.5
+"""Seconds before a segment's target length when a keyframe is asked for (and from
+when one ends the segment): a round trip to the publisher and its encoder."""
 
 
 # --- ISO BMFF, as much as a fragment's duration and keyframe flag need ------------
@@ -286,7 +289,9 @@ class _Segmenter:
     segment_target: float
     target_duration: int
     window: int
+    want_keyframe: Callable[[], None]
     msn: int = 0
+    asked: bool = False
     parts: list[tuple[Part, bytes]] = field(default_factory=list)
     done: list[Segment] = field(default_factory=list)
     ended: bool = False
@@ -294,14 +299,20 @@ class _Segmenter:
     def add(self, fragment: Fragment, data: bytes) -> None:
         current = sum(part.duration for part, _ in self.parts)
         if self.parts and (
-            (fragment.independent and current >= self.segment_target)
+            (fragment.independent and current >= self.segment_target - KEYFRAME_LEAD)
             # EXTINF rounded must not exceed the target duration: cut without a keyframe.
             or current + fragment.duration >= self.target_duration + 0.5
         ):
             self._complete()
+            current = 0.0
         part = Part(part_name(self.msn, len(self.parts)), fragment.duration, fragment.independent)
         (self.directory / part.name).write_bytes(data)
         self.parts.append((part, data))
+        if not self.asked and current + part.duration >= self.segment_target - KEYFRAME_LEAD:
+            # WebRTC publishers send keyframes only when asked: ask in time for the
+            # next segment to start on one.
+            self.asked = True
+            self.want_keyframe()
 
     def finish(self) -> None:
         """The stream ended: its last segment is complete, however short."""
@@ -315,6 +326,7 @@ class _Segmenter:
         self.done.append(Segment(self.msn, tuple(part for part, _ in self.parts), name))
         self.msn += 1
         self.parts = []
+        self.asked = False
         # Files live two segments past the playlist window: in-flight requests finish.
         while len(self.done) > self.window + 2:
             old = self.done.pop(0)
@@ -361,7 +373,9 @@ class HlsPackager(StageFeed):
         self.directory = directory
         self.part_target = part_target
         self._loop = asyncio.get_running_loop()
-        self._segmenter = _Segmenter(directory, segment_target, math.ceil(segment_target), window)
+        self._segmenter = _Segmenter(
+            directory, segment_target, math.ceil(segment_target), window, self._keyframe_due
+        )
         self.state = PlaylistState(math.ceil(segment_target), part_target)
         self._changed = asyncio.Event()
         super().__init__(
@@ -382,6 +396,10 @@ class HlsPackager(StageFeed):
             "-flush_packets", "1",
             "pipe:1",
         ]  # fmt: skip
+
+    def _keyframe_due(self) -> None:
+        if not self.transcoding:  # ffmpeg places the transcode's keyframes itself
+            self.want_keyframe()
 
     def consume_output(self, stdout: IO[bytes]) -> None:
         init: list[bytes] = []

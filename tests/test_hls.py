@@ -276,3 +276,21 @@ async def test_the_hinted_part_is_served_as_soon_as_it_exists(live_h264: Live) -
         position = live.packager.state.position
         hinted_msn = int(hint.removeprefix("part").split(".")[0])
         assert response.status_code == 404 and position is not None and position[0] > hinted_msn
+
+
+async def test_a_long_gop_source_is_asked_for_keyframes_each_segment(tmp_path: Path) -> None:
+    requested: list[str] = []
+    packager = HlsPackager(tmp_path, request_keyframe=requested.append)
+    clip = make_clip("H264", 6.0, gop=600)  # one keyframe, as WebRTC senders do
+    packager.add_track(clip.video)
+    packager.add_track(clip.audio)
+    try:
+        await play(packager, stream_of(clip), speed=4.0)
+    finally:
+        await packager.close()
+    await asyncio.sleep(0.1)
+    segments = packager.state.segments
+    assert len(segments) >= 3
+    assert all(segment.duration < 2.5 for segment in segments)
+    # Once when the track was selected, then about once per segment.
+    assert requested.count(clip.video.track_id) >= len(segments)
