@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -225,3 +226,38 @@ async def test_recording_costs_little_cpu(tmp_path: Path) -> None:
     used = time.process_time() - before
     print(f"CPU for 10 s of recording: {used:.3f} s ({used / 10:.1%} of a core)")
     assert used < 1.0
+
+
+async def test_a_slow_disk_drops_frames_and_never_blocks_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = make_clip("H264", 3.0, gop=15)
+    write = Recorder._write
+
+    def slow_write(self: Recorder, track_id: str, frame: Any) -> None:
+        time.sleep(0.02)  # a disk that manages 50 frames/s at best
+        write(self, track_id, frame)
+
+    monkeypatch.setattr(Recorder, "_write", slow_write)
+    recorder = Recorder(tmp_path, queue_size=5)
+    recorder.add_track(clip.video)
+    started = time.perf_counter()
+    for frame in clip.video_frames:
+        recorder.on_frame(clip.video.track_id, frame)
+    feeding = time.perf_counter() - started
+    await recorder.close()
+
+    assert feeding < 0.5  # 90 blocking writes would take 1.8 s
+    (track,) = manifest(tmp_path)["tracks"]
+    with av.open(str(tmp_path / track["file"])) as container:
+        times = [
+            (float(p.pts * p.time_base), p.is_keyframe)
+            for p in container.demux(video=0)
+            if p.pts is not None
+        ]
+    assert 0 < len(times) < len(clip.video_frames)
+    assert times[0][1]
+    # After every gap (dropped frames) the file resumes at a keyframe: it decodes.
+    for (before, _), (after, keyframe) in itertools.pairwise(times):
+        if after - before > 1.5 / 30:
+            assert keyframe, (before, after)

@@ -106,3 +106,26 @@ async def test_a_stage_without_microphone_still_streams_with_silence(tmp_path: P
         assert container.streams.audio[0].codec_context.name == "aac"
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert samples / 48_000 > 1.0
+
+
+async def test_a_dead_ffmpeg_is_reported_and_the_loop_carries_on(tmp_path: Path) -> None:
+    errors: list[str] = []
+    packager = HlsPackager(tmp_path, on_error=errors.append)
+    clip = make_clip("H264", 2.0, gop=60)
+    packager.add_track(clip.video)
+    packager.add_track(clip.audio)
+    stream = interleave(
+        [(clip.video.track_id, clip.video_frames), (clip.audio.track_id, clip.audio_frames)]
+    )
+    feeding = asyncio.create_task(play(packager, stream, loops=2))
+    try:
+        await wait_until(lambda: None if packager.state.position else "no part yet", 10)
+        process = packager._process
+        assert process is not None
+        process.kill()
+        await wait_until(lambda: None if errors else "no error reported", 10)
+        assert errors == [packager.error] and "ffmpeg" in errors[0]
+        await asyncio.wait_for(feeding, 10)  # frames keep coming, and are ignored
+    finally:
+        feeding.cancel()
+        await packager.close()
