@@ -202,8 +202,10 @@ class Browsers:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def playwright_instance() -> Iterator[Any]:
+    # Per test, not per session: sync Playwright keeps an event loop running in
+    # this thread, which would break every asyncio test that runs after it.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
