@@ -16,26 +16,35 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from scheduler.seed import load_seed
 from scheduler.sites import CSV_HEADER, Site, SiteError, SiteKind, Sites, SiteTree, export_csv
-from scheduler.tables import create_tables, drop_tables
+from scheduler.tables import create_tables, drop_tables, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+_RESET: set[str] = set()
+"""Databases whose scheduler tables this run has already dropped and recreated."""
 
 
 @pytest.fixture(name="engine", params=["sqlite", "postgres"])
 async def engine_fixture(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[AsyncEngine]:
-    """The scheduler's tables on a fresh SQLite file or on the real PostgreSQL; dropped
-    after the test so reruns start clean."""
+    """The scheduler's tables on a fresh SQLite file or on the real PostgreSQL, emptied
+    after each test so reruns start clean. PostgreSQL's tables are recreated once per
+    run (a schema left by an older run is dropped), then only emptied: DDL is slow."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler.sqlite3'}"
     else:
         url = request.getfixturevalue("postgres_url")
     engine = create_async_engine(url)
-    await drop_tables(engine)  # left over by an interrupted run
+    if url not in _RESET:
+        await drop_tables(engine)
+        _RESET.add(url)
     await create_tables(engine)
     yield engine
-    await drop_tables(engine)
+    async with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            await conn.execute(table.delete())
     await engine.dispose()
 
 
