@@ -203,6 +203,9 @@ class LoginLimiter:
     max_failures: int = 5
     window: float = 300.0
     clock: Callable[[], float] = time.monotonic
+    max_keys: int = 10_000
+    """Past this many keys, stale ones are dropped, so guessing many usernames from
+    many addresses cannot grow memory without bound."""
     _failures: dict[str, deque[float]] = field(default_factory=dict)
 
     def _recent(self, key: str) -> deque[float]:
@@ -224,8 +227,15 @@ class LoginLimiter:
         return max(1, math.ceil(max(waits))) if waits else None
 
     def failed(self, *keys: str) -> None:
+        if len(self._failures) >= self.max_keys:
+            for stale in list(self._failures):
+                self._recent(stale)
         for key in keys:
             self._failures.setdefault(key, deque()).append(self.clock())
+
+    def __len__(self) -> int:
+        """How many keys have failures on record."""
+        return len(self._failures)
 
     def forget(self, key: str) -> None:
         self._failures.pop(key, None)

@@ -182,6 +182,17 @@ def test_limiter_blocks_after_five_failures_until_the_window_passes() -> None:
     assert limiter.retry_after("user:a", "addr:1") is None
 
 
+def test_limiter_drops_stale_keys_when_it_grows() -> None:
+    clock = FakeMonotonic()
+    limiter = LoginLimiter(window=300, clock=clock, max_keys=100)
+    for n in range(100):
+        limiter.failed(f"user:{n}")
+    assert len(limiter) == 100
+    clock.value += 301
+    limiter.failed("user:new")
+    assert len(limiter) == 1
+
+
 async def test_create_admin_command(engine: AsyncEngine) -> None:
     url = engine.url.render_as_string(hide_password=False)
     args = ("scheduler.accounts", "create-admin", "--database-url", url)
