@@ -53,3 +53,46 @@ def test_chat_between_station_and_console(hub: HubProcess, browsers: Browsers) -
     a.press("#chat-input", "Enter")
     console.locator("#chat-log", has_text="东湖村站已就位").wait_for(timeout=10000)
     a.locator("#chat-log", has_text="东湖村站已就位").wait_for(timeout=10000)
+
+
+def test_audio_only_and_remove(hub: HubProcess, browsers: Browsers) -> None:
+    room = "audio-only-room"
+    center = hub.token(room, "CENTER-01", "center", name="市中心")
+    station = hub.token(room, "I01-S002", "station", name="西湖村站")
+    console = browsers.open(f"{hub.base_url}/console?token={center}", "console")
+    a: Any = browsers.open(f"{hub.base_url}/station?token={station}", "station")
+    poll(lambda: None if client_state(a) == "joined" else client_state(a))
+    a_sid = a.evaluate("() => window.practiceHub.client.self.sid")
+
+    def sources_seen_by_console() -> list[str]:
+        got: list[str] = console.evaluate(
+            """sid => { const p = window.practiceHub.client.participants.get(sid);
+                       return p ? p.publications.map(x => x.source).sort() : []; }""",
+            a_sid,
+        )
+        return got
+
+    def publishes(expected: list[str]) -> Any:
+        def check() -> str | None:
+            seen = sources_seen_by_console()
+            return None if seen == expected else f"console sees {seen}"
+
+        return check
+
+    poll(publishes(["camera", "microphone"]))
+    # audio-only: the station stops publishing its camera (its m-line goes inactive)
+    a.click("#audio-only")
+    poll(publishes(["microphone"]))
+    assert a.get_attribute("#audio-only", "aria-pressed") == "true"
+    assert a.locator("#stage-video").is_hidden()
+    a.click("#audio-only")
+    poll(publishes(["camera", "microphone"]))
+
+    # the center removes the station: it is told so and does not come back
+    console.once("dialog", lambda dialog: dialog.accept())
+    console.locator(f'.tile[data-sid="{a_sid}"] [data-action="remove"]').click()
+    a.locator("#banner").wait_for(state="visible", timeout=10000)
+    poll(lambda: None if client_state(a) == "closed" else client_state(a))
+    poll(lambda: None if console.locator(".tile[data-sid]").count() == 0 else "tile still there")
+    a.wait_for_timeout(2000)
+    assert client_state(a) == "closed", "a removed station must not reconnect"
