@@ -29,7 +29,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from scheduler.permissions import Actor, Role
+from scheduler.permissions import Actor, Refusal, Role
 from scheduler.sites import SiteKind, SiteTree
 from scheduler.tables import accounts as accounts_table
 from scheduler.tables import api_tokens, create_tables, logins
@@ -239,6 +239,12 @@ class LoginLimiter:
 
     def forget(self, key: str) -> None:
         self._failures.pop(key, None)
+
+
+def require(refusal: Refusal) -> None:
+    """Turn a permission check's refusal into a 403 that says why."""
+    if refusal is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=refusal)
 
 
 def _reject(status_code: int, reason: str) -> HTTPException:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Request, Response, 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from scheduler.accounts import Account, Auth
+from scheduler.accounts import Account, Auth, require
 from scheduler.permissions import (
     Refusal,
     Role,
@@ -103,11 +103,6 @@ class SessionBody(BaseModel):
     options: OptionsBody = Field(default_factory=OptionsBody)
 
 
-def _allow(refusal: Refusal) -> None:
-    if refusal is not None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=refusal)
-
-
 def _unprocessable(reason: str, errors: list[tuple[int, str]] | None = None) -> JSONResponse:
     content: dict[str, Any] = {"detail": reason}
     if errors is not None:
@@ -178,7 +173,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         except KeyError:
             raise HTTPException(404, detail=f"no session {session_id}") from None
         tree = await sites.tree()
-        _allow(check_view_session(account.actor, tree, session.host, session.audience))
+        require(check_view_session(account.actor, tree, session.host, session.audience))
         return session, tree
 
     # --- login ---
@@ -208,8 +203,8 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         tree = await sites.tree()
         if account.role is not Role.CENTER_ADMIN:
             if body.role is not Role.STATION_OPERATOR or body.site is None:
-                _allow("institute operators create only station operators")
-            _allow(check_edit_site(account.actor, tree, body.site or ""))
+                require("institute operators create only station operators")
+            require(check_edit_site(account.actor, tree, body.site or ""))
         try:
             created = await auth.accounts.create(
                 body.username, body.password, body.role, body.site, tree
@@ -276,7 +271,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         tree = await sites.tree()
         if code not in tree:
             raise HTTPException(404, detail=f"no site {code}")
-        _allow(check_view_site(account.actor, tree, code))
+        require(check_view_site(account.actor, tree, code))
         return {**site_json(tree.get(code)), "children": tree.children(code)}
 
     @router.post("/sites", status_code=201, response_model=None)
@@ -285,7 +280,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         if body.code in tree:
             raise HTTPException(409, detail=f"site {body.code} exists")
         site = Site(**body.model_dump())
-        _allow(_check_site_change(account, tree, site))
+        require(_check_site_change(account, tree, site))
         try:
             await sites.upsert([site])
         except SiteError as exc:
@@ -303,7 +298,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         if any(v is None for k, v in changes.items() if k != "parent"):
             return _unprocessable("only parent may be set to null")
         site = replace(tree.get(code), **changes)
-        _allow(_check_site_change(account, tree, site))
+        require(_check_site_change(account, tree, site))
         try:
             await sites.upsert([site])
         except SiteError as exc:
@@ -315,7 +310,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         tree = await sites.tree()
         if code not in tree:
             raise HTTPException(404, detail=f"no site {code}")
-        _allow(check_edit_site(account.actor, tree, code))
+        require(check_edit_site(account.actor, tree, code))
         try:
             await sites.delete(code)
         except SiteError as exc:
@@ -329,7 +324,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         tree = await sites.tree()
         if code not in tree:
             raise HTTPException(404, detail=f"no site {code}")
-        _allow(check_view_site(account.actor, tree, code))
+        require(check_view_site(account.actor, tree, code))
         if not 1 <= days <= 62:
             raise HTTPException(422, detail="days must be between 1 and 62")
         day = day or local(datetime.now(UTC)).date()
@@ -344,7 +339,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
     ) -> dict[str, Any] | JSONResponse:
         tree = await sites.tree()
         audience = Audience(body.audience.kind, tuple(body.audience.codes))
-        _allow(check_schedule(account.actor, tree, body.host, audience))
+        require(check_schedule(account.actor, tree, body.host, audience))
         rule = body.recurrence
         try:
             session = await schedule.create(
@@ -388,7 +383,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
     @router.post("/sessions/{session_id}/cancel")
     async def cancel_session(account: AccountDep, session_id: int) -> dict[str, Any]:
         session, tree = await visible_session(account, session_id)
-        _allow(check_cancel_session(account.actor, tree, session.host, session.audience))
+        require(check_cancel_session(account.actor, tree, session.host, session.audience))
         return session_json(await schedule.cancel(session_id))
 
     return router
