@@ -96,3 +96,13 @@ def test_audio_only_and_remove(hub: HubProcess, browsers: Browsers) -> None:
     poll(lambda: None if console.locator(".tile[data-sid]").count() == 0 else "tile still there")
     a.wait_for_timeout(2000)
     assert client_state(a) == "closed", "a removed station must not reconnect"
+
+
+def test_station_joins_with_a_pasted_link(hub: HubProcess, browsers: Browsers) -> None:
+    token = hub.token("paste-room", "I01-S003", "station", name="南山村站")
+    page: Any = browsers.open(f"{hub.base_url}/station", "station", width=360, height=740)
+    page.fill("#token-input", f"{hub.base_url}/station?token={token}")
+    page.click("#token-form button[type=submit]")
+    poll(lambda: None if client_state(page) == "joined" else client_state(page))
+    assert "token=" in page.url, "the token is kept in the address for a reload"
+    assert page.locator("#self-name").inner_text().endswith("南山村站")

@@ -14,6 +14,7 @@ import {
     showState,
     toast,
     tokenFromLocation,
+    tokenFromPaste,
 } from "./ui.js";
 
 /** @typedef {import("./protocol.js").ParticipantInfo} ParticipantInfo */
@@ -278,9 +279,19 @@ function videoOf(sid, source) {
     return null;
 }
 
+/**
+ * Sites on the wall: everyone but household viewers (WHEP), who are only counted.
+ * @param {ParticipantInfo} p
+ */
+function isSite(p) {
+    return p.role !== "viewer";
+}
+
 function renderWall() {
     if (!client) return;
-    const participants = [...client.participants.values()];
+    const everyone = [...client.participants.values()];
+    const participants = everyone.filter(isSite);
+    const viewers = everyone.length - participants.length;
     const present = new Set(participants.map((p) => p.sid));
     for (const [sid, tile] of tiles) {
         if (!present.has(sid)) {
@@ -327,7 +338,8 @@ function renderWall() {
         removeButton.setAttribute("aria-label", `${t("action.remove")} ${p.name || p.identity}`);
     }
     byId("wall-empty").hidden = participants.length > 0;
-    byId("site-count").textContent = t("console.sites", { n: participants.length });
+    byId("site-count").textContent =
+        t("console.sites", { n: participants.length }) + (viewers ? ` · ${t("console.viewers", { n: viewers })}` : "");
     renderHands();
 }
 
@@ -490,7 +502,10 @@ if (initialToken) {
     form.hidden = false;
     form.addEventListener("submit", (event) => {
         event.preventDefault();
-        const value = /** @type {HTMLTextAreaElement} */ (byId("token-input")).value.trim();
-        if (value) void start(value);
+        const value = tokenFromPaste(/** @type {HTMLTextAreaElement} */ (byId("token-input")).value);
+        if (!value) return;
+        // keep it in the address so that a reload or a bookmark rejoins
+        history.replaceState(null, "", `?token=${encodeURIComponent(value)}`);
+        void start(value);
     });
 }

@@ -3,7 +3,17 @@
 
 import { CAMERA_CAPTURE, HubClient } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
-import { AudioSink, attachTrack, byId, el, mediaAvailable, showState, toast, tokenFromLocation } from "./ui.js";
+import {
+    AudioSink,
+    attachTrack,
+    byId,
+    el,
+    mediaAvailable,
+    showState,
+    toast,
+    tokenFromLocation,
+    tokenFromPaste,
+} from "./ui.js";
 
 /** @typedef {import("./protocol.js").RemoteTrack} RemoteTrack */
 /** @typedef {import("./protocol.js").ParticipantInfo} ParticipantInfo */
@@ -315,7 +325,10 @@ if (initialToken) {
     form.hidden = false;
     form.addEventListener("submit", (event) => {
         event.preventDefault();
-        const value = /** @type {HTMLTextAreaElement} */ (byId("token-input")).value.trim();
-        if (value) void start(value);
+        const value = tokenFromPaste(/** @type {HTMLTextAreaElement} */ (byId("token-input")).value);
+        if (!value) return;
+        // keep it in the address so that a reload or a bookmark rejoins
+        history.replaceState(null, "", `?token=${encodeURIComponent(value)}`);
+        void start(value);
     });
 }

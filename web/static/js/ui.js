@@ -47,6 +47,24 @@ export function attachTrack(media, track) {
     if (track) media.play().catch(() => {});
 }
 
+/**
+ * What was pasted into a token box: a bare token, or a whole station link
+ * (then its `token` parameter).
+ * @param {string} text
+ */
+export function tokenFromPaste(text) {
+    const value = text.trim();
+    if (/^https?:\/\//i.test(value)) {
+        try {
+            const url = new URL(value);
+            return url.searchParams.get("token") || new URLSearchParams(url.hash.replace(/^#/, "")).get("token") || "";
+        } catch {
+            return value;
+        }
+    }
+    return value;
+}
+
 /** The join token from `?token=` (or the `#token=` fragment). */
 export function tokenFromLocation() {
     const query = new URLSearchParams(location.search).get("token");
