@@ -6,8 +6,9 @@ exponential backoff until ``max_attempts``; then the job is ``failed`` with the 
 and the item is marked failed. Nothing fails silently: every error is stored and logged.
 
 One worker by default (processing is CPU- and disk-heavy on a 2-core machine). The runner
-owns its worker tasks: ``close()`` cancels them, kills ffmpeg and requeues the interrupted
-job without counting the attempt.
+owns its worker tasks. ``close()`` cancels only the processing (which kills ffmpeg), never
+a database write: a write cut short can leave SQLite locked. The interrupted job goes back
+to the queue without counting the attempt.
 
 In a cluster sharing PostgreSQL, claiming is safe (a conditional UPDATE), but ``start()``
 requeues every running job: start one node's runner at a time, or give only one node a runner.
@@ -31,6 +32,9 @@ from media.library import Library, jobs_table, new_id
 from media.processing import JobKind, Layout, Processor
 
 log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 30.0
+"""Seconds ``close()`` waits for workers to finish their last database write."""
 
 
 class JobStatus(enum.StrEnum):
@@ -81,9 +85,11 @@ class JobRunner:
         max_attempts: int = 3,
         backoff: float = 30.0,
         poll_interval: float = 5.0,
+        progress_interval: float = 0.5,
     ) -> None:
         """``backoff`` seconds before the first retry, doubling after each failure;
-        ``poll_interval`` bounds how late a job queued by another node is noticed."""
+        ``poll_interval`` bounds how late a job queued by another node is noticed;
+        progress is written at most every ``progress_interval`` seconds."""
         self.engine = engine
         self.library = library
         self.processor = processor
@@ -91,10 +97,12 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.poll_interval = poll_interval
+        self.progress_interval = progress_interval
+        self._closing = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._attempts: dict[str, asyncio.Task[None]] = {}
-        """The running attempt of each item, so deleting an item can stop it."""
+        self._processing: dict[str, asyncio.Task[float]] = {}
+        """The running processing of each item: what ``close()`` and ``discard()`` cancel."""
 
     async def start(self) -> None:
         """Requeue jobs a previous process left running, then start the workers."""
@@ -106,15 +114,27 @@ class JobRunner:
             )
         if result.rowcount:
             log.warning("requeued %d interrupted library job(s)", result.rowcount)
+        self._closing = False
         self._tasks = [
             asyncio.create_task(self._work(), name=f"library-worker-{n}")
             for n in range(self.workers)
         ]
 
     async def close(self) -> None:
-        """Stop the workers; an interrupted job goes back to the queue."""
+        """Stop the workers; an interrupted job goes back to the queue, its attempt uncounted.
+
+        A worker stuck past ``CLOSE_TIMEOUT`` (a database that does not answer) is cancelled.
+        """
+        self._closing = True
+        self._wake.set()
+        for processing in self._processing.values():
+            processing.cancel()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        for task in stuck:
+            log.error("library job worker did not stop within %.0fs: cancelled", CLOSE_TIMEOUT)
             task.cancel()
         for task in tasks:
             with suppress(asyncio.CancelledError):
@@ -170,13 +190,13 @@ class JobRunner:
         """Forget an item's jobs and stop its running attempt (before deleting the item)."""
         async with self.engine.begin() as conn:
             await conn.execute(jobs_table.delete().where(jobs_table.c.item_id == item_id))
-        attempt = self._attempts.get(item_id)
-        if attempt is not None:
-            attempt.cancel()
-            await asyncio.wait([attempt])
+        processing = self._processing.get(item_id)
+        if processing is not None:
+            processing.cancel()
+            await asyncio.wait([processing])
 
     async def _work(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             try:
                 job = await self._claim()
@@ -188,6 +208,8 @@ class JobRunner:
                 # The database is away (a PostgreSQL restart): say so, keep the worker alive.
                 log.exception("library job worker: database error, retrying")
                 idle = self.poll_interval
+            if self._closing:
+                break
             with suppress(TimeoutError):
                 async with asyncio.timeout(idle):
                     await self._wake.wait()
@@ -236,44 +258,52 @@ class JobRunner:
                 return await self.get(job_id)
 
     async def _run(self, job: Job) -> None:
-        attempt = asyncio.create_task(self._attempt(job), name=f"library-job-{job.id}")
-        self._attempts[job.item_id] = attempt
-        try:
-            await attempt
-        except asyncio.CancelledError:
-            this = asyncio.current_task()
-            if this is not None and this.cancelling():
-                # close(): not the job's fault, so the attempt does not count.
-                await self._update(
-                    job.id,
-                    status=JobStatus.QUEUED.value,
-                    attempts=jobs_table.c.attempts - 1,
-                    progress=0.0,
-                )
-                raise
-            # Otherwise discard() stopped it: the item is being deleted.
-        finally:
-            del self._attempts[job.item_id]
-
-    async def _attempt(self, job: Job) -> None:
-        reported = 0.0
+        """One attempt: process while writing progress, then record how it ended."""
+        latest = written = 0.0
 
         async def progress(percent: float) -> None:
-            nonlocal reported
-            # A row update per whole percent at most: ffmpeg reports twice a second.
-            if percent - reported >= 1.0 or (percent >= 100.0 > reported):
-                reported = percent
-                await self._update(job.id, progress=round(percent, 1))
+            nonlocal latest
+            latest = percent
 
+        processing = asyncio.create_task(
+            self.processor.process(job.item_id, job.kind, Path(job.source), job.layout, progress),
+            name=f"library-job-{job.id}",
+        )
+        self._processing[job.item_id] = processing
+        if self._closing:  # close() came while this job was being claimed
+            processing.cancel()
         try:
-            duration = await self.processor.process(
-                job.item_id, job.kind, Path(job.source), job.layout, progress
-            )
-        except Exception as e:
-            await self._failed(job, f"{type(e).__name__}: {e}")
-            return
-        await self._update(job.id, status=JobStatus.DONE.value, progress=100.0, error=None)
+            while not processing.done():
+                await asyncio.wait([processing], timeout=self.progress_interval)
+                if latest - written >= 1.0 and not processing.done():
+                    written = latest
+                    await self._update(job.id, progress=round(latest, 1))
+        finally:
+            if not processing.done():  # a progress write failed: no orphan ffmpeg
+                processing.cancel()
+                await asyncio.wait([processing])
+            del self._processing[job.item_id]
+        if processing.cancelled():
+            await self._interrupted(job)
+        elif (error := processing.exception()) is not None:
+            await self._failed(job, f"{type(error).__name__}: {error}")
+        else:
+            await self._done(job, processing.result())
+
+    async def _interrupted(self, job: Job) -> None:
+        """Stopped by close() (requeued, not the job's fault) or by discard() (row gone)."""
+        await self._update(
+            job.id,
+            _only_if=JobStatus.RUNNING,
+            status=JobStatus.QUEUED.value,
+            attempts=jobs_table.c.attempts - 1,
+            progress=0.0,
+        )
+
+    async def _done(self, job: Job, duration: float) -> None:
+        # The item first: whoever sees the job done finds the item ready.
         await self.library.mark_ready(job.item_id, duration)
+        await self._update(job.id, status=JobStatus.DONE.value, progress=100.0, error=None)
         if job.kind == "upload":
             await asyncio.to_thread(Path(job.source).unlink, missing_ok=True)
 
@@ -289,13 +319,14 @@ class JobRunner:
             )
         else:
             log.error("library job %s failed after %d attempts: %s", job.id, job.attempts, error)
-            await self._update(job.id, status=JobStatus.FAILED.value, error=error)
             await self.library.mark_failed(job.item_id)
+            await self._update(job.id, status=JobStatus.FAILED.value, error=error)
 
-    async def _update(self, job_id: str, **values: Any) -> None:
+    async def _update(self, job_id: str, _only_if: JobStatus | None = None, **values: Any) -> None:
+        where = [jobs_table.c.id == job_id]
+        if _only_if is not None:
+            where.append(jobs_table.c.status == _only_if.value)
         async with self.engine.begin() as conn:
             await conn.execute(
-                jobs_table.update()
-                .where(jobs_table.c.id == job_id)
-                .values(updated_at=time.time(), **values)
+                jobs_table.update().where(*where).values(updated_at=time.time(), **values)
             )

@@ -1,8 +1,9 @@
 """Offline library processing with ffmpeg: a Recording directory or an uploaded file
 becomes HLS VOD + a faststart MP4 + a JPEG poster in ``<library_dir>/<item_id>/``.
 
-H.264 video is remuxed (``-c:v copy``): a one-hour lecture is ready in seconds. Only
-VP8 (or, for uploads, any non-H.264) video is transcoded. Audio always becomes AAC.
+H.264 video is remuxed (``-c:v copy``); only VP8 (or, for uploads, any other video) is
+transcoded. Audio becomes AAC (microphones in mono): for a recording, that audio encode is
+most of the processing time.
 
 The program of a recording is its lecturer: see :func:`choose_lecturer` for the rule.
 The optional ``composite`` layout transcodes once, with ffmpeg's filter graph, into the
@@ -359,6 +360,9 @@ X264 = {
 }
 """Transcoding settings; a keyframe every 2 s so HLS segments cut evenly."""
 AAC = {"acodec": "aac", "audio_bitrate": "128k"}
+MICROPHONE_AAC = {"acodec": "aac", "audio_bitrate": "96k", "ac": 1}
+"""Microphones are speech, and WebRTC Opus is mono content in two channels: encoding one
+channel nearly halves the AAC encoder's time, which is most of a remuxed recording's."""
 
 
 # --- the processor -----------------------------------------------------------------
@@ -426,7 +430,7 @@ class Processor:
             streams = [stream]
             if mic is not None:
                 streams.append(_aligned_audio(mic, video.start))
-                codec |= AAC
+                codec |= MICROPHONE_AAC
             # Cut at the video's end: a microphone that ran on would freeze the last frame.
             out = ffmpeg.output(
                 *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec
@@ -481,7 +485,7 @@ class Processor:
                 )
             )
             streams.append(mixed)
-            codec |= AAC
+            codec |= MICROPHONE_AAC
         return ffmpeg.output(
             *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec
         )

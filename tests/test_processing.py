@@ -64,10 +64,10 @@ def make_video(path: Path, codec: str, seconds: float = SECONDS, pattern: str = 
 
 
 def make_audio_file(path: Path, seconds: float = SECONDS) -> Path:
-    """An Opus-only file, as the recorder writes a microphone."""
+    """An Opus-only file, as the recorder writes a microphone (two channels, like WebRTC)."""
     ffmpeg_make(
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-        "-t", str(seconds), "-c:a", "libopus", str(path),
+        "-t", str(seconds), "-ac", "2", "-c:a", "libopus", str(path),
     )  # fmt: skip
     return path
 
@@ -319,6 +319,7 @@ async def test_h264_recording_is_remuxed_not_reencoded(
         assert mp4.streams.video[0].codec_context.name == "h264"
         assert mp4.streams.video[0].codec_context.profile == "High"
         assert mp4.streams.audio[0].codec_context.name == "aac"
+        assert mp4.streams.audio[0].codec_context.channels == 1  # speech: half the encode
     assert abs(duration - SECONDS) <= 0.5
 
 
