@@ -106,3 +106,42 @@ def test_station_joins_with_a_pasted_link(hub: HubProcess, browsers: Browsers) -
     poll(lambda: None if client_state(page) == "joined" else client_state(page))
     assert "token=" in page.url, "the token is kept in the address for a reload"
     assert page.locator("#self-name").inner_text().endswith("南山村站")
+
+
+def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> None:
+    page: Any = browsers.open(f"{hub.base_url}/", "landing")
+    got = page.evaluate(
+        """async () => {
+            const m = await import('/static/js/protocol.js');
+            const ui = await import('/static/js/ui.js');
+            return {
+                delays: [0, 1, 2, 3, 4, 5, 10].map(n => [m.backoffDelay(n, () => 0),
+                                                      m.backoffDelay(n, () => 1)]),
+                thumb: m.cameraEncoding('thumbnail', 1280),
+                thumb640: m.cameraEncoding('thumbnail', 640),
+                stage: m.cameraEncoding('stage', 1280),
+                levels: [m.qualityLevel(20, 0), m.qualityLevel(200, 0), m.qualityLevel(20, 0.1)],
+                pasted: [ui.tokenFromPaste('  abc.def.ghi '),
+                         ui.tokenFromPaste('https://hub.local/station?token=abc.def')],
+            };
+        }"""
+    )
+    # backoff: grows from 250 ms and never waits more than 3.6 s (3 s + 20 % jitter)
+    assert got["delays"][0] == [200, 300]
+    assert all(low <= high <= 3600 for low, high in got["delays"])
+    assert got["delays"][-1] == [2400, 3600]
+    assert got["thumb"] == {
+        "active": True,
+        "scaleResolutionDownBy": 4,
+        "maxFramerate": 15,
+        "maxBitrate": 250000,
+    }
+    assert got["thumb640"]["scaleResolutionDownBy"] == 2
+    assert got["stage"] == {
+        "active": True,
+        "scaleResolutionDownBy": 1,
+        "maxFramerate": 30,
+        "maxBitrate": 1500000,
+    }
+    assert got["levels"] == ["good", "fair", "poor"]
+    assert got["pasted"] == ["abc.def.ghi", "abc.def"]

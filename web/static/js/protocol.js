@@ -855,7 +855,9 @@ export class HubClient {
         if (muted && byModerator) this.moderatorMuted.add(source);
         if (!muted) this.moderatorMuted.delete(source);
         if (!muted && byModerator) {
-            // The moderator released the mute: back to the user's own choice.
+            // The moderator released the mute: back to the user's own choice,
+            // which the hub must hear again if it was "muted".
+            if (this.selfMuted.get(source)) this._send({ type: "mute", source, muted: true });
         } else if (!byModerator) {
             this.selfMuted.set(source, muted);
         }
