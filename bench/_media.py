@@ -1,0 +1,226 @@
+"""The benchmark's media: a pre-encoded clip, tracks that replay it in real time,
+and the key that recognises a frame on the far side of the hub.
+
+Encoding once and replaying ``av.Packet``s keeps the publisher cheap and steady
+(aiortc packetizes them without encoding), so the machine's CPU goes to the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import random
+import struct
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+WIDTH, HEIGHT, FPS = 640, 360, 30
+VIDEO_BITRATE = 1_600_000
+"""libvpx undershoots on this pattern; 1.6 M gives about 1.5 Mbps on the wire."""
+KEYFRAME_EVERY = 30
+"""One keyframe a second: aiortc's packet path cannot force one on a PLI."""
+CLIP_SECONDS = 10
+AUDIO_FRAME = 960
+"""Opus samples per packet: 20 ms at 48 kHz."""
+KEY_LENGTH = 24
+"""Bytes at the start of a VP8 frame that tell the clip's frames apart."""
+
+_CACHE = Path(tempfile.gettempdir()) / f"practicehub-bench-clip-v1-{VIDEO_BITRATE}.bin"
+_MAGIC = b"PHBCLIP1"
+_LENGTH = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class Clip:
+    video: list[bytes]
+    """VP8 frames, one per 1/30 s, a keyframe every :data:`KEYFRAME_EVERY`."""
+    audio: list[bytes]
+    """Opus packets of 20 ms."""
+
+    def frame_keys(self) -> dict[bytes, int]:
+        """Frame key → index in the clip; a key two frames share is left out."""
+        seen: dict[bytes, int] = {}
+        shared: set[bytes] = set()
+        for index, frame in enumerate(self.video):
+            key = frame[:KEY_LENGTH]
+            if key in seen:
+                shared.add(key)
+            seen[key] = index
+        return {key: index for key, index in seen.items() if key not in shared}
+
+
+def load_clip() -> Clip:
+    """The clip, encoded on first use and cached in the temp directory."""
+    if _CACHE.exists():
+        try:
+            return _read(_CACHE.read_bytes())
+        except ValueError:
+            pass  # a truncated or foreign file: encode again
+    clip = Clip(video=_encode_video(), audio=_encode_audio())
+    partial = _CACHE.with_suffix(f".{random.getrandbits(32):08x}.tmp")
+    partial.write_bytes(_write(clip))
+    partial.replace(_CACHE)
+    return clip
+
+
+def _write(clip: Clip) -> bytes:
+    parts = [_MAGIC, _LENGTH.pack(len(clip.video)), _LENGTH.pack(len(clip.audio))]
+    for payload in (*clip.video, *clip.audio):
+        parts += [_LENGTH.pack(len(payload)), payload]
+    return b"".join(parts)
+
+
+def _read(data: bytes) -> Clip:
+    if not data.startswith(_MAGIC):
+        raise ValueError("not a clip")
+    pos = len(_MAGIC)
+    (videos,) = _LENGTH.unpack_from(data, pos)
+    (audios,) = _LENGTH.unpack_from(data, pos + 4)
+    pos += 8
+    payloads: list[bytes] = []
+    for _ in range(videos + audios):
+        (size,) = _LENGTH.unpack_from(data, pos)
+        payloads.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    if pos != len(data) or any(not p for p in payloads):
+        raise ValueError("truncated clip")
+    return Clip(video=payloads[:videos], audio=payloads[videos:])
+
+
+def _encode_video() -> list[bytes]:
+    """A blocky noise texture panning diagonally: motion the encoder can follow,
+    detail enough to spend 1.5 Mbps."""
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height = WIDTH, HEIGHT
+    codec.pix_fmt = "yuv420p"
+    codec.time_base = fractions.Fraction(1, FPS)
+    codec.framerate = FPS
+    codec.bit_rate = VIDEO_BITRATE
+    codec.gop_size = KEYFRAME_EVERY
+    codec.options = {
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "lag-in-frames": "0",
+        "auto-alt-ref": "0",
+        "keyint_min": str(KEYFRAME_EVERY),
+        "minrate": str(VIDEO_BITRATE),
+        "maxrate": str(VIDEO_BITRATE),
+    }
+    block = 4
+    rng = random.Random(20261129)
+    coarse = [
+        bytes(rng.randrange(256) for _ in range(2 * WIDTH // block))
+        for _ in range(2 * HEIGHT // block)
+    ]
+    rows = [bytes(v for v in row for _ in range(block)) for row in coarse for _ in range(block)]
+    chroma = bytes([128]) * (WIDTH // 2 * HEIGHT // 2)
+    frames: list[bytes] = []
+    for index in range(CLIP_SECONDS * FPS):
+        x, y = (index * 3) % WIDTH, (index * 2) % HEIGHT
+        picture = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
+        picture.planes[0].update(b"".join(rows[y + j][x : x + WIDTH] for j in range(HEIGHT)))
+        picture.planes[1].update(chroma)
+        picture.planes[2].update(chroma)
+        picture.pts = index
+        frames += [bytes(p) for p in codec.encode(picture)]
+    frames += [bytes(p) for p in codec.encode(None)]
+    return frames
+
+
+def _encode_audio() -> list[bytes]:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = 48000
+    codec.layout = "stereo"
+    codec.format = "s16"
+    codec.bit_rate = 48000
+    codec.time_base = fractions.Fraction(1, 48000)
+    packets: list[bytes] = []
+    for index in range(CLIP_SECONDS * 50):
+        samples = bytearray()
+        for n in range(AUDIO_FRAME):
+            value = int(8000 * math.sin(2 * math.pi * 440 * (index * AUDIO_FRAME + n) / 48000))
+            samples += value.to_bytes(2, "little", signed=True) * 2
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=AUDIO_FRAME)
+        frame.planes[0].update(bytes(samples))
+        frame.sample_rate = 48000
+        frame.pts = index * AUDIO_FRAME
+        packets += [bytes(p) for p in codec.encode(frame)]
+    packets += [bytes(p) for p in codec.encode(None)]
+    return packets
+
+
+class PacedTrack(MediaStreamTrack):
+    """Replays encoded payloads in a loop at their real-time pace, as ``av.Packet``s.
+
+    For video it logs, per frame, the clip index and the moment aiortc took it:
+    aiortc packetizes and sends right after ``recv()`` returns, so that moment is
+    the send time a receiver's arrival is measured against.
+    """
+
+    def __init__(self, kind: str, payloads: list[bytes], clock_rate: int, step: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self._payloads = payloads
+        self._step = step
+        self._interval = step / clock_rate
+        self._time_base = fractions.Fraction(1, clock_rate)
+        self._index = 0
+        self._start: float | None = None
+        self.sent_frames = array("i")
+        self.sent_at = array("d")
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._index * self._interval
+        if due > now:
+            await asyncio.sleep(due - now)
+        position = self._index % len(self._payloads)
+        packet = av.Packet(self._payloads[position])
+        packet.pts = self._index * self._step
+        packet.time_base = self._time_base
+        self._index += 1
+        if self.kind == "video":
+            self.sent_frames.append(position)
+            self.sent_at.append(time.monotonic())
+        return packet
+
+
+def clip_tracks(clip: Clip) -> tuple[PacedTrack, PacedTrack]:
+    """A (video, audio) pair replaying ``clip``."""
+    return (
+        PacedTrack("video", clip.video, 90000, 90000 // FPS),
+        PacedTrack("audio", clip.audio, 48000, AUDIO_FRAME),
+    )
+
+
+def vp8_frame_start(payload: bytes) -> int | None:
+    """Where the VP8 frame begins in an RTP payload that starts a frame (RFC 7741
+    descriptor, S=1 and partition 0), else None."""
+    if len(payload) < 1 or payload[0] & 0x17 != 0x10:
+        return None
+    pos = 1
+    if payload[0] & 0x80:  # X: an extension byte follows
+        if len(payload) < 2:
+            return None
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id, one byte or two (M bit)
+            if len(payload) <= pos:
+                return None
+            pos += 2 if payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: one byte for both
+            pos += 1
+    return pos if pos <= len(payload) else None

@@ -1,0 +1,382 @@
+"""The benchmark's child processes: publisher, counting subscribers, a decoding
+subscriber and the MediaRelay baseline server.
+
+Each runs an asyncio loop and serves method calls from the orchestrator over a
+pipe, one at a time: ``(method, args)`` in, ``("ok", result)`` or
+``("error", traceback)`` out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import signal
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+
+from bench._media import KEY_LENGTH, Clip, PacedTrack, clip_tracks, load_clip, vp8_frame_start
+from hub.aiortc_internals import ReceiverTap, restrict_host_addresses
+from hub.client import HubClient, ReceivedTrack
+
+JOIN_CONCURRENCY = 4
+"""Joins in flight per worker: DTLS handshakes are CPU-heavy on two cores."""
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the orchestrator dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def child_main(role: str, conn: Connection) -> None:
+    """Entry point of every child process."""
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the orchestrator alone handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    restrict_host_addresses(["127.0.0.1"])
+    roles: dict[str, Callable[[], Any]] = {
+        "publisher": Publisher,
+        "subscribers": Subscribers,
+        "decoder": Decoder,
+        "baseline": BaselineServer,
+    }
+    asyncio.run(_serve(roles[role](), conn))
+
+
+async def _serve(handler: Any, conn: Connection) -> None:
+    try:
+        while True:
+            try:
+                method, args = await asyncio.to_thread(conn.recv)
+            except EOFError:
+                return
+            try:
+                result = await getattr(handler, method)(*args)
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+            else:
+                conn.send(("ok", result))
+            if method == "close":
+                return
+    finally:
+        await handler.close()
+
+
+def _peer_connection() -> RTCPeerConnection:
+    # Explicit empty list: aiortc's default is a public STUN server.
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+class Counter:
+    """What one subscriber received: packets and frames always; while recording,
+    each video packet's clip frame index and arrival time (monotonic, which Linux
+    shares between processes)."""
+
+    __slots__ = (
+        "_frame",
+        "_frame_ts",
+        "arrival_at",
+        "arrival_frame",
+        "audio_packets",
+        "frames",
+        "keys",
+        "recording",
+        "video_packets",
+    )
+
+    def __init__(self, keys: dict[bytes, int]) -> None:
+        self.keys = keys
+        self.audio_packets = 0
+        self.video_packets = 0
+        self.frames = 0
+        self.recording = False
+        self.arrival_frame = array("i")
+        self.arrival_at = array("d")
+        self._frame = -1
+        self._frame_ts = -1
+
+    def on_packet(self, kind: str, packet: RtpPacket) -> None:
+        now = time.monotonic()
+        if kind != "video":
+            self.audio_packets += 1
+            return
+        self.video_packets += 1
+        self.frames += packet.marker
+        if not self.recording:
+            return
+        payload = packet.payload
+        start = vp8_frame_start(payload)
+        if start is not None:
+            self._frame = self.keys.get(payload[start : start + KEY_LENGTH], -1)
+            self._frame_ts = packet.timestamp
+        elif packet.timestamp != self._frame_ts:
+            self._frame = -1  # the frame's first packet was lost: unknown frame
+        if self._frame >= 0:
+            self.arrival_frame.append(self._frame)
+            self.arrival_at.append(now)
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.video_packets, self.audio_packets, self.frames
+
+    def take_arrivals(self) -> tuple[array[int], array[float]]:
+        arrivals = self.arrival_frame, self.arrival_at
+        self.arrival_frame, self.arrival_at = array("i"), array("d")
+        return arrivals
+
+
+class RawReceiver:
+    """A plain aiortc peer connection that answers an offer and counts what it
+    receives without decoding: the direct path and the baseline's subscribers."""
+
+    def __init__(self, keys: dict[bytes, int]) -> None:
+        self.counter = Counter(keys)
+        self.pc = _peer_connection()
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        kind = track.kind
+        counter = self.counter
+        ReceiverTap(receiver, lambda packet: counter.on_packet(kind, packet))
+
+    async def answer(self, offer: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+
+class Publisher:
+    """Sends the clip to the hub (as a HubClient) and over plain peer connections
+    (the direct path, the baseline server)."""
+
+    def __init__(self) -> None:
+        self.clip = Clip(video=[], audio=[])
+        self.client: HubClient | None = None
+        self.tracks: dict[str, tuple[PacedTrack, PacedTrack]] = {}
+        self.pcs: dict[str, RTCPeerConnection] = {}
+
+    async def load(self) -> dict[bytes, int]:
+        """Encode (or read) the clip; its frame keys for the subscribers."""
+        self.clip = await asyncio.to_thread(load_clip)
+        return self.clip.frame_keys()
+
+    async def publish(self, ws_url: str, token: str) -> None:
+        self.client = HubClient(ws_url, token, decode=False)
+        await self.client.connect()
+        video, audio = self.tracks["hub"] = clip_tracks(self.clip)
+        await self.client.publish({"camera": video, "microphone": audio})
+
+    async def unpublish(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def offer(self, path: str) -> str:
+        pc = self.pcs[path] = _peer_connection()
+        self.tracks[path] = clip_tracks(self.clip)
+        for track in self.tracks[path]:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video":
+                # A VP8 bitstream goes out as VP8 only.
+                transceiver.setCodecPreferences(
+                    [
+                        c
+                        for c in RTCRtpSender.getCapabilities("video").codecs
+                        if c.name in ("VP8", "rtx")
+                    ]
+                )
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+
+    async def accept(self, path: str, answer: str) -> None:
+        await self.pcs[path].setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def sent_log(self, path: str) -> tuple[array[int], array[float]]:
+        """(clip frame index, send time) of every video frame sent on ``path``."""
+        video = self.tracks[path][0]
+        return video.sent_frames, video.sent_at
+
+    async def close(self) -> None:
+        await self.unpublish()
+        for pc in self.pcs.values():
+            await pc.close()
+        self.pcs.clear()
+
+
+class Subscribers:
+    """Many HubClients that count without decoding, plus raw receivers."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, int] = {}
+        self.clients: list[tuple[HubClient, Counter]] = []
+        self.raw: dict[str, list[RawReceiver]] = {}
+
+    async def setup(self, keys: dict[bytes, int]) -> None:
+        self.keys = keys
+
+    async def join(self, ws_url: str, tokens: list[str]) -> None:
+        limit = asyncio.Semaphore(JOIN_CONCURRENCY)
+
+        async def join_one(token: str) -> None:
+            counter = Counter(self.keys)
+
+            def on_rtp(received: ReceivedTrack, packet: RtpPacket) -> None:
+                counter.on_packet(received.track.kind, packet)
+
+            client = HubClient(ws_url, token, decode=False, on_rtp=on_rtp)
+            self.clients.append((client, counter))
+            async with limit:
+                await client.connect(timeout=30)
+
+        await asyncio.gather(*(join_one(token) for token in tokens))
+
+    async def answer(self, group: str, offers: list[str]) -> list[str]:
+        receivers = [RawReceiver(self.keys) for _ in offers]
+        self.raw.setdefault(group, []).extend(receivers)
+        return [await r.answer(offer) for r, offer in zip(receivers, offers, strict=True)]
+
+    def _counters(self) -> dict[str, list[Counter]]:
+        groups = {group: [r.counter for r in receivers] for group, receivers in self.raw.items()}
+        return {"hub": [counter for _, counter in self.clients], **groups}
+
+    async def snapshot(self, recording: bool | None = None) -> dict[str, Any]:
+        """Each counter's (video packets, audio packets, frames) now, by group; start
+        or stop recording arrivals at the same instant when asked."""
+        groups = self._counters()
+        now = time.monotonic()
+        counts = {group: [c.snapshot() for c in counters] for group, counters in groups.items()}
+        if recording is not None:
+            for counters in groups.values():
+                for c in counters:
+                    c.recording = recording
+        return {"at": now, **counts}
+
+    async def arrivals(self, group: str) -> list[tuple[array[int], array[float]]]:
+        return [c.take_arrivals() for c in self._counters()[group]]
+
+    async def leave(self, group: str) -> None:
+        if group == "hub":
+            await asyncio.gather(*(client.close() for client, _ in self.clients))
+            self.clients.clear()
+        else:
+            for r in self.raw.pop(group, []):
+                await r.pc.close()
+
+    async def close(self) -> None:
+        await self.leave("hub")
+        for group in list(self.raw):
+            await self.leave(group)
+
+
+class Decoder:
+    """One HubClient that decodes the video, to prove the forwarded frames are good."""
+
+    def __init__(self) -> None:
+        self.client: HubClient | None = None
+        self.frames = 0
+        self.sizes: set[tuple[int, int]] = set()
+        self.readers: list[asyncio.Task[None]] = []
+
+    async def join(self, ws_url: str, token: str) -> None:
+        self.client = HubClient(ws_url, token, decode=True)
+        await self.client.connect(timeout=30)
+
+    async def status(self) -> dict[str, Any]:
+        """Starts reading once both tracks arrived; frames decoded so far."""
+        assert self.client is not None
+        tracks = [t.track for t in self.client.received.values()]
+        if not self.readers and len(tracks) == 2:
+            # Read audio too: an unread aiortc track queues decoded frames forever.
+            self.readers = [asyncio.create_task(self._read(t)) for t in tracks]
+        return {"at": time.monotonic(), "frames": self.frames, "sizes": sorted(self.sizes)}
+
+    async def packets_received(self) -> int:
+        assert self.client is not None and self.client.subscriber is not None
+        total = 0
+        for transceiver in self.client.subscriber.getTransceivers():
+            for stats in (await transceiver.receiver.getStats()).values():
+                if stats.type == "inbound-rtp":
+                    total += stats.packetsReceived
+        return total
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.frames += 1
+                    self.sizes.add((frame.width, frame.height))
+        except MediaStreamError:
+            pass
+
+    async def close(self) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        self.readers.clear()
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
+class BaselineServer:
+    """aiortc's own way to fan out: decode the publisher once (``MediaRelay``),
+    encode again for every subscriber."""
+
+    def __init__(self) -> None:
+        self.relay = MediaRelay()
+        self.tracks: list[MediaStreamTrack] = []
+        self.publisher: RTCPeerConnection | None = None
+        self.subscribers: list[RTCPeerConnection] = []
+
+    async def accept_publisher(self, offer: str) -> str:
+        pc = self.publisher = _peer_connection()
+        pc.on("track", self.tracks.append)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return str(pc.localDescription.sdp)
+
+    async def offers(self, count: int) -> list[str]:
+        offers = []
+        for _ in range(count):
+            pc = _peer_connection()
+            self.subscribers.append(pc)
+            for track in self.tracks:
+                pc.addTrack(self.relay.subscribe(track))
+            await pc.setLocalDescription(await pc.createOffer())
+            offers.append(str(pc.localDescription.sdp))
+        return offers
+
+    async def accept(self, answers: list[str]) -> None:
+        for pc, answer in zip(self.subscribers, answers, strict=True):
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def packets_sent(self) -> int:
+        total = 0
+        for pc in self.subscribers:
+            for sender in pc.getSenders():
+                for stats in (await sender.getStats()).values():
+                    if stats.type == "outbound-rtp":
+                        total += stats.packetsSent
+        return total
+
+    async def close(self) -> None:
+        for pc in [*self.subscribers, *([self.publisher] if self.publisher else [])]:
+            await pc.close()
+        self.subscribers.clear()
+        self.publisher = None

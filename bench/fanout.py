@@ -1,0 +1,591 @@
+"""``python -m bench.fanout``: what the hub costs to fan one lecture out to N sites.
+
+A real hub in its own process; one publisher replaying a pre-encoded VP8 640x360
+30 fps (~1.5 Mbps) + Opus clip as the center; N stations counting what they
+receive without decoding, spread over worker processes; one station decoding the
+video. Over a steady window it measures the hub's CPU per forwarded packet, the
+lowest frame rate any station received, the delay the hub adds (against a direct
+publisher → subscriber path measured at the same time) and the hub's memory per
+subscriber. Then the baseline: aiortc's ``MediaRelay`` (decode once, encode per
+subscriber) at a few subscribers, measured the same way. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import multiprocessing
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import _workers
+from hub.ids import ParticipantIdentity, RoomName
+from hub.tokens import Role, TokenSigner, grant_for_role
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOM = "bench"
+PER_WORKER = 10
+"""Counting subscribers per worker process."""
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure; the message says what went wrong."""
+
+
+class _Deadline(BaseException):
+    """The hard time limit fired (a BaseException so no handler swallows it)."""
+
+
+# --- processes ----------------------------------------------------------------
+
+
+class Child:
+    """One worker process and its pipe; calls are answered one at a time."""
+
+    def __init__(self, ctx: Any, role: str, name: str) -> None:
+        self.name = name
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_workers.child_main, args=(role, child_conn), name=name, daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self._pending: str | None = None
+
+    @property
+    def pid(self) -> int:
+        pid: int = self.process.pid
+        return pid
+
+    def send(self, method: str, *args: Any) -> None:
+        self._pending = method
+        self.conn.send((method, args))
+
+    def result(self, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise BenchError(f"{self.name}: no answer to {self._pending} within {timeout:.0f} s")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise BenchError(f"{self.name}: {self._pending} failed:\n{value}")
+        return value
+
+    def call(self, method: str, *args: Any, timeout: float = 30) -> Any:
+        self.send(method, *args)
+        return self.result(timeout)
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.call("close", timeout=5)
+            except (BenchError, OSError, EOFError):
+                pass
+        self.process.join(2)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def call_all(calls: list[tuple[Child, str, tuple[Any, ...]]], timeout: float = 30) -> list[Any]:
+    """Send every call first, then collect: the children work in parallel."""
+    for child, method, args in calls:
+        child.send(method, *args)
+    return [child.result(timeout) for child, _, _ in calls]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class HubProcess:
+    """``python -m hub serve`` on 127.0.0.1 with a fresh data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = _free_port()
+        self.secret = secrets.token_urlsafe(32)
+        self.signer = TokenSigner(self.secret)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/ws"
+        self.log_path = data_dir / "hub.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+        env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]'}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
+                    *("--port", str(self.port), "--data-dir", str(data_dir)),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: Ctrl-C is the orchestrator's to handle, and the
+                # hub still dies with the orchestrator (PDEATHSIG).
+                start_new_session=True,
+                preexec_fn=_workers._die_with_parent,
+            )
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"hub exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"hub not healthy within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def token(self, identity: str, role: str) -> str:
+        grant = grant_for_role(RoomName(ROOM), ParticipantIdentity(identity), Role(role), ttl=3600)
+        return self.signer.issue(grant)
+
+    def counters(self) -> dict[str, int]:
+        """The forwarding counters of /metrics (``practicehub_<name>_total``)."""
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found = re.findall(r"^practicehub_(\w+)_total (\S+)$", text, re.M)
+        if not found:
+            raise BenchError("no practicehub_*_total counters in /metrics")
+        return {name: int(float(value)) for name, value in found}
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for {pid}")
+
+
+# --- measuring ----------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile; NaN when there is nothing to rank."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def delays_ms(
+    sent: tuple[array[int], array[float]], arrivals: list[tuple[array[int], array[float]]]
+) -> tuple[list[float], int]:
+    """Each video packet's arrival minus its frame's send time, and how many
+    arrivals had no send to match.
+
+    The clip loops every 10 s, so a frame index was sent several times: an
+    arrival belongs to the latest send of its frame before it.
+    """
+    sends: dict[int, list[float]] = {}
+    for frame, at in zip(*sent, strict=True):
+        sends.setdefault(frame, []).append(at)
+    delays: list[float] = []
+    unmatched = 0
+    for frames, times in arrivals:
+        for frame, at in zip(frames, times, strict=True):
+            candidates = sends.get(frame, [])
+            i = bisect.bisect_right(candidates, at) - 1
+            if i < 0:
+                unmatched += 1
+            else:
+                delays.append((at - candidates[i]) * 1000)
+    return delays, unmatched
+
+
+def rates(
+    start: list[tuple[int, int, int]], end: list[tuple[int, int, int]], seconds: float
+) -> tuple[list[float], int]:
+    """Per counter frames per second over the window, and packets received in it."""
+    fps = [(b[2] - a[2]) / seconds for a, b in zip(start, end, strict=True)]
+    packets = sum((b[0] - a[0]) + (b[1] - a[1]) for a, b in zip(start, end, strict=True))
+    return fps, packets
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped on these processes' UDP sockets (full receive
+    buffers): tells a starved receiver from a hub that did not send."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    drops = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[9] in inodes:
+                    drops += int(fields[12])
+    return drops
+
+
+def wait_until(check: Callable[[], str | None], timeout: float, what: str) -> None:
+    """Poll ``check()`` (returns why it is not done yet, or None) until done."""
+    deadline = time.monotonic() + timeout
+    reason = None
+    while time.monotonic() < deadline:
+        reason = check()
+        if reason is None:
+            return
+        time.sleep(0.25)
+    raise BenchError(f"{what} within {timeout:.0f} s: {reason}")
+
+
+def no_frame_yet(counts: list[tuple[int, int, int]]) -> int:
+    return sum(1 for c in counts if c[2] == 0)
+
+
+class Bench:
+    def __init__(self, subscribers: int, seconds: float, baseline: int, profile: Path | None):
+        self.n = subscribers
+        self.seconds = seconds
+        self.m = baseline
+        self.profile = profile
+        self.result: dict[str, Any] = {"subscribers": subscribers}
+
+    def run(self, stack: ExitStack) -> dict[str, Any]:
+        ctx = multiprocessing.get_context("spawn")
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hub-")))
+        self.result["loadavg_1m_at_start"] = os.getloadavg()[0]
+        # Start everything at once: interpreter start-up and clip encoding overlap.
+        hub = HubProcess(data_dir)
+        stack.callback(hub.stop)
+        workers = [
+            Child(ctx, "subscribers", f"subscribers-{i}")
+            for i in range(math.ceil((self.n - 1) / PER_WORKER))
+        ]
+        # The probe: one counting subscriber plus the direct path, alone in a process
+        # so that its arrival times are not queued behind 25 other subscribers'.
+        probe = Child(ctx, "subscribers", "probe")
+        publisher = Child(ctx, "publisher", "publisher")
+        decoder = Child(ctx, "decoder", "decoder")
+        baseline = Child(ctx, "baseline", "baseline")
+        # Stopped in reverse order: subscribers and publisher before the hub.
+        for child in (baseline, decoder, publisher, probe, *workers):
+            stack.callback(child.stop)
+        keys = publisher.call("load", timeout=120)
+        call_all([(w, "setup", (keys,)) for w in (*workers, probe)])
+        hub.wait_healthy(30)
+        self.measure_hub(hub, publisher, workers, probe, decoder)
+        # The baseline gets the machine to itself: the hub's side stops first,
+        # subscribers before the publisher (else the hub renegotiates them all).
+        for child in (decoder, *workers):
+            child.stop()
+        probe.call("leave", "hub")
+        probe.call("leave", "direct")
+        publisher.call("unpublish")
+        hub.stop()
+        self.measure_baseline(publisher, probe, baseline)
+        return self.result
+
+    def measure_hub(
+        self,
+        hub: HubProcess,
+        publisher: Child,
+        workers: list[Child],
+        probe: Child,
+        decoder: Child,
+    ) -> None:
+        publisher.call("publish", hub.ws, hub.token("center", "center"))
+        # The floor: the same publisher and probe processes, no hub in between.
+        (answer,) = probe.call("answer", "direct", [publisher.call("offer", "direct")])
+        publisher.call("accept", "direct", answer)
+        time.sleep(2)
+        rss_publisher_only = rss_mb(hub.process.pid)
+
+        tokens = [hub.token(f"S{i:03d}", "station") for i in range(1, self.n)]
+        join_timeout = max(60, self.n * 1.5)
+        call_all(
+            [
+                (w, "join", (hub.ws, tokens[i * PER_WORKER : (i + 1) * PER_WORKER]))
+                for i, w in enumerate(workers)
+            ]
+            + [(decoder, "join", (hub.ws, hub.token("decoder", "station")))],
+            timeout=join_timeout,
+        )
+
+        def started() -> str | None:
+            snaps = call_all([(w, "snapshot", ()) for w in workers])
+            missing = sum(no_frame_yet(snap["hub"]) for snap in snaps)
+            if missing:
+                return f"{missing} of {self.n - 1} counting subscribers have no frame yet"
+            if decoder.call("status")["frames"] == 0:
+                return "the decoding subscriber has no frame yet"
+            return None
+
+        wait_until(started, max(30, self.n * 0.6), "every subscriber's first keyframe")
+        # The probe joins last: the hub serves it last of all, the worst place to be.
+        probe.call("join", hub.ws, [hub.token("S000", "station")], timeout=join_timeout)
+
+        def probe_started() -> str | None:
+            snap = probe.call("snapshot")
+            missing = no_frame_yet(snap["hub"]) + no_frame_yet(snap["direct"])
+            return f"{missing} of the probe's 2 streams have no frame yet" if missing else None
+
+        wait_until(probe_started, 30, "the probe's first keyframe")
+        time.sleep(1)  # let the joins' renegotiations and PLIs settle
+
+        generators = [w.pid for w in (*workers, probe, decoder, publisher)]
+        receivers = [w.pid for w in (*workers, probe, decoder)]
+        snapshots = [(w, "snapshot", ()) for w in workers] + [(probe, "snapshot", (True,))]
+        cpu0, counters0 = cpu_seconds(hub.process.pid), hub.counters()
+        hub_drops0, drops0 = udp_drops([hub.process.pid]), udp_drops(receivers)
+        generators0 = sum(map(cpu_seconds, generators))
+        starts = call_all(snapshots)
+        decoder0, decoder_packets0 = decoder.call("status"), decoder.call("packets_received")
+        profiler = self.start_profiler(hub.process.pid)
+        time.sleep(self.seconds)
+        cpu1, counters1 = cpu_seconds(hub.process.pid), hub.counters()
+        hub_drops1, drops1 = udp_drops([hub.process.pid]), udp_drops(receivers)
+        generators1 = sum(map(cpu_seconds, generators))
+        snapshots[-1] = (probe, "snapshot", (False,))
+        ends = call_all(snapshots)
+        decoder1, decoder_packets1 = decoder.call("status"), decoder.call("packets_received")
+        rss_loaded = rss_mb(hub.process.pid)
+        if profiler is not None:
+            self.finish_profiler(profiler)
+
+        fps: list[float] = []
+        counted = decoder_packets1 - decoder_packets0
+        for start, end in zip(starts, ends, strict=True):
+            stream_fps, packets = rates(start["hub"], end["hub"], end["at"] - start["at"])
+            fps += stream_fps
+            counted += packets
+        probe_seconds = ends[-1]["at"] - starts[-1]["at"]
+        direct_fps, _ = rates(starts[-1]["direct"], ends[-1]["direct"], probe_seconds)
+        hub_delays, hub_unmatched = delays_ms(
+            publisher.call("sent_log", "hub"), probe.call("arrivals", "hub")
+        )
+        direct_delays, direct_unmatched = delays_ms(
+            publisher.call("sent_log", "direct"), probe.call("arrivals", "direct")
+        )
+        delta = {name: counters1[name] - counters0[name] for name in counters1}
+        forwarded = delta["packets_forwarded"]
+        decoded_seconds = decoder1["at"] - decoder0["at"]
+        hub_subscribers = self.n + 1  # the decoding station is the hub's subscriber too
+        self.result |= {
+            "us_per_packet": round((cpu1 - cpu0) / forwarded * 1e6, 2) if forwarded else None,
+            # Retransmissions are sends too: starved subscribers NACK a lot.
+            "us_per_send": round((cpu1 - cpu0) / (forwarded + delta["retransmissions"]) * 1e6, 2)
+            if forwarded
+            else None,
+            "fps_min": round(min(fps), 2),
+            "delay_p99_ms": round(percentile(hub_delays, 99), 2),
+            "delay_p50_ms": round(percentile(hub_delays, 50), 2),
+            "direct_delay_p99_ms": round(percentile(direct_delays, 99), 2),
+            "direct_delay_p50_ms": round(percentile(direct_delays, 50), 2),
+            "rss_mb_per_subscriber": round((rss_loaded - rss_publisher_only) / hub_subscribers, 3),
+            "window_s": round(probe_seconds, 2),
+            "hub_cpu_percent": round((cpu1 - cpu0) / probe_seconds * 100, 1),
+            "packets_forwarded": forwarded,
+            "packets_counted": counted,
+            # Above a few percent, fps_min and the delays describe starved
+            # subscriber processes, not the hub (see udp_drops_at_subscribers).
+            "subscriber_loss": round(1 - counted / forwarded, 3) if forwarded else None,
+            "udp_drops_at_hub": hub_drops1 - hub_drops0,
+            "udp_drops_at_subscribers": drops1 - drops0,
+            "nacks_received": delta["nacks_received"],
+            "retransmissions": delta["retransmissions"],
+            "keyframe_requests": delta["keyframe_requests"],
+            "load_generator_cpu_percent": round((generators1 - generators0) / probe_seconds * 100),
+            "fps_median": round(percentile(fps, 50), 2),
+            "direct_fps": round(direct_fps[0], 2),
+            "delay_samples": len(hub_delays),
+            "delay_unmatched": hub_unmatched + direct_unmatched,
+            "decoded_fps": round((decoder1["frames"] - decoder0["frames"]) / decoded_seconds, 2),
+            "decoded_sizes": decoder1["sizes"],
+            "hub_rss_mb": round(rss_loaded, 1),
+            "hub_rss_mb_publisher_only": round(rss_publisher_only, 1),
+        }
+
+    def measure_baseline(self, publisher: Child, receivers: Child, server: Child) -> None:
+        answer = server.call("accept_publisher", publisher.call("offer", "baseline"))
+        publisher.call("accept", "baseline", answer)
+        offers = server.call("offers", self.m)
+        server.call("accept", receivers.call("answer", "baseline", offers))
+
+        def started() -> str | None:
+            missing = no_frame_yet(receivers.call("snapshot")["baseline"])
+            return f"{missing} of {self.m} have no frame yet" if missing else None
+
+        wait_until(started, 30, "every baseline subscriber's first frame")
+        time.sleep(2)  # aiortc's encoders ramp their bitrate up on REMB
+        seconds = max(5.0, self.seconds / 2)
+        pid = server.pid
+        cpu0, sent0 = cpu_seconds(pid), server.call("packets_sent")
+        start = receivers.call("snapshot")
+        time.sleep(seconds)
+        cpu1, sent1 = cpu_seconds(pid), server.call("packets_sent")
+        end = receivers.call("snapshot")
+        fps, received = rates(start["baseline"], end["baseline"], end["at"] - start["at"])
+        sent = sent1 - sent0
+        baseline_us = (cpu1 - cpu0) / sent * 1e6 if sent else math.nan
+        us = self.result.get("us_per_packet")
+        self.result |= {
+            "baseline_subscribers": self.m,
+            "baseline_us_per_packet": round(baseline_us, 2),
+            "ratio_vs_baseline": round(baseline_us / us, 2) if us else None,
+            "baseline_cpu_percent": round((cpu1 - cpu0) / seconds * 100, 1),
+            "baseline_fps_min": round(min(fps), 2),
+            "baseline_packets_sent": sent,
+            "baseline_packets_per_subscriber_s": round(sent / seconds / self.m, 1),
+            "baseline_packets_counted": received,
+        }
+
+    def start_profiler(self, pid: int) -> subprocess.Popen[bytes] | None:
+        if self.profile is None:
+            return None
+        py_spy = Path(sys.executable).with_name("py-spy")
+        return subprocess.Popen(
+            [
+                *(str(py_spy), "record", "--nonblocking", "--format", "raw", "-r", "200"),
+                *("-d", str(int(self.seconds)), "-p", str(pid), "-o", str(self.profile)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def finish_profiler(self, profiler: subprocess.Popen[bytes]) -> None:
+        try:
+            profiler.wait(15)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
+
+
+@contextmanager
+def hard_timeout(seconds: float) -> Iterator[None]:
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise _Deadline(f"hard timeout of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(math.ceil(seconds))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = [
+        ("counting subscribers (+ 1 decoding)", "subscribers", ""),
+        ("hub CPU per forwarded packet", "us_per_packet", "µs"),
+        ("hub CPU per send (retransmissions too)", "us_per_send", "µs"),
+        ("hub CPU", "hub_cpu_percent", "% of a core"),
+        ("packets forwarded by the hub", "packets_forwarded", ""),
+        ("packets the subscribers counted", "packets_counted", ""),
+        ("forwarded but not counted", "subscriber_loss", ""),
+        ("UDP drops at the hub / subscribers", "udp_drops_at_hub", ""),
+        ("NACKs answered by the hub", "retransmissions", ""),
+        ("lowest subscriber frame rate", "fps_min", "fps"),
+        ("median subscriber frame rate", "fps_median", "fps"),
+        ("delay through the hub p50 / p99", "delay_p50_ms", "ms"),
+        ("delay direct, no hub, p50 / p99", "direct_delay_p50_ms", "ms"),
+        ("decoding subscriber", "decoded_fps", "fps"),
+        ("hub memory per subscriber", "rss_mb_per_subscriber", "MB"),
+        ("load generator CPU", "load_generator_cpu_percent", "% of a core"),
+        ("baseline subscribers (MediaRelay)", "baseline_subscribers", ""),
+        ("baseline CPU per sent packet", "baseline_us_per_packet", "µs"),
+        ("baseline lowest frame rate", "baseline_fps_min", "fps"),
+        ("baseline ÷ hub, per packet", "ratio_vs_baseline", "×"),
+    ]
+    pairs = {
+        "udp_drops_at_hub": "udp_drops_at_subscribers",
+        "delay_p50_ms": "delay_p99_ms",
+        "direct_delay_p50_ms": "direct_delay_p99_ms",
+    }
+    for label, key, unit in rows:
+        value = str(result.get(key))
+        if key in pairs:
+            value += f" / {result.get(pairs[key])}"
+        print(f"{label:38} {value:>16} {unit}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--subscribers", type=int, help="counting subscribers (default 50)")
+    parser.add_argument("--seconds", type=float, help="measuring window (default 20)")
+    parser.add_argument("--quick", action="store_true", help="20 subscribers, short windows")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profile of the hub's window")
+    args = parser.parse_args(argv)
+    n = args.subscribers or (20 if args.quick else 50)
+    seconds = args.seconds or (8.0 if args.quick else 20.0)
+    if n < 1 or seconds < 1:
+        parser.error("--subscribers and --seconds must be positive")
+    bench = Bench(n, seconds, 3 if args.quick else 5, args.profile)
+    # Connecting, two windows and the baseline, with room to spare.
+    limit = 85 if args.quick else 120 + 3 * seconds + 2 * n
+    try:
+        with hard_timeout(limit), ExitStack() as stack:
+            result = bench.run(stack)
+    except (BenchError, _Deadline) as exc:
+        print(f"bench.fanout: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({**bench.result, "error": str(exc).splitlines()[0]}))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench.fanout: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
