@@ -54,6 +54,10 @@ DEFAULT_MAX_UPLOAD = 4 * 1024**3
 """4 GiB: a long lecture recorded elsewhere at a good bitrate."""
 
 
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL text cannot hold NUL: refuse it up front (422) rather than fail (500)."""
+
+
 class ItemPatch(BaseModel):
     """Metadata an administrator may change; absent fields stay as they are.
 
@@ -63,22 +67,22 @@ class ItemPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(default="", min_length=1, max_length=200)
+    title: str = Field(default="", min_length=1, max_length=200, pattern=NO_NUL)
     theme: Theme = Theme.THEORY
-    speaker: str = Field(default="", max_length=200)
-    site: str = Field(default="", max_length=64)
+    speaker: str = Field(default="", max_length=200, pattern=NO_NUL)
+    site: str = Field(default="", max_length=64, pattern=NO_NUL)
     date: datetime.date = datetime.date.min
-    tags: list[Annotated[str, Field(min_length=1, max_length=50)]] = Field(
+    tags: list[Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]] = Field(
         default_factory=list, max_length=30
     )
-    description: str = Field(default="", max_length=10_000)
+    description: str = Field(default="", max_length=10_000, pattern=NO_NUL)
     published: bool = False
 
 
 class UploadForm(ItemPatch):
     """The metadata fields sent with an uploaded file."""
 
-    title: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     theme: Theme
     date: datetime.date
 
@@ -204,9 +208,9 @@ def library_router(
     @router.get("/api/library")
     async def list_items(
         admin: Admin,
-        q: Annotated[str | None, Query(max_length=100)] = None,
+        q: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
         theme: Theme | None = None,
-        site: Annotated[str | None, Query(max_length=64)] = None,
+        site: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
         date_from: datetime.date | None = None,
         date_to: datetime.date | None = None,
         page: Annotated[int, Query(ge=1, le=10_000)] = 1,

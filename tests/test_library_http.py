@@ -137,6 +137,7 @@ async def test_search_lists_published_items_with_their_urls(hub: Hub) -> None:
         {"date_from": "2026-06-01", "date_to": "2026-05-01"},
         {"page": "0"},
         {"page_size": "1000"},
+        {"q": "a\x00b"},
     ],
 )
 async def test_bad_query_parameters_are_422_with_a_reason(hub: Hub, params: dict[str, str]) -> None:
@@ -181,7 +182,15 @@ async def test_an_administrator_patches_metadata_and_publishes(hub: Hub) -> None
 
 @pytest.mark.parametrize(
     "change",
-    [{"theme": "cooking"}, {"title": None}, {"title": ""}, {"date": "soon"}, {"owner": "x"}],
+    [
+        {"theme": "cooking"},
+        {"title": None},
+        {"title": ""},
+        {"title": "a\x00b"},
+        {"tags": ["ok", "a\x00"]},
+        {"date": "soon"},
+        {"owner": "x"},
+    ],
 )
 async def test_bad_patches_are_422(hub: Hub, change: dict[str, Any]) -> None:
     item = await catalog_item(hub)
@@ -204,6 +213,24 @@ async def test_views_are_counted(hub: Hub) -> None:
     for _ in range(3):
         assert (await hub.client.post(f"/api/library/{item.id}/views")).status_code == 204
     assert (await hub.client.get(f"/api/library/{item.id}")).json()["views"] == 3
+
+
+async def test_a_failed_job_shows_its_error_through_the_api(hub: Hub) -> None:
+    item = await catalog_item(hub)
+    broken = hub.root / "broken"
+    broken.mkdir()
+    (broken / "recording.json").write_text("{not json")
+    await hub.jobs.submit(item.id, "recording", broken)
+
+    async def failed() -> str | None:
+        r = await hub.client.get(f"/api/library/{item.id}/job")
+        return None if r.json()["status"] == "failed" else r.text
+
+    await wait_until(failed, timeout=30)
+    job = (await hub.client.get(f"/api/library/{item.id}/job")).json()
+    assert job["attempts"] == job["max_attempts"] == 3
+    assert "bad recording manifest" in job["error"]
+    assert (await hub.client.get(f"/api/library/{item.id}")).json()["status"] == "failed"
 
 
 @pytest.mark.parametrize("item_id", ["nope", "0" * 32, "../../etc", "%00"])
