@@ -264,7 +264,7 @@ class Auth:
         secure_cookies: bool | None = None,
     ) -> None:
         self.accounts = accounts
-        self.limiter = limiter or LoginLimiter()
+        self.limiter = LoginLimiter() if limiter is None else limiter
         self._secure_cookies = secure_cookies
         """True/False forces the cookies' Secure flag; None sets it when served over HTTPS."""
 
