@@ -103,11 +103,16 @@ class SessionBody(BaseModel):
     options: OptionsBody = Field(default_factory=OptionsBody)
 
 
-def _unprocessable(reason: str, errors: list[tuple[int, str]] | None = None) -> JSONResponse:
+def _refuse(
+    reason: str,
+    errors: list[tuple[int, str]] | None = None,
+    status_code: int = status.HTTP_422_UNPROCESSABLE_CONTENT,
+) -> JSONResponse:
+    """A 4xx whose ``detail`` says why; ``errors`` lists file rows."""
     content: dict[str, Any] = {"detail": reason}
     if errors is not None:
         content["errors"] = [{"row": row, "message": message} for row, message in errors]
-    return JSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return JSONResponse(content, status_code=status_code)
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -153,12 +158,12 @@ def _check_site_change(account: Account, tree: SiteTree, site: Site) -> Refusal:
     """Whether ``account`` may write ``site`` (a new one, or a change to an existing one)."""
     actor = account.actor
     if site.code not in tree:
-        return check_create_site(actor, tree, site.parent)
+        return check_create_site(actor, tree, site.parent, site.kind)
     refusal = check_edit_site(actor, tree, site.code)
-    if refusal is None and site.parent != tree.get(site.code).parent:
-        refusal = check_create_site(actor, tree, site.parent)
     if refusal is None and site.kind is not tree.get(site.code).kind:
         refusal = None if actor.role is Role.CENTER_ADMIN else "only the center changes a kind"
+    if refusal is None and site.parent != tree.get(site.code).parent:
+        refusal = check_create_site(actor, tree, site.parent, site.kind)
     return refusal
 
 
@@ -210,7 +215,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
                 body.username, body.password, body.role, body.site, tree
             )
         except ValueError as exc:
-            return _unprocessable(str(exc))
+            return _refuse(str(exc))
         return account_json(created)
 
     # --- sites ---
@@ -245,7 +250,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         try:
             parsed, rows = parse_csv(await file.read())
         except SiteError as exc:
-            return _unprocessable("the file has errors; nothing was imported", exc.errors)
+            return _refuse("the file has errors; nothing was imported", exc.errors)
         tree = await sites.tree()
         refused = [
             (rows[site.code], refusal)
@@ -253,17 +258,12 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
             if (refusal := _check_site_change(account, tree, site)) is not None
         ]
         if refused:
-            return JSONResponse(
-                {
-                    "detail": "some rows are outside your permissions; nothing was imported",
-                    "errors": [{"row": r, "message": m} for r, m in refused],
-                },
-                status_code=403,
-            )
+            reason = "some rows are outside your permissions; nothing was imported"
+            return _refuse(reason, refused, status.HTTP_403_FORBIDDEN)
         try:
             await sites.upsert(parsed, rows)
         except SiteError as exc:
-            return _unprocessable("the file has errors; nothing was imported", exc.errors)
+            return _refuse("the file has errors; nothing was imported", exc.errors)
         return {"imported": len(parsed)}
 
     @router.get("/sites/{code}")
@@ -284,7 +284,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
         try:
             await sites.upsert([site])
         except SiteError as exc:
-            return _unprocessable(str(exc))
+            return _refuse(str(exc))
         return site_json(site)
 
     @router.patch("/sites/{code}", response_model=None)
@@ -296,13 +296,13 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
             raise HTTPException(404, detail=f"no site {code}")
         changes = body.model_dump(exclude_unset=True)
         if any(v is None for k, v in changes.items() if k != "parent"):
-            return _unprocessable("only parent may be set to null")
+            return _refuse("only parent may be set to null")
         site = replace(tree.get(code), **changes)
         require(_check_site_change(account, tree, site))
         try:
             await sites.upsert([site])
         except SiteError as exc:
-            return _unprocessable(str(exc))
+            return _refuse(str(exc))
         return site_json(site)
 
     @router.delete("/sites/{code}", status_code=204)
@@ -362,7 +362,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
                 created_by=account.id,
             )
         except ValueError as exc:
-            return _unprocessable(str(exc))
+            return _refuse(str(exc))
         return session_json(session)
 
     @router.get("/sessions")

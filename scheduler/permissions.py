@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from scheduler.schedule import Audience, AudienceKind
-from scheduler.sites import SiteTree
+from scheduler.sites import SiteKind, SiteTree
 
 Refusal = str | None
 
@@ -74,12 +74,14 @@ def check_edit_site(actor: Actor, tree: SiteTree, code: str) -> Refusal:
     return None
 
 
-def check_create_site(actor: Actor, tree: SiteTree, parent: str | None) -> Refusal:
-    """Add a site under ``parent`` (or move one there)."""
+def check_create_site(actor: Actor, tree: SiteTree, parent: str | None, kind: SiteKind) -> Refusal:
+    """Add a site of ``kind`` under ``parent`` (or move one there)."""
     if actor.role is Role.CENTER_ADMIN:
         return None
     if actor.role is Role.STATION_OPERATOR:
         return "station operators cannot add sites"
+    if kind is not SiteKind.STATION:
+        return "institute operators add only stations"
     home, refusal = _home(actor, tree)
     if refusal:
         return refusal

@@ -20,7 +20,7 @@ from scheduler.permissions import (
     check_view_site,
 )
 from scheduler.schedule import Audience, AudienceKind
-from scheduler.sites import SiteTree
+from scheduler.sites import SiteKind, SiteTree
 from tests.test_sites import small_tree
 
 TREE = small_tree()  # C; I01 → I01-S001, I01-S002; I02 → I02-S001
@@ -56,7 +56,12 @@ def session_action(
 ACTIONS: dict[str, Callable[..., Refusal]] = {
     "view site": site_action(check_view_site),
     "edit site": site_action(check_edit_site),
-    "add site under": lambda actor, parent: check_create_site(actor, TREE, parent),
+    "add station under": lambda actor, parent: check_create_site(
+        actor, TREE, parent, SiteKind.STATION
+    ),
+    "add institute under": lambda actor, parent: check_create_site(
+        actor, TREE, parent, SiteKind.INSTITUTE
+    ),
     "schedule": session_action(check_schedule),
     "view session": session_action(check_view_session),
     "join session": session_action(check_join_session),
@@ -81,11 +86,14 @@ MATRIX: list[tuple[str, Actor, str, object, bool]] = [
     ("institute edits another's station", INST1, "edit site", "I02-S001", N),
     ("institute edits the center", INST1, "edit site", "C", N),
     ("station edits itself", STA1, "edit site", "I01-S001", N),
-    ("institute adds a station under itself", INST1, "add site under", "I01", Y),
-    ("institute adds under another institute", INST1, "add site under", "I02", N),
-    ("institute adds a root", INST1, "add site under", None, N),
-    ("station adds a site", STA1, "add site under", "I01-S001", N),
-    ("admin adds an institute", ADMIN, "add site under", "C", Y),
+    ("institute adds a station under itself", INST1, "add station under", "I01", Y),
+    ("institute adds under another institute", INST1, "add station under", "I02", N),
+    ("institute adds a root", INST1, "add station under", None, N),
+    ("station adds a site", STA1, "add station under", "I01-S001", N),
+    ("admin adds a station anywhere", ADMIN, "add station under", "I02", Y),
+    ("admin adds an institute", ADMIN, "add institute under", "C", Y),
+    ("institute adds an institute", INST1, "add institute under", "I01", N),
+    ("station adds an institute", STA1, "add institute under", "I01", N),
     # schedule
     ("admin schedules for everyone", ADMIN, "schedule", COUNTY, Y),
     ("admin schedules across institutes", ADMIN, "schedule", ("C", LIST_ACROSS), Y),

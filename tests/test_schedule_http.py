@@ -304,6 +304,8 @@ async def test_sites_tree_and_crud_within_permissions(api: Api) -> None:
     outside = await inst1.post("/api/sites", json={**new, "code": "I02-S099", "parent": "I02"})
     assert outside.status_code == 403 and "inside your institute I01" in outside.json()["detail"]
     assert (await sta1.post("/api/sites", json={**new, "code": "X"})).status_code == 403
+    institute = await inst1.post("/api/sites", json={**new, "code": "I01-X", "kind": "institute"})
+    assert institute.status_code == 403 and "only stations" in institute.json()["detail"]
 
     patched = await inst1.patch(
         "/api/sites/I01-S003", json={"contact_name": "赵强", "contact_phone": "13900000001"}
