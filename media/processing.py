@@ -438,7 +438,11 @@ class Processor:
         await run_ffmpeg(out, duration=duration, progress=progress)
 
     def _composite(self, recording: Recording, lecturer: Track, duration: float, mp4: Path) -> Any:
-        """Lecturer large; while something is beside them, side by side (2/3 + 1/3)."""
+        """Lecturer large; while something is beside them, side by side (2/3 + 1/3).
+
+        The sound mixes the lecturer's microphone with those of the participants shown,
+        each heard only while shown.
+        """
         timeline = beside_timeline(recording, lecturer, duration)
         w, h = CANVAS
         canvas = ffmpeg.input(f"color=c=black:s={w}x{h}:r=25:d={duration:.3f}", f="lavfi")
@@ -476,7 +480,14 @@ class Processor:
         streams = [out]
         codec: dict[str, Any] = dict(X264)
         if mics:
-            audio = [_aligned_audio(m, lecturer.start) for m in mics]
+            audio = []
+            for mic in mics:
+                sound = _aligned_audio(mic, lecturer.start)
+                if mic.participant != lecturer.participant:
+                    # Heard only while seen: a station off stage stays out of the program.
+                    seen = _between([b for b in timeline if b.track.participant == mic.participant])
+                    sound = sound.filter("volume", 0, enable=f"not({seen})")
+                audio.append(sound)
             mixed = (
                 audio[0]
                 if len(audio) == 1

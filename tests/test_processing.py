@@ -5,10 +5,12 @@ The media helpers at the top also serve tests/test_library_http.py.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import datetime
 import json
 import os
+import shutil
 import struct
 import subprocess
 from collections.abc import AsyncIterator
@@ -379,6 +381,41 @@ async def test_composite_follows_the_stage_timeline(tmp_path: Path, h264_recordi
     # right is black. During it, the screen sits in the right third.
     assert mean_luma(before, 1150, 1280, 300, 420) < 5
     assert mean_luma(during, 900, 1240, 300, 420) > 30
+
+
+def loudness(path: Path, start: float, end: float) -> float:
+    """Mean absolute sample value of the first channel between two times."""
+    total, count = 0.0, 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            if frame.time is not None and start <= frame.time < end:
+                assert frame.format.name == "fltp"  # the AAC decoder's: a float plane each
+                samples = array.array("f", bytes(frame.planes[0]))
+                total += sum(abs(x) for x in samples[: frame.samples])
+                count += frame.samples
+    return total / max(count, 1)
+
+
+async def test_composite_hears_a_station_only_while_it_is_shown(
+    tmp_path: Path, h264_recording: Path
+) -> None:
+    recording = tmp_path / "rec"
+    shutil.copytree(h264_recording, recording)
+    ffmpeg_make(  # a silent lecturer, so all that is heard is the station
+        "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", str(SECONDS),
+        "-c:a", "libopus", str(recording / "mic.mkv"),
+    )  # fmt: skip
+    make_audio_file(recording / "st01-mic.mkv")
+    manifest = json.loads((recording / "recording.json").read_text())
+    manifest["tracks"].append(
+        {**manifest["tracks"][1], "track_id": "a2", "participant": "st01", "start": T0,
+         "file": "st01-mic.mkv"}
+    )  # fmt: skip
+    (recording / "recording.json").write_text(json.dumps(manifest))
+    out, _ = await process(tmp_path, recording, layout="composite")
+    # st01's screen is shown from t=1: its microphone is muted before, heard after.
+    assert loudness(out / "video.mp4", 0.1, 0.9) < 0.001
+    assert loudness(out / "video.mp4", 1.5, 3.5) > 0.05
 
 
 # --- uploads ----------------------------------------------------------------------
