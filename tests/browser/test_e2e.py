@@ -169,6 +169,12 @@ def test_station_recovers_by_itself(hub: HubProcess, browsers: Browsers) -> None
     center = sid_of(console)
     a = open_station(hub, browsers, room, 1)
     poll(Progress(a, "video", center, "camera", "framesDecoded"), timeout=25)
+    # the station has its hand up and the center has muted it: both survive the drops
+    a.click("#hand")
+    tile = console.locator(f'.tile[data-sid="{sid_of(a)}"]')
+    tile.wait_for(timeout=10000)
+    tile.locator('[data-action="mute"]').click()
+    poll(station_seen_as(console, a, hand=True, mic_muted=True), timeout=10)
 
     # 1. the station's network drops: websocket and both peer connections die
     a.evaluate(
@@ -178,6 +184,8 @@ def test_station_recovers_by_itself(hub: HubProcess, browsers: Browsers) -> None
     took = poll(Progress(a, "video", center, "camera", "framesDecoded"), timeout=20)
     print(f"decoding again {took:.1f}s after the network drop")
     assert took <= 10, f"station took {took:.1f}s to decode again after a network drop"
+    poll(station_seen_as(console, a, hand=True, mic_muted=True), timeout=10)
+    assert a.get_attribute("#mic", "data-locked") == "true"
 
     # 2. the hub restarts (killed, then started again on the same port)
     hub.restart()
@@ -186,6 +194,27 @@ def test_station_recovers_by_itself(hub: HubProcess, browsers: Browsers) -> None
     assert took <= 10, f"station took {took:.1f}s after the hub came back"
     assert client_state(a) == "joined"
     assert client_state(console) == "joined"
+    poll(station_seen_as(console, a, hand=True, mic_muted=True), timeout=10)
+    assert a.get_attribute("#mic", "data-locked") == "true"
+
+
+def station_seen_as(console: Any, station: Any, *, hand: bool, mic_muted: bool) -> Any:
+    """A check: the console sees the station (its current join) with its hand
+    and microphone in the given state."""
+
+    def check() -> str | None:
+        sid = sid_of(station)
+        seen = console.evaluate(
+            """sid => { const p = window.practiceHub.client.participants.get(sid);
+                if (!p) return null;
+                const mic = p.publications.find(x => x.source === 'microphone');
+                return {hand: p.hand_raised, mic_muted: mic ? mic.muted : null}; }""",
+            sid,
+        )
+        want = {"hand": hand, "mic_muted": mic_muted}
+        return None if seen == want else f"console sees station {sid} as {seen}, want {want}"
+
+    return check
 
 
 def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -> None:

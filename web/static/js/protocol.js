@@ -585,6 +585,7 @@ export class HubClient {
         if (this._joinTimer) clearTimeout(this._joinTimer);
         this._joinTimer = null;
         const wasJoined = this.self !== null;
+        const handWasRaised = !!(this.self && this.self.hand_raised);
         this.room = String(msg.room || "");
         this.self = msg.participant;
         this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
@@ -594,7 +595,9 @@ export class HubClient {
         }
         this.stage = Array.isArray(msg.stage) ? msg.stage : [];
         this.quality = msg.quality === "stage" ? "stage" : "thumbnail";
-        this.moderatorMuted.clear();
+        // A moderator's mute is kept across a rejoin: the hub starts the new join
+        // with fresh publications, so the client honours the lock itself and mutes
+        // at the hub as its own choice until a moderator releases it.
         if (wasJoined) this.rejoins++;
         this._attempt = 0;
         this._setState("joined");
@@ -615,12 +618,12 @@ export class HubClient {
         if (this.localTracks.size) {
             for (const [source, track] of this.localTracks) this._addTransceiver(source, track);
             await this._negotiate();
-            for (const [source, muted] of this.selfMuted) {
-                if (muted && this.localTracks.has(source)) {
-                    this._send({ type: "mute", source, muted: true });
-                }
+            for (const source of this.localTracks.keys()) {
+                if (this.isMuted(source)) this._send({ type: "mute", source, muted: true });
             }
         }
+        // A raised hand survives a network drop too.
+        if (handWasRaised && this.self && !this.self.hand_raised) this.raiseHand(true);
     }
 
     /**
