@@ -2,11 +2,13 @@
 
 One ffmpeg per room (see :mod:`media.stagefeed`) writes fragmented MP4 to a pipe,
 a fragment every ~0.25 s and at every keyframe. This module cuts that byte stream
-at box boundaries: ``ftyp``+``moov`` is ``init.mp4``, each ``moof``+``mdat`` is one
-partial segment, and parts are grouped into ~2 s segments that start at a
-keyframe when one comes in time. The playlist carries the LL-HLS tags
-(EXT-X-PART, EXT-X-PART-INF, EXT-X-SERVER-CONTROL with CAN-BLOCK-RELOAD,
-EXT-X-PRELOAD-HINT); blocking reloads are answered by :meth:`HlsPackager.playlist`.
+at box boundaries: ``ftyp``+``moov`` is the initialization section, each
+``moof``+``mdat`` one partial segment, and parts are grouped into ~2 s segments
+that start at a keyframe when one comes in time. Each ffmpeg (an epoch, see
+:mod:`media.stagefeed`) has its own ``init{n}.mp4`` behind an EXT-X-DISCONTINUITY.
+The playlist carries the LL-HLS tags (EXT-X-PART, EXT-X-PART-INF,
+EXT-X-SERVER-CONTROL with CAN-BLOCK-RELOAD, EXT-X-PRELOAD-HINT); blocking reloads
+are answered by :meth:`HlsPackager.playlist`.
 
 Threads: the reader thread writes the files and builds an immutable
 :class:`PlaylistState`, then hands it to the event loop, where requests wait.
@@ -25,7 +27,6 @@ from typing import IO
 
 from media.stagefeed import StageFeed
 
-INIT = "init.mp4"
 PLAYLIST = "index.m3u8"
 KEYFRAME_LEAD = 0.5
 """Seconds before a segment's target length when a keyframe is asked for (and from
@@ -203,6 +204,9 @@ class Part:
 class Segment:
     msn: int
     parts: tuple[Part, ...]
+    discontinuity: int = 0
+    """The discontinuity sequence number of its epoch (its ffmpeg), which names
+    its initialization section."""
     name: str | None = None
     """Set once the segment is complete."""
 
@@ -217,6 +221,10 @@ def part_name(msn: int, index: int) -> str:
 
 def segment_name(msn: int) -> str:
     return f"seg{msn}.m4s"
+
+
+def init_name(discontinuity: int) -> str:
+    return f"init{discontinuity}.mp4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +243,10 @@ class PlaylistState:
     @property
     def position(self) -> tuple[int, int] | None:
         """(msn, part index) of the newest part."""
-        if not self.segments or not self.segments[-1].parts:
-            return None
-        last = self.segments[-1]
-        return last.msn, len(last.parts) - 1
+        for segment in reversed(self.segments):
+            if segment.parts:
+                return segment.msn, len(segment.parts) - 1
+        return None
 
     def has(self, msn: int, part: int | None) -> bool:
         """The blocking-reload condition: that part (or whole segment) is listed."""
@@ -248,10 +256,10 @@ class PlaylistState:
         return position >= ((msn + 1, 0) if part is None else (msn, part))
 
     def preload_hint(self) -> str | None:
-        position = self.position
-        if position is None or self.ended:
+        if self.ended or not self.segments:
             return None
-        return part_name(position[0], position[1] + 1)
+        current = self.segments[-1]
+        return part_name(current.msn, len(current.parts))
 
     def render(self, parts_for_last: int = 3) -> str:
         lines = [
@@ -261,10 +269,19 @@ class PlaylistState:
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f}",
             f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
-            f'#EXT-X-MAP:URI="{INIT}"',
+            "#EXT-X-DISCONTINUITY-SEQUENCE:"
+            f"{self.segments[0].discontinuity if self.segments else 0}",
         ]
         with_parts = {segment.msn for segment in self.segments[-parts_for_last:]}
+        previous: Segment | None = None
         for segment in self.segments:
+            if not segment.parts:
+                continue
+            if previous is None or segment.discontinuity != previous.discontinuity:
+                if previous is not None:
+                    lines.append("#EXT-X-DISCONTINUITY")
+                lines.append(f'#EXT-X-MAP:URI="{init_name(segment.discontinuity)}"')
+            previous = segment
             if segment.msn in with_parts:
                 for part in segment.parts:
                     independent = ",INDEPENDENT=YES" if part.independent else ""
@@ -295,6 +312,21 @@ class _Segmenter:
     parts: list[tuple[Part, bytes]] = field(default_factory=list)
     done: list[Segment] = field(default_factory=list)
     ended: bool = False
+    discontinuity: int = -1
+    """Of the current epoch; -1 before the first."""
+    epoch_parts: int = 0
+
+    def start_epoch(self, init: bytes) -> None:
+        """A new ffmpeg wrote its initialization section (``ftyp`` + ``moov``)."""
+        if self.discontinuity < 0 or self.epoch_parts:
+            self.discontinuity += 1
+        self.epoch_parts = 0
+        (self.directory / init_name(self.discontinuity)).write_bytes(init)
+
+    def end_epoch(self) -> None:
+        """That ffmpeg ended: its last segment is complete, however short."""
+        if self.parts:
+            self._complete()
 
     def add(self, fragment: Fragment, data: bytes) -> None:
         current = sum(part.duration for part, _ in self.parts)
@@ -308,37 +340,36 @@ class _Segmenter:
         part = Part(part_name(self.msn, len(self.parts)), fragment.duration, fragment.independent)
         (self.directory / part.name).write_bytes(data)
         self.parts.append((part, data))
+        self.epoch_parts += 1
         if not self.asked and current + part.duration >= self.segment_target - KEYFRAME_LEAD:
             # WebRTC publishers send keyframes only when asked: ask in time for the
             # next segment to start on one.
             self.asked = True
             self.want_keyframe()
 
-    def finish(self) -> None:
-        """The stream ended: its last segment is complete, however short."""
-        if self.parts:
-            self._complete()
-        self.ended = True
-
     def _complete(self) -> None:
         name = segment_name(self.msn)
         (self.directory / name).write_bytes(b"".join(data for _, data in self.parts))
-        self.done.append(Segment(self.msn, tuple(part for part, _ in self.parts), name))
+        parts = tuple(part for part, _ in self.parts)
+        self.done.append(Segment(self.msn, parts, self.discontinuity, name))
         self.msn += 1
         self.parts = []
         self.asked = False
         # Files live two segments past the playlist window: in-flight requests finish.
         while len(self.done) > self.window + 2:
             old = self.done.pop(0)
-            for stale in (old.name, *(part.name for part in old.parts)):
-                (self.directory / str(stale)).unlink(missing_ok=True)
+            stale = [str(old.name), *(part.name for part in old.parts)]
+            if old.discontinuity not in {self.discontinuity, self.done[0].discontinuity}:
+                stale.append(init_name(old.discontinuity))
+            for name in stale:
+                (self.directory / name).unlink(missing_ok=True)
 
     def state(self, part_target: float) -> PlaylistState:
-        current = Segment(self.msn, tuple(part for part, _ in self.parts))
+        current = Segment(self.msn, tuple(part for part, _ in self.parts), self.discontinuity)
         listed = self.done[-self.window :] if self.ended else [*self.done[-self.window :], current]
-        names = {INIT, *(part.name for part in current.parts)}
+        names = {init_name(self.discontinuity), *(part.name for part in current.parts)}
         for segment in self.done:
-            names.add(str(segment.name))
+            names.update((str(segment.name), init_name(segment.discontinuity)))
             names.update(part.name for part in segment.parts)
         return PlaylistState(
             target_duration=self.target_duration,
@@ -368,7 +399,7 @@ class HlsPackager(StageFeed):
         video_size: tuple[int, int] = (1280, 720),
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in [*directory.glob("*.m4s"), directory / INIT]:
+        for stale in [*directory.glob("*.m4s"), *directory.glob("init*.mp4")]:
             stale.unlink(missing_ok=True)
         self.directory = directory
         self.part_target = part_target
@@ -411,15 +442,23 @@ class HlsPackager(StageFeed):
                 init.append(data)
                 if kind == b"moov":
                     tracks = parse_moov(data)
-                    (self.directory / INIT).write_bytes(b"".join(init))
+                    self._segmenter.start_epoch(b"".join(init))
             elif kind == b"moof":
                 moof = data
             elif kind == b"mdat" and moof is not None:
                 self._segmenter.add(parse_moof(moof, tracks), moof + data)
                 moof = None
                 self._publish_threadsafe(self._segmenter.state(self.part_target))
-        self._segmenter.finish()
+
+    def end_of_epoch(self) -> None:
+        self._segmenter.end_epoch()
         self._publish_threadsafe(self._segmenter.state(self.part_target))
+
+    async def close(self) -> None:
+        """Finish the stream; the playlist then ends with EXT-X-ENDLIST."""
+        await super().close()
+        self._segmenter.ended = True
+        self._publish(self._segmenter.state(self.part_target))
 
     def _publish_threadsafe(self, state: PlaylistState) -> None:
         if not self._loop.is_closed():

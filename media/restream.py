@@ -5,6 +5,7 @@ AAC in MPEG-TS on a pipe: H.264 copied, VP8 transcoded once for all targets. Tha
 byte stream is fanned out to one small ``ffmpeg -c copy -f flv`` per target, so a
 target can start, stop, drop and reconnect without touching the others. A target
 that drops is retried with exponential backoff; its status says where it stands.
+When the room's ffmpeg is replaced (a codec switch, a crash), every push reconnects.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ TargetState = Literal["connecting", "live", "retrying", "stopped", "failed"]
 
 CHUNK = 188 * 348
 """About 64 KiB of whole MPEG-TS packets."""
-LIVE_CONFIRMATION = 1.0
-"""Seconds a push must run before a retry's backoff starts over from its minimum."""
+RESTART = b""
+"""Queued to a target when a new MPEG-TS stream begins: reconnect with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +81,12 @@ class _Target:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"restream:{target_id}")
+        self._thread = threading.Thread(target=self._run, name=f"restream:{target_id}", daemon=True)
         self._thread.start()
 
     def feed(self, chunk: bytes | None) -> None:
-        """Queue a chunk (None: the stream ended); a stalled push loses the oldest."""
+        """Queue a chunk (None: the stream ended, :data:`RESTART`: a new stream
+        follows); a stalled push loses the oldest."""
         while True:
             try:
                 self.chunks.put_nowait(chunk)
@@ -117,25 +119,31 @@ class _Target:
 
     def _run(self) -> None:
         delay = self._retry_initial
-        attempts = 0
+        attempts = failures = 0
         while not self._stopping.is_set():
             first = self.chunks.get()
             if first is None:
                 break
+            if first == RESTART:
+                continue
             attempts += 1
             # A reconnection stays "retrying" (with the last error) until it is live.
             self._set(self.status.state, self.status.error, attempts)
-            started = time.monotonic()
-            error = self._push(first)
-            if self._stopping.is_set() or error is None:
+            outcome, error = self._push(first)
+            if self._stopping.is_set() or outcome == "ended":
                 break
-            if time.monotonic() - started > LIVE_CONFIRMATION + delay:
-                delay = self._retry_initial
-            if self._max_attempts is not None and attempts >= self._max_attempts:
-                self._set("failed", error=error)
+            if self.status.state == "live":  # it worked for a while: start over
+                delay, failures = self._retry_initial, 0
+            if outcome == "restart":
+                # The room's ffmpeg was replaced: connect again, at once, to the new stream.
+                self._set("connecting", None)
+                continue
+            failures += 1
+            if self._max_attempts is not None and failures >= self._max_attempts:
+                self._set("failed", error)
                 self._on_failed(f"restream to {self.status.url} failed: {error}")
                 return
-            self._set("retrying", error=error)
+            self._set("retrying", error)
             self._stopping.wait(delay)
             delay = min(delay * 2, self._retry_max)
             # Start again from fresh data, at the next keyframe.
@@ -143,8 +151,8 @@ class _Target:
             self._want_keyframe()
         self._set("stopped", self.status.error)
 
-    def _push(self, first: bytes) -> str | None:
-        """Run one ffmpeg push until it ends: None if the stream ended, else why."""
+    def _push(self, first: bytes) -> tuple[Literal["ended", "restart", "failed"], str]:
+        """Run one ffmpeg push until it ends; why it ended, and ffmpeg's last words."""
         process = subprocess.Popen(
             [
                 ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostats",
@@ -172,7 +180,7 @@ class _Target:
             watcher.start()
         chunk: bytes | None = first
         try:
-            while chunk is not None and not self._stopping.is_set():
+            while chunk and not self._stopping.is_set():
                 process.stdin.write(chunk)
                 chunk = self.chunks.get()
         except OSError:
@@ -182,10 +190,11 @@ class _Target:
             watcher.join(timeout=5)
         with self._lock:
             self._process = None
-        if chunk is None or self._stopping.is_set():
-            return None
         message = "; ".join(errors) or f"ffmpeg exited with status {process.returncode}"
-        return message.replace(self.url, self.status.url)
+        message = message.replace(self.url, self.status.url)
+        if chunk is None or self._stopping.is_set():
+            return "ended", message
+        return ("restart" if chunk == RESTART else "failed"), message
 
     def _watch_progress(self, progress: IO[bytes]) -> None:
         # ffmpeg counts frames only once its output (the RTMP connection) is open.
@@ -229,8 +238,8 @@ class Restreamer(StageFeed):
     """A :class:`~media.frames.FrameSink` pushing the stage to RTMP targets.
 
     ``start_target``/``stop_target`` may be called at any time; ``status()`` is a
-    snapshot per target. ``max_attempts`` (None: retry forever) turns a target that
-    keeps failing into "failed", reported through ``on_error``.
+    snapshot per target. ``max_attempts`` consecutive failures (None: retry forever)
+    turn a target into "failed", reported through ``on_error``.
     """
 
     def __init__(
@@ -294,5 +303,8 @@ class Restreamer(StageFeed):
         while chunk := stdout.read(CHUNK):
             for target in list(self._targets.values()):
                 target.feed(chunk)
+
+    def end_of_epoch(self) -> None:
+        marker = None if self._closed else RESTART
         for target in list(self._targets.values()):
-            target.feed(None)
+            target.feed(marker)

@@ -12,6 +12,11 @@ lecturer first); before any stage is known, the publisher of the first track. Th
 main video is the most recently published screen share of anyone on stage, else
 the lecturer's camera; the audio is the lecturer's microphone. A new main video
 takes over at its first keyframe (``request_keyframe`` asks the hub for one).
+
+One ffmpeg input has one video codec: a switch between VP8 and H.264 sources, or
+an ffmpeg that died, ends the current ffmpeg and starts the next at the next
+keyframe (an "epoch"; HLS marks it with a discontinuity, RTMP pushes reconnect).
+After ``MAX_RESTARTS`` deaths within ``RESTART_WINDOW`` seconds the feed fails.
 While no audio flows, Opus silence fills the gap so ffmpeg's interleaving never
 waits on a silent track.
 """
@@ -51,6 +56,8 @@ OPUS_FRAME = 960
 SILENCE_AFTER = 0.25
 """Seconds of audio missing behind the video before silence is inserted."""
 KEYFRAME_REQUEST_INTERVAL = 1.0
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
 
 # Small clusters and a flush per packet: ffmpeg sees each frame at once.
 _PIPE_MUX_OPTIONS = {"live": "1", "cluster_time_limit": "100", "flush_packets": "1"}
@@ -107,7 +114,8 @@ class StageFeed:
         self.video_bitrate = video_bitrate
         self.error: str | None = None
         self.processes_started = 0
-        """ffmpeg processes this feed started (one per room: the transcode count)."""
+        """ffmpeg processes this feed started: one per room and epoch, whatever the
+        number of viewers or targets."""
         self._request_keyframe = request_keyframe or (lambda track_id: None)
         self._on_error = loop_callback(on_error)
         # Loop-side state.
@@ -116,13 +124,14 @@ class StageFeed:
         self._video: str | None = None
         self._pending_video: str | None = None
         self._audio: str | None = None
-        self._video_codec: Codec | None = None
         self._gate = KeyframeGate()
         self._last_request: dict[str, float] = {}
         self._keyframe_wanted = False
         self._closed = False
         # Worker-side state.
         self._process: subprocess.Popen[bytes] | None = None
+        self._codec: Codec | None = None
+        self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS)
         self._container: Any = None
         self._streams: dict[Role, Any] = {}
         self._clocks: dict[Role, tuple[str, TrackClock]] = {}
@@ -142,10 +151,14 @@ class StageFeed:
         """Read ffmpeg's stdout to its end (runs in its own thread)."""
         raise NotImplementedError
 
+    def end_of_epoch(self) -> None:
+        """Called in the worker thread after an ffmpeg ended and its output was read,
+        before the next one starts (or the feed closes)."""
+
     @property
     def transcoding(self) -> bool:
         """True when the main video is VP8, so ffmpeg encodes H.264."""
-        return self._video_codec == "VP8"
+        return self._codec == "VP8"
 
     def want_keyframe(self) -> None:
         """Ask the hub for a keyframe of the main video (from any thread): a consumer
@@ -183,7 +196,6 @@ class StageFeed:
                 return
             self._gate.close(self._video or "")
             self._video, self._pending_video = track_id, None
-            self._video_codec = self._video_codec or frame.codec
         role: Role
         if track_id == self._video:
             role = "video"
@@ -215,10 +227,6 @@ class StageFeed:
         chosen = select(list(self._tracks.values()), self._stage)
         self._audio = chosen.audio
         video = chosen.video
-        if video is not None and self._video_codec not in (None, self._tracks[video].codec):
-            # One ffmpeg input stream has one codec: stay on the current source.
-            log.warning("stage feed %s: cannot switch video codec, ignoring %s", self.name, video)
-            return
         if video == self._video or video is None:
             self._pending_video = None
             if video is None:
@@ -241,18 +249,30 @@ class StageFeed:
     def _handle(self, item: _Item) -> None:
         if self.error is not None:
             return
+        video = item.role == "video"
         try:
+            if video and self._container is not None and item.frame.codec != self._codec:
+                self._stop()  # a source with another codec: a new epoch
             if self._container is None:
-                if item.role != "video":
-                    return  # the stream starts at the first video keyframe
+                if not (video and item.frame.keyframe):
+                    return  # an epoch starts at a video keyframe
                 self._start(item.frame)
-            if item.role == "video":
+            if video:
                 self._mux_video(item)
             else:
                 self._mux_audio(item)
         except (OSError, av.FFmpegError, ValueError) as error:
-            detail = "; ".join(self._stderr_tail) or str(error)
-            self.fail(f"ffmpeg stopped: {detail}")
+            self._died("; ".join(self._stderr_tail) or str(error))
+
+    def _died(self, detail: str) -> None:
+        now = time.monotonic()
+        self._deaths.append(now)
+        self._stop()
+        if len(self._deaths) == MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW:
+            self.fail(f"ffmpeg stopped {MAX_RESTARTS} times: {detail}")
+            return
+        log.warning("stage feed %s: ffmpeg stopped (%s); restarting", self.name, detail)
+        self.want_keyframe()
 
     def _start(self, keyframe: EncodedFrame) -> None:
         process = subprocess.Popen(
@@ -263,11 +283,15 @@ class StageFeed:
             bufsize=0,
         )
         self._process = process
+        self._codec = keyframe.codec
         self.processes_started += 1
+        self._stderr_tail.clear()
         assert process.stdout is not None and process.stderr is not None
         self._spawn("output", self.consume_output, process.stdout)
         self._spawn("stderr", self._read_stderr, process.stderr)
         self._origin = keyframe.arrival
+        self._clocks.clear()
+        self._audio_next = 0
         self._container = av.open(process.stdin, "w", format="matroska", options=_PIPE_MUX_OPTIONS)
         self._streams["video"] = add_stream(self._container, keyframe)
         self._streams["audio"] = add_stream(
@@ -347,21 +371,32 @@ class StageFeed:
             self._container.mux(make_packet(self._streams["audio"], silence, self._audio_next))
             self._audio_next += OPUS_FRAME
 
-    def _shutdown(self) -> None:
-        self._worker.join()
-        if self._container is not None:
+    def _stop(self) -> None:
+        """End the current ffmpeg: end of input, wait for its output to be read."""
+        container, process = self._container, self._process
+        self._container = self._process = None
+        if container is not None:
             try:
-                self._container.close()
+                container.close()
             except (OSError, av.FFmpegError, ValueError):
                 log.debug("stage feed %s: ffmpeg's stdin already closed", self.name)
-        process = self._process
-        if process is not None:
-            if process.stdin is not None:
-                process.stdin.close()
+        if process is None:
+            return
+        if process.stdin is not None:
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                process.stdin.close()
+            except OSError:
+                log.debug("stage feed %s: ffmpeg's stdin already closed", self.name)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         for thread in self._threads:
             thread.join(timeout=10)
+        self._threads.clear()
+        self.end_of_epoch()
+
+    def _shutdown(self) -> None:
+        self._worker.join()
+        self._stop()

@@ -27,7 +27,7 @@ from tests.helpers import wait_until
 
 def test_playlist_state_blocking_condition() -> None:
     parts = (Part("part3.0.m4s", 0.3, True), Part("part3.1.m4s", 0.3, False))
-    state = PlaylistState(2, 0.334, (Segment(2, parts, "seg2.m4s"), Segment(3, parts)))
+    state = PlaylistState(2, 0.334, (Segment(2, parts, 0, "seg2.m4s"), Segment(3, parts)))
     assert state.position == (3, 1)
     assert state.has(3, 1) and state.has(3, 0) and state.has(2, None) and state.has(2, 9)
     assert not state.has(3, 2) and not state.has(3, None) and not state.has(4, 0)
@@ -37,6 +37,22 @@ def test_playlist_state_blocking_condition() -> None:
     assert '#EXT-X-PART:DURATION=0.30000,URI="part3.0.m4s",INDEPENDENT=YES\n' in text
     assert "#EXTINF:0.60000,\nseg2.m4s\n" in text
     assert text.endswith('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part3.2.m4s"\n')
+    assert text.count("#EXT-X-MAP:") == 1 and "#EXT-X-DISCONTINUITY\n" not in text
+
+
+def test_playlist_marks_a_new_epoch_with_a_discontinuity() -> None:
+    part = (Part("p.m4s", 0.3, True),)
+    segments = (Segment(7, part, 1, "seg7.m4s"), Segment(8, part, 2, "seg8.m4s"), Segment(9, ()))
+    text = PlaylistState(2, 0.334, segments).render()
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in text
+    assert text.index('#EXT-X-MAP:URI="init1.mp4"') < text.index("seg7.m4s")
+    assert (
+        text.index("seg7.m4s")
+        < text.index("#EXT-X-DISCONTINUITY\n")
+        < text.index('#EXT-X-MAP:URI="init2.mp4"')
+        < text.index("seg8.m4s")
+    )
+    assert text.endswith('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part9.0.m4s"\n')
 
 
 @dataclass
@@ -101,7 +117,7 @@ def playlist_problems(text: str) -> str | None:
         "#EXT-X-TARGETDURATION:",
         "#EXT-X-PART-INF:PART-TARGET=",
         "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=",
-        '#EXT-X-MAP:URI="init.mp4"',
+        '#EXT-X-MAP:URI="init0.mp4"',
         "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=",
     ):
         if not any(line.startswith(tag) for line in lines):
@@ -137,7 +153,7 @@ async def test_live_playlist_parts_and_segments_over_http(live_h264: Live) -> No
     assert response.headers["content-type"] == "application/vnd.apple.mpegurl"
     assert "no-cache" in response.headers["cache-control"]
 
-    init = await live.client.get(f"{live.base}/init.mp4")
+    init = await live.client.get(f"{live.base}/init0.mp4")
     assert init.status_code == 200 and init.headers["content-type"] == "video/mp4"
     assert "immutable" in init.headers["cache-control"]
     segment = re.search(r"^(seg\d+\.m4s)$", text, re.M)[1]  # type: ignore[index]
@@ -254,7 +270,7 @@ async def test_vp8_is_transcoded_once_however_many_viewers(
         assert live.packager.transcoding
         assert live.packager.processes_started == 1
         assert max(seen) == 1
-        init = (live.packager.directory / "init.mp4").read_bytes()
+        init = (live.packager.directory / "init0.mp4").read_bytes()
         segment = next(live.packager.directory.glob("seg*.m4s")).read_bytes()
         path = tmp_path / "check.mp4"
         path.write_bytes(init + segment)

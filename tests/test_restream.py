@@ -177,3 +177,27 @@ async def test_a_target_that_never_answers_fails_and_says_why(tmp_path: Path) ->
 def test_stream_keys_are_hidden() -> None:
     assert hide_key("rtmp://live.example/app/abc123") == "rtmp://live.example/app/***"
     assert hide_key("rtmp://live.example/app") == "rtmp://live.example/app"
+
+
+async def test_targets_reconnect_when_the_room_ffmpeg_is_replaced(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    port = free_port()
+    first = receiver(port, tmp_path / "first.flv")
+    restreamer = Restreamer(video_size=(320, 180), retry_initial=0.2, retry_max=1.0)
+    async with feeding(restreamer, "H264", loops=10):
+        target = restreamer.start_target(f"rtmp://127.0.0.1:{port}/live/test")
+        await wait_until(state_is(restreamer, target, "live"), 15)
+        process = restreamer._process
+        assert process is not None
+        process.kill()  # the room's ffmpeg dies: a new one starts at the next keyframe
+        await wait_exit(first)  # the push ended cleanly, so did that receiver
+        second = receiver(port, tmp_path / "second.flv")
+        await wait_until(state_is(restreamer, target, "live"), 20)
+        await asyncio.sleep(2.5)
+        await restreamer.stop_target(target)
+    await wait_exit(second)
+    assert restreamer.processes_started == 2 and restreamer.error is None
+    for name in ("first.flv", "second.flv"):
+        codecs, span = received(tmp_path / name)
+        assert codecs == {"video": "h264", "audio": "aac"} and span >= 1.0

@@ -11,8 +11,8 @@ import pytest
 
 from media.frames import TrackInfo
 from media.hls import HlsPackager
-from media.stagefeed import Selection, select
-from media.testing import interleave, make_clip, play
+from media.stagefeed import MAX_RESTARTS, Selection, select
+from media.testing import Clip, interleave, make_clip, play
 from tests.helpers import wait_until
 
 
@@ -55,7 +55,7 @@ def test_select(tracks: list[TrackInfo], stage: list[str], expected: Selection) 
 def picture_sizes(directory: Path, segments: list[str]) -> list[tuple[int, int]]:
     """Frame sizes of the segments played in a row, as a player does."""
     path = directory / "played.mp4"
-    path.write_bytes(b"".join((directory / name).read_bytes() for name in ["init.mp4", *segments]))
+    path.write_bytes(b"".join((directory / name).read_bytes() for name in ["init0.mp4", *segments]))
     with av.open(str(path)) as container:
         return [(frame.width, frame.height) for frame in container.decode(video=0)]
 
@@ -75,7 +75,9 @@ async def test_a_screen_share_takes_over_at_its_keyframe(tmp_path: Path) -> None
         )  # fmt: skip
         await play(packager, stream, speed=4.0, loops=2)
         packager.add_track(screen.video)
-        assert requested == [camera.video.track_id, screen.video.track_id]
+        # The camera when selected (and ahead of segment ends), the screen once added.
+        assert requested[0] == camera.video.track_id
+        assert requested[-1] == screen.video.track_id
         # Mid-GOP frames of the screen are not used; its keyframe (frame 60) switches.
         frames = [(screen.video.track_id, f) for f in screen.video_frames[30:]]
         await play(packager, frames, speed=4.0)
@@ -101,31 +103,98 @@ async def test_a_stage_without_microphone_still_streams_with_silence(tmp_path: P
         await packager.close()
     directory = tmp_path
     path = directory / "check.mp4"
-    path.write_bytes((directory / "init.mp4").read_bytes() + (directory / "seg0.m4s").read_bytes())
+    path.write_bytes((directory / "init0.mp4").read_bytes() + (directory / "seg0.m4s").read_bytes())
     with av.open(str(path)) as container:
         assert container.streams.audio[0].codec_context.name == "aac"
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert samples / 48_000 > 1.0
 
 
-async def test_a_dead_ffmpeg_is_reported_and_the_loop_carries_on(tmp_path: Path) -> None:
-    errors: list[str] = []
-    packager = HlsPackager(tmp_path, on_error=errors.append)
-    clip = make_clip("H264", 2.0, gop=60)
+async def killed(packager: HlsPackager, times: int) -> None:
+    """Kill the room's ffmpeg ``times`` times, each time once its successor runs."""
+    for count in range(1, times + 1):
+
+        def running(count: int = count) -> str | None:
+            return None if packager.processes_started == count else "no new ffmpeg yet"
+
+        await wait_until(lambda: None if packager.state.position else "no part yet", 10)
+        await wait_until(running, 10)
+        process = packager._process
+        assert process is not None
+        process.kill()
+
+
+def start(packager: HlsPackager, clip: Clip, loops: int) -> asyncio.Task[None]:
+    """Publish ``clip`` (camera + microphone) to ``packager`` in real time."""
     packager.add_track(clip.video)
     packager.add_track(clip.audio)
     stream = interleave(
         [(clip.video.track_id, clip.video_frames), (clip.audio.track_id, clip.audio_frames)]
     )
-    feeding = asyncio.create_task(play(packager, stream, loops=2))
+    return asyncio.create_task(play(packager, stream, loops=loops))
+
+
+async def test_a_dead_ffmpeg_is_replaced_at_the_next_keyframe(
+    tmp_path: Path,
+) -> None:
+    errors: list[str] = []
+    packager = HlsPackager(tmp_path, on_error=errors.append)
+    feeding = start(packager, make_clip("H264", 2.0, gop=30), loops=3)
     try:
-        await wait_until(lambda: None if packager.state.position else "no part yet", 10)
-        process = packager._process
-        assert process is not None
-        process.kill()
-        await wait_until(lambda: None if errors else "no error reported", 10)
-        assert errors == [packager.error] and "ffmpeg" in errors[0]
-        await asyncio.wait_for(feeding, 10)  # frames keep coming, and are ignored
+        await killed(packager, 1)
+        await wait_until(lambda: None if packager.processes_started == 2 else "no restart", 10)
+        await wait_until(
+            lambda: None if "#EXT-X-DISCONTINUITY\n" in packager.state.render() else "no epoch 2",
+            10,
+        )
+        await asyncio.wait_for(feeding, 10)
     finally:
         feeding.cancel()
         await packager.close()
+    assert errors == [] and packager.error is None
+    text = packager.state.render()
+    assert '#EXT-X-MAP:URI="init1.mp4"' in text and (tmp_path / "init1.mp4").is_file()
+
+
+async def test_an_ffmpeg_that_keeps_dying_fails_the_feed(
+    tmp_path: Path,
+) -> None:
+    errors: list[str] = []
+    packager = HlsPackager(tmp_path, on_error=errors.append)
+    feeding = start(packager, make_clip("H264", 2.0, gop=30), loops=6)
+    try:
+        await killed(packager, MAX_RESTARTS)
+        await wait_until(lambda: None if errors else "no error reported", 10)
+        assert errors == [packager.error] and "ffmpeg stopped 3 times" in errors[0]
+        await asyncio.wait_for(feeding, 15)  # frames keep coming, and are ignored
+    finally:
+        feeding.cancel()
+        await packager.close()
+    assert packager.processes_started == MAX_RESTARTS
+
+
+async def test_a_source_with_another_codec_starts_a_new_epoch(tmp_path: Path) -> None:
+    packager = HlsPackager(tmp_path, video_size=(320, 180))
+    camera = make_clip("VP8", 2.0, gop=60)
+    screen = make_clip("H264", 3.0, gop=60, video_source="screen", size=(640, 360))
+    try:
+        await start(packager, camera, loops=2)
+        assert packager.transcoding
+        packager.add_track(screen.video)
+        await play(packager, [(screen.video.track_id, f) for f in screen.video_frames[30:]])
+    finally:
+        await packager.close()
+    assert packager.processes_started == 2 and not packager.transcoding
+    segments = packager.state.segments
+    assert [s.discontinuity for s in segments] == sorted(s.discontinuity for s in segments)
+    assert {s.discontinuity for s in segments} == {0, 1}
+    assert "#EXT-X-DISCONTINUITY\n" in packager.state.render()
+    for epoch, size in ((0, (320, 180)), (1, (640, 360))):
+        names = [str(s.name) for s in segments if s.discontinuity == epoch]
+        path = tmp_path / "played.mp4"
+        path.write_bytes(
+            b"".join((tmp_path / n).read_bytes() for n in [f"init{epoch}.mp4", *names])
+        )
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.name == "h264"
+            assert {(f.width, f.height) for f in container.decode(video=0)} == {size}
