@@ -252,3 +252,28 @@ def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -
     t1 = viewer.evaluate("() => document.getElementById('player').currentTime")
     assert t1 > t0, f"viewer's video is not advancing ({t0} -> {t1})"
     screenshot(viewer, "viewer.png")
+
+    # the hub restarts: the console rejoins and opens the room to households again,
+    # the viewer starts a new WHEP session by itself
+    hub.restart()
+    last: list[int] = []
+
+    def playing_again() -> str | None:
+        got = viewer.evaluate(
+            """async () => {
+                const s = window.practiceHub.session;
+                let decoded = -1;
+                if (s && s.pc && s.pc.connectionState === 'connected')
+                    for (const r of (await s.pc.getStats()).values())
+                        if (r.type === 'inbound-rtp' && r.kind === 'video')
+                            decoded = r.framesDecoded || 0;
+                return decoded;
+            }"""
+        )
+        last.append(got)
+        if len(last) >= 3 and last[-3] >= 0 and last[-3] < last[-2] < last[-1]:
+            return None
+        return f"viewer frames decoded: {last[-5:]}"
+
+    took = poll(playing_again, timeout=40)
+    print(f"viewer playing again {took:.1f}s after the hub came back")

@@ -408,7 +408,8 @@ householdsButton.addEventListener("click", async () => {
     if (!client || !client.room) return;
     householdsButton.disabled = true;
     try {
-        roomStatus = await setRoomPublic(client.room, token, !(roomStatus && roomStatus.public));
+        householdsWanted = !(roomStatus && roomStatus.public);
+        roomStatus = await setRoomPublic(client.room, token, householdsWanted);
     } catch (e) {
         toast(String(e));
     } finally {
@@ -417,8 +418,20 @@ householdsButton.addEventListener("click", async () => {
     }
 });
 
+/** What the moderator asked for households; re-applied if the hub forgot it (restart). */
+let householdsWanted = false;
+
 async function pollRoomStatus() {
-    if (client && client.room) roomStatus = await fetchRoomStatus(client.room);
+    if (client && client.room) {
+        roomStatus = await fetchRoomStatus(client.room);
+        if (householdsWanted && roomStatus && roomStatus.public === false && client.state === "joined") {
+            try {
+                roomStatus = await setRoomPublic(client.room, token, true);
+            } catch (e) {
+                toast(String(e));
+            }
+        }
+    }
     renderIndicators();
 }
 

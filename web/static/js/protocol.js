@@ -171,6 +171,7 @@ export class HubClient {
      * @param {(attempt: number) => number} [options.backoff]
      * @param {number} [options.pingIntervalMs]
      * @param {number} [options.silenceTimeoutMs]
+     * @param {number} [options.stallTimeoutMs]  a peer connection "disconnected" this long is rebuilt
      */
     constructor(options) {
         this.token = options.token;
@@ -178,6 +179,7 @@ export class HubClient {
         this.backoff = options.backoff || ((n) => backoffDelay(n));
         this.pingIntervalMs = options.pingIntervalMs || 5000;
         this.silenceTimeoutMs = options.silenceTimeoutMs || 15000;
+        this.stallTimeoutMs = options.stallTimeoutMs || 8000;
 
         /** @type {ClientState} */
         this.state = "new";
@@ -640,10 +642,23 @@ export class HubClient {
             const candidate = event.candidate ? event.candidate.toJSON() : null;
             this._send({ type: "candidate", pc: name, candidate });
         };
+        /** @type {ReturnType<typeof setTimeout> | null} */
+        let stalled = null;
         pc.onconnectionstatechange = () => {
             if (generation !== this._generation) return;
+            if (stalled) clearTimeout(stalled);
+            stalled = null;
             if (pc.connectionState === "failed") {
                 this._connectionLost(generation, `${name} connection failed`);
+            } else if (pc.connectionState === "disconnected") {
+                // Usually transient; if media stays cut while signaling lives
+                // (a changed network path), start over rather than wait ~30 s
+                // for "failed".
+                stalled = setTimeout(() => {
+                    if (generation === this._generation && pc.connectionState === "disconnected") {
+                        this._connectionLost(generation, `${name} connection stalled`);
+                    }
+                }, this.stallTimeoutMs);
             }
         };
         return pc;

@@ -80,14 +80,26 @@ async function connect() {
     const token = tokenFromLocation() || undefined;
     const session = new WhepSession(`/whep/${encodeURIComponent(room)}`, { token });
     state.session = session;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    let stalled = null;
     session.onstatechange = (pcState) => {
         if (state.session !== session) return;
+        if (stalled) clearTimeout(stalled);
+        stalled = null;
         if (pcState === "connected") {
             state.attempts = 0;
             setMode("webrtc");
         } else if (pcState === "failed" || pcState === "closed") {
             setMode("retry");
             scheduleRetry();
+        } else if (pcState === "disconnected") {
+            // the hub restarted or the link dropped: start a new session if it lasts
+            stalled = setTimeout(() => {
+                if (state.session === session) {
+                    setMode("retry");
+                    scheduleRetry();
+                }
+            }, 3000);
         }
     };
     try {
