@@ -100,12 +100,14 @@ class _Target:
     def stop(self) -> None:
         """Stop pushing and wait for the push to end (blocks: call through a thread)."""
         self._stopping.set()
-        self.feed(None)
-        with self._lock:
-            process = self._process
-        if process is not None:
-            _end(process)
-        self._thread.join()
+        self.feed(None)  # the push ends its ffmpeg's input itself...
+        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            with self._lock:  # ... unless a stalled connection blocks its writes
+                process = self._process
+            if process is not None:
+                process.kill()
+            self._thread.join()
 
     def _set(self, state: TargetState, error: str | None, attempts: int | None = None) -> None:
         self.status = replace(
@@ -183,7 +185,7 @@ class _Target:
             while chunk and not self._stopping.is_set():
                 process.stdin.write(chunk)
                 chunk = self.chunks.get()
-        except OSError:
+        except (OSError, ValueError):
             pass  # ffmpeg is gone: its stderr says why
         _end(process)
         for watcher in watchers:

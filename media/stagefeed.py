@@ -78,9 +78,9 @@ def select(tracks: list[TrackInfo], stage: list[str]) -> Selection:
     screens = [t for t in tracks if t.source == "screen" and t.participant in on_stage]
     cameras = [t for t in tracks if t.source == "camera" and t.participant == lecturer]
     microphones = [t for t in tracks if t.kind == "audio" and t.participant == lecturer]
-    video = (screens or cameras)[-1:] if screens or cameras else []
+    videos = screens or cameras
     return Selection(
-        video=video[0].track_id if video else None,
+        video=videos[-1].track_id if videos else None,
         audio=microphones[-1].track_id if microphones else None,
     )
 
