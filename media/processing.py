@@ -16,9 +16,10 @@ import asyncio
 import functools
 import itertools
 import json
+import math
 import shutil
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,54 @@ def probe(path: Path) -> MediaInfo:
         raise ProcessingError(f"not a media file: {e}") from e
 
 
+def media_span(path: Path) -> float:
+    """Seconds from the first packet of a file's first stream to the end of its last.
+
+    Not the container's duration: the recorder puts every file on the recording's clock,
+    so a track that started late begins at a later timestamp, and a file cut short by a
+    crash has no duration at all. Packets are read, never decoded; with an index (a
+    cleanly closed file) only the first and the last few seconds are read.
+    Blocking: call it in a thread.
+    """
+    try:
+        span = _span(path, near_end=True)
+        return span if span is not None else _span(path, near_end=False) or 0.0
+    except av.error.FFmpegError as e:
+        raise ProcessingError(f"unreadable media in {path.name}: {e}") from e
+
+
+def _span(path: Path, *, near_end: bool) -> float | None:
+    """The span, reading all packets or (``near_end``) the first and those of the last
+    seconds; None when that seek found nothing (a duration guessed past the real end)."""
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        assert stream.time_base is not None
+        spans = _packet_spans(container.demux(stream))
+        first = next(spans, None)
+        if first is None:
+            raise ProcessingError(f"no packets in {path.name}")
+        start, end = first
+        if near_end and container.duration:
+            with suppress(av.error.FFmpegError):
+                # The demux below goes on from wherever this lands.
+                container.seek(max(0, container.duration - 10_000_000), backward=True)
+                spans = _packet_spans(container.demux(stream))
+                after_seek = next(spans, None)
+                if after_seek is None:
+                    return None
+                end = max(end, after_seek[1])
+        for _, packet_end in spans:
+            end = max(end, packet_end)
+        return float((end - start) * stream.time_base)
+
+
+def _packet_spans(packets: Iterable[av.Packet[Any]]) -> Iterator[tuple[int, int]]:
+    """(pts, pts + duration) of each packet with a timestamp."""
+    for packet in packets:
+        if packet.pts is not None:
+            yield packet.pts, packet.pts + (packet.duration or 0)
+
+
 # --- the recording manifest ----------------------------------------------------------
 
 
@@ -130,7 +179,12 @@ class Recording:
 
 
 def load_recording(directory: Path) -> Recording:
-    """Read ``recording.json``; ProcessingError when it is missing or malformed."""
+    """Read ``recording.json``; ProcessingError when it is missing or malformed.
+
+    A recording cut short (the hub killed) is processed too: a track that never got a
+    frame (no ``start``, no file) is left out, one still open (no ``end``) runs to the
+    end, and a recording never ended ends at the last time its manifest knows.
+    """
     try:
         raw: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
         tracks = [
@@ -143,9 +197,10 @@ def load_recording(directory: Path) -> Recording:
                 label=str(t.get("label", t["participant"])),
                 file=_inside(directory, str(t["file"])),
                 start=float(t["start"]),
-                end=float(t["end"]),
+                end=math.inf if t.get("end") is None else float(t["end"]),
             )
             for t in raw["tracks"]
+            if t.get("start") is not None
         ]
         stage = sorted(
             (
@@ -154,13 +209,17 @@ def load_recording(directory: Path) -> Recording:
             ),
             key=lambda s: s.at,
         )
+        started_at = float(raw["started_at"])
+        known = [started_at, *(s.at for s in stage), *(t.start for t in tracks)]
+        known += [t.end for t in tracks if t.end != math.inf]
+        ended = raw.get("ended_at")
         return Recording(
             directory=directory,
-            started_at=float(raw["started_at"]),
-            ended_at=float(raw["ended_at"]),
+            started_at=started_at,
+            ended_at=max(known) if ended is None else float(ended),
             status=str(raw["status"]),
             error=raw.get("error"),
-            tracks=tracks,
+            tracks=[t for t in tracks if t.file.is_file()],
             stage=stage,
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -421,7 +480,7 @@ class Processor:
         lecturer = choose_lecturer(recording)
         video, mic = program_tracks(recording, lecturer)
         info = await asyncio.to_thread(probe, video.file)
-        duration = info.duration or (video.end - video.start)
+        duration = await asyncio.to_thread(media_span, video.file)
         if layout == "composite":
             out = self._composite(recording, video, duration, mp4)
         else:

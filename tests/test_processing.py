@@ -13,7 +13,9 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import imageio_ffmpeg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from media.frames import Kind, Source
+from media.frames import EncodedFrame, Kind, Source
 from media.jobs import JobRunner, JobStatus
 from media.library import ItemStatus, Library, Theme, create_tables, jobs_table
 from media.processing import (
@@ -39,6 +41,8 @@ from media.processing import (
     run_ffmpeg,
     stage_intervals,
 )
+from media.recorder import Recorder
+from media.testing import interleave, make_clip, play
 from tests.helpers import wait_until
 
 T0 = 1_700_000_000.0
@@ -416,6 +420,86 @@ async def test_composite_hears_a_station_only_while_it_is_shown(
     # st01's screen is shown from t=1: its microphone is muted before, heard after.
     assert loudness(out / "video.mp4", 0.1, 0.9) < 0.001
     assert loudness(out / "video.mp4", 1.5, 3.5) > 0.05
+
+
+# --- a recording made by the real Recorder -------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecorderOutput:
+    finished: Path
+    """Closed cleanly."""
+    crashed: Path
+    """A copy taken before close(): what a killed hub leaves (no trailers, no ends)."""
+
+
+async def record_with_the_recorder(directory: Path) -> RecorderOutput:
+    """Station st01 shares its screen from 0 s; the center's camera and microphone join at
+    1 s and the center holds the stage from then on: the lecturer's files start late."""
+    center = make_clip("H264", 3.0)
+    station = make_clip("VP8", 4.0, participant="st01", video_source="screen")
+
+    def late(frames: list[EncodedFrame]) -> list[EncodedFrame]:
+        return [replace(f, arrival=f.arrival + 1.0) for f in frames]
+
+    stream = interleave(
+        [
+            (station.video.track_id, station.video_frames),
+            (station.audio.track_id, station.audio_frames),
+            (center.video.track_id, late(center.video_frames)),
+            (center.audio.track_id, late(center.audio_frames)),
+        ]
+    )
+    recorder = Recorder(directory / "finished")
+    for track in (station.video, station.audio, center.video, center.audio):
+        recorder.add_track(track)
+    now = time.time()
+    recorder.on_stage_change(["st01"], now)
+    recorder.on_stage_change(["center"], now + 1.0)
+    await play(recorder, stream)  # real time: the manifest's start and end are wall clock
+    await asyncio.sleep(0.3)  # the recorder's thread writes what it was given
+    shutil.copytree(directory / "finished", directory / "crashed")
+    await recorder.close()
+    return RecorderOutput(directory / "finished", directory / "crashed")
+
+
+@pytest.fixture(scope="session")
+def recorder_output(tmp_path_factory: pytest.TempPathFactory) -> RecorderOutput:
+    return asyncio.run(record_with_the_recorder(tmp_path_factory.mktemp("recorder")))
+
+
+async def test_a_recorders_recording_is_remuxed_from_its_late_start(
+    tmp_path: Path, recorder_output: RecorderOutput
+) -> None:
+    recording = load_recording(recorder_output.finished)
+    assert choose_lecturer(recording) == "center"
+    camera = next(t for t in recording.tracks if t.track_id == "center-camera")
+    out, duration = await process(tmp_path, recorder_output.finished)
+    assert video_packets(out / "video.mp4") == video_packets(camera.file)
+    assert abs(duration - 3.0) <= 0.5
+
+
+async def test_a_recorders_recording_makes_a_composite_as_long_as_the_lecture(
+    tmp_path: Path, recorder_output: RecorderOutput
+) -> None:
+    # The camera file starts at 1 s on the recording's clock and its container says
+    # 4 s: the program is its 3 s, not 4.
+    out, duration = await process(tmp_path, recorder_output.finished, layout="composite")
+    assert abs(duration - 3.0) <= 0.5
+    with av.open(str(out / "video.mp4")) as mp4:
+        assert mp4.streams.video[0].codec_context.width == 1280
+
+
+async def test_a_recording_cut_short_by_a_crash_is_still_processed(
+    tmp_path: Path, recorder_output: RecorderOutput
+) -> None:
+    manifest = json.loads((recorder_output.crashed / "recording.json").read_text())
+    assert manifest["ended_at"] is None and manifest["tracks"][0]["end"] is None
+    out, duration = await process(tmp_path, recorder_output.crashed)
+    # Matroska written packet by packet plays up to (nearly) the last frame.
+    assert 2.0 <= duration <= 3.5
+    with av.open(str(out / "index.m3u8")) as hls:
+        assert sum(1 for _ in hls.decode(video=0)) > 0
 
 
 # --- uploads ----------------------------------------------------------------------
