@@ -247,13 +247,14 @@ def test_beside_timeline_prefers_a_screen_then_a_station_on_stage() -> None:
     ]
 
 
-def test_a_manifest_cannot_point_outside_its_recording(tmp_path: Path) -> None:
-    make_recording(tmp_path / "rec")
-    manifest = json.loads((tmp_path / "rec" / "recording.json").read_text())
+def test_a_manifest_cannot_point_outside_its_recording(
+    tmp_path: Path, h264_recording: Path
+) -> None:
+    manifest = json.loads((h264_recording / "recording.json").read_text())
     manifest["tracks"][0]["file"] = "../../etc/passwd"
-    (tmp_path / "rec" / "recording.json").write_text(json.dumps(manifest))
+    (tmp_path / "recording.json").write_text(json.dumps(manifest))
     with pytest.raises(ProcessingError, match="outside the recording"):
-        load_recording(tmp_path / "rec")
+        load_recording(tmp_path)
 
 
 @pytest.mark.parametrize(
