@@ -39,6 +39,8 @@ Status = Literal["recording", "stopped", "failed"]
 # Matroska clusters of at most ~1 s and a flush after each packet bound what a
 # crash loses; Cues and Duration are only written by a clean close.
 _MUX_OPTIONS = {"cluster_time_limit": "1000", "flush_packets": "1"}
+MANIFEST_INTERVAL = 2.0
+"""Seconds between manifest rewrites while frames flow (track ``end`` times)."""
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TrackEntry:
     start: float | None = None
     """``time.time()`` of the first frame written (video starts at a keyframe)."""
     end: float | None = None
+    """When the track was removed or the recording ended; while recording, the
+    arrival of the last frame written (the manifest is rewritten every few seconds)."""
 
 
 @dataclass
@@ -145,6 +149,7 @@ class Recorder:
         self._dropped = 0
         self._failed = False
         self._closed = False
+        self._manifest_written = 0.0
         self._reserve_space()
         self._write_manifest()
         self._worker: Worker[_Command] = Worker(
@@ -242,6 +247,12 @@ class Recorder:
             self._write_manifest()
         assert output.clock is not None
         output.container.mux(make_packet(output.stream, frame, output.clock.pts(frame)))
+        # While recording, ``end`` is the last frame written: after a crash the
+        # manifest still says, to within a few seconds, what each file holds.
+        output.entry.end = frame.arrival
+        now = time.monotonic()
+        if now - self._manifest_written >= MANIFEST_INTERVAL:
+            self._write_manifest()
 
     def _finish(self, track_id: str, at: float) -> None:
         output = self._outputs.pop(track_id, None)
@@ -291,6 +302,7 @@ class Recorder:
     # --- manifest ----------------------------------------------------------------
 
     def _write_manifest(self) -> None:
+        self._manifest_written = time.monotonic()
         path = self.directory / MANIFEST
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(asdict(self.manifest), indent=2))
