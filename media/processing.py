@@ -64,8 +64,10 @@ def ffmpeg_exe() -> str:
 class MediaInfo:
     duration: float
     """Seconds; 0 when the container does not say."""
+    video_stream: int | None
+    """Index of the first video stream that is a video (not a cover picture)."""
     video_codec: str | None
-    """FFmpeg's codec name (``h264``, ``vp8``…) of the first video stream."""
+    """FFmpeg's codec name (``h264``, ``vp8``…) of that stream."""
     pix_fmt: str | None
     audio_codec: str | None
 
@@ -75,6 +77,10 @@ class MediaInfo:
         return self.video_codec == "h264" and self.pix_fmt in ("yuv420p", "yuvj420p")
 
 
+COVER_PICTURE = av.stream.Disposition.attached_pic
+"""A music file's cover art shows up as a one-frame video stream: it is not a video."""
+
+
 def probe(path: Path) -> MediaInfo:
     """What a media file holds, read with PyAV (there is no ffprobe here).
 
@@ -82,11 +88,13 @@ def probe(path: Path) -> MediaInfo:
     """
     try:
         with av.open(str(path)) as container:
-            video = next(iter(container.streams.video), None)
+            videos = container.streams.video
+            video = next((v for v in videos if not v.disposition & COVER_PICTURE), None)
             audio = next(iter(container.streams.audio), None)
             duration = container.duration / 1_000_000 if container.duration else 0.0
             return MediaInfo(
                 duration=duration,
+                video_stream=video.index if video else None,
                 video_codec=video.codec_context.name if video else None,
                 pix_fmt=video.codec_context.pix_fmt if video else None,
                 audio_codec=audio.codec_context.name if audio else None,
@@ -465,7 +473,7 @@ class Processor:
         if info.video_codec is None:
             raise ProcessingError("the upload has no video stream")
         inp = ffmpeg.input(str(source))
-        video, codec = _program_video(inp["v:0"], info)
+        video, codec = _program_video(inp[str(info.video_stream)], info)
         streams = [video]
         if info.audio_codec is not None:
             streams.append(inp["a:0"])

@@ -363,6 +363,14 @@ async def test_uploads_are_refused_with_a_clear_reason(hub: Hub) -> None:
 
     r = await post({"file": ("notes.mp4", text_file, "video/mp4")}, upload_form())
     assert r.status_code == 415 and "not a video file" in r.json()["detail"]
+    song = hub.root / "song.m4a"  # music with cover art: its picture is not a video
+    ffmpeg_make(
+        "-f", "lavfi", "-i", "sine=sample_rate=44100:duration=1", "-f", "lavfi",
+        "-i", "color=red:size=64x64", "-frames:v", "1", "-map", "0", "-map", "1",
+        "-c:a", "aac", "-c:v", "mjpeg", "-disposition:v:0", "attached_pic", str(song),
+    )  # fmt: skip
+    r = await post({"file": ("song.m4a", song.read_bytes(), "audio/mp4")}, upload_form())
+    assert r.status_code == 415 and "no video stream" in r.json()["detail"]
     r = await post({"file": ("talk.mp4", mp4, "video/mp4")}, upload_form(), admin=False)
     assert r.status_code == 403
     r = await post({"file": ("talk.mp4", mp4, "video/mp4")}, upload_form(theme="cooking"))

@@ -262,7 +262,9 @@ def test_a_manifest_cannot_point_outside_its_recording(
     [("h264", "yuv420p", True), ("h264", "yuv420p10le", False), ("vp8", "yuv420p", False)],
 )
 def test_only_browser_playable_h264_is_remuxed(codec: str, pix_fmt: str, remux: bool) -> None:
-    info = MediaInfo(duration=1, video_codec=codec, pix_fmt=pix_fmt, audio_codec=None)
+    info = MediaInfo(
+        duration=1, video_stream=0, video_codec=codec, pix_fmt=pix_fmt, audio_codec=None
+    )
     assert info.remuxable is remux
 
 
