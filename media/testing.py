@@ -188,8 +188,8 @@ async def play(
 ) -> None:
     """Feed ``stream`` to ``sink`` paced at ``speed`` × real time (``inf`` = no pacing).
 
-    Arrival times are rewritten to the wall clock and RTP timestamps keep advancing
-    across ``loops``, as they would from a live publisher.
+    Arrival times become the start time plus media time (the wall clock at speed 1)
+    and RTP timestamps keep advancing across ``loops``, as from a live publisher.
     """
     if not stream:
         return

@@ -153,6 +153,11 @@ async def test_vp8_is_transcoded_once_for_all_targets(tmp_path: Path, receiver: 
         assert ffmpeg_children("libx264") == 1
         assert restreamer.processes_started == 1 and restreamer.transcoding
         await asyncio.sleep(2.5)
+        # Stopping one target leaves the other one live.
+        await restreamer.stop_target(targets[0])
+        await wait_exit(listening[0])
+        await asyncio.sleep(1)
+        assert [restreamer.status()[t].state for t in targets] == ["stopped", "live"]
     for process in listening:
         await wait_exit(process)
     for out in outs:
