@@ -55,7 +55,7 @@ class ItemStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-ITEM_ID = re.compile(r"^[0-9a-f]{32}$")
+ITEM_ID = re.compile(r"[0-9a-f]{32}")
 """Item ids are uuid4 hex: also the folder name, so nothing else may pass for one."""
 
 
@@ -220,7 +220,7 @@ class Library:
         self.library_dir = library_dir
 
     def item_dir(self, item_id: str) -> Path:
-        if not ITEM_ID.match(item_id):
+        if not ITEM_ID.fullmatch(item_id):
             raise ValueError(f"not an item id: {item_id!r}")
         return self.library_dir / item_id
 

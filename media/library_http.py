@@ -34,7 +34,7 @@ from media.library import (
 )
 from media.processing import HLS_PLAYLIST, MP4_FILE, POSTER_FILE, ProcessingError, probe
 
-FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}$")
+FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 """Names the processor writes: no separators, no leading dot, so no ``..``."""
 
 CONTENT_TYPES = {
@@ -44,7 +44,7 @@ CONTENT_TYPES = {
     ".jpg": "image/jpeg",
 }
 PLAYLIST_CACHE = "public, max-age=60"
-"""A re-processed item gets a new playlist; its segments keep their names, so keep this short."""
+"""Short: the playlist is what changes if an item is ever processed again."""
 MEDIA_CACHE = "public, max-age=86400"
 PRIVATE_CACHE = "private, no-store"
 """Unpublished items, seen by administrators only: no shared cache may keep them."""
@@ -167,7 +167,7 @@ async def _stage_upload(form: FormData, uploads: Path, limit: int) -> tuple[Uplo
 
 def _media_path(library_dir: Path, item_id: str, name: str) -> Path | None:
     """The file to serve, or None when the name or where it really leads is not allowed."""
-    if not FILE_NAME.match(name) or Path(name).suffix not in CONTENT_TYPES:
+    if not FILE_NAME.fullmatch(name) or Path(name).suffix not in CONTENT_TYPES:
         return None
     folder = (library_dir / item_id).resolve()
     path = (folder / name).resolve()
@@ -198,7 +198,7 @@ def library_router(
     AdminOnly = Depends(require_admin)
 
     async def visible_item(item_id: str, admin: Admin) -> LibraryItem:
-        item = await library.get(item_id) if ITEM_ID.match(item_id) else None
+        item = await library.get(item_id) if ITEM_ID.fullmatch(item_id) else None
         if item is None or not (item.published or admin):
             raise HTTPException(404, "no such library item")
         return item

@@ -233,7 +233,7 @@ async def test_a_failed_job_shows_its_error_through_the_api(hub: Hub) -> None:
     assert (await hub.client.get(f"/api/library/{item.id}")).json()["status"] == "failed"
 
 
-@pytest.mark.parametrize("item_id", ["nope", "0" * 32, "../../etc", "%00"])
+@pytest.mark.parametrize("item_id", ["nope", "0" * 32, "../../etc", "%00", "0" * 32 + "%0A"])
 async def test_unknown_or_malformed_item_ids_are_404(hub: Hub, item_id: str) -> None:
     assert (await hub.client.get(f"/api/library/{item_id}", headers=ADMIN)).status_code == 404
 
@@ -313,6 +313,7 @@ async def test_no_request_reads_outside_the_item_folder(hub: Hub) -> None:
         f"{base}/escape.mp4",
         f"{base}/sideways.mp4",
         f"{base}/video.mp4%00.jpg",
+        f"{base}/escape.mp4%0A",
         "/library/..%2F..%2Fsecret.mp4/video.mp4",
         f"/library/{item.id}%2F..%2F..%2F/secret.mp4",
     ]
