@@ -172,6 +172,8 @@ class SearchQuery:
     date_to: datetime.date | None = None
     """Inclusive."""
     published_only: bool = True
+    """Only what the public may watch: published and ready (a published item still
+    processing appears once it plays)."""
     offset: int = 0
     limit: int = 20
 
@@ -277,6 +279,7 @@ class Library:
         where: list[sa.ColumnElement[bool]] = []
         if query.published_only:
             where.append(t.c.published.is_(True))
+            where.append(t.c.status == ItemStatus.READY.value)
         if query.theme is not None:
             where.append(t.c.theme == query.theme.value)
         if query.site:

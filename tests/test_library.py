@@ -60,9 +60,14 @@ def library(engine: AsyncEngine, tmp_path: Path) -> Library:
 
 
 async def add(library: Library, title: str, **fields: object) -> LibraryItem:
+    """A published item, processed (ready) unless ``ready=False``."""
+    ready = fields.pop("ready", True)
     values: dict[str, object] = {"theme": Theme.THEORY, "date": DAY, "published": True}
     values.update(fields)
-    return await library.create(title=title, **values)  # type: ignore[arg-type]
+    item = await library.create(title=title, **values)  # type: ignore[arg-type]
+    if ready:
+        await library.mark_ready(item.id, 60.0)
+    return item
 
 
 async def titles(library: Library, **query: object) -> list[str]:
@@ -148,6 +153,14 @@ async def test_unpublished_items_are_hidden_until_published(library: Library) ->
     assert await titles(library) == ["草稿"]
 
 
+async def test_the_public_sees_published_items_once_they_play(library: Library) -> None:
+    item = await add(library, "处理中", ready=False)
+    assert await titles(library) == []
+    assert await titles(library, published_only=False) == ["处理中"]
+    await library.mark_ready(item.id, 60.0)
+    assert await titles(library) == ["处理中"]
+
+
 async def test_update_changes_metadata(library: Library) -> None:
     item = await add(library, "旧标题")
     updated = await library.update(
@@ -166,7 +179,7 @@ async def test_concurrent_views_are_all_counted(library: Library) -> None:
 
 
 async def test_ready_and_failed(library: Library) -> None:
-    item = await add(library, "处理中")
+    item = await add(library, "处理中", ready=False)
     await library.mark_ready(item.id, 3600.5)
     ready = await library.get(item.id)
     assert ready is not None and (ready.status, ready.duration) == (ItemStatus.READY, 3600.5)
