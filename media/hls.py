@@ -490,12 +490,12 @@ class HlsPackager(StageFeed):
                 while not ready(self.state):
                     await self._changed.wait()
 
-    async def playlist(self, msn: int | None = None, part: int | None = None) -> str:
-        """The playlist, once it lists part ``part`` of segment ``msn`` (blocking
-        reload) or after ~3 part targets; at once without ``msn``."""
-        if msn is not None:
-            await self._within_reload_time(lambda state: state.has(msn, part))
-        return self.state.render()
+    async def wait_for(self, msn: int, part: int | None) -> bool:
+        """Blocking reload: wait until the playlist lists part ``part`` of segment
+        ``msn`` (the whole segment when ``part`` is None), at most ~3 part targets.
+        True if it does; :attr:`state` then renders that playlist."""
+        await self._within_reload_time(lambda state: state.has(msn, part))
+        return self.state.has(msn, part)
 
     async def file(self, name: str) -> Path | None:
         """The path of a produced file, None for any other name. The hinted next part

@@ -1,8 +1,10 @@
 """HTTP for live HLS: the playlist with blocking reload, init, parts and segments.
 
-Playlists are not cached (each reload must reach the packager); media files never
-change once written, so they are immutable for a year and a reverse proxy or CDN
-in front carries the viewers: origin cost stays independent of their number.
+A plain playlist request is revalidated every time; a blocking reload
+(``_HLS_msn``/``_HLS_part``) that got its part may be cached a few seconds, as every
+viewer asks for the same one. Media files never change once written: immutable
+for a year. A reverse proxy or CDN in front (with request collapsing) then carries
+the viewers, and origin cost stays independent of their number.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from media.hls import PLAYLIST, HlsPackager
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/iso.segment"}
-PLAYLIST_CACHE = "no-cache, no-store"
+PLAYLIST_CACHE = "no-cache"
+BLOCKING_PLAYLIST_CACHE = "public, max-age=4"
+"""A blocking reload that got its part: the answer for that msn/part holds."""
 MEDIA_CACHE = "public, max-age=31536000, immutable"
 
 
@@ -51,8 +55,12 @@ def live_router(get_packager: Callable[[str], HlsPackager | None]) -> APIRouter:
         problem = packager.validate(msn, part)
         if problem is not None:
             raise HTTPException(400, problem)
-        text = await packager.playlist(msn, part)
-        return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": PLAYLIST_CACHE})
+        cache = PLAYLIST_CACHE
+        if msn is not None and await packager.wait_for(msn, part):
+            # Every viewer asks for the same msn/part: a CDN may answer them all.
+            cache = BLOCKING_PLAYLIST_CACHE
+        text = packager.state.render()
+        return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": cache})
 
     @router.get("/{room}/{name}")
     async def media_file(room: str, name: str) -> Response:

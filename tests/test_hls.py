@@ -183,6 +183,7 @@ async def test_blocking_reload_waits_for_the_requested_part(live_h264: Live) -> 
         f"{live.base}/index.m3u8", params={"_HLS_msn": msn, "_HLS_part": part}
     )
     assert response.status_code == 200
+    assert response.headers["cache-control"] == "public, max-age=4"  # a CDN may share it
     after = live.packager.state
     assert after.has(msn, part)
     wanted = f"part{msn}.{part}.m4s" if after.position and after.position[0] == msn else None
@@ -310,3 +311,16 @@ async def test_a_long_gop_source_is_asked_for_keyframes_each_segment(tmp_path: P
     assert all(segment.duration < 2.5 for segment in segments)
     # Once when the track was selected, then about once per segment.
     assert requested.count(clip.video.track_id) >= len(segments)
+
+
+async def test_a_blocking_reload_that_times_out_is_not_cached(live_h264: Live) -> None:
+    live = live_h264
+    await wait_until(lambda: None if live.packager.state.position else "no part yet", 15)
+    position = live.packager.state.position
+    assert position is not None
+    started = time.monotonic()
+    response = await live.client.get(
+        f"{live.base}/index.m3u8", params={"_HLS_msn": position[0] + 2, "_HLS_part": 0}
+    )
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
+    assert time.monotonic() - started >= 3 * live.packager.part_target * 0.9
