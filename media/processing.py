@@ -17,6 +17,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import shutil
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -344,8 +345,12 @@ def beside_timeline(recording: Recording, lecturer: Track, duration: float) -> l
 # --- running ffmpeg ------------------------------------------------------------------
 
 
+NICENESS = 10
+"""Offline work yields the CPU to live forwarding, which shares the hub's two cores."""
+
+
 async def run_ffmpeg(stream: Any, *, duration: float, progress: Progress) -> None:
-    """Run an ffmpeg-python graph, reporting progress from ``-progress pipe:1``.
+    """Run an ffmpeg-python graph at low priority, reporting progress from ``-progress pipe:1``.
 
     The process is killed if this coroutine is cancelled. Raises ProcessingError with the
     tail of ffmpeg's log when it fails.
@@ -359,6 +364,8 @@ async def run_ffmpeg(stream: Any, *, duration: float, progress: Progress) -> Non
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
+    with suppress(OSError):  # it may have exited already
+        os.setpriority(os.PRIO_PROCESS, proc.pid, NICENESS)
     log: deque[str] = deque(maxlen=20)
 
     async def read_log(stderr: asyncio.StreamReader) -> None:

@@ -28,6 +28,7 @@ from media.frames import EncodedFrame, Kind, Source
 from media.jobs import JobRunner, JobStatus
 from media.library import ItemStatus, Library, Theme, create_tables, jobs_table
 from media.processing import (
+    NICENESS,
     Beside,
     MediaInfo,
     ProcessingError,
@@ -293,7 +294,7 @@ async def test_run_ffmpeg_failure_carries_ffmpegs_message(tmp_path: Path) -> Non
         await run_ffmpeg(graph, duration=1.0, progress=no_progress)
 
 
-async def test_cancelling_run_ffmpeg_kills_the_process(tmp_path: Path) -> None:
+async def test_ffmpeg_runs_at_low_priority_and_is_killed_when_cancelled(tmp_path: Path) -> None:
     import ffmpeg
 
     marker = tmp_path / "never-finishes.mp4"
@@ -308,7 +309,8 @@ async def test_cancelling_run_ffmpeg_kills_the_process(tmp_path: Path) -> None:
     )
     task = asyncio.create_task(run_ffmpeg(graph, duration=600, progress=on_progress))
     await asyncio.wait_for(started.wait(), 20)
-    assert ffmpeg_processes(str(marker))
+    [pid] = ffmpeg_processes(str(marker))
+    assert os.getpriority(os.PRIO_PROCESS, pid) >= NICENESS  # live forwarding comes first
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
