@@ -9,6 +9,7 @@ import array
 import asyncio
 import datetime
 import json
+import math
 import os
 import shutil
 import struct
@@ -258,6 +259,21 @@ def test_a_manifest_cannot_point_outside_its_recording(
         load_recording(tmp_path)
 
 
+def test_a_crashed_manifest_loads(tmp_path: Path, h264_recording: Path) -> None:
+    recording = tmp_path / "rec"
+    shutil.copytree(h264_recording, recording)
+    manifest = json.loads((recording / "recording.json").read_text())
+    manifest.update(ended_at=None, status="recording")
+    manifest["tracks"][1]["end"] = None  # still open when the hub died
+    no_frame_yet = {**manifest["tracks"][0], "track_id": "v2", "start": None, "end": None}
+    manifest["tracks"].append({**no_frame_yet, "file": "never-written.mkv"})
+    (recording / "recording.json").write_text(json.dumps(manifest))
+    loaded = load_recording(recording)
+    assert [t.track_id for t in loaded.tracks] == ["v1", "a1", "s1"]
+    assert loaded.tracks[1].end == math.inf
+    assert loaded.ended_at == T0 + SECONDS  # the latest time the manifest knows
+
+
 @pytest.mark.parametrize(
     ("codec", "pix_fmt", "remux"),
     [("h264", "yuv420p", True), ("h264", "yuv420p10le", False), ("vp8", "yuv420p", False)],
@@ -499,7 +515,7 @@ async def test_a_recording_cut_short_by_a_crash_is_still_processed(
     tmp_path: Path, recorder_output: RecorderOutput
 ) -> None:
     manifest = json.loads((recorder_output.crashed / "recording.json").read_text())
-    assert manifest["ended_at"] is None and manifest["tracks"][0]["end"] is None
+    assert manifest["ended_at"] is None and manifest["status"] == "recording"
     out, duration = await process(tmp_path, recorder_output.crashed)
     # Matroska written packet by packet plays up to (nearly) the last frame.
     assert 2.0 <= duration <= 3.5
