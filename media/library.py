@@ -226,9 +226,13 @@ class Library:
             raise ValueError(f"not an item id: {item_id!r}")
         return self.library_dir / item_id
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Uploaded files wait here for their job (outside any served item folder)."""
+        return self.library_dir / "uploads"
+
     def upload_path(self, item_id: str, suffix: str) -> Path:
-        """Where an uploaded file waits for its job (outside the served item folder)."""
-        return self.item_dir(item_id).parent / "uploads" / f"{item_id}{suffix}"
+        return self.uploads_dir / f"{self.item_dir(item_id).name}{suffix}"
 
     async def create(
         self,
@@ -341,7 +345,7 @@ class Library:
         folder = self.item_dir(item_id)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder.with_name(f"{item_id}.partial"), ignore_errors=True)
-        for upload in self.upload_path(item_id, "").parent.glob(f"{item_id}*"):
+        for upload in self.uploads_dir.glob(f"{item_id}*"):
             upload.unlink(missing_ok=True)
 
     async def _set(self, item_id: str, values: dict[str, object]) -> None:

@@ -184,7 +184,12 @@ def library_router(
     is_admin: Callable[[Request], Awaitable[bool]],
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
 ) -> APIRouter:
-    """The library's routes; mount with ``app.include_router(...)``."""
+    """The library's routes; mount with ``app.include_router(...)``.
+
+    ``library_dir`` is where files are served from: the Library's own folder.
+    """
+    if library_dir.resolve() != library.library_dir.resolve():
+        raise ValueError(f"library_dir {library_dir} is not the Library's {library.library_dir}")
     router = APIRouter()
 
     async def admin_flag(request: Request) -> bool:
@@ -250,7 +255,7 @@ def library_router(
             raise HTTPException(413, f"larger than {max_upload_bytes} bytes")
         try:
             async with request.form(max_files=1, max_fields=20) as form:
-                meta, staging = await _stage_upload(form, library_dir / "uploads", max_upload_bytes)
+                meta, staging = await _stage_upload(form, library.uploads_dir, max_upload_bytes)
         except MultiPartException as e:
             raise HTTPException(400, f"not a valid multipart form: {e.message}") from e
         try:

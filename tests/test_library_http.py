@@ -395,3 +395,8 @@ async def test_uploads_are_refused_with_a_clear_reason(hub: Hub) -> None:
     assert (
         await hub.client.get("/api/library", params={"include_unpublished": "true"}, headers=ADMIN)
     ).json()["total"] == 0
+
+
+async def test_the_router_refuses_a_folder_that_is_not_the_librarys(hub: Hub) -> None:
+    with pytest.raises(ValueError, match="not the Library's"):
+        library_router(hub.library, hub.jobs, library_dir=hub.root / "elsewhere", is_admin=is_admin)
