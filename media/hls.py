@@ -248,6 +248,14 @@ class PlaylistState:
                 return segment.msn, len(segment.parts) - 1
         return None
 
+    @property
+    def playable(self) -> bool:
+        """Enough media for a player to start: three target durations of complete
+        segments (the spec's minimum HOLD-BACK; Chromium's native HLS fails on a
+        shorter live playlist and does not retry), or the stream has ended."""
+        complete = sum(segment.duration for segment in self.segments if segment.name)
+        return self.ended or complete >= 3 * self.target_duration
+
     def has(self, msn: int, part: int | None) -> bool:
         """The blocking-reload condition: that part (or whole segment) is listed."""
         position = self.position

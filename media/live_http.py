@@ -19,6 +19,8 @@ from media.hls import PLAYLIST, HlsPackager
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 CONTENT_TYPES = {".mp4": "video/mp4", ".m4s": "video/iso.segment"}
+STARTING_RETRY = 2
+"""Seconds a player should wait when the stream has not enough media yet."""
 PLAYLIST_CACHE = "no-cache"
 BLOCKING_PLAYLIST_CACHE = "public, max-age=4"
 """A blocking reload that got its part: the answer for that msn/part holds."""
@@ -55,6 +57,10 @@ def live_router(get_packager: Callable[[str], HlsPackager | None]) -> APIRouter:
         problem = packager.validate(msn, part)
         if problem is not None:
             raise HTTPException(400, problem)
+        if not packager.state.playable:
+            raise HTTPException(
+                503, f"room {room!r} is starting", headers={"Retry-After": str(STARTING_RETRY)}
+            )
         cache = PLAYLIST_CACHE
         if msn is not None and await packager.wait_for(msn, part):
             # Every viewer asks for the same msn/part: a CDN may answer them all.

@@ -79,14 +79,20 @@ def free_socket() -> Iterator[socket.socket]:
 
 @asynccontextmanager
 async def start_live(
-    directory: Path, sock: socket.socket, codec: VideoCodec, *, speed: float, loops: int
+    directory: Path,
+    sock: socket.socket,
+    codec: VideoCodec,
+    *,
+    speed: float,
+    loops: int,
+    segment_target: float = 2.0,
 ) -> AsyncIterator[Live]:
-    packager = HlsPackager(directory, video_size=(320, 180))
+    packager = HlsPackager(directory, video_size=(320, 180), segment_target=segment_target)
     app = FastAPI()
     app.include_router(live_router(lambda room: packager if room == "room" else None))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
-    clip = make_clip(codec, 2.0, gop=60)
+    clip = make_clip(codec, 2.0, gop=round(30 * segment_target))
     packager.add_track(clip.video)
     packager.add_track(clip.audio)
     packager.on_stage_change(["center"], time.time())
@@ -104,8 +110,15 @@ async def start_live(
 
 @pytest.fixture
 async def live_h264(tmp_path: Path, free_socket: socket.socket) -> AsyncIterator[Live]:
-    async with start_live(tmp_path / "room", free_socket, "H264", speed=1.0, loops=5) as live:
+    # 1 s segments: playable (3 target durations) after ~3.5 s of real time.
+    async with start_live(
+        tmp_path / "room", free_socket, "H264", speed=1.0, loops=5, segment_target=1.0
+    ) as live:
         yield live
+
+
+async def playable(live: Live) -> None:
+    await wait_until(lambda: None if live.packager.state.playable else "not playable yet", 15)
 
 
 def playlist_problems(text: str) -> str | None:
@@ -174,7 +187,7 @@ async def test_live_playlist_parts_and_segments_over_http(live_h264: Live) -> No
 
 async def test_blocking_reload_waits_for_the_requested_part(live_h264: Live) -> None:
     live = live_h264
-    await wait_until(lambda: None if live.packager.state.position else "no part yet", 15)
+    await playable(live)
     position = live.packager.state.position
     assert position is not None
     msn, part = position[0], position[1] + 2  # two parts ahead: not there yet
@@ -207,9 +220,7 @@ async def test_http_rejects_bad_requests(live_h264: Live) -> None:
 
 async def test_ffmpeg_plays_the_live_playlist(live_h264: Live, tmp_path: Path) -> None:
     live = live_h264
-    await wait_until(
-        lambda: None if len(live.packager.state.segments) >= 2 else "under 2 segments", 15
-    )
+    await playable(live)
     out = tmp_path / "played.mp4"
     player = await asyncio.create_subprocess_exec(
         ffmpeg_exe(), "-v", "error", "-i", f"{live.base}/index.m3u8",
@@ -315,7 +326,7 @@ async def test_a_long_gop_source_is_asked_for_keyframes_each_segment(tmp_path: P
 
 async def test_a_blocking_reload_that_times_out_is_not_cached(live_h264: Live) -> None:
     live = live_h264
-    await wait_until(lambda: None if live.packager.state.position else "no part yet", 15)
+    await playable(live)
     position = live.packager.state.position
     assert position is not None
     started = time.monotonic()
@@ -324,3 +335,61 @@ async def test_a_blocking_reload_that_times_out_is_not_cached(live_h264: Live) -
     )
     assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
     assert time.monotonic() - started >= 3 * live.packager.part_target * 0.9
+
+
+async def test_a_starting_stream_answers_503_until_playable(live_h264: Live) -> None:
+    live = live_h264
+    response = await live.client.get(f"{live.base}/index.m3u8")
+    assert not live.packager.state.playable
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    await playable(live)
+    response = await live.client.get(f"{live.base}/index.m3u8")
+    assert response.status_code == 200 and playlist_problems(response.text) is None
+
+
+PAGE = '<video id="v" src="/live/room/index.m3u8" muted autoplay playsinline></video>'
+
+
+@pytest.mark.browser
+async def test_chromium_plays_the_live_stream(
+    tmp_path: Path, free_socket: socket.socket, chromium_path: str
+) -> None:
+    """A household's browser: native HLS in a plain <video>, across playlist reloads."""
+    from playwright.async_api import async_playwright
+
+    async with start_live(
+        tmp_path / "room", free_socket, "H264", speed=1.0, loops=8, segment_target=1.0
+    ) as live:
+        await playable(live)
+        base = live.base.removesuffix("/live/room")
+        async with async_playwright() as playwright:
+            context = await playwright.chromium.launch_persistent_context(
+                str(tmp_path / "profile"),
+                executable_path=chromium_path,
+                headless=True,
+                args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+                ],
+            )  # fmt: skip
+            try:
+                page = await context.new_page()
+                # The page comes from the same origin as the stream, served by the test.
+                await page.route(
+                    f"{base}/", lambda route: route.fulfill(body=PAGE, content_type="text/html")
+                )
+                await page.goto(f"{base}/")
+
+                async def playing() -> str | None:
+                    state = await page.evaluate(
+                        "() => { const v = document.getElementById('v');"
+                        " return [v.currentTime, v.error && v.error.message]; }"
+                    )
+                    if state[1]:
+                        raise AssertionError(f"the player failed: {state[1]}")
+                    return None if state[0] >= 3.0 else f"played {state[0]:.1f} s"
+
+                await wait_until(playing, timeout=20, interval=0.5)
+            finally:
+                await context.close()
