@@ -198,7 +198,7 @@ function renderLiveButtons() {
     shareButton.textContent = t(screenTrack ? "console.unshare" : "console.share");
     shareButton.setAttribute("aria-pressed", String(!!screenTrack));
     const muted = client ? client.isMuted("microphone") : false;
-    micToggle.textContent = t(muted ? "action.unmute" : "action.mute");
+    micToggle.textContent = t(muted ? "station.mic.off" : "station.mic.on");
     micToggle.setAttribute("aria-pressed", String(muted));
 }
 

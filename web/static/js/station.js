@@ -34,6 +34,13 @@ const camButton = /** @type {HTMLButtonElement} */ (byId("cam"));
 const audioOnlyButton = /** @type {HTMLButtonElement} */ (byId("audio-only"));
 const chatLog = byId("chat-log");
 const audioSink = new AudioSink(byId("audio"));
+const enableSound = /** @type {HTMLButtonElement} */ (byId("enable-sound"));
+// Without a camera/microphone grant (e.g. a plain-http intranet address) browsers
+// refuse to play sound until the user clicks once.
+audioSink.onblocked = (/** @type {boolean} */ blocked) => {
+    enableSound.hidden = !blocked;
+};
+enableSound.addEventListener("click", () => audioSink.resume());
 
 /** @type {HubClient | null} */
 let client = null;
@@ -315,6 +322,7 @@ onLangChange(() => {
     if (client) showState(statusNode, client.state);
     renderControls();
     renderStage();
+    void updateQuality();
 });
 
 const initialToken = tokenFromLocation();

@@ -93,6 +93,21 @@ export class AudioSink {
         this.container = container;
         /** @type {Map<string, HTMLAudioElement>} by track id */
         this.elements = new Map();
+        /**
+         * Called with true when the browser refuses to play without a click.
+         * @type {(blocked: boolean) => void}
+         */
+        this.onblocked = (blocked) => void blocked;
+    }
+
+    /** @param {HTMLAudioElement} audio */
+    _play(audio) {
+        audio.play().then(
+            () => this.onblocked(false),
+            (e) => {
+                if (e && e.name === "NotAllowedError") this.onblocked(true);
+            },
+        );
     }
 
     /** @param {MediaStreamTrack[]} tracks */
@@ -109,7 +124,7 @@ export class AudioSink {
             if (this.elements.has(track.id)) continue;
             const audio = el("audio", { autoplay: true });
             audio.srcObject = new MediaStream([track]);
-            audio.play().catch(() => {});
+            this._play(audio);
             this.container.append(audio);
             this.elements.set(track.id, audio);
         }
@@ -117,7 +132,7 @@ export class AudioSink {
 
     /** Retries playback after a user gesture (autoplay policies). */
     resume() {
-        for (const audio of this.elements.values()) audio.play().catch(() => {});
+        for (const audio of this.elements.values()) this._play(audio);
     }
 }
 
