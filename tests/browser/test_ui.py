@@ -145,3 +145,12 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
     }
     assert got["levels"] == ["good", "fair", "poor"]
     assert got["pasted"] == ["abc.def.ghi", "abc.def"]
+
+
+def test_a_bad_token_is_said_and_not_retried(hub: HubProcess, browsers: Browsers) -> None:
+    page: Any = browsers.open(f"{hub.base_url}/station?token=not-a-token", "station")
+    page.locator("#banner").wait_for(state="visible", timeout=10000)
+    assert "令牌无效" in page.locator("#banner").inner_text()
+    poll(lambda: None if client_state(page) == "closed" else client_state(page))
+    page.wait_for_timeout(1500)
+    assert client_state(page) == "closed"
