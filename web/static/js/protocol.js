@@ -468,7 +468,13 @@ export class HubClient {
                 break;
             case "offer":
                 if (msg.pc === "subscriber") {
-                    const run = () => this._onSubscriberOffer(msg, generation);
+                    const run = () =>
+                        this._onSubscriberOffer(msg, generation).catch((e) => {
+                            // The hub waits for an answer before it offers again:
+                            // without one we would receive nothing new. Start over.
+                            this._emit("error", { code: "client", message: String(e), ref: "offer" });
+                            this._connectionLost(generation, "could not answer the hub's offer");
+                        });
                     this._subscriberQueue = this._subscriberQueue.then(run, run);
                     await this._subscriberQueue;
                 }
