@@ -569,9 +569,8 @@ def library(engine: AsyncEngine, tmp_path: Path) -> Library:
 
 
 def runner(engine: AsyncEngine, library: Library, **kwargs: Any) -> JobRunner:
-    return JobRunner(
-        engine, library, Processor(library.library_dir), backoff=0.05, poll_interval=0.2, **kwargs
-    )
+    options: dict[str, Any] = {"backoff": 0.05, "poll_interval": 0.2, **kwargs}
+    return JobRunner(engine, library, Processor(library.library_dir), **options)
 
 
 async def new_item(library: Library) -> str:
@@ -612,19 +611,32 @@ async def test_a_job_reports_progress_from_0_to_100_and_makes_the_item_ready(
     assert (library.library_dir / item_id / "index.m3u8").is_file()
 
 
-async def test_a_failing_job_is_retried_then_failed_with_its_error(
-    engine: AsyncEngine, library: Library, tmp_path: Path
+async def test_a_failing_job_is_retried_with_backoff_then_failed_with_its_error(
+    engine: AsyncEngine, library: Library, tmp_path: Path, h264_recording: Path
 ) -> None:
-    broken = make_recording(tmp_path / "broken")
+    broken = tmp_path / "broken"
+    shutil.copytree(h264_recording, broken)
     (broken / "camera.mkv").write_bytes(b"this is not a matroska file" * 100)
-    jobs = runner(engine, library, max_attempts=3)
+    jobs = runner(engine, library, max_attempts=3, backoff=0.5)
     item_id = await new_item(library)
     job = await jobs.submit(item_id, "recording", broken)
+    waits: dict[int, float] = {}
+
+    async def until_failed() -> str | None:
+        current = await jobs.get(job.id)
+        assert current is not None
+        if current.status == JobStatus.QUEUED and current.error is not None:
+            waits[current.attempts] = current.run_after - current.updated_at
+        return None if current.status == JobStatus.FAILED else f"job is {current.status}"
+
     await jobs.start()
     try:
-        await wait_until(lambda: job_status(jobs, job.id, JobStatus.FAILED), timeout=30)
+        await wait_until(until_failed, timeout=30, interval=0.01)
     finally:
         await jobs.close()
+    # Waiting to retry, with the error already visible: 0.5 s, then 1 s (less the time
+    # the row update itself took).
+    assert 0 < waits[1] <= 0.5 < waits[2] <= 1.0
     failed = await jobs.get(job.id)
     assert failed is not None
     assert failed.attempts == 3
