@@ -4,6 +4,7 @@ that has been checked first, and answering with the announced address first."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 
@@ -21,7 +22,10 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from hub.aiortc_internals import negotiated_codecs, negotiated_header_extensions
 from hub.forwarding import CodecInfo
 
+logger = logging.getLogger(__name__)
+
 MAX_SDP_BYTES = 64 * 1024
+CLOSE_TIMEOUT = 5.0
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
@@ -64,6 +68,15 @@ def parse_sdp(sdp: str) -> list[OfferedMedia]:
     if not media:
         raise SdpError("no audio or video m-line")
     return media
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close without trusting aiortc to: after some refused offers its ``close()``
+    raises half-way and a second call would wait forever."""
+    try:
+        await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT)
+    except Exception:
+        logger.warning("peer connection did not close cleanly", exc_info=True)
 
 
 def make_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:

@@ -26,6 +26,7 @@ from hub.peers import (
     OfferedMedia,
     ParkedTrack,
     announce,
+    close_peer,
     codec_info,
     make_peer_connection,
     parse_candidate,
@@ -189,7 +190,7 @@ class _SendingPeer:
     async def close(self) -> None:
         for slot in self.slots:
             slot.unbind()
-        await self.pc.close()
+        await close_peer(self.pc)
 
 
 class SubscriberPeer(_SendingPeer):
@@ -334,13 +335,20 @@ class PublisherPeer:
             self._check_sources(sending, sources)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                answer = await self.pc.createAnswer()
+                await self.pc.setLocalDescription(answer)
             except Exception as exc:
-                raise HubError("bad_sdp", f"offer refused: {exc}") from None
+                await self._recover()
+                raise HubError("bad_sdp", f"offer refused: {type(exc).__name__}: {exc}") from None
             self._apply(sending, sources)
-            answer = await self.pc.createAnswer()
-            await self.pc.setLocalDescription(answer)
             room = self.participant.room
             return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
+
+    async def _recover(self) -> None:
+        """aiortc may keep half of a refused offer; start afresh while that is cheap."""
+        if not self.by_mid:
+            broken, self.pc = self.pc, make_peer_connection(self.participant.room.ice_servers)
+            await close_peer(broken)
 
     def _check_sources(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
         grant = self.participant.grant
@@ -384,7 +392,7 @@ class PublisherPeer:
         await self.pc.addIceCandidate(parse_candidate(candidate, mid, index))
 
     async def close(self) -> None:
-        await self.pc.close()
+        await close_peer(self.pc)
 
 
 class Participant:

@@ -240,7 +240,7 @@ class Connection:
                 await self._handlers[kind](message)
         except HubError as exc:
             self.error(exc.code, exc.message, kind)
-            if kind == "join":
+            if kind == "join" and self.participant is None:
                 raise _Close from None
         except SdpError as exc:
             self.error("bad_sdp", str(exc), kind)

@@ -73,4 +73,10 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Running
         )
     finally:
         server.should_exit = True
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 20)
+        except TimeoutError:
+            stuck = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in stuck:
+                t.print_stack()
+            raise AssertionError(f"hub did not shut down in 20 s; {len(stuck)} tasks left")

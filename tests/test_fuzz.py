@@ -1,0 +1,188 @@
+"""A few hundred mangled SDPs and messages; then a normal join still works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import httpx
+import websockets
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from hub.client import HubClient
+from hub.peers import make_peer_connection
+from tests.helpers import wait_until
+from tests.hubserver import RunningHub
+from tests.test_forwarding_e2e import decode_frames
+
+NASTY_LINES = [
+    "m=video -1 UDP/TLS/RTP/SAVPF 96",
+    "m=audio 9 UDP/TLS/RTP/SAVPF",
+    "a=rtpmap:96 VP8/notanumber",
+    "a=rtpmap:300 opus/48000/2",
+    "a=fmtp:96 profile-level-id=zzzzzz;packetization-mode=9",
+    "a=fingerprint:sha-999 00:11",
+    "a=fingerprint:sha-256",
+    "a=candidate:garbage",
+    "a=candidate:1 1 UDP 1 999.999.999.999 70000 typ host",
+    "a=ssrc:notanumber cname:x",
+    "a=ssrc-group:FID 1",
+    "a=extmap:999 urn:nothing",
+    "a=ice-ufrag:",
+    "a=setup:sideways",
+    "a=mid:",
+    "a=group:BUNDLE 7 8 9",
+    "a=rtcp-fb:96",
+    "c=IN IP9 nowhere",
+    "a=msid:" + "x" * 5000,
+    "\x00\x01\x02",
+    "a=rtpmap:96 H264/90000\r\na=fmtp:96 profile-level-id=640c2a;packetization-mode=1",
+]
+
+
+def mangle(sdp: str, rng: random.Random) -> str:
+    lines = sdp.split("\r\n")
+    for _ in range(rng.randint(1, 4)):
+        action = rng.randrange(6)
+        i = rng.randrange(len(lines))
+        if action == 0:
+            del lines[i]
+        elif action == 1:
+            lines.insert(i, rng.choice(NASTY_LINES))
+        elif action == 2:
+            lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
+        elif action == 3:
+            lines.insert(i, lines[i])
+        elif action == 4 and lines[i]:
+            chars = list(lines[i])
+            chars[rng.randrange(len(chars))] = chr(rng.randrange(32, 0x3000))
+            lines[i] = "".join(chars)
+        else:
+            return "\r\n".join(lines)[: rng.randrange(len(sdp) + 1)]
+    return "\r\n".join(lines)
+
+
+def mangled_messages(rng: random.Random, token: str) -> list[str]:
+    messages = [
+        "not json",
+        "[]",
+        "null",
+        '"offer"',
+        "{}",
+        '{"type": 7}',
+        '{"type": "nope"}',
+        '{"type": "' + "x" * 300 + '"}',
+        '{"type": "join"}',
+        '{"type": "join", "token": 5}',
+        json.dumps({"type": "join", "token": token}),  # a second join
+        '{"type": "offer", "pc": "subscriber", "sdp": "v=0"}',
+        '{"type": "answer", "pc": "subscriber", "sdp": "v=0"}',
+        '{"type": "answer", "pc": "publisher", "sdp": 1}',
+        '{"type": "candidate", "pc": "publisher", "candidate": {"candidate": "garbage"}}',
+        '{"type": "candidate", "pc": "publisher", "candidate": "x"}',
+        '{"type": "moderate", "action": "stage", "participant": "PA_x", "on_stage": true}',
+        '{"type": "mute", "source": "tv", "muted": true}',
+        '{"type": "mute", "source": "camera", "muted": "yes"}',
+        '{"type": "unpublish", "source": "screen"}',
+        '{"type": "hand"}',
+        '{"type": "chat", "text": ""}',
+        '{"type": "ping", "id": {"a": 1}}',
+        "[" * 5000 + "]" * 5000,
+        '{"type": "chat", "text": "\\ud800"}',
+    ]
+    for _ in range(60):
+        kind = rng.choice(["offer", "answer", "candidate", "mute", "hand", "chat", "moderate"])
+        body = {"type": kind}
+        for field in rng.sample(
+            [
+                "pc",
+                "sdp",
+                "source",
+                "muted",
+                "raised",
+                "text",
+                "candidate",
+                "action",
+                "participant",
+            ],
+            3,
+        ):
+            body[field] = rng.choice(
+                [None, 1, -1.5, True, "x", [], {}, "camera", "publisher", "\u4e2d"]
+            )
+        messages.append(json.dumps(body))
+    return messages
+
+
+async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: RunningHub) -> None:
+    rng = random.Random(20261129)
+    template = make_peer_connection([])
+    template.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    template.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await template.setLocalDescription(await template.createOffer())
+    valid = template.localDescription.sdp
+    await template.close()
+
+    token = hub_server.token("fuzz", "F1", "station")
+    replies = 0
+    async with websockets.connect(hub_server.ws, max_size=2**22) as ws:
+        await ws.send(json.dumps({"type": "join", "token": token}))
+        assert json.loads(await ws.recv())["type"] == "joined"
+
+        async def exchange(message: str) -> None:
+            """Send, then ping: messages are handled in order, so the pong comes
+            after whatever this message provoked."""
+            nonlocal replies
+            replies += 1
+            await ws.send(message)
+            await ws.send(json.dumps({"type": "ping", "id": replies}))
+            while True:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if reply["type"] == "pong" and reply["id"] == replies:
+                    return
+
+        for _ in range(250):
+            sdp = mangle(valid, rng)
+            await exchange(
+                json.dumps(
+                    {
+                        "type": "offer",
+                        "pc": "publisher",
+                        "sdp": sdp,
+                        "sources": {"0": "camera", "1": "microphone"},
+                    }
+                )
+            )
+        for message in mangled_messages(rng, token):
+            await exchange(message)
+        await ws.send(b"\x00binary")
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "bad_message"
+        await exchange('{"type": "ping", "id": 1}')  # still connected and answering
+    assert replies >= 250 + 80
+
+    async with httpx.AsyncClient() as http:
+        ingest = hub_server.token("fuzz", "ENC", "ingest")
+        for _ in range(60):
+            response = await http.post(
+                f"{hub_server.base}/whip/fuzz",
+                content=mangle(valid, rng).encode("utf-8", "surrogatepass"),
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {ingest}"},
+            )
+            assert response.status_code in (201, 400), response.text
+            if response.status_code == 201:
+                await http.delete(f"{hub_server.base}{response.headers['location']}")
+        assert (await http.get(f"{hub_server.base}/healthz")).status_code == 200
+
+    # A normal lecture still works afterwards.
+    center = HubClient(hub_server.ws, hub_server.token("fuzz", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("fuzz", "S1", "station"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await station.connect()
+        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+        assert len(await decode_frames(station.tracks_of("camera")[0].track, 5)) == 5
+    finally:
+        await station.close()
+        await center.close()
