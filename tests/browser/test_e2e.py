@@ -50,6 +50,11 @@ def camera_width(page: Any) -> int:
     return rows[0]["frameWidth"] if rows else 0
 
 
+def camera_size(page: Any) -> tuple[int, int]:
+    rows = [r for r in outbound(page) if r["source"] == "camera"]
+    return (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
+
+
 def test_stations_decode_the_lecturer(hub: HubProcess, browsers: Browsers) -> None:
     room = "lecture-join"
     console = open_console(hub, browsers, room)
@@ -82,6 +87,7 @@ def test_hand_stage_and_back(hub: HubProcess, browsers: Browsers) -> None:
         return None if 0 < width <= 320 else f"station camera sends {width} px wide"
 
     poll(thumbnail, timeout=15)
+    off_stage = camera_size(a)
 
     a.click("#hand")
     hand_item = console.locator(f'#hands li[data-sid="{a_sid}"]')
@@ -95,6 +101,8 @@ def test_hand_stage_and_back(hub: HubProcess, browsers: Browsers) -> None:
         return None if width > 320 else f"on stage, station camera still {width} px wide"
 
     poll(raised, timeout=25)
+    on_stage = camera_size(a)
+    assert on_stage[1] > off_stage[1], f"height did not rise: {off_stage} -> {on_stage}"
     a.locator("#stage-notice").wait_for(state="visible", timeout=5000)
     screenshot(b, "station.png")
     screenshot(console, "console.png")
@@ -102,10 +110,14 @@ def test_hand_stage_and_back(hub: HubProcess, browsers: Browsers) -> None:
     console.locator(f'.tile[data-sid="{a_sid}"] [data-action="stage"]').click()
 
     def lowered() -> str | None:
-        width = camera_width(a)
-        return None if 0 < width <= 320 else f"back off stage, station camera still {width} px wide"
+        # back to the thumbnail's own size, not a fraction of a reduced stage size
+        size = camera_size(a)
+        return None if size == off_stage else f"back off stage, station camera sends {size}"
 
     poll(lowered, timeout=25)
+    back = camera_size(a)
+    assert back[1] < on_stage[1], f"height did not fall: {on_stage} -> {back}"
+    print(f"station camera sent at {off_stage}, on stage {on_stage}, back {back}")
 
 
 def test_moderator_mute(hub: HubProcess, browsers: Browsers) -> None:

@@ -834,6 +834,13 @@ export class HubClient {
         const params = sender.getParameters();
         if (!params.encodings || params.encodings.length === 0) return;
         Object.assign(params.encodings[0], cameraEncoding(this.quality, track.getSettings().width));
+        // A thumbnail keeps its size and gives up frames when the link is short;
+        // on stage the browser may lower the size to keep the frame rate. Changing
+        // the preference also clears the browser's earlier size reductions, so a
+        // thumbnail sent back from the stage is ~320x180 again, not 1/4 of
+        // whatever the stage encoding had been reduced to.
+        /** @type {any} */ (params).degradationPreference =
+            this.quality === "stage" ? "maintain-framerate" : "maintain-resolution";
         try {
             await sender.setParameters(params);
         } catch (e) {
