@@ -13,6 +13,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -135,6 +136,26 @@ class KeyframeGate:
 
     def close(self, track_id: str) -> None:
         self.open_tracks.discard(track_id)
+
+
+class KeyframeRequests:
+    """Asks the hub for keyframes (``request(track_id)``), at most once per
+    ``interval`` seconds and track: the hub forwards each ask as a PLI."""
+
+    def __init__(self, request: Callable[[str], None] | None, interval: float = 1.0) -> None:
+        self._request = request
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def ask(self, track_id: str, *, now_please: bool = False) -> None:
+        """Ask for a keyframe of ``track_id``; ``now_please`` skips the rate limit."""
+        if self._request is None:
+            return
+        now = time.monotonic()
+        last = self._last.get(track_id)
+        if now_please or last is None or now - last >= self._interval:
+            self._last[track_id] = now
+            self._request(track_id)
 
 
 class _Stop:

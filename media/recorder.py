@@ -24,7 +24,15 @@ from typing import Any, Literal
 import av
 
 from media.frames import EncodedFrame, TrackInfo
-from media.muxing import KeyframeGate, TrackClock, Worker, add_stream, loop_callback, make_packet
+from media.muxing import (
+    KeyframeGate,
+    KeyframeRequests,
+    TrackClock,
+    Worker,
+    add_stream,
+    loop_callback,
+    make_packet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +135,11 @@ def _file_name(index: int, track: TrackInfo) -> str:
 class Recorder:
     """A :class:`~media.frames.FrameSink` that records every track it is given.
 
-    ``on_error(message)`` is called once, on the event loop that created the
-    recorder, when the recording fails (disk full, write error); the recording then
-    stops, keeps what was written and says why in the manifest.
+    ``request_keyframe(track_id)`` asks the hub for a keyframe when a video track
+    waits for one (WebRTC senders send them on request only). ``on_error(message)``
+    is called once, on the event loop that created the recorder, when it fails
+    (disk full, write error); the recording then stops, keeps what was written and
+    says why in the manifest.
     """
 
     def __init__(
@@ -137,6 +147,7 @@ class Recorder:
         directory: Path,
         *,
         on_error: Callable[[str], None] | None = None,
+        request_keyframe: Callable[[str], None] | None = None,
         queue_size: int = 1200,
     ) -> None:
         self.directory = directory
@@ -144,6 +155,7 @@ class Recorder:
         self.manifest = Manifest(started_at=time.time())
         self._on_error = loop_callback(on_error)
         self._gate = KeyframeGate()
+        self._keyframes = KeyframeRequests(request_keyframe)
         self._tracks: set[str] = set()
         self._outputs: dict[str, _Output] = {}
         self._dropped = 0
@@ -172,7 +184,10 @@ class Recorder:
         self._submit(_Remove(track_id, time.time()))
 
     def on_frame(self, track_id: str, frame: EncodedFrame) -> None:
-        if track_id not in self._tracks or self._failed or not self._gate.admit(track_id, frame):
+        if track_id not in self._tracks or self._failed:
+            return
+        if not self._gate.admit(track_id, frame):
+            self._keyframes.ask(track_id)  # a video file starts at a keyframe
             return
         if not self._worker.submit(_Frame(track_id, frame)):
             # The disk is not keeping up: drop, and resume this track at a keyframe.

@@ -38,6 +38,7 @@ import av
 from media.frames import Codec, EncodedFrame, TrackInfo
 from media.muxing import (
     KeyframeGate,
+    KeyframeRequests,
     TrackClock,
     Worker,
     add_stream,
@@ -55,7 +56,6 @@ OPUS_SILENCE = bytes([0xF8, 0xFF, 0xFE])
 OPUS_FRAME = 960
 SILENCE_AFTER = 0.25
 """Seconds of audio missing behind the video before silence is inserted."""
-KEYFRAME_REQUEST_INTERVAL = 1.0
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
 
@@ -116,7 +116,7 @@ class StageFeed:
         self.processes_started = 0
         """ffmpeg processes this feed started: one per room and epoch, whatever the
         number of viewers or targets."""
-        self._request_keyframe = request_keyframe or (lambda track_id: None)
+        self._keyframes = KeyframeRequests(request_keyframe)
         self._on_error = loop_callback(on_error)
         # Loop-side state.
         self._tracks: dict[str, TrackInfo] = {}
@@ -125,7 +125,6 @@ class StageFeed:
         self._pending_video: str | None = None
         self._audio: str | None = None
         self._gate = KeyframeGate()
-        self._last_request: dict[str, float] = {}
         self._keyframe_wanted = False
         self._closed = False
         # Worker-side state.
@@ -192,7 +191,7 @@ class StageFeed:
             return
         if track_id == self._pending_video:
             if not frame.keyframe:
-                self._ask_keyframe(track_id)
+                self._keyframes.ask(track_id)
                 return
             self._gate.close(self._video or "")
             self._video, self._pending_video = track_id, None
@@ -204,12 +203,11 @@ class StageFeed:
         else:
             return
         if not self._gate.admit(track_id, frame):
-            self._ask_keyframe(track_id)
+            self._keyframes.ask(track_id)
             return
         if self._keyframe_wanted and role == "video":
             self._keyframe_wanted = False
-            self._last_request.pop(track_id, None)
-            self._ask_keyframe(track_id)
+            self._keyframes.ask(track_id, now_please=True)
         if not self._worker.submit(_Item(role, track_id, frame)):
             # ffmpeg is not keeping up: resume this track at its next keyframe.
             self._gate.close(track_id)
@@ -235,14 +233,7 @@ class StageFeed:
         self._pending_video = video
         if self._video not in self._tracks:
             self._video = None
-        self._ask_keyframe(video)
-
-    def _ask_keyframe(self, track_id: str) -> None:
-        now = time.monotonic()
-        last = self._last_request.get(track_id)
-        if last is None or now - last >= KEYFRAME_REQUEST_INTERVAL:
-            self._last_request[track_id] = now
-            self._request_keyframe(track_id)
+        self._keyframes.ask(video)
 
     # --- the worker thread: Matroska into ffmpeg ----------------------------------
 

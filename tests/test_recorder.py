@@ -77,7 +77,8 @@ async def test_recorder_writes_one_decodable_file_per_track(
 
 async def test_video_starts_at_a_keyframe_and_late_tracks_line_up(tmp_path: Path) -> None:
     clip = make_clip("H264", 2.0, gop=30)
-    recorder = Recorder(tmp_path)
+    requested: list[str] = []
+    recorder = Recorder(tmp_path, request_keyframe=requested.append)
     recorder.add_track(clip.video)
     # The first 10 frames precede no keyframe (as when joining mid-GOP): dropped.
     late = [replace(f, arrival=f.arrival + 1.0) for f in clip.video_frames[20:]]
@@ -88,6 +89,7 @@ async def test_video_starts_at_a_keyframe_and_late_tracks_line_up(tmp_path: Path
     (track,) = info["tracks"]
     frames, first, _ = decoded(tmp_path / track["file"], "video")
     assert frames == 30  # from the keyframe at index 30 to the end
+    assert requested == [clip.video.track_id]  # asked once while waiting (rate-limited)
     # pts 0 is the recording's start: the track begins where its first frame arrived.
     assert first == pytest.approx(track["start"] - info["started_at"], abs=0.05)
     assert first > 0.2
