@@ -306,6 +306,8 @@ function renderWall() {
         const muted = isMicMuted(p);
         const speaking = client.speakers.includes(p.sid);
         tile.classList.toggle("on-stage", onStage);
+        // stage first, then raised hands (CSS order: moving a <video> in the DOM would pause it)
+        tile.style.order = String(onStage ? 0 : p.hand_raised ? 1 : 2);
         tile.classList.toggle("speaking", speaking);
         const camera = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="camera"]'));
         const screen = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="screen"]'));
