@@ -79,4 +79,6 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Running
             stuck = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in stuck:
                 t.print_stack()
-            raise AssertionError(f"hub did not shut down in 20 s; {len(stuck)} tasks left")
+            raise AssertionError(
+                f"hub did not shut down in 20 s; {len(stuck)} tasks left"
+            ) from None

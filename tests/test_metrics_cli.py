@@ -115,7 +115,7 @@ def test_serve_command_runs_the_hub(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "hub did not start"
                 time.sleep(0.2)
         assert response.json()["status"] == "ok"
-        assert (tmp_path / "secret").exists()
+        assert (tmp_path / "secret").exists() and (tmp_path / "hub.sqlite3").exists()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)

@@ -1,5 +1,5 @@
-"""The composition root: ``create_app(settings)`` builds every part in its lifespan
-and closes them in reverse order. No import-time singletons."""
+"""The composition root: ``create_app(settings)`` builds every part; the lifespan
+starts them and closes them in reverse order. No import-time singletons."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from hub.settings import Settings
 from hub.signaling import signaling_router
 from hub.store import open_store_bus
 from hub.whip import whip_router
+from scheduler.accounts import Accounts, Auth
+from scheduler.http import scheduler_router
+from scheduler.schedule import Schedule
+from scheduler.sites import Sites
+from scheduler.tables import create_tables as create_scheduler_tables
 from web.pages import pages_router
 
 
@@ -25,26 +30,30 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
 
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_for(settings)
+    store, bus = open_store_bus(settings.redis_url)
+    hub = Hub(settings, store, bus)
+    auth = Auth(Accounts(engine), secure_cookies=True if settings.tls_cert else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            engine = create_engine_for(settings)
             stack.push_async_callback(engine.dispose)
-            store, bus = open_store_bus(settings.redis_url)
             stack.push_async_callback(store.close)
             stack.push_async_callback(bus.close)
-            hub = Hub(settings, store, bus)
+            await create_scheduler_tables(engine)
             await hub.start()
             stack.push_async_callback(hub.close)
-            app.state.settings = settings
-            app.state.engine = engine
-            app.state.hub = hub
-            app.include_router(signaling_router(hub))
-            app.include_router(whip_router(hub))
-            app.include_router(rooms_router(hub))
-            app.include_router(metrics_router(hub))
-            app.include_router(pages_router())
             yield
 
-    return FastAPI(title="Practice Hub", lifespan=lifespan)
+    app = FastAPI(title="Practice Hub", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.hub = hub
+    app.include_router(signaling_router(hub))
+    app.include_router(whip_router(hub))
+    app.include_router(rooms_router(hub))
+    app.include_router(metrics_router(hub))
+    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    app.include_router(pages_router())
+    return app
