@@ -90,20 +90,34 @@ class Child:
         self.send(method, *args)
         return self.result(timeout)
 
-    def stop(self) -> None:
-        if self.process.is_alive():
+    def request_close(self) -> None:
+        """Ask the child to close its connections and exit (after its current call)."""
+        if self.process.is_alive() and not self.conn.closed:
             try:
-                self.call("close", timeout=5)
-            except (BenchError, OSError, EOFError):
+                self.conn.send(("close", ()))
+            except OSError:
                 pass
-        self.process.join(2)
+
+    def end(self) -> None:
+        """Make sure the child is gone."""
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(2)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+        self.process.join()
         self.conn.close()
+
+
+def stop_all(children: list[Child], grace: float = 3.0) -> None:
+    """Ask every child to close at once, then end those still running after ``grace``."""
+    for child in children:
+        child.request_close()
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.process.join(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        child.end()
 
 
 def call_all(calls: list[tuple[Child, str, tuple[Any, ...]]], timeout: float = 30) -> list[Any]:
@@ -328,9 +342,8 @@ class Bench:
         publisher = Child(ctx, "publisher", "publisher")
         decoder = Child(ctx, "decoder", "decoder")
         baseline = Child(ctx, "baseline", "baseline")
-        # Stopped in reverse order: subscribers and publisher before the hub.
-        for child in (baseline, decoder, publisher, probe, *workers):
-            stack.callback(child.stop)
+        # Stopped before the hub (callbacks run last in, first out).
+        stack.callback(stop_all, [*workers, probe, publisher, decoder, baseline])
         keys = publisher.call("load", timeout=120)
         # A VP8 frame tag's lowest bit is 0 on a keyframe.
         self.keyframes = {index for key, index in keys.items() if not key[0] & 1}
@@ -339,8 +352,7 @@ class Bench:
         self.measure_hub(hub, publisher, workers, probe, decoder)
         # The baseline gets the machine to itself: the hub's side stops first,
         # subscribers before the publisher (else the hub renegotiates them all).
-        for child in (decoder, *workers):
-            child.stop()
+        stop_all([decoder, *workers])
         probe.call("leave", "hub")
         probe.call("leave", "direct")
         publisher.call("unpublish")
