@@ -37,10 +37,9 @@ class Hub:
         self.node_id = NodeID(settings.node_id or f"node-{secrets.token_hex(4)}")
         self.stats = ForwardingStats()
         self.rooms: dict[RoomName, Room] = {}
-        self.ice_servers = [
-            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-            for s in settings.ice_servers
-        ]
+        # The configured STUN/TURN servers are for the sites' browsers; the hub
+        # announces its own address and never needs a relay (nor a public STUN).
+        self.ice_servers: list[RTCIceServer] = []
         self.tasks = TaskOwner("hub")
         self.started_at = time.time()
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
@@ -148,6 +147,8 @@ class Hub:
             HEARTBEAT_INTERVAL * 3,
         )
         for room in list(self.rooms.values()):
+            # Claim again: a restarted Redis forgets which node holds which room.
+            await self.store.claim_room(room.name, self.node_id)
             await self.set_presence(room)
 
     async def _heartbeat_loop(self) -> None:
