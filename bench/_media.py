@@ -17,6 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -101,7 +102,7 @@ def _encode_video() -> list[bytes]:
     codec.width, codec.height = WIDTH, HEIGHT
     codec.pix_fmt = "yuv420p"
     codec.time_base = fractions.Fraction(1, FPS)
-    codec.framerate = FPS
+    codec.framerate = fractions.Fraction(FPS)
     codec.bit_rate = VIDEO_BITRATE
     codec.gop_size = KEYFRAME_EVERY
     codec.options = {
@@ -176,7 +177,7 @@ class PacedTrack(MediaStreamTrack):
         self.sent_frames = array("i")
         self.sent_at = array("d")
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import av
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -318,7 +319,7 @@ class Decoder:
         try:
             while True:
                 frame = await track.recv()
-                if track.kind == "video":
+                if isinstance(frame, av.VideoFrame):
                     self.frames += 1
                     self.sizes.add((frame.width, frame.height))
         except MediaStreamError:
