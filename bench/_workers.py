@@ -38,7 +38,7 @@ JOIN_CONCURRENCY = 4
 """Joins in flight per worker: DTLS handshakes are CPU-heavy on two cores."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: get SIGTERM when the orchestrator dies, however it dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -46,7 +46,7 @@ def _die_with_parent() -> None:
 
 def child_main(role: str, conn: Connection) -> None:
     """Entry point of every child process."""
-    _die_with_parent()
+    die_with_parent()
     # Ctrl-C reaches the whole process group; the orchestrator alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     restrict_host_addresses(["127.0.0.1"])

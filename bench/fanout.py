@@ -159,7 +159,7 @@ class HubProcess:
                 # Its own session: Ctrl-C is the orchestrator's to handle, and the
                 # hub still dies with the orchestrator (PDEATHSIG).
                 start_new_session=True,
-                preexec_fn=_workers._die_with_parent,
+                preexec_fn=_workers.die_with_parent,
             )
 
     def wait_healthy(self, timeout: float) -> None:
