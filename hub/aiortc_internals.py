@@ -223,18 +223,18 @@ class ReceiverTap:
     ) -> None:
         _require(receiver, _RECEIVER_ATTRS)
         self._receiver = receiver
-        self._packets = _PacketTap(receiver._RTCRtpReceiver__nack_generator, on_rtp)
-        self._frames = _FrameTap(receiver._RTCRtpReceiver__decoder_queue, on_frame)
-        receiver._RTCRtpReceiver__nack_generator = self._packets
-        receiver._RTCRtpReceiver__decoder_queue = self._frames
+        nack, decoder_queue = _RECEIVER_ATTRS[0], _RECEIVER_ATTRS[1]
+        self._packets = _PacketTap(getattr(receiver, nack), on_rtp)
+        self._frames = _FrameTap(getattr(receiver, decoder_queue), on_frame)
+        setattr(receiver, nack, self._packets)
+        setattr(receiver, decoder_queue, self._frames)
 
     def set_frame_callback(self, on_frame: FrameCallback | None) -> None:
         self._frames.on_frame = on_frame
 
-    def request_keyframe(self, media_ssrc: int) -> Awaitable[None]:
+    async def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI to the publisher for ``media_ssrc``."""
-        result: Awaitable[None] = self._receiver._send_rtcp_pli(media_ssrc)
-        return result
+        await self._receiver._send_rtcp_pli(media_ssrc)
 
 
 # --- sending: bypass the encoder, answer NACK and PLI from the hub --------------
@@ -252,8 +252,9 @@ class SenderHook:
     ) -> None:
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
-        sender._retransmit = retransmit
-        sender._send_keyframe = keyframe
+        # Instance attributes shadow the methods aiortc calls on NACK and PLI.
+        setattr(sender, "_retransmit", retransmit)  # noqa: B010
+        setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
 
     @property
     def ssrc(self) -> int:
@@ -267,7 +268,7 @@ class SenderHook:
 
     def record_sent(self, rtp_timestamp: int, ntp_timestamp: int, payload_size: int) -> None:
         """Keep the sender's Sender Report figures true to what the hub sent."""
-        sender = self._sender
+        sender: Any = self._sender
         sender._RTCRtpSender__ntp_timestamp = ntp_timestamp
         sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
         sender._RTCRtpSender__octet_count += payload_size

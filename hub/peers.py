@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -18,6 +19,8 @@ from aiortc import (
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription, candidate_from_sdp
+from av import Packet
+from av.frame import Frame
 
 from hub.aiortc_internals import negotiated_codecs, negotiated_header_extensions
 from hub.forwarding import CodecInfo
@@ -148,7 +151,7 @@ class ParkedTrack(MediaStreamTrack):
         self.kind = kind
         self._never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def recv(self) -> object:
+    async def recv(self) -> Frame | Packet[Any]:
         await self._never
         raise AssertionError("unreachable")
 
@@ -205,7 +208,7 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
         ):
             chosen = c
             break
-    if chosen is None:
+    if chosen is None or chosen.payloadType is None:
         return None
     rtx = next(
         (

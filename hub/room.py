@@ -109,7 +109,7 @@ class Publication:
             track_id=self.id,
             kind="video" if self.kind == "video" else "audio",
             codec=self.up.codec.name,  # type: ignore[arg-type]
-            source=self.source.value,  # type: ignore[arg-type]
+            source=self.source.value,
             participant=self.participant.identity,
             label=self.participant.name,
         )
@@ -368,8 +368,8 @@ class PublisherPeer:
     def _apply(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
         participant = self.participant
         sending_mids = {m.mid for m in sending}
-        for mid in [mid for mid in self.by_mid if mid not in sending_mids]:
-            participant.unpublish(self.by_mid.pop(mid))
+        for gone in [mid for mid in self.by_mid if mid not in sending_mids]:
+            participant.unpublish(self.by_mid.pop(gone))
         for transceiver in self.pc.getTransceivers():
             mid = transceiver.mid
             if mid is None or mid not in sending_mids or mid in self.by_mid:
@@ -412,7 +412,7 @@ class Participant:
         self.send = send
         """Queues a signaling message for this participant; never blocks."""
         self.identity = grant.identity
-        self.name = grant.name or grant.identity
+        self.name: str = grant.name or grant.identity
         self.role = grant.role
         self.joined_at = time.time()
         self.hand_raised = False

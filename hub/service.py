@@ -82,12 +82,15 @@ class Hub:
                 announce_address=self.settings.ice_announce_address,
                 gather_first=gather[0] if gather else None,
                 empty_timeout=self.settings.room_empty_timeout,
-                on_empty=lambda r: self.tasks.spawn(self.close_room(r.name), name="close-room"),
+                on_empty=self._close_when_empty,
                 on_presence=self._presence_changed,
             )
             self.rooms[name] = room
             logger.info("room %s opened on %s", name, self.node_id)
             return room
+
+    def _close_when_empty(self, room: Room) -> None:
+        self.tasks.spawn(self.close_room(room.name), name="close-room")
 
     async def close_room(self, name: RoomName) -> bool:
         room = self.rooms.pop(name, None)
