@@ -469,7 +469,7 @@ class HlsPackager(StageFeed):
         self._publish(self._segmenter.state(self.part_target))
 
     def _publish_threadsafe(self, state: PlaylistState) -> None:
-        if not self._loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._publish, state)
 
     def _publish(self, state: PlaylistState) -> None:

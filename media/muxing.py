@@ -9,6 +9,7 @@ thread behind a bounded queue so the hub's event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -213,8 +214,7 @@ def loop_callback(callback: Callable[[str], None] | None) -> Callable[[str], Non
     target = callback
 
     def call(message: str) -> None:
-        if loop.is_closed():
-            return
-        loop.call_soon_threadsafe(target, message)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            loop.call_soon_threadsafe(target, message)
 
     return call
