@@ -65,6 +65,8 @@ class HubClient:
         self.subscriber: RTCPeerConnection | None = None
         self.received: dict[str, ReceivedTrack] = {}
         self._offer_tracks: dict[str, dict[str, str]] = {}
+        self._sources: dict[str, str] = {}
+        """Every sending m-line's source: each offer carries the whole map."""
         self._ws: Any = None
         self._changed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
@@ -93,7 +95,6 @@ class HubClient:
         codecs in ``preferences`` (source → capabilities) where given."""
         if self.publisher is None:
             self.publisher = make_peer_connection(self.ice_servers)
-        sources: dict[str, str] = {}
         pending = []
         for source, track in tracks.items():
             transceiver = self.publisher.addTransceiver(track, direction="sendonly")
@@ -103,14 +104,14 @@ class HubClient:
         offer = await self.publisher.createOffer()
         await self.publisher.setLocalDescription(offer)
         for transceiver, source in pending:
-            sources[str(transceiver.mid)] = source
+            self._sources[str(transceiver.mid)] = source
         self._answer = asyncio.get_running_loop().create_future()
         await self.send(
             {
                 "type": "offer",
                 "pc": "publisher",
                 "sdp": self.publisher.localDescription.sdp,
-                "sources": sources,
+                "sources": self._sources,
             }
         )
         answer = await asyncio.wait_for(self._answer, timeout)

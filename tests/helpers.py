@@ -12,7 +12,7 @@ from av import VideoFrame
 
 
 async def wait_until(
-    check: Callable[[], str | None | Awaitable[str | None]],
+    check: Callable[[], Awaitable[str | None] | str | None],
     timeout: float = 10.0,
     interval: float = 0.05,
 ) -> None:

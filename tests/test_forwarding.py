@@ -164,7 +164,7 @@ async def test_keyframe_requests_are_coalesced_but_never_dropped() -> None:
 async def test_subscriber_pli_reaches_the_publisher_coalesced() -> None:
     stats = ForwardingStats()
     plis: list[int] = []
-    up, down, wire, _ = make_pair(stats, plis)
+    up, down, _, _ = make_pair(stats, plis)
     Subscription(up, down)
     plis.clear()
     up.keyframes._last = -1.0  # the subscription's own request is long past

@@ -304,3 +304,30 @@ async def test_lecture_frames_decode_after_late_join(hub_server: RunningHub) -> 
             await station.close()
     finally:
         await center.close()
+
+
+async def test_screen_share_comes_and_goes_by_renegotiation(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("scr", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("scr", "S1", "station"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await station.connect()
+        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+        await center.publish({"screen": VideoStreamTrack()})
+        await wait_until(lambda: None if station.tracks_of("screen") else "no screen")
+        assert len(await decode_frames(station.tracks_of("screen")[0].track, 5)) == 5
+        mark = len(station.messages)
+        await center.send({"type": "unpublish", "source": "screen"})
+        offer = await station.wait_for(
+            lambda m: (
+                m["type"] == "offer" and all(t["source"] != "screen" for t in m["tracks"].values())
+            ),
+            start=mark,
+        )
+        assert any(t["source"] == "camera" for t in offer["tracks"].values())
+        update = await station.wait_for(lambda m: m["type"] == "participant_updated", start=mark)
+        assert [p["source"] for p in update["participant"]["publications"]] == ["camera"]
+    finally:
+        await station.close()
+        await center.close()

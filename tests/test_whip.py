@@ -128,7 +128,7 @@ async def test_whip_answer_lists_reachable_host_candidate_first(hub_server: Runn
             headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
         )
         assert response.status_code == 201, response.text
-        candidates = [l for l in response.text.split("\r\n") if l.startswith("a=candidate:")]
+        candidates = [c for c in response.text.split("\r\n") if c.startswith("a=candidate:")]
         assert candidates and " 127.0.0.1 " in candidates[0] and " typ host" in candidates[0]
         await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
         gone = await http.delete(f"{hub_server.base}{response.headers['location']}")
