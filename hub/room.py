@@ -34,6 +34,7 @@ from hub.peers import (
     preferences_for,
     send_parameters,
 )
+from hub.rollcall import RollCall
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
 from media.frames import EncodedFrame, FrameSink, TrackInfo
@@ -511,6 +512,7 @@ class Room:
         empty_timeout: float,
         on_empty: Callable[[Room], None],
         on_presence: Callable[[Room, Participant, bool], None] = lambda room, p, here: None,
+        on_event: Callable[[str, dict[str, Any]], None] = lambda channel, event: None,
     ) -> None:
         self.name = name
         self.stats = stats
@@ -520,6 +522,9 @@ class Room:
         self.empty_timeout = empty_timeout
         self._on_empty = on_empty
         self._on_presence = on_presence
+        self._on_event = on_event
+        """Publishes room events (roll call answers) for durable records elsewhere."""
+        self.rollcall: RollCall | None = None
         self.created_at = time.time()
         self.participants: dict[ParticipantID, Participant] = {}
         self.stage_since: dict[ParticipantID, float] = {}
@@ -657,6 +662,48 @@ class Room:
         participant.hand_raised = raised
         participant.hand_raised_at = time.time() if raised else 0.0
         self.on_participant_changed(participant)
+
+    # --- roll call ---
+
+    def start_rollcall(self, seconds: float, expected: list[ParticipantIdentity]) -> RollCall:
+        if self.rollcall is not None and not self.rollcall.closed:
+            self.stop_rollcall()
+        now = time.time()
+        present = [p.identity for p in self.participants.values() if not p.grant.can_moderate]
+        rollcall = RollCall(now, now + seconds, list(dict.fromkeys([*expected, *present])))
+        self.rollcall = rollcall
+        self.broadcast({"type": "rollcall", "id": rollcall.id, "deadline": rollcall.deadline})
+        self._rollcall_changed()
+        asyncio.get_running_loop().call_later(seconds + 0.05, self._rollcall_changed)
+        return rollcall
+
+    def answer_rollcall(self, participant: Participant, rollcall_id: str) -> None:
+        rollcall = self.rollcall
+        if rollcall is None or rollcall.id != rollcall_id or rollcall.closed:
+            raise HubError("not_found", "no such roll call is open")
+        at = time.time()
+        answer = rollcall.answer(participant.identity, at)
+        self._on_event(
+            "rollcall",
+            {
+                "room": self.name,
+                "rollcall": rollcall.id,
+                "identity": participant.identity,
+                "status": answer.value,
+                "at": at,
+            },
+        )
+        self._rollcall_changed()
+
+    def stop_rollcall(self) -> None:
+        if self.rollcall is None:
+            raise HubError("not_found", "no roll call is open")
+        self.rollcall.closed = True
+        self._rollcall_changed()
+
+    def _rollcall_changed(self) -> None:
+        if self.rollcall is not None and not self.closed:
+            self.to_moderators(self.rollcall.status(time.time()))
 
     def hands(self) -> list[Participant]:
         raised = [p for p in self.participants.values() if p.hand_raised]

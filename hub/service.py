@@ -84,6 +84,7 @@ class Hub:
                 empty_timeout=self.settings.room_empty_timeout,
                 on_empty=self._close_when_empty,
                 on_presence=self._presence_changed,
+                on_event=self._room_event,
             )
             self.rooms[name] = room
             logger.info("room %s opened on %s", name, self.node_id)
@@ -133,6 +134,9 @@ class Hub:
                 "at": time.time(),
             },
         )
+
+    def _room_event(self, channel: str, event: dict[str, Any]) -> None:
+        self.tasks.spawn(self.bus.publish(channel, {**event, "node": self.node_id}), name=channel)
 
     async def set_presence(self, room: Room) -> None:
         for participant in list(room.participants.values()):

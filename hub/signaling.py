@@ -13,6 +13,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from hub.ids import ParticipantIdentity
 from hub.peers import MAX_SDP_BYTES, SdpError
 from hub.room import HubError, Participant, Room
 from hub.service import Hub
@@ -91,6 +92,20 @@ class Moderate(_Message):
     raised: StrictBool | None = None
 
 
+class RollCallMessage(_Message):
+    type: Literal["rollcall"]
+    action: Literal["start", "stop"]
+    seconds: Annotated[StrictInt, Field(ge=5, le=600)] = 30
+    expected: Annotated[
+        list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=1000)
+    ] = []
+
+
+class RollCallAck(_Message):
+    type: Literal["rollcall_ack"]
+    id: Annotated[StrictStr, Field(max_length=64)]
+
+
 class Ping(_Message):
     type: Literal["ping"]
     id: StrictInt | StrictStr | None = None
@@ -112,6 +127,8 @@ _MODELS: dict[str, type[_Message]] = {
     "moderate": Moderate,
     "ping": Ping,
     "leave": Leave,
+    "rollcall": RollCallMessage,
+    "rollcall_ack": RollCallAck,
 }
 
 
@@ -145,6 +162,8 @@ class Connection:
             "moderate": self._moderate,
             "ping": self._ping,
             "leave": self._leave,
+            "rollcall": self._rollcall,
+            "rollcall_ack": self._rollcall_ack,
         }
 
     def send(self, message: dict[str, Any]) -> None:
@@ -356,6 +375,19 @@ class Connection:
         else:
             target.send({"type": "removed", "reason": "removed_by_moderator"})
             await room.leave(target)
+
+    async def _rollcall(self, message: RollCallMessage) -> None:
+        participant = self._joined()
+        if not participant.grant.can_moderate:
+            raise HubError("forbidden", f"{participant.role.value} cannot call the roll")
+        room = self._in_room()
+        if message.action == "start":
+            room.start_rollcall(message.seconds, [ParticipantIdentity(i) for i in message.expected])
+        else:
+            room.stop_rollcall()
+
+    async def _rollcall_ack(self, message: RollCallAck) -> None:
+        self._in_room().answer_rollcall(self._joined(), message.id)
 
     async def _ping(self, message: Ping) -> None:
         self.send({"type": "pong", "id": message.id})
