@@ -850,6 +850,8 @@ class Room:
             if speakers != self._speakers:
                 self._speakers = speakers
                 self.broadcast({"type": "speakers", "speakers": speakers})
+                identities = [self.participants[s].identity for s in speakers]
+                self._on_event("speakers", {"room": self.name, "speakers": identities})
 
     async def _stats_loop(self) -> None:
         interval = 2.0
