@@ -134,6 +134,7 @@ function renderStage() {
             stageStrip.append(figure);
             stripFigures.set(v.track.id, figure);
         }
+        figure.classList.toggle("speaking", !!client && client.speakers.includes(v.sid));
         const video = /** @type {HTMLVideoElement} */ (figure.querySelector("video"));
         attachTrack(video, v.track);
         video.dataset.sid = v.sid;
@@ -272,6 +273,7 @@ async function start(token) {
         renderControls();
     });
     c.on("stage", renderStage);
+    c.on("speakers", renderStage);
     c.on("tracks", onTracks);
     c.on("muted", (m) => {
         renderControls();
