@@ -117,6 +117,14 @@ async function setupDevices() {
     }
 }
 
+if (mediaAvailable()) {
+    // a camera or microphone plugged in or out
+    navigator.mediaDevices.addEventListener("devicechange", () => {
+        void fillDevices(cameraSelect, "videoinput", cameraTrack?.getSettings().deviceId);
+        void fillDevices(micSelect, "audioinput", micTrack?.getSettings().deviceId);
+    });
+}
+
 cameraSelect.addEventListener("change", async () => {
     const old = cameraTrack;
     cameraTrack = await openCamera(cameraSelect.value);
