@@ -79,3 +79,21 @@ def test_no_external_resources() -> None:
             assert not pattern.search(text), f"{file.name} loads something from outside"
             assert not imports.search(text), f"{file.name} imports from outside"
             assert "url(http" not in text, f"{file.name} loads a remote asset"
+
+
+def test_every_message_key_is_in_the_dictionaries() -> None:
+    source = (STATIC_DIR / "js" / "i18n.js").read_text(encoding="utf-8")
+    zh_block = source.split("const zh = {", 1)[1].split("\n};", 1)[0]
+    en_block = source.split("const en = {", 1)[1].split("\n};", 1)[0]
+    key = re.compile(r'^\s*"([a-zA-Z0-9_.]+)":', re.M)
+    zh, en = set(key.findall(zh_block)), set(key.findall(en_block))
+    assert zh == en
+    used: set[str] = set()
+    for file in STATIC_DIR.rglob("*.html"):
+        text = file.read_text(encoding="utf-8")
+        used |= set(re.findall(r'data-i18n="([^"]+)"', text))
+        for spec in re.findall(r'data-i18n-attr="([^"]+)"', text):
+            used |= {pair.split(":")[1] for pair in spec.split(";")}
+    for file in (STATIC_DIR / "js").glob("*.js"):
+        used |= set(re.findall(r'\bt\(\s*"([a-zA-Z0-9_.]+)"', file.read_text(encoding="utf-8")))
+    assert used - zh == set(), f"keys used but missing from the dictionaries: {used - zh}"
