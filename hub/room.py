@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
@@ -35,6 +36,7 @@ from hub.peers import (
     send_parameters,
 )
 from hub.rollcall import RollCall
+from hub.room_media import Recorded, RoomMedia
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
 from media.frames import EncodedFrame, FrameSink, TrackInfo
@@ -513,6 +515,8 @@ class Room:
         on_empty: Callable[[Room], None],
         on_presence: Callable[[Room, Participant, bool], None] = lambda room, p, here: None,
         on_event: Callable[[str, dict[str, Any]], None] = lambda channel, event: None,
+        media_dir: Path | None = None,
+        on_recorded: Recorded | None = None,
     ) -> None:
         self.name = name
         self.stats = stats
@@ -531,6 +535,7 @@ class Room:
         self.public = False
         """Households may watch without an account (WHEP, live HLS)."""
         self.sinks: list[FrameSink] = []
+        self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
         self._update_pending = False
         self._speakers: list[ParticipantID] = []
@@ -901,6 +906,7 @@ class Room:
         self.closed = True
         if self._empty_timer is not None:
             self._empty_timer.cancel()
+        await self.media.close()
         for participant in list(self.participants.values()):
             participant.send({"type": "removed", "reason": "room_closed"})
             await self.leave(participant)

@@ -1,12 +1,14 @@
 """``/api/rooms``: open, inspect, open to households and close rooms."""
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from hub.ids import RoomName
 from hub.room import HubError, Room
+from hub.room_media import MediaError
 from hub.service import Hub
 from hub.tokens import Grant
 
@@ -22,6 +24,11 @@ class RoomPatch(BaseModel):
     """Households may watch without an account."""
 
 
+class RestreamBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    url: Annotated[str, StringConstraints(max_length=2048)]
+
+
 def room_info(room: Room) -> dict[str, Any]:
     return {
         "name": room.name,
@@ -30,6 +37,7 @@ def room_info(room: Room) -> dict[str, Any]:
         "participants": len(room.participants),
         "stage": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in room.stage],
         "hands": [p.sid for p in room.hands()],
+        "media": room.media.status(),
     }
 
 
@@ -79,6 +87,50 @@ def rooms_router(hub: Hub) -> APIRouter:
         if patch.public is not None:
             room.public = patch.public
         return room_info(room)
+
+    async def media_action(
+        name: str, grant: Grant, action: Callable[[Room], Awaitable[Any]]
+    ) -> dict[str, Any]:
+        own(grant, name)
+        room = await existing(name)
+        try:
+            await action(room)
+        except MediaError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return room.media.status()
+
+    async def start_recording(room: Room) -> None:
+        room.media.start_recording()
+
+    async def start_live(room: Room) -> None:
+        room.media.start_live()
+
+    @router.post("/{name}/recording", status_code=201)
+    async def record(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:
+        return await media_action(name, grant, start_recording)
+
+    @router.delete("/{name}/recording")
+    async def stop_recording(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:
+        return await media_action(name, grant, lambda room: room.media.stop_recording())
+
+    @router.post("/{name}/live", status_code=201)
+    async def live(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:
+        return await media_action(name, grant, start_live)
+
+    @router.delete("/{name}/live")
+    async def stop_live(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:
+        return await media_action(name, grant, lambda room: room.media.stop_live())
+
+    @router.post("/{name}/restreams", status_code=201)
+    async def restream(name: RoomPath, body: RestreamBody, grant: ModeratorDep) -> dict[str, Any]:
+        async def add(room: Room) -> None:
+            room.media.add_restream(body.url)
+
+        return await media_action(name, grant, add)
+
+    @router.delete("/{name}/restreams/{target}")
+    async def stop_restream(name: RoomPath, target: str, grant: ModeratorDep) -> dict[str, Any]:
+        return await media_action(name, grant, lambda room: room.media.remove_restream(target))
 
     @router.delete("/{name}", status_code=204)
     async def close_room(name: RoomPath, grant: ModeratorDep) -> None:

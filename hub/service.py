@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from aiortc import RTCIceServer
@@ -14,6 +15,7 @@ from hub.aiortc_internals import check_internals, install_h264_profiles, restric
 from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName
 from hub.room import HubError, Participant, Room
+from hub.room_media import Recorded
 from hub.settings import Settings
 from hub.store import Bus, Store
 from hub.tasks import TaskOwner
@@ -43,6 +45,8 @@ class Hub:
         self.tasks = TaskOwner("hub")
         self.started_at = time.time()
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
+        self.on_recorded: Recorded | None = None
+        """Set by the app: hands a finished recording to the library."""
 
     async def start(self) -> None:
         await check_internals()
@@ -85,10 +89,16 @@ class Hub:
                 on_empty=self._close_when_empty,
                 on_presence=self._presence_changed,
                 on_event=self._room_event,
+                media_dir=self.settings.data_dir,
+                on_recorded=self._recorded,
             )
             self.rooms[name] = room
             logger.info("room %s opened on %s", name, self.node_id)
             return room
+
+    async def _recorded(self, room: str, directory: Path) -> None:
+        if self.on_recorded is not None:
+            await self.on_recorded(room, directory)
 
     def _close_when_empty(self, room: Room) -> None:
         self.tasks.spawn(self.close_room(room.name), name="close-room")

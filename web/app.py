@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hub.ids import RoomName
 from hub.metrics import metrics_router
 from hub.rooms_api import rooms_router
 from hub.service import Hub
@@ -16,11 +17,19 @@ from hub.settings import Settings
 from hub.signaling import signaling_router
 from hub.store import open_store_bus
 from hub.whip import whip_router
+from media.hls import HlsPackager
+from media.jobs import JobRunner
+from media.library import Library
+from media.library import create_tables as create_library_tables
+from media.library_http import library_router
+from media.live_http import live_router
+from media.processing import Processor
 from scheduler.accounts import Accounts, Auth
 from scheduler.http import scheduler_router
 from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
+from web.library_glue import RecordingsToLibrary, admin_check
 from web.pages import pages_router
 
 
@@ -34,6 +43,11 @@ def create_app(settings: Settings) -> FastAPI:
     store, bus = open_store_bus(settings.redis_url)
     hub = Hub(settings, store, bus)
     auth = Auth(Accounts(engine), secure_cookies=True if settings.tls_cert else None)
+    library_dir = settings.data_dir / "library"
+    library = Library(engine, library_dir)
+    jobs = JobRunner(engine, library, Processor(library_dir))
+    recordings = RecordingsToLibrary(library, jobs)
+    hub.on_recorded = recordings.recorded
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(store.close)
             stack.push_async_callback(bus.close)
             await create_scheduler_tables(engine)
+            await create_library_tables(engine)
+            await jobs.start()
+            stack.push_async_callback(jobs.close)
             await hub.start()
             stack.push_async_callback(hub.close)
             yield
@@ -54,6 +71,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(whip_router(hub))
     app.include_router(rooms_router(hub))
     app.include_router(metrics_router(hub))
+
+    def packager(room: str) -> HlsPackager | None:
+        found = hub.rooms.get(RoomName(room))
+        return found.media.live if found is not None else None
+
+    app.include_router(live_router(packager))
+    app.include_router(
+        library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
+    )
     app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
     app.include_router(pages_router())
     return app

@@ -1,0 +1,161 @@
+"""A room's recording, live HLS and restreams: sinks that receive the stage's
+encoded frames like any other subscriber (Galene's "a recording is just another
+client"). Nothing here decodes; ``media/`` does the muxing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from media.hls import HlsPackager
+from media.recorder import Recorder
+from media.restream import Restreamer
+
+if TYPE_CHECKING:
+    from hub.room import Room
+
+logger = logging.getLogger(__name__)
+
+Recorded = Callable[[str, Path], Awaitable[None]]
+"""Called with (room name, recording directory) once a recording has ended."""
+
+
+class MediaError(Exception):
+    """A media action that cannot be done now; the message says why."""
+
+
+class RoomMedia:
+    def __init__(self, room: Room, data_dir: Path, on_recorded: Recorded | None) -> None:
+        self.room = room
+        self.data_dir = data_dir
+        self.on_recorded = on_recorded
+        self.recorder: Recorder | None = None
+        self.recording_started_at: float | None = None
+        self.live: HlsPackager | None = None
+        self.restreamer: Restreamer | None = None
+        self.errors: dict[str, str] = {}
+        """The last error of each of recording, live and restream, until it restarts."""
+        self.last_recording: Path | None = None
+
+    def _request_keyframe(self, track_id: str) -> None:
+        for participant in self.room.participants.values():
+            for publication in participant.publications.values():
+                if publication.id == track_id:
+                    publication.up.keyframes.request()
+
+    def _failed(self, what: str) -> Callable[[str], None]:
+        def report(message: str) -> None:
+            logger.error("room %s: %s failed: %s", self.room.name, what, message)
+            self.errors[what] = message
+            self.announce()
+
+        return report
+
+    # --- recording ---
+
+    def start_recording(self) -> Path:
+        if self.recorder is not None:
+            raise MediaError("already recording")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        directory = self.data_dir / "recordings" / f"{self.room.name}-{stamp}"
+        self.errors.pop("recording", None)
+        recorder = Recorder(
+            directory,
+            on_error=self._failed("recording"),
+            request_keyframe=self._request_keyframe,
+        )
+        self.recorder = recorder
+        self.recording_started_at = time.time()
+        self.room.add_sink(recorder)
+        self.announce()
+        return directory
+
+    async def stop_recording(self) -> Path:
+        recorder = self.recorder
+        if recorder is None:
+            raise MediaError("not recording")
+        self.recorder = None
+        self.recording_started_at = None
+        self.room.remove_sink(recorder)
+        await recorder.close()
+        self.last_recording = recorder.directory
+        self.announce()
+        if self.on_recorded is not None and recorder.manifest.tracks:
+            await self.on_recorded(self.room.name, recorder.directory)
+        return recorder.directory
+
+    # --- live HLS for households ---
+
+    def start_live(self) -> None:
+        if self.live is not None:
+            raise MediaError("already live")
+        self.errors.pop("live", None)
+        self.live = HlsPackager(
+            self.data_dir / "live" / self.room.name,
+            request_keyframe=self._request_keyframe,
+            on_error=self._failed("live"),
+        )
+        self.room.public = True
+        self.room.add_sink(self.live)
+        self.announce()
+
+    async def stop_live(self) -> None:
+        live = self.live
+        if live is None:
+            raise MediaError("not live")
+        self.live = None
+        self.room.remove_sink(live)
+        await live.close()
+        self.announce()
+
+    # --- restream to RTMP ---
+
+    def add_restream(self, url: str) -> str:
+        if not url.startswith(("rtmp://", "rtmps://")):
+            raise MediaError("a restream URL starts with rtmp:// or rtmps://")
+        if self.restreamer is None:
+            self.restreamer = Restreamer(
+                f"restream-{self.room.name}",
+                request_keyframe=self._request_keyframe,
+                on_error=self._failed("restream"),
+            )
+            self.room.add_sink(self.restreamer)
+        target = self.restreamer.start_target(url)
+        self.announce()
+        return target
+
+    async def remove_restream(self, target_id: str) -> None:
+        if self.restreamer is None or target_id not in self.restreamer.status():
+            raise MediaError(f"no restream {target_id}")
+        await self.restreamer.stop_target(target_id)
+        self.announce()
+
+    # --- status ---
+
+    def status(self) -> dict[str, Any]:
+        restreams = self.restreamer.status() if self.restreamer is not None else {}
+        return {
+            "recording": self.recorder is not None,
+            "recording_started_at": self.recording_started_at,
+            "live": self.live is not None,
+            "hls_url": f"/live/{self.room.name}/index.m3u8" if self.live is not None else None,
+            "restreams": [{**asdict(s), "state": str(s.state)} for s in restreams.values()],
+            "errors": dict(self.errors),
+        }
+
+    def announce(self) -> None:
+        self.room.broadcast({"type": "media", **self.status()})
+
+    async def close(self) -> None:
+        if self.recorder is not None:
+            await self.stop_recording()
+        if self.live is not None:
+            await self.stop_live()
+        if self.restreamer is not None:
+            restreamer, self.restreamer = self.restreamer, None
+            self.room.remove_sink(restreamer)
+            await restreamer.close()

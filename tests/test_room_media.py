@@ -1,0 +1,158 @@
+"""Recording, live HLS and restream of a room's stage, started through the API:
+encoded frames from real aiortc publishers, files checked with the real ffmpeg."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import av
+import httpx
+import imageio_ffmpeg
+from aiortc.mediastreams import AudioStreamTrack
+
+from hub.client import HubClient
+from tests.helpers import NoisyVideo, wait_until
+from tests.hubserver import RunningHub
+from tests.test_whip import whep_view
+
+
+def check_recording(directory: Path) -> None:
+    """Each track file decodes with the real ffmpeg and holds over 2 s."""
+    files = sorted(p for p in Path(directory).iterdir() if p.suffix in (".mkv", ".webm"))
+    assert len(files) == 2, files
+    for file in files:
+        decoded = subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-v",
+                "error",
+                "-i",
+                str(file),
+                "-f",
+                "null",
+                "-",
+            ],
+            capture_output=True,
+        )
+        assert decoded.returncode == 0, decoded.stderr
+        with av.open(str(file)) as container:
+            stream = container.streams[0]
+            duration = float(container.duration or 0) / av.time_base
+            assert duration > 2.0, (file, duration)
+            if stream.type == "video":
+                assert stream.codec_context.name == "vp8"
+    assert '"status": "stopped"' in (directory / "recording.json").read_text()
+
+
+async def test_recording_through_the_api_writes_playable_files(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("rec", "C", "center", name="市中心"))
+    station = HubClient(hub_server.ws, hub_server.token("rec", "S1", "station"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('rec', 'C', 'center')}"}
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        await station.connect()
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            denied = await http.post(
+                "/api/rooms/rec/recording",
+                headers={"Authorization": f"Bearer {hub_server.token('rec', 'S1', 'station')}"},
+            )
+            assert denied.status_code == 403
+            started = await http.post("/api/rooms/rec/recording", headers=moderator)
+            assert started.status_code == 201 and started.json()["recording"] is True
+            again = await http.post("/api/rooms/rec/recording", headers=moderator)
+            assert again.status_code == 409 and "already" in again.text
+            event = await station.wait_for(lambda m: m["type"] == "media" and m["recording"])
+            assert event["recording_started_at"] is not None
+            await asyncio.sleep(4)
+            stopped = await http.delete("/api/rooms/rec/recording", headers=moderator)
+            assert stopped.status_code == 200 and stopped.json()["recording"] is False
+        room = hub_server.hub.rooms["rec"]  # type: ignore[index]
+        directory = room.media.last_recording
+        assert directory is not None
+        await asyncio.to_thread(check_recording, Path(directory))
+    finally:
+        await station.close()
+        await center.close()
+
+
+async def test_live_for_households_serves_hls_and_opens_whep(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("live", "C", "center"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('live', 'C', 'center')}"}
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            started = await http.post("/api/rooms/live/live", headers=moderator)
+            assert started.status_code == 201, started.text
+            assert started.json()["hls_url"] == "/live/live/index.m3u8"
+            room = (await http.get("/api/rooms/live")).json()
+            assert room["public"] is True and room["media"]["live"] is True
+
+            async def playable() -> str | None:
+                response = await http.get("/live/live/index.m3u8")
+                return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+            await wait_until(playable, timeout=30, interval=0.5)
+            playlist = await http.get("/live/live/index.m3u8")
+            assert playlist.headers["content-type"].startswith("application/vnd.apple.mpegurl")
+            assert "#EXT-X-PART:" in playlist.text
+        # The real ffmpeg plays the household stream, decoded, for 2 s (as a subprocess
+        # of this event loop, which also serves it).
+        player = await asyncio.create_subprocess_exec(
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i",
+            f"{hub_server.base}/live/live/index.m3u8", "-t", "2", "-f", "null", "-",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, errors = await asyncio.wait_for(player.communicate(), 60)
+        assert player.returncode == 0, errors
+        # Live for households also opens WHEP without an account.
+        pc, _, response = await whep_view(hub_server.base, "live", None)
+        await pc.close()
+        assert response.status_code == 201, response.text
+        # VP8 from the lecturer: exactly one transcoder for the room.
+        live = hub_server.hub.rooms["live"].media.live  # type: ignore[index]
+        assert live is not None and live.transcoding and live.processes_started == 1
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            stopped = await http.delete("/api/rooms/live/live", headers=moderator)
+            assert stopped.json()["live"] is False
+    finally:
+        await center.close()
+
+
+async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("lib", "C", "center"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('lib', 'C', 'center')}"}
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            assert (
+                await http.post("/api/rooms/lib/recording", headers=moderator)
+            ).status_code == 201
+            await asyncio.sleep(4)
+            assert (
+                await http.delete("/api/rooms/lib/recording", headers=moderator)
+            ).status_code == 200
+        library = hub_server.hub.on_recorded.__self__  # type: ignore[union-attr]
+        item = library.latest["lib"]
+        job = await library.jobs.latest_for_item(item.id)
+        assert job is not None
+
+        async def processed() -> str | None:
+            current = await library.jobs.latest_for_item(item.id)
+            return (
+                None
+                if current.status == "done"
+                else f"{current.status} {current.progress} {current.error}"
+            )
+
+        await wait_until(processed, timeout=60, interval=0.5)
+        ready = await library.library.get(item.id)
+        assert ready.status == "ready" and ready.duration > 2
+        folder = library.library.item_dir(item.id)
+        assert (folder / "index.m3u8").exists() and (folder / "video.mp4").stat().st_size > 0
+    finally:
+        await center.close()
