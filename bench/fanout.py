@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from bench import _workers
+from bench._media import HEIGHT, WIDTH
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, TokenSigner, grant_for_role
 
@@ -449,6 +450,8 @@ class Bench:
         forwarded = delta["packets_forwarded"]
         sends = forwarded + delta["retransmissions"]
         decoded_seconds = decoder1["at"] - decoder0["at"]
+        if [tuple(size) for size in decoder1["sizes"]] != [(WIDTH, HEIGHT)]:
+            raise BenchError(f"the decoding subscriber got frames of {decoder1['sizes']}")
         hub_subscribers = self.n + 1  # the decoding station is the hub's subscriber too
         self.result |= {
             "us_per_packet": round((cpu1 - cpu0) / forwarded * 1e6, 2) if forwarded else None,
