@@ -156,3 +156,59 @@ async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub
         assert (folder / "index.m3u8").exists() and (folder / "video.mp4").stat().st_size > 0
     finally:
         await center.close()
+
+
+async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
+    hub_server: RunningHub, tmp_path: Path
+) -> None:
+    from tests.hubserver import free_port
+
+    port = free_port()
+    received = tmp_path / "received.flv"
+    receiver = await asyncio.create_subprocess_exec(
+        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-listen", "1",
+        "-i", f"rtmp://127.0.0.1:{port}/live/county", "-c", "copy", str(received),
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    center = HubClient(hub_server.ws, hub_server.token("rs", "C", "center"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('rs', 'C', 'center')}"}
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            bad = await http.post(
+                "/api/rooms/rs/restreams", json={"url": "http://x"}, headers=moderator
+            )
+            assert bad.status_code == 409 and "rtmp://" in bad.text
+            started = await http.post(
+                "/api/rooms/rs/restreams",
+                json={"url": f"rtmp://127.0.0.1:{port}/live/county"},
+                headers=moderator,
+            )
+            assert started.status_code == 201, started.text
+            target = started.json()["restreams"][0]["target_id"]
+
+            async def live() -> str | None:
+                status = (await http.get("/api/rooms/rs")).json()["media"]["restreams"][0]
+                return None if status["state"] == "live" else str(status)
+
+            await wait_until(live, timeout=30, interval=0.5)
+            await asyncio.sleep(4)
+            stopped = await http.delete(f"/api/rooms/rs/restreams/{target}", headers=moderator)
+            assert stopped.status_code == 200
+        await asyncio.wait_for(receiver.wait(), 15)
+        await asyncio.to_thread(check_flv, received)
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+            await receiver.wait()
+        await center.close()
+
+
+def check_flv(path: Path) -> None:
+    with av.open(str(path)) as container:
+        kinds = {s.type: s.codec_context.name for s in container.streams}
+        assert kinds.get("video") == "h264" and kinds.get("audio") == "aac", kinds
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.demux(video))
+    assert frames > 60, frames  # over 2 s at 30 fps
