@@ -266,38 +266,57 @@ class SenderHook:
         ssrc: int = self._sender._rtx_ssrc
         return ssrc
 
-    def record_sent(self, rtp_timestamp: int, ntp_timestamp: int, payload_size: int) -> None:
-        """Keep the sender's Sender Report figures true to what the hub sent."""
+    def report(
+        self, rtp_timestamp: int, ntp_timestamp: int, packet_count: int, octet_count: int
+    ) -> None:
+        """Give the sender's Sender Reports what the hub sent: a consistent snapshot
+        (this packet's timestamps with the counts including it)."""
         sender: Any = self._sender
         sender._RTCRtpSender__ntp_timestamp = ntp_timestamp
         sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
-        sender._RTCRtpSender__octet_count += payload_size
-        sender._RTCRtpSender__packet_count += 1
+        sender._RTCRtpSender__packet_count = packet_count
+        sender._RTCRtpSender__octet_count = octet_count
 
 
 class RtpWriter:
     """A synchronous SRTP-protect-and-send for one DTLS transport.
 
     aiortc's own path is three nested coroutines per packet; on the forwarding path
-    that cost is paid once per packet per subscriber.
+    that cost is paid once per packet per subscriber, so the send target (socket,
+    address, SRTP context) is resolved once per selected ICE pair, not per packet.
     """
 
-    __slots__ = ("_connection", "_dtls")
+    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_protect", "_sendto")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
-        self._connection = dtls.transport._connection
+        self._nominated: dict[int, Any] = dtls.transport._connection._nominated
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] = _unset
+        self._protect: Callable[[bytes], bytes] = bytes
+        self._addr: Any = None
 
     def ready(self) -> bool:
-        return self._dtls._state is State.CONNECTED and 1 in self._connection._nominated
+        return self._dtls._state is _CONNECTED and 1 in self._nominated
 
     def send(self, data: bytes) -> bool:
         """Protect and send one RTP packet; False when the transport cannot send."""
-        dtls = self._dtls
-        if dtls._state is not State.CONNECTED:
+        if self._dtls._state is not _CONNECTED:
             return False
-        pair = self._connection._nominated.get(1)
-        if pair is None or pair.protocol.transport is None:
-            return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        pair = self._nominated.get(1)
+        if pair is not self._pair:
+            if pair is None or pair.protocol.transport is None:
+                return False
+            self._pair = pair
+            self._sendto = pair.protocol.transport.sendto
+            self._addr = pair.remote_addr
+            self._protect = self._dtls._tx_srtp.protect
+        self._sendto(self._protect(data), self._addr)
         return True
+
+
+_CONNECTED = State.CONNECTED
+
+
+def _unset(data: bytes, addr: Any) -> None:
+    raise AssertionError("RtpWriter used before its ICE pair was resolved")

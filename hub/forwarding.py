@@ -26,6 +26,11 @@ _HEADER = struct.Struct("!BBHII")
 _RTX_OSN = struct.Struct("!H")
 HISTORY_SIZE = 2048
 """Packets kept per track for NACKs: over 1 s at 2,000 packets/s (~20 Mbps)."""
+NACK_HOLDOFF = 0.05
+"""A NACKed packet is resent at most once per this many seconds: receivers repeat
+their whole missing list at each new loss."""
+REPORT_EVERY_MASK = 7
+"""Sender Report figures are refreshed every 8th packet (a consistent snapshot)."""
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per publisher per this many seconds."""
 _NTP_EPOCH_OFFSET = 2208988800
@@ -101,7 +106,9 @@ class KeyframeRequester:
             self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()  # a direct request took the place of the pending one
+            self._timer = None
         self._last = time.monotonic()
         self._stats.keyframe_requests += 1
         self._send_pli()
@@ -163,8 +170,9 @@ class UpTrack:
             return
         keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
         ntp = _ntp_now()
+        abs3 = _abs_send_time(ntp)
         for subscription in self.subscriptions:
-            subscription.forward(seq, timestamp, marker, payload, keyframe, ntp)
+            subscription.forward(seq, timestamp, marker, payload, keyframe, ntp, abs3)
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
         """Complete encoded frames, for sinks (recorder, live HLS); never decoded."""
@@ -204,14 +212,14 @@ class DownTrack:
         kind: str,
         ssrc: int,
         rtx_ssrc: int,
-        record_sent: Callable[[int, int, int], None],
+        report: Callable[[int, int, int, int], None],
         stats: ForwardingStats,
     ) -> None:
         self.kind = kind
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
         self.writer: Writer | None = None
-        self._record_sent = record_sent
+        self._report = report
         self.stats = stats
         self.payload_type: int | None = None
         self.rtx_payload_type: int | None = None
@@ -221,6 +229,10 @@ class DownTrack:
         self.next_seq = ssrc & 0x7FFF
         self.last_timestamp = (ssrc * 2654435761) & 0xFFFFFFFF
         self._rtx_seq = 0
+        self._resent: dict[int, float] = {}
+        """When each sequence number was last resent, to answer a NACK once per holdoff."""
+        self._first_byte = 0x80
+        self._ext_lead = b""
         self.packets_sent = 0
         self.bytes_sent = 0
 
@@ -236,42 +248,47 @@ class DownTrack:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         self.abs_send_time_id = abs_send_time_id if self.kind == "video" else None
+        if self.abs_send_time_id is None:
+            self._first_byte, self._ext_lead = 0x80, b""
+        else:  # one-byte header extension, one word: abs-send-time's 3 bytes
+            self._first_byte = 0x90
+            self._ext_lead = b"\xbe\xde\x00\x01" + bytes(((self.abs_send_time_id << 4) | 2,))
 
     def ready(self) -> bool:
         return self.payload_type is not None and self.writer is not None and self.writer.ready()
 
-    def write(self, seq: int, timestamp: int, marker: int, payload: bytes, ntp: int) -> None:
+    def write(
+        self, seq: int, timestamp: int, marker: int, payload: bytes, ntp: int, abs3: bytes
+    ) -> None:
+        """Send one packet; ``abs3`` is its abs-send-time, computed once per packet."""
         pt = self.payload_type
         writer = self.writer
         if pt is None or writer is None:
             return
-        ext_id = self.abs_send_time_id
-        if ext_id is None:
-            data = _HEADER.pack(0x80, (marker << 7) | pt, seq, timestamp, self.ssrc) + payload
-        else:
-            abs_time = (ntp >> 14) & 0xFFFFFF  # abs-send-time: 6.18 fixed-point seconds
-            data = b"".join(
-                (
-                    _HEADER.pack(0x90, (marker << 7) | pt, seq, timestamp, self.ssrc),
-                    b"\xbe\xde\x00\x01",
-                    bytes(
-                        ((ext_id << 4) | 2, abs_time >> 16, (abs_time >> 8) & 0xFF, abs_time & 0xFF)
-                    ),
-                    payload,
-                )
-            )
+        header = _HEADER.pack(self._first_byte, (marker << 7) | pt, seq, timestamp, self.ssrc)
+        lead = self._ext_lead
+        data = b"".join((header, lead, abs3, payload)) if lead else header + payload
         if not writer.send(data):
             return
-        self.packets_sent += 1
+        self.packets_sent = sent = self.packets_sent + 1
         self.bytes_sent += len(payload)
-        self.stats.packets_forwarded += 1
-        self.stats.bytes_forwarded += len(data)
-        self._record_sent(timestamp, ntp, len(payload))
+        stats = self.stats
+        stats.packets_forwarded += 1
+        stats.bytes_forwarded += len(data)
+        if not sent & REPORT_EVERY_MASK:
+            self._report(timestamp, ntp, sent, self.bytes_sent)
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
+        now = time.monotonic()
+        if now - self._resent.get(seq, -NACK_HOLDOFF) < NACK_HOLDOFF:
+            return
+        if len(self._resent) > HISTORY_SIZE:
+            self._resent.clear()
+        self._resent[seq] = now
         if self.rtx_payload_type is None or self.writer is None:
-            self.write(seq, timestamp, marker, payload, _ntp_now())
+            ntp = _ntp_now()
+            self.write(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
             self.stats.retransmissions += 1
             return
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
@@ -318,7 +335,14 @@ class Subscription:
             up.keyframes.request()
 
     def forward(
-        self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool, ntp: int
+        self,
+        seq: int,
+        timestamp: int,
+        marker: int,
+        payload: bytes,
+        keyframe: bool,
+        ntp: int,
+        abs3: bytes,
     ) -> None:
         down = self.down
         if not self.started:
@@ -340,7 +364,7 @@ class Subscription:
         if not (out_seq - down.next_seq) & 0x8000:
             down.next_seq = (out_seq + 1) & 0xFFFF
             down.last_timestamp = out_ts
-        down.write(out_seq, out_ts, marker, payload, ntp)
+        down.write(out_seq, out_ts, marker, payload, ntp, abs3)
 
     def retransmit(self, out_seq: int) -> None:
         if not self.started:
@@ -360,6 +384,11 @@ class Subscription:
             self.up.subscriptions.remove(self)
         if self.down.subscription is self:
             self.down.subscription = None
+
+
+def _abs_send_time(ntp: int) -> bytes:
+    """abs-send-time: 24 bits of 6.18 fixed-point seconds."""
+    return ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")
 
 
 def _ntp_now() -> int:

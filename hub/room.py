@@ -175,7 +175,7 @@ class _SendingPeer:
             retransmit=lambda seq: down.on_nack(seq),
             keyframe=lambda: down.on_pli(),
         )
-        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, hook.record_sent, self.stats)
+        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, hook.report, self.stats)
         slot = _Slot(transceiver, down)
         self.slots.append(slot)
         return slot

@@ -10,6 +10,7 @@ from aiortc.rtp import RtpPacket, unwrap_rtx
 from hub.codecs import h264_keyframe_start, vp8_keyframe_start
 from hub.forwarding import (
     HISTORY_SIZE,
+    NACK_HOLDOFF,
     CodecInfo,
     DownTrack,
     ForwardingStats,
@@ -80,9 +81,21 @@ async def test_subscription_starts_at_keyframe_and_rewrites_headers() -> None:
     assert (out[2].timestamp - out[0].timestamp) & 0xFFFFFFFF == 3000
     assert [p.marker for p in out] == [0, 1, 1]
     assert [p.payload for p in out] == [VP8_KEY, VP8_CONT, VP8_DELTA]  # unchanged
-    # Sender Report figures follow what was sent.
-    assert [r[0] for r in reports] == [p.timestamp for p in out]
-    assert sum(r[2] for r in reports) == len(VP8_KEY) + len(VP8_CONT) + len(VP8_DELTA)
+
+
+async def test_sender_report_figures_are_consistent_snapshots_of_what_was_sent() -> None:
+    stats = ForwardingStats()
+    up, down, wire, reports = make_pair(stats, [])
+    Subscription(up, down)
+    for i in range(20):
+        up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
+    out = [RtpPacket.parse(b) for b in wire.sent]
+    assert len(reports) == 2  # every 8th packet
+    for report, count in zip(reports, (8, 16), strict=True):
+        rtp_timestamp, _ntp, packets, octets = report
+        assert rtp_timestamp == out[count - 1].timestamp
+        assert packets == count
+        assert octets == sum(len(p.payload) for p in out[:count])
 
 
 async def test_publisher_extensions_are_not_copied_only_negotiated_ones_written() -> None:
@@ -133,6 +146,22 @@ async def test_nack_is_answered_from_history_over_rtx() -> None:
     assert stats.nacks_received == 1 and stats.retransmissions == 1
 
 
+async def test_a_repeated_nack_is_answered_once_per_holdoff() -> None:
+    stats = ForwardingStats()
+    up, down, wire, _ = make_pair(stats, [])
+    Subscription(up, down)
+    for i in range(10):
+        up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
+    lost = RtpPacket.parse(wire.sent[5]).sequence_number
+    wire.sent.clear()
+    for _ in range(5):  # aiortc repeats its whole missing list at each new loss
+        await down.on_nack(lost)
+    assert len(wire.sent) == 1
+    await asyncio.sleep(NACK_HOLDOFF + 0.01)
+    await down.on_nack(lost)  # still missing a holdoff later: resent again
+    assert len(wire.sent) == 2
+
+
 async def test_history_holds_more_than_a_second_of_video() -> None:
     assert HISTORY_SIZE >= 160 * 2  # 1.5 Mbps VP8 is ~160 packets/s
     stats = ForwardingStats()
@@ -158,6 +187,19 @@ async def test_keyframe_requests_are_coalesced_but_never_dropped() -> None:
     assert len(sent) == 2  # the burst's tail was sent once the interval ended
     assert sent[1] - sent[0] >= 0.19
     assert stats.keyframe_requests == 2 and stats.keyframe_requests_coalesced == 99
+    requester.close()
+
+
+async def test_a_late_timer_does_not_send_a_second_keyframe_request() -> None:
+    stats = ForwardingStats()
+    sent: list[float] = []
+    requester = KeyframeRequester(lambda: sent.append(0.0), stats, interval=0.2)
+    requester.request()
+    requester.request()  # inside the interval: a timer is pending
+    requester._last -= 0.2  # the loop ran late: the interval is over before the timer fired
+    requester.request()  # sent at once, in place of the pending one
+    await asyncio.sleep(0.3)
+    assert len(sent) == 2
     requester.close()
 
 
