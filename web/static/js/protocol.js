@@ -1038,17 +1038,21 @@ function withTimeout(promise, ms, message) {
 // ---- WHEP (household viewers) ---------------------------------------------------------
 
 /**
- * A WHEP session: one recvonly audio + video offer POSTed to /whep/{room}.
- * No DOM: the page attaches `stream` to a <video>.
+ * A WHEP session: a recvonly offer POSTed to /whep/{room}: one video m-line
+ * (the hub sends the stage's picture: the lecturer, or a shared screen, or the
+ * site last called on stage) and `audioSlots` audio m-lines (the hub fills them
+ * with the stage's microphones, so a household hears the lecturer *and* a
+ * station called on stage). No DOM: the page plays `stream`'s tracks.
  */
 export class WhepSession {
     /**
      * @param {string} endpoint  e.g. "/whep/lecture-1"
-     * @param {{token?: string, iceServers?: RTCIceServer[]}} [options]
+     * @param {{token?: string, iceServers?: RTCIceServer[], audioSlots?: number}} [options]
      */
     constructor(endpoint, options = {}) {
         this.endpoint = endpoint;
         this.token = options.token;
+        this.audioSlots = options.audioSlots ?? 3;
         this.iceServers = options.iceServers || [];
         /** @type {RTCPeerConnection | null} */
         this.pc = null;
@@ -1057,6 +1061,8 @@ export class WhepSession {
         this.stream = new MediaStream();
         /** @type {((state: RTCPeerConnectionState) => void) | null} */
         this.onstatechange = null;
+        /** @type {(() => void) | null} called when a track is added to `stream` */
+        this.ontrack = null;
     }
 
     /**
@@ -1066,10 +1072,11 @@ export class WhepSession {
     async start() {
         const pc = new RTCPeerConnection({ iceServers: this.iceServers });
         this.pc = pc;
-        pc.addTransceiver("audio", { direction: "recvonly" });
         pc.addTransceiver("video", { direction: "recvonly" });
+        for (let i = 0; i < Math.max(1, this.audioSlots); i++) pc.addTransceiver("audio", { direction: "recvonly" });
         pc.ontrack = (event) => {
             this.stream.addTrack(event.track);
+            if (this.ontrack) this.ontrack();
         };
         pc.onconnectionstatechange = () => {
             if (this.onstatechange) this.onstatechange(pc.connectionState);

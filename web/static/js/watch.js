@@ -51,10 +51,52 @@ function renderStatus() {
 /** @param {string} url */
 function playHls(url) {
     state.hlsUrl = url;
+    for (const audio of audios.values()) audio.remove();
+    audios.clear();
     player.srcObject = null;
     player.src = url;
     player.play().catch(() => {});
     setMode("hls");
+}
+
+/** Sound is on once the viewer asked for it (browsers refuse it before a click). */
+let soundOn = false;
+const audioBox = byId("audio");
+/** @type {Map<string, HTMLAudioElement>} */
+const audios = new Map();
+
+/**
+ * The picture in the player, each voice in its own <audio> (a media element
+ * may play only one of a stream's audio tracks).
+ * @param {WhepSession} session
+ */
+function showSession(session) {
+    const video = session.stream.getVideoTracks();
+    const current = player.srcObject instanceof MediaStream ? player.srcObject.getVideoTracks() : [];
+    if (video.length && current[0] !== video[0]) {
+        player.removeAttribute("src");
+        player.srcObject = new MediaStream(video.slice(0, 1));
+        player.play().catch(() => {});
+    }
+    const tracks = session.stream.getAudioTracks();
+    const wanted = new Set(tracks.map((track) => track.id));
+    for (const [id, audio] of audios) {
+        if (!wanted.has(id)) {
+            audio.srcObject = null;
+            audio.remove();
+            audios.delete(id);
+        }
+    }
+    for (const track of tracks) {
+        if (audios.has(track.id)) continue;
+        const audio = document.createElement("audio");
+        audio.autoplay = true;
+        audio.muted = !soundOn;
+        audio.srcObject = new MediaStream([track]);
+        audioBox.append(audio);
+        audios.set(track.id, audio);
+        audio.play().catch(() => {});
+    }
 }
 
 /** @type {ReturnType<typeof setTimeout> | null} */
@@ -102,10 +144,12 @@ async function connect() {
             }, 3000);
         }
     };
+    session.ontrack = () => {
+        if (state.session === session) showSession(session);
+    };
     try {
         await session.start();
-        player.srcObject = session.stream;
-        player.play().catch(() => {});
+        showSession(session);
     } catch (e) {
         // 401/403/404: the room is not live (or not open to households) yet.
         const notYet = e instanceof WhepError && [401, 403, 404].includes(e.status);
@@ -127,8 +171,13 @@ setInterval(async () => {
 }, 15000);
 
 unmuteButton.addEventListener("click", () => {
-    player.muted = false;
+    soundOn = true;
+    player.muted = false; // HLS carries its sound in the player
     player.play().catch(() => {});
+    for (const audio of audios.values()) {
+        audio.muted = false;
+        audio.play().catch(() => {});
+    }
     unmuteButton.hidden = true;
 });
 
