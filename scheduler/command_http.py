@@ -17,7 +17,10 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hub.ids import ParticipantIdentity, RoomName
 from hub.store import Bus, Store
+from hub.tokens import Role as HubRole
+from hub.tokens import TokenSigner, grant_for_role
 from scheduler.accounts import Account, Auth, require
 from scheduler.attendance import AttendanceRecorder, attendance, find_occurrence
 from scheduler.command import (
@@ -54,6 +57,18 @@ JOIN_LEAD = timedelta(minutes=10)
 
 IssueToken = Callable[[str, str, str, str], str]
 """(room, identity, role, name) → a signed join token."""
+
+
+def hub_token_issuer(signer: TokenSigner, ttl: float = 12 * 3600) -> IssueToken:
+    """``issue_token`` backed by the hub's signer: the role's default grant."""
+
+    def issue(room: str, identity: str, role: str, name: str) -> str:
+        grant = grant_for_role(
+            RoomName(room), ParticipantIdentity(identity), HubRole(role), ttl=ttl, name=name
+        )
+        return signer.issue(grant)
+
+    return issue
 
 
 class CommandCenter:

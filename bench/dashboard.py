@@ -1,0 +1,300 @@
+"""``python -m bench.dashboard --json``: how fast the command dashboard reflects a
+station joining or leaving, with the whole county connected.
+
+A real hub with the dashboard in its own process on 127.0.0.1 (``serve`` below: the
+app of ``web.app.create_app`` plus the command router, as web/app.py will wire it);
+190 signaling connections (websocket ``/ws`` joins, no media) as the 14 institutes
+and 176 stations; the center administrator's ``/api/dashboard/stream``. Then ~50
+changes, one at a time: a station leaves (closes its socket) or joins again, and the
+time until the stream reports it is measured. Prints one JSON object last:
+``{"sites": 190, "p50_ms": …, "p95_ms": …, "changes": …}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from fastapi import FastAPI
+
+from bench._workers import die_with_parent
+from hub.settings import Settings
+from hub.tokens import TokenSigner
+from scheduler.accounts import Accounts, Auth
+from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
+
+ROOT = Path(__file__).resolve().parent.parent
+ROOM = "county-meeting"
+ADMIN = ("bench-admin", "bench-password-1")
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The hub's app with the command side mounted and started by its lifespan."""
+    from web.app import create_app
+
+    app = create_app(settings)
+    hub, engine = app.state.hub, app.state.engine
+    center = CommandCenter(engine=engine, store=hub.store, bus=hub.bus, node=hub.node_id)
+    auth = Auth(Accounts(engine), secure_cookies=True if settings.tls_cert else None)
+    app.include_router(
+        command_router(auth=auth, center=center, issue_token=hub_token_issuer(hub.signer))
+    )
+    hub_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub_lifespan(app):
+            await center.start()
+            try:
+                yield
+            finally:
+                await center.stop()
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    die_with_parent()
+    settings = Settings(host="127.0.0.1", port=args.port, data_dir=args.data_dir)
+    # Open event streams would otherwise hold a graceful shutdown forever.
+    uvicorn.run(
+        build_app(settings),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        ws_max_size=256 * 1024 + 1024,
+        timeout_graceful_shutdown=3,
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(*argv: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+class Station:
+    """One site's signaling connection (join only, messages drained)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self.socket: Any = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def join(self) -> None:
+        self.socket = await websockets.connect(self.url, max_size=2**22)
+        await self.socket.send(json.dumps({"type": "join", "token": self.token}))
+        while json.loads(await self.socket.recv())["type"] not in ("joined", "error"):
+            pass
+        self.reader = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            async for _ in self.socket:
+                pass
+        except websockets.ConnectionClosed:
+            pass
+
+    async def leave(self) -> None:
+        await self.socket.close()
+        if self.reader is not None:
+            await self.reader
+
+
+class DashboardWatch:
+    """The center's dashboard stream: when each site was last seen online/offline."""
+
+    def __init__(self) -> None:
+        self.online: dict[str, bool] = {}
+        self.changed = asyncio.Event()
+
+    async def follow(self, client: httpx.AsyncClient) -> None:
+        event = ""
+        async with client.stream("GET", "/api/dashboard/stream", timeout=None) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event in ("snapshot", "sites"):
+                    for site in json.loads(line[6:])["sites"]:
+                        self.online[site["code"]] = site["online"]
+                    self.changed.set()
+
+    async def until(self, code: str, online: bool, timeout: float = 10.0) -> float:
+        """Waits until ``code`` shows ``online``; the monotonic time it did."""
+        deadline = time.monotonic() + timeout
+        while self.online.get(code) is not online:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{code} never showed online={online}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return time.monotonic()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(base: str, secret: str, changes: int) -> dict[str, Any]:
+    signer = TokenSigner(secret)
+    issue = hub_token_issuer(signer)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.post(
+            "/api/login", json={"username": ADMIN[0], "password": ADMIN[1]}
+        )
+        response.raise_for_status()
+        sites = [
+            s for s in (await client.get("/api/dashboard")).json()["sites"] if s["kind"] != "center"
+        ]
+        watch = DashboardWatch()
+        follower = asyncio.create_task(watch.follow(client))
+        stations = {
+            s["code"]: Station(
+                base.replace("http", "ws") + "/ws", issue(ROOM, s["code"], s["kind"], s["name"])
+            )
+            for s in sites
+        }
+        try:
+            gate = asyncio.Semaphore(10)
+
+            async def join(station: Station) -> None:
+                async with gate:
+                    await station.join()
+
+            await asyncio.gather(*(join(s) for s in stations.values()))
+            for code in stations:
+                await watch.until(code, True, timeout=60)
+            delays: list[float] = []
+            codes = [c for c, s in zip(stations, sites, strict=True) if s["kind"] == "station"]
+            for i in range(changes):
+                code = codes[(i // 2 * 7) % len(codes)]
+                station = stations[code]
+                started = time.monotonic()
+                if i % 2 == 0:
+                    await station.leave()
+                    seen = await watch.until(code, False)
+                else:
+                    await station.join()
+                    seen = await watch.until(code, True)
+                delays.append((seen - started) * 1000)
+        finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            await asyncio.gather(
+                *(s.leave() for s in stations.values() if s.socket is not None),
+                return_exceptions=True,
+            )
+    return {
+        "sites": len(stations),
+        "p50_ms": round(percentile(delays, 0.5), 1),
+        "p95_ms": round(percentile(delays, 0.95), 1),
+        "max_ms": round(max(delays), 1),
+        "changes": len(delays),
+    }
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+        data_dir = Path(tmp)
+        database = f"sqlite+aiosqlite:///{data_dir / 'hub.sqlite3'}"
+        secret = secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            "HUB_SECRET": secret,
+            "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]',
+        }
+        _run("scheduler.seed", "--database-url", database, env=env)
+        _run(
+            "scheduler.accounts",
+            "create-admin",
+            "--username",
+            ADMIN[0],
+            "--password",
+            ADMIN[1],
+            "--database-url",
+            database,
+            env=env,
+        )
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench.dashboard", "serve"),
+                *("--port", str(port), "--data-dir", str(data_dir)),
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the hub did not start")
+                time.sleep(0.2)
+            return asyncio.run(asyncio.wait_for(measure(base, secret, args.changes), 100))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--changes", type=int, default=50, help="presence changes to time")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("serve", help="(internal) the hub with the dashboard")
+    run.add_argument("--port", type=int, required=True)
+    run.add_argument("--data-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+        return
+    result = bench(args)
+    if not args.json:
+        print(
+            f"{result['sites']} sites connected; dashboard reflects a presence change in "
+            f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms (goal ≤ 1000 ms at p95)"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""The command API over real HTTP (uvicorn on 127.0.0.1; the event streams need a real
+server): one-click join, attendance, escalations, the notice stream, dispatch, the
+dashboard and statistics, each with its permission checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hub.ids import ParticipantIdentity, RoomName
+from hub.store import Bus, Store, open_store_bus
+from hub.tokens import Role as HubRole
+from hub.tokens import TokenSigner
+from scheduler.accounts import CSRF_COOKIE, Accounts, Auth
+from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
+from scheduler.http import scheduler_router
+from scheduler.notices import STREAMS_CHANNEL, BusNotifier
+from scheduler.schedule import Audience, AudienceKind, Schedule, Session, room_name
+from scheduler.sites import Sites
+from tests.helpers import wait_until
+from tests.hubserver import SECRET, free_port
+from tests.test_accounts import FAST_HASHER, PASSWORD, USERS
+from tests.test_attendance import (  # noqa: F401  (fixture import)
+    command_engine_fixture,
+    live_session,
+    minute_now,
+)
+from tests.test_command import FakeClock
+from tests.test_sites import engine_fixture  # noqa: F401  (fixture import)
+
+
+@dataclass
+class EventStream:
+    """A Server-Sent Events response read in the background: comments and events."""
+
+    response: httpx.Response
+    comments: list[str] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ended: bool = False
+
+    async def read(self) -> None:
+        event = "message"
+        try:
+            async for line in self.response.aiter_lines():
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((event, json.loads(line[6:])))
+                    event = "message"
+        finally:
+            self.ended = True
+
+    async def next_event(
+        self, check: Callable[[str, dict[str, Any]], bool], timeout: float = 10
+    ) -> dict[str, Any]:
+        found: list[dict[str, Any]] = []
+
+        def done() -> str | None:
+            found[:] = [data for name, data in self.events if check(name, data)]
+            return None if found else f"no such event among {self.events[-3:]}"
+
+        await wait_until(done, timeout)
+        return found[0]
+
+
+@dataclass
+class CommandApi:
+    base: str
+    center: CommandCenter
+    store: Store
+    bus: Bus
+    clock: FakeClock
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    async def client(self, username: str) -> httpx.AsyncClient:
+        """Logged in as ``username`` with the cookie, echoing the CSRF token as pages do."""
+        client = httpx.AsyncClient(base_url=self.base, timeout=10)
+        self.clients.append(client)
+        response = await client.post(
+            "/api/login", json={"username": username, "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        client.headers["X-CSRF-Token"] = client.cookies[CSRF_COOKIE]
+        return client
+
+    @contextlib.asynccontextmanager
+    async def stream(self, client: httpx.AsyncClient, path: str) -> AsyncIterator[EventStream]:
+        async with client.stream("GET", path) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            stream = EventStream(response)
+            reader = asyncio.create_task(stream.read())
+            try:
+                yield stream
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await reader
+
+
+@pytest.fixture(name="api")
+async def api_fixture(command_engine: AsyncEngine) -> AsyncIterator[CommandApi]:
+    engine = command_engine
+    accounts = Accounts(engine, hasher=FAST_HASHER)
+    tree = await Sites(engine).tree()
+    for username, (role, site) in USERS.items():
+        await accounts.create(username, PASSWORD, role, site, tree)
+    auth = Auth(accounts)
+    store, bus = open_store_bus(None)
+    clock = FakeClock(minute_now())
+    center = CommandCenter(
+        engine=engine,
+        store=store,
+        bus=bus,
+        clock=clock,
+        keepalive=0.3,
+        dashboard_refresh=0.5,
+    )
+    app = FastAPI()
+    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    app.include_router(
+        command_router(auth=auth, center=center, issue_token=hub_token_issuer(TokenSigner(SECRET)))
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    await center.start()
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    api = CommandApi(f"http://127.0.0.1:{port}", center, store, bus, clock)
+    try:
+        yield api
+    finally:
+        await center.stop()  # ends open streams, so the server can stop
+        for client in api.clients:
+            await client.aclose()
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        await bus.close()
+        await store.close()
+
+
+async def i01_session(api: CommandApi, engine: AsyncEngine) -> Session:
+    return await live_session(engine, api.clock.now() - timedelta(minutes=1))
+
+
+async def test_join_gives_a_token_for_the_live_room_to_its_audience_only(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await i01_session(api, command_engine)
+    room = room_name(session.id, session.start)
+    sta1 = await api.client("sta1")
+    response = await sta1.post(f"/api/sessions/{session.id}/join")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    grant = TokenSigner(SECRET).verify(body["token"])
+    assert body["room"] == room and body["url"] == f"/station?token={body['token']}"
+    assert (grant.room, grant.identity, grant.role) == (room, "I01-S001", HubRole.STATION)
+    assert grant.name == (await Sites(command_engine).tree()).get("I01-S001").name
+
+    admin = await api.client("admin")
+    grant = TokenSigner(SECRET).verify(
+        (await admin.post(f"/api/sessions/{session.id}/join")).json()["token"]
+    )
+    assert (grant.identity, grant.role) == ("C", HubRole.CENTER)
+    assert (
+        await (await api.client("inst2")).post(f"/api/sessions/{session.id}/join")
+    ).status_code == 403
+    assert (await sta1.post("/api/sessions/999/join")).status_code == 404
+
+    later = await live_session(command_engine, api.clock.now() + timedelta(hours=2))
+    response = await sta1.post(f"/api/sessions/{later.id}/join")
+    assert response.status_code == 409 and "not open" in response.json()["detail"]
+    del sta1.headers["X-CSRF-Token"]
+    assert (await sta1.post(f"/api/sessions/{session.id}/join")).status_code == 403  # CSRF
+
+
+async def test_attendance_is_shown_within_the_callers_reach(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await live_session(
+        command_engine,
+        api.clock.now() - timedelta(minutes=1),
+        audience=Audience(AudienceKind.SUBTREES, ("I01", "I02")),
+    )
+    room = room_name(session.id, session.start)
+    for site in ("I01-S001", "I02-S001"):
+        await api.center.recorder.record_presence({"room": room, "identity": site, "here": True})
+    admin = await (await api.client("admin")).get(f"/api/attendance/{room}")
+    assert admin.status_code == 200
+    assert set(admin.json()["joined"]) == {"I01-S001", "I02-S001"}
+    inst1 = (await (await api.client("inst1")).get(f"/api/attendance/{room}")).json()
+    assert set(inst1["joined"]) == {"I01-S001"}
+    assert set(inst1["expected"]) == {"I01", "I01-S001", "I01-S002"}
+    assert inst1["absent"] == ["I01", "I01-S002"]
+    sta2 = (await (await api.client("sta2")).get(f"/api/attendance/{room}")).json()
+    assert sta2["joined"] == {} and sta2["absent"] == ["I01-S002"]
+    assert (await (await api.client("admin")).get("/api/attendance/lecture-1")).status_code == 404
+
+    only_i01 = await live_session(command_engine, api.clock.now() - timedelta(minutes=2))
+    other_room = room_name(only_i01.id, only_i01.start)
+    response = await (await api.client("inst2")).get(f"/api/attendance/{other_room}")
+    assert response.status_code == 403
+
+
+async def test_escalations_reach_the_institutes_view_and_notice_stream(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await i01_session(api, command_engine)
+    room = RoomName(room_name(session.id, session.start))
+    await api.store.set_presence(room, ParticipantIdentity("I01-S001"), {"sid": "PA_1"}, 30)
+    inst1 = await api.client("inst1")
+    async with api.stream(inst1, "/api/notices/stream") as notices:
+        await wait_until(lambda: None if notices.comments else "stream not open yet")
+        api.clock.advance(timedelta(minutes=5))
+        escalation = await notices.next_event(lambda name, _: name == "escalation")
+    assert escalation["site"] == "I01-S002" and escalation["room"] == room
+    listed = (await inst1.get("/api/escalations")).json()
+    assert [e["site"] for e in listed] == ["I01-S002"]
+    assert (await (await api.client("inst2")).get("/api/escalations")).json() == []
+    assert (await inst1.get("/api/escalations?days=0")).status_code == 422
+
+
+async def test_the_notice_stream_carries_session_opening_and_keeps_alive(
+    api: CommandApi,
+) -> None:
+    sta1 = await api.client("sta1")
+    async with api.bus.subscribe(STREAMS_CHANNEL) as announcements:
+        async with api.stream(sta1, "/api/notices/stream") as notices:
+            opened = await asyncio.wait_for(anext(announcements), 5)
+            assert (opened["site"], opened["open"]) == ("I01-S001", True)
+            event = {"type": "session.opening", "room": "s1-202603020900", "title": "讲座"}
+            await BusNotifier(api.bus).notify({"I01-S001", "I01-S002"}, event)
+            got = await notices.next_event(lambda name, _: name == "session.opening")
+            assert got == event
+            await wait_until(
+                lambda: None if "keep-alive" in notices.comments else "no keep-alive yet"
+            )
+        closed = await asyncio.wait_for(anext(announcements), 5)
+        assert (closed["site"], closed["open"]) == ("I01-S001", False)  # the client left
+
+    anonymous = httpx.AsyncClient(base_url=api.base)
+    api.clients.append(anonymous)
+    assert (await anonymous.get("/api/notices/stream")).status_code == 401
+
+
+async def test_app_shutdown_ends_open_streams(api: CommandApi) -> None:
+    sta1 = await api.client("sta1")
+    async with api.stream(sta1, "/api/notices/stream") as notices:
+        await wait_until(lambda: None if notices.comments else "stream not open yet")
+        api.center.streams.close()
+        await wait_until(lambda: None if notices.ended else "the stream is still open")
+
+
+async def test_a_directive_is_read_live_by_sites_and_followed_by_its_sender(
+    api: CommandApi,
+) -> None:
+    inst1, sta1, admin = [await api.client(u) for u in ("inst1", "sta1", "admin")]
+    body = {
+        "title": "防汛值班",
+        "text": "今晚安排专人值班。",
+        "targets": {"kind": "subtrees", "codes": ["I01"]},
+    }
+    async with (
+        api.stream(sta1, "/api/notices/stream") as notices,
+        api.stream(admin, "/api/dashboard/stream") as dashboard,
+    ):
+        await dashboard.next_event(lambda name, _: name == "snapshot")
+        await wait_until(lambda: None if notices.comments else "stream not open yet")
+        response = await inst1.post("/api/directives", json=body)
+        assert response.status_code == 201, response.text
+        sent = response.json()
+        assert sent["unread"] == ["I01-S001", "I01-S002"]  # not the sender's own site
+        notice = await notices.next_event(lambda name, _: name == "directive")
+        assert notice["id"] == sent["id"] and notice["title"] == "防汛值班"
+        ack = await sta1.post(f"/api/directives/{sent['id']}/ack")
+        assert ack.status_code == 200
+        read = await dashboard.next_event(lambda name, _: name == "directive_read")
+        assert (read["id"], read["site"]) == (sent["id"], "I01-S001")
+    state = (await inst1.get(f"/api/directives/{sent['id']}")).json()
+    assert list(state["read"]) == ["I01-S001"] and state["unread"] == ["I01-S002"]
+    assert [d["id"] for d in (await sta1.get("/api/directives")).json()] == [sent["id"]]
+    assert (
+        await (await api.client("inst2")).get(f"/api/directives/{sent['id']}")
+    ).status_code == 403
+    beyond = {**body, "targets": {"kind": "sites", "codes": ["I02-S001"]}}
+    assert (await inst1.post("/api/directives", json=beyond)).status_code == 403
+    assert (await sta1.post("/api/directives", json=body)).status_code == 403
+    assert (await admin.post(f"/api/directives/{sent['id']}/ack")).status_code == 404
+    unknown = {**body, "targets": {"kind": "regions", "codes": ["火星"]}}
+    assert (await admin.post("/api/directives", json=unknown)).status_code == 422
+
+
+async def test_the_dashboard_shows_presence_links_speakers_and_notice_streams_live(
+    api: CommandApi,
+) -> None:
+    admin, inst1, sta1 = (
+        await api.client("admin"),
+        await api.client("inst1"),
+        await api.client("sta1"),
+    )
+    assert (await sta1.get("/api/dashboard")).status_code == 403
+    snapshot = (await admin.get("/api/dashboard")).json()
+    assert len(snapshot["sites"]) == 191 and snapshot["sites"][0]["code"] == "C"
+    assert not any(site["online"] for site in snapshot["sites"])
+    assert {s["code"] for s in (await inst1.get("/api/dashboard")).json()["sites"]} == {
+        "I01",
+        "I01-S001",
+        "I01-S002",
+    }
+    room = RoomName("lecture-1")
+    async with (
+        api.stream(admin, "/api/dashboard/stream") as dashboard,
+        api.stream(inst1, "/api/dashboard/stream") as institute,
+    ):
+        await dashboard.next_event(lambda name, _: name == "snapshot")
+        await institute.next_event(lambda name, _: name == "snapshot")
+
+        def update_of(code: str, **expect: Any) -> Callable[[str, dict[str, Any]], bool]:
+            return lambda name, data: (
+                name == "sites"
+                and any(
+                    s["code"] == code and all(s[k] == v for k, v in expect.items())
+                    for s in data["sites"]
+                )
+            )
+
+        link = {"rtt_ms": 42.0, "loss": 0.02, "bitrate_kbps": 250.0}
+        await api.store.claim_room(room, "node-1")  # type: ignore[arg-type]
+        await api.store.heartbeat("node-1", {}, 30)  # type: ignore[arg-type]
+        await api.store.set_presence(room, ParticipantIdentity("I02-S001"), {"link": link}, 30)
+        await api.bus.publish("presence", {"room": room, "identity": "I02-S001", "here": True})
+        await dashboard.next_event(update_of("I02-S001", online=True, room=room))
+        await dashboard.next_event(update_of("I02-S001", link=link))  # from the Store
+        await api.bus.publish("speakers", {"room": room, "speakers": ["I02-S001"]})
+        await dashboard.next_event(update_of("I02-S001", speaking=True))
+        async with api.stream(sta1, "/api/notices/stream"):
+            await institute.next_event(update_of("I01-S001", online=True, room=None))
+        await institute.next_event(update_of("I01-S001", online=False))
+        assert not any(
+            s["code"] == "I02-S001"
+            for _, data in institute.events[1:]
+            for s in data.get("sites", [])
+        )
+
+
+async def test_statistics_for_the_center_and_institutes_as_json_and_csv(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    await i01_session(api, command_engine)
+    admin = await api.client("admin")
+    data = (await admin.get("/api/statistics")).json()
+    assert {r["theme"]: r["count"] for r in data["per_theme"]}["theory"] == 1
+    assert data["participants"]["household_viewers"] is None
+    csv_response = await admin.get("/api/statistics.csv")
+    assert csv_response.content.startswith(b"\xef\xbb\xbfsection,key,label,value")
+    assert "attachment" in csv_response.headers["content-disposition"]
+    assert (await (await api.client("inst1")).get("/api/statistics")).status_code == 200
+    assert (await (await api.client("sta1")).get("/api/statistics.csv")).status_code == 403
+
+
+async def test_the_pages_are_served(api: CommandApi) -> None:
+    async with httpx.AsyncClient(base_url=api.base) as client:
+        for page in ("/dashboard", "/sessions"):
+            response = await client.get(page)
+            assert response.status_code == 200 and "<html" in response.text
