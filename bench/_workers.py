@@ -239,7 +239,7 @@ class Subscribers:
             def on_rtp(received: ReceivedTrack, packet: RtpPacket) -> None:
                 counter.on_packet(received.track.kind, packet)
 
-            client = HubClient(ws_url, token, decode=False, on_rtp=on_rtp)
+            client = HubClient(ws_url, token, decode=False, lightweight=True, on_rtp=on_rtp)
             self.clients.append((client, counter))
             async with limit:
                 await client.connect(timeout=30)

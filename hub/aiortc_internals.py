@@ -220,8 +220,19 @@ class ReceiverTap:
         receiver: RTCRtpReceiver,
         on_rtp: Callable[[RtpPacket], None],
         on_frame: FrameCallback | None = None,
+        *,
+        bypass: bool = False,
     ) -> None:
+        """With ``bypass`` every packet goes straight to ``on_rtp`` and nothing else:
+        no statistics, no RTCP reports, no NACKs, no RTX unwrapping, no frames. For
+        load generators, whose own losses must not turn into retransmissions."""
         _require(receiver, _RECEIVER_ATTRS)
+        if bypass:
+
+            async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+                on_rtp(packet)
+
+            setattr(receiver, "_handle_rtp_packet", handle)  # noqa: B010
         self._receiver = receiver
         nack, decoder_queue = _RECEIVER_ATTRS[0], _RECEIVER_ATTRS[1]
         self._packets = _PacketTap(getattr(receiver, nack), on_rtp)

@@ -49,3 +49,39 @@ async def test_lecturer_reaches_station_decoded(hub_server: RunningHub) -> None:
     finally:
         await station.close()
         await center.close()
+
+
+async def test_a_lightweight_subscriber_counts_and_sends_no_feedback(
+    hub_server: RunningHub,
+) -> None:
+    """The benchmark's load generator: counts packets with none of aiortc's receive path."""
+    from aiortc.rtp import RtpPacket
+
+    from hub.client import ReceivedTrack
+
+    seen: list[int] = []
+
+    def on_rtp(track: ReceivedTrack, packet: RtpPacket) -> None:
+        seen.append(packet.sequence_number)
+
+    center = HubClient(hub_server.ws, hub_server.token("lw", "C", "center"))
+    station = HubClient(
+        hub_server.ws,
+        hub_server.token("lw", "S1", "station"),
+        decode=False,
+        lightweight=True,
+        on_rtp=on_rtp,
+    )
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        await station.connect()
+        await wait_until(lambda: None if len(seen) > 150 else f"{len(seen)} packets")
+        await asyncio.sleep(3)  # several RTCP intervals
+        participant = hub_server.hub.rooms["lw"].by_identity("S1")  # type: ignore[index,arg-type]
+        assert participant is not None and participant.link.rtt_ms is None  # no receiver reports
+        assert hub_server.hub.stats.nacks_received == 0
+        assert sum(t.packets for t in station.received.values()) == len(seen)
+    finally:
+        await station.close()
+        await center.close()
