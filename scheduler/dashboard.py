@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,7 +74,7 @@ class Dashboard:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._listeners: set[Listener] = set()
-        self._titles_loaded = 0.0
+        self._looked_up: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -145,7 +144,11 @@ class Dashboard:
             self.tree, now - timedelta(days=1), now + timedelta(days=1)
         )
         self.titles.update({info.room: info.title for info in infos})
-        self._titles_loaded = time.monotonic()
+
+    def _mark_room(self, room: str) -> None:
+        for code, state in self.states.items():
+            if room in state.rooms:
+                self._mark(code)
 
     async def refresh(self) -> None:
         """Re-read every room's presence from the Store (rooms, link quality)."""
@@ -211,14 +214,12 @@ class Dashboard:
         ):
             self.apply(channel, message)
             room = message.get("room")
-            if (
-                isinstance(room, str)
-                and room not in self.titles
-                and parse_room(room) is not None
-                and time.monotonic() - self._titles_loaded > self._refresh
-            ):
-                # A session scheduled since the last load: its title, at most once a tick.
-                await self._load_titles()
+            if isinstance(room, str) and room not in self._looked_up:
+                self._looked_up.add(room)
+                if room not in self.titles and parse_room(room) is not None:
+                    # A session scheduled since the last load: look once per room.
+                    await self._load_titles()
+                    self._mark_room(room)
 
     async def _refresh_loop(self) -> None:
         ticks = 0

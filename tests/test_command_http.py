@@ -307,7 +307,7 @@ async def test_a_directive_is_read_live_by_sites_and_followed_by_its_sender(
 
 
 async def test_the_dashboard_shows_presence_links_speakers_and_notice_streams_live(
-    api: CommandApi,
+    api: CommandApi, command_engine: AsyncEngine
 ) -> None:
     admin, inst1, sta1 = (
         await api.client("admin"),
@@ -349,6 +349,15 @@ async def test_the_dashboard_shows_presence_links_speakers_and_notice_streams_li
         await dashboard.next_event(update_of("I02-S001", link=link))  # from the Store
         await api.bus.publish("speakers", {"room": room, "speakers": ["I02-S001"]})
         await dashboard.next_event(update_of("I02-S001", speaking=True))
+        # A session scheduled after the dashboard started still shows its title.
+        session = await live_session(command_engine, api.clock.now())
+        session_room = RoomName(room_name(session.id, session.start))
+        await api.store.claim_room(session_room, "node-1")  # type: ignore[arg-type]
+        await api.store.set_presence(session_room, ParticipantIdentity("I01-S002"), {}, 30)
+        await api.bus.publish(
+            "presence", {"room": session_room, "identity": "I01-S002", "here": True}
+        )
+        await dashboard.next_event(update_of("I01-S002", session="理论宣讲：乡村振兴"))
         async with api.stream(sta1, "/api/notices/stream"):
             await institute.next_event(update_of("I01-S001", online=True, room=None))
         await institute.next_event(update_of("I01-S001", online=False))
