@@ -75,11 +75,14 @@ def _instant(message: dict[str, Any]) -> datetime:
 class AttendanceRecorder:
     """Writes joins, leaves and roll-call answers of session rooms as they happen.
 
-    ``await start()`` returns once it listens; ``stop()`` cancels and awaits its task."""
+    ``await start()`` returns once it listens; ``stop()`` cancels and awaits its task.
+    With ``node`` set, only that node's messages are recorded: in a cluster every node
+    hears every message, and each records the rooms it holds."""
 
-    def __init__(self, engine: AsyncEngine, bus: Bus) -> None:
+    def __init__(self, engine: AsyncEngine, bus: Bus, node: str | None = None) -> None:
         self._engine = engine
         self._bus = bus
+        self._node = node
         self._schedule = Schedule(engine)
         self._sessions: dict[int, bool] = {}
         self._task: asyncio.Task[None] | None = None
@@ -125,6 +128,8 @@ class AttendanceRecorder:
     async def _occurrence(self, message: dict[str, Any]) -> tuple[int, datetime, str] | None:
         room = message.get("room")
         if not isinstance(room, str) or not isinstance(message.get("identity"), str):
+            return None
+        if self._node is not None and message.get("node") != self._node:
             return None
         parsed = parse_room(room)
         if parsed is None or not await self._session_known(parsed[0]):

@@ -83,7 +83,7 @@ class CommandCenter:
         bus: Bus,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
-        node: str = "node",
+        node: str | None = None,
         escalation: EscalationConfig | None = None,
         keepalive: float = KEEPALIVE_SECONDS,
         dashboard_refresh: float = 5.0,
@@ -100,7 +100,7 @@ class CommandCenter:
         self.sites = Sites(engine)
         self.schedule = Schedule(engine)
         self.dispatch = Dispatch(engine, bus)
-        self.recorder = AttendanceRecorder(engine, bus)
+        self.recorder = AttendanceRecorder(engine, bus, node)
         self.escalator = Escalator(engine, store, self.notifier, self.clock, escalation)
         self.dashboard = Dashboard(engine, store, bus, refresh=dashboard_refresh)
         self.streams = StreamOwner()

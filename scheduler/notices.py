@@ -142,7 +142,7 @@ async def site_notices(
                 await asyncio.shield(announce(False))
 
 
-def stream_announcer(bus: Bus, node: str, code: str) -> Callable[[bool], Awaitable[None]]:
+def stream_announcer(bus: Bus, node: str | None, code: str) -> Callable[[bool], Awaitable[None]]:
     """Publishes the open/close of one stream of ``code`` on ``notice-streams``."""
     stream = secrets.token_hex(6)
 

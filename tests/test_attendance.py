@@ -84,7 +84,7 @@ async def test_joins_leaves_rejoins_and_roll_call_are_recorded(
     session = await live_session(engine, minute_now() - timedelta(minutes=1))
     room = room_name(session.id, session.start)
     async with running_hub(tmp_path) as hub:
-        recorder = AttendanceRecorder(engine, hub.hub.bus)
+        recorder = AttendanceRecorder(engine, hub.hub.bus, hub.hub.node_id)
         await recorder.start()
         clients: list[HubClient] = []
         try:
@@ -162,12 +162,18 @@ async def test_a_rejoin_adds_a_second_interval_and_durations_add_up(
     ]:
         await recorder.record_presence({"room": room, "identity": identity, "here": here, "at": at})
     await recorder.record_presence({"room": "s999-202601010900", "identity": "X", "here": True})
+    # In a cluster each node records its own rooms only: every node hears every message.
+    node_a = AttendanceRecorder(engine, bus=None, node="node-a")  # type: ignore[arg-type]
+    joins = {"room": room, "identity": "I01-S001", "here": True, "at": t0 + 2000}
+    await node_a.record_presence({**joins, "node": "node-b"})
+    await node_a.record_presence({**joins, "identity": "I01", "node": "node-a"})
     tree = await Sites(engine).tree()
     info = await find_occurrence(Schedule(engine), tree, room)
     assert info is not None
     now = datetime.fromtimestamp(t0 + 1000, UTC)
     report = (await attendance(engine, info, now)).to_json()
     assert report["joined"]["I01-S001"]["seconds"] == 150
+    assert "I01" in report["joined"] and report["joined"]["I01"]["seconds"] == 0
     assert report["joined"]["I01-S001"]["first_join"].startswith(
         datetime.fromtimestamp(t0, LOCAL_ZONE).isoformat()[:16]
     )
