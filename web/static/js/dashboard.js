@@ -394,6 +394,12 @@ async function main() {
     renderDirectives();
     loadEscalations();
     setInterval(loadEscalations, 15000);
+    await loadStatistics();
+    // Figures move slowly: a minute is fresh enough and costs the server little.
+    setInterval(loadStatistics, 60000);
+}
+
+async function loadStatistics() {
     try {
         statistics = await api("/api/statistics");
         renderStatistics();
