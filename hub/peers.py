@@ -11,6 +11,7 @@ from typing import Any
 
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -83,8 +84,12 @@ async def close_peer(pc: RTCPeerConnection) -> None:
 
 
 def make_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:
-    # Always explicit: aiortc's default is a public STUN server the intranet lacks.
-    return RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+    # ICE servers always explicit: aiortc's default is a public STUN server the
+    # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
+    # of one kind added before negotiation keeps a transport that bundling discards.
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=list(ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
 
 
 def parse_candidate(

@@ -87,7 +87,6 @@ class Publication:
         self.up = up
         self.tap = tap
         self.published_at = time.monotonic()
-        self.moderator_muted = False
         self.closed = False
 
     @property
@@ -105,6 +104,7 @@ class Publication:
             "kind": self.kind,
             "codec": self.up.codec.name,
             "muted": self.muted,
+            "muted_by_moderator": self.source in self.participant.muted_by_moderator,
         }
 
     def track_info(self) -> TrackInfo:
@@ -426,6 +426,8 @@ class Participant:
         self.subscriber: SubscriberPeer | None = None
         self.whep: WhepPeer | None = None
         self.link = LinkStats()
+        self.muted_by_moderator: set[Source] = set()
+        """Sources a moderator muted: kept across republishing and rejoining."""
         self._bytes_at_last_stats = 0
         self.closed = False
 
@@ -461,6 +463,9 @@ class Participant:
         up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe)
         tap = ReceiverTap(transceiver.receiver, up.on_rtp)
         publication = Publication(self, source, up, tap)
+        up.muted = source in self.muted_by_moderator
+        if up.muted:
+            self.send({"type": "muted", "source": source.value, "muted": True, "by_moderator": True})
         self.publications[publication.id] = publication
         room.on_published(publication)
         return publication
@@ -477,11 +482,15 @@ class Participant:
         publication = self.publication_by_source(source)
         if publication is None:
             raise HubError("not_found", f"{self.name} publishes no {source.value}")
-        if not muted and publication.moderator_muted and not by_moderator:
-            raise HubError("muted_by_moderator", "a moderator muted this; ask to be unmuted")
+        if not muted and source in self.muted_by_moderator and not by_moderator:
+            raise HubError(
+                "muted_by_moderator", f"a moderator muted your {source.value}; ask to be unmuted"
+            )
         publication.up.muted = muted
-        if by_moderator:
-            publication.moderator_muted = muted
+        if by_moderator and muted:
+            self.muted_by_moderator.add(source)
+        elif by_moderator:
+            self.muted_by_moderator.discard(source)
         self.send(
             {"type": "muted", "source": source.value, "muted": muted, "by_moderator": by_moderator}
         )
@@ -559,15 +568,21 @@ class Room:
         if grant.room != self.name:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {self.name}")
         previous = self.by_identity(grant.identity) if kind != "whep" else None
+        participant = Participant(self, grant, kind, send)
+        on_stage = grant.can_moderate or grant.role == Role.INGEST
         if previous is not None:
+            # A reconnecting site keeps its place: stage, raised hand, moderator mutes.
+            on_stage = on_stage or previous.on_stage
+            participant.hand_raised = previous.hand_raised
+            participant.hand_raised_at = previous.hand_raised_at
+            participant.muted_by_moderator = set(previous.muted_by_moderator)
             previous.send({"type": "removed", "reason": "duplicate_identity"})
             await self.leave(previous)
-        participant = Participant(self, grant, kind, send)
         self.participants[participant.sid] = participant
         if self._empty_timer is not None:
             self._empty_timer.cancel()
             self._empty_timer = None
-        if grant.can_moderate or grant.role == Role.INGEST:
+        if on_stage:
             self._set_stage(participant, True, notify=False)
         if kind == "ws" and grant.can_subscribe:
             participant.subscriber = SubscriberPeer(

@@ -177,6 +177,7 @@ class Hub:
                 logger.exception("heartbeat failed")
 
     async def close(self) -> None:
-        await self.tasks.close()
+        # Rooms first: their last presence changes still go out through the tasks.
         for name in list(self.rooms):
             await self.close_room(name)
+        await self.tasks.close()

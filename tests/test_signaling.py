@@ -112,6 +112,14 @@ async def test_stage_hands_and_who_receives_what(hub_server: RunningHub) -> None
         )
         await wait_until(lambda: None if len(s2.received) == 2 else f"s2 has {len(s2.received)}")
         assert {t.info["participant"] for t in s2.received.values()} == {c_sid}
+        # Media flows on every one of the moderator's tracks, not only the first of a kind.
+        await wait_until(
+            lambda: (
+                None
+                if all(t.packets > 10 for t in center.received.values())
+                else f"center packets: {[t.packets for t in center.received.values()]}"
+            )
+        )
 
         await s1.send({"type": "hand", "raised": True})
         update = await center.wait_for(
@@ -331,3 +339,56 @@ async def test_screen_share_comes_and_goes_by_renegotiation(hub_server: RunningH
     finally:
         await station.close()
         await center.close()
+
+
+async def test_a_reconnecting_station_keeps_stage_hand_and_moderator_mute(
+    hub_server: RunningHub,
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("re", "C", "center"))
+    clients = [center]
+    try:
+        await center.connect()
+
+        async def reconnect() -> HubClient:
+            client = HubClient(hub_server.ws, hub_server.token("re", "S1", "station"))
+            clients.append(client)
+            await client.connect()
+            return client
+
+        first = await reconnect()
+        await first.publish({"microphone": AudioStreamTrack()})
+        await first.send({"type": "hand", "raised": True})
+        await center.send(
+            {"type": "moderate", "participant": first.joined["participant"]["sid"],
+             "action": "mute", "source": "microphone", "muted": True}
+        )  # fmt: skip
+        await first.wait_for(lambda m: m["type"] == "muted")
+
+        second = await reconnect()  # the same station, after a network drop
+        me = second.joined["participant"]
+        assert me["hand_raised"] and not me["on_stage"]
+        await second.publish({"microphone": AudioStreamTrack()})
+        muted = await second.wait_for(lambda m: m["type"] == "muted")
+        assert muted["by_moderator"] and muted["muted"]
+        update = await center.wait_for(
+            lambda m: (
+                m["type"] == "participant_updated"
+                and m["participant"]["sid"] == me["sid"]
+                and m["participant"]["publications"]
+            )
+        )
+        publication = update["participant"]["publications"][0]
+        assert publication["muted"] and publication["muted_by_moderator"]
+
+        await center.send(
+            {"type": "moderate", "participant": me["sid"], "action": "stage", "on_stage": True}
+        )
+        await second.wait_for(lambda m: m["type"] == "quality" and m["level"] == "stage")
+        third = await reconnect()
+        assert third.joined["participant"]["on_stage"] and third.joined["quality"] == "stage"
+        assert third.joined["participant"]["sid"] in third.joined["stage"]
+        room = hub_server.hub.rooms["re"]  # type: ignore[index]
+        assert [p.identity for p in room.stage] == ["C", "S1"]
+    finally:
+        for client in reversed(clients):
+            await client.close()

@@ -189,3 +189,57 @@ async def test_whip_grants_are_enforced(hub_server: RunningHub) -> None:
                 headers["Authorization"] = f"Bearer {token}"
             response = await http.post(f"{hub_server.base}{path}", content=sdp, headers=headers)
             assert response.status_code == status, (path, response.text)
+
+
+async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> None:
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    center = HubClient(hub_server.ws, hub_server.token("voices", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("voices", "S1", "station"))
+    pc = make_peer_connection([])
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        await station.connect()
+        await station.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        await center.send(
+            {
+                "type": "moderate",
+                "action": "stage",
+                "participant": station.joined["participant"]["sid"],
+                "on_stage": True,
+            }
+        )
+        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == 2)
+        pc.addTransceiver("video", direction="recvonly")
+        for _ in range(3):
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{hub_server.base}/whep/voices",
+                content=pc.localDescription.sdp,
+                headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {hub_server.token('voices', 'V', 'viewer')}",
+                },
+            )
+        assert response.status_code == 201, response.text
+        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+        receivers = [t.receiver for t in pc.getTransceivers() if t.kind == "audio"]
+
+        async def voices() -> str | None:
+            counts = []
+            for receiver in receivers:
+                stats = await receiver.getStats()
+                counts.append(
+                    sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+                )
+            heard = [c for c in counts if c > 20]
+            return None if len(heard) == 2 else f"audio packets per m-line: {counts}"
+
+        await wait_until(voices, timeout=15)
+    finally:
+        await pc.close()
+        await station.close()
+        await center.close()
