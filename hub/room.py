@@ -465,7 +465,9 @@ class Participant:
         publication = Publication(self, source, up, tap)
         up.muted = source in self.muted_by_moderator
         if up.muted:
-            self.send({"type": "muted", "source": source.value, "muted": True, "by_moderator": True})
+            self.send(
+                {"type": "muted", "source": source.value, "muted": True, "by_moderator": True}
+            )
         self.publications[publication.id] = publication
         room.on_published(publication)
         return publication
