@@ -257,13 +257,19 @@ async def test_the_notice_stream_carries_session_opening_and_keeps_alive(
     anonymous = httpx.AsyncClient(base_url=api.base)
     api.clients.append(anonymous)
     assert (await anonymous.get("/api/notices/stream")).status_code == 401
+    token = (await sta1.post("/api/me/tokens", json={"label": "bot"})).json()["token"]
+    anonymous.headers["Authorization"] = f"Bearer {token}"
+    async with api.stream(anonymous, "/api/notices/stream") as by_token:
+        await wait_until(lambda: None if by_token.comments else "stream not open yet")
+        await BusNotifier(api.bus).notify({"I01-S001"}, event)
+        assert await by_token.next_event(lambda name, _: name == "session.opening") == event
 
 
 async def test_app_shutdown_ends_open_streams(api: CommandApi) -> None:
     sta1 = await api.client("sta1")
     async with api.stream(sta1, "/api/notices/stream") as notices:
         await wait_until(lambda: None if notices.comments else "stream not open yet")
-        api.center.streams.close()
+        await api.center.stop()
         await wait_until(lambda: None if notices.ended else "the stream is still open")
 
 

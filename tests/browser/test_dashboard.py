@@ -166,6 +166,9 @@ def test_a_station_joining_shows_online_on_the_dashboard(
     )
     assert "理论宣讲" in dashboard.locator("#stats").inner_text()  # the theme chart
     screenshot(dashboard, "dashboard.png")
+    dashboard.set_viewport_size({"width": 360, "height": 740})
+    width = dashboard.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"the dashboard scrolls sideways at 360 px ({width} px)"
 
     dashboard.get_by_role("button", name="切换语言为英文").click()
     assert dashboard.locator("h1").inner_text() == "Command dashboard"
