@@ -24,7 +24,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 
@@ -36,6 +36,9 @@ _RECEIVER_ATTRS = (
     "_RTCRtpReceiver__nack_generator",
     "_RTCRtpReceiver__decoder_queue",
     "_send_rtcp_pli",
+    "_RTCRtpReceiver__remote_bitrate_estimator",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    "_send_rtcp",
 )
 _SENDER_ATTRS = (
     "_ssrc",
@@ -239,6 +242,25 @@ class ReceiverTap:
         self._frames = _FrameTap(getattr(receiver, decoder_queue), on_frame)
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)
+
+    def announce_bandwidth(self) -> None:
+        """Stop aiortc's own receive-side estimate: it ramps a browser up over tens of
+        seconds. The hub announces a fixed ceiling instead (:meth:`send_remb`), as
+        Janus does; the browser's loss-based control still backs off on loss."""
+        setattr(self._receiver, _RECEIVER_ATTRS[3], None)
+
+    async def send_remb(self, bitrate: int, media_ssrc: int) -> None:
+        """Send a REMB announcing ``bitrate`` bits/s for ``media_ssrc``."""
+        rtcp_ssrc = getattr(self._receiver, _RECEIVER_ATTRS[4])
+        if rtcp_ssrc is None:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate, [media_ssrc]),
+        )
+        await self._receiver._send_rtcp(packet)
 
     def set_frame_callback(self, on_frame: FrameCallback | None) -> None:
         self._frames.on_frame = on_frame

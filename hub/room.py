@@ -44,6 +44,9 @@ from media.frames import EncodedFrame, FrameSink, TrackInfo
 logger = logging.getLogger(__name__)
 
 SOURCE_KIND = {Source.CAMERA: "video", Source.SCREEN: "video", Source.MICROPHONE: "audio"}
+VIDEO_CEILING_BPS = 2_500_000
+"""The bandwidth the hub announces to video publishers (REMB): a stage camera's
+1.5 Mbps or a screen share fits under it."""
 SPEAKING_LEVEL = 60
 """Audio level (0 loudest … 127 silent, dBov) under which a publisher is speaking."""
 
@@ -462,6 +465,8 @@ class Participant:
 
         up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe)
         tap = ReceiverTap(transceiver.receiver, up.on_rtp)
+        if up.kind == "video":
+            tap.announce_bandwidth()
         publication = Publication(self, source, up, tap)
         up.muted = source in self.muted_by_moderator
         if up.muted:
@@ -555,6 +560,7 @@ class Room:
         self.closed = False
         self.tasks.spawn(self._speaker_loop(), name="speakers")
         self.tasks.spawn(self._stats_loop(), name="stats")
+        self.tasks.spawn(self._bandwidth_loop(), name="bandwidth")
         self._arm_empty_timer()
 
     # --- membership ---
@@ -874,6 +880,17 @@ class Room:
                 self.broadcast({"type": "speakers", "speakers": speakers})
                 identities = [self.participants[s].identity for s in speakers]
                 self._on_event("speakers", {"room": self.name, "speakers": identities})
+
+    async def _bandwidth_loop(self) -> None:
+        """Tell every video publisher it may send up to the ceiling; what it does send
+        is set by its own encoder settings (thumbnail or stage)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for participant in list(self.participants.values()):
+                for publication in list(participant.publications.values()):
+                    ssrc = publication.up.media_ssrc
+                    if publication.kind == "video" and ssrc is not None:
+                        await publication.tap.send_remb(VIDEO_CEILING_BPS, ssrc)
 
     async def _stats_loop(self) -> None:
         interval = 2.0

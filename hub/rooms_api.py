@@ -38,6 +38,7 @@ def room_info(room: Room) -> dict[str, Any]:
         "stage": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in room.stage],
         "hands": [p.sid for p in room.hands()],
         "media": room.media.status(),
+        "hls_url": room.media.status()["hls_url"],
     }
 
 

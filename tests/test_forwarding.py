@@ -62,7 +62,7 @@ def make_pair(
 async def test_subscription_starts_at_keyframe_and_rewrites_headers() -> None:
     stats = ForwardingStats()
     plis: list[int] = []
-    up, down, wire, reports = make_pair(stats, plis)
+    up, down, wire, _ = make_pair(stats, plis)
     Subscription(up, down)
     up.on_rtp(packet(65534, 1000, VP8_DELTA))
     up.on_rtp(packet(65535, 1000, VP8_CONT, marker=1))

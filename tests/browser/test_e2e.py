@@ -2,8 +2,6 @@
 household viewer, shown working by getStats figures (frames decoded increasing)."""
 
 from __future__ import annotations
-
-import time
 from typing import Any
 
 import pytest
@@ -98,10 +96,10 @@ def test_hand_stage_and_back(hub: HubProcess, browsers: Browsers) -> None:
 
     def raised() -> str | None:
         width = camera_width(a)
-        return None if width > 320 else f"on stage, station camera still {width} px wide"
+        return None if width >= 1280 else f"on stage, station camera still {width} px wide"
 
-    # How fast the size rises follows the bandwidth estimate, which the hub's
-    # REMB lets grow slowly (~140 -> 400 kbps in 20 s on loopback): be patient.
+    # The size follows the browser's bandwidth estimate; the hub announces a
+    # ceiling (REMB) well above a stage camera's, so the full size comes quickly.
     poll(raised, timeout=40)
     on_stage = camera_size(a)
     assert on_stage[1] > off_stage[1], f"height did not rise: {off_stage} -> {on_stage}"
