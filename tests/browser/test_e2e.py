@@ -2,6 +2,8 @@
 household viewer, shown working by getStats figures (frames decoded increasing)."""
 
 from __future__ import annotations
+
+import time
 from typing import Any
 
 import pytest
