@@ -80,7 +80,7 @@ class Dashboard:
     async def start(self) -> None:
         if self._tasks:
             return
-        await self._load_titles()
+        await self._load()
         await self.refresh()
         self._dirty.clear()
         listening = asyncio.get_running_loop().create_future()
@@ -100,9 +100,6 @@ class Dashboard:
                 await task
 
     # --- state ---
-
-    def state(self, code: str) -> SiteState:
-        return self.states.setdefault(code, SiteState())
 
     def site_json(self, code: str) -> dict[str, Any]:
         state = self.states.get(code) or SiteState()
@@ -137,8 +134,11 @@ class Dashboard:
         self._dirty.add(code)
         self._wake.set()
 
-    async def _load_titles(self) -> None:
+    async def _load(self) -> None:
+        """The tree, and the titles of the sessions around today."""
         self.tree = await self._sites.tree()
+        for site in self.tree.all():
+            self.states.setdefault(site.code, SiteState())
         now = datetime.now(UTC)
         infos = await self._schedule.overlapping(
             self.tree, now - timedelta(days=1), now + timedelta(days=1)
@@ -158,8 +158,7 @@ class Dashboard:
             for identity, info in (await self._store.presence(room)).items():
                 rooms.setdefault(identity, set()).add(room)
                 links[identity] = info.get("link") or {}
-        for code in set(self.states) | set(rooms):
-            state = self.state(code)
+        for code, state in self.states.items():
             new_rooms = rooms.get(code, set())
             link = links.get(code)
             if state.rooms != new_rooms or state.link != link:
@@ -170,28 +169,32 @@ class Dashboard:
         """One Bus message."""
         if channel == PRESENCE_CHANNEL:
             code, room = str(message.get("identity")), str(message.get("room"))
-            rooms = self.state(code).rooms
+            state = self.states.get(code)
+            if state is None:
+                return  # not a site: a person, an ingest, a household viewer
             if message.get("here"):
-                rooms.add(room)
+                state.rooms.add(room)
             else:
-                rooms.discard(room)
+                state.rooms.discard(room)
             self._mark(code)
         elif channel == SPEAKERS_CHANNEL:
             room = str(message.get("room"))
             now = {str(s) for s in message.get("speakers", [])}
-            before = self._speakers.get(room, set())
-            self._speakers[room] = now
-            for code in before ^ now:
-                self.state(code).speaking = code in now
+            before = self._speakers.pop(room, set())
+            if now:
+                self._speakers[room] = now
+            for code in (before ^ now) & self.states.keys():
+                self.states[code].speaking = code in now
                 self._mark(code)
         elif channel == STREAMS_CHANNEL:
             code = str(message.get("site"))
             key = f"{message.get('node')}/{message.get('stream')}"
-            streams = self.state(code).streams
+            if code not in self.states:
+                return
             if message.get("open"):
-                streams.add(key)
+                self.states[code].streams.add(key)
             else:
-                streams.discard(key)
+                self.states[code].streams.discard(key)
             self._mark(code)
         elif channel == DIRECTIVES_CHANNEL:
             for listener in self._listeners:
@@ -218,7 +221,7 @@ class Dashboard:
                 self._looked_up.add(room)
                 if room not in self.titles and parse_room(room) is not None:
                     # A session scheduled since the last load: look once per room.
-                    await self._load_titles()
+                    await self._load()
                     self._mark_room(room)
 
     async def _refresh_loop(self) -> None:
@@ -228,7 +231,7 @@ class Dashboard:
             ticks += 1
             try:
                 if ticks % 12 == 0:
-                    await self._load_titles()
+                    await self._load()
                 await self.refresh()
             except Exception:
                 logger.exception("dashboard refresh failed")

@@ -350,6 +350,7 @@ async def test_the_dashboard_shows_presence_links_speakers_and_notice_streams_li
         await api.store.claim_room(room, "node-1")  # type: ignore[arg-type]
         await api.store.heartbeat("node-1", {}, 30)  # type: ignore[arg-type]
         await api.store.set_presence(room, ParticipantIdentity("I02-S001"), {"link": link}, 30)
+        await api.bus.publish("presence", {"room": room, "identity": "viewer-7", "here": True})
         await api.bus.publish("presence", {"room": room, "identity": "I02-S001", "here": True})
         await dashboard.next_event(update_of("I02-S001", online=True, room=room))
         await dashboard.next_event(update_of("I02-S001", link=link))  # from the Store
@@ -367,6 +368,8 @@ async def test_the_dashboard_shows_presence_links_speakers_and_notice_streams_li
         async with api.stream(sta1, "/api/notices/stream"):
             await institute.next_event(update_of("I01-S001", online=True, room=None))
         await institute.next_event(update_of("I01-S001", online=False))
+        every_update = [s["code"] for _, data in dashboard.events for s in data["sites"]]
+        assert "viewer-7" not in every_update  # not a site
         assert not any(
             s["code"] == "I02-S001"
             for _, data in institute.events[1:]
