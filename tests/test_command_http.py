@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +24,7 @@ from hub.store import Bus, Store, open_store_bus
 from hub.tokens import Role as HubRole
 from hub.tokens import TokenSigner
 from scheduler.accounts import CSRF_COOKIE, Accounts, Auth
-from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
+from scheduler.command_http import STATIC_DIR, CommandCenter, command_router, hub_token_issuer
 from scheduler.http import scheduler_router
 from scheduler.notices import STREAMS_CHANNEL, BusNotifier
 from scheduler.schedule import Audience, AudienceKind, Schedule, Session, room_name
@@ -397,3 +398,17 @@ async def test_the_pages_are_served(api: CommandApi) -> None:
         for page in ("/dashboard", "/sessions"):
             response = await client.get(page)
             assert response.status_code == 200 and "<html" in response.text
+
+
+def test_every_page_string_is_in_both_languages() -> None:
+
+    source = (STATIC_DIR / "js" / "command-common.js").read_text(encoding="utf-8")
+    key = re.compile(r'^\s*"([a-zA-Z0-9_.]+)":', re.M)
+    zh = set(key.findall(source.split("const zh = {", 1)[1].split("\n};", 1)[0]))
+    en = set(key.findall(source.split("const en = {", 1)[1].split("\n};", 1)[0]))
+    assert zh == en
+    for page in ("dashboard.html", "sessions.html"):
+        used = set(
+            re.findall(r'data-c(?:-label)?="([^"]+)"', (STATIC_DIR / page).read_text("utf-8"))
+        )
+        assert used and used <= zh, f"{page} uses unknown keys: {used - zh}"
