@@ -27,6 +27,7 @@ from scheduler.accounts import CSRF_COOKIE, Accounts, Auth
 from scheduler.command_http import STATIC_DIR, CommandCenter, command_router, hub_token_issuer
 from scheduler.http import scheduler_router
 from scheduler.notices import STREAMS_CHANNEL, BusNotifier
+from scheduler.runner import Runner
 from scheduler.schedule import Audience, AudienceKind, Schedule, Session, room_name
 from scheduler.sites import Sites
 from tests.helpers import wait_until
@@ -38,6 +39,7 @@ from tests.test_attendance import (  # noqa: F401  (fixture import)
     minute_now,
 )
 from tests.test_command import FakeClock
+from tests.test_runner import Rooms
 from tests.test_sites import engine_fixture  # noqa: F401  (fixture import)
 
 
@@ -412,3 +414,17 @@ def test_every_page_string_is_in_both_languages() -> None:
             re.findall(r'data-c(?:-label)?="([^"]+)"', (STATIC_DIR / page).read_text("utf-8"))
         )
         assert used and used <= zh, f"{page} uses unknown keys: {used - zh}"
+
+
+async def test_the_runner_announces_a_session_on_the_audiences_notice_streams(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await live_session(command_engine, api.clock.now() + timedelta(minutes=10))
+    runner = Runner(command_engine, Rooms(), api.center.notifier, api.store, "node-1", api.clock)
+    sta1 = await api.client("sta1")
+    async with api.stream(sta1, "/api/notices/stream") as notices:
+        await wait_until(lambda: None if notices.comments else "stream not open yet")
+        await runner.tick()
+        opening = await notices.next_event(lambda name, _: name == "session.opening")
+    assert opening["room"] == room_name(session.id, session.start)
+    assert opening["title"] == session.title and opening["session_id"] == session.id
