@@ -30,6 +30,7 @@ class RestreamBody(BaseModel):
 
 
 def room_info(room: Room) -> dict[str, Any]:
+    media = room.media.status()
     return {
         "name": room.name,
         "public": room.public,
@@ -37,8 +38,9 @@ def room_info(room: Room) -> dict[str, Any]:
         "participants": len(room.participants),
         "stage": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in room.stage],
         "hands": [p.sid for p in room.hands()],
-        "media": room.media.status(),
-        "hls_url": room.media.status()["hls_url"],
+        "media": media,
+        "recording": media["recording"],
+        "hls_url": media["hls_url"],
     }
 
 

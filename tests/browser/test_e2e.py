@@ -301,10 +301,6 @@ def open_viewer(hub: HubProcess, browsers: Browsers, console: Any, room: str) ->
     return browsers.open(f"{hub.base_url}/watch/{room}", "viewer", width=360, height=740)
 
 
-@pytest.mark.xfail(
-    reason="hub: a WHEP offer with several audio m-lines gets packets on the first only",
-    strict=False,
-)
 def test_households_hear_the_lecturer_and_a_station_on_stage(
     hub: HubProcess, browsers: Browsers
 ) -> None:

@@ -1,7 +1,7 @@
 // @ts-check
 /** The center console: go live, the wall of sites, moderation, chat. */
 
-import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRoomPublic } from "./protocol.js";
+import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRoomMedia } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
 import {
     AudioSink,
@@ -35,6 +35,7 @@ const goLiveButton = /** @type {HTMLButtonElement} */ (byId("golive"));
 const shareButton = /** @type {HTMLButtonElement} */ (byId("share"));
 const micToggle = /** @type {HTMLButtonElement} */ (byId("mic-toggle"));
 const householdsButton = /** @type {HTMLButtonElement} */ (byId("households"));
+const recordButton = /** @type {HTMLButtonElement} */ (byId("record"));
 const audioSink = new AudioSink(byId("audio"));
 
 /** @type {HubClient | null} */
@@ -412,38 +413,78 @@ function renderIndicators() {
     show("ind-live", "console.householdLive", households);
     householdsButton.textContent = t(households ? "console.closeHouseholds" : "console.openHouseholds");
     householdsButton.setAttribute("aria-pressed", String(!!households));
+    recordButton.textContent = t(roomStatus?.recording ? "console.record.stop" : "console.record.start");
+    recordButton.setAttribute("aria-pressed", String(!!roomStatus?.recording));
 }
 
-householdsButton.addEventListener("click", async () => {
+/**
+ * Start or stop recording or live HLS for households through the room API.
+ * @param {HTMLButtonElement} button
+ * @param {'recording' | 'live'} what
+ * @param {boolean} on
+ */
+async function toggleMedia(button, what, on) {
     if (!client || !client.room) return;
-    householdsButton.disabled = true;
+    button.disabled = true;
     try {
-        householdsWanted = !(roomStatus && roomStatus.public);
-        roomStatus = await setRoomPublic(client.room, token, householdsWanted);
+        const media = await setRoomMedia(client.room, token, what, on);
+        onMedia(media);
     } catch (e) {
         toast(String(e));
     } finally {
-        householdsButton.disabled = false;
-        renderIndicators();
+        button.disabled = false;
     }
-});
+}
 
-/** What the moderator asked for households; re-applied if the hub forgot it (restart). */
-let householdsWanted = false;
-
-async function pollRoomStatus() {
-    if (client && client.room) {
-        roomStatus = await fetchRoomStatus(client.room);
-        if (householdsWanted && roomStatus && roomStatus.public === false && client.state === "joined") {
-            try {
-                roomStatus = await setRoomPublic(client.room, token, true);
-            } catch (e) {
-                toast(String(e));
-            }
-        }
-    }
+/** @param {import("./protocol.js").MediaStatus} media */
+function onMedia(media) {
+    roomStatus = { ...(roomStatus || {}), recording: media.recording, hls_url: media.hls_url || undefined };
+    if (media.live) roomStatus.public = true;
+    const errors = Object.entries(media.errors || {});
+    const errorNode = byId("media-error");
+    errorNode.hidden = errors.length === 0;
+    errorNode.textContent = errors.map(([what, message]) => `${t(`console.media.${what}`)}：${message}`).join("；");
     renderIndicators();
 }
+
+householdsButton.addEventListener("click", () =>
+    toggleMedia(householdsButton, "live", !(roomStatus && typeof roomStatus.hls_url === "string")),
+);
+recordButton.addEventListener("click", () => toggleMedia(recordButton, "recording", !roomStatus?.recording));
+
+async function pollRoomStatus() {
+    if (client && client.room) roomStatus = await fetchRoomStatus(client.room);
+    renderIndicators();
+}
+
+// ---- roll call ------------------------------------------------------------------------------
+
+const ANSWERS = /** @type {const} */ (["present", "late", "absent", "waiting"]);
+
+/** @param {import("./protocol.js").RollCallStatus} status */
+function renderRollcall(status) {
+    const names = new Map([...(client ? client.participants.values() : [])].map((p) => [p.identity, p.name]));
+    byId("rollcall-counts").textContent = ANSWERS.map((a) => `${t(`rollcall.${a}`)} ${status.counts[a] || 0}`).join(" · ");
+    const list = byId("rollcall-list");
+    list.replaceChildren(
+        ...Object.entries(status.entries)
+            .sort(([, a], [, b]) => ANSWERS.indexOf(a.status) - ANSWERS.indexOf(b.status))
+            .map(([identity, entry]) =>
+                el("li", { "data-identity": identity, "data-status": entry.status }, [
+                    `${names.get(identity) || identity}：`,
+                    el("b", { text: t(`rollcall.${entry.status}`) }),
+                ]),
+            ),
+    );
+    byId("rollcall-stop").hidden = status.closed || Date.now() / 1000 > status.deadline;
+}
+
+byId("rollcall-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const seconds = Number(/** @type {HTMLInputElement} */ (byId("rollcall-seconds")).value) || 30;
+    if (client) client.startRollcall(Math.min(600, Math.max(5, seconds)));
+});
+byId("rollcall-stop").addEventListener("click", () => client && client.stopRollcall());
 
 // ---- chat ---------------------------------------------------------------------------------
 
@@ -486,6 +527,8 @@ async function start(joinToken) {
     });
     client.on("chat", addChat);
     client.on("muted", renderLiveButtons);
+    client.on("media", onMedia);
+    client.on("rollcall_status", renderRollcall);
     client.on("joined", (self) => {
         byId("room-name").textContent = client ? `· ${client.room}` : "";
         document.title = `${t("console.title")} · ${self.name || self.identity}`;

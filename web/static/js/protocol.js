@@ -82,6 +82,29 @@
  * @property {string} removed                  reason; the client will not reconnect
  * @property {HubError} error                  an `error` message from the hub, or a local failure
  * @property {HubError} fatal                  the client gave up (bad token...)
+ * @property {MediaStatus} media               recording / live HLS / restream changed
+ * @property {{id: string, deadline: number}} rollcall   the center calls the roll
+ * @property {RollCallStatus} rollcall_status  answers so far (moderators only)
+ */
+
+/**
+ * The room's recording, live HLS and restreams (the `media` message).
+ * @typedef {object} MediaStatus
+ * @property {boolean} recording
+ * @property {number | null} recording_started_at
+ * @property {boolean} live
+ * @property {string | null} hls_url
+ * @property {{target_id: string, url: string, state: string, error: string | null}[]} restreams
+ * @property {Record<string, string>} errors   the last failure of recording / live / restream
+ */
+
+/**
+ * @typedef {object} RollCallStatus
+ * @property {string} id
+ * @property {number} deadline
+ * @property {boolean} closed
+ * @property {Record<string, {status: 'waiting' | 'present' | 'late' | 'absent', at: number | null}>} entries
+ * @property {Record<string, number>} counts
  */
 
 /** Error codes after which reconnecting with the same token cannot help. */
@@ -549,6 +572,15 @@ export class HubClient {
             case "stats":
                 this._emit("stats", msg.participants || {});
                 break;
+            case "media":
+                this._emit("media", /** @type {MediaStatus} */ (msg));
+                break;
+            case "rollcall":
+                this._emit("rollcall", { id: String(msg.id), deadline: Number(msg.deadline) });
+                break;
+            case "rollcall_status":
+                this._emit("rollcall_status", /** @type {RollCallStatus} */ (msg));
+                break;
             case "error":
                 this._onError(msg, generation);
                 break;
@@ -938,6 +970,24 @@ export class HubClient {
         return this._send({ type: "moderate", action: "remove", participant: sid });
     }
 
+    /**
+     * Call the roll (moderators): every site in the room, plus `expected`.
+     * @param {number} seconds
+     * @param {string[]} [expected]
+     */
+    startRollcall(seconds, expected = []) {
+        return this._send({ type: "rollcall", action: "start", seconds, expected });
+    }
+
+    stopRollcall() {
+        return this._send({ type: "rollcall", action: "stop" });
+    }
+
+    /** @param {string} id */
+    answerRollcall(id) {
+        return this._send({ type: "rollcall_ack", id });
+    }
+
     // ---- link quality -------------------------------------------------------------------
 
     /**
@@ -1170,6 +1220,23 @@ export async function setRoomPublic(room, token, isPublic) {
         method: "PATCH",
         headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
         body: JSON.stringify({ public: isPublic }),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 200)}`);
+    return response.json();
+}
+
+/**
+ * Start or stop a room's recording or its live HLS for households (moderators).
+ * @param {string} room
+ * @param {string} token
+ * @param {'recording' | 'live'} what
+ * @param {boolean} on
+ * @returns {Promise<MediaStatus>}
+ */
+export async function setRoomMedia(room, token, what, on) {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/${what}`, {
+        method: on ? "POST" : "DELETE",
+        headers: { Authorization: `Bearer ${token}` },
     });
     if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 200)}`);
     return response.json();

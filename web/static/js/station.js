@@ -255,6 +255,29 @@ byId("chat-form").addEventListener("submit", (event) => {
     if (client && client.sendChat(input.value)) input.value = "";
 });
 
+// ---- roll call ------------------------------------------------------------------------------
+
+/** The open roll call this station has not answered yet. */
+let rollcallId = "";
+
+/** @param {{id: string, deadline: number}} call */
+function onRollcall(call) {
+    rollcallId = call.id;
+    const answer = /** @type {HTMLButtonElement} */ (byId("rollcall-answer"));
+    answer.disabled = false;
+    byId("rollcall-text").textContent = t("rollcall.prompt");
+    byId("rollcall").hidden = false;
+    answer.focus();
+}
+
+byId("rollcall-answer").addEventListener("click", () => {
+    if (!client || !rollcallId) return;
+    client.answerRollcall(rollcallId);
+    rollcallId = "";
+    /** @type {HTMLButtonElement} */ (byId("rollcall-answer")).disabled = true;
+    byId("rollcall-text").textContent = t("rollcall.answered");
+});
+
 // ---- start -----------------------------------------------------------------------------------
 
 /** @param {string} token */
@@ -281,6 +304,7 @@ async function start(token) {
     });
     c.on("quality", renderStage);
     c.on("chat", addChat);
+    c.on("rollcall", onRollcall);
     c.on("joined", (self) => {
         byId("self-name").textContent = `· ${self.name || self.identity}`;
         document.title = `${self.name || self.identity} · ${t("station.title")}`;
