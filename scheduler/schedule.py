@@ -13,6 +13,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.ids import RoomName
+from media.library import Theme as Theme  # one concept: sessions and library items
 from scheduler.recurrence import (
     LOCAL_ZONE,
     Occurrence,
@@ -25,29 +26,6 @@ from scheduler.recurrence import (
 )
 from scheduler.sites import SiteTree
 from scheduler.tables import sessions as sessions_table
-
-
-class Theme(StrEnum):
-    """The five platforms every session and library item belongs to."""
-
-    THEORY = "theory"
-    EDUCATION = "education"
-    CULTURE = "culture"
-    SCIENCE = "science"
-    FITNESS = "fitness"
-
-    @property
-    def label(self) -> str:
-        return THEME_LABELS[self]
-
-
-THEME_LABELS = {
-    Theme.THEORY: "理论宣讲",
-    Theme.EDUCATION: "教育服务",
-    Theme.CULTURE: "文化服务",
-    Theme.SCIENCE: "科技科普",
-    Theme.FITNESS: "健身体育",
-}
 
 
 class AudienceKind(StrEnum):
