@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from hub.ids import ParticipantIdentity, RoomName
 from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
-from hub.room import HubError, Participant, Room
+from hub.room import HubError, Participant, ParticipantKind, Room
 from hub.service import Hub
 from hub.tokens import Grant, Role, Source, grant_for_role
 
@@ -74,6 +75,9 @@ def whip_router(hub: Hub) -> APIRouter:
     resources: dict[str, tuple[Room, Participant]] = {}
 
     def created(room: Room, participant: Participant, kind: str, answer: str) -> Response:
+        # Forget resources that ended otherwise (removed, room closed).
+        for ended in [sid for sid, (_, p) in resources.items() if p.closed]:
+            del resources[ended]
         resources[participant.sid] = (room, participant)
         return Response(
             answer,
@@ -82,14 +86,19 @@ def whip_router(hub: Hub) -> APIRouter:
             headers={"Location": f"/{kind}/{room.name}/{participant.sid}"},
         )
 
-    async def guarded(kind: str, room_name: str, request: Request, grant_of: type) -> Response:
+    async def guarded(
+        kind: ParticipantKind,
+        room_name: str,
+        request: Request,
+        grant_of: Callable[[str | None, RoomName], Awaitable[Grant]],
+    ) -> Response:
         try:
             offer = await _read_offer(request)
             parse_sdp(offer)
             token = _bearer(request)
             grant = await grant_of(token, RoomName(room_name))
             room = await hub.room(RoomName(room_name))
-            participant = await room.join(grant, kind, lambda message: None)  # type: ignore[arg-type]
+            participant = await room.join(grant, kind, lambda message: None)
             try:
                 if kind == "whip":
                     assert participant.publisher is not None
@@ -108,12 +117,16 @@ def whip_router(hub: Hub) -> APIRouter:
         except HubError as exc:
             return _problem(_STATUS.get(exc.code, 400), exc.message)
 
-    async def whip_grant(token: str | None, room: RoomName) -> Grant:
-        if token is None:
-            raise _HttpError(401, "WHIP needs Authorization: Bearer <token>")
+    def verified(token: str, room: RoomName) -> Grant:
         grant = hub.verify(token)
         if grant.room != room:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {room}")
+        return grant
+
+    async def whip_grant(token: str | None, room: RoomName) -> Grant:
+        if token is None:
+            raise _HttpError(401, "WHIP needs Authorization: Bearer <token>")
+        grant = verified(token, room)
         if not grant.can_publish:
             raise HubError("forbidden", f"{grant.role.value} may not publish")
         return grant
@@ -130,20 +143,18 @@ def whip_router(hub: Hub) -> APIRouter:
                 ttl=ANONYMOUS_VIEW_TTL,
                 name="household",
             )
-        grant = hub.verify(token)
-        if grant.room != room:
-            raise HubError("wrong_room", f"token is for room {grant.room}, not {room}")
+        grant = verified(token, room)
         if not grant.can_subscribe:
             raise HubError("forbidden", f"{grant.role.value} may not watch")
         return grant
 
     @router.post("/whip/{room}")
     async def whip(room: str, request: Request) -> Response:
-        return await guarded("whip", room, request, whip_grant)  # type: ignore[arg-type]
+        return await guarded("whip", room, request, whip_grant)
 
     @router.post("/whep/{room}")
     async def whep(room: str, request: Request) -> Response:
-        return await guarded("whep", room, request, whep_grant)  # type: ignore[arg-type]
+        return await guarded("whep", room, request, whep_grant)
 
     async def delete(room: str, resource: str) -> Response:
         found = resources.pop(resource, None)
