@@ -43,6 +43,8 @@ def serve(args: argparse.Namespace) -> None:
         host=settings.host,
         port=settings.port,
         ws_max_size=256 * 1024 + 1024,
+        # Open event streams (dashboard, notices) must not hold up shutdown.
+        timeout_graceful_shutdown=5,
         log_level="info",
         **ssl,  # type: ignore[arg-type]
     )

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """Address put first in the hub's candidates, for a hub behind NAT (LiveKit's node IP)."""
     room_empty_timeout: float = 30.0
     """Seconds an empty room stays open before it closes."""
+    webhook_urls: list[str] = Field(default_factory=list)
+    """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     """Serve HTTPS directly: browsers give the camera only to secure origins."""

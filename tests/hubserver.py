@@ -34,6 +34,7 @@ class RunningHub:
     ws: str
     hub: Hub
     signer: TokenSigner
+    app: Any
 
     def token(
         self, room: str, identity: str, role: str, *, name: str | None = None, ttl: float = 3600
@@ -70,6 +71,7 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Running
             ws=f"ws://127.0.0.1:{port}/ws",
             hub=app.state.hub,
             signer=TokenSigner(SECRET),
+            app=app,
         )
     finally:
         server.should_exit = True

@@ -25,11 +25,13 @@ from media.library_http import library_router
 from media.live_http import live_router
 from media.processing import Processor
 from scheduler.accounts import Accounts, Auth
+from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
 from scheduler.http import scheduler_router
+from scheduler.runner import Runner, WebhookNotifier
 from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
-from web.library_glue import RecordingsToLibrary, admin_check
+from web.library_glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.pages import pages_router
 
 
@@ -48,6 +50,12 @@ def create_app(settings: Settings) -> FastAPI:
     jobs = JobRunner(engine, library, Processor(library_dir))
     recordings = RecordingsToLibrary(library, jobs)
     hub.on_recorded = recordings.recorded
+    webhooks = WebhookNotifier(settings.webhook_urls) if settings.webhook_urls else None
+    command = CommandCenter(
+        engine=engine, store=store, bus=bus, notifier=webhooks, node=hub.node_id
+    )
+    room_control = HubRoomControl(hub, recordings)
+    runner = Runner(engine, room_control, command.notifier, store, holder=hub.node_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,12 +69,19 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(jobs.close)
             await hub.start()
             stack.push_async_callback(hub.close)
+            await command.start()
+            stack.push_async_callback(command.stop)
+            if webhooks is not None:
+                stack.push_async_callback(webhooks.aclose)
+            runner.start()
+            stack.push_async_callback(runner.stop)
             yield
 
     app = FastAPI(title="Practice Hub", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.hub = hub
+    app.state.room_control = room_control
     app.include_router(signaling_router(hub))
     app.include_router(whip_router(hub))
     app.include_router(rooms_router(hub))
@@ -81,5 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
         library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
     )
     app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    app.include_router(
+        command_router(auth=auth, center=command, issue_token=hub_token_issuer(hub.signer))
+    )
     app.include_router(pages_router())
     return app
