@@ -1,8 +1,7 @@
 """``python -m bench.dashboard --json``: how fast the command dashboard reflects a
 station joining or leaving, with the whole county connected.
 
-A real hub with the dashboard in its own process on 127.0.0.1 (``serve`` below: the
-app of ``web.app.create_app`` plus the command router, as web/app.py will wire it);
+A real hub (``python -m hub serve``) in its own process on 127.0.0.1;
 190 signaling connections (websocket ``/ws`` joins, no media) as the 14 institutes
 and 176 stations; the center administrator's ``/api/dashboard/stream``. Then ~50
 changes, one at a time: a station leaves (closes its socket) or joins again, and the
@@ -22,66 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import websockets
-from fastapi import FastAPI
 
-from bench._workers import die_with_parent
-from hub.settings import Settings
 from hub.tokens import TokenSigner
-from scheduler.accounts import Accounts, Auth
-from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
+from scheduler.command_http import hub_token_issuer
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "county-meeting"
 ADMIN = ("bench-admin", "bench-password-1")
-
-
-def build_app(settings: Settings) -> FastAPI:
-    """The hub's app with the command side mounted and started by its lifespan."""
-    from web.app import create_app
-
-    app = create_app(settings)
-    hub, engine = app.state.hub, app.state.engine
-    center = CommandCenter(engine=engine, store=hub.store, bus=hub.bus, node=hub.node_id)
-    auth = Auth(Accounts(engine), secure_cookies=True if settings.tls_cert else None)
-    app.include_router(
-        command_router(auth=auth, center=center, issue_token=hub_token_issuer(hub.signer))
-    )
-    hub_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with hub_lifespan(app):
-            await center.start()
-            try:
-                yield
-            finally:
-                await center.stop()
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
-def serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    die_with_parent()
-    settings = Settings(host="127.0.0.1", port=args.port, data_dir=args.data_dir)
-    # Open event streams would otherwise hold a graceful shutdown forever.
-    uvicorn.run(
-        build_app(settings),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        ws_max_size=256 * 1024 + 1024,
-        timeout_graceful_shutdown=3,
-    )
 
 
 def _free_port() -> int:
@@ -247,7 +198,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         port = _free_port()
         server = subprocess.Popen(
             [
-                *(sys.executable, "-m", "bench.dashboard", "serve"),
+                *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
                 *("--port", str(port), "--data-dir", str(data_dir)),
             ],
             cwd=ROOT,
@@ -279,14 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dashboard", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--changes", type=int, default=50, help="presence changes to time")
-    commands = parser.add_subparsers(dest="command")
-    run = commands.add_parser("serve", help="(internal) the hub with the dashboard")
-    run.add_argument("--port", type=int, required=True)
-    run.add_argument("--data-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        serve(args)
-        return
     result = bench(args)
     if not args.json:
         print(

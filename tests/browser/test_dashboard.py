@@ -32,8 +32,7 @@ STATION = "I01-S001"
 
 
 class CommandHub(HubProcess):
-    """The hub with the dashboard mounted (``python -m bench.dashboard serve``, until
-    web/app.py wires the command router itself), the seed county and two accounts."""
+    """The hub (``python -m hub serve``) with the seed county and two accounts."""
 
     def start(self, timeout: float = 30.0) -> None:
         env = {
@@ -54,7 +53,7 @@ class CommandHub(HubProcess):
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "bench.dashboard", "serve"),
+                    *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
                     *("--port", str(self.port), "--data-dir", str(self.data_dir)),
                 ],
                 cwd=ROOT,
