@@ -59,6 +59,30 @@ function playHls(url) {
     setMode("hls");
 }
 
+// A live playlist answers 503 until it holds enough segments, and a player that
+// failed never retries by itself: try again while the room is live.
+player.addEventListener("error", () => {
+    if (state.mode !== "hls" || !state.hlsUrl) return;
+    const url = state.hlsUrl;
+    setTimeout(() => {
+        if (state.mode === "hls" && state.hlsUrl === url) {
+            player.src = url;
+            player.play().catch(() => {});
+        }
+    }, 2000);
+});
+
+/** How far behind the newest media the player may fall before it skips ahead (s). */
+const LIVE_EDGE_SLACK = 6;
+
+// Chromium's native HLS starts at the oldest segment of a live playlist: keep near
+// the live edge, as households expect of a live lecture.
+setInterval(() => {
+    if (state.mode !== "hls" || player.seekable.length === 0) return;
+    const edge = player.seekable.end(player.seekable.length - 1);
+    if (edge - player.currentTime > LIVE_EDGE_SLACK) player.currentTime = edge - 2;
+}, 2000);
+
 /** Sound is on once the viewer asked for it (browsers refuse it before a click). */
 let soundOn = false;
 const audioBox = byId("audio");
