@@ -64,6 +64,12 @@ def render(hub: Hub) -> str:
             if p.link.loss is not None:
                 loss.append((labels, p.link.loss))
             bitrate.append((labels, p.link.bitrate_kbps * 1000))
+    metric(
+        "household_viewers",
+        "gauge",
+        "households watching (WHEP, and HLS players seen lately)",
+        [(f'{{room="{_label(r.name)}"}}', r.media.household_viewers()) for r in rooms],
+    )
     metric("participant_rtt_seconds", "gauge", "round-trip time to the participant", rtt)
     metric("participant_loss_ratio", "gauge", "fraction of packets the participant lost", loss)
     metric("participant_inbound_bits_per_second", "gauge", "what the participant sends", bitrate)

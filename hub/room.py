@@ -555,6 +555,7 @@ class Room:
         self.tasks = TaskOwner(f"room {name}")
         self._update_pending = False
         self._speakers: list[ParticipantID] = []
+        self._viewers_published = 0
         self._order = itertools.count()
         self._empty_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -898,6 +899,10 @@ class Room:
             await asyncio.sleep(interval)
             for participant in list(self.participants.values()):
                 await self._measure(participant, interval)
+            viewers = self.media.household_viewers()
+            if viewers != self._viewers_published:
+                self._viewers_published = viewers
+                self._on_event("viewers", {"room": self.name, "households": viewers})
             if any(p.grant.can_moderate for p in self.participants.values()):
                 self.to_moderators(
                     {

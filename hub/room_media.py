@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HLS_PLAYER_TIMEOUT = 15.0
+"""Seconds after its last playlist request that an HLS player stops counting."""
+
 Recorded = Callable[[str, Path], Awaitable[None]]
 """Called with (room name, recording directory) once a recording has ended."""
 
@@ -40,6 +43,8 @@ class RoomMedia:
         self.errors: dict[str, str] = {}
         """The last error of each of recording, live and restream, until it restarts."""
         self.last_recording: Path | None = None
+        self._hls_players: dict[str, float] = {}
+        """Player (address and user agent) → when it last asked for the playlist."""
 
     def _request_keyframe(self, track_id: str) -> None:
         for participant in self.room.participants.values():
@@ -133,6 +138,19 @@ class RoomMedia:
             raise MediaError(f"no restream {target_id}")
         await self.restreamer.stop_target(target_id)
         self.announce()
+
+    # --- household viewers ---
+
+    def note_hls_player(self, client: str) -> None:
+        self._hls_players[client] = time.monotonic()
+
+    def household_viewers(self) -> int:
+        """WHEP viewers, plus the HLS players that asked for the playlist lately (a
+        player reloads it every few seconds; one that stopped drops out)."""
+        cutoff = time.monotonic() - HLS_PLAYER_TIMEOUT
+        self._hls_players = {c: t for c, t in self._hls_players.items() if t >= cutoff}
+        whep = sum(1 for p in self.room.participants.values() if p.kind == "whep")
+        return whep + len(self._hls_players)
 
     # --- status ---
 

@@ -41,6 +41,7 @@ def room_info(room: Room) -> dict[str, Any]:
         "media": media,
         "recording": media["recording"],
         "hls_url": media["hls_url"],
+        "household_viewers": room.media.household_viewers(),
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from media.hls import PLAYLIST, HlsPackager
@@ -35,8 +35,14 @@ def _number(value: str | None, name: str) -> int | None:
     return int(value)
 
 
-def live_router(get_packager: Callable[[str], HlsPackager | None]) -> APIRouter:
-    """Routes ``/live/{room}/index.m3u8`` and ``/live/{room}/{name}``."""
+def live_router(
+    get_packager: Callable[[str], HlsPackager | None],
+    on_playlist: Callable[[str, str], None] | None = None,
+) -> APIRouter:
+    """Routes ``/live/{room}/index.m3u8`` and ``/live/{room}/{name}``.
+
+    ``on_playlist(room, client)`` hears every playlist request, ``client`` naming the
+    player (its address and user agent): how the hub counts household viewers."""
     router = APIRouter(prefix="/live", tags=["live"])
 
     def packager_for(room: str) -> HlsPackager:
@@ -47,11 +53,15 @@ def live_router(get_packager: Callable[[str], HlsPackager | None]) -> APIRouter:
 
     @router.get(f"/{{room}}/{PLAYLIST}")
     async def playlist(
+        request: Request,
         room: str,
         hls_msn: Annotated[str | None, Query(alias="_HLS_msn")] = None,
         hls_part: Annotated[str | None, Query(alias="_HLS_part")] = None,
     ) -> Response:
         packager = packager_for(room)
+        if on_playlist is not None:
+            host = request.client.host if request.client else "?"
+            on_playlist(room, f"{host}|{request.headers.get('user-agent', '')}")
         msn = _number(hls_msn, "_HLS_msn")
         part = _number(hls_part, "_HLS_part")
         problem = packager.validate(msn, part)

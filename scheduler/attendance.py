@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.store import Bus
-from scheduler.command_tables import presence_intervals, rollcall_answers
+from scheduler.command_tables import household_viewers, presence_intervals, rollcall_answers
 from scheduler.notices import merged
 from scheduler.recurrence import LOCAL_ZONE, local, occurrences
 from scheduler.schedule import Schedule, Session, SessionInfo, occurrence_info, room_name
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 PRESENCE_CHANNEL = "presence"
 ROLLCALL_CHANNEL = "rollcall"
+VIEWERS_CHANNEL = "viewers"
 _ROOM = re.compile(r"^s(\d+)-(\d{12})$")
 
 
@@ -104,15 +105,17 @@ class AttendanceRecorder:
                 await task
 
     async def _run(self, listening: asyncio.Future[None]) -> None:
-        channels = (PRESENCE_CHANNEL, ROLLCALL_CHANNEL)
+        channels = (PRESENCE_CHANNEL, ROLLCALL_CHANNEL, VIEWERS_CHANNEL)
         async for channel, message in merged(
             self._bus, channels, lambda: listening.set_result(None)
         ):
             try:
                 if channel == PRESENCE_CHANNEL:
                     await self.record_presence(message)
-                else:
+                elif channel == ROLLCALL_CHANNEL:
                     await self.record_rollcall(message)
+                else:
+                    await self.record_viewers(message)
             except Exception:
                 logger.exception("attendance could not record %s %s", channel, message)
 
@@ -125,9 +128,11 @@ class AttendanceRecorder:
                 return False  # not cached: it may be created later
         return True
 
-    async def _occurrence(self, message: dict[str, Any]) -> tuple[int, datetime, str] | None:
+    async def _occurrence(
+        self, message: dict[str, Any], key: str = "identity"
+    ) -> tuple[int, datetime, str] | None:
         room = message.get("room")
-        if not isinstance(room, str) or not isinstance(message.get("identity"), str):
+        if not isinstance(room, str) or not isinstance(message.get(key), (str, int)):
             return None
         if self._node is not None and message.get("node") != self._node:
             return None
@@ -164,6 +169,32 @@ class AttendanceRecorder:
                     )
             else:
                 await conn.execute(sa.update(presence_intervals).where(is_open).values(left_at=at))
+
+    async def record_viewers(self, message: dict[str, Any]) -> None:
+        """One ``viewers`` count of a room: keep the occurrence's peak."""
+        found = await self._occurrence(message, key="households")
+        if found is None:
+            return
+        session_id, start, room = found
+        count = int(message["households"])
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(household_viewers.c.peak).where(household_viewers.c.room == room)
+                )
+            ).first()
+            if row is None:
+                await conn.execute(
+                    sa.insert(household_viewers).values(
+                        room=room, session_id=session_id, occurrence_start=start, peak=count
+                    )
+                )
+            elif count > row.peak:
+                await conn.execute(
+                    sa.update(household_viewers)
+                    .where(household_viewers.c.room == room)
+                    .values(peak=count)
+                )
 
     async def record_rollcall(self, message: dict[str, Any]) -> None:
         """One ``rollcall`` answer; the first answer of a site to a roll call counts."""

@@ -76,6 +76,17 @@ escalations = sa.Table(
 )
 
 
+household_viewers = sa.Table(
+    "command_household_viewers",
+    metadata,
+    # The most households watching one occurrence at once (WHEP and live HLS).
+    sa.Column("room", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.Integer, nullable=False),
+    sa.Column("occurrence_start", UTCDateTime, nullable=False),
+    sa.Column("peak", sa.Integer, nullable=False),
+)
+
+
 async def create_tables(engine: AsyncEngine) -> None:
     """Create the command tables that do not exist yet (idempotent)."""
     async with engine.begin() as conn:

@@ -1,8 +1,8 @@
 """Statistics for the dashboard: activities per theme, per site and per month;
 participants; attendance rate per institute. Also as CSV (UTF-8 with a BOM, for Excel).
 
-Household live viewers are not counted: the hub keeps no count of HLS or WHEP viewers
-yet, so the figure is ``None`` and the CSV says so."""
+Household live viewers are the sum, over the activities, of the most households that
+watched each at once (WHEP viewers and live HLS players, as the hub counts them)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from media.library import items_table as library_items
-from scheduler.command_tables import presence_intervals
+from scheduler.command_tables import household_viewers, presence_intervals
 from scheduler.recurrence import local
 from scheduler.schedule import Schedule, SessionInfo, Theme
 from scheduler.sites import SiteTree
-
-NOT_COUNTED = "not counted yet (the hub keeps no household viewer count)"
 
 
 @dataclass
@@ -37,7 +35,7 @@ class Statistics:
     site_joins: int = 0
     """Sites that joined an activity, counted once per activity."""
     site_joins_per_month: dict[str, int] = field(default_factory=dict)
-    household_viewers: int | None = None
+    household_viewers: int = 0
     library_replays: dict[str, int] | None = None
     """Theme → views of library items; None when this database has no library."""
     attendance: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -65,7 +63,6 @@ class Statistics:
                     {"month": m, "count": n} for m, n in sorted(self.site_joins_per_month.items())
                 ],
                 "household_viewers": self.household_viewers,
-                "household_viewers_note": NOT_COUNTED if self.household_viewers is None else "",
                 "library_replays": self.library_replays,
             },
             "attendance": [
@@ -85,8 +82,9 @@ class Statistics:
         for month, count in sorted(self.per_month.items()):
             writer.writerow(["month", month, "", count])
         writer.writerow(["participants", "site_joins", "站点参与次数", self.site_joins])
-        viewers = NOT_COUNTED if self.household_viewers is None else self.household_viewers
-        writer.writerow(["participants", "household_viewers", "群众直播观看", viewers])
+        writer.writerow(
+            ["participants", "household_viewers", "群众直播观看", self.household_viewers]
+        )
         if self.library_replays is None:
             writer.writerow(["participants", "library_replays", "点播回放", "no library"])
         else:
@@ -146,6 +144,13 @@ async def statistics(
             for room, site in rows:
                 if visible is None or site in visible:
                     joined.setdefault(room, set()).add(site)
+        async with engine.connect() as conn:
+            peaks = await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(household_viewers.c.peak), 0)).where(
+                    household_viewers.c.room.in_(list(rooms))
+                )
+            )
+            stats.household_viewers = int(peaks.scalar_one())
     stats.site_joins = sum(len(s) for s in joined.values())
     stats.site_joins_per_month = dict(
         Counter(f"{local(rooms[room].start):%Y-%m}" for room, s in joined.items() for _ in s)

@@ -387,7 +387,7 @@ async def test_statistics_for_the_center_and_institutes_as_json_and_csv(
     admin = await api.client("admin")
     data = (await admin.get("/api/statistics")).json()
     assert {r["theme"]: r["count"] for r in data["per_theme"]}["theory"] == 1
-    assert data["participants"]["household_viewers"] is None
+    assert data["participants"]["household_viewers"] == 0
     csv_response = await admin.get("/api/statistics.csv")
     assert csv_response.content.startswith(b"\xef\xbb\xbfsection,key,label,value")
     assert "attachment" in csv_response.headers["content-disposition"]

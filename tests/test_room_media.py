@@ -212,3 +212,31 @@ def check_flv(path: Path) -> None:
         video = container.streams.video[0]
         frames = sum(1 for _ in container.demux(video))
     assert frames > 60, frames  # over 2 s at 30 fps
+
+
+async def test_household_viewers_are_counted_and_published(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("hh", "C", "center"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('hh', 'C', 'center')}"}
+    pc = None
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        async with (
+            hub_server.hub.bus.subscribe("viewers") as viewers,
+            httpx.AsyncClient(base_url=hub_server.base) as http,
+        ):
+            assert (await http.post("/api/rooms/hh/live", headers=moderator)).status_code == 201
+            pc, _, response = await whep_view(hub_server.base, "hh", None)  # one WHEP household
+            assert response.status_code == 201
+            for agent in ("phone-a", "phone-b"):  # two HLS players
+                await http.get("/live/hh/index.m3u8", headers={"User-Agent": agent})
+            info = (await http.get("/api/rooms/hh")).json()
+            assert info["household_viewers"] == 3
+            event = await asyncio.wait_for(anext(aiter(viewers)), 10)
+            assert event["room"] == "hh" and event["households"] == 3
+            metrics = (await http.get("/metrics")).text
+            assert 'practicehub_household_viewers{room="hh"} 3' in metrics
+    finally:
+        if pc is not None:
+            await pc.close()
+        await center.close()

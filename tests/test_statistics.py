@@ -17,7 +17,7 @@ from scheduler.attendance import AttendanceRecorder
 from scheduler.recurrence import LOCAL_ZONE, Recurrence, Repeat
 from scheduler.schedule import Audience, AudienceKind, Theme, room_name
 from scheduler.sites import Sites
-from scheduler.statistics import NOT_COUNTED, statistics
+from scheduler.statistics import statistics
 from scheduler.tables import create_tables as create_scheduler_tables
 from tests.test_attendance import (  # noqa: F401  (fixture import)
     command_engine_fixture,
@@ -49,6 +49,9 @@ async def test_activities_joins_and_attendance_rates(command_engine: AsyncEngine
         await recorder.record_presence(
             {"room": first_room, "identity": site, "here": True, "at": at}
         )
+    # Households watching the first lecture: the peak counts, not each report.
+    for households in (3, 40, 25):
+        await recorder.record_viewers({"room": first_room, "households": households})
     tree = await Sites(engine).tree()
 
     stats = await statistics(engine, tree, NOW.astimezone(UTC), days=365)
@@ -58,7 +61,7 @@ async def test_activities_joins_and_attendance_rates(command_engine: AsyncEngine
     assert {r["site"]: r["count"] for r in data["per_site"]} == {"C": 3, "I02": 1}
     assert data["per_month"] == [{"month": "2026-03", "count": 3}, {"month": "2026-04", "count": 1}]
     assert data["participants"]["site_joins"] == 2
-    assert data["participants"]["household_viewers"] is None
+    assert data["participants"]["household_viewers"] == 40
     rates = {r["institute"]: r["rate"] for r in data["attendance"]}
     # I01's subtree (institute + 2 stations) expected 3 times, 2 joins once: 2/9.
     assert rates["I01"] == 2 / 9 and rates["I02"] == 0.0
@@ -70,7 +73,7 @@ async def test_activities_joins_and_attendance_rates(command_engine: AsyncEngine
     assert stats.to_csv(tree).startswith(b"\xef\xbb\xbf")
     assert rows[0] == ["section", "key", "label", "value"]
     assert ["theme", "theory", "理论宣讲", "3"] in rows
-    assert ["participants", "household_viewers", "群众直播观看", NOT_COUNTED] in rows
+    assert ["participants", "household_viewers", "群众直播观看", "40"] in rows
     assert ["attendance_rate", "I01", tree.get("I01").name, f"{2 / 9:.3f}"] in rows
 
 

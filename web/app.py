@@ -91,7 +91,12 @@ def create_app(settings: Settings) -> FastAPI:
         found = hub.rooms.get(RoomName(room))
         return found.media.live if found is not None else None
 
-    app.include_router(live_router(packager))
+    def hls_player(room: str, client: str) -> None:
+        found = hub.rooms.get(RoomName(room))
+        if found is not None:
+            found.media.note_hls_player(client)
+
+    app.include_router(live_router(packager, hls_player))
     app.include_router(
         library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
     )

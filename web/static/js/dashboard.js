@@ -252,7 +252,7 @@ function renderStatistics() {
     const facts = el("ul", undefined, "plain");
     facts.append(
         el("li", tr("stats.siteJoins", { n: p.site_joins })),
-        el("li", p.household_viewers === null ? tr("stats.viewers") : tr("stats.viewersN", { n: p.household_viewers })),
+        el("li", tr("stats.viewersN", { n: p.household_viewers })),
         el("li", replays),
     );
     const participation = el("figure", undefined, "chart");
