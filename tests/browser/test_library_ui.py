@@ -90,22 +90,27 @@ def wait_summary(page: Any, text: str) -> None:
     page.locator("#summary", has_text=text).wait_for(timeout=10000)
 
 
+def upload(client: httpx.Client, clip: Path, **fields: str) -> str:
+    """Upload ``clip`` with these metadata fields; the new item's id."""
+    with clip.open("rb") as file:
+        answer = client.post(
+            "/api/library/uploads", files={"file": (clip.name, file, "video/mp4")}, data=fields
+        )
+    assert answer.status_code == 202, answer.text
+    item_id: str = answer.json()["item"]["id"]
+    return item_id
+
+
 def test_replay_plays_an_item_found_by_theme_and_chinese_search(
     admin_hub: HubProcess, browsers: Browsers, tmp_path: Path
 ) -> None:
     title = "乡村振兴与科学种田"
-    with admin_client(admin_hub) as admin, make_clip(tmp_path / "talk.mp4").open("rb") as clip:
-        answer = admin.post(
-            "/api/library/uploads",
-            files={"file": ("talk.mp4", clip, "video/mp4")},
-            data={
-                "title": title, "theme": "science", "date": "2026-11-20", "speaker": "李老师",
-                "site": "S001", "tags": "农业,种植", "description": "讲解大棚蔬菜的新技术。",
-                "published": "true",
-            },
+    with admin_client(admin_hub) as admin:
+        item_id = upload(
+            admin, make_clip(tmp_path / "talk.mp4"),
+            title=title, theme="science", date="2026-11-20", speaker="李老师", site="S001",
+            tags="农业,种植", description="讲解大棚蔬菜的新技术。", published="true",
         )  # fmt: skip
-        assert answer.status_code == 202, answer.text
-        item_id = answer.json()["item"]["id"]
         wait_ready(admin, item_id)
 
     # Browse on a phone-sized screen, as a household.
@@ -186,8 +191,43 @@ def test_replay_plays_an_item_found_by_theme_and_chinese_search(
         assert part.status_code == 206 and len(part.content) == 100
         assert part.headers["content-range"].startswith("bytes 0-99/")
 
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
     page.set_viewport_size({"width": 1280, "height": 800})
     screenshot(page, "replay.png")
+
+
+def test_browse_pages_through_results_newest_first(
+    admin_hub: HubProcess, browsers: Browsers, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.0)
+    titles = ["健身气功八段锦", "二十四节气与农事", "党的创新理论学习"]
+    with admin_client(admin_hub) as admin:
+        ids = [
+            upload(admin, clip, title=title, theme=theme, date=date, published="true")
+            for title, theme, date in zip(
+                titles,
+                ["fitness", "science", "theory"],
+                ["2026-11-03", "2026-11-02", "2026-11-01"],
+                strict=True,
+            )
+        ]
+        for item_id in ids:
+            wait_ready(admin, item_id)
+    page = browsers.open(f"{admin_hub.base_url}/library?page_size=2", "pages", width=360)
+    wait_summary(page, "共 3 个节目")
+    assert visible_titles(page) == titles[:2]
+    assert page.locator("#page-info").inner_text() == "第 1 / 2 页"
+    assert page.locator("#prev").is_disabled()
+    page.get_by_role("button", name="下一页").click()
+    page.locator("#page-info", has_text="第 2 / 2 页").wait_for()
+    assert visible_titles(page) == titles[2:]
+    assert page.locator("#next").is_disabled()
+    assert "page=2" in page.url
+    page.reload()  # the address keeps the page
+    page.locator("#page-info", has_text="第 2 / 2 页").wait_for()
+    page.get_by_role("button", name="上一页").click()
+    page.locator("#page-info", has_text="第 1 / 2 页").wait_for()
+    assert visible_titles(page) == titles[:2]
 
 
 def test_administrator_uploads_follows_processing_publishes_and_deletes(

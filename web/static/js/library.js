@@ -318,6 +318,7 @@ export function startLibrary() {
         from: params.get("date_from") || "",
         to: params.get("date_to") || "",
         page: Math.max(1, Number(params.get("page")) || 1),
+        pageSize: Math.min(100, Math.max(1, Number(params.get("page_size")) || PAGE_SIZE)),
         /** @type {ItemPage | null} */
         data: null,
         /** @type {string | null} */
@@ -342,13 +343,14 @@ export function startLibrary() {
         if (state.from) q.set("date_from", state.from);
         if (state.to) q.set("date_to", state.to);
         if (state.page > 1) q.set("page", String(state.page));
+        if (state.pageSize !== PAGE_SIZE) q.set("page_size", String(state.pageSize));
         return q;
     }
 
     async function load() {
         const q = query();
         history.replaceState(null, "", q.size ? `?${q}` : location.pathname);
-        q.set("page_size", String(PAGE_SIZE));
+        q.set("page_size", String(state.pageSize));
         if (state.admin) q.set("include_unpublished", "true");
         try {
             state.data = /** @type {ItemPage} */ (await api(`/api/library?${q}`));
