@@ -3,7 +3,9 @@ household viewer, shown working by getStats figures (frames decoded increasing).
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -262,9 +264,11 @@ def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -
     assert t1 > t0, f"viewer's video is not advancing ({t0} -> {t1})"
     screenshot(viewer, "viewer.png")
 
-    # the hub restarts: the console rejoins and opens the room to households again,
-    # the viewer starts a new WHEP session by itself
+    # the hub restarts: the console rejoins, the operator opens the room to households
+    # again, the viewer starts a new WHEP session by itself
     hub.restart()
+    joined(console, "console")
+    open_to_households(hub, room)
     last: list[int] = []
 
     def playing_again() -> str | None:
@@ -288,16 +292,24 @@ def test_household_viewer_plays_the_stage(hub: HubProcess, browsers: Browsers) -
     print(f"viewer playing again {took:.1f}s after the hub came back")
 
 
-def open_viewer(hub: HubProcess, browsers: Browsers, console: Any, room: str) -> Any:
-    console.click("#households")
-    poll(
-        lambda: (
-            None
-            if console.get_attribute("#households", "aria-pressed") == "true"
-            else "room not shown open to households"
-        ),
-        timeout=10,
+def open_to_households(hub: HubProcess, room: str) -> None:
+    """Anonymous WebRTC viewing (WHEP), for a small audience; the console's button
+    starts live HLS instead (see test_watch_hls.py)."""
+    request = urllib.request.Request(
+        f"{hub.base_url}/api/rooms/{room}",
+        method="PATCH",
+        data=json.dumps({"public": True}).encode(),
+        headers={
+            "Authorization": f"Bearer {hub.token(room, 'CENTER-01', 'center')}",
+            "Content-Type": "application/json",
+        },
     )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response)["public"] is True
+
+
+def open_viewer(hub: HubProcess, browsers: Browsers, console: Any, room: str) -> Any:
+    open_to_households(hub, room)
     return browsers.open(f"{hub.base_url}/watch/{room}", "viewer", width=360, height=740)
 
 

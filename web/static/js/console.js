@@ -447,13 +447,23 @@ function onMedia(media) {
     renderIndicators();
 }
 
-householdsButton.addEventListener("click", () =>
-    toggleMedia(householdsButton, "live", !(roomStatus && typeof roomStatus.hls_url === "string")),
-);
+/** What the moderator asked for households; re-applied if the hub forgot it (restart). */
+let householdsWanted = false;
+
+householdsButton.addEventListener("click", () => {
+    householdsWanted = !(roomStatus && typeof roomStatus.hls_url === "string");
+    void toggleMedia(householdsButton, "live", householdsWanted);
+});
 recordButton.addEventListener("click", () => toggleMedia(recordButton, "recording", !roomStatus?.recording));
 
 async function pollRoomStatus() {
-    if (client && client.room) roomStatus = await fetchRoomStatus(client.room);
+    if (client && client.room) {
+        roomStatus = await fetchRoomStatus(client.room);
+        const live = roomStatus && typeof roomStatus.hls_url === "string";
+        if (householdsWanted && roomStatus && !live && client.state === "joined") {
+            await toggleMedia(householdsButton, "live", true);
+        }
+    }
     renderIndicators();
 }
 

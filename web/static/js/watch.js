@@ -60,16 +60,11 @@ function playHls(url) {
 }
 
 // A live playlist answers 503 until it holds enough segments, and a player that
-// failed never retries by itself: try again while the room is live.
+// failed never retries by itself: look again (HLS if still live, else WebRTC).
 player.addEventListener("error", () => {
-    if (state.mode !== "hls" || !state.hlsUrl) return;
-    const url = state.hlsUrl;
-    setTimeout(() => {
-        if (state.mode === "hls" && state.hlsUrl === url) {
-            player.src = url;
-            player.play().catch(() => {});
-        }
-    }, 2000);
+    if (state.mode !== "hls") return;
+    state.mode = "retry";
+    setTimeout(() => void connect(), 2000);
 });
 
 /** How far behind the newest media the player may fall before it skips ahead (s). */
