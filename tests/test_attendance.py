@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiortc.mediastreams import VideoStreamTrack
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.client import HubClient
@@ -95,6 +96,9 @@ async def test_joins_leaves_rejoins_and_roll_call_are_recorded(
             clients = [center, s1, s2, other]
             for client in clients:
                 await client.connect()
+            # Real peers: the lecturer publishes, the stations receive it over WebRTC.
+            await center.publish({"camera": VideoStreamTrack()})
+            await wait_until(lambda: None if s1.received else "s1 receives nothing yet")
             await s2.close()
             s2 = HubClient(hub.ws, hub.token(room, "I01-S002", "station"), decode=False)
             clients.append(s2)
