@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import imageio_ffmpeg
@@ -115,6 +116,9 @@ def test_replay_plays_an_item_found_by_theme_and_chinese_search(
 
     # Browse on a phone-sized screen, as a household.
     page = browsers.open(f"{admin_hub.base_url}/library", "library", width=360, height=740)
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(urlparse(r.url).hostname or r.url))
+    page.reload()
     assert page.locator("h1").inner_text() == "数字图书馆"
     wait_summary(page, "共 1 个节目")
     assert visible_titles(page) == [title]
@@ -192,6 +196,7 @@ def test_replay_plays_an_item_found_by_theme_and_chinese_search(
         assert part.headers["content-range"].startswith("bytes 0-99/")
 
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
+    assert hosts == {"127.0.0.1"}, f"requests outside the hub: {hosts}"
     page.set_viewport_size({"width": 1280, "height": 800})
     screenshot(page, "replay.png")
 
@@ -244,6 +249,16 @@ def test_administrator_uploads_follows_processing_publishes_and_deletes(
     page.locator("#admin").wait_for(state="visible")
     assert page.locator("#who").inner_text() == f"管理员：{ADMIN[0]}"
 
+    # Every progress text the page shows while the job runs (it may be brief).
+    page.evaluate(
+        """() => {
+            window.progressSeen = [];
+            new MutationObserver(() => {
+                for (const el of document.querySelectorAll('.job-progress'))
+                    window.progressSeen.push(el.textContent);
+            }).observe(document.getElementById('results'), { childList: true, subtree: true });
+        }"""
+    )
     upload = page.locator("#upload")
     upload.get_by_label("视频文件").set_input_files(str(clip))
     upload.get_by_label("标题").fill(title)
@@ -260,6 +275,8 @@ def test_administrator_uploads_follows_processing_publishes_and_deletes(
         ".map(([id, job]) => [id, job.status, job.progress])"
     )
     assert [item_id, "done", 100] in jobs, jobs
+    seen = page.evaluate("() => window.progressSeen")
+    assert any(text.startswith(("处理进度", "排队中")) for text in seen), seen
     assert "可播放" in card.locator(".item-status").inner_text()
     assert "未公开" in card.locator(".item-status").inner_text()
 
