@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import av
@@ -16,6 +18,18 @@ from hub.client import HubClient
 from tests.helpers import NoisyVideo, wait_until
 from tests.hubserver import RunningHub
 from tests.test_whip import whep_view
+
+
+@asynccontextmanager
+async def lecturing(hub_server: RunningHub, room: str) -> AsyncIterator[dict[str, str]]:
+    """A center publishing camera and microphone in ``room``; yields its API headers."""
+    center = HubClient(hub_server.ws, hub_server.token(room, "C", "center", name="市中心"))
+    try:
+        await center.connect()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        yield {"Authorization": f"Bearer {hub_server.token(room, 'C', 'center')}"}
+    finally:
+        await center.close()
 
 
 def check_recording(directory: Path) -> None:
@@ -86,11 +100,7 @@ async def test_recording_through_the_api_writes_playable_files(hub_server: Runni
 
 
 async def test_live_for_households_serves_hls_and_opens_whep(hub_server: RunningHub) -> None:
-    center = HubClient(hub_server.ws, hub_server.token("live", "C", "center"))
-    moderator = {"Authorization": f"Bearer {hub_server.token('live', 'C', 'center')}"}
-    try:
-        await center.connect()
-        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+    async with lecturing(hub_server, "live") as moderator:
         async with httpx.AsyncClient(base_url=hub_server.base) as http:
             started = await http.post("/api/rooms/live/live", headers=moderator)
             assert started.status_code == 201, started.text
@@ -125,16 +135,10 @@ async def test_live_for_households_serves_hls_and_opens_whep(hub_server: Running
         async with httpx.AsyncClient(base_url=hub_server.base) as http:
             stopped = await http.delete("/api/rooms/live/live", headers=moderator)
             assert stopped.json()["live"] is False
-    finally:
-        await center.close()
 
 
 async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub) -> None:
-    center = HubClient(hub_server.ws, hub_server.token("lib", "C", "center"))
-    moderator = {"Authorization": f"Bearer {hub_server.token('lib', 'C', 'center')}"}
-    try:
-        await center.connect()
-        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+    async with lecturing(hub_server, "lib") as moderator:
         async with httpx.AsyncClient(base_url=hub_server.base) as http:
             assert (
                 await http.post("/api/rooms/lib/recording", headers=moderator)
@@ -161,8 +165,6 @@ async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub
         assert ready.status == "ready" and ready.duration > 2
         folder = library.library.item_dir(item.id)
         assert (folder / "index.m3u8").exists() and (folder / "video.mp4").stat().st_size > 0
-    finally:
-        await center.close()
 
 
 async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
@@ -177,39 +179,35 @@ async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
         "-i", f"rtmp://127.0.0.1:{port}/live/county", "-c", "copy", str(received),
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    center = HubClient(hub_server.ws, hub_server.token("rs", "C", "center"))
-    moderator = {"Authorization": f"Bearer {hub_server.token('rs', 'C', 'center')}"}
     try:
-        await center.connect()
-        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
-        async with httpx.AsyncClient(base_url=hub_server.base) as http:
-            bad = await http.post(
-                "/api/rooms/rs/restreams", json={"url": "http://x"}, headers=moderator
-            )
-            assert bad.status_code == 409 and "rtmp://" in bad.text
-            started = await http.post(
-                "/api/rooms/rs/restreams",
-                json={"url": f"rtmp://127.0.0.1:{port}/live/county"},
-                headers=moderator,
-            )
-            assert started.status_code == 201, started.text
-            target = started.json()["restreams"][0]["target_id"]
+        async with lecturing(hub_server, "rs") as moderator:
+            async with httpx.AsyncClient(base_url=hub_server.base) as http:
+                bad = await http.post(
+                    "/api/rooms/rs/restreams", json={"url": "http://x"}, headers=moderator
+                )
+                assert bad.status_code == 409 and "rtmp://" in bad.text
+                started = await http.post(
+                    "/api/rooms/rs/restreams",
+                    json={"url": f"rtmp://127.0.0.1:{port}/live/county"},
+                    headers=moderator,
+                )
+                assert started.status_code == 201, started.text
+                target = started.json()["restreams"][0]["target_id"]
 
-            async def live() -> str | None:
-                status = (await http.get("/api/rooms/rs")).json()["media"]["restreams"][0]
-                return None if status["state"] == "live" else str(status)
+                async def live() -> str | None:
+                    status = (await http.get("/api/rooms/rs")).json()["media"]["restreams"][0]
+                    return None if status["state"] == "live" else str(status)
 
-            await wait_until(live, timeout=30, interval=0.5)
-            await asyncio.sleep(4)
-            stopped = await http.delete(f"/api/rooms/rs/restreams/{target}", headers=moderator)
-            assert stopped.status_code == 200
-        await asyncio.wait_for(receiver.wait(), 15)
-        await asyncio.to_thread(check_flv, received)
+                await wait_until(live, timeout=30, interval=0.5)
+                await asyncio.sleep(4)
+                stopped = await http.delete(f"/api/rooms/rs/restreams/{target}", headers=moderator)
+                assert stopped.status_code == 200
+            await asyncio.wait_for(receiver.wait(), 15)
+            await asyncio.to_thread(check_flv, received)
     finally:
         if receiver.returncode is None:
             receiver.kill()
             await receiver.wait()
-        await center.close()
 
 
 def check_flv(path: Path) -> None:
@@ -222,28 +220,24 @@ def check_flv(path: Path) -> None:
 
 
 async def test_household_viewers_are_counted_and_published(hub_server: RunningHub) -> None:
-    center = HubClient(hub_server.ws, hub_server.token("hh", "C", "center"))
-    moderator = {"Authorization": f"Bearer {hub_server.token('hh', 'C', 'center')}"}
     pc = None
-    try:
-        await center.connect()
-        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
-        async with (
-            hub_server.hub.bus.subscribe("viewers") as viewers,
-            httpx.AsyncClient(base_url=hub_server.base) as http,
-        ):
-            assert (await http.post("/api/rooms/hh/live", headers=moderator)).status_code == 201
-            pc, _, response = await whep_view(hub_server.base, "hh", None)  # one WHEP household
-            assert response.status_code == 201
-            for agent in ("phone-a", "phone-b"):  # two HLS players
-                await http.get("/live/hh/index.m3u8", headers={"User-Agent": agent})
-            info = (await http.get("/api/rooms/hh")).json()
-            assert info["household_viewers"] == 3
-            event = await asyncio.wait_for(anext(aiter(viewers)), 10)
-            assert event["room"] == "hh" and event["households"] == 3
-            metrics = (await http.get("/metrics")).text
-            assert 'practicehub_household_viewers{room="hh"} 3' in metrics
-    finally:
-        if pc is not None:
-            await pc.close()
-        await center.close()
+    async with lecturing(hub_server, "hh") as moderator:
+        try:
+            async with (
+                hub_server.hub.bus.subscribe("viewers") as viewers,
+                httpx.AsyncClient(base_url=hub_server.base) as http,
+            ):
+                assert (await http.post("/api/rooms/hh/live", headers=moderator)).status_code == 201
+                pc, _, response = await whep_view(hub_server.base, "hh", None)  # one WHEP household
+                assert response.status_code == 201
+                for agent in ("phone-a", "phone-b"):  # two HLS players
+                    await http.get("/live/hh/index.m3u8", headers={"User-Agent": agent})
+                info = (await http.get("/api/rooms/hh")).json()
+                assert info["household_viewers"] == 3
+                event = await asyncio.wait_for(anext(aiter(viewers)), 10)
+                assert event["room"] == "hh" and event["households"] == 3
+                metrics = (await http.get("/metrics")).text
+                assert 'practicehub_household_viewers{room="hh"} 3' in metrics
+        finally:
+            if pc is not None:
+                await pc.close()
