@@ -56,6 +56,12 @@ class RoomMedia:
         def report(message: str) -> None:
             logger.error("room %s: %s failed: %s", self.room.name, what, message)
             self.errors[what] = message
+            # A failed recorder or packager has stopped: end it here too, keeping
+            # what was written; the room goes on.
+            if what == "recording" and self.recorder is not None:
+                self.room.tasks.spawn(self.stop_recording(), name="recording-failed")
+            elif what == "live" and self.live is not None:
+                self.room.tasks.spawn(self.stop_live(), name="live-failed")
             self.announce()
 
         return report

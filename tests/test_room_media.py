@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import av
 import httpx
 import imageio_ffmpeg
+import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
@@ -241,3 +242,55 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
         finally:
             if pc is not None:
                 await pc.close()
+
+
+@pytest.fixture
+def small_disk(hub_server: RunningHub) -> Iterator[Path]:
+    """The hub's recordings folder on a 400 KiB tmpfs: a real ENOSPC (needs root)."""
+    recordings = hub_server.hub.settings.data_dir / "recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(recordings)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode()}")
+    yield recordings
+    subprocess.run(["umount", "-l", str(recordings)], check=False)
+
+
+async def test_a_full_disk_stops_the_recording_with_a_clear_error(
+    hub_server: RunningHub, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with lecturing(hub_server, "full") as moderator:
+        station = HubClient(hub_server.ws, hub_server.token("full", "S1", "station"))
+        await station.connect()
+        try:
+            async with httpx.AsyncClient(base_url=hub_server.base) as http:
+                started = await http.post("/api/rooms/full/recording", headers=moderator)
+                assert started.status_code == 201
+                event = await station.wait_for(
+                    lambda m: m["type"] == "media" and "recording" in m["errors"], timeout=30
+                )
+                assert "space" in event["errors"]["recording"].lower()
+
+                async def stopped() -> str | None:
+                    media = (await http.get("/api/rooms/full")).json()["media"]
+                    return None if not media["recording"] else f"still recording: {media}"
+
+                await wait_until(stopped, timeout=15)
+                media = (await http.get("/api/rooms/full")).json()["media"]
+                assert "space" in media["errors"]["recording"].lower()
+            # The room goes on: the station still receives the lecture.
+            camera = station.tracks_of("camera")[0]
+            before = camera.track.readyState
+            assert before == "live"
+        finally:
+            await station.close()
+    assert any("recording failed" in r.getMessage() for r in caplog.records)
+    sizes = await asyncio.to_thread(media_file_sizes, small_disk)
+    assert sizes and max(sizes) > 0  # what was written is kept
+
+
+def media_file_sizes(folder: Path) -> list[int]:
+    return [p.stat().st_size for p in folder.rglob("*") if p.suffix in (".mkv", ".webm")]
