@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -80,3 +81,29 @@ def test_console_starts_and_stops_recording(hub: HubProcess, browsers: Browsers)
     poll(indicator(False), timeout=15)
     recordings = list((hub.data_dir / "recordings").iterdir())
     assert recordings and (recordings[0] / "recording.json").exists()
+
+
+def test_console_shows_why_a_recording_stopped(hub: HubProcess, browsers: Browsers) -> None:
+    recordings = hub.data_dir / "recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(recordings)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode()}")
+    try:
+        console = open_console(hub, browsers, "full-disk")
+        console.click("#record")
+        banner = console.locator("#media-error")
+        banner.wait_for(state="visible", timeout=30000)
+        text = banner.inner_text()
+        assert "录制出错" in text and "space" in text.lower(), text
+
+        def stopped() -> str | None:
+            state = console.locator("#ind-recording").get_attribute("data-on")
+            return None if state == "false" else "recording indicator still on"
+
+        poll(stopped, timeout=15)
+    finally:
+        subprocess.run(["umount", "-l", str(recordings)], check=False)
