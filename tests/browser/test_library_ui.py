@@ -129,10 +129,11 @@ def test_replay_plays_an_item_found_by_theme_and_chinese_search(
     page.keyboard.press("Enter")
     wait_summary(page, "没有找到节目")
     assert visible_titles(page) == []
-    page.focus("[data-theme=science]")
+    page.keyboard.press("Shift+Tab")  # from "fitness" back to "science"
     page.keyboard.press("Enter")
     wait_summary(page, "共 1 个节目")
     assert page.locator("[data-theme=science]").get_attribute("aria-pressed") == "true"
+    assert page.evaluate("() => document.activeElement.dataset.theme") == "science"
     assert visible_titles(page) == [title]
     # Search: a Chinese term of the description, then one that is nowhere; site, date.
     for query, site, since, found in [
@@ -286,9 +287,12 @@ def test_administrator_uploads_follows_processing_publishes_and_deletes(
             return [i["id"] for i in anonymous.get("/api/library").json()["items"]]
 
         assert public_ids() == []
-        card.get_by_role("button", name="公开", exact=True).click()
+        card.get_by_role("button", name="公开", exact=True).focus()
+        page.keyboard.press("Enter")
         card.get_by_role("button", name="取消公开", exact=True).wait_for()
         assert public_ids() == [item_id]
+        # The list was rebuilt; the keyboard focus is still on that item's button.
+        assert page.evaluate("() => document.activeElement.textContent") == "取消公开"
         card.get_by_role("button", name="取消公开", exact=True).click()
         card.get_by_role("button", name="公开", exact=True).wait_for()
         assert public_ids() == []

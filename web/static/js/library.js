@@ -365,23 +365,28 @@ export function startLibrary() {
         render();
     }
 
+    // Built once and updated, never replaced: a keyboard user's focus stays on the
+    // theme just chosen.
+    const themeButtons = [/** @type {Theme | ''} */ (""), ...THEMES].map((theme) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.theme = theme;
+        button.addEventListener("click", () => {
+            state.theme = theme;
+            state.page = 1;
+            renderThemes();
+            void load();
+        });
+        return button;
+    });
+    themesBox.replaceChildren(...themeButtons);
+
     function renderThemes() {
-        themesBox.replaceChildren(
-            ...[/** @type {Theme | ''} */ (""), ...THEMES].map((theme) => {
-                const button = document.createElement("button");
-                button.type = "button";
-                button.dataset.theme = theme;
-                button.textContent = theme ? themeLabel(theme) : lt("themes.all");
-                button.setAttribute("aria-pressed", String(theme === state.theme));
-                button.addEventListener("click", () => {
-                    state.theme = theme;
-                    state.page = 1;
-                    renderThemes();
-                    void load();
-                });
-                return button;
-            }),
-        );
+        for (const button of themeButtons) {
+            const theme = button.dataset.theme || "";
+            button.textContent = theme ? themeLabel(theme) : lt("themes.all");
+            button.setAttribute("aria-pressed", String(theme === state.theme));
+        }
     }
 
     /** @param {Item} item */
@@ -416,6 +421,7 @@ export function startLibrary() {
         }
         const title = document.createElement("h3");
         const titleLink = document.createElement(playable ? "a" : "span");
+        titleLink.className = "title-link";
         if (titleLink instanceof HTMLAnchorElement) titleLink.href = `/replay/${item.id}`;
         titleLink.textContent = item.title;
         title.append(titleLink);
@@ -528,7 +534,17 @@ export function startLibrary() {
             return;
         }
         summary.textContent = data.total ? lt("results.count", { n: data.total }) : lt("results.none");
+        // Cards are rebuilt (a job's progress re-renders every second): put the focus
+        // back on the same control of the same item.
+        const focused = document.activeElement;
+        const within = focused instanceof HTMLElement ? focused.closest("li.item") : null;
+        const selector =
+            within instanceof HTMLElement && focused
+                ? `li.item[data-id="${within.dataset.id}"] ${focused.tagName}${focused.className ? `.${focused.className}` : ""}`
+                : null;
         results.replaceChildren(...data.items.map(card));
+        const again = selector ? results.querySelector(selector) : null;
+        if (again instanceof HTMLElement) again.focus();
         const pages = Math.max(1, Math.ceil(data.total / data.page_size));
         pageInfo.textContent = lt("pager.info", { page: data.page, pages });
         prev.disabled = data.page <= 1;
