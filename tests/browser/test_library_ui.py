@@ -201,6 +201,10 @@ def test_replay_plays_an_item_found_by_theme_and_chinese_search(
     page.set_viewport_size({"width": 1280, "height": 800})
     screenshot(page, "replay.png")
 
+    page.goto(f"{admin_hub.base_url}/replay/{'0' * 32}")
+    page.get_by_role("alert").filter(has_text="没有这个节目").wait_for()
+    assert page.locator("#item").is_hidden()
+
 
 def test_browse_pages_through_results_newest_first(
     admin_hub: HubProcess, browsers: Browsers, tmp_path: Path

@@ -52,6 +52,7 @@ function render() {
     fill("views", String(item.views));
     fill("description", item.description);
     /** @type {HTMLElement} */ (document.getElementById("download")).hidden = !item.mp4_url;
+    player.hidden = state.source === null; // nothing to play yet: no black box
     const tags = /** @type {HTMLElement} */ (document.getElementById("tags"));
     tags.replaceChildren(
         ...item.tags.map((tag) => {
