@@ -44,6 +44,7 @@ from av import VideoFrame
 
 from bench._media import clip_tracks, load_clip
 from bench.fanout import HubProcess, cpu_seconds
+from hub.aiortc_internals import restrict_host_addresses
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, grant_for_role
@@ -586,6 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.streams < 1 or args.window < 1 or args.minutes <= 0:
         parser.error("--streams, --window and --minutes must be positive")
+    restrict_host_addresses(["127.0.0.1"])  # the publishers' ICE stays on loopback too
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     # Hubs starting, two recording windows, making and processing the recording twice,
     # two players: with room to spare, and every process stopped when it fires.
