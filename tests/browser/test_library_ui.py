@@ -43,23 +43,16 @@ def make_clip(path: Path, seconds: float = 3.0) -> Path:
 
 
 @pytest.fixture
-def admin_hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
-    """A hub whose database already holds a center administrator (made by the CLI
-    before the hub starts, as an installer would)."""
-    process = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log")
-    process.data_dir.mkdir(parents=True)
-    url = f"sqlite+aiosqlite:///{process.data_dir / 'hub.sqlite3'}"
+def admin_hub(hub: HubProcess) -> HubProcess:
+    """The hub with a center administrator, made with the installer's command (it
+    creates the tables if needed; SQLite lets it write next to the running hub)."""
+    url = f"sqlite+aiosqlite:///{hub.data_dir / 'hub.sqlite3'}"
     subprocess.run(
         [sys.executable, "-m", "scheduler.accounts", "create-admin", "--username", ADMIN[0],
          "--password", ADMIN[1], "--database-url", url],
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        sys.stderr.write(f"\n--- hub log tail ---\n{process.log_tail()}\n")
+    return hub
 
 
 @contextmanager
