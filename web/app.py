@@ -32,6 +32,7 @@ from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
 from web.library_glue import HubRoomControl, RecordingsToLibrary, admin_check
+from web.library_pages import library_pages_router
 from web.pages import pages_router
 
 
@@ -105,4 +106,5 @@ def create_app(settings: Settings) -> FastAPI:
         command_router(auth=auth, center=command, issue_token=hub_token_issuer(hub.signer))
     )
     app.include_router(pages_router())
+    app.include_router(library_pages_router())
     return app
