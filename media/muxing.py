@@ -170,9 +170,19 @@ class Worker(Generic[T]):
     items (track added, closed) are always queued: there are few of them.
     """
 
-    def __init__(self, name: str, handle: Callable[[T], None], maxsize: int = 600) -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[T], None],
+        maxsize: int = 600,
+        batch_interval: float = 0.0,
+    ) -> None:
+        """``batch_interval`` > 0: after the first item the thread waits that long and
+        takes everything queued meanwhile, so it wakes a few times a second instead of
+        once a frame (thread switches, not muxing, are what a frame costs)."""
         self._handle = handle
         self._maxsize = maxsize
+        self._batch_interval = batch_interval
         self._queue: queue.Queue[T | _Stop] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -192,14 +202,20 @@ class Worker(Generic[T]):
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if isinstance(item, _Stop):
-                return
-            try:
-                self._handle(item)
-            except Exception:
-                # A handler reports its own failures; this keeps the thread alive.
-                log.exception("worker %s: unhandled error", self._thread.name)
+            batch = [self._queue.get()]
+            if self._batch_interval > 0:
+                time.sleep(self._batch_interval)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        batch.append(self._queue.get_nowait())
+            for item in batch:
+                if isinstance(item, _Stop):
+                    return
+                try:
+                    self._handle(item)
+                except Exception:
+                    # A handler reports its own failures; this keeps the thread alive.
+                    log.exception("worker %s: unhandled error", self._thread.name)
 
 
 def loop_callback(callback: Callable[[str], None] | None) -> Callable[[str], None]:

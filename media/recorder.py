@@ -165,7 +165,7 @@ class Recorder:
         self._reserve_space()
         self._write_manifest()
         self._worker: Worker[_Command] = Worker(
-            f"recorder:{directory.name}", self._handle, queue_size
+            f"recorder:{directory.name}", self._handle, queue_size, batch_interval=0.1
         )
 
     # --- FrameSink, called on the event loop: only queue work -----------------
