@@ -5,6 +5,7 @@
  * `GET /api/rooms/{room}`), plays that HLS in the plain <video> instead.
  */
 
+import { LowLatencyHls } from "./llhls.js";
 import { WhepError, WhepSession, backoffDelay, fetchRoomStatus } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
 import { byId, tokenFromLocation } from "./ui.js";
@@ -27,6 +28,8 @@ const state = {
     session: null,
     /** @type {string | null} */
     hlsUrl: null,
+    /** Live HLS plays part by part (Media Source Extensions), not natively. */
+    lowLatency: false,
     attempts: 0,
 };
 Object.assign(window, { practiceHub: state });
@@ -48,15 +51,35 @@ function renderStatus() {
     statusNode.dataset.state = state.mode === "webrtc" || state.mode === "hls" ? "joined" : "connecting";
 }
 
+/** @type {LowLatencyHls | null} */
+let lowLatency = null;
+
 /** @param {string} url */
 function playHls(url) {
     state.hlsUrl = url;
     for (const audio of audios.values()) audio.remove();
     audios.clear();
     player.srcObject = null;
+    if (lowLatency) lowLatency.stop();
+    lowLatency = null;
+    setMode("hls");
+    if (LowLatencyHls.supported()) {
+        // Part by part, about half a second behind the lecture; the browser's own
+        // HLS (the fallback) plays whole segments, seconds behind.
+        const session = new LowLatencyHls(player, url);
+        lowLatency = session;
+        state.lowLatency = true;
+        session.start().catch(() => {
+            if (lowLatency !== session || state.mode !== "hls") return;
+            lowLatency = null;
+            state.lowLatency = false;
+            player.src = url;
+            player.play().catch(() => {});
+        });
+        return;
+    }
     player.src = url;
     player.play().catch(() => {});
-    setMode("hls");
 }
 
 // A live playlist answers 503 until it holds enough segments, and a player that
