@@ -81,9 +81,3 @@ def frame_is_keyframe(codec: str, data: bytes) -> bool:
             start = data.find(b"\x00\x00\x01", start + 3)
         return False
     return True
-
-
-def h264_profile(profile_level_id: str) -> str:
-    """The profile part of a profile-level-id: 42e0 (constrained baseline), 4d00 (main),
-    6400 (high), … — what decides whether a subscriber can decode a stream."""
-    return profile_level_id[:4].lower()

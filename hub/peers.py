@@ -15,6 +15,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
 )
 from aiortc.rtcicetransport import RTCIceCandidate
@@ -177,8 +178,6 @@ def codec_info(transceiver: RTCRtpTransceiver) -> CodecInfo | None:
 
 def preferences_for(kind: str, codec: CodecInfo) -> list[RTCRtpCodecCapability]:
     """Codec preferences that make an offer carry exactly ``codec`` (plus RTX)."""
-    from aiortc import RTCRtpSender
-
     wanted: list[RTCRtpCodecCapability] = []
     for capability in RTCRtpSender.getCapabilities(kind).codecs:
         if capability.mimeType.lower() == codec.mime_type.lower() and (
