@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 from aiortc.mediastreams import VideoStreamTrack
 from av import VideoFrame
 
@@ -39,3 +43,18 @@ class NoisyVideo(VideoStreamTrack):
             plane.update(os.urandom(plane.buffer_size))
         frame.pts, frame.time_base = pts, time_base
         return frame
+
+
+@contextmanager
+def small_disk(path: Path, size: str = "400k") -> Iterator[Path]:
+    """A tiny tmpfs mounted at ``path``: a real ENOSPC once it is full (needs root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -16,7 +16,7 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
-from tests.helpers import NoisyVideo, wait_until
+from tests.helpers import NoisyVideo, small_disk, wait_until
 from tests.hubserver import RunningHub
 from tests.test_whip import whep_view
 
@@ -244,23 +244,15 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 await pc.close()
 
 
-@pytest.fixture
-def small_disk(hub_server: RunningHub) -> Iterator[Path]:
-    """The hub's recordings folder on a 400 KiB tmpfs: a real ENOSPC (needs root)."""
-    recordings = hub_server.hub.settings.data_dir / "recordings"
-    recordings.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(recordings)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode()}")
-    yield recordings
-    subprocess.run(["umount", "-l", str(recordings)], check=False)
+@pytest.fixture(name="full_disk")
+def full_disk_fixture(hub_server: RunningHub) -> Iterator[Path]:
+    """The hub's recordings folder on a 400 KiB tmpfs."""
+    with small_disk(hub_server.hub.settings.data_dir / "recordings") as folder:
+        yield folder
 
 
 async def test_a_full_disk_stops_the_recording_with_a_clear_error(
-    hub_server: RunningHub, small_disk: Path, caplog: pytest.LogCaptureFixture
+    hub_server: RunningHub, full_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with lecturing(hub_server, "full") as moderator:
         station = HubClient(hub_server.ws, hub_server.token("full", "S1", "station"))
@@ -288,7 +280,7 @@ async def test_a_full_disk_stops_the_recording_with_a_clear_error(
         finally:
             await station.close()
     assert any("recording failed" in r.getMessage() for r in caplog.records)
-    sizes = await asyncio.to_thread(media_file_sizes, small_disk)
+    sizes = await asyncio.to_thread(media_file_sizes, full_disk)
     assert sizes and max(sizes) > 0  # what was written is kept
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.test_e2e import open_console, open_station
+from tests.helpers import small_disk
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -84,15 +84,7 @@ def test_console_starts_and_stops_recording(hub: HubProcess, browsers: Browsers)
 
 
 def test_console_shows_why_a_recording_stopped(hub: HubProcess, browsers: Browsers) -> None:
-    recordings = hub.data_dir / "recordings"
-    recordings.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(recordings)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.decode()}")
-    try:
+    with small_disk(hub.data_dir / "recordings"):
         console = open_console(hub, browsers, "full-disk")
         console.click("#record")
         banner = console.locator("#media-error")
@@ -105,5 +97,3 @@ def test_console_shows_why_a_recording_stopped(hub: HubProcess, browsers: Browse
             return None if state == "false" else "recording indicator still on"
 
         poll(stopped, timeout=15)
-    finally:
-        subprocess.run(["umount", "-l", str(recordings)], check=False)
