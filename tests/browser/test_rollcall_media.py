@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
+import imageio_ffmpeg
 import pytest
 
-from tests.browser.conftest import Browsers, HubProcess, poll
+from tests.browser.conftest import Browsers, HubProcess, free_port, poll
 from tests.browser.test_e2e import open_console, open_station
 from tests.helpers import small_disk
 
@@ -97,3 +99,38 @@ def test_console_shows_why_a_recording_stopped(hub: HubProcess, browsers: Browse
             return None if state == "false" else "recording indicator still on"
 
         poll(stopped, timeout=15)
+
+
+def test_console_restreams_to_an_rtmp_server(hub: HubProcess, browsers: Browsers) -> None:
+    port = free_port()
+    receiver = subprocess.Popen(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-listen", "1",
+         "-i", f"rtmp://127.0.0.1:{port}/live/county", "-c", "copy", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        console = open_console(hub, browsers, "restream")
+        console.fill("#restream-url", f"rtmp://127.0.0.1:{port}/live/county")
+        console.click('#restream-form button[type="submit"]')
+
+        def live() -> str | None:
+            state = console.evaluate(
+                "() => [...document.querySelectorAll('#restream-list li')]"
+                ".map(li => li.dataset.state)"
+            )
+            return None if state == ["live"] else f"restream states {state}"
+
+        poll(live, timeout=40)
+        assert "推流中" in console.locator("#restream-list").inner_text()
+        console.click("#restream-list [data-stop]")
+        poll(
+            lambda: (
+                None
+                if console.locator("#restream-list li").count() == 0
+                else "restream still listed"
+            ),
+            timeout=15,
+        )
+    finally:
+        receiver.kill()
+        receiver.wait()

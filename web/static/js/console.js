@@ -1,7 +1,7 @@
 // @ts-check
 /** The center console: go live, the wall of sites, moderation, chat. */
 
-import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRoomMedia } from "./protocol.js";
+import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRestream, setRoomMedia } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
 import {
     AudioSink,
@@ -444,8 +444,46 @@ function onMedia(media) {
     const errorNode = byId("media-error");
     errorNode.hidden = errors.length === 0;
     errorNode.textContent = errors.map(([what, message]) => `${t(`console.media.${what}`)}：${message}`).join("；");
+    renderRestreams(media.restreams || []);
     renderIndicators();
 }
+
+/** @param {import("./protocol.js").MediaStatus["restreams"]} targets */
+function renderRestreams(targets) {
+    byId("restream-list").replaceChildren(
+        ...targets
+            .filter((target) => target.state !== "stopped")
+            .map((target) =>
+                el("li", { "data-target": target.target_id, "data-state": target.state }, [
+                    `${target.url} · `,
+                    el("b", { text: t(`restream.${target.state}`) }),
+                    target.error ? ` (${target.error})` : "",
+                    " ",
+                    el("button", { type: "button", "data-stop": target.target_id, text: t("restream.stop") }),
+                ]),
+            ),
+    );
+}
+
+/** @param {{url: string} | {stop: string}} what */
+async function restream(what) {
+    if (!client || !client.room) return;
+    try {
+        onMedia(await setRestream(client.room, token, what));
+    } catch (e) {
+        toast(String(e));
+    }
+}
+
+byId("restream-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = /** @type {HTMLInputElement} */ (byId("restream-url"));
+    void restream({ url: input.value.trim() });
+});
+byId("restream-list").addEventListener("click", (event) => {
+    const target = /** @type {HTMLElement} */ (event.target).closest("[data-stop]");
+    if (target) void restream({ stop: target.getAttribute("data-stop") || "" });
+});
 
 /** What the moderator asked for households; re-applied if the hub forgot it (restart). */
 let householdsWanted = false;
@@ -459,6 +497,7 @@ recordButton.addEventListener("click", () => toggleMedia(recordButton, "recordin
 async function pollRoomStatus() {
     if (client && client.room) {
         roomStatus = await fetchRoomStatus(client.room);
+        if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams);
         const live = roomStatus && typeof roomStatus.hls_url === "string";
         if (householdsWanted && roomStatus && !live && client.state === "joined") {
             await toggleMedia(householdsButton, "live", true);
@@ -558,7 +597,7 @@ async function start(joinToken) {
         return;
     }
     await devices;
-    setInterval(pollRoomStatus, 10000);
+    setInterval(pollRoomStatus, 3000); // restream states change without a message
 }
 
 onLangChange(() => {

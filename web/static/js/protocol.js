@@ -1188,6 +1188,7 @@ export class WhepError extends Error {
  * @property {boolean} [public]
  * @property {string} [hls_url]
  * @property {boolean} [recording]
+ * @property {MediaStatus} [media]
  */
 
 /**
@@ -1237,6 +1238,24 @@ export async function setRoomMedia(room, token, what, on) {
     const response = await fetch(`/api/rooms/${encodeURIComponent(room)}/${what}`, {
         method: on ? "POST" : "DELETE",
         headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 200)}`);
+    return response.json();
+}
+
+/**
+ * Push the room's stage to an RTMP server, or stop one push (moderators).
+ * @param {string} room
+ * @param {string} token
+ * @param {{url: string} | {stop: string}} what
+ * @returns {Promise<MediaStatus>}
+ */
+export async function setRestream(room, token, what) {
+    const base = `/api/rooms/${encodeURIComponent(room)}/restreams`;
+    const response = await fetch("url" in what ? base : `${base}/${encodeURIComponent(what.stop)}`, {
+        method: "url" in what ? "POST" : "DELETE",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+        body: "url" in what ? JSON.stringify({ url: what.url }) : undefined,
     });
     if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 200)}`);
     return response.json();
