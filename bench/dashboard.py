@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +24,7 @@ from typing import Any
 import httpx
 import websockets
 
+from bench.fanout import HubProcess
 from hub.tokens import TokenSigner
 from scheduler.command_http import hub_token_issuer
 
@@ -35,16 +33,8 @@ ROOM = "county-meeting"
 ADMIN = ("bench-admin", "bench-password-1")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(*argv: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, check=True, timeout=60)
+def _run(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, timeout=60)
 
 
 class Station:
@@ -177,53 +167,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         data_dir = Path(tmp)
         database = f"sqlite+aiosqlite:///{data_dir / 'hub.sqlite3'}"
-        secret = secrets.token_urlsafe(24)
-        env = {
-            **os.environ,
-            "HUB_SECRET": secret,
-            "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]',
-        }
-        _run("scheduler.seed", "--database-url", database, env=env)
+        _run("scheduler.seed", "--database-url", database)
         _run(
-            "scheduler.accounts",
-            "create-admin",
-            "--username",
-            ADMIN[0],
-            "--password",
-            ADMIN[1],
-            "--database-url",
-            database,
-            env=env,
+            *("scheduler.accounts", "create-admin", "--username", ADMIN[0]),
+            *("--password", ADMIN[1], "--database-url", database),
         )
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
-                *("--port", str(port), "--data-dir", str(data_dir)),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+        hub = HubProcess(data_dir)
         try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the hub did not start")
-                time.sleep(0.2)
-            return asyncio.run(asyncio.wait_for(measure(base, secret, args.changes), 100))
+            hub.wait_healthy(30)
+            return asyncio.run(asyncio.wait_for(measure(hub.base, hub.secret, args.changes), 100))
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            hub.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

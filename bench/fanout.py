@@ -128,7 +128,7 @@ def call_all(calls: list[tuple[Child, str, tuple[Any, ...]]], timeout: float = 3
     return [child.result(timeout) for child, _, _ in calls]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -139,7 +139,7 @@ class HubProcess:
     """``python -m hub serve`` on 127.0.0.1 with a fresh data directory."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         self.signer = TokenSigner(self.secret)
         self.base = f"http://127.0.0.1:{self.port}"

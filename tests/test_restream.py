@@ -4,7 +4,6 @@ it dropped; VP8 is transcoded once for all targets."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,14 +17,7 @@ from media.muxing import ffmpeg_exe
 from media.restream import Restreamer, TargetState, hide_key
 from media.testing import VideoCodec, ffmpeg_children, interleave, make_clip, play
 from tests.helpers import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
+from tests.hubserver import free_port
 
 Receiver = Callable[[int, Path], subprocess.Popen[bytes]]
 

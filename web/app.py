@@ -31,7 +31,7 @@ from scheduler.runner import Runner, WebhookNotifier
 from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
-from web.library_glue import HubRoomControl, RecordingsToLibrary, admin_check
+from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
 
