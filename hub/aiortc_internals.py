@@ -1,4 +1,4 @@
-"""Every access to aiortc's and aioice's private internals, and nothing else.
+"""Every access to aiortc's, aioice's and pylibsrtp's private internals, and nothing else.
 
 aiortc has no public tap for encoded media, decodes everything it receives, has no
 fast send path and accepts only two H.264 profiles; a forwarding hub needs all of
@@ -25,8 +25,11 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
 )
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
+from pylibsrtp import SRTP_MAX_TRAILER_LEN, Session
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
-PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
 # Profiles a forwarding hub must accept and pass through unchanged: Main and High
 # are what OBS and `ffmpeg -profile:v high` offer; aiortc ships only 42001f/42e01f.
@@ -85,6 +88,10 @@ async def check_internals() -> None:
             _require(dtls, ("_tx_srtp", "_state"))
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
+        session = Session(policy=None)
+        _require(session, ("_srtp",))
+        if not callable(getattr(_srtp_lib, "srtp_protect", None)):
+            raise InternalsChanged("pylibsrtp no longer exposes libsrtp's srtp_protect")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
     finally:
@@ -314,26 +321,41 @@ class SenderHook:
 class RtpWriter:
     """A synchronous SRTP-protect-and-send for one DTLS transport.
 
-    aiortc's own path is three nested coroutines per packet; on the forwarding path
-    that cost is paid once per packet per subscriber, so the send target (socket,
-    address, SRTP context) is resolved once per selected ICE pair, not per packet.
+    aiortc's own path is three nested coroutines per packet, and pylibsrtp's
+    ``protect`` allocates and checks on every call; on the forwarding path that cost
+    is paid once per packet per subscriber. So the send target (socket, address,
+    libsrtp context) is resolved once per selected ICE pair, and libsrtp is called
+    directly on a buffer this writer owns.
     """
 
-    __slots__ = ("_addr", "_dtls", "_nominated", "_pair", "_protect", "_sendto")
+    __slots__ = (
+        "_addr",
+        "_buffer",
+        "_cdata",
+        "_dtls",
+        "_length",
+        "_nominated",
+        "_pair",
+        "_sendto",
+        "_srtp",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport._connection._nominated
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] = _unset
-        self._protect: Callable[[bytes], bytes] = bytes
         self._addr: Any = None
+        self._srtp: Any = None
+        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
+        self._length: Any = _srtp_ffi.new("int *")
 
     def ready(self) -> bool:
         return self._dtls._state is _CONNECTED and 1 in self._nominated
 
     def send(self, data: bytes) -> bool:
-        """Protect and send one RTP packet; False when the transport cannot send."""
+        """Protect and send one RTP packet; False when it cannot be sent."""
         if self._dtls._state is not _CONNECTED:
             return False
         pair = self._nominated.get(1)
@@ -343,12 +365,23 @@ class RtpWriter:
             self._pair = pair
             self._sendto = pair.protocol.transport.sendto
             self._addr = pair.remote_addr
-            self._protect = self._dtls._tx_srtp.protect
-        self._sendto(self._protect(data), self._addr)
+            self._srtp = self._dtls._tx_srtp._srtp[0]
+        size = len(data)
+        if size > _SRTP_MAX_PLAIN:
+            return False
+        self._buffer[0:size] = data
+        length = self._length
+        length[0] = size
+        if _srtp_protect(self._srtp, self._cdata, length):
+            return False  # libsrtp refused it (its status codes are all local faults)
+        self._sendto(self._buffer[0 : length[0]], self._addr)
         return True
 
 
 _CONNECTED = State.CONNECTED
+_SRTP_BUFFER = 1500
+_SRTP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_TRAILER_LEN
+_srtp_protect = _srtp_lib.srtp_protect
 
 
 def _unset(data: bytes, addr: Any) -> None:
