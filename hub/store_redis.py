@@ -327,5 +327,5 @@ class RedisBus:
         if self._confirmation is not None and not self._confirmation[1].done():
             self._confirmation[1].set_exception(RuntimeError("the bus is closed"))
         await self._tasks.close()
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
         await self._client.aclose()
