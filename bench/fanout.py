@@ -42,6 +42,7 @@ from hub.tokens import Role, TokenSigner, grant_for_role
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "bench"
 PER_WORKER = 10
+PUBLISHER_ONLY_SECONDS = 5.0
 """Counting subscribers per worker process."""
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -375,6 +376,10 @@ class Bench:
         publisher.call("accept", "direct", answer)
         time.sleep(2)
         rss_publisher_only = rss_mb(hub.process.pid)
+        # The fixed cost: the publisher's stream with nobody to forward it to.
+        idle0, idle_at = cpu_seconds(hub.process.pid), time.monotonic()
+        time.sleep(PUBLISHER_ONLY_SECONDS)
+        idle_cpu = (cpu_seconds(hub.process.pid) - idle0) / (time.monotonic() - idle_at)
 
         tokens = [hub.token(f"S{i:03d}", "station") for i in range(1, self.n)]
         join_timeout = max(60, self.n * 1.5)
@@ -465,6 +470,13 @@ class Bench:
             "rss_mb_per_subscriber": round((rss_loaded - rss_publisher_only) / hub_subscribers, 3),
             "window_s": round(probe_seconds, 2),
             "hub_cpu_percent": round((cpu1 - cpu0) / probe_seconds * 100, 1),
+            "hub_cpu_percent_publisher_only": round(idle_cpu * 100, 1),
+            # What each send costs beyond the publisher's fixed cost.
+            "us_per_send_marginal": round(
+                ((cpu1 - cpu0) - idle_cpu * probe_seconds) / sends * 1e6, 2
+            )
+            if sends
+            else None,
             "packets_forwarded": forwarded,
             "packets_counted": counted,
             # Subscribers count retransmissions too. Above a few percent, fps_min

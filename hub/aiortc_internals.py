@@ -9,6 +9,7 @@ test runs it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import queue
 from collections.abc import Awaitable, Callable
@@ -85,7 +86,7 @@ async def check_internals() -> None:
             _require(transceiver.receiver, _RECEIVER_ATTRS)
             _require(transceiver.sender, _SENDER_ATTRS)
             dtls = transceiver.sender.transport
-            _require(dtls, ("_tx_srtp", "_state"))
+            _require(dtls, ("_tx_srtp", "_state", "_send_rtp"))
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
         session = Session(policy=None)
@@ -275,6 +276,53 @@ class ReceiverTap:
     async def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI to the publisher for ``media_ssrc``."""
         await self._receiver._send_rtcp_pli(media_ssrc)
+
+
+# --- publishing: pace a sender's packets ---------------------------------------
+
+PACING_FACTOR = 2.5
+"""libwebrtc paces at this multiple of the encoder's target bitrate."""
+
+
+class RtpPacer:
+    """Spreads the RTP packets of the ``paced`` senders over time, at ``rate_bps``.
+
+    aiortc sends a frame's packets back to back, so a keyframe (tens of kilobytes)
+    leaves as one burst, which a weak link's router queue drops; browsers pace them
+    (libwebrtc's pacer). The pacer stands in the DTLS transport's ``_send_rtp``, which
+    every sender of a bundle awaits once per packet, so a paced sender waits its turn.
+    Other senders (audio), retransmissions and RTCP pass straight through, and every
+    RTP packet that leaves is shown to ``on_sent`` (the serialized packet, before SRTP).
+    """
+
+    def __init__(
+        self,
+        dtls: RTCDtlsTransport,
+        paced: list[RTCRtpSender],
+        rate_bps: float | None,
+        on_sent: Callable[[bytes], None] | None = None,
+    ) -> None:
+        for sender in paced:
+            _require(sender, ("_ssrc",))
+        self._send: Callable[[bytes], Awaitable[None]] = dtls._send_rtp
+        self._paced = {int(sender._ssrc) for sender in paced} if rate_bps else set()
+        self._seconds_per_byte = 8 / rate_bps if rate_bps else 0.0
+        self._next = 0.0
+        self._on_sent = on_sent
+        setattr(dtls, "_send_rtp", self._send_rtp)  # noqa: B010
+
+    async def _send_rtp(self, data: bytes) -> None:
+        rtp = len(data) >= 12 and not 192 <= data[1] <= 223
+        if rtp and int.from_bytes(data[8:12], "big") in self._paced:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            start = max(now, self._next)
+            self._next = start + len(data) * self._seconds_per_byte
+            if start > now:
+                await asyncio.sleep(start - now)
+        await self._send(data)
+        if rtp and self._on_sent is not None:
+            self._on_sent(data)
 
 
 # --- sending: bypass the encoder, answer NACK and PLI from the hub --------------
