@@ -14,6 +14,7 @@ import random
 import struct
 import tempfile
 import time
+import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,12 +159,7 @@ def _encode_audio() -> list[bytes]:
 
 
 class PacedTrack(MediaStreamTrack):
-    """Replays encoded payloads in a loop at their real-time pace, as ``av.Packet``s.
-
-    For video it logs, per frame, the clip index and the moment aiortc took it:
-    aiortc packetizes and sends right after ``recv()`` returns, so that moment is
-    the send time a receiver's arrival is measured against.
-    """
+    """Replays encoded payloads in a loop at their real-time pace, as ``av.Packet``s."""
 
     def __init__(self, kind: str, payloads: list[bytes], clock_rate: int, step: int) -> None:
         super().__init__()
@@ -174,8 +170,6 @@ class PacedTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, clock_rate)
         self._index = 0
         self._start: float | None = None
-        self.sent_frames = array("i")
-        self.sent_at = array("d")
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
@@ -191,9 +185,6 @@ class PacedTrack(MediaStreamTrack):
         packet.pts = self._index * self._step
         packet.time_base = self._time_base
         self._index += 1
-        if self.kind == "video":
-            self.sent_frames.append(position)
-            self.sent_at.append(time.monotonic())
         return packet
 
 
@@ -203,6 +194,34 @@ def clip_tracks(clip: Clip) -> tuple[PacedTrack, PacedTrack]:
         PacedTrack("video", clip.video, 90000, 90000 // FPS),
         PacedTrack("audio", clip.audio, 48000, AUDIO_FRAME),
     )
+
+
+def bitrate_bps(frames: list[bytes], fps: int) -> float:
+    """The mean bitrate of a clip's frames played at ``fps``."""
+    return sum(map(len, frames)) * 8 * fps / len(frames)
+
+
+def rtp_payload(data: bytes) -> bytes:
+    """The payload of a serialized RTP packet (after CSRCs and header extensions)."""
+    start = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        start += 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big")
+    return data[start:]
+
+
+class SendLog:
+    """The moment each RTP packet left the publisher, by the CRC-32 of its payload:
+    the hub forwards payloads unchanged, so a receiver finds its packet's send by
+    the same CRC. VP8 payloads carry a picture id, so a looped clip's packets stay
+    unique for 2^15 frames (18 min)."""
+
+    def __init__(self) -> None:
+        self.crcs = array("I")
+        self.at = array("d")
+
+    def __call__(self, data: bytes) -> None:
+        self.crcs.append(zlib.crc32(rtp_payload(data)))
+        self.at.append(time.monotonic())
 
 
 def vp8_frame_start(payload: bytes) -> int | None:

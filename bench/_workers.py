@@ -13,6 +13,7 @@ import ctypes
 import signal
 import time
 import traceback
+import zlib
 from array import array
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -30,8 +31,18 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from bench._media import KEY_LENGTH, Clip, PacedTrack, clip_tracks, load_clip, vp8_frame_start
-from hub.aiortc_internals import ReceiverTap, restrict_host_addresses
+from bench._media import (
+    FPS,
+    KEY_LENGTH,
+    Clip,
+    PacedTrack,
+    SendLog,
+    bitrate_bps,
+    clip_tracks,
+    load_clip,
+    vp8_frame_start,
+)
+from hub.aiortc_internals import ReceiverTap, RtpPacer, restrict_host_addresses
 from hub.client import HubClient, ReceivedTrack
 
 JOIN_CONCURRENCY = 4
@@ -85,13 +96,14 @@ def _peer_connection() -> RTCPeerConnection:
 
 class Counter:
     """What one subscriber received: packets and frames always; while recording,
-    each video packet's clip frame index and arrival time (monotonic, which Linux
-    shares between processes)."""
+    each video packet's clip frame index, payload CRC-32 and arrival time (monotonic,
+    which Linux shares between processes)."""
 
     __slots__ = (
         "_frame",
         "_frame_ts",
         "arrival_at",
+        "arrival_crc",
         "arrival_frame",
         "audio_packets",
         "frames",
@@ -107,6 +119,7 @@ class Counter:
         self.frames = 0
         self.recording = False
         self.arrival_frame = array("i")
+        self.arrival_crc = array("I")
         self.arrival_at = array("d")
         self._frame = -1
         self._frame_ts = -1
@@ -129,14 +142,15 @@ class Counter:
             self._frame = -1  # the frame's first packet was lost: unknown frame
         if self._frame >= 0:
             self.arrival_frame.append(self._frame)
+            self.arrival_crc.append(zlib.crc32(payload))
             self.arrival_at.append(now)
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.video_packets, self.audio_packets, self.frames
 
-    def take_arrivals(self) -> tuple[array[int], array[float]]:
-        arrivals = self.arrival_frame, self.arrival_at
-        self.arrival_frame, self.arrival_at = array("i"), array("d")
+    def take_arrivals(self) -> tuple[array[int], array[int], array[float]]:
+        arrivals = self.arrival_frame, self.arrival_crc, self.arrival_at
+        self.arrival_frame, self.arrival_crc, self.arrival_at = array("i"), array("I"), array("d")
         return arrivals
 
 
@@ -170,17 +184,24 @@ class Publisher:
         self.client: HubClient | None = None
         self.tracks: dict[str, tuple[PacedTrack, PacedTrack]] = {}
         self.pcs: dict[str, RTCPeerConnection] = {}
+        self.logs: dict[str, SendLog] = {}
+        self.pacing_bps: float | None = None
 
-    async def load(self) -> dict[bytes, int]:
-        """Encode (or read) the clip; its frame keys for the subscribers."""
+    async def load(self, pacing_factor: float) -> tuple[dict[bytes, int], float | None]:
+        """Encode (or read) the clip: its frame keys for the subscribers, and the rate
+        the video is paced at (``pacing_factor`` × its bitrate; 0: not paced)."""
         self.clip = await asyncio.to_thread(load_clip)
-        return self.clip.frame_keys()
+        self.pacing_bps = pacing_factor * bitrate_bps(self.clip.video, FPS) or None
+        return self.clip.frame_keys(), self.pacing_bps
 
     async def publish(self, ws_url: str, token: str) -> None:
         self.client = HubClient(ws_url, token, decode=False)
         await self.client.connect()
         video, audio = self.tracks["hub"] = clip_tracks(self.clip)
-        await self.client.publish({"camera": video, "microphone": audio})
+        log = self.logs["hub"] = SendLog()
+        await self.client.publish(
+            {"camera": video, "microphone": audio}, pacing_bps=self.pacing_bps, on_send=log
+        )
 
     async def unpublish(self) -> None:
         if self.client is not None:
@@ -205,12 +226,17 @@ class Publisher:
         return str(pc.localDescription.sdp)
 
     async def accept(self, path: str, answer: str) -> None:
-        await self.pcs[path].setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        pc = self.pcs[path]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        senders = pc.getSenders()
+        video = [s for s in senders if s.kind == "video"]
+        self.logs[path] = log = SendLog()
+        RtpPacer(senders[0].transport, video, self.pacing_bps, log)
 
     async def sent_log(self, path: str) -> tuple[array[int], array[float]]:
-        """(clip frame index, send time) of every video frame sent on ``path``."""
-        video = self.tracks[path][0]
-        return video.sent_frames, video.sent_at
+        """(payload CRC-32, send time) of every RTP packet sent on ``path``."""
+        log = self.logs[path]
+        return log.crcs, log.at
 
     async def close(self) -> None:
         await self.unpublish()
@@ -267,7 +293,7 @@ class Subscribers:
                     c.recording = recording
         return {"at": now, **counts}
 
-    async def arrivals(self, group: str) -> list[tuple[array[int], array[float]]]:
+    async def arrivals(self, group: str) -> list[tuple[array[int], array[int], array[float]]]:
         return [c.take_arrivals() for c in self._counters()[group]]
 
     async def leave(self, group: str) -> None:

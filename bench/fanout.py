@@ -36,6 +36,7 @@ from typing import Any
 
 from bench import _workers
 from bench._media import HEIGHT, WIDTH
+from hub.aiortc_internals import PACING_FACTOR
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, TokenSigner, grant_for_role
 
@@ -231,22 +232,23 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def delays_ms(
-    sent: tuple[array[int], array[float]], arrivals: list[tuple[array[int], array[float]]]
+    sent: tuple[array[int], array[float]],
+    arrivals: list[tuple[array[int], array[int], array[float]]],
 ) -> tuple[list[tuple[int, float]], int]:
-    """(clip frame index, arrival minus its frame's send time) of each video packet,
+    """(clip frame index, arrival minus that packet's own send) of each video packet,
     and how many arrivals had no send to match.
 
-    The clip loops every 10 s, so a frame index was sent several times: an
-    arrival belongs to the latest send of its frame before it.
+    Packets are matched by the CRC-32 of their payload. Should two sends share one
+    (the audio repeats with the clip), an arrival belongs to the latest before it.
     """
     sends: dict[int, list[float]] = {}
-    for frame, at in zip(*sent, strict=True):
-        sends.setdefault(frame, []).append(at)
+    for crc, at in zip(*sent, strict=True):
+        sends.setdefault(crc, []).append(at)
     delays: list[tuple[int, float]] = []
     unmatched = 0
-    for frames, times in arrivals:
-        for frame, at in zip(frames, times, strict=True):
-            candidates = sends.get(frame, [])
+    for frames, crcs, times in arrivals:
+        for frame, crc, at in zip(frames, crcs, times, strict=True):
+            candidates = sends.get(crc, [])
             i = bisect.bisect_right(candidates, at) - 1
             if i < 0:
                 unmatched += 1
@@ -259,7 +261,7 @@ def delay_figures(
     prefix: str, delays: list[tuple[int, float]], keyframes: set[int]
 ) -> dict[str, float]:
     """p50 and p99 over all packets, and p99 over packets of delta frames only:
-    a keyframe reaches the hub as one burst of ~45 packets (aiortc has no pacer)."""
+    an unpaced keyframe reaches the hub as one burst of ~45 packets."""
     every = [d for _, d in delays]
     delta = [d for frame, d in delays if frame not in keyframes]
     return {
@@ -319,11 +321,19 @@ def no_frame_yet(counts: list[tuple[int, int, int]]) -> int:
 
 
 class Bench:
-    def __init__(self, subscribers: int, seconds: float, baseline: int, profile: Path | None):
+    def __init__(
+        self,
+        subscribers: int,
+        seconds: float,
+        baseline: int,
+        profile: Path | None,
+        pacing_factor: float,
+    ):
         self.n = subscribers
         self.seconds = seconds
         self.m = baseline
         self.profile = profile
+        self.pacing_factor = pacing_factor
         self.result: dict[str, Any] = {"subscribers": subscribers}
         self.keyframes: set[int] = set()
 
@@ -346,7 +356,9 @@ class Bench:
         baseline = Child(ctx, "baseline", "baseline")
         # Stopped before the hub (callbacks run last in, first out).
         stack.callback(stop_all, [*workers, probe, publisher, decoder, baseline])
-        keys = publisher.call("load", timeout=120)
+        keys, self.result["publisher_pacing_bps"] = publisher.call(
+            "load", self.pacing_factor, timeout=120
+        )
         # A VP8 frame tag's lowest bit is 0 on a keyframe.
         self.keyframes = {index for key, index in keys.items() if not key[0] & 1}
         call_all([(w, "setup", (keys,)) for w in (*workers, probe)])
@@ -615,12 +627,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="20 subscribers, short windows")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the hub's window")
+    parser.add_argument(
+        "--pacing-factor",
+        type=float,
+        default=PACING_FACTOR,
+        help="the publisher paces its video at this multiple of the clip's bitrate, as "
+        f"browsers do (default {PACING_FACTOR}, libwebrtc's); 0 sends each frame at once",
+    )
     args = parser.parse_args(argv)
     n = args.subscribers or (20 if args.quick else 50)
     seconds = args.seconds or (8.0 if args.quick else 20.0)
     if n < 1 or seconds < 1:
         parser.error("--subscribers and --seconds must be positive")
-    bench = Bench(n, seconds, 3 if args.quick else 5, args.profile)
+    if args.pacing_factor < 0:
+        parser.error("--pacing-factor must not be negative")
+    bench = Bench(n, seconds, 3 if args.quick else 5, args.profile, args.pacing_factor)
     # Connecting, two windows and the baseline, with room to spare.
     limit = 85 if args.quick else 120 + 3 * seconds + 2 * n
     try:

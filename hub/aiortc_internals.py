@@ -292,7 +292,7 @@ class RtpPacer:
     (libwebrtc's pacer). The pacer stands in the DTLS transport's ``_send_rtp``, which
     every sender of a bundle awaits once per packet, so a paced sender waits its turn.
     Other senders (audio), retransmissions and RTCP pass straight through, and every
-    RTP packet that leaves is shown to ``on_sent`` (the serialized packet, before SRTP).
+    RTP packet is shown to ``on_send`` (serialized, before SRTP) as it leaves.
     """
 
     def __init__(
@@ -300,7 +300,7 @@ class RtpPacer:
         dtls: RTCDtlsTransport,
         paced: list[RTCRtpSender],
         rate_bps: float | None,
-        on_sent: Callable[[bytes], None] | None = None,
+        on_send: Callable[[bytes], None] | None = None,
     ) -> None:
         for sender in paced:
             _require(sender, ("_ssrc",))
@@ -308,7 +308,7 @@ class RtpPacer:
         self._paced = {int(sender._ssrc) for sender in paced} if rate_bps else set()
         self._seconds_per_byte = 8 / rate_bps if rate_bps else 0.0
         self._next = 0.0
-        self._on_sent = on_sent
+        self._on_send = on_send
         setattr(dtls, "_send_rtp", self._send_rtp)  # noqa: B010
 
     async def _send_rtp(self, data: bytes) -> None:
@@ -320,9 +320,9 @@ class RtpPacer:
             self._next = start + len(data) * self._seconds_per_byte
             if start > now:
                 await asyncio.sleep(start - now)
+        if rtp and self._on_send is not None:
+            self._on_send(data)
         await self._send(data)
-        if rtp and self._on_sent is not None:
-            self._on_sent(data)
 
 
 # --- sending: bypass the encoder, answer NACK and PLI from the hub --------------

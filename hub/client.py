@@ -95,14 +95,14 @@ class HubClient:
         timeout: float = 10.0,
         preferences: dict[str, list[RTCRtpCodecCapability]] | None = None,
         pacing_bps: float | None = None,
-        on_sent: Callable[[bytes], None] | None = None,
+        on_send: Callable[[bytes], None] | None = None,
     ) -> None:
         """Send ``tracks`` (source → track) on the publisher connection, offering the
         codecs in ``preferences`` (source → capabilities) where given.
 
         With ``pacing_bps`` the video packets leave at that rate, as a browser's do
         (:data:`~hub.aiortc_internals.PACING_FACTOR` × its target bitrate), not a
-        frame at a time; ``on_sent`` sees every RTP packet sent (before SRTP)."""
+        frame at a time; ``on_send`` sees every RTP packet as it leaves (before SRTP)."""
         if self.publisher is None:
             self.publisher = make_peer_connection(self.ice_servers)
         pending = []
@@ -126,9 +126,9 @@ class HubClient:
         )
         answer = await asyncio.wait_for(self._answer, timeout)
         await self.publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        if pacing_bps is not None or on_sent is not None:
+        if pacing_bps is not None or on_send is not None:
             video = [t.sender for t, _ in pending if t.kind == "video"]
-            RtpPacer(pending[0][0].sender.transport, video, pacing_bps, on_sent)
+            RtpPacer(pending[0][0].sender.transport, video, pacing_bps, on_send)
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0
