@@ -30,6 +30,8 @@ from pylibsrtp import SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from hub.forwarding import Datagram
+
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
 # Profiles a forwarding hub must accept and pass through unchanged: Main and High
@@ -402,27 +404,36 @@ class RtpWriter:
     def ready(self) -> bool:
         return self._dtls._state is _CONNECTED and 1 in self._nominated
 
-    def send(self, data: bytes) -> bool:
-        """Protect and send one RTP packet; False when it cannot be sent."""
+    def seal(self, data: bytes) -> Datagram | None:
+        """Protect one RTP packet for the selected ICE pair: what to send, or None
+        when the transport cannot send (not connected, no pair, refused)."""
         if self._dtls._state is not _CONNECTED:
-            return False
+            return None
         pair = self._nominated.get(1)
         if pair is not self._pair:
             if pair is None or pair.protocol.transport is None:
-                return False
+                return None
             self._pair = pair
             self._sendto = pair.protocol.transport.sendto
             self._addr = pair.remote_addr
             self._srtp = self._dtls._tx_srtp._srtp[0]
         size = len(data)
         if size > _SRTP_MAX_PLAIN:
-            return False
+            return None
         self._buffer[0:size] = data
         length = self._length
         length[0] = size
         if _srtp_protect(self._srtp, self._cdata, length):
-            return False  # libsrtp refused it (its status codes are all local faults)
-        self._sendto(self._buffer[0 : length[0]], self._addr)
+            return None  # libsrtp refused it (its status codes are all local faults)
+        return self._sendto, self._buffer[0 : length[0]], self._addr
+
+    def send(self, data: bytes) -> bool:
+        """Protect and send one RTP packet; False when it cannot be sent."""
+        datagram = self.seal(data)
+        if datagram is None:
+            return False
+        sendto, payload, addr = datagram
+        sendto(payload, addr)
         return True
 
 

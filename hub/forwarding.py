@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiortc.rtp import RtpPacket
 
@@ -171,8 +171,13 @@ class UpTrack:
         keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
         ntp = _ntp_now()
         abs3 = _abs_send_time(ntp)
+        datagrams = []
         for subscription in self.subscriptions:
-            subscription.forward(seq, timestamp, marker, payload, keyframe, ntp, abs3)
+            datagram = subscription.forward(seq, timestamp, marker, payload, keyframe, ntp, abs3)
+            if datagram is not None:
+                datagrams.append(datagram)
+        for sendto, data, addr in datagrams:
+            sendto(data, addr)
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
         """Complete encoded frames, for sinks (recorder, live HLS); never decoded."""
@@ -191,10 +196,18 @@ class UpTrack:
             subscription.close()
 
 
+Datagram = tuple[Callable[[bytes, Any], None], bytes, Any]
+"""(sendto, protected packet, address): a packet ready to leave. A fan-out seals
+every copy first and then makes its syscalls in one run: the SRTP contexts and
+the kernel's send path each stay warm in the CPU's caches."""
+
+
 class Writer(Protocol):
     """Where a down track's packets go: the subscriber's SRTP transport."""
 
     def ready(self) -> bool: ...
+
+    def seal(self, data: bytes) -> Datagram | None: ...
 
     def send(self, data: bytes) -> bool: ...
 
@@ -257,19 +270,21 @@ class DownTrack:
     def ready(self) -> bool:
         return self.payload_type is not None and self.writer is not None and self.writer.ready()
 
-    def write(
+    def seal(
         self, seq: int, timestamp: int, marker: int, payload: bytes, ntp: int, abs3: bytes
-    ) -> None:
-        """Send one packet; ``abs3`` is its abs-send-time, computed once per packet."""
+    ) -> Datagram | None:
+        """One packet, protected and ready to send; ``abs3`` is its abs-send-time,
+        computed once per packet."""
         pt = self.payload_type
         writer = self.writer
         if pt is None or writer is None:
-            return
+            return None
         header = _HEADER.pack(self._first_byte, (marker << 7) | pt, seq, timestamp, self.ssrc)
         lead = self._ext_lead
         data = b"".join((header, lead, abs3, payload)) if lead else header + payload
-        if not writer.send(data):
-            return
+        datagram = writer.seal(data)
+        if datagram is None:
+            return None
         self.packets_sent = sent = self.packets_sent + 1
         self.bytes_sent += len(payload)
         stats = self.stats
@@ -277,6 +292,7 @@ class DownTrack:
         stats.bytes_forwarded += len(data)
         if not sent & REPORT_EVERY_MASK:
             self._report(timestamp, ntp, sent, self.bytes_sent)
+        return datagram
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
@@ -288,8 +304,11 @@ class DownTrack:
         self._resent[seq] = now
         if self.rtx_payload_type is None or self.writer is None:
             ntp = _ntp_now()
-            self.write(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
-            self.stats.retransmissions += 1
+            datagram = self.seal(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
+            if datagram is not None:
+                sendto, data, addr = datagram
+                sendto(data, addr)
+                self.stats.retransmissions += 1
             return
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         data = (
@@ -343,14 +362,14 @@ class Subscription:
         keyframe: bool,
         ntp: int,
         abs3: bytes,
-    ) -> None:
+    ) -> Datagram | None:
         down = self.down
         if not self.started:
             if not down.ready():
-                return
+                return None
             if self.up.kind == "video" and not keyframe:
                 self.up.keyframes.request()
-                return
+                return None
             self.started = True
             self._first_seq = seq
             self._seq_offset = (down.next_seq - seq) & 0xFFFF
@@ -358,13 +377,13 @@ class Subscription:
             gap = 3000 if self.up.kind == "video" else 960
             self._ts_offset = (down.last_timestamp + gap - timestamp) & 0xFFFFFFFF
         elif (seq - self._first_seq) & 0x8000:
-            return  # older than where this subscription started
+            return None  # older than where this subscription started
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         if not (out_seq - down.next_seq) & 0x8000:
             down.next_seq = (out_seq + 1) & 0xFFFF
             down.last_timestamp = out_ts
-        down.write(out_seq, out_ts, marker, payload, ntp, abs3)
+        return down.seal(out_seq, out_ts, marker, payload, ntp, abs3)
 
     def retransmit(self, out_seq: int) -> None:
         if not self.started:

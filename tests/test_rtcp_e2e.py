@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from hub.client import HubClient
-from hub.forwarding import DownTrack, Writer
+from hub.forwarding import Datagram, DownTrack, Writer
 from hub.ids import RoomName
 from tests.helpers import NoisyVideo, wait_until
 from tests.hubserver import RunningHub
@@ -25,13 +25,21 @@ class LossyLink:
     def ready(self) -> bool:
         return self.inner.ready()
 
-    def send(self, data: bytes) -> bool:
+    def lost(self, data: bytes) -> bool:
         if int.from_bytes(data[8:12], "big") == self.media_ssrc:
             self.count += 1
             if self.count % 10 == 0:
                 self.dropped += 1
                 return True
-        return self.inner.send(data)
+        return False
+
+    def seal(self, data: bytes) -> Datagram | None:
+        if self.lost(data):
+            return (lambda sealed, address: None), b"", None
+        return self.inner.seal(data)
+
+    def send(self, data: bytes) -> bool:
+        return True if self.lost(data) else self.inner.send(data)
 
 
 async def test_lost_packets_are_resent_and_sender_reports_match(hub_server: RunningHub) -> None:
