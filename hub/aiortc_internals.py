@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import queue
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,8 +27,18 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
-from pylibsrtp import SRTP_MAX_TRAILER_LEN, Session
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpByePacket,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
+from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
@@ -51,10 +63,16 @@ _SENDER_ATTRS = (
     "_rtx_ssrc",
     "_retransmit",
     "_send_keyframe",
+    "_run_rtcp",
     "_RTCRtpSender__ntp_timestamp",
     "_RTCRtpSender__rtp_timestamp",
     "_RTCRtpSender__octet_count",
     "_RTCRtpSender__packet_count",
+    "_RTCRtpSender__cname",
+    "_RTCRtpSender__lsr",
+    "_RTCRtpSender__lsr_time",
+    "_RTCRtpSender__rtcp_started",
+    "_RTCRtpSender__rtcp_exited",
 )
 _TRANSCEIVER_ATTRS = ("_codecs", "_headerExtensions")
 
@@ -93,8 +111,9 @@ async def check_internals() -> None:
             _require(dtls.transport._connection, ("_nominated",))
         session = Session(policy=None)
         _require(session, ("_srtp",))
-        if not callable(getattr(_srtp_lib, "srtp_protect", None)):
-            raise InternalsChanged("pylibsrtp no longer exposes libsrtp's srtp_protect")
+        for function in ("srtp_protect", "srtp_protect_rtcp"):
+            if not callable(getattr(_srtp_lib, function, None)):
+                raise InternalsChanged(f"pylibsrtp no longer exposes libsrtp's {function}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
     finally:
@@ -330,9 +349,16 @@ class RtpPacer:
 # --- sending: bypass the encoder, answer NACK and PLI from the hub --------------
 
 
+VIDEO_REPORT_INTERVAL = 1.0
+AUDIO_REPORT_INTERVAL = 5.0
+"""Mean seconds between Sender Reports, libwebrtc's (aiortc sends one a second for
+every sender, audio too, each a chain of coroutines and allocations)."""
+
+
 class SenderHook:
     """Takes over an RTCRtpSender whose track never yields: the hub writes RTP
-    itself, and the sender's RTCP machinery (SR, RR, NACK, PLI) stays in use."""
+    itself and the Sender Reports (:meth:`_run_rtcp`); the sender still handles the
+    subscriber's RTCP (receiver reports, NACK, PLI)."""
 
     def __init__(
         self,
@@ -342,9 +368,12 @@ class SenderHook:
     ) -> None:
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
-        # Instance attributes shadow the methods aiortc calls on NACK and PLI.
+        self._writer: RtpWriter | None = None
+        # Instance attributes shadow the methods aiortc calls on NACK and PLI, and
+        # the RTCP loop that ``sender.send()`` starts.
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
         setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
+        setattr(sender, "_run_rtcp", self._run_rtcp)  # noqa: B010
 
     @property
     def ssrc(self) -> int:
@@ -367,6 +396,50 @@ class SenderHook:
         sender._RTCRtpSender__packet_count = packet_count
         sender._RTCRtpSender__octet_count = octet_count
 
+    async def _run_rtcp(self) -> None:
+        """aiortc's RTCP loop, keeping its contract (the started and exited events,
+        the last SR's time for the round-trip estimate, a BYE at the end), but a
+        Sender Report only once the hub has sent on this slot, at libwebrtc's
+        intervals, through the writer's direct libsrtp path."""
+        sender: Any = self._sender
+        sender._RTCRtpSender__rtcp_started.set()
+        interval = AUDIO_REPORT_INTERVAL if sender.kind == "audio" else VIDEO_REPORT_INTERVAL
+        try:
+            while True:
+                await asyncio.sleep(interval * (0.5 + random.random()))
+                if sender._RTCRtpSender__packet_count:
+                    self._send_report()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._send_rtcp(bytes(RtcpByePacket(sources=[self.ssrc])))
+            sender._RTCRtpSender__rtcp_exited.set()
+
+    def _send_report(self) -> None:
+        sender: Any = self._sender
+        ntp = sender._RTCRtpSender__ntp_timestamp
+        info = RtcpSenderInfo(
+            ntp_timestamp=ntp,
+            rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
+            packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
+            octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
+        )
+        compound = bytes(RtcpSrPacket(ssrc=self.ssrc, sender_info=info))
+        cname = sender._RTCRtpSender__cname
+        if cname is not None:
+            chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname.encode("utf8"))])
+            compound += bytes(RtcpSdesPacket(chunks=[chunk]))
+        if self._send_rtcp(compound):
+            # What aiortc's receiver-report handling turns into a round-trip time.
+            sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
+            sender._RTCRtpSender__lsr_time = time.time()
+
+    def _send_rtcp(self, compound: bytes) -> bool:
+        transport = self._sender.transport
+        if self._writer is None or self._writer.dtls is not transport:
+            self._writer = RtpWriter(transport)  # bundling may have replaced it
+        return self._writer.send_rtcp(compound)
+
 
 class RtpWriter:
     """A synchronous SRTP-protect-and-send for one DTLS transport.
@@ -382,16 +455,16 @@ class RtpWriter:
         "_addr",
         "_buffer",
         "_cdata",
-        "_dtls",
         "_length",
         "_nominated",
         "_pair",
         "_sendto",
         "_srtp",
+        "dtls",
     )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
-        self._dtls = dtls
+        self.dtls = dtls
         self._nominated: dict[int, Any] = dtls.transport._connection._nominated
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] = _unset
@@ -402,30 +475,23 @@ class RtpWriter:
         self._length: Any = _srtp_ffi.new("int *")
 
     def ready(self) -> bool:
-        return self._dtls._state is _CONNECTED and 1 in self._nominated
+        return self.dtls._state is _CONNECTED and 1 in self._nominated
+
+    def _select(self, pair: Any) -> bool:
+        """Resolve the send target for a newly selected ICE pair."""
+        if pair is None or pair.protocol.transport is None:
+            return False
+        self._pair = pair
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+        self._srtp = self.dtls._tx_srtp._srtp[0]
+        return True
 
     def seal(self, data: bytes) -> Datagram | None:
         """Protect one RTP packet for the selected ICE pair: what to send, or None
         when the transport cannot send (not connected, no pair, refused)."""
-        if self._dtls._state is not _CONNECTED:
-            return None
-        pair = self._nominated.get(1)
-        if pair is not self._pair:
-            if pair is None or pair.protocol.transport is None:
-                return None
-            self._pair = pair
-            self._sendto = pair.protocol.transport.sendto
-            self._addr = pair.remote_addr
-            self._srtp = self._dtls._tx_srtp._srtp[0]
-        size = len(data)
-        if size > _SRTP_MAX_PLAIN:
-            return None
-        self._buffer[0:size] = data
-        length = self._length
-        length[0] = size
-        if _srtp_protect(self._srtp, self._cdata, length):
-            return None  # libsrtp refused it (its status codes are all local faults)
-        return self._sendto, self._buffer[0 : length[0]], self._addr
+        protected = self._protect(data, _srtp_protect, _SRTP_MAX_PLAIN)
+        return None if protected is None else (self._sendto, protected, self._addr)
 
     def send(self, data: bytes) -> bool:
         """Protect and send one RTP packet; False when it cannot be sent."""
@@ -436,11 +502,38 @@ class RtpWriter:
         sendto(payload, addr)
         return True
 
+    def send_rtcp(self, compound: bytes) -> bool:
+        """Protect (SRTCP) and send one compound RTCP packet; False when it cannot."""
+        protected = self._protect(compound, _srtp_protect_rtcp, _SRTCP_MAX_PLAIN)
+        if protected is None:
+            return False
+        self._sendto(protected, self._addr)
+        return True
+
+    def _protect(self, data: bytes, protect: Any, max_plain: int) -> bytes | None:
+        if self.dtls._state is not _CONNECTED:
+            return None
+        pair = self._nominated.get(1)
+        if pair is not self._pair and not self._select(pair):
+            return None
+        size = len(data)
+        if size > max_plain:
+            return None
+        self._buffer[0:size] = data
+        length = self._length
+        length[0] = size
+        if protect(self._srtp, self._cdata, length):
+            return None  # libsrtp refused it (its status codes are all local faults)
+        protected: bytes = self._buffer[0 : length[0]]
+        return protected
+
 
 _CONNECTED = State.CONNECTED
 _SRTP_BUFFER = 1500
 _SRTP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_TRAILER_LEN
+_SRTCP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_SRTCP_TRAILER_LEN
 _srtp_protect = _srtp_lib.srtp_protect
+_srtp_protect_rtcp = _srtp_lib.srtp_protect_rtcp
 
 
 def _unset(data: bytes, addr: Any) -> None:
