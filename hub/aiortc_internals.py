@@ -10,6 +10,7 @@ test runs it.
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.metadata
 import queue
 import random
@@ -57,6 +58,7 @@ _RECEIVER_ATTRS = (
     "_RTCRtpReceiver__remote_bitrate_estimator",
     "_RTCRtpReceiver__rtcp_ssrc",
     "_send_rtcp",
+    "_RTCRtpReceiver__jitter_buffer",
 )
 _SENDER_ATTRS = (
     "_ssrc",
@@ -244,6 +246,31 @@ class _FrameTap:
             self.on_frame(codec.name, frame.data, frame.timestamp)
 
 
+class _JitterTap:
+    """Stands where the receiver keeps its jitter buffer: frames are assembled only
+    while someone wants them (a recorder, live HLS). Forwarding needs packets only,
+    and assembling every frame for nobody is a quarter of the receive path."""
+
+    __slots__ = ("_buffer", "_empty", "wanted")
+
+    def __init__(self, buffer: Any, wanted: bool) -> None:
+        self._empty = copy.deepcopy(buffer)
+        self._buffer = buffer
+        self.wanted = wanted
+
+    def add(self, packet: RtpPacket) -> tuple[bool, Any]:
+        if not self.wanted:
+            return False, None
+        result: tuple[bool, Any] = self._buffer.add(packet)
+        return result
+
+    def want(self, wanted: bool) -> None:
+        if wanted and not self.wanted:
+            # What was buffered before the gap can never complete a frame.
+            self._buffer = copy.deepcopy(self._empty)
+        self.wanted = wanted
+
+
 class ReceiverTap:
     """Installed on one RTCRtpReceiver before it starts receiving."""
 
@@ -267,10 +294,13 @@ class ReceiverTap:
             setattr(receiver, "_handle_rtp_packet", handle)  # noqa: B010
         self._receiver = receiver
         nack, decoder_queue = _RECEIVER_ATTRS[0], _RECEIVER_ATTRS[1]
+        jitter = _RECEIVER_ATTRS[6]
         self._packets = _PacketTap(getattr(receiver, nack), on_rtp)
         self._frames = _FrameTap(getattr(receiver, decoder_queue), on_frame)
+        self._jitter = _JitterTap(getattr(receiver, jitter), on_frame is not None)
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)
+        setattr(receiver, jitter, self._jitter)
 
     def announce_bandwidth(self) -> None:
         """Stop aiortc's own receive-side estimate: it ramps a browser up over tens of
@@ -293,6 +323,7 @@ class ReceiverTap:
 
     def set_frame_callback(self, on_frame: FrameCallback | None) -> None:
         self._frames.on_frame = on_frame
+        self._jitter.want(on_frame is not None)
 
     async def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI to the publisher for ``media_ssrc``."""

@@ -832,6 +832,8 @@ class Room:
                     for c in publication.up.frame_consumers
                     if getattr(c, "sink", None) is not sink
                 ]
+                if not publication.up.frame_consumers:
+                    publication.tap.set_frame_callback(None)
 
     def _sinks_add(self, publication: Publication) -> None:
         for sink in self.sinks:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import fractions
 import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import av
 import pytest
-from aiortc.mediastreams import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
 
 
@@ -31,6 +34,29 @@ async def wait_until(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s: {reason}")
+
+
+class EncodedFrames(MediaStreamTrack):
+    """Random "VP8 frames" of ``size`` bytes as encoded packets, one every ``interval``
+    seconds: aiortc packetizes them without encoding, so each leaves as one burst of
+    RTP packets. ``taken`` counts the frames aiortc took."""
+
+    kind = "video"
+
+    def __init__(self, size: int, interval: float) -> None:
+        super().__init__()
+        self.size = size
+        self.interval = interval
+        self.taken = 0
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.taken:
+            await asyncio.sleep(self.interval)
+        packet = av.Packet(os.urandom(self.size))
+        packet.pts = round(self.taken * self.interval * 90000)
+        packet.time_base = fractions.Fraction(1, 90000)
+        self.taken += 1
+        return packet
 
 
 class NoisyVideo(VideoStreamTrack):

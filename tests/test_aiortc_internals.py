@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import tomllib
 from pathlib import Path
 
 import aioice.ice
+from aiortc import MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
+    ReceiverTap,
     check_internals,
     install_h264_profiles,
     restrict_host_addresses,
 )
+from hub.peers import make_peer_connection
+from tests.helpers import EncodedFrames, wait_until
 
 
 async def test_pinned_internals_are_all_there() -> None:
@@ -58,3 +64,38 @@ async def test_gathering_follows_the_configured_addresses() -> None:
     restrict_host_addresses([])
     assert aioice.ice.get_host_addresses is not None
     restrict_host_addresses(["127.0.0.1"])
+
+
+async def test_frames_are_assembled_only_while_wanted() -> None:
+    """The receive path forwards packets always, but builds frames only for a sink."""
+    restrict_host_addresses(["127.0.0.1"])
+    sender_pc, receiver_pc = make_peer_connection([]), make_peer_connection([])
+    packets: list[RtpPacket] = []
+    frames: list[tuple[str, bytes, int]] = []
+    taps: list[ReceiverTap] = []
+
+    @receiver_pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        transceiver = next(t for t in receiver_pc.getTransceivers() if t.receiver.track is track)
+        taps.append(ReceiverTap(transceiver.receiver, packets.append))
+
+    track = EncodedFrames(4000, 0.05)
+    sender_pc.addTransceiver(track, direction="sendonly")
+    try:
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        await wait_until(lambda: None if len(packets) > 40 else f"{len(packets)} packets", 10)
+        assert frames == []
+        taps[0].set_frame_callback(lambda codec, data, ts: frames.append((codec, data, ts)))
+        await wait_until(lambda: None if len(frames) >= 5 else f"{len(frames)} frames", 10)
+        assert {codec for codec, _, _ in frames} == {"VP8"}
+        assert all(len(data) == 4000 for _, data, _ in frames[1:])
+        taps[0].set_frame_callback(None)
+        seen = len(frames)
+        await asyncio.sleep(0.3)
+        assert len(frames) == seen
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()

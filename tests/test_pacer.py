@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import fractions
-import os
 import time
-from typing import Any
 
-import av
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import ReceiverTap, RtpPacer, restrict_host_addresses
 from hub.peers import make_peer_connection
-from tests.helpers import wait_until
+from tests.helpers import EncodedFrames, wait_until
 
 FRAME_BYTES = 30_000
 FRAMES = 3
-
-
-class LargeFrames(MediaStreamTrack):
-    """A few 30 KB "VP8 frames" as encoded packets, one every 0.5 s: aiortc
-    packetizes them without encoding, so each leaves as ~25 RTP packets at once."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.index = 0
-
-    async def recv(self) -> av.Packet[Any]:
-        if self.index:
-            await asyncio.sleep(0.5)
-        packet = av.Packet(os.urandom(FRAME_BYTES))
-        packet.pts = self.index * 45000
-        packet.time_base = fractions.Fraction(1, 90000)
-        self.index += 1
-        return packet
 
 
 async def send_frames(rate_bps: float | None) -> tuple[list[tuple[int, float]], int]:
@@ -52,7 +27,7 @@ async def send_frames(rate_bps: float | None) -> tuple[list[tuple[int, float]], 
         ReceiverTap(transceiver.receiver, received.append, bypass=True)
 
     sent: list[tuple[int, float]] = []
-    track = LargeFrames()
+    track = EncodedFrames(FRAME_BYTES, 0.5)
     transceiver = sender_pc.addTransceiver(track, direction="sendonly")
     await sender_pc.setLocalDescription(await sender_pc.createOffer())
     await receiver_pc.setRemoteDescription(sender_pc.localDescription)
@@ -67,7 +42,7 @@ async def send_frames(rate_bps: float | None) -> tuple[list[tuple[int, float]], 
     await sender_pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type=answer.type))
     try:
         await wait_until(
-            lambda: None if track.index > FRAMES else f"{track.index} frames taken", 20
+            lambda: None if track.taken > FRAMES else f"{track.taken} frames taken", 20
         )
         await wait_until(lambda: None if len(received) >= len(sent) else "receiving", 5)
     finally:
