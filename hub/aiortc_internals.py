@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import CODECS
 from aiortc.rtcconfiguration import RTCConfiguration
@@ -108,12 +109,17 @@ async def check_internals() -> None:
             _require(transceiver.receiver, _RECEIVER_ATTRS)
             _require(transceiver.sender, _SENDER_ATTRS)
             dtls = transceiver.sender.transport
-            _require(dtls, ("_tx_srtp", "_state", "_send_rtp"))
+            _require(dtls, ("_tx_srtp", "_rx_srtp", "_state", "_send_rtp", "_setup_srtp"))
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
         session = Session(policy=None)
         _require(session, ("_srtp",))
-        for function in ("srtp_protect", "srtp_protect_rtcp"):
+        for function in (
+            "srtp_protect",
+            "srtp_protect_rtcp",
+            "srtp_unprotect",
+            "srtp_unprotect_rtcp",
+        ):
             if not callable(getattr(_srtp_lib, function, None)):
                 raise InternalsChanged(f"pylibsrtp no longer exposes libsrtp's {function}")
         if not isinstance(CODECS.get("video"), list):
@@ -192,6 +198,61 @@ def restrict_host_addresses(addresses: list[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+# --- SRTP ---------------------------------------------------------------------
+
+
+class _Unprotector:
+    """Stands where a DTLS transport keeps its receiving SRTP session: pylibsrtp's
+    ``unprotect`` allocates and checks on every call, and raises ``ValueError`` for a
+    datagram over 1,500 bytes, which ends the transport's receive loop: one
+    oversized datagram from anywhere would cut a publisher off. Here libsrtp is
+    called directly on a buffer this object owns, and every refusal is the
+    ``pylibsrtp.Error`` aiortc catches and drops."""
+
+    __slots__ = ("_buffer", "_cdata", "_length", "_session", "_srtp")
+
+    def __init__(self, session: Session) -> None:
+        _require(session, ("_srtp",))
+        self._session = session  # owns the libsrtp context
+        self._srtp: Any = session._srtp[0]
+        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
+        self._length: Any = _srtp_ffi.new("int *")
+
+    def unprotect(self, data: bytes) -> bytes:
+        return self._process(data, _srtp_lib.srtp_unprotect)
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        return self._process(data, _srtp_lib.srtp_unprotect_rtcp)
+
+    def _process(self, data: bytes, unprotect: Any) -> bytes:
+        size = len(data)
+        if size > _SRTP_BUFFER:
+            raise pylibsrtp.Error(f"SRTP packet of {size} bytes is too long")
+        self._buffer[0:size] = data
+        length = self._length
+        length[0] = size
+        status = unprotect(self._srtp, self._cdata, length)
+        if status:
+            raise pylibsrtp.Error(f"libsrtp refused the packet (status {status})")
+        plain: bytes = self._buffer[0 : length[0]]
+        return plain
+
+
+_original_setup_srtp = RTCDtlsTransport._setup_srtp
+
+
+def _setup_srtp(self: RTCDtlsTransport) -> None:
+    _original_setup_srtp(self)
+    self._rx_srtp = _Unprotector(self._rx_srtp)  # type: ignore[assignment]
+
+
+def install_srtp_receiver() -> None:
+    """Every DTLS transport made from now on unprotects through :class:`_Unprotector`
+    (idempotent; the hub and its clients install it with their first connection)."""
+    RTCDtlsTransport._setup_srtp = _setup_srtp  # type: ignore[method-assign]
 
 
 # --- receiving: taps that keep frames away from the decoder ---------------------

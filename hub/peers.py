@@ -24,7 +24,11 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from av import Packet
 from av.frame import Frame
 
-from hub.aiortc_internals import negotiated_codecs, negotiated_header_extensions
+from hub.aiortc_internals import (
+    install_srtp_receiver,
+    negotiated_codecs,
+    negotiated_header_extensions,
+)
 from hub.forwarding import CodecInfo
 
 logger = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ async def close_peer(pc: RTCPeerConnection) -> None:
 
 
 def make_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:
+    install_srtp_receiver()
     # ICE servers always explicit: aiortc's default is a public STUN server the
     # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
     # of one kind added before negotiation keeps a transport that bundling discards.

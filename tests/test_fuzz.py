@@ -186,3 +186,51 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
     finally:
         await station.close()
         await center.close()
+
+
+async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
+    hub_server: RunningHub,
+) -> None:
+    """Anyone can send UDP to the hub's ICE ports: oversized "SRTP" (aiortc's own
+    unprotect raised ValueError on it and ended the receive loop), garbage and
+    short datagrams are dropped, and the lecture goes on."""
+    center = HubClient(hub_server.ws, hub_server.token("stray", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("stray", "S1", "station"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await station.connect()
+        await wait_until(lambda: None if station.tracks_of("camera") else "no camera yet")
+        track = station.tracks_of("camera")[0].track
+        await decode_frames(track, 3)
+        assert center.publisher is not None
+        answer = center.publisher.remoteDescription.sdp
+        ports = {
+            int(line.split()[5])
+            for line in answer.splitlines()
+            if line.startswith("a=candidate:") and " 127.0.0.1 " in line
+        }
+        assert ports
+        stray = [
+            b"\x80" + bytes(1599),  # SRTP-looking, over 1,500 bytes
+            b"\x90" + random.randbytes(3000),
+            b"\x80\xc8" + random.randbytes(40),  # SRTCP-looking garbage
+            b"\x80",
+            random.randbytes(200),
+        ]
+        loop = asyncio.get_running_loop()
+        sender, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            for port in ports:
+                for datagram in stray * 20:
+                    sender.sendto(datagram, ("127.0.0.1", port))
+        finally:
+            sender.close()
+        await asyncio.sleep(0.5)
+        frames = await decode_frames(track, 30, timeout=15)
+        assert len(frames) == 30
+    finally:
+        await station.close()
+        await center.close()
