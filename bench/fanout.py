@@ -137,10 +137,32 @@ def free_port() -> int:
         return port
 
 
-class HubProcess:
-    """``python -m hub serve`` on 127.0.0.1 with a fresh data directory."""
+def git_commit(checkout: Path) -> str | None:
+    """The short commit id of ``checkout`` (a ``+`` when it has uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+" if dirty else "")
 
-    def __init__(self, data_dir: Path) -> None:
+
+class HubProcess:
+    """``python -m hub serve`` on 127.0.0.1 with a fresh data directory, from this
+    checkout or from ``source``, another one (to compare two commits' hubs under
+    the same load)."""
+
+    def __init__(self, data_dir: Path, source: Path = ROOT) -> None:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         self.signer = TokenSigner(self.secret)
@@ -155,7 +177,7 @@ class HubProcess:
                     *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
                     *("--port", str(self.port), "--data-dir", str(data_dir)),
                 ],
-                cwd=ROOT,
+                cwd=source,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -329,6 +351,7 @@ class Bench:
         profile: Path | None,
         pacing_factor: float,
         load_nice: int,
+        hub_source: Path = ROOT,
     ):
         self.n = subscribers
         self.seconds = seconds
@@ -336,6 +359,7 @@ class Bench:
         self.profile = profile
         self.pacing_factor = pacing_factor
         self.load_nice = load_nice
+        self.hub_source = hub_source
         self.result: dict[str, Any] = {"subscribers": subscribers}
         self.keyframes: set[int] = set()
 
@@ -344,7 +368,8 @@ class Bench:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hub-")))
         self.result["loadavg_1m_at_start"] = os.getloadavg()[0]
         # Start everything at once: interpreter start-up and clip encoding overlap.
-        hub = HubProcess(data_dir)
+        hub = HubProcess(data_dir, self.hub_source)
+        self.result["hub_commit"] = git_commit(self.hub_source)
         stack.callback(hub.stop)
         workers = [
             Child(ctx, "subscribers", f"subscribers-{i}")
@@ -648,6 +673,13 @@ def main(argv: list[str] | None = None) -> None:
         help="nice value of the counting and decoding stations, which stand in for "
         "remote sites (default 10; 0: same priority as the hub, probe and publisher)",
     )
+    parser.add_argument(
+        "--hub-source",
+        type=Path,
+        default=ROOT,
+        help="run the hub from this checkout (e.g. a git worktree of an older commit); "
+        "the load generator stays this checkout's",
+    )
     args = parser.parse_args(argv)
     n = args.subscribers or (20 if args.quick else 50)
     seconds = args.seconds or (8.0 if args.quick else 20.0)
@@ -657,8 +689,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--pacing-factor must not be negative")
     if not 0 <= args.load_nice <= 19:
         parser.error("--load-nice must be 0 to 19")
+    if not (args.hub_source / "hub" / "__main__.py").is_file():
+        parser.error(f"--hub-source {args.hub_source} has no hub/__main__.py")
     bench = Bench(
-        n, seconds, 3 if args.quick else 5, args.profile, args.pacing_factor, args.load_nice
+        n,
+        seconds,
+        3 if args.quick else 5,
+        args.profile,
+        args.pacing_factor,
+        args.load_nice,
+        args.hub_source.resolve(),
     )
     # Connecting, two windows and the baseline, with room to spare.
     limit = 85 if args.quick else 120 + 3 * seconds + 2 * n
