@@ -76,6 +76,7 @@ _SENDER_ATTRS = (
     "_RTCRtpSender__lsr_time",
     "_RTCRtpSender__rtcp_started",
     "_RTCRtpSender__rtcp_exited",
+    "_RTCRtpSender__stats",
 )
 _TRANSCEIVER_ATTRS = ("_codecs", "_headerExtensions")
 
@@ -487,6 +488,17 @@ class SenderHook:
         sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
         sender._RTCRtpSender__packet_count = packet_count
         sender._RTCRtpSender__octet_count = octet_count
+
+    def receiver_report(self) -> tuple[float | None, float | None]:
+        """(round-trip seconds, fraction lost 0–1) from the subscriber's last receiver
+        report, as ``getStats()`` gives them, without building the transport's
+        statistics each time."""
+        sender: Any = self._sender
+        for stat in sender._RTCRtpSender__stats.values():
+            if stat.type == "remote-inbound-rtp":
+                lost = None if stat.fractionLost is None else stat.fractionLost / 256
+                return stat.roundTripTime, lost
+        return None, None
 
     async def _run_rtcp(self) -> None:
         """aiortc's RTCP loop, keeping its contract (the started and exited events,

@@ -131,8 +131,9 @@ class Publication:
 class _Slot:
     """One sending transceiver of a subscriber connection and what it carries."""
 
-    def __init__(self, transceiver: RTCRtpTransceiver, down: DownTrack) -> None:
+    def __init__(self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack) -> None:
         self.transceiver = transceiver
+        self.hook = hook
         self.down = down
         self.publication: Publication | None = None
         self.subscription: Subscription | None = None
@@ -179,7 +180,7 @@ class _SendingPeer:
             keyframe=lambda: down.on_pli(),
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, hook.report, self.stats)
-        slot = _Slot(transceiver, down)
+        slot = _Slot(transceiver, hook, down)
         self.slots.append(slot)
         return slot
 
@@ -900,7 +901,7 @@ class Room:
         while True:
             await asyncio.sleep(interval)
             for participant in list(self.participants.values()):
-                await self._measure(participant, interval)
+                self._measure(participant, interval)
             viewers = self.media.household_viewers()
             if viewers != self._viewers_published:
                 self._viewers_published = viewers
@@ -915,7 +916,7 @@ class Room:
                     }
                 )
 
-    async def _measure(self, participant: Participant, interval: float) -> None:
+    def _measure(self, participant: Participant, interval: float) -> None:
         received = sum(p.up.bytes_received for p in participant.publications.values())
         participant.link.bitrate_kbps = max(
             0.0, (received - participant._bytes_at_last_stats) * 8 / 1000 / interval
@@ -929,13 +930,11 @@ class Room:
         for slot in peer.slots:
             if slot.publication is None:
                 continue
-            report = await slot.transceiver.sender.getStats()
-            for stat in report.values():
-                if stat.type == "remote-inbound-rtp":
-                    if stat.roundTripTime is not None:
-                        rtts.append(stat.roundTripTime * 1000)
-                    if stat.fractionLost is not None:
-                        losses.append(stat.fractionLost / 256)
+            rtt, lost = slot.hook.receiver_report()
+            if rtt is not None:
+                rtts.append(rtt * 1000)
+            if lost is not None:
+                losses.append(lost)
         if rtts:
             participant.link.rtt_ms = round(sum(rtts) / len(rtts), 1)
         if losses:
