@@ -516,8 +516,11 @@ class SenderHook:
         except asyncio.CancelledError:
             pass
         finally:
-            self._send_rtcp(bytes(RtcpByePacket(sources=[self.ssrc])))
-            sender._RTCRtpSender__rtcp_exited.set()
+            try:
+                self._send_rtcp(bytes(RtcpByePacket(sources=[self.ssrc])))
+            finally:
+                # ``sender.stop()`` waits for this, whatever happened above.
+                sender._RTCRtpSender__rtcp_exited.set()
 
     def _send_report(self) -> None:
         sender: Any = self._sender
