@@ -204,23 +204,48 @@ def restrict_host_addresses(addresses: list[str]) -> None:
 # --- SRTP ---------------------------------------------------------------------
 
 
+class _SrtpScratch:
+    """The one buffer every direct libsrtp call works in. Calls run on the event
+    loop's thread, one at a time, and their result is copied out at once; one
+    buffer, warm in the CPU's caches, serves every SRTP context (a buffer per
+    subscriber meant 51 cold ones for each forwarded packet)."""
+
+    __slots__ = ("_buffer", "_cdata", "_length")
+
+    def __init__(self) -> None:
+        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
+        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
+        self._length: Any = _srtp_ffi.new("int *")
+
+    def run(self, function: Any, srtp: Any, data: bytes, max_plain: int) -> bytes | None:
+        """``function`` (a libsrtp protect or unprotect) on a copy of ``data``: its
+        output, or None when ``data`` is too long or libsrtp refused it."""
+        size = len(data)
+        if size > max_plain:
+            return None
+        self._buffer[0:size] = data
+        length = self._length
+        length[0] = size
+        if function(srtp, self._cdata, length):
+            return None
+        out: bytes = self._buffer[0 : length[0]]
+        return out
+
+
 class _Unprotector:
     """Stands where a DTLS transport keeps its receiving SRTP session: pylibsrtp's
     ``unprotect`` allocates and checks on every call, and raises ``ValueError`` for a
     datagram over 1,500 bytes, which ends the transport's receive loop: one
     oversized datagram from anywhere would cut a publisher off. Here libsrtp is
-    called directly on a buffer this object owns, and every refusal is the
-    ``pylibsrtp.Error`` aiortc catches and drops."""
+    called directly, and every refusal is the ``pylibsrtp.Error`` aiortc catches
+    and drops."""
 
-    __slots__ = ("_buffer", "_cdata", "_length", "_session", "_srtp")
+    __slots__ = ("_session", "_srtp")
 
     def __init__(self, session: Session) -> None:
         _require(session, ("_srtp",))
         self._session = session  # owns the libsrtp context
         self._srtp: Any = session._srtp[0]
-        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
-        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
-        self._length: Any = _srtp_ffi.new("int *")
 
     def unprotect(self, data: bytes) -> bytes:
         return self._process(data, _srtp_lib.srtp_unprotect)
@@ -229,16 +254,9 @@ class _Unprotector:
         return self._process(data, _srtp_lib.srtp_unprotect_rtcp)
 
     def _process(self, data: bytes, unprotect: Any) -> bytes:
-        size = len(data)
-        if size > _SRTP_BUFFER:
-            raise pylibsrtp.Error(f"SRTP packet of {size} bytes is too long")
-        self._buffer[0:size] = data
-        length = self._length
-        length[0] = size
-        status = unprotect(self._srtp, self._cdata, length)
-        if status:
-            raise pylibsrtp.Error(f"libsrtp refused the packet (status {status})")
-        plain: bytes = self._buffer[0 : length[0]]
+        plain = _scratch.run(unprotect, self._srtp, data, _SRTP_BUFFER)
+        if plain is None:
+            raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
         return plain
 
 
@@ -555,14 +573,11 @@ class RtpWriter:
     ``protect`` allocates and checks on every call; on the forwarding path that cost
     is paid once per packet per subscriber. So the send target (socket, address,
     libsrtp context) is resolved once per selected ICE pair, and libsrtp is called
-    directly on a buffer this writer owns.
+    directly (:class:`_SrtpScratch`).
     """
 
     __slots__ = (
         "_addr",
-        "_buffer",
-        "_cdata",
-        "_length",
         "_nominated",
         "_pair",
         "_sendto",
@@ -577,9 +592,6 @@ class RtpWriter:
         self._sendto: Callable[[bytes, Any], None] = _unset
         self._addr: Any = None
         self._srtp: Any = None
-        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
-        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
-        self._length: Any = _srtp_ffi.new("int *")
 
     def ready(self) -> bool:
         return self.dtls._state is _CONNECTED and 1 in self._nominated
@@ -623,16 +635,7 @@ class RtpWriter:
         pair = self._nominated.get(1)
         if pair is not self._pair and not self._select(pair):
             return None
-        size = len(data)
-        if size > max_plain:
-            return None
-        self._buffer[0:size] = data
-        length = self._length
-        length[0] = size
-        if protect(self._srtp, self._cdata, length):
-            return None  # libsrtp refused it (its status codes are all local faults)
-        protected: bytes = self._buffer[0 : length[0]]
-        return protected
+        return _scratch.run(protect, self._srtp, data, max_plain)
 
 
 _CONNECTED = State.CONNECTED
@@ -641,6 +644,7 @@ _SRTP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_TRAILER_LEN
 _SRTCP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_SRTCP_TRAILER_LEN
 _srtp_protect = _srtp_lib.srtp_protect
 _srtp_protect_rtcp = _srtp_lib.srtp_protect_rtcp
+_scratch = _SrtpScratch()
 
 
 def _unset(data: bytes, addr: Any) -> None:
