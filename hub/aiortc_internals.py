@@ -581,6 +581,7 @@ class RtpWriter:
         "_nominated",
         "_pair",
         "_sendto",
+        "_session",
         "_srtp",
         "dtls",
     )
@@ -591,6 +592,7 @@ class RtpWriter:
         self._pair: Any = None
         self._sendto: Callable[[bytes, Any], None] = _unset
         self._addr: Any = None
+        self._session: Session | None = None
         self._srtp: Any = None
 
     def ready(self) -> bool:
@@ -603,7 +605,9 @@ class RtpWriter:
         self._pair = pair
         self._sendto = pair.protocol.transport.sendto
         self._addr = pair.remote_addr
-        self._srtp = self.dtls._tx_srtp._srtp[0]
+        # The session object owns the libsrtp context the raw pointer points into.
+        self._session = self.dtls._tx_srtp
+        self._srtp = self._session._srtp[0]
         return True
 
     def seal(self, data: bytes) -> Datagram | None:

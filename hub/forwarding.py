@@ -220,6 +220,27 @@ class DownTrack:
     SRTP and jitter buffer require.
     """
 
+    __slots__ = (
+        "_ext_lead",
+        "_first_byte",
+        "_report",
+        "_resent",
+        "_rtx_seq",
+        "abs_send_time_id",
+        "bytes_sent",
+        "kind",
+        "last_timestamp",
+        "next_seq",
+        "packets_sent",
+        "payload_type",
+        "rtx_payload_type",
+        "rtx_ssrc",
+        "ssrc",
+        "stats",
+        "subscription",
+        "writer",
+    )
+
     def __init__(
         self,
         kind: str,
@@ -242,8 +263,8 @@ class DownTrack:
         self.next_seq = ssrc & 0x7FFF
         self.last_timestamp = (ssrc * 2654435761) & 0xFFFFFFFF
         self._rtx_seq = 0
+        # When each sequence number was last resent, to answer a NACK once per holdoff.
         self._resent: dict[int, float] = {}
-        """When each sequence number was last resent, to answer a NACK once per holdoff."""
         self._first_byte = 0x80
         self._ext_lead = b""
         self.packets_sent = 0
