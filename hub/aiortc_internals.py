@@ -559,11 +559,15 @@ class SenderHook:
             sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
             sender._RTCRtpSender__lsr_time = time.time()
 
-    def _send_rtcp(self, compound: bytes) -> bool:
+    def writer(self) -> RtpWriter:
+        """The slot's one writer: media and Sender Reports share its send target."""
         transport = self._sender.transport
         if self._writer is None or self._writer.dtls is not transport:
             self._writer = RtpWriter(transport)  # bundling may have replaced it
-        return self._writer.send_rtcp(compound)
+        return self._writer
+
+    def _send_rtcp(self, compound: bytes) -> bool:
+        return self.writer().send_rtcp(compound)
 
 
 class RtpWriter:

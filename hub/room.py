@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcsessiondescription import RTCSessionDescription
 
-from hub.aiortc_internals import ReceiverTap, RtpWriter, SenderHook
+from hub.aiortc_internals import ReceiverTap, SenderHook
 from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription, UpTrack
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.peers import (
@@ -149,7 +149,7 @@ class _Slot:
         if params is None:
             return False
         self.down.configure(
-            RtpWriter(self.transceiver.sender.transport),
+            self.hook.writer(),
             params.payload_type,
             params.rtx_payload_type,
             params.abs_send_time_id,
