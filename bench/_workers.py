@@ -35,7 +35,6 @@ from bench._media import (
     FPS,
     KEY_LENGTH,
     Clip,
-    PacedTrack,
     SendLog,
     bitrate_bps,
     clip_tracks,
@@ -182,7 +181,6 @@ class Publisher:
     def __init__(self) -> None:
         self.clip = Clip(video=[], audio=[])
         self.client: HubClient | None = None
-        self.tracks: dict[str, tuple[PacedTrack, PacedTrack]] = {}
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.logs: dict[str, SendLog] = {}
         self.pacing_bps: float | None = None
@@ -197,7 +195,7 @@ class Publisher:
     async def publish(self, ws_url: str, token: str) -> None:
         self.client = HubClient(ws_url, token, decode=False)
         await self.client.connect()
-        video, audio = self.tracks["hub"] = clip_tracks(self.clip)
+        video, audio = clip_tracks(self.clip)
         log = self.logs["hub"] = SendLog()
         await self.client.publish(
             {"camera": video, "microphone": audio}, pacing_bps=self.pacing_bps, on_send=log
@@ -210,8 +208,7 @@ class Publisher:
 
     async def offer(self, path: str) -> str:
         pc = self.pcs[path] = _peer_connection()
-        self.tracks[path] = clip_tracks(self.clip)
-        for track in self.tracks[path]:
+        for track in clip_tracks(self.clip):
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if track.kind == "video":
                 # A VP8 bitstream goes out as VP8 only.

@@ -43,8 +43,9 @@ from hub.tokens import Role, TokenSigner, grant_for_role
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "bench"
 PER_WORKER = 10
-PUBLISHER_ONLY_SECONDS = 5.0
 """Counting subscribers per worker process."""
+PUBLISHER_ONLY_SECONDS = 5.0
+"""How long the hub's CPU is measured with the publisher alone."""
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
