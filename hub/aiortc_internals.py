@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib.metadata
+import os
 import queue
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,13 +46,17 @@ from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from hub.forwarding import Datagram
+from hub.fastpath import BUFFER_SIZE, SrtpSocket
+from hub.fastpath import configure as configure_fastpath
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
 # Profiles a forwarding hub must accept and pass through unchanged: Main and High
 # are what OBS and `ffmpeg -profile:v high` offer; aiortc ships only 42001f/42e01f.
 EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f")
+
+_LIBSRTP_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+"""libsrtp 2's protect and unprotect: (context, buffer, in/out length)."""
 
 _RECEIVER_ATTRS = (
     "_RTCRtpReceiver__nack_generator",
@@ -67,10 +73,6 @@ _SENDER_ATTRS = (
     "_retransmit",
     "_send_keyframe",
     "_run_rtcp",
-    "_RTCRtpSender__ntp_timestamp",
-    "_RTCRtpSender__rtp_timestamp",
-    "_RTCRtpSender__octet_count",
-    "_RTCRtpSender__packet_count",
     "_RTCRtpSender__cname",
     "_RTCRtpSender__lsr",
     "_RTCRtpSender__lsr_time",
@@ -110,7 +112,10 @@ async def check_internals() -> None:
             _require(transceiver.receiver, _RECEIVER_ATTRS)
             _require(transceiver.sender, _SENDER_ATTRS)
             dtls = transceiver.sender.transport
-            _require(dtls, ("_tx_srtp", "_rx_srtp", "_state", "_send_rtp", "_setup_srtp"))
+            _require(
+                dtls,
+                ("_tx_srtp", "_rx_srtp", "_state", "_send_rtp", "_setup_srtp", "_handle_rtp_data"),
+            )
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
         session = Session(policy=None)
@@ -123,6 +128,10 @@ async def check_internals() -> None:
         ):
             if not callable(getattr(_srtp_lib, function, None)):
                 raise InternalsChanged(f"pylibsrtp no longer exposes libsrtp's {function}")
+            # hub/_fastpath.c calls the protect functions through this very signature.
+            signature = _srtp_ffi.getctype(_srtp_ffi.typeof(getattr(_srtp_lib, function)))
+            if signature != _LIBSRTP_SIGNATURE:
+                raise InternalsChanged(f"libsrtp's {function} is now {signature}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
     finally:
@@ -205,10 +214,8 @@ def restrict_host_addresses(addresses: list[str]) -> None:
 
 
 class _SrtpScratch:
-    """The one buffer every direct libsrtp call works in. Calls run on the event
-    loop's thread, one at a time, and their result is copied out at once; one
-    buffer, warm in the CPU's caches, serves every SRTP context (a buffer per
-    subscriber meant 51 cold ones for each forwarded packet)."""
+    """The one buffer every direct libsrtp unprotect works in. Calls run on the event
+    loop's thread, one at a time, and their result is copied out at once."""
 
     __slots__ = ("_buffer", "_cdata", "_length")
 
@@ -351,6 +358,25 @@ class _JitterTap:
         self.wanted = wanted
 
 
+def drop_received(pc: RTCPeerConnection, lost: Callable[[bytes], bool]) -> None:
+    """Make a client's link lossy, for tests of weak links: each RTP packet ``pc``
+    receives for which ``lost(packet)`` is true (given the plain packet) is dropped
+    as if the network had lost it; its receiver sees the gap and NACKs it."""
+    transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}
+    for dtls in transports.values():
+        handle: Callable[[bytes, int], Awaitable[None]] = dtls._handle_rtp_data
+
+        async def lossy(
+            data: bytes,
+            arrival_time_ms: int,
+            handle: Callable[[bytes, int], Awaitable[None]] = handle,
+        ) -> None:
+            if not lost(data):
+                await handle(data, arrival_time_ms)
+
+        setattr(dtls, "_handle_rtp_data", lossy)  # noqa: B010
+
+
 class ReceiverTap:
     """Installed on one RTCRtpReceiver before it starts receiving."""
 
@@ -476,9 +502,14 @@ class SenderHook:
         sender: RTCRtpSender,
         retransmit: Callable[[int], Awaitable[None]],
         keyframe: Callable[[], None],
+        report: Callable[[], tuple[int, int, int, int] | None],
     ) -> None:
+        """``report`` gives what the hub has sent, for the Sender Reports: (RTP
+        timestamp, NTP timestamp, packets, octets) of one packet, a consistent
+        snapshot; None before the first."""
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
+        self._report = report
         self._writer: RtpWriter | None = None
         # Instance attributes shadow the methods aiortc calls on NACK and PLI, and
         # the RTCP loop that ``sender.send()`` starts.
@@ -495,17 +526,6 @@ class SenderHook:
     def rtx_ssrc(self) -> int:
         ssrc: int = self._sender._rtx_ssrc
         return ssrc
-
-    def report(
-        self, rtp_timestamp: int, ntp_timestamp: int, packet_count: int, octet_count: int
-    ) -> None:
-        """Give the sender's Sender Reports what the hub sent: a consistent snapshot
-        (this packet's timestamps with the counts including it)."""
-        sender: Any = self._sender
-        sender._RTCRtpSender__ntp_timestamp = ntp_timestamp
-        sender._RTCRtpSender__rtp_timestamp = rtp_timestamp
-        sender._RTCRtpSender__packet_count = packet_count
-        sender._RTCRtpSender__octet_count = octet_count
 
     def receiver_report(self) -> tuple[float | None, float | None]:
         """(round-trip seconds, fraction lost 0–1) from the subscriber's last receiver
@@ -529,8 +549,7 @@ class SenderHook:
         try:
             while True:
                 await asyncio.sleep(interval * (0.5 + random.random()))
-                if sender._RTCRtpSender__packet_count:
-                    self._send_report()
+                self._send_report()
         except asyncio.CancelledError:
             pass
         finally:
@@ -541,13 +560,16 @@ class SenderHook:
                 sender._RTCRtpSender__rtcp_exited.set()
 
     def _send_report(self) -> None:
+        report = self._report()
+        if report is None:
+            return  # nothing sent on this slot yet
+        rtp_timestamp, ntp, packets, octets = report
         sender: Any = self._sender
-        ntp = sender._RTCRtpSender__ntp_timestamp
         info = RtcpSenderInfo(
             ntp_timestamp=ntp,
-            rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
-            packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
-            octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
+            rtp_timestamp=rtp_timestamp,
+            packet_count=packets & 0xFFFFFFFF,
+            octet_count=octets & 0xFFFFFFFF,
         )
         compound = bytes(RtcpSrPacket(ssrc=self.ssrc, sender_info=info))
         cname = sender._RTCRtpSender__cname
@@ -563,7 +585,9 @@ class SenderHook:
         """The slot's one writer: media and Sender Reports share its send target."""
         transport = self._sender.transport
         if self._writer is None or self._writer.dtls is not transport:
-            self._writer = RtpWriter(transport)  # bundling may have replaced it
+            if self._writer is not None:
+                self._writer.close()  # bundling replaced the transport
+            self._writer = RtpWriter(transport)
         return self._writer
 
     def _send_rtcp(self, compound: bytes) -> bool:
@@ -571,89 +595,85 @@ class SenderHook:
 
 
 class RtpWriter:
-    """A synchronous SRTP-protect-and-send for one DTLS transport.
+    """Keeps an :class:`~hub.fastpath.SrtpSocket` aimed at one DTLS transport's
+    selected ICE pair: its socket, the remote address, its sending libsrtp context.
 
-    aiortc's own path is three nested coroutines per packet, and pylibsrtp's
+    aiortc's own send path is three nested coroutines per packet, and pylibsrtp's
     ``protect`` allocates and checks on every call; on the forwarding path that cost
-    is paid once per packet per subscriber. So the send target (socket, address,
-    libsrtp context) is resolved once per selected ICE pair, and libsrtp is called
-    directly (:class:`_SrtpScratch`).
+    is paid once per packet per subscriber. The SrtpSocket sends through its own
+    duplicate of the ICE socket's descriptor, so a socket aioice closes first is
+    never a number reused by another. It is aimed when DTLS connects (aioice
+    nominates one pair per connection; aiortc has no ICE restart) and closed when
+    DTLS leaves that state.
     """
 
-    __slots__ = (
-        "_addr",
-        "_nominated",
-        "_pair",
-        "_sendto",
-        "_session",
-        "_srtp",
-        "dtls",
-    )
+    __slots__ = ("_sock", "dtls", "srtp_socket")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
-        self._nominated: dict[int, Any] = dtls.transport._connection._nominated
-        self._pair: Any = None
-        self._sendto: Callable[[bytes, Any], None] = _unset
-        self._addr: Any = None
-        self._session: Session | None = None
-        self._srtp: Any = None
+        self.srtp_socket = SrtpSocket()
+        self._sock: socket.socket | None = None
+        dtls.on("statechange", self._follow)
+        self._follow()
 
-    def ready(self) -> bool:
-        return self.dtls._state is _CONNECTED and 1 in self._nominated
+    def _follow(self) -> None:
+        if self.dtls._state is _CONNECTED:
+            self._aim()
+        else:
+            self.close()
 
-    def _select(self, pair: Any) -> bool:
-        """Resolve the send target for a newly selected ICE pair."""
+    def _aim(self) -> None:
+        pair = self.dtls.transport._connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
-            return False
-        self._pair = pair
-        self._sendto = pair.protocol.transport.sendto
-        self._addr = pair.remote_addr
-        # The session object owns the libsrtp context the raw pointer points into.
-        self._session = self.dtls._tx_srtp
-        self._srtp = self._session._srtp[0]
-        return True
+            return
+        self.close()
+        fd = pair.protocol.transport.get_extra_info("socket").fileno()
+        self._sock = socket.socket(fileno=os.dup(fd))
+        host, port = pair.remote_addr[:2]
+        aim_srtp_socket(self.srtp_socket, self.dtls._tx_srtp, self._sock, host, port)
 
-    def seal(self, data: bytes) -> Datagram | None:
-        """Protect one RTP packet for the selected ICE pair: what to send, or None
-        when the transport cannot send (not connected, no pair, refused)."""
-        protected = self._protect(data, _srtp_protect, _SRTP_MAX_PLAIN)
-        return None if protected is None else (self._sendto, protected, self._addr)
-
-    def send(self, data: bytes) -> bool:
-        """Protect and send one RTP packet; False when it cannot be sent."""
-        datagram = self.seal(data)
-        if datagram is None:
-            return False
-        sendto, payload, addr = datagram
-        sendto(payload, addr)
-        return True
+    def close(self) -> None:
+        self.srtp_socket.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def send_rtcp(self, compound: bytes) -> bool:
         """Protect (SRTCP) and send one compound RTCP packet; False when it cannot."""
-        protected = self._protect(compound, _srtp_protect_rtcp, _SRTCP_MAX_PLAIN)
-        if protected is None:
-            return False
-        self._sendto(protected, self._addr)
-        return True
+        return self.srtp_socket.send_rtcp(compound)
 
-    def _protect(self, data: bytes, protect: Any, max_plain: int) -> bytes | None:
-        if self.dtls._state is not _CONNECTED:
-            return None
-        pair = self._nominated.get(1)
-        if pair is not self._pair and not self._select(pair):
-            return None
-        return _scratch.run(protect, self._srtp, data, max_plain)
+
+def aim_srtp_socket(
+    srtp_socket: SrtpSocket, session: Session, sock: socket.socket, host: str, port: int
+) -> None:
+    """Send through ``srtp_socket`` with ``session``'s libsrtp context, from ``sock``
+    to ``(host, port)``."""
+    _require(session, ("_srtp",))
+    ctx = int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+    srtp_socket.aim(ctx, session, sock, host, port)
 
 
 _CONNECTED = State.CONNECTED
-_SRTP_BUFFER = 1500
+_SRTP_BUFFER = BUFFER_SIZE
 _SRTP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_TRAILER_LEN
 _SRTCP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_SRTCP_TRAILER_LEN
-_srtp_protect = _srtp_lib.srtp_protect
-_srtp_protect_rtcp = _srtp_lib.srtp_protect_rtcp
 _scratch = _SrtpScratch()
 
 
-def _unset(data: bytes, addr: Any) -> None:
-    raise AssertionError("RtpWriter used before its ICE pair was resolved")
+def libsrtp_entry_points() -> dict[str, int]:
+    """What :func:`hub.fastpath.configure` takes: libsrtp's protect functions (their
+    addresses in pylibsrtp's build) and the largest plain packets they can take."""
+    return {
+        "protect_rtp": _address_of("srtp_protect"),
+        "protect_rtcp": _address_of("srtp_protect_rtcp"),
+        "max_rtp": _SRTP_MAX_PLAIN,
+        "max_rtcp": _SRTCP_MAX_PLAIN,
+    }
+
+
+def _address_of(function: str) -> int:
+    return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, function)))
+
+
+# The fan-out sends through libsrtp from the moment anything can send.
+configure_fastpath(**libsrtp_entry_points())

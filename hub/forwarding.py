@@ -14,11 +14,11 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from aiortc.rtp import RtpPacket
 
 from hub.codecs import frame_is_keyframe, keyframe_start
+from hub.fastpath import DownTrackCore, SrtpSocket, fanout
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ HISTORY_SIZE = 2048
 NACK_HOLDOFF = 0.05
 """A NACKed packet is resent at most once per this many seconds: receivers repeat
 their whole missing list at each new loss."""
-REPORT_EVERY_MASK = 7
-"""Sender Report figures are refreshed every 8th packet (a consistent snapshot)."""
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per publisher per this many seconds."""
 _NTP_EPOCH_OFFSET = 2208988800
@@ -139,6 +137,8 @@ class UpTrack:
         self.history = PacketHistory()
         self.keyframes = KeyframeRequester(request_keyframe, stats)
         self.subscriptions: list[Subscription] = []
+        self.downs: list[DownTrackCore] = []
+        """The subscriptions' down tracks, in the same (join) order: what fanout() takes."""
         self.frame_consumers: list[FrameConsumer] = []
         self.media_ssrc: int | None = None
         self.muted = False
@@ -160,24 +160,24 @@ class UpTrack:
         self.media_ssrc = packet.ssrc
         self.packets_received += 1
         self.bytes_received += len(payload)
-        self.stats.packets_received += 1
+        stats = self.stats
+        stats.packets_received += 1
         level = packet.extensions.audio_level
         if level is not None:
             self.audio_level = level[1]
             self.audio_level_at = time.monotonic()
         self.history.add(seq, timestamp, marker, payload)
-        if self.muted or not self.subscriptions:
+        if self.muted or not self.downs:
             return
         keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
         ntp = _ntp_now()
-        abs3 = _abs_send_time(ntp)
-        datagrams = []
-        for subscription in self.subscriptions:
-            datagram = subscription.forward(seq, timestamp, marker, payload, keyframe, ntp, abs3)
-            if datagram is not None:
-                datagrams.append(datagram)
-        for sendto, data, addr in datagrams:
-            sendto(data, addr)
+        sent, plain, wants_keyframe = fanout(
+            self.downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
+        )
+        stats.packets_forwarded += sent
+        stats.bytes_forwarded += plain
+        if wants_keyframe:
+            self.keyframes.request()  # a subscription waits to start
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
         """Complete encoded frames, for sinks (recorder, live HLS); never decoded."""
@@ -196,124 +196,48 @@ class UpTrack:
             subscription.close()
 
 
-Datagram = tuple[Callable[[bytes, Any], None], bytes, Any]
-"""(sendto, protected packet, address): a packet ready to leave. A fan-out seals
-every copy first and then makes its syscalls in one run: the SRTP contexts and
-the kernel's send path each stay warm in the CPU's caches."""
-
-
-class Writer(Protocol):
-    """Where a down track's packets go: the subscriber's SRTP transport."""
-
-    def ready(self) -> bool: ...
-
-    def seal(self, data: bytes) -> Datagram | None: ...
-
-    def send(self, data: bytes) -> bool: ...
-
-
-class DownTrack:
+class DownTrack(DownTrackCore):
     """One sending slot (a sendonly transceiver) in a subscriber's peer connection.
 
     It outlives the subscriptions bound to it, one at a time: a new publication on
     the same slot continues its SSRC's sequence and timestamp, as a receiver's
-    SRTP and jitter buffer require.
+    SRTP and jitter buffer require. What each forwarded packet touches (sequence,
+    clock, counters, the bound subscription's offsets) is in :class:`DownTrackCore`.
     """
 
     __slots__ = (
-        "_ext_lead",
-        "_first_byte",
-        "_report",
         "_resent",
         "_rtx_seq",
-        "abs_send_time_id",
-        "bytes_sent",
         "kind",
-        "last_timestamp",
-        "next_seq",
-        "packets_sent",
-        "payload_type",
         "rtx_payload_type",
         "rtx_ssrc",
-        "ssrc",
         "stats",
         "subscription",
-        "writer",
     )
 
-    def __init__(
-        self,
-        kind: str,
-        ssrc: int,
-        rtx_ssrc: int,
-        report: Callable[[int, int, int, int], None],
-        stats: ForwardingStats,
-    ) -> None:
+    def __init__(self, kind: str, ssrc: int, rtx_ssrc: int, stats: ForwardingStats) -> None:
+        super().__init__(kind == "video", ssrc)
         self.kind = kind
-        self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
-        self.writer: Writer | None = None
-        self._report = report
         self.stats = stats
-        self.payload_type: int | None = None
         self.rtx_payload_type: int | None = None
-        self.abs_send_time_id: int | None = None
         self.subscription: Subscription | None = None
-        # Start below 32768 so SRTP's rollover guess cannot go wrong early on.
-        self.next_seq = ssrc & 0x7FFF
-        self.last_timestamp = (ssrc * 2654435761) & 0xFFFFFFFF
         self._rtx_seq = 0
         # When each sequence number was last resent, to answer a NACK once per holdoff.
         self._resent: dict[int, float] = {}
-        self._first_byte = 0x80
-        self._ext_lead = b""
-        self.packets_sent = 0
-        self.bytes_sent = 0
 
     def configure(
         self,
-        writer: Writer,
+        srtp_socket: SrtpSocket,
         payload_type: int,
         rtx_payload_type: int | None,
         abs_send_time_id: int | None,
     ) -> None:
         """Apply what the last negotiation settled for this slot."""
-        self.writer = writer
+        self.srtp_socket = srtp_socket
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
-        self.abs_send_time_id = abs_send_time_id if self.kind == "video" else None
-        if self.abs_send_time_id is None:
-            self._first_byte, self._ext_lead = 0x80, b""
-        else:  # one-byte header extension, one word: abs-send-time's 3 bytes
-            self._first_byte = 0x90
-            self._ext_lead = b"\xbe\xde\x00\x01" + bytes(((self.abs_send_time_id << 4) | 2,))
-
-    def ready(self) -> bool:
-        return self.payload_type is not None and self.writer is not None and self.writer.ready()
-
-    def seal(
-        self, seq: int, timestamp: int, marker: int, payload: bytes, ntp: int, abs3: bytes
-    ) -> Datagram | None:
-        """One packet, protected and ready to send; ``abs3`` is its abs-send-time,
-        computed once per packet."""
-        pt = self.payload_type
-        writer = self.writer
-        if pt is None or writer is None:
-            return None
-        header = _HEADER.pack(self._first_byte, (marker << 7) | pt, seq, timestamp, self.ssrc)
-        lead = self._ext_lead
-        data = b"".join((header, lead, abs3, payload)) if lead else header + payload
-        datagram = writer.seal(data)
-        if datagram is None:
-            return None
-        self.packets_sent = sent = self.packets_sent + 1
-        self.bytes_sent += len(payload)
-        stats = self.stats
-        stats.packets_forwarded += 1
-        stats.bytes_forwarded += len(data)
-        if not sent & REPORT_EVERY_MASK:
-            self._report(timestamp, ntp, sent, self.bytes_sent)
-        return datagram
+        self.abs_send_time_id = abs_send_time_id if abs_send_time_id and self.video else 0
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
@@ -323,12 +247,13 @@ class DownTrack:
         if len(self._resent) > HISTORY_SIZE:
             self._resent.clear()
         self._resent[seq] = now
-        if self.rtx_payload_type is None or self.writer is None:
+        srtp_socket = self.srtp_socket
+        if self.rtx_payload_type is None or srtp_socket is None:
             ntp = _ntp_now()
-            datagram = self.seal(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
-            if datagram is not None:
-                sendto, data, addr = datagram
-                sendto(data, addr)
+            plain = self.write(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
+            if plain >= 0:
+                self.stats.packets_forwarded += 1
+                self.stats.bytes_forwarded += plain
                 self.stats.retransmissions += 1
             return
         self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
@@ -339,7 +264,7 @@ class DownTrack:
             + _RTX_OSN.pack(seq)
             + payload
         )
-        if self.writer.send(data):
+        if srtp_socket.send(data):
             self.stats.retransmissions += 1
 
     async def on_nack(self, seq: int) -> None:
@@ -355,66 +280,36 @@ class DownTrack:
 
 
 class Subscription:
-    """One subscriber receiving one up track through one down track."""
+    """One subscriber receiving one up track through one down track.
 
-    __slots__ = ("_first_seq", "_seq_offset", "_ts_offset", "closed", "down", "started", "up")
+    The rewriting itself (start at a keyframe, sequence and timestamp offsets) runs
+    in :func:`hub.fastpath.fanout`, on the down track's :class:`DownTrackCore`."""
+
+    __slots__ = ("closed", "down", "up")
 
     def __init__(self, up: UpTrack, down: DownTrack) -> None:
         if down.subscription is not None:
             down.subscription.close()
         self.up = up
         self.down = down
-        self.started = False
         self.closed = False
-        self._seq_offset = 0
-        self._ts_offset = 0
-        self._first_seq = 0
+        down.started = False
         down.subscription = self
         up.subscriptions.append(self)
+        up.downs.append(down)
         if up.kind == "video":
             up.keyframes.request()
 
-    def forward(
-        self,
-        seq: int,
-        timestamp: int,
-        marker: int,
-        payload: bytes,
-        keyframe: bool,
-        ntp: int,
-        abs3: bytes,
-    ) -> Datagram | None:
-        down = self.down
-        if not self.started:
-            if not down.ready():
-                return None
-            if self.up.kind == "video" and not keyframe:
-                self.up.keyframes.request()
-                return None
-            self.started = True
-            self._first_seq = seq
-            self._seq_offset = (down.next_seq - seq) & 0xFFFF
-            # Continue the slot's clock a little after its last packet.
-            gap = 3000 if self.up.kind == "video" else 960
-            self._ts_offset = (down.last_timestamp + gap - timestamp) & 0xFFFFFFFF
-        elif (seq - self._first_seq) & 0x8000:
-            return None  # older than where this subscription started
-        out_seq = (seq + self._seq_offset) & 0xFFFF
-        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
-        if not (out_seq - down.next_seq) & 0x8000:
-            down.next_seq = (out_seq + 1) & 0xFFFF
-            down.last_timestamp = out_ts
-        return down.seal(out_seq, out_ts, marker, payload, ntp, abs3)
-
     def retransmit(self, out_seq: int) -> None:
-        if not self.started:
+        down = self.down
+        if self.closed or not down.started:
             return
-        seq = (out_seq - self._seq_offset) & 0xFFFF
+        seq = (out_seq - down.seq_offset) & 0xFFFF
         entry = self.up.history.get(seq)
         if entry is None:
             return
         _, timestamp, marker, payload = entry
-        self.down.write_rtx(out_seq, (timestamp + self._ts_offset) & 0xFFFFFFFF, marker, payload)
+        down.write_rtx(out_seq, (timestamp + down.ts_offset) & 0xFFFFFFFF, marker, payload)
 
     def close(self) -> None:
         if self.closed:
@@ -422,6 +317,7 @@ class Subscription:
         self.closed = True
         if self in self.up.subscriptions:
             self.up.subscriptions.remove(self)
+            self.up.downs.remove(self.down)
         if self.down.subscription is self:
             self.down.subscription = None
 

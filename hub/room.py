@@ -149,7 +149,7 @@ class _Slot:
         if params is None:
             return False
         self.down.configure(
-            self.hook.writer(),
+            self.hook.writer().srtp_socket,
             params.payload_type,
             params.rtx_payload_type,
             params.abs_send_time_id,
@@ -178,8 +178,9 @@ class _SendingPeer:
             transceiver.sender,
             retransmit=lambda seq: down.on_nack(seq),
             keyframe=lambda: down.on_pli(),
+            report=lambda: down.report,
         )
-        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, hook.report, self.stats)
+        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
         slot = _Slot(transceiver, hook, down)
         self.slots.append(slot)
         return slot

@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 stamp=".venv/.installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# The C fan-out is compiled by the install: a changed source needs it again.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hub/_fastpath.c -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
   touch "$stamp"
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -13,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import av
+import pylibsrtp
 import pytest
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
+from pylibsrtp import Policy, Session
+
+from hub.aiortc_internals import aim_srtp_socket
+from hub.fastpath import SrtpSocket
 
 
 async def wait_until(
@@ -84,3 +90,50 @@ def small_disk(path: Path, size: str = "400k") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+REPLAYED = b"(refused by the receiver's SRTP: a replay)"
+
+
+class SrtpWire:
+    """A real SRTP link on loopback: an :class:`~hub.fastpath.SrtpSocket` (or the
+    Python twin's, ``srtp_socket``) aimed at a socket whose datagrams are unprotected
+    with the same key; ``sent`` is every plain packet that arrived so far, and
+    :data:`REPLAYED` for each the receiver refused as a replay."""
+
+    def __init__(self, srtp_socket: Any = None) -> None:
+        key = os.urandom(30)
+        # As aiortc's: a packet resent without RTX keeps its sequence number.
+        tx_policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        tx_policy.allow_repeat_tx = True
+        self._tx = Session(tx_policy)
+        self._rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._out.bind(("127.0.0.1", 0))
+        self._in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._in.bind(("127.0.0.1", 0))
+        self._in.setblocking(False)
+        self.srtp_socket = SrtpSocket() if srtp_socket is None else srtp_socket
+        host, port = self._in.getsockname()
+        aim_srtp_socket(self.srtp_socket, self._tx, self._out, host, port)
+        self._received: list[bytes] = []
+
+    @property
+    def sent(self) -> list[bytes]:
+        while True:
+            try:
+                data = self._in.recv(2048)
+            except BlockingIOError:
+                break
+            rtcp = 192 <= data[1] <= 223
+            try:
+                plain = self._rx.unprotect_rtcp(data) if rtcp else self._rx.unprotect(data)
+            except pylibsrtp.Error:
+                plain = REPLAYED
+            self._received.append(plain)
+        return self._received
+
+    def close(self) -> None:
+        self.srtp_socket.close()
+        self._out.close()
+        self._in.close()

@@ -12,36 +12,18 @@ from hub.forwarding import (
     HISTORY_SIZE,
     NACK_HOLDOFF,
     CodecInfo,
-    Datagram,
     DownTrack,
     ForwardingStats,
     KeyframeRequester,
     Subscription,
     UpTrack,
 )
+from tests.helpers import SrtpWire
 
 VP8 = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
 VP8_KEY = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A])  # S=1, PID=0; P bit 0: key frame
 VP8_DELTA = bytes([0x10, 0x01, 0x00])  # S=1, P bit 1: delta frame
 VP8_CONT = bytes([0x00, 0x55, 0x66])  # continuation of a frame
-
-
-class Wire:
-    """Collects what a down track sends, as the subscriber's transport would."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.open = True
-
-    def ready(self) -> bool:
-        return self.open
-
-    def seal(self, data: bytes) -> Datagram | None:
-        return (lambda sealed, _: self.sent.append(sealed)), data, None
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return True
 
 
 def packet(seq: int, ts: int, payload: bytes, marker: int = 0) -> RtpPacket:
@@ -54,19 +36,20 @@ def packet(seq: int, ts: int, payload: bytes, marker: int = 0) -> RtpPacket:
 
 def make_pair(
     stats: ForwardingStats, plis: list[int], abs_id: int | None = None
-) -> tuple[UpTrack, DownTrack, Wire, list[tuple[int, int, int]]]:
+) -> tuple[UpTrack, DownTrack, SrtpWire]:
     up = UpTrack("video", VP8, stats, lambda: plis.append(1))
-    sent_reports: list[tuple[int, int, int]] = []
-    down = DownTrack("video", 0xABCDEF01, 0x01020304, lambda *a: sent_reports.append(a), stats)
-    wire = Wire()
-    down.configure(wire, payload_type=100, rtx_payload_type=101, abs_send_time_id=abs_id)
-    return up, down, wire, sent_reports
+    down = DownTrack("video", 0xABCDEF01, 0x01020304, stats)
+    wire = SrtpWire()
+    down.configure(
+        wire.srtp_socket, payload_type=100, rtx_payload_type=101, abs_send_time_id=abs_id
+    )
+    return up, down, wire
 
 
 async def test_subscription_starts_at_keyframe_and_rewrites_headers() -> None:
     stats = ForwardingStats()
     plis: list[int] = []
-    up, down, wire, _ = make_pair(stats, plis)
+    up, down, wire = make_pair(stats, plis)
     Subscription(up, down)
     up.on_rtp(packet(65534, 1000, VP8_DELTA))
     up.on_rtp(packet(65535, 1000, VP8_CONT, marker=1))
@@ -89,13 +72,17 @@ async def test_subscription_starts_at_keyframe_and_rewrites_headers() -> None:
 
 async def test_sender_report_figures_are_consistent_snapshots_of_what_was_sent() -> None:
     stats = ForwardingStats()
-    up, down, wire, reports = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     Subscription(up, down)
+    reports = []
     for i in range(20):
         up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
+        reports.append(down.report)
     out = [RtpPacket.parse(b) for b in wire.sent]
-    assert len(reports) == 2  # every 8th packet
-    for report, count in zip(reports, (8, 16), strict=True):
+    assert reports[:7] == [None] * 7  # nothing to report before the 8th packet
+    assert reports[7:15] == [reports[7]] * 8 and reports[15:] == [reports[15]] * 5
+    for report, count in ((reports[7], 8), (reports[15], 16)):  # refreshed every 8th
+        assert report is not None
         rtp_timestamp, _ntp, packets, octets = report
         assert rtp_timestamp == out[count - 1].timestamp
         assert packets == count
@@ -104,14 +91,14 @@ async def test_sender_report_figures_are_consistent_snapshots_of_what_was_sent()
 
 async def test_publisher_extensions_are_not_copied_only_negotiated_ones_written() -> None:
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [], abs_id=3)
+    up, down, wire = make_pair(stats, [], abs_id=3)
     Subscription(up, down)
     up.on_rtp(packet(10, 0, VP8_KEY, marker=1))
     raw = wire.sent[0]
     assert raw[0] & 0x10  # extension bit
     assert raw[12:16] == b"\xbe\xde\x00\x01"  # one-byte header, one word
     assert raw[16] >> 4 == 3 and raw[16] & 0x0F == 2  # abs-send-time only (3 bytes)
-    up2, down2, wire2, _ = make_pair(stats, [], abs_id=None)
+    up2, down2, wire2 = make_pair(stats, [], abs_id=None)
     Subscription(up2, down2)
     up2.on_rtp(packet(10, 0, VP8_KEY, marker=1))
     assert not wire2.sent[0][0] & 0x10  # nothing negotiated: no extension at all
@@ -120,7 +107,7 @@ async def test_publisher_extensions_are_not_copied_only_negotiated_ones_written(
 
 async def test_a_new_publication_on_the_same_slot_continues_sequence_and_clock() -> None:
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     first = Subscription(up, down)
     up.on_rtp(packet(100, 9000, VP8_KEY, marker=1))
     other = UpTrack("video", VP8, stats, lambda: None)
@@ -134,7 +121,7 @@ async def test_a_new_publication_on_the_same_slot_continues_sequence_and_clock()
 
 async def test_nack_is_answered_from_history_over_rtx() -> None:
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     Subscription(up, down)
     for i in range(50):
         up.on_rtp(packet(1000 + i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
@@ -152,7 +139,7 @@ async def test_nack_is_answered_from_history_over_rtx() -> None:
 
 async def test_a_repeated_nack_is_answered_once_per_holdoff() -> None:
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     Subscription(up, down)
     for i in range(10):
         up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
@@ -169,7 +156,7 @@ async def test_a_repeated_nack_is_answered_once_per_holdoff() -> None:
 async def test_history_holds_more_than_a_second_of_video() -> None:
     assert HISTORY_SIZE >= 160 * 2  # 1.5 Mbps VP8 is ~160 packets/s
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     Subscription(up, down)
     for i in range(400):
         up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
@@ -210,7 +197,7 @@ async def test_a_late_timer_does_not_send_a_second_keyframe_request() -> None:
 async def test_subscriber_pli_reaches_the_publisher_coalesced() -> None:
     stats = ForwardingStats()
     plis: list[int] = []
-    up, down, _, _ = make_pair(stats, plis)
+    up, down, _ = make_pair(stats, plis)
     Subscription(up, down)
     plis.clear()
     up.keyframes._last = -1.0  # the subscription's own request is long past
@@ -221,7 +208,7 @@ async def test_subscriber_pli_reaches_the_publisher_coalesced() -> None:
 
 async def test_muted_publication_forwards_nothing() -> None:
     stats = ForwardingStats()
-    up, down, wire, _ = make_pair(stats, [])
+    up, down, wire = make_pair(stats, [])
     Subscription(up, down)
     up.on_rtp(packet(1, 0, VP8_KEY, marker=1))
     up.muted = True
