@@ -160,7 +160,7 @@ class HubProcess:
     checkout or from ``source``, another one (to compare two commits' hubs under
     the same load)."""
 
-    def __init__(self, data_dir: Path, source: Path = ROOT) -> None:
+    def __init__(self, data_dir: Path, source: Path = ROOT, fastpath: str = "c") -> None:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         self.signer = TokenSigner(self.secret)
@@ -169,6 +169,7 @@ class HubProcess:
         self.log_path = data_dir / "hub.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]'}
+        env["HUB_FASTPATH"] = fastpath
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
@@ -203,11 +204,19 @@ class HubProcess:
         grant = grant_for_role(RoomName(ROOM), ParticipantIdentity(identity), Role(role), ttl=3600)
         return self.signer.issue(grant)
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def fastpath(self) -> str:
+        """Which fan-out the hub runs, by its /metrics: c, python (or unknown: a hub
+        from before the gauge)."""
+        found = re.search(r"^practicehub_native_fanout (\S+)$", self.metrics(), re.M)
+        return "unknown" if found is None else "c" if float(found[1]) else "python"
+
     def counters(self) -> dict[str, int]:
         """The forwarding counters of /metrics (``practicehub_<name>_total``)."""
-        with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        found = re.findall(r"^practicehub_(\w+)_total (\S+)$", text, re.M)
+        found = re.findall(r"^practicehub_(\w+)_total (\S+)$", self.metrics(), re.M)
         if not found:
             raise BenchError("no practicehub_*_total counters in /metrics")
         return {name: int(float(value)) for name, value in found}
@@ -350,6 +359,7 @@ class Bench:
         pacing_factor: float,
         load_nice: int,
         hub_source: Path = ROOT,
+        hub_fastpath: str = "c",
     ):
         self.n = subscribers
         self.seconds = seconds
@@ -358,6 +368,7 @@ class Bench:
         self.pacing_factor = pacing_factor
         self.load_nice = load_nice
         self.hub_source = hub_source
+        self.hub_fastpath = hub_fastpath
         self.result: dict[str, Any] = {"subscribers": subscribers}
         self.keyframes: set[int] = set()
 
@@ -366,7 +377,7 @@ class Bench:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hub-")))
         self.result["loadavg_1m_at_start"] = os.getloadavg()[0]
         # Start everything at once: interpreter start-up and clip encoding overlap.
-        hub = HubProcess(data_dir, self.hub_source)
+        hub = HubProcess(data_dir, self.hub_source, self.hub_fastpath)
         self.result["hub_commit"] = git_commit(self.hub_source)
         stack.callback(hub.stop)
         workers = [
@@ -388,6 +399,7 @@ class Bench:
         self.keyframes = {index for key, index in keys.items() if not key[0] & 1}
         call_all([(w, "setup", (keys,)) for w in (*workers, probe)])
         hub.wait_healthy(30)
+        self.result["hub_fastpath"] = hub.fastpath()
         self.measure_hub(hub, publisher, workers, probe, decoder)
         # The baseline gets the machine to itself: the hub's side stops first,
         # subscribers before the publisher (else the hub renegotiates them all).
@@ -678,6 +690,13 @@ def main(argv: list[str] | None = None) -> None:
         help="run the hub from this checkout (e.g. a git worktree of an older commit); "
         "the load generator stays this checkout's",
     )
+    parser.add_argument(
+        "--hub-fastpath",
+        choices=("c", "python"),
+        default="c",
+        help="the hub's fan-out: its C path (default, where it was built) or the "
+        "Python twin (HUB_FASTPATH=python)",
+    )
     args = parser.parse_args(argv)
     n = args.subscribers or (20 if args.quick else 50)
     seconds = args.seconds or (8.0 if args.quick else 20.0)
@@ -697,6 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         args.pacing_factor,
         args.load_nice,
         args.hub_source.resolve(),
+        args.hub_fastpath,
     )
     # Connecting, two windows and the baseline, with room to spare.
     limit = 85 if args.quick else 120 + 3 * seconds + 2 * n

@@ -3,18 +3,24 @@ subscriber in one call.
 
 ``hub/_fastpath.c`` when it was built (``pip install`` compiles it where a C compiler
 is at hand), else ``hub/_fastpath_py.py``: the same names and behaviour in Python,
-several times slower per copy. :data:`NATIVE` says which runs; under ``CI=true`` a
-test requires the C one.
+slower per copy. ``HUB_FASTPATH=python`` in the environment chooses the Python one
+even so (to compare them, or to rule the C one out). :data:`NATIVE` says which runs
+(``/metrics`` too); under ``CI=true`` a test requires the C one.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hub._fastpath_py import BUFFER_SIZE, DownTrackCore, SrtpSocket, configure, fanout
 
     NATIVE: bool
+elif os.environ.get("HUB_FASTPATH", "c") == "python":
+    from hub._fastpath_py import BUFFER_SIZE, DownTrackCore, SrtpSocket, configure, fanout
+
+    NATIVE = False
 else:
     try:
         from hub._fastpath import BUFFER_SIZE, DownTrackCore, SrtpSocket, configure, fanout

@@ -7,6 +7,7 @@ from dataclasses import fields
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from hub import fastpath
 from hub.service import Hub
 
 _HELP = {
@@ -37,6 +38,8 @@ def render(hub: Hub) -> str:
     rooms = list(hub.rooms.values())
     participants = [p for r in rooms for p in r.participants.values()]
     publications = [pub for p in participants for pub in p.publications.values()]
+    native = [("", float(fastpath.NATIVE))]
+    metric("native_fanout", "gauge", "1: the fan-out runs in C, 0: in Python", native)
     metric("rooms", "gauge", "open rooms on this node", [("", len(rooms))])
     metric("participants", "gauge", "participants on this node", [("", len(participants))])
     metric("publications", "gauge", "published tracks", [("", len(publications))])

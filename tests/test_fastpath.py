@@ -8,6 +8,8 @@ import importlib
 import os
 import random
 import socket
+import urllib.request
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,7 +18,10 @@ from aiortc.rtp import RtpPacket
 
 from hub import _fastpath_py, fastpath
 from hub.aiortc_internals import libsrtp_entry_points
-from tests.helpers import REPLAYED, SrtpWire
+from hub.client import HubClient
+from tests.browser.conftest import HubProcess
+from tests.helpers import REPLAYED, NoisyVideo, SrtpWire, wait_until
+from tests.test_forwarding_e2e import decode_frames
 
 _fastpath_py.configure(**libsrtp_entry_points())
 
@@ -154,3 +159,37 @@ def _udp() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+async def test_a_hub_on_the_python_twin_forwards_decodable_video(tmp_path: Path) -> None:
+    """HUB_FASTPATH=python (or a machine without a C compiler): the whole hub, in its
+    own process, forwards with the Python twin, and says so in /metrics."""
+    hub = HubProcess(tmp_path / "data", tmp_path / "hub.log", env={"HUB_FASTPATH": "python"})
+    hub.start()
+    ws = f"ws://127.0.0.1:{hub.port}/ws"
+    center = HubClient(ws, hub.token("twin", "C", "center"))
+    station = HubClient(ws, hub.token("twin", "S1", "station"))
+    try:
+        assert "practicehub_native_fanout 0" in _metrics(hub)
+        await center.connect()
+        await center.publish({"camera": NoisyVideo()})
+        await station.connect()
+        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+        frames = await decode_frames(station.tracks_of("camera")[0].track, 15)
+        assert len(frames) == 15 and frames[-1].width == 640
+        forwarded = next(
+            float(line.split()[1])
+            for line in _metrics(hub).splitlines()
+            if line.startswith("practicehub_packets_forwarded_total ")
+        )
+        assert forwarded >= 15
+    finally:
+        await station.close()
+        await center.close()
+        hub.stop()
+
+
+def _metrics(hub: HubProcess) -> str:
+    with urllib.request.urlopen(f"{hub.base_url}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text

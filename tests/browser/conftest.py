@@ -46,7 +46,9 @@ CHROMIUM_ARGS = [
 class HubProcess:
     """The real hub in a subprocess; ``restart()`` keeps its port and data dir."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
+        """Set in the hub's environment besides what the tests set."""
         self.port = free_port()
         self.data_dir = data_dir
         self.secret = secrets.token_urlsafe(24)[:32]
@@ -58,6 +60,7 @@ class HubProcess:
         env = dict(os.environ)
         env["HUB_ICE_GATHER_ADDRESSES"] = json.dumps(["127.0.0.1"])
         env["HUB_SECRET"] = self.secret
+        env |= self.env
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
