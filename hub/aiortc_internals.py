@@ -118,8 +118,7 @@ async def check_internals() -> None:
             )
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
-        session = Session(policy=None)
-        _require(session, ("_srtp",))
+        _libsrtp_context(Session(policy=None))
         for function in (
             "srtp_protect",
             "srtp_protect_rtcp",
@@ -224,16 +223,16 @@ class _SrtpScratch:
         self._buffer: Any = _srtp_ffi.buffer(self._cdata)
         self._length: Any = _srtp_ffi.new("int *")
 
-    def run(self, function: Any, srtp: Any, data: bytes, max_plain: int) -> bytes | None:
-        """``function`` (a libsrtp protect or unprotect) on a copy of ``data``: its
-        output, or None when ``data`` is too long or libsrtp refused it."""
+    def run(self, unprotect: Any, srtp: Any, data: bytes) -> bytes | None:
+        """``unprotect`` (libsrtp's, for RTP or RTCP) on a copy of ``data``: the plain
+        packet, or None when ``data`` is too long or libsrtp refused it."""
         size = len(data)
-        if size > max_plain:
+        if size > _SRTP_BUFFER:
             return None
         self._buffer[0:size] = data
         length = self._length
         length[0] = size
-        if function(srtp, self._cdata, length):
+        if unprotect(srtp, self._cdata, length):
             return None
         out: bytes = self._buffer[0 : length[0]]
         return out
@@ -250,9 +249,8 @@ class _Unprotector:
     __slots__ = ("_session", "_srtp")
 
     def __init__(self, session: Session) -> None:
-        _require(session, ("_srtp",))
         self._session = session  # owns the libsrtp context
-        self._srtp: Any = session._srtp[0]
+        self._srtp: Any = _libsrtp_context(session)
 
     def unprotect(self, data: bytes) -> bytes:
         return self._process(data, _srtp_lib.srtp_unprotect)
@@ -261,7 +259,7 @@ class _Unprotector:
         return self._process(data, _srtp_lib.srtp_unprotect_rtcp)
 
     def _process(self, data: bytes, unprotect: Any) -> bytes:
-        plain = _scratch.run(unprotect, self._srtp, data, _SRTP_BUFFER)
+        plain = _scratch.run(unprotect, self._srtp, data)
         if plain is None:
             raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
         return plain
@@ -648,9 +646,14 @@ def aim_srtp_socket(
 ) -> None:
     """Send through ``srtp_socket`` with ``session``'s libsrtp context, from ``sock``
     to ``(host, port)``."""
-    _require(session, ("_srtp",))
-    ctx = int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+    ctx = int(_srtp_ffi.cast("uintptr_t", _libsrtp_context(session)))
     srtp_socket.aim(ctx, session, sock, host, port)
+
+
+def _libsrtp_context(session: Session) -> Any:
+    """The libsrtp context a pylibsrtp session wraps (valid while ``session`` lives)."""
+    _require(session, ("_srtp",))
+    return session._srtp[0]
 
 
 _CONNECTED = State.CONNECTED
