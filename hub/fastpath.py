@@ -13,11 +13,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from hub._fastpath_py import BUFFER_SIZE, DownTrackCore, SrtpSocket, configure, fanout
-
-    NATIVE: bool
-elif os.environ.get("HUB_FASTPATH", "c") == "python":
+# Type checking sees the Python twin: the C module has the same names and signatures.
+if TYPE_CHECKING or os.environ.get("HUB_FASTPATH", "c") == "python":
     from hub._fastpath_py import BUFFER_SIZE, DownTrackCore, SrtpSocket, configure, fanout
 
     NATIVE = False
