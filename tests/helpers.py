@@ -21,6 +21,7 @@ from av import VideoFrame
 from pylibsrtp import Policy, Session
 
 from hub.aiortc_internals import aim_srtp_socket
+from hub.client import HubClient, ReceivedTrack
 from hub.fastpath import SrtpSocket
 
 
@@ -40,6 +41,13 @@ async def wait_until(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s: {reason}")
+
+
+async def first_track(client: HubClient, source: str) -> ReceivedTrack:
+    """The first track of ``source`` (camera, microphone, screen) ``client`` receives,
+    once it has one."""
+    await wait_until(lambda: None if client.tracks_of(source) else f"no {source} yet")
+    return client.tracks_of(source)[0]
 
 
 class EncodedFrames(MediaStreamTrack):

@@ -20,7 +20,7 @@ from hub import _fastpath_py, fastpath
 from hub.aiortc_internals import libsrtp_entry_points
 from hub.client import HubClient
 from tests.browser.conftest import HubProcess
-from tests.helpers import REPLAYED, NoisyVideo, SrtpWire, wait_until
+from tests.helpers import REPLAYED, NoisyVideo, SrtpWire, first_track
 from tests.test_forwarding_e2e import decode_frames
 
 _fastpath_py.configure(**libsrtp_entry_points())
@@ -174,8 +174,8 @@ async def test_a_hub_on_the_python_twin_forwards_decodable_video(tmp_path: Path)
         await center.connect()
         await center.publish({"camera": NoisyVideo()})
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
-        frames = await decode_frames(station.tracks_of("camera")[0].track, 15)
+        camera = await first_track(station, "camera")
+        frames = await decode_frames(camera.track, 15)
         assert len(frames) == 15 and frames[-1].width == 640
         forwarded = next(
             float(line.split()[1])

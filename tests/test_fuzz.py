@@ -12,7 +12,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.peers import make_peer_connection
-from tests.helpers import wait_until
+from tests.helpers import first_track
 from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -181,8 +181,8 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
         await center.connect()
         await center.publish({"camera": VideoStreamTrack()})
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
-        assert len(await decode_frames(station.tracks_of("camera")[0].track, 5)) == 5
+        camera = await first_track(station, "camera")
+        assert len(await decode_frames(camera.track, 5)) == 5
     finally:
         await station.close()
         await center.close()
@@ -200,8 +200,7 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
         await center.connect()
         await center.publish({"camera": VideoStreamTrack()})
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera yet")
-        track = station.tracks_of("camera")[0].track
+        track = (await first_track(station, "camera")).track
         await decode_frames(track, 3)
         assert center.publisher is not None
         answer = center.publisher.remoteDescription.sdp

@@ -8,7 +8,7 @@ from aiortc import RTCRtpSender
 from aiortc.mediastreams import VideoStreamTrack
 
 from hub.client import HubClient
-from tests.helpers import wait_until
+from tests.helpers import first_track
 from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -30,7 +30,7 @@ async def test_h264_profile_is_accepted_and_forwarded_unchanged(
         answer = center.publisher.remoteDescription.sdp  # type: ignore[union-attr]
         assert f"profile-level-id={profile}" in answer
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+        await first_track(station, "camera")
         offered = station.subscriber.remoteDescription.sdp  # type: ignore[union-attr]
         assert f"profile-level-id={profile}" in offered
         assert "VP8" not in offered

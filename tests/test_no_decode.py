@@ -14,7 +14,7 @@ from aiortc.codecs.vpx import Vp8Decoder
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
-from tests.helpers import NoisyVideo, wait_until
+from tests.helpers import NoisyVideo, first_track, wait_until
 from tests.hubserver import RunningHub
 
 
@@ -60,8 +60,7 @@ async def test_forwarding_decodes_nothing_and_memory_stays_flat(
             await station.connect()
         cameras = []
         for station in stations:
-            await wait_until(lambda s=station: None if s.tracks_of("camera") else "no camera")
-            cameras.append(station.tracks_of("camera")[0])
+            cameras.append(await first_track(station, "camera"))
         await wait_until(lambda: None if min(c.packets for c in cameras) > 50 else "slow start")
         forwarded_before = hub_server.hub.stats.packets_forwarded
         bytes_before = sum(c.bytes for c in cameras)

@@ -9,7 +9,7 @@ from hub.aiortc_internals import drop_received
 from hub.client import HubClient
 from hub.forwarding import DownTrack
 from hub.ids import RoomName
-from tests.helpers import NoisyVideo, wait_until
+from tests.helpers import NoisyVideo, first_track
 from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -38,8 +38,7 @@ async def test_lost_packets_are_resent_and_sender_reports_match(hub_server: Runn
         await center.connect()
         await center.publish({"camera": NoisyVideo()})
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
-        track = station.tracks_of("camera")[0].track
+        track = (await first_track(station, "camera")).track
         await decode_frames(track, 3)
         room = hub_server.hub.rooms[RoomName("n")]
         participant = room.by_identity("S1")  # type: ignore[arg-type]

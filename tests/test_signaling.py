@@ -13,7 +13,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, Source, grant_for_role
-from tests.helpers import wait_until
+from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -305,8 +305,8 @@ async def test_lecture_frames_decode_after_late_join(hub_server: RunningHub) -> 
         station = HubClient(hub_server.ws, hub_server.token("late", "S9", "station"))
         await station.connect()
         try:
-            await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
-            frames = await decode_frames(station.tracks_of("camera")[0].track, 5, timeout=10)
+            camera = await first_track(station, "camera")
+            frames = await decode_frames(camera.track, 5, timeout=10)
             assert len(frames) == 5
         finally:
             await station.close()
@@ -321,10 +321,10 @@ async def test_screen_share_comes_and_goes_by_renegotiation(hub_server: RunningH
         await center.connect()
         await center.publish({"camera": VideoStreamTrack()})
         await station.connect()
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera")
+        await first_track(station, "camera")
         await center.publish({"screen": VideoStreamTrack()})
-        await wait_until(lambda: None if station.tracks_of("screen") else "no screen")
-        assert len(await decode_frames(station.tracks_of("screen")[0].track, 5)) == 5
+        screen = await first_track(station, "screen")
+        assert len(await decode_frames(screen.track, 5)) == 5
         mark = len(station.messages)
         await center.send({"type": "unpublish", "source": "screen"})
         offer = await station.wait_for(

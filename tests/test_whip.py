@@ -13,7 +13,7 @@ from aiortc import RTCSessionDescription
 
 from hub.client import HubClient
 from hub.peers import make_peer_connection
-from tests.helpers import wait_until
+from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -86,8 +86,8 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
     station = HubClient(hub_server.ws, hub_server.token("obs", "S1", "station"))
     await station.connect()
     try:
-        await wait_until(lambda: None if station.tracks_of("camera") else "no camera yet")
-        frames = await decode_frames(station.tracks_of("camera")[0].track, 15, timeout=20)
+        camera = await first_track(station, "camera")
+        frames = await decode_frames(camera.track, 15, timeout=20)
         assert (frames[-1].width, frames[-1].height) == (640, 360)
         sdp = station.subscriber.remoteDescription.sdp  # type: ignore[union-attr]
         assert "profile-level-id=6400" in sdp  # forwarded as High profile, unchanged
