@@ -1,5 +1,5 @@
 /* The fan-out's per-copy work in C: rewrite, SRTP-protect and send one packet to
- * every subscriber in one call from Python. hub/_fastpath_py.py is the same in
+ * every subscriber in one call from Python; and SRTP-unprotect what publishers send. hub/_fastpath_py.py is the same in
  * Python, used when this could not be built; tests/test_fastpath.py holds the two
  * to the same behaviour. Python's per-copy overhead (frames, allocations, the event
  * loop's sendto wrapper) was about a third of the hub's time per forwarded packet. */
@@ -14,17 +14,20 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* libsrtp's srtp_protect and srtp_protect_rtcp: (context, buffer, in/out length). */
-typedef int (*protect_fn)(void *ctx, void *buffer, int *length);
+/* libsrtp's srtp_protect, srtp_unprotect and their _rtcp twins: (context, buffer,
+ * in/out length). */
+typedef int (*libsrtp_fn)(void *ctx, void *buffer, int *length);
 
 #define BUFFER_SIZE 1500
 #define HEADER_SIZE 12
 #define EXTENSION_SIZE 8 /* one-byte header extension, one word: abs-send-time */
 
-static protect_fn protect_rtp = NULL;
-static protect_fn protect_rtcp = NULL;
+static libsrtp_fn protect_rtp = NULL;
+static libsrtp_fn protect_rtcp = NULL;
 static int max_rtp_plain = 0;
 static int max_rtcp_plain = 0;
+static libsrtp_fn unprotect_rtp = NULL;
+static libsrtp_fn unprotect_rtcp = NULL;
 
 /* ---- SrtpSocket ----------------------------------------------------------- */
 
@@ -145,7 +148,7 @@ srtp_socket_close(SrtpSocket *self, PyObject *Py_UNUSED(ignored))
 
 /* Protect ``length`` plain bytes already in ``buffer``; the protected length, or -1. */
 static int
-seal(SrtpSocket *self, protect_fn protect, unsigned char *buffer, int length)
+seal(SrtpSocket *self, libsrtp_fn protect, unsigned char *buffer, int length)
 {
     if (self->ctx == NULL) {
         return -1;
@@ -165,7 +168,7 @@ transmit(SrtpSocket *self, const unsigned char *buffer, int length)
 }
 
 static PyObject *
-srtp_socket_send_with(SrtpSocket *self, PyObject *arg, protect_fn protect, int max_plain)
+srtp_socket_send_with(SrtpSocket *self, PyObject *arg, libsrtp_fn protect, int max_plain)
 {
     Py_buffer data;
     unsigned char buffer[BUFFER_SIZE];
@@ -615,25 +618,71 @@ done:
     return result;
 }
 
+/* One received datagram through ``fn`` with the libsrtp context at address ``ctx``:
+ * the plain packet, or None when it is over BUFFER_SIZE or libsrtp refuses it. */
+static PyObject *
+unprotect_with(PyObject *args, libsrtp_fn fn, const char *format)
+{
+    unsigned long long ctx;
+    Py_buffer data;
+    unsigned char buffer[BUFFER_SIZE];
+    if (!PyArg_ParseTuple(args, format, &ctx, &data)) {
+        return NULL;
+    }
+    if (fn == NULL || ctx == 0) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "no libsrtp context, or configure() not called");
+        return NULL;
+    }
+    int length = -1;
+    if (data.len <= BUFFER_SIZE) {
+        length = (int)data.len;
+        memcpy(buffer, data.buf, (size_t)length);
+        if (fn((void *)(uintptr_t)ctx, buffer, &length) != 0) {
+            length = -1;
+        }
+    }
+    PyBuffer_Release(&data);
+    if (length < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)buffer, length);
+}
+
+static PyObject *
+py_unprotect(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    return unprotect_with(args, unprotect_rtp, "Ky*:unprotect");
+}
+
+static PyObject *
+py_unprotect_rtcp(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    return unprotect_with(args, unprotect_rtcp, "Ky*:unprotect_rtcp");
+}
+
 static PyObject *
 configure(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"protect_rtp", "protect_rtcp", "max_rtp", "max_rtcp", NULL};
-    unsigned long long rtp, rtcp;
+    static char *kwlist[] = {"protect_rtp", "protect_rtcp", "max_rtp", "max_rtcp",
+                             "unprotect_rtp", "unprotect_rtcp", NULL};
+    unsigned long long rtp, rtcp, un_rtp, un_rtcp;
     int max_rtp, max_rtcp;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKii:configure", kwlist, &rtp, &rtcp,
-                                     &max_rtp, &max_rtcp)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKiiKK:configure", kwlist, &rtp, &rtcp,
+                                     &max_rtp, &max_rtcp, &un_rtp, &un_rtcp)) {
         return NULL;
     }
-    if (rtp == 0 || rtcp == 0 || max_rtp <= HEADER_SIZE || max_rtp > BUFFER_SIZE ||
-        max_rtcp <= 8 || max_rtcp > BUFFER_SIZE) {
+    if (rtp == 0 || rtcp == 0 || un_rtp == 0 || un_rtcp == 0 || max_rtp <= HEADER_SIZE ||
+        max_rtp > BUFFER_SIZE || max_rtcp <= 8 || max_rtcp > BUFFER_SIZE) {
         PyErr_SetString(PyExc_ValueError, "invalid libsrtp entry points or sizes");
         return NULL;
     }
-    protect_rtp = (protect_fn)(uintptr_t)rtp;
-    protect_rtcp = (protect_fn)(uintptr_t)rtcp;
+    protect_rtp = (libsrtp_fn)(uintptr_t)rtp;
+    protect_rtcp = (libsrtp_fn)(uintptr_t)rtcp;
     max_rtp_plain = max_rtp;
     max_rtcp_plain = max_rtcp;
+    unprotect_rtp = (libsrtp_fn)(uintptr_t)un_rtp;
+    unprotect_rtcp = (libsrtp_fn)(uintptr_t)un_rtcp;
     Py_RETURN_NONE;
 }
 
@@ -641,8 +690,13 @@ static PyMethodDef module_methods[] = {
     {"fanout", fanout, METH_VARARGS,
      "fanout(tracks, seq, timestamp, marker, payload, keyframe, ntp, abs3): send one "
      "packet to every ready down track; (copies sent, bytes before SRTP, wants keyframe)."},
+    {"unprotect", py_unprotect, METH_VARARGS,
+     "unprotect(ctx, data): the plain RTP packet, or None when libsrtp refuses it."},
+    {"unprotect_rtcp", py_unprotect_rtcp, METH_VARARGS,
+     "unprotect_rtcp(ctx, data): the plain RTCP packet, or None when refused."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
-     "Give libsrtp's protect functions (addresses) and the largest plain packets."},
+     "Give libsrtp's protect and unprotect functions (addresses) and the largest plain "
+     "packets protect can take."},
     {NULL},
 };
 

@@ -1,6 +1,7 @@
-"""The fan-out's per-copy work in Python: what ``hub/_fastpath.c`` does, for a machine
-that could not build it. Same names, same behaviour (tests/test_fastpath.py runs
-both side by side); several times slower per copy."""
+"""The fan-out's per-copy work, and the unprotecting of what publishers send, in
+Python: what ``hub/_fastpath.c`` does, for a machine that could not build it. Same
+names, same behaviour (tests/test_fastpath.py runs both side by side); several times
+slower per copy."""
 
 from __future__ import annotations
 
@@ -15,45 +16,76 @@ _HEADER = struct.Struct("!BBHII")
 _EXTENSION_PROFILE = b"\xbe\xde\x00\x01"
 
 _ffi = cffi.FFI()
-_ffi.cdef("typedef int (*protect_fn)(void *ctx, void *buffer, int *length);")
+_ffi.cdef("typedef int (*libsrtp_fn)(void *ctx, void *buffer, int *length);")
 
 
 class _Libsrtp:
-    """libsrtp's protect functions, as :func:`configure` gave them."""
+    """libsrtp's protect and unprotect functions, as :func:`configure` gave them."""
 
     protect_rtp: Any = None
     protect_rtcp: Any = None
     max_rtp = 0
     max_rtcp = 0
+    unprotect_rtp: Any = None
+    unprotect_rtcp: Any = None
 
 
-def configure(protect_rtp: int, protect_rtcp: int, max_rtp: int, max_rtcp: int) -> None:
-    if not (protect_rtp and protect_rtcp and 12 < max_rtp <= BUFFER_SIZE):
+def configure(
+    protect_rtp: int,
+    protect_rtcp: int,
+    max_rtp: int,
+    max_rtcp: int,
+    unprotect_rtp: int,
+    unprotect_rtcp: int,
+) -> None:
+    if not (protect_rtp and protect_rtcp and unprotect_rtp and unprotect_rtcp):
         raise ValueError("invalid libsrtp entry points or sizes")
-    if not 8 < max_rtcp <= BUFFER_SIZE:
+    if not (12 < max_rtp <= BUFFER_SIZE and 8 < max_rtcp <= BUFFER_SIZE):
         raise ValueError("invalid libsrtp entry points or sizes")
-    _Libsrtp.protect_rtp = _ffi.cast("protect_fn", protect_rtp)
-    _Libsrtp.protect_rtcp = _ffi.cast("protect_fn", protect_rtcp)
+    _Libsrtp.protect_rtp = _ffi.cast("libsrtp_fn", protect_rtp)
+    _Libsrtp.protect_rtcp = _ffi.cast("libsrtp_fn", protect_rtcp)
     _Libsrtp.max_rtp = max_rtp
     _Libsrtp.max_rtcp = max_rtcp
+    _Libsrtp.unprotect_rtp = _ffi.cast("libsrtp_fn", unprotect_rtp)
+    _Libsrtp.unprotect_rtcp = _ffi.cast("libsrtp_fn", unprotect_rtcp)
 
 
 class _Scratch:
-    """One buffer for every protect call: calls run one at a time on the event loop."""
+    """One buffer for every libsrtp call: calls run one at a time on the event loop."""
 
     cdata: Any = _ffi.new("char[]", BUFFER_SIZE)
     view: Any = _ffi.buffer(cdata)
     length: Any = _ffi.new("int *")
 
 
-def _seal(protect: Any, ctx: Any, data: bytes) -> bytes | None:
+def _through(fn: Any, ctx: Any, data: bytes) -> bytes | None:
+    """``data`` (at most :data:`BUFFER_SIZE` bytes) through libsrtp's ``fn`` with
+    ``ctx``: the result, or None when libsrtp refused it."""
     size = len(data)
     _Scratch.view[0:size] = data
     _Scratch.length[0] = size
-    if protect(ctx, _Scratch.cdata, _Scratch.length):
+    if fn(ctx, _Scratch.cdata, _Scratch.length):
         return None
     out: bytes = _Scratch.view[0 : _Scratch.length[0]]
     return out
+
+
+def unprotect(ctx: int, data: bytes) -> bytes | None:
+    """The plain RTP packet in ``data``, or None when libsrtp refuses it."""
+    return _unprotect_with(_Libsrtp.unprotect_rtp, ctx, data)
+
+
+def unprotect_rtcp(ctx: int, data: bytes) -> bytes | None:
+    """The plain RTCP packet in ``data``, or None when libsrtp refuses it."""
+    return _unprotect_with(_Libsrtp.unprotect_rtcp, ctx, data)
+
+
+def _unprotect_with(fn: Any, ctx: int, data: bytes) -> bytes | None:
+    if fn is None or not ctx:
+        raise ValueError("no libsrtp context, or configure() not called")
+    if len(data) > BUFFER_SIZE:
+        return None
+    return _through(fn, _ffi.cast("void *", ctx), data)
 
 
 class SrtpSocket:
@@ -95,7 +127,7 @@ class SrtpSocket:
         """Protected ``data``, or None when this socket is closed or libsrtp refused."""
         if self._ctx is None:
             return None
-        return _seal(protect, self._ctx, data)
+        return _through(protect, self._ctx, data)
 
     def transmit(self, data: bytes) -> None:
         assert self._sock is not None

@@ -46,8 +46,8 @@ from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from hub import fastpath
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
-from hub.fastpath import configure as configure_fastpath
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
@@ -118,7 +118,7 @@ async def check_internals() -> None:
             )
             _require(dtls.transport, ("_connection",))
             _require(dtls.transport._connection, ("_nominated",))
-        _libsrtp_context(Session(policy=None))
+        libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
             "srtp_protect_rtcp",
@@ -127,7 +127,7 @@ async def check_internals() -> None:
         ):
             if not callable(getattr(_srtp_lib, function, None)):
                 raise InternalsChanged(f"pylibsrtp no longer exposes libsrtp's {function}")
-            # hub/_fastpath.c calls the protect functions through this very signature.
+            # hub/_fastpath.c calls these functions through this very signature.
             signature = _srtp_ffi.getctype(_srtp_ffi.typeof(getattr(_srtp_lib, function)))
             if signature != _LIBSRTP_SIGNATURE:
                 raise InternalsChanged(f"libsrtp's {function} is now {signature}")
@@ -212,54 +212,28 @@ def restrict_host_addresses(addresses: list[str]) -> None:
 # --- SRTP ---------------------------------------------------------------------
 
 
-class _SrtpScratch:
-    """The one buffer every direct libsrtp unprotect works in. Calls run on the event
-    loop's thread, one at a time, and their result is copied out at once."""
-
-    __slots__ = ("_buffer", "_cdata", "_length")
-
-    def __init__(self) -> None:
-        self._cdata: Any = _srtp_ffi.new("char[]", _SRTP_BUFFER)
-        self._buffer: Any = _srtp_ffi.buffer(self._cdata)
-        self._length: Any = _srtp_ffi.new("int *")
-
-    def run(self, unprotect: Any, srtp: Any, data: bytes) -> bytes | None:
-        """``unprotect`` (libsrtp's, for RTP or RTCP) on a copy of ``data``: the plain
-        packet, or None when ``data`` is too long or libsrtp refused it."""
-        size = len(data)
-        if size > _SRTP_BUFFER:
-            return None
-        self._buffer[0:size] = data
-        length = self._length
-        length[0] = size
-        if unprotect(srtp, self._cdata, length):
-            return None
-        out: bytes = self._buffer[0 : length[0]]
-        return out
-
-
 class _Unprotector:
     """Stands where a DTLS transport keeps its receiving SRTP session: pylibsrtp's
     ``unprotect`` allocates and checks on every call, and raises ``ValueError`` for a
     datagram over 1,500 bytes, which ends the transport's receive loop: one
     oversized datagram from anywhere would cut a publisher off. Here libsrtp is
-    called directly, and every refusal is the ``pylibsrtp.Error`` aiortc catches
-    and drops."""
+    called through the fast path, and every refusal is the ``pylibsrtp.Error``
+    aiortc catches and drops."""
 
-    __slots__ = ("_session", "_srtp")
+    __slots__ = ("_ctx", "_session")
 
     def __init__(self, session: Session) -> None:
         self._session = session  # owns the libsrtp context
-        self._srtp: Any = _libsrtp_context(session)
+        self._ctx = libsrtp_context_address(session)
 
     def unprotect(self, data: bytes) -> bytes:
-        return self._process(data, _srtp_lib.srtp_unprotect)
+        return self._refused(data, fastpath.unprotect(self._ctx, data))
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
-        return self._process(data, _srtp_lib.srtp_unprotect_rtcp)
+        return self._refused(data, fastpath.unprotect_rtcp(self._ctx, data))
 
-    def _process(self, data: bytes, unprotect: Any) -> bytes:
-        plain = _scratch.run(unprotect, self._srtp, data)
+    @staticmethod
+    def _refused(data: bytes, plain: bytes | None) -> bytes:
         if plain is None:
             raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
         return plain
@@ -646,31 +620,32 @@ def aim_srtp_socket(
 ) -> None:
     """Send through ``srtp_socket`` with ``session``'s libsrtp context, from ``sock``
     to ``(host, port)``."""
-    ctx = int(_srtp_ffi.cast("uintptr_t", _libsrtp_context(session)))
-    srtp_socket.aim(ctx, session, sock, host, port)
+    srtp_socket.aim(libsrtp_context_address(session), session, sock, host, port)
 
 
-def _libsrtp_context(session: Session) -> Any:
-    """The libsrtp context a pylibsrtp session wraps (valid while ``session`` lives)."""
+def libsrtp_context_address(session: Session) -> int:
+    """The address of the libsrtp context a pylibsrtp session wraps, as the fast path
+    takes it (valid while ``session`` lives)."""
     _require(session, ("_srtp",))
-    return session._srtp[0]
+    return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
 
 
 _CONNECTED = State.CONNECTED
-_SRTP_BUFFER = BUFFER_SIZE
-_SRTP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_TRAILER_LEN
-_SRTCP_MAX_PLAIN = _SRTP_BUFFER - SRTP_MAX_SRTCP_TRAILER_LEN
-_scratch = _SrtpScratch()
+_SRTP_MAX_PLAIN = BUFFER_SIZE - SRTP_MAX_TRAILER_LEN
+_SRTCP_MAX_PLAIN = BUFFER_SIZE - SRTP_MAX_SRTCP_TRAILER_LEN
 
 
 def libsrtp_entry_points() -> dict[str, int]:
-    """What :func:`hub.fastpath.configure` takes: libsrtp's protect functions (their
-    addresses in pylibsrtp's build) and the largest plain packets they can take."""
+    """What :func:`hub.fastpath.configure` takes: libsrtp's protect and unprotect
+    functions (their addresses in pylibsrtp's build) and the largest plain packets
+    protect can take."""
     return {
         "protect_rtp": _address_of("srtp_protect"),
         "protect_rtcp": _address_of("srtp_protect_rtcp"),
         "max_rtp": _SRTP_MAX_PLAIN,
         "max_rtcp": _SRTCP_MAX_PLAIN,
+        "unprotect_rtp": _address_of("srtp_unprotect"),
+        "unprotect_rtcp": _address_of("srtp_unprotect_rtcp"),
     }
 
 
@@ -679,4 +654,4 @@ def _address_of(function: str) -> int:
 
 
 # The fan-out sends through libsrtp from the moment anything can send.
-configure_fastpath(**libsrtp_entry_points())
+fastpath.configure(**libsrtp_entry_points())

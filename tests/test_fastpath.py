@@ -1,6 +1,7 @@
 """The fan-out's C path (hub/_fastpath.c) and its Python twin (hub/_fastpath_py.py)
 held to the same behaviour: the same script of packets through both, over real
-SRTP on loopback, must leave the same packets on the wire and the same state."""
+SRTP on loopback, must leave the same packets on the wire and the same state; the
+same protected datagrams, unprotected by both, must give the same plain packets."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 from aiortc.rtp import RtpPacket
+from pylibsrtp import Policy, Session
 
 from hub import _fastpath_py, fastpath
-from hub.aiortc_internals import libsrtp_entry_points
+from hub.aiortc_internals import libsrtp_context_address, libsrtp_entry_points
 from hub.client import HubClient
 from tests.browser.conftest import HubProcess
 from tests.helpers import REPLAYED, NoisyVideo, SrtpWire, first_track
@@ -136,6 +138,50 @@ def test_c_and_python_send_the_same_packets_and_keep_the_same_state(seed: int) -
     assert all(len(p.payload) <= 1200 for p in packets)
 
 
+def unprotect_script(impl: ModuleType, seed: int) -> list[tuple[bytes, bytes | None]]:
+    """Protect a reproducible stream of RTP and RTCP packets with pylibsrtp, damage,
+    replay or pad some, and unprotect each with ``impl``: (plain sent, what came out)."""
+    rng = random.Random(seed)
+    key = rng.randbytes(30)
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    ctx = libsrtp_context_address(rx)
+    sent: list[bytes] = []
+    outcome: list[tuple[bytes, bytes | None]] = []
+    for seq in range(300):
+        rtcp = rng.random() < 0.2
+        if rtcp:  # a receiver report: V=2, RC=0, PT=201, length 1, sender SSRC
+            plain = bytes.fromhex("80c90001") + rng.randbytes(4)
+            datagram = tx.protect_rtcp(plain)
+        else:
+            header = bytes([0x80, 96]) + seq.to_bytes(2, "big") + rng.randbytes(8)
+            plain = header + rng.randbytes(rng.choice((1, 160, 1100, 1300)))
+            datagram = tx.protect(plain)
+        roll = rng.random()
+        if roll < 0.05:  # damaged on the way: authentication fails
+            i = rng.randrange(len(datagram))
+            datagram = datagram[:i] + bytes([datagram[i] ^ 0x40]) + datagram[i + 1 :]
+        elif roll < 0.1 and sent:  # a replay of an earlier datagram
+            datagram = rng.choice(sent)
+        elif roll < 0.13:  # over the largest datagram the hub takes
+            datagram += bytes(1501 - len(datagram))
+        sent.append(datagram)
+        out = impl.unprotect_rtcp(ctx, datagram) if rtcp else impl.unprotect(ctx, datagram)
+        outcome.append((plain, out))
+    return outcome
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_c_and_python_unprotect_alike(seed: int) -> None:
+    c = unprotect_script(native(), seed)
+    assert c == unprotect_script(_fastpath_py, seed)
+    accepted = [plain for plain, out in c if out == plain]
+    refused = [plain for plain, out in c if out is None]
+    # Every packet came out as sent or not at all, and the script had both kinds.
+    assert len(accepted) + len(refused) == len(c)
+    assert len(refused) >= 10 and len(accepted) >= 200
+
+
 @pytest.mark.parametrize("impl_name", ["native", "python"])
 def test_bad_arguments_are_refused_with_clear_errors(impl_name: str) -> None:
     impl = native() if impl_name == "native" else _fastpath_py
@@ -148,6 +194,8 @@ def test_bad_arguments_are_refused_with_clear_errors(impl_name: str) -> None:
     assert not srtp_socket.open and not srtp_socket.send(b"\x80" * 20)
     with pytest.raises(ValueError, match="numeric"):
         SrtpWire(srtp_socket).srtp_socket.aim(1, None, _udp(), "localhost", 9)
+    with pytest.raises(ValueError, match="libsrtp context"):
+        impl.unprotect(0, b"\x80" * 20)
     if impl_name == "native":
         with pytest.raises(TypeError):
             impl.fanout([object()], 1, 1, 0, b"x", True, 0, b"abc")
