@@ -227,13 +227,13 @@ class _Unprotector:
         self._ctx = libsrtp_context_address(session)
 
     def unprotect(self, data: bytes) -> bytes:
-        return self._refused(data, fastpath.unprotect(self._ctx, data))
+        return self._plain(data, fastpath.unprotect(self._ctx, data))
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
-        return self._refused(data, fastpath.unprotect_rtcp(self._ctx, data))
+        return self._plain(data, fastpath.unprotect_rtcp(self._ctx, data))
 
     @staticmethod
-    def _refused(data: bytes, plain: bytes | None) -> bytes:
+    def _plain(data: bytes, plain: bytes | None) -> bytes:
         if plain is None:
             raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
         return plain
@@ -653,5 +653,5 @@ def _address_of(function: str) -> int:
     return int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, function)))
 
 
-# The fan-out sends through libsrtp from the moment anything can send.
+# The fast path protects and unprotects through libsrtp from the first packet on.
 fastpath.configure(**libsrtp_entry_points())
