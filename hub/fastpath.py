@@ -15,42 +15,26 @@ from typing import TYPE_CHECKING
 
 # Type checking sees the Python twin: the C module has the same names and signatures.
 if TYPE_CHECKING or os.environ.get("HUB_FASTPATH", "c") == "python":
-    from hub._fastpath_py import (
-        BUFFER_SIZE,
-        DownTrackCore,
-        SrtpSocket,
-        configure,
-        fanout,
-        unprotect,
-        unprotect_rtcp,
-    )
+    import hub._fastpath_py as _impl
 
     NATIVE = False
 else:
     try:
-        from hub._fastpath import (
-            BUFFER_SIZE,
-            DownTrackCore,
-            SrtpSocket,
-            configure,
-            fanout,
-            unprotect,
-            unprotect_rtcp,
-        )
+        import hub._fastpath as _impl
 
         NATIVE = True
     except ImportError:
-        from hub._fastpath_py import (
-            BUFFER_SIZE,
-            DownTrackCore,
-            SrtpSocket,
-            configure,
-            fanout,
-            unprotect,
-            unprotect_rtcp,
-        )
+        import hub._fastpath_py as _impl
 
         NATIVE = False
+
+BUFFER_SIZE = _impl.BUFFER_SIZE
+DownTrackCore = _impl.DownTrackCore
+SrtpSocket = _impl.SrtpSocket
+configure = _impl.configure
+fanout = _impl.fanout
+unprotect = _impl.unprotect
+unprotect_rtcp = _impl.unprotect_rtcp
 
 __all__ = [
     "BUFFER_SIZE",
