@@ -146,14 +146,12 @@ srtp_socket_close(SrtpSocket *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Protect ``length`` plain bytes already in ``buffer``; the protected length, or -1. */
+/* Run libsrtp's ``fn`` with context ``ctx`` on the ``length`` bytes in ``buffer``, in
+ * place: the resulting length, or -1 when there is no context or libsrtp refused. */
 static int
-seal(SrtpSocket *self, libsrtp_fn protect, unsigned char *buffer, int length)
+through(void *ctx, libsrtp_fn fn, unsigned char *buffer, int length)
 {
-    if (self->ctx == NULL) {
-        return -1;
-    }
-    if (protect(self->ctx, buffer, &length) != 0) {
+    if (ctx == NULL || fn(ctx, buffer, &length) != 0) {
         return -1;
     }
     return length;
@@ -178,7 +176,7 @@ srtp_socket_send_with(SrtpSocket *self, PyObject *arg, libsrtp_fn protect, int m
     int length = -1;
     if (data.len <= max_plain) {
         memcpy(buffer, data.buf, (size_t)data.len);
-        length = seal(self, protect, buffer, (int)data.len);
+        length = through(self->ctx, protect, buffer, (int)data.len);
     }
     PyBuffer_Release(&data);
     if (length < 0) {
@@ -400,7 +398,7 @@ down_seal(DownTrackCore *self, SrtpSocket *target, unsigned char *buffer, uint16
         memcpy(buffer + 17, abs3, 3);
     }
     memcpy(buffer + header, payload, (size_t)size);
-    int length = seal(target, protect_rtp, buffer, header + (int)size);
+    int length = through(target->ctx, protect_rtp, buffer, header + (int)size);
     if (length < 0) {
         return -1;
     }
@@ -636,11 +634,8 @@ unprotect_with(PyObject *args, libsrtp_fn fn, const char *format)
     }
     int length = -1;
     if (data.len <= BUFFER_SIZE) {
-        length = (int)data.len;
-        memcpy(buffer, data.buf, (size_t)length);
-        if (fn((void *)(uintptr_t)ctx, buffer, &length) != 0) {
-            length = -1;
-        }
+        memcpy(buffer, data.buf, (size_t)data.len);
+        length = through((void *)(uintptr_t)ctx, fn, buffer, (int)data.len);
     }
     PyBuffer_Release(&data);
     if (length < 0) {
