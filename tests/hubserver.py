@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,13 +20,28 @@ from hub.tokens import Role, TokenSigner, grant_for_role
 from web.app import create_app
 
 SECRET = "test-secret-0123456789abcdef0123"
+FIRST_TEST_PORT = 20000
+"""Above the registered ports that services on this machine kind use (PostgreSQL 5432,
+Redis 6379, RabbitMQ 5672 and the like)."""
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port free for both TCP and UDP, below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) lies in the ephemeral range, where any
+    outgoing connection of the suite may take it before the server under test binds
+    it: a CI run lost coturn's TCP listener that way. Ports below the range are only
+    ever taken by an explicit bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(FIRST_TEST_PORT, low), 100):
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         return port
+    raise RuntimeError(f"no free loopback port in {FIRST_TEST_PORT}-{low - 1}")
 
 
 @dataclass

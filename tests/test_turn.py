@@ -26,6 +26,7 @@ from aiortc import (
 )
 
 from tests.conftest import missing_service
+from tests.hubserver import free_port
 
 CONF = Path(__file__).resolve().parent.parent / "deploy" / "turnserver.conf"
 HUB_ADDRESS = "10.0.0.5"
@@ -38,13 +39,6 @@ class Turn:
     port: int
     username: str
     password: str
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def loopback_config(port: int, workdir: Path) -> tuple[str, str]:
