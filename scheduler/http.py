@@ -6,6 +6,7 @@ come in either with an offset or as Asia/Shanghai wall-clock time.
 No ``from __future__ import annotations`` here: FastAPI must see the route-local
 ``AccountDep`` alias when it reads the signatures."""
 
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -167,9 +168,21 @@ def _check_site_change(account: Account, tree: SiteTree, site: Site) -> Refusal:
     return refusal
 
 
-def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
-    """The routes under ``/api``: login, ``/sites``, ``/sessions``, ``/accounts``."""
+def scheduler_router(
+    auth: Auth,
+    sites: Sites,
+    schedule: Schedule,
+    on_schedule_change: Callable[[], None] | None = None,
+) -> APIRouter:
+    """The routes under ``/api``: login, ``/sites``, ``/sessions``, ``/accounts``.
+    ``on_schedule_change`` is called after a session is created or cancelled here (the
+    runner's :meth:`~scheduler.runner.Runner.wake`)."""
     router = APIRouter(prefix="/api", tags=["scheduler"])
+
+    def changed() -> None:
+        if on_schedule_change is not None:
+            on_schedule_change()
+
     AccountDep = Annotated[Account, Depends(auth.current_account)]
 
     async def visible_session(account: Account, session_id: int) -> tuple[Session, SiteTree]:
@@ -363,6 +376,7 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
             )
         except ValueError as exc:
             return _refuse(str(exc))
+        changed()
         return session_json(session)
 
     @router.get("/sessions")
@@ -384,6 +398,8 @@ def scheduler_router(auth: Auth, sites: Sites, schedule: Schedule) -> APIRouter:
     async def cancel_session(account: AccountDep, session_id: int) -> dict[str, Any]:
         session, tree = await visible_session(account, session_id)
         require(check_cancel_session(account.actor, tree, session.host, session.audience))
-        return session_json(await schedule.cancel(session_id))
+        cancelled = await schedule.cancel(session_id)
+        changed()
+        return session_json(cancelled)
 
     return router

@@ -87,7 +87,11 @@ class RunnerConfig:
     grace: timedelta = timedelta(minutes=5)
     """Rooms close this long after the end (lectures overrun)."""
     tick: float = 1.0
-    """Seconds between two looks at the schedule."""
+    """Seconds before a refused lease or a failed step is tried again."""
+    poll_interval: float = 5.0
+    """Most seconds between two looks at the schedule while nothing is due: bounds how
+    late a change made on another node is noticed (changes made here call
+    :meth:`Runner.wake`, and the runner wakes by itself when a step falls due)."""
     lease_ttl: float = 10.0
     """Seconds a lease lasts; it is renewed every third of that."""
 
@@ -141,6 +145,10 @@ class Runner:
         self._config = config or RunnerConfig()
         self._held_until: datetime | None = None
         self._renew_at: datetime | None = None
+        self._act_at: datetime | None = None
+        """When to look at the schedule next; None: at the next tick."""
+        self._changes = 0
+        self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -163,21 +171,47 @@ class Runner:
             self._held_until = self._renew_at = None
             await self._lease.release_lease(LEASE_NAME, self.holder)
 
+    def wake(self) -> None:
+        """The schedule changed on this node: look at it now, not at the next poll."""
+        self._changes += 1
+        self._act_at = None
+        self._woken.set()
+
     async def _run(self) -> None:
         while True:
+            self._woken.clear()
             try:
-                await self.tick()
+                wake_at = await self.tick()
             except Exception:
                 logger.exception("scheduler runner tick failed")
-            await self._clock.sleep(self._config.tick)
+                wake_at = self._clock.now() + timedelta(seconds=self._config.tick)
+            await self._sleep_until(wake_at)
 
-    async def tick(self) -> None:
-        """Renew the lease when due, then act if it is held."""
+    async def _sleep_until(self, when: datetime) -> None:
+        seconds = max(0.0, (when - self._clock.now()).total_seconds())
+        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._woken.wait())
+        try:
+            await asyncio.wait((sleep, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            woken.cancel()
+
+    async def tick(self) -> datetime:
+        """Renew the lease when due, then act if it is held and something may be due.
+        Returns when the next tick is needed."""
         now = self._clock.now()
         if self._renew_at is None or now >= self._renew_at:
             await self._renew(now)
-        if self.leading:
-            await self.act(now)
+        if self.leading and (self._act_at is None or now >= self._act_at):
+            changes = self._changes
+            act_at = await self.act(now)
+            # A change made while acting may not have been read: look again at once.
+            self._act_at = act_at if changes == self._changes else None
+        assert self._renew_at is not None  # set by _renew
+        if self.leading and self._act_at is not None:
+            return min(self._renew_at, self._act_at)
+        return self._renew_at
 
     async def _renew(self, now: datetime) -> None:
         ttl = self._config.lease_ttl
@@ -187,6 +221,8 @@ class Runner:
             logger.exception("scheduler runner could not renew its lease")
             held = False
         if held:
+            if not self.leading:
+                self._act_at = None  # newly the holder: what is due is unknown
             # Act only within the first 80% of the lease: the store's clock decides.
             self._held_until = now + timedelta(seconds=ttl * 0.8)
             self._renew_at = now + timedelta(seconds=ttl / 3)
@@ -196,13 +232,18 @@ class Runner:
             self._held_until = None
             self._renew_at = now + timedelta(seconds=self._config.tick)
 
-    async def act(self, now: datetime) -> None:
-        """Do every step due at ``now`` that is not recorded as done."""
+    async def act(self, now: datetime) -> datetime:
+        """Do every step due at ``now`` that is not recorded as done. Returns when the
+        schedule must be looked at again: the next instant a step of an occurrence in
+        view falls due, sooner after a failed step, at the latest after the poll
+        interval."""
         config = self._config
+        poll = timedelta(seconds=config.poll_interval)
         tree = await self._sites.tree()
-        # A wider window than needed (both ends included, whatever the tick): due_steps
-        # decides what happens.
-        margin = timedelta(minutes=1)
+        # A wider window than needed (both ends included, whatever the poll interval):
+        # due_steps decides what happens, and nothing outside it can fall due before
+        # the next look.
+        margin = timedelta(minutes=1) + poll
         window = await self._schedule.overlapping(
             tree, now - config.grace - margin, now + config.lead + margin, cancelled=True
         )
@@ -215,20 +256,28 @@ class Runner:
                 occurrence = Occurrence(key[1], key[1] + (session.end - session.start))
                 sites = frozenset(session.audience.sites(tree))
                 infos[key] = occurrence_info(session, occurrence, sites)
+        next_look = now + poll
         for key, info in sorted(infos.items()):
-            await self._advance(info, now, done.get(key, set()))
+            if not await self._advance(info, now, done.get(key, set())):
+                next_look = min(next_look, now + timedelta(seconds=config.tick))
+            for moment in (info.start - config.lead, info.start, info.end + config.grace):
+                if now < moment < next_look:
+                    next_look = moment
+        return next_look
 
-    async def _advance(self, info: SessionInfo, now: datetime, done: set[Step]) -> None:
+    async def _advance(self, info: SessionInfo, now: datetime, done: set[Step]) -> bool:
+        """Do the due steps in order; False when one failed (the rest wait for it)."""
         for step in due_steps(info, now, done, self._config):
             if not self.leading:
-                return
+                return True  # the next holder takes over
             try:
                 await self._do(step, info)
             except Exception:
                 logger.exception("step %s of room %s failed; retrying later", step, info.room)
-                return
+                return False
             await self._record(info, step)
             done.add(step)
+        return True
 
     async def _do(self, step: Step, info: SessionInfo) -> None:
         rooms = self._rooms

@@ -52,6 +52,11 @@ class Api:
     auth: Auth
     clock: FakeMonotonic
     engine: AsyncEngine
+    schedule_changes: int = 0
+    """Calls of the router's ``on_schedule_change``."""
+
+    def schedule_changed(self) -> None:
+        self.schedule_changes += 1
 
     def anonymous(
         self, base_url: str = "http://test", address: str = "127.0.0.1"
@@ -81,8 +86,9 @@ async def api_fixture(engine: AsyncEngine) -> AsyncIterator[Api]:
     clock = FakeMonotonic()
     auth = Auth(accounts, LoginLimiter(clock=clock))
     app = FastAPI()
-    app.include_router(scheduler_router(auth, sites, Schedule(engine)))
-    yield Api(app, auth, clock, engine)
+    api = Api(app, auth, clock, engine)
+    app.include_router(scheduler_router(auth, sites, Schedule(engine), api.schedule_changed))
+    yield api
 
 
 async def test_passwords_are_argon2_hashed_and_verified(engine: AsyncEngine) -> None:

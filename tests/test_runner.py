@@ -4,14 +4,16 @@ restarts, one actor per lease; and the webhook notifier against a real local ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler.recurrence import LOCAL_ZONE, Recurrence, Repeat
@@ -36,12 +38,13 @@ from scheduler.schedule import (
 )
 from scheduler.seed import load_seed
 from scheduler.sites import Sites
+from scheduler.tables import runner_steps
 from tests.helpers import wait_until
 from tests.test_sites import engine_fixture  # noqa: F401  (fixture import)
 
 T = datetime(2026, 3, 2, 9, 0, tzinfo=LOCAL_ZONE).astimezone(UTC)  # a Monday, 09:00 local
 MIN = timedelta(minutes=1)
-CONFIG = RunnerConfig(lead=10 * MIN, grace=5 * MIN, tick=1.0, lease_ttl=9.0)
+CONFIG = RunnerConfig(lead=10 * MIN, grace=5 * MIN, tick=1.0, poll_interval=5.0, lease_ttl=9.0)
 
 
 class FakeClock:
@@ -56,8 +59,13 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._now + timedelta(seconds=seconds), future))
-        await future
+        sleeper = (self._now + timedelta(seconds=seconds), future)
+        self._sleepers.append(sleeper)
+        try:
+            await future
+        finally:  # a sleep cut short (the runner was woken) is no sleeper any more
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
 
     def set(self, now: datetime) -> None:
         self._now = now
@@ -146,14 +154,17 @@ class World:
     lease: FakeLease
     schedule: Schedule
 
-    def runner(self, holder: str = "node-a") -> tuple[Runner, Rooms, Notices]:
+    def runner(
+        self, holder: str = "node-a", config: RunnerConfig = CONFIG
+    ) -> tuple[Runner, Rooms, Notices]:
         rooms, notices = Rooms(), Notices()
-        runner = Runner(self.engine, rooms, notices, self.lease, holder, self.clock, CONFIG)
+        runner = Runner(self.engine, rooms, notices, self.lease, holder, self.clock, config)
         return runner, rooms, notices
 
     async def add(
         self,
         *,
+        start: datetime = T,
         record: bool = True,
         publish: bool = True,
         recurrence: Recurrence | None = None,
@@ -165,8 +176,8 @@ class World:
             theme=Theme.THEORY,
             host="C",
             audience=audience or Audience(AudienceKind.SUBTREES, ("I01",)),
-            start=T,
-            end=T + timedelta(hours=1),
+            start=start,
+            end=start + timedelta(hours=1),
             recurrence=recurrence,
             options=SessionOptions(record=record, publish=publish),
         )
@@ -309,6 +320,67 @@ async def test_each_occurrence_of_a_series_gets_its_own_room(world: World) -> No
     day1, day2 = room_name(session_id, T), room_name(session_id, T + timedelta(days=1))
     assert day2 == f"s{session_id}-202603030900"
     assert rooms.calls == [("open", day1), ("close", day1), ("open", day2), ("close", day2)]
+
+
+@contextlib.contextmanager
+def schedule_reads(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SELECTs on the runner's steps table while in the block: one per look at the
+    schedule (``Runner.act`` reads it once)."""
+    reads: list[str] = []
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and runner_steps.name in statement:
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before_execute)
+    try:
+        yield reads
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", before_execute)
+
+
+async def test_an_idle_runner_reads_the_schedule_once_per_poll_interval(world: World) -> None:
+    await world.add()  # at T; nothing is due for the next 50 minutes
+    runner, rooms, _ = world.runner()
+    with schedule_reads(world.engine) as reads:
+        runner.start()
+        await world.clock.settle(1)
+        for second in range(1, 61):
+            world.clock.set(T - timedelta(hours=1, seconds=-second))
+            await world.clock.settle(1)
+        await runner.stop()
+    # Sixty ticks of a second: the lease is renewed every 3 s, the schedule read at
+    # the start and then every 5 s, not every tick.
+    assert len(reads) == 1 + 60 // 5 and rooms.calls == []
+
+
+async def test_a_runner_wakes_when_a_step_falls_due_and_when_told(world: World) -> None:
+    session_id = await world.add()
+    room = room_name(session_id, T)
+    # Polling an hour apart: only the steps' own times and wake() bring the runner round.
+    runner, rooms, _ = world.runner(config=replace(CONFIG, poll_interval=3600.0))
+    runner.start()
+    await world.clock.settle(1)
+    for when, expected in [
+        (T - 10 * MIN - timedelta(seconds=1), []),
+        (T - 10 * MIN, [("open", room)]),
+        (T - timedelta(seconds=1), [("open", room)]),
+        (T, [("open", room), ("start_recording", room)]),
+    ]:
+        world.clock.set(when)
+        await world.clock.settle(1)
+        assert rooms.calls == expected, when
+
+    # A session scheduled on another node (or straight into the database) due at once:
+    # not seen before the next poll...
+    soon = room_name(await world.add(start=T + 5 * MIN, record=False, publish=False), T + 5 * MIN)
+    world.clock.set(T + timedelta(seconds=4))  # the lease is renewed meanwhile
+    await world.clock.settle(1)
+    assert ("open", soon) not in rooms.calls
+    # ...but scheduled here, the API wakes the runner, and the clock need not move.
+    runner.wake()
+    await wait_until(lambda: None if ("open", soon) in rooms.calls else f"{soon} not open")
+    await runner.stop()
 
 
 async def test_two_runners_one_lease_only_the_holder_acts(world: World) -> None:

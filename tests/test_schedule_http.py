@@ -185,6 +185,7 @@ async def test_scheduling_over_http_within_permissions(api: Api) -> None:
         "/api/sessions", json=session_body(start="2026-03-02T01:00:00Z", end="2026-03-02T02:00:00Z")
     )
     assert utc.json()["start"] == "2026-03-02T09:00:00+08:00"
+    assert api.schedule_changes == 2  # each new session wakes the runner
 
     refusals = [
         (
@@ -221,6 +222,7 @@ async def test_scheduling_over_http_within_permissions(api: Api) -> None:
         "/api/sessions", json=session_body(host="C", audience={"kind": "everyone"})
     )
     assert county.status_code == 201
+    assert api.schedule_changes == 3  # refusals changed nothing
     for client in (inst1, admin):
         await client.aclose()
 
@@ -258,8 +260,10 @@ async def test_who_sees_and_cancels_which_session(api: Api) -> None:
     inst1 = await api.client("inst1")
     refused = await inst1.post(f"/api/sessions/{ids['county']}/cancel")
     assert refused.status_code == 403 and refused.json()["detail"].startswith("cannot cancel")
+    assert api.schedule_changes == 4  # the four sessions created; no refusal counts
     cancelled = await inst1.post(f"/api/sessions/{ids['i01']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert api.schedule_changes == 5
     for client in (admin, sta1, inst1):
         await client.aclose()
 

@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(
         library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
     )
-    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine), runner.wake))
     app.include_router(
         command_router(auth=auth, center=command, issue_token=hub_token_issuer(hub.signer))
     )
