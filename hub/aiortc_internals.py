@@ -17,13 +17,13 @@ import queue
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
 import pylibsrtp
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.codecs import CODECS
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
+from aiortc.codecs import CODECS, is_rtx
 from aiortc.rtcconfiguration import RTCConfiguration
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
@@ -31,6 +31,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
@@ -40,6 +41,7 @@ from aiortc.rtp import (
     RtcpSourceInfo,
     RtcpSrPacket,
     RtpPacket,
+    is_rtcp,
     pack_remb_fci,
 )
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
@@ -66,6 +68,23 @@ _RECEIVER_ATTRS = (
     "_RTCRtpReceiver__rtcp_ssrc",
     "_send_rtcp",
     "_RTCRtpReceiver__jitter_buffer",
+    "_enabled",
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__active_ssrc",
+    "_send_rtcp_nack",
+)
+_DTLS_ATTRS = (
+    "_tx_srtp",
+    "_rx_srtp",
+    "_state",
+    "_send_rtp",
+    "_setup_srtp",
+    "_handle_rtp_data",
+    "_rtp_router",
+    "_rtp_header_extensions_map",
+    "_RTCDtlsTransport__rx_bytes",
+    "_RTCDtlsTransport__rx_packets",
 )
 _SENDER_ATTRS = (
     "_ssrc",
@@ -112,12 +131,12 @@ async def check_internals() -> None:
             _require(transceiver.receiver, _RECEIVER_ATTRS)
             _require(transceiver.sender, _SENDER_ATTRS)
             dtls = transceiver.sender.transport
-            _require(
-                dtls,
-                ("_tx_srtp", "_rx_srtp", "_state", "_send_rtp", "_setup_srtp", "_handle_rtp_data"),
-            )
+            _require(dtls, _DTLS_ATTRS)
+            _require(dtls._rtp_router, ("ssrc_table", "payload_type_table"))
             _require(dtls.transport, ("_connection",))
-            _require(dtls.transport._connection, ("_nominated",))
+            _require(dtls.transport._connection, ("_nominated", "_queue"))
+        if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
+            raise InternalsChanged("aioice.ice.StunProtocol.datagram_received is gone")
         libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
@@ -334,19 +353,31 @@ def drop_received(pc: RTCPeerConnection, lost: Callable[[bytes], bool]) -> None:
     """Make a client's link lossy, for tests of weak links: each RTP packet ``pc``
     receives for which ``lost(packet)`` is true (given the plain packet) is dropped
     as if the network had lost it; its receiver sees the gap and NACKs it."""
-    transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}
-    for dtls in transports.values():
-        handle: Callable[[bytes, int], Awaitable[None]] = dtls._handle_rtp_data
+    _drop([t.receiver.transport for t in pc.getTransceivers()], "_handle_rtp_data", lost)
+
+
+def drop_sent(pc: RTCPeerConnection, lost: Callable[[bytes], bool]) -> None:
+    """Make a client's uplink lossy, for tests of weak links: each RTP or RTCP packet
+    ``pc`` sends for which ``lost(packet)`` is true (given the plain packet) is not
+    sent, as if the network had lost it."""
+    _drop([t.sender.transport for t in pc.getTransceivers()], "_send_rtp", lost)
+
+
+def _drop(transports: list[RTCDtlsTransport], method: str, lost: Callable[[bytes], bool]) -> None:
+    """Wrap a packet method (plain packet first) of each transport, once each."""
+    for dtls in {id(t): t for t in transports}.values():
+        original: Callable[..., Awaitable[None]] = getattr(dtls, method)
 
         async def lossy(
             data: bytes,
-            arrival_time_ms: int,
-            handle: Callable[[bytes, int], Awaitable[None]] = handle,
+            *args: Any,
+            original: Callable[..., Awaitable[None]] = original,
+            **kwargs: Any,
         ) -> None:
             if not lost(data):
-                await handle(data, arrival_time_ms)
+                await original(data, *args, **kwargs)
 
-        setattr(dtls, "_handle_rtp_data", lossy)  # noqa: B010
+        setattr(dtls, method, lossy)
 
 
 class ReceiverTap:
@@ -359,10 +390,15 @@ class ReceiverTap:
         on_frame: FrameCallback | None = None,
         *,
         bypass: bool = False,
+        spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
     ) -> None:
         """With ``bypass`` every packet goes straight to ``on_rtp`` and nothing else:
         no statistics, no RTCP reports, no NACKs, no RTX unwrapping, no frames. For
-        load generators, whose own losses must not turn into retransmissions."""
+        load generators, whose own losses must not turn into retransmissions.
+
+        With ``spawn`` (which runs a coroutine as a task someone owns) the receiver's
+        media takes the direct path (:class:`_DirectReceive`), and its NACKs are sent
+        through ``spawn``."""
         _require(receiver, _RECEIVER_ATTRS)
         if bypass:
 
@@ -379,6 +415,48 @@ class ReceiverTap:
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)
         setattr(receiver, jitter, self._jitter)
+        self.packets_direct = 0
+        """Packets that took the direct path (the rest took aiortc's)."""
+        if spawn is not None:
+            self._spawn = spawn
+            self._codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RECEIVER_ATTRS[8])
+            self._streams: dict[int, StreamStatistics] = getattr(receiver, _RECEIVER_ATTRS[9])
+            self._active: dict[int, Any] = getattr(receiver, _RECEIVER_ATTRS[10])
+            _DirectReceive.of(receiver.transport).taps[receiver] = self
+
+    def receive(self, data: bytes, dtls: RTCDtlsTransport) -> bool:
+        """One SRTP datagram routed to this receiver, still encrypted. Does what
+        aiortc's receive path would, short of depayloading and assembling frames, and
+        returns True; or returns False, having done nothing, when aiortc must."""
+        receiver = self._receiver
+        payload_type = data[1] & 0x7F
+        codec = self._codecs.get(payload_type)
+        if (
+            codec is None
+            or is_rtx(codec)  # aiortc unwraps retransmissions
+            or self._jitter.wanted  # frames for a recorder or live HLS
+            or not receiver._enabled
+            or getattr(receiver, _RECEIVER_ATTRS[3]) is not None  # its own REMB estimate
+            or receiver not in dtls._rtp_router.payload_type_table.get(payload_type, ())
+        ):
+            return False
+        try:
+            plain = dtls._rx_srtp.unprotect(data)
+            packet = RtpPacket.parse(plain, dtls._rtp_header_extensions_map)
+        except (pylibsrtp.Error, ValueError):
+            return True  # refused or malformed: aiortc drops it too
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        ssrc = packet.ssrc
+        self._active[ssrc] = clock.current_datetime()
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)  # what the receiver reports are made of
+        self.packets_direct += 1
+        if self._packets.add(packet):
+            self._spawn(receiver._send_rtcp_nack(ssrc, sorted(self._packets.missing)))
+        return True
 
     def announce_bandwidth(self) -> None:
         """Stop aiortc's own receive-side estimate: it ramps a browser up over tens of
@@ -406,6 +484,59 @@ class ReceiverTap:
     async def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI to the publisher for ``media_ssrc``."""
         await self._receiver._send_rtcp_pli(media_ssrc)
+
+
+class _DirectReceive:
+    """The hub's receive path for one DTLS transport's media: each SRTP datagram goes
+    from aioice's datagram callback through its receiver's tap to the fan-out in one
+    call. aiortc's own path queues it, wakes a task, runs a chain of coroutines and
+    depayloads every packet: a fifth of a publisher-only hub's CPU (bench/README.md).
+    Whatever a tap declines (RTX, frames wanted, unknown SSRC) takes aiortc's path,
+    still encrypted, as do DTLS, STUN and RTCP."""
+
+    __slots__ = ("_dtls", "_queue", "taps")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        connection = dtls.transport._connection
+        self._queue: asyncio.Queue[Any] = connection._queue
+        self.taps: dict[object, ReceiverTap] = {}
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> _DirectReceive:
+        """The transport's direct path, made on first use."""
+        connection = dtls.transport._connection
+        direct: _DirectReceive | None = getattr(connection, "_hub_direct", None)
+        if direct is None:
+            # Idempotent; a no-op for every connection without a direct path.
+            aioice.ice.StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
+            direct = cls(dtls)
+            setattr(connection, "_hub_direct", direct)  # noqa: B010
+        return direct
+
+    def __call__(self, data: bytes) -> bool:
+        if (
+            len(data) < 12
+            or not 127 < data[0] < 192  # RTP version 2: not STUN, not DTLS
+            or is_rtcp(data)
+            or self._queue.qsize()  # earlier datagrams first
+            or self._dtls._state is not State.CONNECTED
+        ):
+            return False
+        receiver = self._dtls._rtp_router.ssrc_table.get(int.from_bytes(data[8:12], "big"))
+        tap = self.taps.get(receiver) if receiver is not None else None
+        return tap is not None and tap.receive(data, self._dtls)
+
+
+_original_datagram_received = aioice.ice.StunProtocol.datagram_received
+
+
+def _datagram_received(
+    self: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]
+) -> None:
+    direct: _DirectReceive | None = getattr(self.receiver, "_hub_direct", None)
+    if direct is None or not isinstance(data, bytes) or not direct(data):
+        _original_datagram_received(self, data, addr)
 
 
 # --- publishing: pace a sender's packets ---------------------------------------

@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -465,8 +465,14 @@ class Participant:
             if up.media_ssrc is not None:
                 room.tasks.spawn(tap.request_keyframe(up.media_ssrc), name="pli")
 
+        def send_nack(nack: Coroutine[Any, Any, None]) -> None:
+            if room.tasks.closed:
+                nack.close()
+            else:
+                room.tasks.spawn(nack, name="nack")
+
         up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe)
-        tap = ReceiverTap(transceiver.receiver, up.on_rtp)
+        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack)
         if up.kind == "video":
             tap.announce_bandwidth()
         publication = Publication(self, source, up, tap)
