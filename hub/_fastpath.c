@@ -1,8 +1,9 @@
 /* The fan-out's per-copy work in C: rewrite, SRTP-protect and send one packet to
  * every subscriber in one call from Python; and SRTP-unprotect what publishers send.
  * hub/_fastpath_py.py is the same in Python, used when this could not be built;
- * tests/test_fastpath.py holds the two to the same behaviour. Python's per-copy overhead (frames, allocations, the event
- * loop's sendto wrapper) was about a third of the hub's time per forwarded packet. */
+ * tests/test_fastpath.py holds the two to the same behaviour. Python's per-copy
+ * overhead (frames, allocations, the event loop's sendto wrapper) was about a third
+ * of the hub's time per forwarded packet. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
