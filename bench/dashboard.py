@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,16 +26,22 @@ import httpx
 import websockets
 
 from bench.fanout import HubProcess
-from hub.tokens import TokenSigner
-from scheduler.command_http import hub_token_issuer
+from hub.ids import ParticipantIdentity, RoomName
+from hub.tokens import Role, TokenSigner, grant_for_role
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "county-meeting"
 ADMIN = ("bench-admin", "bench-password-1")
 
 
-def _run(*argv: str) -> None:
-    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, timeout=60)
+def _run(*argv: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+        env=None if env is None else os.environ | env,
+    )
 
 
 class Station:
@@ -107,7 +114,13 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(base: str, secret: str, changes: int) -> dict[str, Any]:
     signer = TokenSigner(secret)
-    issue = hub_token_issuer(signer)
+
+    def issue(code: str, kind: str, name: str) -> str:
+        grant = grant_for_role(
+            RoomName(ROOM), ParticipantIdentity(code), Role(kind), ttl=3600, name=name
+        )
+        return signer.issue(grant)
+
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         response = await client.post(
             "/api/login", json={"username": ADMIN[0], "password": ADMIN[1]}
@@ -120,7 +133,7 @@ async def measure(base: str, secret: str, changes: int) -> dict[str, Any]:
         follower = asyncio.create_task(watch.follow(client))
         stations = {
             s["code"]: Station(
-                base.replace("http", "ws") + "/ws", issue(ROOM, s["code"], s["kind"], s["name"])
+                base.replace("http", "ws") + "/ws", issue(s["code"], s["kind"], s["name"])
             )
             for s in sites
         }
@@ -169,8 +182,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         database = f"sqlite+aiosqlite:///{data_dir / 'hub.sqlite3'}"
         _run("scheduler.seed", "--database-url", database)
         _run(
-            *("scheduler.accounts", "create-admin", "--username", ADMIN[0]),
-            *("--password", ADMIN[1], "--database-url", database),
+            *("hub", "admin", "create", "--username", ADMIN[0], "--data-dir", str(data_dir)),
+            env={"HUB_ADMIN_PASSWORD": ADMIN[1]},
         )
         hub = HubProcess(data_dir)
         try:

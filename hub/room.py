@@ -558,6 +558,12 @@ class Room:
         self.stage_since: dict[ParticipantID, float] = {}
         self.public = False
         """Households may watch without an account (WHEP, live HLS)."""
+        self.audience: dict[ParticipantIdentity, str] = {}
+        """The sites expected here (a session's audience but its host), with their
+        names: a roll call counts them absent until they answer."""
+        self.removed: dict[ParticipantIdentity, str] = {}
+        """Identities a moderator removed, with their names: they stay out until a
+        moderator lets them back in."""
         self.sinks: list[FrameSink] = []
         self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
@@ -584,6 +590,8 @@ class Room:
             raise HubError("room_closed", f"room {self.name} is closed")
         if grant.room != self.name:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {self.name}")
+        if grant.identity in self.removed:
+            raise HubError("removed", "a moderator removed you from this room")
         previous = self.by_identity(grant.identity) if kind != "whep" else None
         participant = Participant(self, grant, kind, send)
         on_stage = grant.can_moderate or grant.role == Role.INGEST
@@ -652,6 +660,28 @@ class Room:
         if not self.participants and not self.closed:
             self._on_empty(self)
 
+    async def remove(self, participant: Participant) -> None:
+        """A moderator's "remove": the identity leaves and cannot join again (any link
+        of it) until :meth:`readmit`."""
+        self.removed[participant.identity] = participant.name
+        participant.send({"type": "removed", "reason": "removed_by_moderator"})
+        await self.leave(participant)
+        self._announce_removed()
+
+    def readmit(self, identity: ParticipantIdentity) -> None:
+        if self.removed.pop(identity, None) is None:
+            raise HubError("not_found", f"{identity} was not removed from room {self.name}")
+        self._announce_removed()
+
+    def removed_message(self) -> dict[str, Any]:
+        return {
+            "type": "removed_identities",
+            "removed": [{"identity": i, "name": n} for i, n in self.removed.items()],
+        }
+
+    def _announce_removed(self) -> None:
+        self.to_moderators(self.removed_message())
+
     def participant(self, sid: str) -> Participant:
         found = self.participants.get(ParticipantID(sid))
         if found is None:
@@ -707,7 +737,8 @@ class Room:
             self.stop_rollcall()
         now = time.time()
         present = [p.identity for p in self.participants.values() if not p.grant.can_moderate]
-        rollcall = RollCall(now, now + seconds, list(dict.fromkeys([*expected, *present])))
+        everyone = [*expected, *self.audience, *present]
+        rollcall = RollCall(now, now + seconds, list(dict.fromkeys(everyone)))
         self.rollcall = rollcall
         self.broadcast({"type": "rollcall", "id": rollcall.id, "deadline": rollcall.deadline})
         self._rollcall_changed()
@@ -740,7 +771,10 @@ class Room:
 
     def _rollcall_changed(self) -> None:
         if self.rollcall is not None and not self.closed:
-            self.to_moderators(self.rollcall.status(time.time()))
+            names = {**self.audience, **{p.identity: p.name for p in self.participants.values()}}
+            status = self.rollcall.status(time.time())
+            status["names"] = {i: names[i] for i in status["entries"] if i in names}
+            self.to_moderators(status)
 
     def hands(self) -> list[Participant]:
         raised = [p for p in self.participants.values() if p.hand_raised]

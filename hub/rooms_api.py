@@ -40,6 +40,7 @@ def room_info(room: Room) -> dict[str, Any]:
         "hands": [p.sid for p in room.hands()],
         "media": media,
         "recording": media["recording"],
+        "live": media["live"],
         "hls_url": media["hls_url"],
         "household_viewers": room.media.household_viewers(),
     }

@@ -84,8 +84,10 @@ class Chat(_Message):
 
 class Moderate(_Message):
     type: Literal["moderate"]
-    action: Literal["mute", "stage", "hand", "remove"]
-    participant: Annotated[StrictStr, Field(max_length=64)]
+    action: Literal["mute", "stage", "hand", "remove", "readmit"]
+    participant: Annotated[StrictStr, Field(max_length=64)] | None = None
+    """The sid acted on; ``readmit`` names an ``identity`` instead (it is not here)."""
+    identity: Annotated[StrictStr, Field(max_length=64)] | None = None
     source: Source | None = None
     muted: StrictBool | None = None
     on_stage: StrictBool | None = None
@@ -300,8 +302,11 @@ class Connection:
                 "stage": [p.sid for p in room.stage],
                 "ice_servers": self.hub.ice_servers_for_clients(),
                 "quality": "stage" if participant.on_stage else "thumbnail",
+                "media": room.media.status_for(participant.grant.can_moderate),
             }
         )
+        if participant.grant.can_moderate:
+            self.send(room.removed_message())
 
     async def _offer(self, message: Offer) -> None:
         participant = self._joined()
@@ -359,6 +364,13 @@ class Connection:
         if not participant.grant.can_moderate:
             raise HubError("forbidden", f"{participant.role.value} cannot moderate")
         room = self._in_room()
+        if message.action == "readmit":
+            if message.identity is None:
+                raise HubError("bad_message", "readmit needs identity")
+            room.readmit(ParticipantIdentity(message.identity))
+            return
+        if message.participant is None:
+            raise HubError("bad_message", f"{message.action} needs participant")
         target = room.participant(message.participant)
         if message.action == "mute":
             if message.source is None or message.muted is None:
@@ -373,8 +385,7 @@ class Connection:
                 raise HubError("bad_message", "hand needs raised")
             room.set_hand(target, message.raised)
         else:
-            target.send({"type": "removed", "reason": "removed_by_moderator"})
-            await room.leave(target)
+            await room.remove(target)
 
     async def _rollcall(self, message: RollCallMessage) -> None:
         participant = self._joined()

@@ -22,6 +22,7 @@ _STATUS = {
     "token_expired": 401,
     "wrong_room": 403,
     "forbidden": 403,
+    "removed": 403,
     "not_found": 404,
     "room_closed": 404,
     "room_elsewhere": 409,

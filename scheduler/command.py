@@ -92,6 +92,8 @@ class Directive:
     created_at: datetime
     targets: dict[str, datetime | None]
     """Site → when it acknowledged (None: not read yet)."""
+    read_within: timedelta | None = None
+    """Unread this long after it was sent, a target is escalated (None: never)."""
 
     def notice(self) -> dict[str, Any]:
         """What a target site receives."""
@@ -102,6 +104,9 @@ class Directive:
             "text": self.text,
             "from": self.sender_site,
             "created_at": local(self.created_at).isoformat(),
+            "read_within_minutes": (
+                None if self.read_within is None else round(self.read_within.total_seconds() / 60)
+            ),
         }
 
     def to_json(self, visible: set[str] | None = None) -> dict[str, Any]:
@@ -120,7 +125,14 @@ class Dispatch:
         self._engine = engine
         self._bus = bus
 
-    async def send(self, account: Account, title: str, text: str, targets: set[str]) -> Directive:
+    async def send(
+        self,
+        account: Account,
+        title: str,
+        text: str,
+        targets: set[str],
+        read_within: timedelta | None = None,
+    ) -> Directive:
         """Store a directive and push it to each target site's notice channel."""
         if not title.strip():
             raise ValueError("title is required")
@@ -137,6 +149,9 @@ class Dispatch:
                         sender_account=account.id,
                         sender_site=account.site,
                         created_at=now,
+                        read_within_minutes=(
+                            None if read_within is None else int(read_within.total_seconds() // 60)
+                        ),
                     )
                     .returning(directives.c.id)
                 )
@@ -174,6 +189,11 @@ class Dispatch:
             sender_site=row.sender_site,
             created_at=row.created_at,
             targets={t.site: t.read_at for t in targets},
+            read_within=(
+                None
+                if row.read_within_minutes is None
+                else timedelta(minutes=row.read_within_minutes)
+            ),
         )
 
     async def acknowledge(self, directive_id: int, site: str) -> datetime:
@@ -279,7 +299,7 @@ class Escalator:
         now = self._clock.now()
         grace = self._config.grace
         tree = await self._sites.tree()
-        raised: list[dict[str, Any]] = []
+        raised = await self._unread_directives(tree, now)
         for info in await self._schedule.overlapping(tree, now - grace, now):
             if not info.start + grace <= now < info.end:
                 continue
@@ -290,6 +310,61 @@ class Escalator:
                     if event is not None:
                         raised.append(event)
         return raised
+
+    async def _unread_directives(self, tree: SiteTree, now: datetime) -> list[dict[str, Any]]:
+        """Targets that have not read a directive within its ``read_within``: each is
+        raised once (the first node to mark it raises it)."""
+        overdue = (
+            sa.select(directive_targets.c.directive_id, directive_targets.c.site, directives)
+            .join(directives, directives.c.id == directive_targets.c.directive_id)
+            .where(
+                directive_targets.c.read_at.is_(None),
+                directive_targets.c.escalated_at.is_(None),
+                directives.c.read_within_minutes.is_not(None),
+                # Only recent ones can be due: the window bounds the scan.
+                directives.c.created_at >= now - timedelta(days=7),
+            )
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(overdue)).all()
+        raised: list[dict[str, Any]] = []
+        for row in rows:
+            if row.created_at + timedelta(minutes=row.read_within_minutes) > now:
+                continue
+            key = sa.and_(
+                directive_targets.c.directive_id == row.directive_id,
+                directive_targets.c.site == row.site,
+                directive_targets.c.escalated_at.is_(None),
+                directive_targets.c.read_at.is_(None),
+            )
+            async with self._engine.begin() as conn:
+                marked = await conn.execute(
+                    sa.update(directive_targets).where(key).values(escalated_at=now)
+                )
+            if marked.rowcount != 1:
+                continue  # read meanwhile, or raised by another node
+            institute = tree.institute_of(row.site) if row.site in tree else None
+            event = {
+                "type": "escalation",
+                "reason": "unread",
+                "directive_id": row.directive_id,
+                "title": row.title,
+                "site": row.site,
+                "site_name": tree.get(row.site).name if row.site in tree else row.site,
+                "institute": institute,
+                "sent_at": local(row.created_at).isoformat(),
+                "raised_at": local(now).isoformat(),
+            }
+            await self._notify(tree, institute, event)
+            raised.append(event)
+        return raised
+
+    async def _notify(self, tree: SiteTree, institute: str | None, event: dict[str, Any]) -> None:
+        center = [s.code for s in tree.all() if s.kind is SiteKind.CENTER]
+        try:
+            await self._notifier.notify({c for c in [institute, *center] if c}, event)
+        except Exception:
+            logger.exception("escalation of %s could not be notified", event["site"])
 
     async def _raise(
         self, tree: SiteTree, info: SessionInfo, code: str, now: datetime
@@ -312,6 +387,7 @@ class Escalator:
             return None  # raised before (by this node or another)
         event = {
             "type": "escalation",
+            "reason": "absent",
             "session_id": info.session_id,
             "room": info.room,
             "title": info.title,
@@ -321,35 +397,58 @@ class Escalator:
             "start": local(info.start).isoformat(),
             "raised_at": local(now).isoformat(),
         }
-        center = [s.code for s in tree.all() if s.kind is SiteKind.CENTER]
-        try:
-            await self._notifier.notify({c for c in [institute, *center] if c}, event)
-        except Exception:
-            logger.exception("escalation of %s in %s could not be notified", code, info.room)
+        await self._notify(tree, institute, event)
         return event
 
 
 async def list_escalations(
     engine: AsyncEngine, tree: SiteTree, visible: set[str] | None, since: datetime
 ) -> list[dict[str, Any]]:
-    """Escalations raised since ``since`` about ``visible`` sites (None: all), newest first."""
-    query = (
+    """Escalations raised since ``since`` about ``visible`` sites (None: all), newest
+    first: stations absent from a session (``reason`` "absent") and sites that left a
+    directive unread past its time ("unread")."""
+    absent = (
         sa.select(escalations)
         .where(escalations.c.raised_at >= since)
         .order_by(escalations.c.raised_at.desc(), escalations.c.site)
     )
+    unread = (
+        sa.select(directive_targets, directives.c.title, directives.c.created_at)
+        .join(directives, directives.c.id == directive_targets.c.directive_id)
+        .where(directive_targets.c.escalated_at >= since)
+    )
     async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [
+        absent_rows = (await conn.execute(absent)).all()
+        unread_rows = (await conn.execute(unread)).all()
+
+    def name(code: str) -> str:
+        return tree.get(code).name if code in tree else code
+
+    found = [
         {
+            "reason": "absent",
             "session_id": r.session_id,
             "room": r.room,
             "title": r.title,
             "site": r.site,
-            "site_name": tree.get(r.site).name if r.site in tree else r.site,
+            "site_name": name(r.site),
             "institute": r.institute,
             "raised_at": local(r.raised_at).isoformat(),
         }
-        for r in rows
-        if visible is None or r.site in visible
+        for r in absent_rows
+    ] + [
+        {
+            "reason": "unread",
+            "directive_id": r.directive_id,
+            "title": r.title,
+            "site": r.site,
+            "site_name": name(r.site),
+            "institute": tree.institute_of(r.site) if r.site in tree else None,
+            "sent_at": local(r.created_at).isoformat(),
+            "raised_at": local(r.escalated_at).isoformat(),
+        }
+        for r in unread_rows
     ]
+    found.sort(key=lambda e: e["site"])
+    found.sort(key=lambda e: e["raised_at"], reverse=True)
+    return [e for e in found if visible is None or e["site"] in visible]

@@ -7,8 +7,12 @@ and the pages ``/dashboard`` and ``/sessions``.
 No ``from __future__ import annotations`` here: FastAPI must see the route-local
 ``AccountDep`` alias when it reads the signatures."""
 
-from collections.abc import AsyncGenerator, Callable
-from datetime import timedelta
+import csv
+import io
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,11 +22,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.ids import ParticipantIdentity, RoomName
+from hub.rooms_api import ROOM_NAME
 from hub.store import Bus, Store
+from hub.tokens import Grant, grant_for_role
 from hub.tokens import Role as HubRole
-from hub.tokens import TokenSigner, grant_for_role
 from scheduler.accounts import Account, Auth, require
-from scheduler.attendance import AttendanceRecorder, attendance, find_occurrence
+from scheduler.attendance import AttendanceRecorder, attendance, find_occurrence, parse_room
 from scheduler.command import (
     Dispatch,
     EscalationConfig,
@@ -45,30 +50,46 @@ from scheduler.notices import (
     sse,
     stream_announcer,
 )
-from scheduler.permissions import Role, check_join_session, check_view_session
-from scheduler.runner import Clock, Notifier, SystemClock
-from scheduler.schedule import Schedule
-from scheduler.sites import SiteKind, Sites, SiteTree
+from scheduler.permissions import Role, check_join_session, check_moderate, check_view_session
+from scheduler.recurrence import local
+from scheduler.runner import Clock, Notifier, Step, SystemClock, steps_done
+from scheduler.schedule import Schedule, Session, SessionInfo
+from scheduler.sites import Site, SiteKind, Sites, SiteTree
 from scheduler.statistics import statistics
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 JOIN_LEAD = timedelta(minutes=10)
 """A session is joinable from the moment the runner opens its room."""
+GRANT_GRACE = timedelta(minutes=15)
+"""A grant for a session's room admits until the session's end plus this: lectures
+overrun, and a site that dropped out near the end can still come back."""
+AD_HOC_GRANT = timedelta(hours=8)
+"""A grant for an ad-hoc room (no session, so no end): a working day."""
+PUBLIC_DAYS = 7
+"""How far ahead households see what is coming."""
+_ROOM_NAME = re.compile(ROOM_NAME)
 
-IssueToken = Callable[[str, str, str, str], str]
-"""(room, identity, role, name) → a signed join token."""
+IssueToken = Callable[[Grant], str]
+"""Signs a grant into a join token (the hub's ``TokenSigner.issue``)."""
+EndOccurrence = Callable[[SessionInfo], Awaitable[None]]
+"""Ends an occurrence now (the runner's ``end_now``)."""
 
 
-def hub_token_issuer(signer: TokenSigner, ttl: float = 12 * 3600) -> IssueToken:
-    """``issue_token`` backed by the hub's signer: the role's default grant."""
-
-    def issue(room: str, identity: str, role: str, name: str) -> str:
-        grant = grant_for_role(
-            RoomName(room), ParticipantIdentity(identity), HubRole(role), ttl=ttl, name=name
-        )
-        return signer.issue(grant)
-
-    return issue
+def site_grant(
+    room: str, site: Site, expires_at: datetime, *, now: datetime, moderate: bool | None = None
+) -> Grant:
+    """A site's grant for ``room`` until ``expires_at``: its role's default, or a
+    moderator's when ``moderate``."""
+    role = HubRole.CENTER if site.kind is SiteKind.CENTER else HubRole(site.kind.value)
+    grant = grant_for_role(
+        RoomName(room),
+        ParticipantIdentity(site.code),
+        role,
+        ttl=max(1.0, (expires_at - now).total_seconds()),
+        name=site.name,
+        now=now.timestamp(),
+    )
+    return grant if moderate is None else replace(grant, can_moderate=moderate)
 
 
 class CommandCenter:
@@ -128,6 +149,9 @@ class DirectiveBody(BaseModel):
     title: str = Field(min_length=1, max_length=300)
     text: str = Field(default="", max_length=10_000)
     targets: TargetsBody
+    read_within_minutes: int | None = Field(default=30, ge=1, le=7 * 24 * 60)
+    """A target that has not read it by then is escalated like an absent station
+    (null: never)."""
 
 
 def _page(name: str) -> FileResponse:
@@ -163,8 +187,44 @@ def _dashboard_scope(account: Account, tree: SiteTree) -> set[str] | None:
     return visible_sites(account, tree)
 
 
-def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken) -> APIRouter:
-    """The routes: ``/dashboard``, ``/sessions`` and under ``/api``."""
+class InviteBody(BaseModel):
+    site: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+def _attendance_csv(report: dict[str, Any], tree: SiteTree) -> bytes:
+    """One row per expected or joined site: name, when it joined, for how long, its
+    roll-call answers; UTF-8 with a BOM so Excel shows the Chinese names."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    rollcalls = sorted({rc for answers in report["rollcall"].values() for rc in answers})
+    writer.writerow(["site", "name", "expected", "first_join", "minutes", "here", *rollcalls])
+    codes = sorted(set(report["expected"]) | set(report["joined"]))
+    for code in codes:
+        joined = report["joined"].get(code)
+        answers = report["rollcall"].get(code, {})
+        writer.writerow(
+            [
+                code,
+                tree.get(code).name if code in tree else code,
+                "yes" if code in report["expected"] else "no",
+                joined["first_join"] if joined else "",
+                round(joined["seconds"] / 60, 1) if joined else 0,
+                "yes" if joined and joined["here"] else "no",
+                *(answers.get(rc, {}).get("status", "absent") for rc in rollcalls),
+            ]
+        )
+    return out.getvalue().encode("utf-8-sig")
+
+
+def command_router(
+    *,
+    auth: Auth,
+    center: CommandCenter,
+    issue_token: IssueToken,
+    end_occurrence: EndOccurrence | None = None,
+) -> APIRouter:
+    """The routes: ``/dashboard``, ``/sessions``, ``/attendance`` and under ``/api``.
+    ``end_occurrence`` backs ``POST /api/sessions/{id}/end`` (absent: 501)."""
     router = APIRouter(tags=["command"])
     AccountDep = Annotated[Account, Depends(auth.current_account)]
     engine, dispatch, dashboard = center.engine, center.dispatch, center.dashboard
@@ -177,17 +237,19 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
     async def sessions_page() -> FileResponse:
         return _page("sessions.html")
 
-    # --- joining and attendance ---
+    @router.get("/attendance", include_in_schema=False)
+    async def attendance_page() -> FileResponse:
+        return _page("attendance.html")
 
-    @router.post("/api/sessions/{session_id}/join")
-    async def join(account: AccountDep, session_id: int) -> dict[str, str]:
-        """The join token of the occurrence live now (its room is open)."""
+    # --- joining, moderating and ending a session's occurrence ---
+
+    async def open_occurrence(session_id: int) -> tuple[Session, SiteTree, SessionInfo]:
+        """The session and its occurrence open now (409 when none is, or it ended)."""
         try:
             session = await center.schedule.get(session_id)
         except KeyError:
             raise HTTPException(404, detail=f"no session {session_id}") from None
         tree = await center.sites.tree()
-        require(check_join_session(account.actor, tree, session.host, session.audience))
         now = center.clock.now()
         live = [
             info
@@ -196,14 +258,105 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
         ]
         if not live:
             raise HTTPException(409, detail="this session is not open now")
-        site = tree.get(_home_site(account, tree))
-        role = "center" if site.kind is SiteKind.CENTER else site.kind.value
-        token = issue_token(live[0].room, site.code, role, site.name)
-        return {"room": live[0].room, "token": token, "url": f"/station?token={token}"}
+        if Step.CLOSE in await steps_done(engine, live[0]):
+            raise HTTPException(409, detail="this session has ended")
+        return session, tree, live[0]
 
-    @router.get("/api/attendance/{room}")
-    async def room_attendance(account: AccountDep, room: str) -> dict[str, Any]:
-        """Expected, joined (first join, seconds), absent and roll-call answers."""
+    def session_grant(
+        account: Account, tree: SiteTree, info: SessionInfo, moderate: bool | None
+    ) -> dict[str, str]:
+        site = tree.get(_home_site(account, tree))
+        now = center.clock.now()
+        grant = site_grant(info.room, site, info.end + GRANT_GRACE, now=now, moderate=moderate)
+        return {"room": info.room, "token": issue_token(grant)}
+
+    @router.post("/api/sessions/{session_id}/join")
+    async def join(account: AccountDep, session_id: int) -> dict[str, str]:
+        """The caller's site's join token for the occurrence open now, valid until its
+        end plus :data:`GRANT_GRACE`. The token travels in this body only: the page
+        keeps it out of every URL (``url`` names the room, not the token)."""
+        session, tree, info = await open_occurrence(session_id)
+        require(check_join_session(account.actor, tree, session.host, session.audience))
+        return {**session_grant(account, tree, info, None), "url": f"/station?room={info.room}"}
+
+    @router.post("/api/sessions/{session_id}/console")
+    async def console(account: AccountDep, session_id: int) -> dict[str, str]:
+        """A moderator's token for the occurrence open now: the center, or the institute
+        operator whose subtree hosts it (station operators never)."""
+        session, tree, info = await open_occurrence(session_id)
+        require(check_moderate(account.actor, tree, session.host, session.audience))
+        return {**session_grant(account, tree, info, True), "url": f"/console?room={info.room}"}
+
+    @router.post("/api/sessions/{session_id}/end")
+    async def end(account: AccountDep, session_id: int) -> dict[str, Any]:
+        """End the occurrence open now before its time (its moderators): recording
+        stops and goes to the library, the room closes, nobody can join it again."""
+        session, tree, info = await open_occurrence(session_id)
+        require(check_moderate(account.actor, tree, session.host, session.audience))
+        if end_occurrence is None:
+            raise HTTPException(501, detail="this hub cannot end sessions")
+        await end_occurrence(info)
+        return {"room": info.room, "ended": True}
+
+    @router.get("/api/sessions/{session_id}/occurrences")
+    async def session_occurrences(account: AccountDep, session_id: int) -> list[dict[str, Any]]:
+        """The session's occurrences from 62 days ago to 14 days ahead, each with its
+        room and whether it has ended: where its attendance is found."""
+        try:
+            session = await center.schedule.get(session_id)
+        except KeyError:
+            raise HTTPException(404, detail=f"no session {session_id}") from None
+        tree = await center.sites.tree()
+        require(check_view_session(account.actor, tree, session.host, session.audience))
+        now = center.clock.now()
+        window = await center.schedule.overlapping(
+            tree, now - timedelta(days=62), now + timedelta(days=14), cancelled=True
+        )
+        found = [info for info in window if info.session_id == session_id]
+        return [
+            {
+                **info.to_json(),
+                "ended": info.end <= now or Step.CLOSE in await steps_done(engine, info),
+            }
+            for info in found
+        ]
+
+    # --- ad-hoc rooms: the center's own meetings, no session ---
+
+    def ad_hoc(account: Account, room: str) -> str:
+        if account.role is not Role.CENTER_ADMIN:
+            require("only the center opens ad-hoc rooms")
+        if not _ROOM_NAME.fullmatch(room):
+            raise HTTPException(422, detail="a room name is 1-64 letters, digits, '.', '_' or '-'")
+        if parse_room(room) is not None:
+            require("this name is a scheduled session's room: open it from the session")
+        return room
+
+    @router.post("/api/rooms/{room}/console")
+    async def ad_hoc_console(account: AccountDep, room: str) -> dict[str, str]:
+        """A moderator's token for an ad-hoc room, valid :data:`AD_HOC_GRANT`."""
+        ad_hoc(account, room)
+        tree = await center.sites.tree()
+        now = center.clock.now()
+        site = tree.get(_home_site(account, tree))
+        grant = site_grant(room, site, now + AD_HOC_GRANT, now=now, moderate=True)
+        return {"room": room, "token": issue_token(grant), "url": f"/console?room={room}"}
+
+    @router.post("/api/rooms/{room}/invite")
+    async def invite(account: AccountDep, room: str, body: InviteBody) -> dict[str, str]:
+        """A site's link into an ad-hoc room, to hand out: the token rides in the link's
+        fragment, which browsers never send to a server."""
+        ad_hoc(account, room)
+        tree = await center.sites.tree()
+        if body.site not in tree:
+            raise HTTPException(404, detail=f"no site {body.site}")
+        now = center.clock.now()
+        grant = site_grant(room, tree.get(body.site), now + AD_HOC_GRANT, now=now)
+        return {"room": room, "site": body.site, "url": f"/station#token={issue_token(grant)}"}
+
+    # --- attendance ---
+
+    async def occurrence_report(account: Account, room: str) -> tuple[dict[str, Any], SiteTree]:
         tree = await center.sites.tree()
         info = await find_occurrence(center.schedule, tree, room)
         if info is None:
@@ -211,7 +364,53 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
         session = await center.schedule.get(info.session_id)
         require(check_view_session(account.actor, tree, session.host, session.audience))
         report = await attendance(engine, info, center.clock.now())
-        return report.to_json(visible_sites(account, tree))
+        return report.to_json(visible_sites(account, tree)), tree
+
+    @router.get("/api/attendance/{room}.csv")
+    async def room_attendance_csv(account: AccountDep, room: str) -> Response:
+        report, tree = await occurrence_report(account, room)
+        return Response(
+            _attendance_csv(report, tree),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="attendance-{room}.csv"'},
+        )
+
+    @router.get("/api/attendance/{room}")
+    async def room_attendance(account: AccountDep, room: str) -> dict[str, Any]:
+        """Expected, joined (first join, seconds), absent and roll-call answers."""
+        report, tree = await occurrence_report(account, room)
+        names = {code: tree.get(code).name for code in report["expected"] if code in tree}
+        names |= {code: tree.get(code).name for code in report["joined"] if code in tree}
+        return {**report, "names": names}
+
+    # --- households: what is live and what is coming ---
+
+    @router.get("/api/public/sessions")
+    async def public_sessions() -> dict[str, list[dict[str, Any]]]:
+        """Anyone: the sessions live for households now and in the coming days, with
+        only what a household needs (title, theme, time, host's name, room)."""
+        tree = await center.sites.tree()
+        now = center.clock.now()
+        window = await center.schedule.overlapping(tree, now, now + timedelta(days=PUBLIC_DAYS))
+        live: list[dict[str, Any]] = []
+        upcoming: list[dict[str, Any]] = []
+        for info in window:
+            if not info.options.live_households:
+                continue
+            entry = {
+                "room": info.room,
+                "title": info.title,
+                "theme": info.theme.value,
+                "theme_label": info.theme.label,
+                "host_name": tree.get(info.host).name if info.host in tree else "",
+                "start": local(info.start).isoformat(),
+                "end": local(info.end).isoformat(),
+            }
+            if info.start > now:
+                upcoming.append(entry)
+            elif Step.CLOSE not in await steps_done(engine, info):
+                live.append(entry)
+        return {"live": live, "upcoming": upcoming[:20]}
 
     @router.get("/api/escalations")
     async def escalations(account: AccountDep, days: int = 1) -> list[dict[str, Any]]:
@@ -245,7 +444,12 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
         targets.discard(_home_site(account, tree))
         require(check_dispatch(account, tree, targets))
         try:
-            directive = await dispatch.send(account, body.title, body.text, targets)
+            read_within = (
+                None
+                if body.read_within_minutes is None
+                else timedelta(minutes=body.read_within_minutes)
+            )
+            directive = await dispatch.send(account, body.title, body.text, targets, read_within)
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         return directive.to_json()

@@ -47,6 +47,9 @@ directives = sa.Table(
     # The sender's site (None for a center administrator): who may follow it up.
     sa.Column("sender_site", sa.String(32), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A target that has not read it this many minutes after it was sent is escalated
+    # like an absent station (NULL: never).
+    sa.Column("read_within_minutes", sa.Integer, nullable=True),
 )
 
 directive_targets = sa.Table(
@@ -60,6 +63,8 @@ directive_targets = sa.Table(
     ),
     sa.Column("site", sa.String(32), primary_key=True),
     sa.Column("read_at", UTCDateTime, nullable=True),
+    # Set once, by whichever node escalated it first (an UPDATE ... WHERE IS NULL).
+    sa.Column("escalated_at", UTCDateTime, nullable=True, index=True),
 )
 
 escalations = sa.Table(

@@ -15,13 +15,15 @@ from fastapi import APIRouter, Depends, File, HTTPException, Request, Response, 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from scheduler.accounts import Account, Auth, require
+from media.processing import Layout
+from scheduler.accounts import LOGIN_COOKIE, MAX_PASSWORD_LENGTH, Account, Auth, require
 from scheduler.permissions import (
     Refusal,
     Role,
     check_cancel_session,
     check_create_site,
     check_edit_site,
+    check_manage_account,
     check_schedule,
     check_view_session,
     check_view_site,
@@ -35,23 +37,39 @@ from scheduler.schedule import (
     SessionOptions,
     Theme,
 )
+from scheduler.seed import load_seed_into
 from scheduler.sites import Site, SiteError, SiteKind, Sites, SiteTree, export_csv, parse_csv
+
+Password = Annotated[str, Field(max_length=MAX_PASSWORD_LENGTH)]
 
 
 class LoginBody(BaseModel):
-    username: str
-    password: str
+    username: Annotated[str, Field(max_length=200)]
+    password: Password
 
 
 class TokenBody(BaseModel):
-    label: str = ""
+    label: Annotated[str, Field(max_length=200)] = ""
 
 
 class AccountBody(BaseModel):
-    username: str
-    password: str
+    username: Annotated[str, Field(max_length=100)]
+    password: Password
     role: Role
     site: str | None = None
+
+
+class AccountPatch(BaseModel):
+    disabled: bool
+
+
+class PasswordBody(BaseModel):
+    password: Password
+
+
+class OwnPasswordBody(BaseModel):
+    old_password: Password
+    new_password: Password
 
 
 class SiteBody(BaseModel):
@@ -89,11 +107,14 @@ class OptionsBody(BaseModel):
     record: bool = False
     publish: bool = False
     live_households: bool = False
-    restream_urls: list[str] = Field(default_factory=list)
+    restream_urls: list[Annotated[str, Field(max_length=2048)]] = Field(
+        default_factory=list, max_length=10
+    )
+    layout: Layout = "lecturer"
 
 
 class SessionBody(BaseModel):
-    title: str
+    title: Annotated[str, Field(max_length=300)]
     theme: Theme
     host: str
     audience: AudienceBody
@@ -122,6 +143,7 @@ def account_json(account: Account) -> dict[str, Any]:
         "username": account.username,
         "role": account.role.value,
         "site": account.site,
+        "disabled": account.disabled,
     }
 
 
@@ -168,6 +190,27 @@ def _check_site_change(account: Account, tree: SiteTree, site: Site) -> Refusal:
     return refusal
 
 
+def _session_fields(body: SessionBody) -> dict[str, Any]:
+    """What a create or an update of a session takes, from its body."""
+    rule, options = body.recurrence, body.options
+    return {
+        "title": body.title,
+        "theme": body.theme,
+        "host": body.host,
+        "audience": Audience(body.audience.kind, tuple(body.audience.codes)),
+        "start": to_utc(body.start),
+        "end": to_utc(body.end),
+        "recurrence": Recurrence(rule.repeat, frozenset(rule.weekdays), rule.until, rule.count),
+        "options": SessionOptions(
+            record=options.record,
+            publish=options.publish,
+            live_households=options.live_households,
+            restream_urls=tuple(options.restream_urls),
+            layout=options.layout,
+        ),
+    }
+
+
 def scheduler_router(
     auth: Auth,
     sites: Sites,
@@ -196,6 +239,12 @@ def scheduler_router(
 
     # --- login ---
 
+    @router.get("/setup")
+    async def setup() -> dict[str, bool]:
+        """Anyone: whether the first administrator exists yet (a fresh install says how
+        to make one instead of offering a login that cannot succeed)."""
+        return {"admin_exists": await auth.accounts.admin_exists()}
+
     @router.post("/login")
     async def login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
         account = await auth.login(request, response, body.username, body.password)
@@ -214,15 +263,55 @@ def scheduler_router(
     async def create_token(account: AccountDep, body: TokenBody) -> dict[str, str]:
         return {"token": await auth.accounts.create_api_token(account, body.label)}
 
+    @router.post("/me/password", status_code=204)
+    async def change_own_password(
+        account: AccountDep, body: OwnPasswordBody, request: Request
+    ) -> Response:
+        """Needs the current password; the caller's other logins end."""
+        try:
+            await auth.verify(request, account.username, body.old_password)
+        except HTTPException as exc:
+            if exc.status_code != status.HTTP_401_UNAUTHORIZED:
+                raise
+            require("the current password is wrong")
+        try:
+            await auth.accounts.set_password(
+                account.id, body.new_password, keep_login=request.cookies.get(LOGIN_COOKIE)
+            )
+        except ValueError as exc:
+            return _refuse(str(exc))
+        return Response(status_code=204)
+
+    # --- accounts: the center any; an institute its stations' operators ---
+
+    async def managed(account: Account, account_id: int) -> Account:
+        try:
+            target = await auth.accounts.get(account_id)
+        except KeyError:
+            raise HTTPException(404, detail=f"no account {account_id}") from None
+        tree = await sites.tree()
+        require(check_manage_account(account.actor, tree, target.role, target.site))
+        return target
+
+    @router.get("/accounts")
+    async def list_accounts(account: AccountDep) -> list[dict[str, Any]]:
+        """The accounts the caller manages (itself included), by username."""
+        if account.role is Role.STATION_OPERATOR:
+            require("station operators cannot manage accounts")
+        tree = await sites.tree()
+        return [
+            account_json(a)
+            for a in await auth.accounts.all()
+            if a.id == account.id
+            or check_manage_account(account.actor, tree, a.role, a.site) is None
+        ]
+
     @router.post("/accounts", status_code=201, response_model=None)
     async def create_account(
         account: AccountDep, body: AccountBody
     ) -> dict[str, Any] | JSONResponse:
         tree = await sites.tree()
-        if account.role is not Role.CENTER_ADMIN:
-            if body.role is not Role.STATION_OPERATOR or body.site is None:
-                require("institute operators create only station operators")
-            require(check_edit_site(account.actor, tree, body.site or ""))
+        require(check_manage_account(account.actor, tree, body.role, body.site))
         try:
             created = await auth.accounts.create(
                 body.username, body.password, body.role, body.site, tree
@@ -230,6 +319,28 @@ def scheduler_router(
         except ValueError as exc:
             return _refuse(str(exc))
         return account_json(created)
+
+    @router.patch("/accounts/{account_id}")
+    async def patch_account(
+        account: AccountDep, account_id: int, body: AccountPatch
+    ) -> dict[str, Any]:
+        """Disable an account (its logins end at once, its API tokens stop) or enable it."""
+        target = await managed(account, account_id)
+        if target.id == account.id and body.disabled:
+            require("you cannot disable your own account")
+        return account_json(await auth.accounts.set_disabled(target.id, body.disabled))
+
+    @router.post("/accounts/{account_id}/password", status_code=204, response_model=None)
+    async def reset_password(
+        account: AccountDep, account_id: int, body: PasswordBody
+    ) -> Response | JSONResponse:
+        """A new password set by whoever manages the account; its logins end."""
+        target = await managed(account, account_id)
+        try:
+            await auth.accounts.set_password(target.id, body.password)
+        except ValueError as exc:
+            return _refuse(str(exc))
+        return Response(status_code=204)
 
     # --- sites ---
 
@@ -242,6 +353,15 @@ def scheduler_router(
             for site in tree.all()
             if check_view_site(account.actor, tree, site.code) is None
         ]
+
+    @router.post("/sites/seed")
+    async def load_county(account: AccountDep) -> dict[str, int]:
+        """Load the county's tree shipped with the hub (1 center, 14 institutes, 176
+        stations): the sites missing by code are added, edits made since are kept."""
+        if account.role is not Role.CENTER_ADMIN:
+            require("only the center loads the county's tree")
+        added = await load_seed_into(sites)
+        return {"added": added, "sites": len(await sites.tree())}
 
     @router.get("/sites/export.csv")
     async def export_sites(account: AccountDep) -> Response:
@@ -351,33 +471,31 @@ def scheduler_router(
         account: AccountDep, body: SessionBody
     ) -> dict[str, Any] | JSONResponse:
         tree = await sites.tree()
-        audience = Audience(body.audience.kind, tuple(body.audience.codes))
-        require(check_schedule(account.actor, tree, body.host, audience))
-        rule = body.recurrence
+        fields = _session_fields(body)
+        require(check_schedule(account.actor, tree, body.host, fields["audience"]))
         try:
-            session = await schedule.create(
-                tree,
-                title=body.title,
-                theme=body.theme,
-                host=body.host,
-                audience=audience,
-                start=to_utc(body.start),
-                end=to_utc(body.end),
-                recurrence=Recurrence(
-                    rule.repeat, frozenset(rule.weekdays), rule.until, rule.count
-                ),
-                options=SessionOptions(
-                    record=body.options.record,
-                    publish=body.options.publish,
-                    live_households=body.options.live_households,
-                    restream_urls=tuple(body.options.restream_urls),
-                ),
-                created_by=account.id,
-            )
+            session = await schedule.create(tree, **fields, created_by=account.id)
         except ValueError as exc:
             return _refuse(str(exc))
         changed()
         return session_json(session)
+
+    @router.put("/sessions/{session_id}", response_model=None)
+    async def update_session(
+        account: AccountDep, session_id: int, body: SessionBody
+    ) -> dict[str, Any] | JSONResponse:
+        """Replace a session's fields: allowed to whoever could schedule it both as it
+        was and as it becomes (an institute cannot move a session out of its reach)."""
+        session, tree = await visible_session(account, session_id)
+        require(check_schedule(account.actor, tree, session.host, session.audience))
+        fields = _session_fields(body)
+        require(check_schedule(account.actor, tree, body.host, fields["audience"]))
+        try:
+            updated = await schedule.update(session_id, tree, **fields)
+        except ValueError as exc:
+            return _refuse(str(exc))
+        changed()
+        return session_json(updated)
 
     @router.get("/sessions")
     async def list_sessions(account: AccountDep) -> list[dict[str, Any]]:

@@ -158,3 +158,21 @@ def check_moderate(actor: Actor, tree: SiteTree, host: str, audience: Audience) 
     if not tree.is_within(host, home):
         return f"the host {host} is outside your institute {home}"
     return None
+
+
+def check_manage_account(actor: Actor, tree: SiteTree, role: Role, site: str | None) -> Refusal:
+    """Create an account of ``role`` bound to ``site``, reset its password or disable it:
+    the center any account; an institute operator station operators of its own
+    stations only."""
+    if actor.role is Role.CENTER_ADMIN:
+        return None
+    if actor.role is Role.STATION_OPERATOR:
+        return "station operators cannot manage accounts"
+    if role is not Role.STATION_OPERATOR or site is None:
+        return "institute operators manage only station operators"
+    home, refusal = _home(actor, tree)
+    if refusal:
+        return refusal
+    if site not in tree or not tree.is_within(site, home):
+        return f"{site} is outside your institute {home}"
+    return None

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -109,7 +109,8 @@ def due_steps(
         return [s for s in closing if s not in done] if Step.OPEN in done else []
     if now < info.start - config.lead:
         return []
-    if now < info.end + config.grace:
+    # Closed before its time (a moderator ended it): nothing opens again.
+    if now < info.end + config.grace and Step.CLOSE not in done:
         wanted = [Step.OPEN, Step.NOTIFY]
         if info.options.record and info.start <= now < info.end:
             wanted.append(Step.START_RECORDING)
@@ -296,6 +297,18 @@ class Runner:
             case Step.LIBRARY:
                 await rooms.hand_to_library(info.room, info)
 
+    async def end_now(self, info: SessionInfo) -> None:
+        """End an occurrence before its time: stop its recording, close its room and
+        hand the recording to the library now, each recorded as done, so neither this
+        runner nor another node opens or records it again. Any node may call it (a
+        repeated step is harmless, see :class:`RoomControl`)."""
+        done = await steps_done(self._engine, info)
+        ended = replace(info, end=min(info.end, self._clock.now()))
+        far = ended.end + self._config.grace
+        for step in due_steps(ended, far, done | {Step.OPEN}, self._config):
+            await self._do(step, info)
+            await self._record(info, step)
+
     async def _done_steps(self) -> dict[tuple[int, datetime], set[Step]]:
         """Steps of occurrences that are not closed yet, plus recent ones."""
         recent = self._clock.now() - timedelta(days=2)
@@ -330,6 +343,16 @@ class Runner:
                 )
         except IntegrityError:
             logger.warning("step %s of room %s was already recorded", step, info.room)
+
+
+async def steps_done(engine: AsyncEngine, info: SessionInfo) -> set[Step]:
+    """The steps recorded as done for one occurrence."""
+    query = sa.select(runner_steps.c.step).where(
+        runner_steps.c.session_id == info.session_id,
+        runner_steps.c.occurrence_start == info.start,
+    )
+    async with engine.connect() as conn:
+        return {Step(step) for step in (await conn.execute(query)).scalars()}
 
 
 def _group(rows: Iterable[Any]) -> dict[tuple[int, datetime], set[Step]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.ids import RoomName
 from media.library import Theme as Theme  # one concept: sessions and library items
+from media.processing import Layout
 from scheduler.recurrence import (
     LOCAL_ZONE,
     Occurrence,
@@ -67,6 +68,9 @@ class SessionOptions:
     """Offer the session to households as live HLS."""
     restream_urls: tuple[str, ...] = ()
     """RTMP(S) destinations the room is pushed to."""
+    layout: Layout = "lecturer"
+    """What the library makes of the recording: the lecturer alone, or a composite of
+    the lecturer beside the screen share or the stations called on stage."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ def _validate_session(
     bad = [u for u in options.restream_urls if not u.startswith(("rtmp://", "rtmps://"))]
     if bad:
         raise ValueError(f"restream URLs must be rtmp:// or rtmps://: {', '.join(bad)}")
+    if options.layout not in get_args(Layout):
+        raise ValueError(f"layout must be one of {', '.join(get_args(Layout))}")
 
 
 def _from_row(row: Row[Any]) -> Session:
@@ -186,10 +192,47 @@ def _from_row(row: Row[Any]) -> Session:
             publish=row.publish,
             live_households=row.live_households,
             restream_urls=tuple(row.restream_urls),
+            layout=row.layout,
         ),
         status=SessionStatus(row.status),
         created_by=row.created_by,
     )
+
+
+def _values(
+    tree: SiteTree,
+    title: str,
+    theme: Theme,
+    host: str,
+    audience: Audience,
+    start: datetime,
+    end: datetime,
+    recurrence: Recurrence,
+    options: SessionOptions | None,
+) -> dict[str, Any]:
+    """A session's columns, checked (ValueError saying why)."""
+    options = options or SessionOptions()
+    validate(start, end, recurrence)
+    _validate_session(tree, title, host, audience, options)
+    return {
+        "title": title.strip(),
+        "theme": theme.value,
+        "host": host,
+        "audience_kind": audience.kind.value,
+        "audience_codes": list(audience.codes),
+        "start": start,
+        "end": end,
+        "series_end": last_end(start, end, recurrence),
+        "repeat": recurrence.repeat.value,
+        "weekdays": sorted(recurrence.weekdays),
+        "until": recurrence.until,
+        "count": recurrence.count,
+        "record": options.record,
+        "publish": options.publish,
+        "live_households": options.live_households,
+        "restream_urls": list(options.restream_urls),
+        "layout": options.layout,
+    }
 
 
 class Schedule:
@@ -213,36 +256,44 @@ class Schedule:
         created_by: int | None = None,
     ) -> Session:
         """Add a session; ValueError when it makes no sense (checked against ``tree``)."""
-        recurrence = recurrence or Recurrence()
-        options = options or SessionOptions()
-        validate(start, end, recurrence)
-        _validate_session(tree, title, host, audience, options)
-        values = {
-            "title": title.strip(),
-            "theme": theme.value,
-            "host": host,
-            "audience_kind": audience.kind.value,
-            "audience_codes": list(audience.codes),
-            "start": start,
-            "end": end,
-            "series_end": last_end(start, end, recurrence),
-            "repeat": recurrence.repeat.value,
-            "weekdays": sorted(recurrence.weekdays),
-            "until": recurrence.until,
-            "count": recurrence.count,
-            "record": options.record,
-            "publish": options.publish,
-            "live_households": options.live_households,
-            "restream_urls": list(options.restream_urls),
-            "status": SessionStatus.SCHEDULED.value,
-            "created_by": created_by,
-        }
+        values = _values(
+            tree, title, theme, host, audience, start, end, recurrence or Recurrence(), options
+        )
+        values |= {"status": SessionStatus.SCHEDULED.value, "created_by": created_by}
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 sa.insert(sessions_table).values(values).returning(sessions_table.c.id)
             )
             new_id = result.scalar_one()
         return await self.get(new_id)
+
+    async def update(
+        self,
+        session_id: int,
+        tree: SiteTree,
+        *,
+        title: str,
+        theme: Theme,
+        host: str,
+        audience: Audience,
+        start: datetime,
+        end: datetime,
+        recurrence: Recurrence | None = None,
+        options: SessionOptions | None = None,
+    ) -> Session:
+        """Replace what a session is (not its status or author); KeyError when unknown,
+        ValueError as for :meth:`create`. The runner picks the change up: an open room
+        whose occurrence moved away is closed, as after a restart."""
+        values = _values(
+            tree, title, theme, host, audience, start, end, recurrence or Recurrence(), options
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(sessions_table).where(sessions_table.c.id == session_id).values(values)
+            )
+            if result.rowcount == 0:
+                raise KeyError(session_id)
+        return await self.get(session_id)
 
     async def get(self, session_id: int) -> Session:
         """The session; KeyError when unknown."""

@@ -24,13 +24,13 @@ def seed_csv() -> bytes:
 async def load_seed(engine: AsyncEngine) -> int:
     """Create the tables and add the seed sites that are missing; how many were added."""
     await create_tables(engine)
+    return await load_seed_into(Sites(engine))
+
+
+async def load_seed_into(sites: Sites) -> int:
+    """Add the seed sites missing from ``sites``; how many were added."""
     parsed, rows = parse_csv(seed_csv())
-    store = Sites(engine)
-    tree = await store.tree()
-    missing = [site for site in parsed if site.code not in tree]
-    if missing:
-        await store.upsert(missing, rows)
-    return len(missing)
+    return await sites.add_missing(parsed, rows)
 
 
 async def _main(database_url: str) -> None:

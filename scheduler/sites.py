@@ -266,6 +266,15 @@ class Sites:
                     .values(_to_row(site))
                 )
 
+    async def add_missing(self, parsed: list[Site], rows: Mapping[str, int]) -> int:
+        """Add the sites whose code is not in the tree yet (edits made since survive);
+        how many were added."""
+        tree = await self.tree()
+        missing = [site for site in parsed if site.code not in tree]
+        if missing:
+            await self.upsert(missing, rows)
+        return len(missing)
+
     async def delete(self, code: str) -> None:
         """Remove a leaf site (KeyError when unknown, SiteError when it has children)."""
         async with self._engine.begin() as conn:

@@ -57,6 +57,8 @@ accounts = sa.Table(
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("site", sa.String(32), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # A disabled account cannot log in, and its logins and API tokens stop working.
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 logins = sa.Table(
@@ -108,6 +110,7 @@ sessions = sa.Table(
     sa.Column("publish", sa.Boolean, nullable=False, default=False),
     sa.Column("live_households", sa.Boolean, nullable=False, default=False),
     sa.Column("restream_urls", sa.JSON, nullable=False),
+    sa.Column("layout", sa.String(16), nullable=False, default="lecturer"),
     sa.Column("status", sa.String(16), nullable=False, default="scheduled"),
     sa.Column("created_by", sa.Integer, nullable=True),
 )

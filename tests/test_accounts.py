@@ -1,8 +1,10 @@
-"""Accounts: argon2 passwords, cookie logins with CSRF, API tokens, the login rate limit,
-the create-admin command. Also home of the ``api`` fixture (a test app on the router)."""
+"""Accounts: argon2 passwords, cookie logins with CSRF, API tokens, the login rate limit
+(raced too), managing accounts (list, reset, disable, one's own password) within
+reach. Also home of the ``api`` fixture (a test app on the router)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,10 +21,10 @@ from scheduler.http import scheduler_router
 from scheduler.permissions import Role
 from scheduler.schedule import Schedule
 from scheduler.seed import load_seed
-from scheduler.sites import Sites
+from scheduler.sites import Sites, SiteTree
 from scheduler.tables import accounts as accounts_table
 from scheduler.tables import api_tokens, logins
-from tests.test_sites import engine_fixture, run_module  # noqa: F401  (fixture import)
+from tests.test_sites import engine_fixture  # noqa: F401  (fixture import)
 
 # Cheap parameters keep the suite fast; one test checks the production defaults.
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -116,7 +118,9 @@ async def test_weak_parameters_are_upgraded_on_login(engine: AsyncEngine) -> Non
 
 BAD_ACCOUNTS = [
     ("empty username", " ", PASSWORD, Role.CENTER_ADMIN, None, "username is required"),
-    ("short password", "x", "short", Role.CENTER_ADMIN, None, "at least 8"),
+    ("short password", "x", "short", Role.CENTER_ADMIN, None, "at least 10"),
+    ("nine characters", "x", "123456789", Role.CENTER_ADMIN, None, "at least 10"),
+    ("huge password", "x", "p" * 1025, Role.CENTER_ADMIN, None, "at most 1024"),
     ("admin bound to a site", "x", PASSWORD, Role.CENTER_ADMIN, "C", "bound to no site"),
     (
         "institute operator on a station",
@@ -177,10 +181,10 @@ def test_limiter_blocks_after_five_failures_until_the_window_passes() -> None:
     clock = FakeMonotonic()
     limiter = LoginLimiter(max_failures=5, window=300, clock=clock)
     for _ in range(4):
-        limiter.failed("user:a", "addr:1")
+        limiter.count("user:a", "addr:1")
         clock.value += 10
     assert limiter.retry_after("user:a", "addr:1") is None
-    limiter.failed("user:a", "addr:1")
+    limiter.count("user:a", "addr:1")
     assert limiter.retry_after("user:a") == 260  # the first failure leaves the window then
     assert limiter.retry_after("user:b", "addr:1") == 260  # the address is blocked too
     assert limiter.retry_after("user:b", "addr:2") is None
@@ -192,22 +196,11 @@ def test_limiter_drops_stale_keys_when_it_grows() -> None:
     clock = FakeMonotonic()
     limiter = LoginLimiter(window=300, clock=clock, max_keys=100)
     for n in range(100):
-        limiter.failed(f"user:{n}")
+        limiter.count(f"user:{n}")
     assert len(limiter) == 100
     clock.value += 301
-    limiter.failed("user:new")
+    limiter.count("user:new")
     assert len(limiter) == 1
-
-
-async def test_create_admin_command(engine: AsyncEngine) -> None:
-    url = engine.url.render_as_string(hide_password=False)
-    args = ("scheduler.accounts", "create-admin", "--database-url", url)
-    done = await run_module(*args, "--username", "chief", "--password", PASSWORD)
-    assert done.returncode == 0 and "created center administrator chief" in done.stdout, done.stderr
-    again = await run_module(*args, "--username", "chief", "--password", PASSWORD)
-    assert again.returncode == 1 and "username chief is taken" in again.stderr
-    account = await Accounts(engine).authenticate("chief", PASSWORD)
-    assert account is not None and account.role is Role.CENTER_ADMIN
 
 
 async def test_login_sets_httponly_lax_cookies_and_me_answers(api: Api) -> None:
@@ -224,6 +217,7 @@ async def test_login_sets_httponly_lax_cookies_and_me_answers(api: Api) -> None:
             "username": "sta1",
             "role": "station_operator",
             "site": "I01-S001",
+            "disabled": False,
         }
         assert (await client.post("/api/logout")).status_code == 204
         assert (await client.get("/api/me")).status_code == 401
@@ -265,14 +259,15 @@ async def test_state_changing_cookie_requests_need_the_csrf_token(api: Api) -> N
     assert missing.status_code == 403 and "CSRF token missing" in missing.json()["detail"]
     wrong = await client.post("/api/me/tokens", json=body, headers={"X-CSRF-Token": "forged"})
     assert wrong.status_code == 403 and "does not match" in wrong.json()["detail"]
-    # Reads need no token; a form field works as well as the header.
+    # Reads need no token. A form field is not read: the header is the only way, so
+    # nothing of a body (an upload) is read before a request is refused.
     assert (await client.get("/api/me")).status_code == 200
     form = await client.post(
         "/api/sites/import",
         data={"csrf_token": token},
         files={"file": ("sites.csv", b"code,name,kind,parent,region,contact_name,contact_phone\n")},
     )
-    assert form.status_code == 200, form.text
+    assert form.status_code == 403 and "CSRF token missing" in form.json()["detail"]
     assert (
         await client.post("/api/me/tokens", json=body, headers={"X-CSRF-Token": token})
     ).status_code == 201
@@ -343,4 +338,150 @@ async def test_accounts_are_created_within_permissions(api: Api) -> None:
     taken = await admin.post("/api/accounts", json=promote)
     assert taken.status_code == 422 and "taken" in taken.json()["detail"]
     for client in (admin, inst1):
+        await client.aclose()
+
+
+async def account_id(api: Api, username: str) -> int:
+    for account in await api.auth.accounts.all():
+        if account.username == username:
+            return account.id
+    raise AssertionError(f"no account {username}")
+
+
+async def test_accounts_are_listed_within_reach(api: Api) -> None:
+    admin, inst1, sta1 = [await api.client(name) for name in ("admin", "inst1", "sta1")]
+    everyone = {a["username"] for a in (await admin.get("/api/accounts")).json()}
+    assert everyone == set(USERS)
+    # an institute: itself and its stations' operators
+    mine = {a["username"] for a in (await inst1.get("/api/accounts")).json()}
+    assert mine == {"inst1", "sta1", "sta2"}
+    refused = await sta1.get("/api/accounts")
+    assert refused.status_code == 403 and "cannot manage accounts" in refused.json()["detail"]
+    for client in (admin, inst1, sta1):
+        await client.aclose()
+
+
+async def test_a_password_is_reset_by_who_manages_the_account_and_ends_its_logins(
+    api: Api,
+) -> None:
+    inst1, inst2, sta1 = [await api.client(name) for name in ("inst1", "inst2", "sta1")]
+    sta1_id = await account_id(api, "sta1")
+    body = {"password": "a new password 1"}
+    other = await inst2.post(f"/api/accounts/{sta1_id}/password", json=body)
+    assert other.status_code == 403 and "outside your institute I02" in other.json()["detail"]
+    weak = await inst1.post(f"/api/accounts/{sta1_id}/password", json={"password": "short"})
+    assert weak.status_code == 422 and "at least 10" in weak.json()["detail"]
+    admin_id = await account_id(api, "admin")
+    up = await inst1.post(f"/api/accounts/{admin_id}/password", json=body)
+    assert up.status_code == 403 and "only station operators" in up.json()["detail"]
+    assert (await inst1.post("/api/accounts/9999/password", json=body)).status_code == 404
+    assert (await inst1.post(f"/api/accounts/{sta1_id}/password", json=body)).status_code == 204
+    assert (await sta1.get("/api/me")).status_code == 401  # its login ended
+    async with api.anonymous() as fresh:
+        old = await fresh.post("/api/login", json={"username": "sta1", "password": PASSWORD})
+        assert old.status_code == 401
+        new = await fresh.post("/api/login", json={"username": "sta1", **body})
+        assert new.status_code == 200
+    for client in (inst1, inst2, sta1):
+        await client.aclose()
+
+
+async def test_a_disabled_account_cannot_log_in_and_its_tokens_stop(api: Api) -> None:
+    admin, inst1, sta2 = [await api.client(name) for name in ("admin", "inst1", "sta2")]
+    token = (await sta2.post("/api/me/tokens", json={})).json()["token"]
+    sta2_id = await account_id(api, "sta2")
+    inst2_id = await account_id(api, "inst2")
+    # an institute operator may not disable another institute or the center
+    refused = await inst1.patch(f"/api/accounts/{inst2_id}", json={"disabled": True})
+    assert refused.status_code == 403
+    done = await inst1.patch(f"/api/accounts/{sta2_id}", json={"disabled": True})
+    assert done.status_code == 200 and done.json()["disabled"] is True
+    assert (await sta2.get("/api/me")).status_code == 401
+    async with api.anonymous() as client:
+        blocked = await client.post("/api/login", json={"username": "sta2", "password": PASSWORD})
+        assert blocked.status_code == 403 and "disabled" in blocked.json()["detail"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        assert (await client.get("/api/me")).status_code == 401
+    own = await admin.patch(
+        f"/api/accounts/{await account_id(api, 'admin')}", json={"disabled": True}
+    )
+    assert own.status_code == 403 and "your own account" in own.json()["detail"]
+    again = await admin.patch(f"/api/accounts/{sta2_id}", json={"disabled": False})
+    assert again.json()["disabled"] is False
+    assert (await api.client("sta2")) is not None  # logs in again
+    for client in (admin, inst1, sta2):
+        await client.aclose()
+
+
+async def test_operators_change_their_own_password(api: Api) -> None:
+    sta1 = await api.client("sta1")
+    other_login = await api.client("sta1")
+    wrong = await sta1.post(
+        "/api/me/password", json={"old_password": "not it at all", "new_password": "x" * 12}
+    )
+    assert wrong.status_code == 403 and "current password is wrong" in wrong.json()["detail"]
+    weak = await sta1.post(
+        "/api/me/password", json={"old_password": PASSWORD, "new_password": "short"}
+    )
+    assert weak.status_code == 422
+    changed = await sta1.post(
+        "/api/me/password", json={"old_password": PASSWORD, "new_password": "brand new pass"}
+    )
+    assert changed.status_code == 204
+    assert (await sta1.get("/api/me")).status_code == 200  # this login stays
+    assert (await other_login.get("/api/me")).status_code == 401  # the others end
+    for client in (sta1, other_login):
+        await client.aclose()
+
+
+async def test_the_setup_status_says_whether_an_administrator_exists(engine: AsyncEngine) -> None:
+    accounts = Accounts(engine, hasher=FAST_HASHER)
+    auth = Auth(accounts)
+    app = FastAPI()
+    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/api/setup")).json() == {"admin_exists": False}
+        await accounts.create("root", PASSWORD, Role.CENTER_ADMIN, None, await Sites(engine).tree())
+        assert (await client.get("/api/setup")).json() == {"admin_exists": True}
+
+
+async def test_only_the_center_loads_the_countys_tree(engine: AsyncEngine) -> None:
+    accounts = Accounts(engine, hasher=FAST_HASHER)
+    auth = Auth(accounts)
+    app = FastAPI()
+    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
+    await accounts.create("root", PASSWORD, Role.CENTER_ADMIN, None, SiteTree([]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        login = await client.post("/api/login", json={"username": "root", "password": PASSWORD})
+        client.headers["X-CSRF-Token"] = login.cookies[CSRF_COOKIE]
+        assert (await client.post("/api/sites/seed")).json() == {"added": 191, "sites": 191}
+        assert (await client.post("/api/sites/seed")).json() == {"added": 0, "sites": 191}
+        tree = await Sites(engine).tree()
+        await accounts.create("i1", PASSWORD, Role.INSTITUTE_OPERATOR, "I01", tree)
+        login = await client.post("/api/login", json={"username": "i1", "password": PASSWORD})
+        client.headers["X-CSRF-Token"] = login.cookies[CSRF_COOKIE]
+        refused = await client.post("/api/sites/seed")
+        assert refused.status_code == 403 and "only the center" in refused.json()["detail"]
+
+
+async def test_concurrent_wrong_logins_cannot_race_the_limit(engine: AsyncEngine) -> None:
+    """15 wrong passwords for one name at once: the attempts are counted before the
+    (slow) checks, so only the limit's 5 are checked and the rest are refused at once."""
+    await Accounts(engine, hasher=FAST_HASHER).create(
+        "target", PASSWORD, Role.CENTER_ADMIN, None, SiteTree([])
+    )
+    accounts = Accounts(engine)  # production argon2: each check takes real time
+    app = FastAPI()
+    app.include_router(scheduler_router(Auth(accounts), Sites(engine), Schedule(engine)))
+    tries = []
+    for n in range(15):
+        transport = httpx.ASGITransport(app=app, client=(f"10.1.0.{n}", 50000))
+        tries.append(httpx.AsyncClient(transport=transport, base_url="http://test"))
+    wrong = {"username": "target", "password": "not the password"}
+    answers = await asyncio.gather(*(client.post("/api/login", json=wrong) for client in tries))
+    codes = sorted(response.status_code for response in answers)
+    assert codes == [401] * 5 + [429] * 10, codes
+    for client in tries:
         await client.aclose()

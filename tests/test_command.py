@@ -227,3 +227,42 @@ async def test_the_periodic_check_runs_on_the_injected_clock(
             await escalator.stop()
     assert sorted(n["site"] for n in notices) == ["I01-S001", "I01-S002"]
     assert all(n["raised_at"].startswith(str(clock.now().astimezone(UTC).year)) for n in notices)
+
+
+async def test_a_directive_left_unread_past_its_time_is_escalated_once(
+    command_engine: AsyncEngine, store_bus: tuple[Store, Bus]
+) -> None:
+    store, bus = store_bus
+    dispatch = Dispatch(command_engine, bus)
+    directive = await dispatch.send(
+        CENTER,
+        "防汛值班",
+        "今晚各站安排专人值班。",
+        {"I01-S001", "I01-S002", "I02-S001"},
+        read_within=timedelta(minutes=30),
+    )
+    silent = await dispatch.send(CENTER, "周报", "", {"I01-S002"})  # no deadline: never
+    await dispatch.acknowledge(directive.id, "I01-S001")
+    clock = FakeClock(directive.created_at + timedelta(minutes=29))
+    escalator = Escalator(command_engine, store, BusNotifier(bus), clock)
+    async with bus.subscribe(site_channel("I01")) as institute_inbox:
+        assert await escalator.check() == []  # not yet due
+        clock.advance(timedelta(minutes=2))
+        raised = await escalator.check()
+        assert sorted(e["site"] for e in raised) == ["I01-S002", "I02-S001"]
+        assert {e["reason"] for e in raised} == {"unread"}
+        assert {e["directive_id"] for e in raised} == {directive.id}
+        notice = await asyncio.wait_for(anext(institute_inbox), 5)
+        assert notice["type"] == "escalation" and notice["site"] == "I01-S002"
+    assert await escalator.check() == []  # once per (directive, site)
+    await dispatch.acknowledge(directive.id, "I02-S001")  # reading late keeps the record
+    tree = await Sites(command_engine).tree()
+    since = clock.now() - timedelta(days=1)
+    listed = await list_escalations(command_engine, tree, None, since)
+    assert sorted((e["reason"], e["site"]) for e in listed) == [
+        ("unread", "I01-S002"),
+        ("unread", "I02-S001"),
+    ]
+    assert silent.id not in {e.get("directive_id") for e in listed}
+    mine = await list_escalations(command_engine, tree, set(tree.subtree("I02")), since)
+    assert [e["site"] for e in mine] == ["I02-S001"]

@@ -22,13 +22,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hub.ids import ParticipantIdentity, RoomName
 from hub.store import Bus, Store, open_store_bus
 from hub.tokens import Role as HubRole
-from hub.tokens import TokenSigner
+from hub.tokens import TokenError, TokenSigner
 from scheduler.accounts import CSRF_COOKIE, Accounts, Auth
-from scheduler.command_http import STATIC_DIR, CommandCenter, command_router, hub_token_issuer
+from scheduler.command_http import GRANT_GRACE, STATIC_DIR, CommandCenter, command_router
 from scheduler.http import scheduler_router
 from scheduler.notices import STREAMS_CHANNEL, BusNotifier
 from scheduler.runner import Runner
-from scheduler.schedule import Audience, AudienceKind, Schedule, Session, room_name
+from scheduler.schedule import (
+    Audience,
+    AudienceKind,
+    Schedule,
+    Session,
+    SessionOptions,
+    room_name,
+)
 from scheduler.sites import Sites
 from tests.helpers import wait_until
 from tests.hubserver import SECRET, free_port
@@ -86,6 +93,8 @@ class CommandApi:
     store: Store
     bus: Bus
     clock: FakeClock
+    rooms: Rooms
+    """What the runner asked the (fake) hub: a session ended early closes its room."""
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     async def client(self, username: str) -> httpx.AsyncClient:
@@ -132,10 +141,17 @@ async def api_fixture(command_engine: AsyncEngine) -> AsyncIterator[CommandApi]:
         keepalive=0.3,
         dashboard_refresh=0.5,
     )
+    rooms = Rooms()
+    runner = Runner(engine, rooms, center.notifier, store, "node-1", clock)
     app = FastAPI()
     app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine)))
     app.include_router(
-        command_router(auth=auth, center=center, issue_token=hub_token_issuer(TokenSigner(SECRET)))
+        command_router(
+            auth=auth,
+            center=center,
+            issue_token=TokenSigner(SECRET).issue,
+            end_occurrence=runner.end_now,
+        )
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -145,7 +161,7 @@ async def api_fixture(command_engine: AsyncEngine) -> AsyncIterator[CommandApi]:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
-    api = CommandApi(f"http://127.0.0.1:{port}", center, store, bus, clock)
+    api = CommandApi(f"http://127.0.0.1:{port}", center, store, bus, clock, rooms)
     try:
         yield api
     finally:
@@ -172,7 +188,7 @@ async def test_join_gives_a_token_for_the_live_room_to_its_audience_only(
     assert response.status_code == 200, response.text
     body = response.json()
     grant = TokenSigner(SECRET).verify(body["token"])
-    assert body["room"] == room and body["url"] == f"/station?token={body['token']}"
+    assert body["room"] == room and body["url"] == f"/station?room={room}"
     assert (grant.room, grant.identity, grant.role) == (room, "I01-S001", HubRole.STATION)
     assert grant.name == (await Sites(command_engine).tree()).get("I01-S001").name
 
@@ -409,7 +425,7 @@ def test_every_page_string_is_in_both_languages() -> None:
     zh = set(key.findall(source.split("const zh = {", 1)[1].split("\n};", 1)[0]))
     en = set(key.findall(source.split("const en = {", 1)[1].split("\n};", 1)[0]))
     assert zh == en
-    for page in ("dashboard.html", "sessions.html"):
+    for page in ("dashboard.html", "sessions.html", "admin.html", "attendance.html"):
         used = set(
             re.findall(r'data-c(?:-label)?="([^"]+)"', (STATIC_DIR / page).read_text("utf-8"))
         )
@@ -428,3 +444,158 @@ async def test_the_runner_announces_a_session_on_the_audiences_notice_streams(
         opening = await notices.next_event(lambda name, _: name == "session.opening")
     assert opening["room"] == room_name(session.id, session.start)
     assert opening["title"] == session.title and opening["session_id"] == session.id
+
+
+async def test_a_join_grant_expires_at_the_sessions_end_plus_a_grace(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await i01_session(api, command_engine)
+    sta1 = await api.client("sta1")
+    body = (await sta1.post(f"/api/sessions/{session.id}/join")).json()
+    grant = TokenSigner(SECRET).verify(body["token"])
+    assert grant.expires_at == (session.end + GRANT_GRACE).timestamp()
+    # not 12 or 24 hours later: past the grace, the same token admits nobody
+    with pytest.raises(TokenError, match="expired"):
+        TokenSigner(SECRET).verify(body["token"], now=grant.expires_at + 1)
+    assert "token" not in body["url"] and body["url"] == f"/station?room={body['room']}"
+
+
+async def test_the_console_is_for_the_center_and_the_hosting_institute(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    start = api.clock.now() - timedelta(minutes=1)
+    center_hosted = await i01_session(api, command_engine)
+    i01_hosted = await live_session(command_engine, start, host="I01")
+    admin, inst1, inst2, sta1 = [
+        await api.client(name) for name in ("admin", "inst1", "inst2", "sta1")
+    ]
+    answer = await admin.post(f"/api/sessions/{center_hosted.id}/console")
+    assert answer.status_code == 200, answer.text
+    grant = TokenSigner(SECRET).verify(answer.json()["token"])
+    assert grant.can_moderate and (grant.identity, grant.role) == ("C", HubRole.CENTER)
+    assert grant.expires_at == (center_hosted.end + GRANT_GRACE).timestamp()
+    assert answer.json()["url"] == f"/console?room={grant.room}"
+    # an institute moderates the sessions it hosts, as itself
+    answer = await inst1.post(f"/api/sessions/{i01_hosted.id}/console")
+    assert answer.status_code == 200, answer.text
+    grant = TokenSigner(SECRET).verify(answer.json()["token"])
+    assert grant.can_moderate and (grant.identity, grant.role) == ("I01", HubRole.INSTITUTE)
+    refusals = [
+        (inst1, center_hosted.id, "the host C is outside your institute I01"),
+        (inst2, i01_hosted.id, "outside your institute I02"),
+        (sta1, i01_hosted.id, "station operators cannot moderate"),
+    ]
+    for client, session_id, reason in refusals:
+        refused = await client.post(f"/api/sessions/{session_id}/console")
+        assert refused.status_code == 403 and reason in refused.json()["detail"], refused.text
+    later = await live_session(command_engine, api.clock.now() + timedelta(hours=3))
+    not_open = await admin.post(f"/api/sessions/{later.id}/console")
+    assert not_open.status_code == 409
+
+
+async def test_ending_a_session_early_closes_it_for_good(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await live_session(
+        command_engine,
+        api.clock.now() - timedelta(minutes=5),
+        options=SessionOptions(record=True, publish=True),
+    )
+    room = room_name(session.id, session.start)
+    admin, sta1 = await api.client("admin"), await api.client("sta1")
+    # the runner opened it and started recording
+    runner = Runner(command_engine, api.rooms, api.center.notifier, api.store, "n", api.clock)
+    await runner.tick()
+    assert ("start_recording", room) in api.rooms.calls
+    assert (await sta1.post(f"/api/sessions/{session.id}/end")).status_code == 403
+    ended = await admin.post(f"/api/sessions/{session.id}/end")
+    assert ended.status_code == 200 and ended.json() == {"room": room, "ended": True}
+    assert api.rooms.calls[-3:] == [("stop_recording", room), ("close", room), ("library", room)]
+    for action in ("join", "console", "end"):
+        gone = await admin.post(f"/api/sessions/{session.id}/{action}")
+        assert gone.status_code == 409 and "has ended" in gone.json()["detail"]
+    # the runner neither reopens nor records it again, now or later
+    calls = len(api.rooms.calls)
+    await runner.tick()
+    api.clock.advance(timedelta(hours=2))
+    await runner.tick()
+    assert len(api.rooms.calls) == calls
+    occurrences = (await admin.get(f"/api/sessions/{session.id}/occurrences")).json()
+    assert [o["ended"] for o in occurrences if o["room"] == room] == [True]
+
+
+async def test_households_see_only_public_sessions_and_only_what_they_need(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    now = api.clock.now()
+    live = await live_session(
+        command_engine,
+        now - timedelta(minutes=5),
+        title="正在直播的宣讲",
+        options=SessionOptions(live_households=True, restream_urls=("rtmp://x/app/key",)),
+    )
+    await live_session(command_engine, now + timedelta(days=1), title="明天的讲座",
+                       options=SessionOptions(live_households=True))  # fmt: skip
+    await live_session(command_engine, now - timedelta(minutes=5), title="内部会议")
+    await live_session(command_engine, now + timedelta(days=30), title="下个月",
+                       options=SessionOptions(live_households=True))  # fmt: skip
+    async with httpx.AsyncClient(base_url=api.base) as anonymous:
+        answer = (await anonymous.get("/api/public/sessions")).json()
+    assert [s["title"] for s in answer["live"]] == ["正在直播的宣讲"]
+    assert [s["title"] for s in answer["upcoming"]] == ["明天的讲座"]
+    entry = answer["live"][0]
+    assert set(entry) == {"room", "title", "theme", "theme_label", "host_name", "start", "end"}
+    assert entry["room"] == room_name(live.id, live.start) and entry["theme_label"] == "理论宣讲"
+    assert "key" not in json.dumps(answer) and "I01" not in json.dumps(answer)
+
+
+async def test_attendance_report_as_csv_for_the_host_and_the_center(
+    api: CommandApi, command_engine: AsyncEngine
+) -> None:
+    session = await i01_session(api, command_engine)
+    room = room_name(session.id, session.start)
+    at = api.clock.now().timestamp()
+    await api.center.recorder.record_presence(
+        {"room": room, "identity": "I01-S001", "here": True, "node": None, "at": at}
+    )
+    admin, inst2 = await api.client("admin"), await api.client("inst2")
+    csv_answer = await admin.get(f"/api/attendance/{room}.csv")
+    assert csv_answer.status_code == 200
+    assert csv_answer.headers["content-type"].startswith("text/csv")
+    rows = csv_answer.content.decode("utf-8-sig").splitlines()
+    assert rows[0] == "site,name,expected,first_join,minutes,here"
+    by_site = {row.split(",")[0]: row.split(",") for row in rows[1:]}
+    assert by_site["I01-S001"][2:3] == ["yes"] and by_site["I01-S001"][5] == "yes"
+    assert by_site["I01-S002"][3:] == ["", "0", "no"]  # expected, absent
+    report = (await admin.get(f"/api/attendance/{room}")).json()
+    assert report["names"]["I01-S001"] and "I01-S002" in report["absent"]
+    assert (await inst2.get(f"/api/attendance/{room}.csv")).status_code == 403
+
+
+async def test_ad_hoc_rooms_are_the_centers(api: CommandApi) -> None:
+    admin, inst1 = await api.client("admin"), await api.client("inst1")
+    opened = await admin.post("/api/rooms/county-meeting/console")
+    assert opened.status_code == 200
+    grant = TokenSigner(SECRET).verify(opened.json()["token"])
+    assert (grant.room, grant.identity, grant.can_moderate) == ("county-meeting", "C", True)
+    assert opened.json()["url"] == "/console?room=county-meeting"
+    invite = await admin.post("/api/rooms/county-meeting/invite", json={"site": "I02-S001"})
+    assert invite.status_code == 200
+    url = invite.json()["url"]
+    assert url.startswith("/station#token=")  # in the fragment: never sent to a server
+    invited = TokenSigner(SECRET).verify(url.split("#token=", 1)[1])
+    assert (invited.identity, invited.role, invited.can_moderate) == (
+        "I02-S001",
+        HubRole.STATION,
+        False,
+    )
+    refusals = [
+        (inst1, "/api/rooms/county-meeting/console", None, 403),
+        (admin, "/api/rooms/..%2Fetc/console", None, 404),
+        (admin, "/api/rooms/bad%20name/console", None, 422),
+        (admin, "/api/rooms/s1-202612010900/console", None, 403),  # a session's room
+        (admin, "/api/rooms/county-meeting/invite", {"site": "NOPE"}, 404),
+    ]
+    for client, path, body, status in refusals:
+        answer = await client.post(path, json=body) if body else await client.post(path)
+        assert answer.status_code == status, (path, answer.text)

@@ -256,15 +256,26 @@ async def test_a_full_disk_stops_the_recording_with_a_clear_error(
 ) -> None:
     async with lecturing(hub_server, "full") as moderator:
         station = HubClient(hub_server.ws, hub_server.token("full", "S1", "station"))
+        console = HubClient(hub_server.ws, hub_server.token("full", "C2", "center"))
         await station.connect()
+        await console.connect()
         try:
             async with httpx.AsyncClient(base_url=hub_server.base) as http:
                 started = await http.post("/api/rooms/full/recording", headers=moderator)
                 assert started.status_code == 201
-                event = await station.wait_for(
+                event = await console.wait_for(
                     lambda m: m["type"] == "media" and "recording" in m["errors"], timeout=30
                 )
                 assert "space" in event["errors"]["recording"].lower()
+                # Stations hear that the recording stopped, not ffmpeg's words.
+                recording = await station.wait_for(lambda m: m["type"] == "media")
+                assert recording["recording"] is True
+                ended = await station.wait_for(
+                    lambda m: m["type"] == "media" and not m["recording"],
+                    start=station.messages.index(recording),
+                    timeout=15,
+                )
+                assert "errors" not in ended
 
                 async def stopped() -> str | None:
                     media = (await http.get("/api/rooms/full")).json()["media"]
@@ -278,6 +289,7 @@ async def test_a_full_disk_stops_the_recording_with_a_clear_error(
             before = camera.track.readyState
             assert before == "live"
         finally:
+            await console.close()
             await station.close()
     assert any("recording failed" in r.getMessage() for r in caplog.records)
     sizes = await asyncio.to_thread(media_file_sizes, full_disk)

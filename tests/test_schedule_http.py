@@ -318,6 +318,9 @@ async def test_sites_tree_and_crud_within_permissions(api: Api) -> None:
     moved = await inst1.patch("/api/sites/I01-S003", json={"parent": "I02"})
     assert moved.status_code == 403
     assert (await inst1.patch("/api/sites/I01", json={"name": "改名"})).status_code == 403
+    # another institute's sites are out of reach
+    assert (await inst1.patch("/api/sites/I02-S001", json={"name": "改名"})).status_code == 403
+    assert (await inst1.delete("/api/sites/I02-S001")).status_code == 403
     assert (await inst1.patch("/api/sites/I01-S003", json={"name": None})).status_code == 422
     admin = await api.client("admin")
     assert (await admin.patch("/api/sites/I01-S003", json={"parent": "I02"})).json()[
@@ -359,4 +362,60 @@ async def test_sites_csv_over_http(api: Api) -> None:
     assert response.status_code == 200 and response.json() == {"imported": 1}
     assert (await inst1.get("/api/sites/I01-S001")).json()["contact_name"] == "钱明"
     for client in (inst1, admin):
+        await client.aclose()
+
+
+async def test_sessions_are_edited_within_permissions(api: Api) -> None:
+    admin, inst1, inst2, sta1 = [
+        await api.client(name) for name in ("admin", "inst1", "inst2", "sta1")
+    ]
+    mine = (await inst1.post("/api/sessions", json=session_body())).json()
+    county = (
+        await admin.post(
+            "/api/sessions", json=session_body(host="C", audience={"kind": "everyone"})
+        )
+    ).json()
+    changes = api.schedule_changes
+    edited = session_body(
+        title="科普讲座：防范电信诈骗（改）",
+        start="2026-03-02T14:00:00",
+        end="2026-03-02T15:30:00",
+        options={
+            "record": True,
+            "publish": True,
+            "live_households": True,
+            "layout": "composite",
+            "restream_urls": ["rtmp://live.example/app/key"],
+        },
+    )
+    done = await inst1.put(f"/api/sessions/{mine['id']}", json=edited)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["title"].endswith("（改）") and body["start"] == "2026-03-02T14:00:00+08:00"
+    assert body["options"]["layout"] == "composite" and body["options"]["live_households"]
+    assert body["status"] == "scheduled" and body["created_by"] == mine["created_by"]
+    assert api.schedule_changes == changes + 1  # the runner looks again at once
+    refusals = [
+        # another institute's session, or the center's
+        (
+            inst2,
+            mine["id"],
+            session_body(host="I02", audience={"kind": "subtrees", "codes": ["I02"]}),
+        ),
+        (inst1, county["id"], session_body()),
+        # moving one's own session out of reach
+        (inst1, mine["id"], session_body(audience={"kind": "subtrees", "codes": ["I02"]})),
+        (inst1, mine["id"], session_body(host="C")),
+        (sta1, mine["id"], session_body()),
+    ]
+    for client, session_id, refused_body in refusals:
+        response = await client.put(f"/api/sessions/{session_id}", json=refused_body)
+        assert response.status_code == 403, response.text
+    bad = await inst1.put(
+        f"/api/sessions/{mine['id']}", json=session_body(options={"record": True, "layout": "x"})
+    )
+    assert bad.status_code == 422 and "lecturer" in bad.text  # the layouts there are
+    assert (await admin.put("/api/sessions/99999", json=session_body())).status_code == 404
+    assert (await admin.get(f"/api/sessions/{mine['id']}")).json()["title"].endswith("（改）")
+    for client in (admin, inst1, inst2, sta1):
         await client.aclose()

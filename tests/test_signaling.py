@@ -12,6 +12,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
+from hub.peers import make_peer_connection
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
@@ -391,4 +392,98 @@ async def test_a_reconnecting_station_keeps_stage_hand_and_moderator_mute(
         assert [p.identity for p in room.stage] == ["C", "S1"]
     finally:
         for client in reversed(clients):
+            await client.close()
+
+
+async def test_a_removed_identity_stays_out_until_let_back_in(hub_server: RunningHub) -> None:
+    """ "Remove" keeps that identity out for the rest of the session: the same link, or
+    any link of that identity, cannot rejoin (WHIP included) until a moderator lets
+    it back in."""
+    room = "removal"
+    link = hub_server.token(room, "I01-S001", "station", name="东湖村站")
+    center = HubClient(hub_server.ws, hub_server.token(room, "C", "center"))
+    station = HubClient(hub_server.ws, link)
+    again = HubClient(hub_server.ws, link)
+    later = HubClient(hub_server.ws, link)
+    try:
+        await center.connect()
+        await station.connect()
+        sid = station.joined["participant"]["sid"]
+        await center.send({"type": "moderate", "action": "remove", "participant": sid})
+        await station.wait_for(lambda m: m["type"] == "removed")
+        listed = await center.wait_for(
+            lambda m: m["type"] == "removed_identities" and len(m["removed"]) == 1
+        )
+        assert listed["removed"] == [{"identity": "I01-S001", "name": "东湖村站"}]
+
+        refused = await raw_exchange(hub_server.ws, {"type": "join", "token": link})
+        assert refused[0]["type"] == "error" and refused[0]["code"] == "removed"
+        fresh = hub_server.token(room, "I01-S001", "station")  # a new link of the same site
+        refused = await raw_exchange(hub_server.ws, {"type": "join", "token": fresh})
+        assert refused[0]["code"] == "removed"
+        with_whip = await whip_post(hub_server, room, fresh)
+        assert with_whip.status_code == 403 and "removed you" in with_whip.text
+
+        mark = len(center.messages)
+        await center.send({"type": "moderate", "action": "readmit", "identity": "I01-S001"})
+        await center.wait_for(
+            lambda m: m["type"] == "removed_identities" and m["removed"] == [], start=mark
+        )
+        await later.connect()  # the same link works again
+        assert later.joined["participant"]["identity"] == "I01-S001"
+        # only moderators readmit, and only who was removed
+        await later.send({"type": "moderate", "action": "readmit", "identity": "I01-S001"})
+        assert (await later.wait_for(lambda m: m["type"] == "error"))["code"] == "forbidden"
+        mark = len(center.messages)
+        await center.send({"type": "moderate", "action": "readmit", "identity": "nobody"})
+        error = await center.wait_for(lambda m: m["type"] == "error", start=mark)
+        assert error["code"] == "not_found"
+    finally:
+        for client in (later, again, station, center):
+            await client.close()
+
+
+async def whip_post(hub_server: RunningHub, room: str, token: str) -> httpx.Response:
+    pc = make_peer_connection([])
+    pc.addTransceiver("audio", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with httpx.AsyncClient(base_url=hub_server.base) as client:
+            return await client.post(
+                f"/whip/{room}",
+                content=pc.localDescription.sdp,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+            )
+    finally:
+        await pc.close()
+
+
+async def test_everyone_is_told_when_the_room_records_moderators_more(
+    hub_server: RunningHub,
+) -> None:
+    room = "told"
+    center = HubClient(hub_server.ws, hub_server.token(room, "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token(room, "S1", "station"))
+    try:
+        await center.connect()
+        hub_room = hub_server.hub.rooms[RoomName(room)]
+        hub_room.media.start_recording()
+        await station.connect()
+        # on joining: recording and live for households, and nothing else for a site
+        told = station.joined["media"]
+        assert told["recording"] is True and told["recording_started_at"] > 0
+        assert set(told) == {"recording", "recording_started_at", "live", "hls_url"}
+        assert "restreams" in (await center.wait_for(lambda m: m["type"] == "media"))
+        mark = len(station.messages)
+        await hub_room.media.stop_recording()
+        told = await station.wait_for(lambda m: m["type"] == "media", start=mark)
+        assert told == {
+            "type": "media",
+            "recording": False,
+            "recording_started_at": None,
+            "live": False,
+            "hls_url": None,
+        }
+    finally:
+        for client in (station, center):
             await client.close()

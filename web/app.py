@@ -25,7 +25,7 @@ from media.library_http import library_router
 from media.live_http import live_router
 from media.processing import Processor
 from scheduler.accounts import Accounts, Auth
-from scheduler.command_http import CommandCenter, command_router, hub_token_issuer
+from scheduler.command_http import CommandCenter, command_router
 from scheduler.http import scheduler_router
 from scheduler.runner import Runner, WebhookNotifier
 from scheduler.schedule import Schedule
@@ -55,7 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
     command = CommandCenter(
         engine=engine, store=store, bus=bus, notifier=webhooks, node=hub.node_id
     )
-    room_control = HubRoomControl(hub, recordings)
+    sites = Sites(engine)
+    room_control = HubRoomControl(hub, recordings, sites)
     runner = Runner(engine, room_control, command.notifier, store, holder=hub.node_id)
 
     @asynccontextmanager
@@ -101,9 +102,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(
         library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
     )
-    app.include_router(scheduler_router(auth, Sites(engine), Schedule(engine), runner.wake))
+    app.include_router(scheduler_router(auth, sites, Schedule(engine), runner.wake))
     app.include_router(
-        command_router(auth=auth, center=command, issue_token=hub_token_issuer(hub.signer))
+        command_router(
+            auth=auth, center=command, issue_token=hub.signer.issue, end_occurrence=runner.end_now
+        )
     )
     app.include_router(pages_router())
     app.include_router(library_pages_router())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 
-from hub.ids import RoomName
+from hub.ids import ParticipantIdentity, RoomName
 from hub.room_media import MediaError
 from hub.service import Hub
 from media.jobs import JobRunner
@@ -19,6 +19,7 @@ from scheduler.accounts import Auth
 from scheduler.permissions import Role
 from scheduler.recurrence import local
 from scheduler.schedule import SessionInfo
+from scheduler.sites import Sites
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class RecordingsToLibrary:
                 title=f"{room} {today.isoformat()}", theme=Theme.THEORY, date=today
             )
         self.latest[room] = item
-        job = await self.jobs.submit(item.id, "recording", directory)
+        layout = session.options.layout if session is not None else "lecturer"
+        job = await self.jobs.submit(item.id, "recording", directory, layout)
         logger.info("recording %s of %s → item %s, job %s", directory, room, item.id, job.id)
 
 
@@ -59,13 +61,20 @@ class HubRoomControl:
     """The schedule runner's hands on the hub. Every action is safe to repeat: a
     runner that restarted mid-step may do one again."""
 
-    def __init__(self, hub: Hub, recordings: RecordingsToLibrary) -> None:
+    def __init__(self, hub: Hub, recordings: RecordingsToLibrary, sites: Sites) -> None:
         self.hub = hub
         self.recordings = recordings
+        self.sites = sites
 
     async def open_room(self, room: str, session: SessionInfo) -> None:
         self.recordings.sessions[room] = session
         opened = await self.hub.room(RoomName(room))
+        tree = await self.sites.tree()
+        opened.audience = {
+            ParticipantIdentity(code): tree.get(code).name
+            for code in sorted(session.audience_sites - {session.host})
+            if code in tree
+        }
         media = opened.media
         if session.options.live_households and media.live is None:
             media.start_live()

@@ -52,6 +52,10 @@ def pages_router() -> APIRouter:
     async def index() -> FileResponse:
         return _page("index.html")
 
+    @router.get("/admin", include_in_schema=False)
+    async def admin() -> FileResponse:
+        return _page("admin.html")
+
     @router.get("/console", include_in_schema=False)
     async def console() -> FileResponse:
         return _page("console.html")

@@ -40,6 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--allow-loopback-in-peer-connection",
+    # No test reaches out: every name but the hub's resolves to nothing.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
 ]
 
 
@@ -220,6 +222,19 @@ def browsers(
     if report is not None and report.failed:
         sys.stderr.write(f"\n--- browser console ---\n{b.dump_logs()}\n")
     b.close()
+
+
+def create_admin(data_dir: Path, username: str, password: str) -> None:
+    """The installer's ``practice-hub admin create`` (it creates the tables if needed;
+    SQLite lets it write next to a running hub)."""
+    argv = ["admin", "create", "--username", username, "--data-dir", str(data_dir)]
+    subprocess.run(
+        [sys.executable, "-m", "hub", *argv],
+        cwd=ROOT,
+        env=os.environ | {"HUB_ADMIN_PASSWORD": password},
+        check=True,
+        capture_output=True,
+    )
 
 
 def screenshot(page: Any, name: str) -> None:

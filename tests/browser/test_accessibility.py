@@ -66,11 +66,11 @@ def check_page(page: Any) -> None:
 def test_pages_name_their_controls_and_keep_contrast(hub: HubProcess, browsers: Browsers) -> None:
     room = "a11y"
     console = browsers.open(
-        f"{hub.base_url}/console?token={hub.token(room, 'CENTER-01', 'center')}", "console"
+        f"{hub.base_url}/console#token={hub.token(room, 'CENTER-01', 'center')}", "console"
     )
     joined(console, "console")
     station = browsers.open(
-        f"{hub.base_url}/station?token={hub.token(room, 'I01-S001', 'station')}", "station"
+        f"{hub.base_url}/station#token={hub.token(room, 'I01-S001', 'station')}", "station"
     )
     joined(station, "station")
     for page in (console, station):
@@ -85,7 +85,7 @@ def test_pages_name_their_controls_and_keep_contrast(hub: HubProcess, browsers: 
 def test_a_station_raises_its_hand_from_the_keyboard(hub: HubProcess, browsers: Browsers) -> None:
     room = "a11y-keys"
     station = browsers.open(
-        f"{hub.base_url}/station?token={hub.token(room, 'I01-S001', 'station')}", "station"
+        f"{hub.base_url}/station#token={hub.token(room, 'I01-S001', 'station')}", "station"
     )
     joined(station, "station")
     for _ in range(40):  # Tab through the page until the hand button has the focus

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from scheduler.recurrence import LOCAL_ZONE
-from tests.browser.conftest import ROOT, Browsers, HubProcess, poll, screenshot
+from tests.browser.conftest import ROOT, Browsers, HubProcess, create_admin, poll, screenshot
 
 ADMIN = ("admin", "admin-password-1")
 OPERATOR = ("station1", "station-password-1")
@@ -32,14 +32,12 @@ class CommandHub(HubProcess):
     def start(self, timeout: float = 30.0) -> None:
         database = f"sqlite+aiosqlite:///{self.data_dir / 'hub.sqlite3'}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for argv in (
-            ["scheduler.seed", "--database-url", database],
-            [
-                *("scheduler.accounts", "create-admin", "--username", ADMIN[0]),
-                *("--password", ADMIN[1], "--database-url", database),
-            ],
-        ):
-            subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "scheduler.seed", "--database-url", database],
+            cwd=ROOT,
+            check=True,
+        )
+        create_admin(self.data_dir, *ADMIN)
         super().start(timeout)
 
 
@@ -123,7 +121,8 @@ def test_a_station_joining_shows_online_on_the_dashboard(
     poll(lambda: None if "已读 1 / 1" in directive.inner_text() else directive.inner_text())
 
     join.click()
-    station.wait_for_url("**/station?token=*")
+    station.wait_for_url("**/station?room=*")
+    assert "token" not in station.url
     poll(
         lambda: (
             None

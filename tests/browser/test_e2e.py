@@ -26,7 +26,7 @@ def joined(page: Any, label: str) -> None:
 
 def open_console(hub: HubProcess, browsers: Browsers, room: str) -> Any:
     token = hub.token(room, "CENTER-01", "center", name="市中心")
-    page = browsers.open(f"{hub.base_url}/console?token={token}", "console")
+    page = browsers.open(f"{hub.base_url}/console#token={token}", "console")
     joined(page, "console")
     page.click("#golive")
 
@@ -42,7 +42,7 @@ def open_console(hub: HubProcess, browsers: Browsers, room: str) -> Any:
 
 def open_station(hub: HubProcess, browsers: Browsers, room: str, n: int) -> Any:
     token = hub.token(room, f"I01-S{n:03d}", "station", name=f"第{n}村站")
-    page = browsers.open(f"{hub.base_url}/station?token={token}", f"station{n}")
+    page = browsers.open(f"{hub.base_url}/station#token={token}", f"station{n}")
     joined(page, f"station{n}")
     return page
 

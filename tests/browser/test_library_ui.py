@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
-from tests.browser.conftest import ROOT, Browsers, HubProcess, poll, screenshot
+from tests.browser.conftest import Browsers, HubProcess, create_admin, poll, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -46,12 +45,7 @@ def make_clip(path: Path, seconds: float = 3.0) -> Path:
 def admin_hub(hub: HubProcess) -> HubProcess:
     """The hub with a center administrator, made with the installer's command (it
     creates the tables if needed; SQLite lets it write next to the running hub)."""
-    url = f"sqlite+aiosqlite:///{hub.data_dir / 'hub.sqlite3'}"
-    subprocess.run(
-        [sys.executable, "-m", "scheduler.accounts", "create-admin", "--username", ADMIN[0],
-         "--password", ADMIN[1], "--database-url", url],
-        cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+    create_admin(hub.data_dir, *ADMIN)
     return hub
 
 

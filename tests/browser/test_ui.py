@@ -41,8 +41,8 @@ def test_chat_between_station_and_console(hub: HubProcess, browsers: Browsers) -
     room = "chat-room"
     center = hub.token(room, "CENTER-01", "center", name="市中心")
     station = hub.token(room, "I01-S001", "station", name="东湖村站")
-    console = browsers.open(f"{hub.base_url}/console?token={center}", "console")
-    a: Any = browsers.open(f"{hub.base_url}/station?token={station}", "station")
+    console = browsers.open(f"{hub.base_url}/console#token={center}", "console")
+    a: Any = browsers.open(f"{hub.base_url}/station#token={station}", "station")
     for page in (console, a):
 
         def check(p: Any = page) -> str | None:
@@ -59,8 +59,8 @@ def test_audio_only_and_remove(hub: HubProcess, browsers: Browsers) -> None:
     room = "audio-only-room"
     center = hub.token(room, "CENTER-01", "center", name="市中心")
     station = hub.token(room, "I01-S002", "station", name="西湖村站")
-    console = browsers.open(f"{hub.base_url}/console?token={center}", "console")
-    a: Any = browsers.open(f"{hub.base_url}/station?token={station}", "station")
+    console = browsers.open(f"{hub.base_url}/console#token={center}", "console")
+    a: Any = browsers.open(f"{hub.base_url}/station#token={station}", "station")
     poll(lambda: None if client_state(a) == "joined" else client_state(a))
     a_sid = a.evaluate("() => window.practiceHub.client.self.sid")
 
@@ -97,15 +97,29 @@ def test_audio_only_and_remove(hub: HubProcess, browsers: Browsers) -> None:
     a.wait_for_timeout(2000)
     assert client_state(a) == "closed", "a removed station must not reconnect"
 
+    # its link no longer admits it: opened again, the page says why and stays out
+    a.goto(f"{hub.base_url}/station#token={station}")
+    a.locator("#banner").filter(has_text="您已被主持人移出会议").wait_for()
+    poll(lambda: None if client_state(a) == "closed" else client_state(a))
+    # until the console lets it back in
+    console.get_by_role("button", name="允许重新加入 西湖村站").click()
+    poll(lambda: None if console.locator("#removed-section").is_hidden() else "still listed")
+    a.goto(f"{hub.base_url}/station#token={station}")
+    poll(lambda: None if client_state(a) == "joined" else client_state(a))
+
 
 def test_station_joins_with_a_pasted_link(hub: HubProcess, browsers: Browsers) -> None:
     token = hub.token("paste-room", "I01-S003", "station", name="南山村站")
     page: Any = browsers.open(f"{hub.base_url}/station", "station", width=360, height=740)
-    page.fill("#token-input", f"{hub.base_url}/station?token={token}")
+    page.fill("#token-input", f"{hub.base_url}/station#token={token}")
     page.click("#token-form button[type=submit]")
     poll(lambda: None if client_state(page) == "joined" else client_state(page))
-    assert "token=" in page.url, "the token is kept in the address for a reload"
+    assert "token=" not in page.url, "a token never stays in the address"
+    assert page.url.endswith("/station?room=paste-room")
     assert page.locator("#self-name").inner_text().endswith("南山村站")
+    page.reload()  # this tab kept the token: a reload rejoins
+    poll(lambda: None if client_state(page) == "joined" else client_state(page))
+    assert "token=" not in page.url
 
 
 def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> None:
@@ -148,7 +162,7 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
 
 
 def test_a_bad_token_is_said_and_not_retried(hub: HubProcess, browsers: Browsers) -> None:
-    page: Any = browsers.open(f"{hub.base_url}/station?token=not-a-token", "station")
+    page: Any = browsers.open(f"{hub.base_url}/station#token=not-a-token", "station")
     page.locator("#banner").wait_for(state="visible", timeout=10000)
     assert "令牌无效" in page.locator("#banner").inner_text()
     poll(lambda: None if client_state(page) == "closed" else client_state(page))

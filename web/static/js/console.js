@@ -3,17 +3,20 @@
 
 import { CAMERA_CAPTURE, HubClient, fetchRoomStatus, setRestream, setRoomMedia } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
+import { api, tokenFromLogin } from "./command-common.js";
 import {
     AudioSink,
+    adoptToken,
     attachTrack,
     byId,
     el,
     formatStats,
     levelOf,
     mediaAvailable,
+    rememberToken,
     showState,
+    takeToken,
     toast,
-    tokenFromLocation,
     tokenFromPaste,
 } from "./ui.js";
 
@@ -376,6 +379,29 @@ function renderHands() {
     byId("hands-empty").hidden = raised.length > 0;
 }
 
+/** @param {{identity: string, name: string}[]} removed */
+function renderRemoved(removed) {
+    byId("removed-section").hidden = removed.length === 0;
+    byId("removed-list").replaceChildren(
+        ...removed.map((r) =>
+            el("li", { "data-identity": r.identity }, [
+                el("span", { text: r.name || r.identity }),
+                el("button", {
+                    type: "button",
+                    "data-readmit": r.identity,
+                    "aria-label": `${t("removed.readmit")} ${r.name || r.identity}`,
+                    text: t("removed.readmit"),
+                }),
+            ]),
+        ),
+    );
+}
+
+byId("removed-list").addEventListener("click", (event) => {
+    const button = /** @type {HTMLElement} */ (event.target).closest("[data-readmit]");
+    if (button && client) client.readmit(button.getAttribute("data-readmit") || "");
+});
+
 hands.addEventListener("click", (event) => {
     const target = /** @type {HTMLElement} */ (event.target);
     const button = target.closest("button");
@@ -448,7 +474,7 @@ function onMedia(media) {
     renderIndicators();
 }
 
-/** @param {import("./protocol.js").MediaStatus["restreams"]} targets */
+/** @param {NonNullable<import("./protocol.js").MediaStatus["restreams"]>} targets */
 function renderRestreams(targets) {
     byId("restream-list").replaceChildren(
         ...targets
@@ -497,7 +523,7 @@ recordButton.addEventListener("click", () => toggleMedia(recordButton, "recordin
 async function pollRoomStatus() {
     if (client && client.room) {
         roomStatus = await fetchRoomStatus(client.room);
-        if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams);
+        if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams || []);
         const live = roomStatus && typeof roomStatus.hls_url === "string";
         if (householdsWanted && roomStatus && !live && client.state === "joined") {
             await toggleMedia(householdsButton, "live", true);
@@ -512,7 +538,10 @@ const ANSWERS = /** @type {const} */ (["present", "late", "absent", "waiting"]);
 
 /** @param {import("./protocol.js").RollCallStatus} status */
 function renderRollcall(status) {
-    const names = new Map([...(client ? client.participants.values() : [])].map((p) => [p.identity, p.name]));
+    const names = new Map([
+        ...Object.entries(status.names || {}),
+        ...[...(client ? client.participants.values() : [])].map((p) => /** @type {[string, string]} */ ([p.identity, p.name])),
+    ]);
     byId("rollcall-counts").textContent = ANSWERS.map((a) => `${t(`rollcall.${a}`)} ${status.counts[a] || 0}`).join(" · ");
     const list = byId("rollcall-list");
     list.replaceChildren(
@@ -550,6 +579,30 @@ byId("chat-form").addEventListener("submit", (event) => {
     if (client && client.sendChat(input.value)) input.value = "";
 });
 
+// ---- ending a scheduled session ---------------------------------------------------------
+
+const endButton = /** @type {HTMLButtonElement} */ (byId("end-session"));
+
+/** The session a scheduled room belongs to (`s<id>-<yyyymmddHHMM>`), or null. @param {string} room */
+function sessionOf(room) {
+    const match = /^s(\d+)-\d{12}$/.exec(room);
+    return match ? Number(match[1]) : null;
+}
+
+endButton.addEventListener("click", async () => {
+    const session = sessionOf(client ? client.room : "");
+    if (session === null || !window.confirm(t("console.end.confirm"))) return;
+    endButton.disabled = true;
+    try {
+        // the operator's login (the console was opened from it) ends the session
+        await api(`/api/sessions/${session}/end`, { method: "POST" });
+        showBanner(t("console.ended"));
+    } catch (e) {
+        toast(String(e instanceof Error ? e.message : e));
+        endButton.disabled = false;
+    }
+});
+
 // ---- start ----------------------------------------------------------------------------------
 
 /** @param {string} text */
@@ -578,8 +631,10 @@ async function start(joinToken) {
     client.on("muted", renderLiveButtons);
     client.on("media", onMedia);
     client.on("rollcall_status", renderRollcall);
+    client.on("removed_identities", renderRemoved);
     client.on("joined", (self) => {
         byId("room-name").textContent = client ? `· ${client.room}` : "";
+        endButton.hidden = sessionOf(client ? client.room : "") === null;
         document.title = `${t("console.title")} · ${self.name || self.identity}`;
         void pollRoomStatus();
     });
@@ -609,7 +664,17 @@ onLangChange(() => {
 
 renderLiveButtons();
 renderIndicators();
-const initialToken = tokenFromLocation();
+/** The token this tab kept or a link brought; else one from the operator's login. */
+async function findToken() {
+    const kept = takeToken();
+    if (kept) return kept;
+    const room = new URLSearchParams(location.search).get("room");
+    const token = room ? await tokenFromLogin(room, "console") : null;
+    if (room && token) rememberToken(room, token);
+    return token || "";
+}
+
+const initialToken = await findToken();
 if (initialToken) {
     void start(initialToken);
 } else {
@@ -619,8 +684,7 @@ if (initialToken) {
         event.preventDefault();
         const value = tokenFromPaste(/** @type {HTMLTextAreaElement} */ (byId("token-input")).value);
         if (!value) return;
-        // keep it in the address so that a reload or a bookmark rejoins
-        history.replaceState(null, "", `?token=${encodeURIComponent(value)}`);
-        void start(value);
+        // kept for this tab, so that a reload rejoins; the address names the room only
+        void start(adoptToken(value));
     });
 }

@@ -316,7 +316,10 @@ async function loadEscalations() {
         list.replaceChildren(
             ...(items.length
                 ? items.slice(0, 30).map((/** @type {any} */ e) =>
-                      el("li", `${e.raised_at.slice(11, 16)} ${tr("escalations.item", { site: e.site_name, title: e.title })}`),
+                      el(
+                          "li",
+                          `${e.raised_at.slice(11, 16)} ${tr(e.reason === "unread" ? "escalations.unread" : "escalations.item", { site: e.site_name, title: e.title })}`,
+                      ),
                   )
                 : [el("li", tr("escalations.none"), "hint")]),
         );
@@ -337,7 +340,12 @@ async function dispatch(event) {
     try {
         const sent = await api("/api/directives", {
             method: "POST",
-            body: { title: data.get("title"), text: data.get("text"), targets: { kind: data.get("kind"), codes } },
+            body: {
+                title: data.get("title"),
+                text: data.get("text"),
+                targets: { kind: data.get("kind"), codes },
+                read_within_minutes: Number(data.get("read_within")) || null,
+            },
         });
         directives.set(sent.id, sent);
         renderDirectives();

@@ -82,20 +82,22 @@
  * @property {string} removed                  reason; the client will not reconnect
  * @property {HubError} error                  an `error` message from the hub, or a local failure
  * @property {HubError} fatal                  the client gave up (bad token...)
- * @property {MediaStatus} media               recording / live HLS / restream changed
+ * @property {MediaStatus} media               recording / live HLS / restream changed (and on join)
+ * @property {{identity: string, name: string}[]} removed_identities  kept out by a moderator (moderators only)
  * @property {{id: string, deadline: number}} rollcall   the center calls the roll
  * @property {RollCallStatus} rollcall_status  answers so far (moderators only)
  */
 
 /**
- * The room's recording, live HLS and restreams (the `media` message).
+ * The room's recording, live HLS and restreams (the `media` message). Everyone gets
+ * whether it records and is live; only moderators get the rest.
  * @typedef {object} MediaStatus
  * @property {boolean} recording
- * @property {number | null} recording_started_at
+ * @property {number | null} [recording_started_at]
  * @property {boolean} live
  * @property {string | null} hls_url
- * @property {{target_id: string, url: string, state: string, error: string | null}[]} restreams
- * @property {Record<string, string>} errors   the last failure of recording / live / restream
+ * @property {{target_id: string, url: string, state: string, error: string | null}[]} [restreams]
+ * @property {Record<string, string>} [errors]   the last failure of recording / live / restream
  */
 
 /**
@@ -105,10 +107,11 @@
  * @property {boolean} closed
  * @property {Record<string, {status: 'waiting' | 'present' | 'late' | 'absent', at: number | null}>} entries
  * @property {Record<string, number>} counts
+ * @property {Record<string, string>} [names]  display names of the identities, absent sites included
  */
 
 /** Error codes after which reconnecting with the same token cannot help. */
-const FATAL_CODES = new Set(["invalid_token", "token_expired", "wrong_room"]);
+const FATAL_CODES = new Set(["invalid_token", "token_expired", "wrong_room", "removed"]);
 
 /** Camera encodings per quality level (see `quality` in PROTOCOL.md). */
 export const CAMERA_CAPTURE = { width: 1280, height: 720, frameRate: 30 };
@@ -575,6 +578,9 @@ export class HubClient {
             case "media":
                 this._emit("media", /** @type {MediaStatus} */ (msg));
                 break;
+            case "removed_identities":
+                this._emit("removed_identities", Array.isArray(msg.removed) ? msg.removed : []);
+                break;
             case "rollcall":
                 this._emit("rollcall", { id: String(msg.id), deadline: Number(msg.deadline) });
                 break;
@@ -647,6 +653,7 @@ export class HubClient {
         this.publisher = this._newPeerConnection("publisher", generation);
 
         if (this.self) this._emit("joined", this.self);
+        if (msg.media) this._emit("media", /** @type {MediaStatus} */ (msg.media));
         this._emit("participants", this.participants);
         this._emit("stage", this.stage);
         this._emit("quality", this.quality);
@@ -965,9 +972,18 @@ export class HubClient {
         return this._send({ type: "moderate", action: "hand", participant: sid, raised: false });
     }
 
-    /** @param {string} sid */
+    /**
+     * Removes a participant: its identity stays out of the room (any link of it)
+     * until {@link readmit}.
+     * @param {string} sid
+     */
     remove(sid) {
         return this._send({ type: "moderate", action: "remove", participant: sid });
+    }
+
+    /** Lets a removed identity join again. @param {string} identity */
+    readmit(identity) {
+        return this._send({ type: "moderate", action: "readmit", identity });
     }
 
     /**

@@ -6,6 +6,7 @@
  */
 
 import { api, el, ensureLogin, follow, initLanguage, showLive, tr } from "./command-common.js";
+import { rememberToken } from "./ui.js";
 
 /** Rooms open ten minutes before the start (the scheduler's runner). */
 const OPEN_LEAD_MS = 10 * 60 * 1000;
@@ -52,6 +53,8 @@ async function join(id, button) {
     button.disabled = true;
     try {
         const result = await api(`/api/sessions/${id}/join`, { method: "POST" });
+        // the token stays out of every URL: this tab keeps it for the station page
+        rememberToken(result.room, result.token);
         location.href = result.url;
     } catch (error) {
         button.disabled = false;

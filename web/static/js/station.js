@@ -3,15 +3,19 @@
 
 import { CAMERA_CAPTURE, HubClient } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
+import { tokenFromLogin } from "./command-common.js";
 import {
     AudioSink,
+    adoptToken,
     attachTrack,
     byId,
     el,
     mediaAvailable,
+    rememberToken,
+    showOnAir,
     showState,
+    takeToken,
     toast,
-    tokenFromLocation,
     tokenFromPaste,
 } from "./ui.js";
 
@@ -310,8 +314,9 @@ async function start(token) {
         document.title = `${self.name || self.identity} · ${t("station.title")}`;
         renderControls();
     });
+    c.on("media", showOnAir);
     c.on("error", (err) => toast(`${err.code}: ${err.message}`));
-    c.on("fatal", () => showBanner(t("error.token")));
+    c.on("fatal", (err) => showBanner(t(err.code === "removed" ? "removed.removed_by_moderator" : "error.token")));
     c.on("removed", (reason) => {
         const key = `removed.${reason}`;
         showBanner(t(key) === key ? t("removed.other") : t(key));
@@ -351,7 +356,17 @@ onLangChange(() => {
     void updateQuality();
 });
 
-const initialToken = tokenFromLocation();
+/** The token this tab kept or a link brought; else one from the operator's login. */
+async function findToken() {
+    const kept = takeToken();
+    if (kept) return kept;
+    const room = new URLSearchParams(location.search).get("room");
+    const token = room ? await tokenFromLogin(room, "join") : null;
+    if (room && token) rememberToken(room, token);
+    return token || "";
+}
+
+const initialToken = await findToken();
 if (initialToken) {
     void start(initialToken);
 } else {
@@ -361,8 +376,7 @@ if (initialToken) {
         event.preventDefault();
         const value = tokenFromPaste(/** @type {HTMLTextAreaElement} */ (byId("token-input")).value);
         if (!value) return;
-        // keep it in the address so that a reload or a bookmark rejoins
-        history.replaceState(null, "", `?token=${encodeURIComponent(value)}`);
-        void start(value);
+        // kept for this tab, so that a reload rejoins; the address names the room only
+        void start(adoptToken(value));
     });
 }

@@ -65,12 +65,63 @@ export function tokenFromPaste(text) {
     return value;
 }
 
-/** The join token from `?token=` (or the `#token=` fragment). */
-export function tokenFromLocation() {
-    const query = new URLSearchParams(location.search).get("token");
-    if (query) return query;
-    const hash = new URLSearchParams(location.hash.replace(/^#/, "")).get("token");
-    return hash || "";
+const TOKEN_KEY = "practiceHub.token.";
+
+/**
+ * The room a join token admits to. Its claims are readable by whoever holds it
+ * (only the hub checks the signature); "" when it is not a token.
+ * @param {string} token
+ */
+export function roomOfToken(token) {
+    try {
+        const payload = (token.split(".")[1] || "").replace(/-/g, "+").replace(/_/g, "/");
+        const bytes = Uint8Array.from(atob(payload), (c) => c.charCodeAt(0));
+        const claims = JSON.parse(new TextDecoder().decode(bytes));
+        return typeof claims.room === "string" ? claims.room : "";
+    } catch {
+        return "";
+    }
+}
+
+/**
+ * Keeps a join token for this tab only (sessionStorage, by room), never in a URL:
+ * not in the address bar, the history, a proxy's or the hub's log.
+ * @param {string} room
+ * @param {string} token
+ */
+export function rememberToken(room, token) {
+    sessionStorage.setItem(TOKEN_KEY + room, token);
+}
+
+/**
+ * Keeps a token that a link carried or a person pasted, for this tab, and leaves
+ * the address naming the room (`?room=`, unless the path names it) but not the token.
+ * @param {string} token
+ * @param {string} [room] the room the page is for, when its path names it
+ */
+export function adoptToken(token, room) {
+    const url = new URL(location.href);
+    const linked = room || roomOfToken(token);
+    if (linked) rememberToken(linked, token);
+    url.hash = "";
+    url.searchParams.delete("token");
+    if (!room && linked) url.searchParams.set("room", linked);
+    history.replaceState(null, "", url.pathname + url.search);
+    return token;
+}
+
+/**
+ * The join token for this page: a link's (in its fragment `#token=`, which browsers
+ * never send; or an old link's `?token=`), adopted at once; else the one this tab
+ * kept for the room.
+ * @param {string} [room] the room the page is for, when its path names it
+ */
+export function takeToken(room) {
+    const url = new URL(location.href);
+    const fromLink = new URLSearchParams(url.hash.replace(/^#/, "")).get("token") || url.searchParams.get("token");
+    if (fromLink) return adoptToken(fromLink, room);
+    const wanted = room || url.searchParams.get("room");
+    return (wanted && sessionStorage.getItem(TOKEN_KEY + wanted)) || "";
 }
 
 /**
@@ -161,6 +212,18 @@ export function levelOf(stats) {
     if (rtt > 400 || loss > 0.08) return "poor";
     if (rtt > 150 || loss > 0.02) return "fair";
     return "good";
+}
+
+/**
+ * Shows "正在录制" and "直播中" (`#onair-recording`, `#onair-live`) whenever the
+ * room is recorded or live for households: people are told when they are captured.
+ * @param {{recording?: boolean, live?: boolean} | null} status
+ */
+export function showOnAir(status) {
+    const recording = document.getElementById("onair-recording");
+    const live = document.getElementById("onair-live");
+    if (recording) recording.hidden = !status?.recording;
+    if (live) live.hidden = !status?.live;
 }
 
 /** Whether the browser will give us camera and microphone here. */

@@ -8,7 +8,7 @@
 import { LowLatencyHls } from "./llhls.js";
 import { WhepError, WhepSession, backoffDelay, fetchRoomStatus } from "./protocol.js";
 import { initI18n, onLangChange, t } from "./i18n.js";
-import { byId, tokenFromLocation } from "./ui.js";
+import { byId, showOnAir, takeToken } from "./ui.js";
 
 initI18n();
 
@@ -16,6 +16,8 @@ const player = /** @type {HTMLVideoElement} */ (byId("player"));
 const statusNode = byId("status");
 const unmuteButton = /** @type {HTMLButtonElement} */ (byId("unmute"));
 const room = decodeURIComponent(location.pathname.replace(/^\/watch\//, "").replace(/\/$/, ""));
+/** A private viewer link's token (its fragment), taken out of the address at once. */
+const viewerToken = takeToken(room);
 byId("room-name").textContent = room ? `· ${room}` : "";
 
 /** @typedef {'waiting' | 'webrtc' | 'hls' | 'retry'} Mode */
@@ -153,6 +155,7 @@ function scheduleRetry() {
 async function connect() {
     retryTimer = null;
     const status = await fetchRoomStatus(room);
+    showOnAir(status);
     if (status && typeof status.hls_url === "string" && status.hls_url) {
         if (state.session) await state.session.stop();
         state.session = null;
@@ -161,7 +164,7 @@ async function connect() {
     }
     if (state.session) await state.session.stop();
     // Households need no token (the room is open to them); a viewer link may carry one.
-    const token = tokenFromLocation() || undefined;
+    const token = viewerToken || undefined;
     const session = new WhepSession(`/whep/${encodeURIComponent(room)}`, { token });
     state.session = session;
     /** @type {ReturnType<typeof setTimeout> | null} */
@@ -201,10 +204,11 @@ async function connect() {
     }
 }
 
-/** Switch to HLS when the hub starts publishing it (checked every 15 s). */
+/** Switch to HLS when the hub starts publishing it, and follow recording (every 15 s). */
 setInterval(async () => {
-    if (state.mode === "hls") return;
     const status = await fetchRoomStatus(room);
+    showOnAir(status);
+    if (state.mode === "hls") return;
     if (status && typeof status.hls_url === "string" && status.hls_url) {
         if (state.session) await state.session.stop();
         state.session = null;
