@@ -36,6 +36,7 @@ from scheduler.command import (
 )
 from scheduler.command_tables import create_tables
 from scheduler.dashboard import Dashboard
+from scheduler.http import RowId, check_days
 from scheduler.notices import (
     KEEPALIVE_SECONDS,
     BusNotifier,
@@ -54,6 +55,9 @@ from scheduler.statistics import statistics
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 JOIN_LEAD = timedelta(minutes=10)
 """A session is joinable from the moment the runner opens its room."""
+
+STATISTICS_MAX_DAYS = 3660
+"""Statistics reach back ten years at most."""
 
 IssueToken = Callable[[str, str, str, str], str]
 """(room, identity, role, name) → a signed join token."""
@@ -180,7 +184,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
     # --- joining and attendance ---
 
     @router.post("/api/sessions/{session_id}/join")
-    async def join(account: AccountDep, session_id: int) -> dict[str, str]:
+    async def join(account: AccountDep, session_id: RowId) -> dict[str, str]:
         """The join token of the occurrence live now (its room is open)."""
         try:
             session = await center.schedule.get(session_id)
@@ -216,8 +220,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
     @router.get("/api/escalations")
     async def escalations(account: AccountDep, days: int = 1) -> list[dict[str, Any]]:
         """Expected stations that were missing, in the caller's subtree, newest first."""
-        if not 1 <= days <= 62:
-            raise HTTPException(422, detail="days must be between 1 and 62")
+        check_days(days, 62)
         tree = await center.sites.tree()
         since = center.clock.now() - timedelta(days=days)
         return await list_escalations(engine, tree, visible_sites(account, tree), since)
@@ -258,7 +261,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
         return [d.to_json(visible) for d in await dispatch.recent() if may_follow(account, tree, d)]
 
     @router.get("/api/directives/{directive_id}")
-    async def get_directive(account: AccountDep, directive_id: int) -> dict[str, Any]:
+    async def get_directive(account: AccountDep, directive_id: RowId) -> dict[str, Any]:
         tree = await center.sites.tree()
         try:
             directive = await dispatch.get(directive_id)
@@ -269,7 +272,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
         return directive.to_json(visible_sites(account, tree))
 
     @router.post("/api/directives/{directive_id}/ack")
-    async def acknowledge(account: AccountDep, directive_id: int) -> dict[str, str]:
+    async def acknowledge(account: AccountDep, directive_id: RowId) -> dict[str, str]:
         tree = await center.sites.tree()
         code = _home_site(account, tree)
         try:
@@ -304,6 +307,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
 
     @router.get("/api/statistics")
     async def statistics_json(account: AccountDep, days: int = 365) -> dict[str, Any]:
+        check_days(days, STATISTICS_MAX_DAYS)
         tree = await center.sites.tree()
         visible = _dashboard_scope(account, tree)
         stats = await statistics(engine, tree, center.clock.now(), days, visible)
@@ -311,6 +315,7 @@ def command_router(*, auth: Auth, center: CommandCenter, issue_token: IssueToken
 
     @router.get("/api/statistics.csv")
     async def statistics_csv(account: AccountDep, days: int = 365) -> Response:
+        check_days(days, STATISTICS_MAX_DAYS)
         tree = await center.sites.tree()
         visible = _dashboard_scope(account, tree)
         stats = await statistics(engine, tree, center.clock.now(), days, visible)

@@ -11,7 +11,17 @@ from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    HTTPException,
+    Path,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -26,7 +36,7 @@ from scheduler.permissions import (
     check_view_session,
     check_view_site,
 )
-from scheduler.recurrence import Recurrence, Repeat, local, to_utc
+from scheduler.recurrence import EARLIEST, LATEST, Recurrence, Repeat, local, to_utc
 from scheduler.schedule import (
     Audience,
     AudienceKind,
@@ -102,6 +112,18 @@ class SessionBody(BaseModel):
     end: datetime
     recurrence: RecurrenceBody = Field(default_factory=RecurrenceBody)
     options: OptionsBody = Field(default_factory=OptionsBody)
+
+
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+"""An id in a route: what an INTEGER primary key holds in PostgreSQL (SQLite's hold
+more), so a larger number is a 422 and never reaches the database."""
+
+
+def check_days(days: int, most: int) -> None:
+    """A ``days`` parameter out of 1..``most``: a 422 that says so, rather than dates
+    beyond what ``datetime`` holds."""
+    if not 1 <= days <= most:
+        raise HTTPException(422, detail=f"days must be between 1 and {most}")
 
 
 def _refuse(
@@ -338,9 +360,12 @@ def scheduler_router(
         if code not in tree:
             raise HTTPException(404, detail=f"no site {code}")
         require(check_view_site(account.actor, tree, code))
-        if not 1 <= days <= 62:
-            raise HTTPException(422, detail="days must be between 1 and 62")
+        check_days(days, 62)
         day = day or local(datetime.now(UTC)).date()
+        if not EARLIEST.date() <= day < LATEST.date():
+            raise HTTPException(
+                422, detail=f"day must be between {EARLIEST.date()} and {LATEST.date()}"
+            )
         found = await schedule.sessions_for_site(tree, code, day, days)
         return [info.to_json() for info in found]
 
@@ -355,14 +380,15 @@ def scheduler_router(
         require(check_schedule(account.actor, tree, body.host, audience))
         rule = body.recurrence
         try:
+            start, end = to_utc(body.start), to_utc(body.end)
             session = await schedule.create(
                 tree,
                 title=body.title,
                 theme=body.theme,
                 host=body.host,
                 audience=audience,
-                start=to_utc(body.start),
-                end=to_utc(body.end),
+                start=start,
+                end=end,
                 recurrence=Recurrence(
                     rule.repeat, frozenset(rule.weekdays), rule.until, rule.count
                 ),
@@ -390,12 +416,12 @@ def scheduler_router(
         ]
 
     @router.get("/sessions/{session_id}")
-    async def get_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+    async def get_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
         session, _ = await visible_session(account, session_id)
         return session_json(session)
 
     @router.post("/sessions/{session_id}/cancel")
-    async def cancel_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+    async def cancel_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
         session, tree = await visible_session(account, session_id)
         require(check_cancel_session(account.actor, tree, session.host, session.audience))
         cancelled = await schedule.cancel(session_id)

@@ -19,6 +19,7 @@ from scheduler.recurrence import (
     Occurrence,
     Recurrence,
     Repeat,
+    check_bounds,
     last_end,
     local,
     occurrences,
@@ -216,6 +217,7 @@ class Schedule:
         recurrence = recurrence or Recurrence()
         options = options or SessionOptions()
         validate(start, end, recurrence)
+        check_bounds(start, end, recurrence)
         _validate_session(tree, title, host, audience, options)
         values = {
             "title": title.strip(),
