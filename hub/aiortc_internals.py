@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
+import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import CODECS, is_rtx
@@ -55,7 +56,11 @@ PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
 # Profiles a forwarding hub must accept and pass through unchanged: Main and High
 # are what OBS and `ffmpeg -profile:v high` offer; aiortc ships only 42001f/42e01f.
-EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f")
+# High 4:4:4 Predictive is the only profile above Main that Chromium without
+# hardware decoding offers to receive: its viewers take High streams on it.
+EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f", "f4001f")
+
+DYNAMIC_PAYLOAD_TYPES = (*range(35, 64), *range(96, 128))
 
 _LIBSRTP_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 """libsrtp 2's protect and unprotect: (context, buffer, in/out length)."""
@@ -152,6 +157,8 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"libsrtp's {function} is now {signature}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
+        if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
+            raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
     finally:
         await pc.close()
 
@@ -160,7 +167,7 @@ async def check_internals() -> None:
 
 
 def install_h264_profiles() -> None:
-    """Let aiortc negotiate H.264 Main and High profile (idempotent).
+    """Let aiortc negotiate H.264 Main, High and High 4:4:4 Predictive (idempotent).
 
     aiortc matches H.264 by profile only, so ``64001f`` also accepts an offer of
     ``640028``; the hub forwards the publisher's bitstream unchanged.
@@ -193,6 +200,16 @@ def install_h264_profiles() -> None:
                 mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
             ),
         ]
+
+
+def accept_offered_payload_types() -> None:
+    """Answer with the payload type the offer gave, 35-63 included (idempotent).
+
+    aiortc keeps an offered number only within 96-127 and otherwise answers with its
+    own, which the offerer reads as another codec. Chromium numbers its newer codecs
+    (H.264 High 4:4:4 Predictive, AV1) from 35 to 63, which RFC 3551 leaves unassigned,
+    once 96-127 are used up."""
+    aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = DYNAMIC_PAYLOAD_TYPES  # type: ignore[assignment]
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

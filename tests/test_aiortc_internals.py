@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import re
 import tomllib
 from pathlib import Path
 
 import aioice.ice
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
     ReceiverTap,
+    accept_offered_payload_types,
     check_internals,
     install_h264_profiles,
     restrict_host_addresses,
@@ -46,6 +48,37 @@ def test_h264_profiles_install_once_with_unique_payload_types() -> None:
         assert profiles.count(profile) == 1
     payload_types = [c.payloadType for kind in CODECS.values() for c in kind]
     assert len(payload_types) == len(set(payload_types))
+
+
+async def test_an_answer_keeps_a_payload_type_offered_below_96() -> None:
+    """Chromium offers its newer codecs (H.264 High 4:4:4 Predictive, AV1) on 35-63;
+    an answer must use the offered number, or the browser reads another codec."""
+    install_h264_profiles()
+    accept_offered_payload_types()
+    offerer, answerer = make_peer_connection([]), make_peer_connection([])
+    try:
+        offerer.addTransceiver("video", direction="recvonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        sdp = offerer.localDescription.sdp
+        # Renumber the offered H.264 High 4:4:4 Predictive and its RTX into 41/42.
+        high444 = re.search(r"a=fmtp:(\d+) [^\r]*profile-level-id=f4001f", sdp)
+        assert high444 is not None, sdp
+        rtx = re.search(rf"a=fmtp:(\d+) apt={high444[1]}\r", sdp)
+        assert rtx is not None
+        for old, new in ((high444[1], "41"), (rtx[1], "42")):
+            sdp = re.sub(rf"(?<=[ :=]){old}(?=[ \r])", new, sdp)
+        answerer.addTransceiver("video", direction="sendonly")
+        await answerer.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        answer = answerer.localDescription.sdp
+        assert (
+            "a=fmtp:41 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f"
+            in answer
+        )
+        assert "a=fmtp:42 apt=41" in answer
+    finally:
+        await offerer.close()
+        await answerer.close()
 
 
 async def test_gathering_follows_the_configured_addresses() -> None:
