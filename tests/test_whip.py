@@ -18,14 +18,18 @@ from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
 
-def ffmpeg_whip(url: str, token: str, seconds: int = 40) -> subprocess.Popen[bytes]:
+def ffmpeg_whip(
+    url: str, token: str, seconds: int = 40, profile: str = "high"
+) -> subprocess.Popen[bytes]:
+    """ffmpeg publishing a test picture and tone over WHIP, as OBS does: libx264 in
+    ``profile`` (OBS's default is High), no B-frames, Opus."""
     return subprocess.Popen(
         [
             imageio_ffmpeg.get_ffmpeg_exe(),
             "-hide_banner", "-loglevel", "warning", "-re",
             "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
             "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-profile:v", "high", "-bf", "0", "-g", "30",
+            "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-g", "30",
             "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
             "-c:a", "libopus", "-ar", "48000", "-ac", "2",
             "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
