@@ -10,8 +10,10 @@ test runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib.metadata
+import logging
 import os
 import queue
 import random
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
+import aioice.stun
 import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
@@ -51,6 +54,8 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from hub import fastpath
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
+
+logger = logging.getLogger(__name__)
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
@@ -139,9 +144,17 @@ async def check_internals() -> None:
             _require(dtls, _DTLS_ATTRS)
             _require(dtls._rtp_router, ("ssrc_table", "payload_type_table"))
             _require(dtls.transport, ("_connection",))
-            _require(dtls.transport._connection, ("_nominated", "_queue"))
+            _require(
+                dtls.transport._connection,
+                ("_nominated", "_queue", "_query_consent_task", "remote_password"),
+            )
         if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
             raise InternalsChanged("aioice.ice.StunProtocol.datagram_received is gone")
+        for method in ("query_consent", "check_incoming", "build_request", "close"):
+            if not callable(getattr(aioice.ice.Connection, method, None)):
+                raise InternalsChanged(f"aioice.ice.Connection.{method} is gone")
+        if not isinstance(getattr(aioice.ice, "CONSENT_INTERVAL", None), int | float):
+            raise InternalsChanged("aioice.ice.CONSENT_INTERVAL is gone")
         libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
@@ -245,6 +258,84 @@ def restrict_host_addresses(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+class _Heard:
+    """What an ICE connection has heard from its peer that only the peer could send:
+    SRTP and SRTCP that authenticate, ICE checks that do, answers to the hub's own
+    consent checks. A count, not a time: one increment per packet is the cheapest mark
+    the receive path can leave."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @classmethod
+    def of(cls, connection: aioice.ice.Connection) -> _Heard:
+        heard: _Heard | None = getattr(connection, "_hub_heard", None)
+        if heard is None:
+            heard = cls()
+            setattr(connection, "_hub_heard", heard)  # noqa: B010
+        return heard
+
+
+_original_check_incoming = aioice.ice.Connection.check_incoming
+
+
+def _check_incoming(
+    self: aioice.ice.Connection,
+    message: aioice.stun.Message,
+    addr: tuple[str, int],
+    protocol: aioice.ice.StunProtocol,
+) -> None:
+    # aioice calls this only for a check that authenticated (USERNAME, MESSAGE-INTEGRITY).
+    _Heard.of(self).count += 1
+    _original_check_incoming(self, message, addr, protocol)
+
+
+def keep_consent_while_heard(silence_timeout: float) -> None:
+    """Consent to send lasts while the peer is heard; the connection closes (its peer
+    connection fails) after ``silence_timeout`` seconds of hearing nothing.
+
+    aioice's consent freshness (RFC 7675) closes a connection whose peer leaves six
+    consent checks in a row unanswered, ~30 s. ffmpeg's WHIP muxer answers none, so
+    every ffmpeg ingest ended after half a minute. ICE-lite servers (mediasoup, Janus)
+    rely on what the peer sends instead; so does the hub now: media and RTCP that
+    authenticate (:class:`_Unprotector`), the peer's own ICE checks, and answers to
+    the checks the hub still sends each interval, as before. A peer that went away
+    sends none of them. Installed for every connection made from now on."""
+    interval = min(float(aioice.ice.CONSENT_INTERVAL), silence_timeout / 3)
+
+    async def query_consent(self: aioice.ice.Connection) -> None:
+        heard = _Heard.of(self)
+        assert self.remote_password is not None  # connect() has it before it starts this
+        key = self.remote_password.encode("utf8")
+        last_count, last_heard = heard.count, time.monotonic()
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(self._nominated.values()):
+                check = self.build_request(pair, nominate=False)
+                with contextlib.suppress(aioice.stun.TransactionError):
+                    await pair.protocol.request(
+                        check, pair.remote_addr, integrity_key=key, retransmissions=0
+                    )
+                    heard.count += 1
+            now = time.monotonic()
+            if heard.count != last_count:
+                last_count, last_heard = heard.count, now
+            elif now - last_heard >= silence_timeout:
+                logger.info(
+                    "ICE %s: nothing from the peer for %.0f s, closing",
+                    self.local_username,
+                    now - last_heard,
+                )
+                self._query_consent_task = None  # close() must not cancel this very task
+                await self.close()
+                return
+
+    aioice.ice.Connection.query_consent = query_consent  # type: ignore[method-assign]
+    aioice.ice.Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
+
+
 # --- SRTP ---------------------------------------------------------------------
 
 
@@ -256,11 +347,12 @@ class _Unprotector:
     called through the fast path, and every refusal is the ``pylibsrtp.Error``
     aiortc catches and drops."""
 
-    __slots__ = ("_ctx", "_session")
+    __slots__ = ("_ctx", "_heard", "_session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, heard: _Heard) -> None:
         self._session = session  # owns the libsrtp context
         self._ctx = libsrtp_context_address(session)
+        self._heard = heard
 
     def unprotect(self, data: bytes) -> bytes:
         return self._plain(data, fastpath.unprotect(self._ctx, data))
@@ -268,10 +360,10 @@ class _Unprotector:
     def unprotect_rtcp(self, data: bytes) -> bytes:
         return self._plain(data, fastpath.unprotect_rtcp(self._ctx, data))
 
-    @staticmethod
-    def _plain(data: bytes, plain: bytes | None) -> bytes:
+    def _plain(self, data: bytes, plain: bytes | None) -> bytes:
         if plain is None:
             raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
+        self._heard.count += 1  # it authenticated: only the peer could have sent it
         return plain
 
 
@@ -280,7 +372,8 @@ _original_setup_srtp = RTCDtlsTransport._setup_srtp
 
 def _setup_srtp(self: RTCDtlsTransport) -> None:
     _original_setup_srtp(self)
-    self._rx_srtp = _Unprotector(self._rx_srtp)  # type: ignore[assignment]
+    heard = _Heard.of(self.transport._connection)
+    self._rx_srtp = _Unprotector(self._rx_srtp, heard)  # type: ignore[assignment]
 
 
 def install_srtp_receiver() -> None:

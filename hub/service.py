@@ -15,6 +15,7 @@ from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
     install_h264_profiles,
+    keep_consent_while_heard,
     restrict_host_addresses,
 )
 from hub.forwarding import ForwardingStats
@@ -57,6 +58,7 @@ class Hub:
         await check_internals()
         install_h264_profiles()
         accept_offered_payload_types()
+        keep_consent_while_heard(self.settings.peer_silence_timeout)
         restrict_host_addresses(self.settings.ice_gather_addresses)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")

@@ -19,9 +19,11 @@ from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
     install_h264_profiles,
+    keep_consent_while_heard,
     restrict_host_addresses,
 )
 from hub.peers import make_peer_connection
+from hub.settings import Settings
 from tests.helpers import EncodedFrames, wait_until
 
 
@@ -79,6 +81,36 @@ async def test_an_answer_keeps_a_payload_type_offered_below_96() -> None:
     finally:
         await offerer.close()
         await answerer.close()
+
+
+async def test_consent_lasts_while_the_peers_checks_arrive_and_ends_in_silence() -> None:
+    """A peer that answers no consent checks but sends its own (the hub hears it) keeps
+    its connection; once it goes silent the connection closes after the timeout."""
+    timeout = 3.0
+    keep_consent_while_heard(timeout)
+    restrict_host_addresses(["127.0.0.1"])
+    hub_side = aioice.ice.Connection(ice_controlling=False)
+    peer = aioice.ice.Connection(ice_controlling=True)
+    try:
+        for connection in (hub_side, peer):
+            await connection.gather_candidates()
+        for a, b in ((hub_side, peer), (peer, hub_side)):
+            a.remote_username, a.remote_password = b.local_username, b.local_password
+            for candidate in b.local_candidates:
+                await a.add_remote_candidate(candidate)
+            await a.add_remote_candidate(None)
+        await asyncio.gather(hub_side.connect(), peer.connect())
+        # From now on the peer answers nothing, like ffmpeg's WHIP muxer.
+        peer.request_received = lambda *args: None  # type: ignore[method-assign]
+        closed = asyncio.ensure_future(hub_side.get_event())
+        await asyncio.wait({closed}, timeout=3 * timeout)
+        assert not closed.done(), f"closed while the peer's checks arrived: {closed.result()}"
+        await peer.close()
+        assert isinstance(await asyncio.wait_for(closed, 3 * timeout), aioice.ice.ConnectionClosed)
+    finally:
+        await peer.close()
+        await hub_side.close()
+        keep_consent_while_heard(Settings().peer_silence_timeout)
 
 
 async def test_gathering_follows_the_configured_addresses() -> None:
