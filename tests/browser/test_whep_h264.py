@@ -1,6 +1,6 @@
-"""A household's Chromium watches an ffmpeg WHIP ingest over WHEP in each H.264 profile
-an encoder sends (OBS's default is High): the hub answers the browser's offer with the
-variant matching the publisher's profile and forwards the bitstream unchanged."""
+"""Chromium watches an ffmpeg WHIP ingest in each H.264 profile an encoder sends (OBS's
+default is High), as a household over WHEP and as a station: the hub forwards the
+bitstream unchanged on the variant of the browser's offer whose decoders take it."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress
+from tests.browser.test_e2e import open_to_households
 from tests.test_whip import ffmpeg_whip
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -44,64 +46,44 @@ async () => {
 """
 
 
+@dataclass
+class Ingest:
+    room: str
+    process: subprocess.Popen[bytes]
+
+
 @pytest.fixture
-def ingest(hub: HubProcess, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
-    room, profile = request.param
+def ingest(hub: HubProcess, request: pytest.FixtureRequest) -> Iterator[Ingest]:
+    """ffmpeg publishing in the profile given as the parameter, once it is on stage."""
+    profile: str = request.param
+    room = f"{profile}-room"
     token = hub.token(room, "encoder-1", "ingest", name="导播台")
     process = ffmpeg_whip(f"{hub.base_url}/whip/{room}", token, seconds=90, profile=profile)
+
+    def on_stage() -> str | None:
+        if process.poll() is not None:
+            raise AssertionError(f"ffmpeg ended: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"{hub.base_url}/api/rooms/{room}", timeout=10) as r:
+                info = json.load(r)
+        except urllib.error.HTTPError as e:
+            return f"GET /api/rooms/{room}: {e.code}"
+        return None if info["stage"] else f"nobody on stage yet: {info}"
+
     try:
-        yield process
+        poll(on_stage, timeout=30)
+        yield Ingest(room, process)
     finally:
         process.kill()
         process.wait()
 
 
-def room_of(hub: HubProcess, ingest: subprocess.Popen[bytes]) -> str:
-    url = next(str(a) for a in ingest.args if str(a).startswith(hub.base_url))  # type: ignore[union-attr]
-    return url.rsplit("/", 1)[1]
-
-
-def open_to_households_once_live(hub: HubProcess, room: str, ingest: Any) -> None:
-    """PATCH the room public once the ingest has made it (404 until then)."""
-
-    def opened() -> str | None:
-        if ingest.poll() is not None:
-            raise AssertionError(f"ffmpeg ended: {ingest.stderr.read().decode()[-2000:]}")
-        request = urllib.request.Request(
-            f"{hub.base_url}/api/rooms/{room}",
-            method="PATCH",
-            data=json.dumps({"public": True}).encode(),
-            headers={
-                "Authorization": f"Bearer {hub.token(room, 'CENTER-01', 'center')}",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                info = json.load(response)
-        except urllib.error.HTTPError as e:
-            return f"PATCH /api/rooms/{room}: {e.code}"
-        return None if info["stage"] else f"nobody on stage yet: {info}"
-
-    poll(opened, timeout=30)
-
-
-@pytest.mark.parametrize(
-    ("ingest", "profile"),
-    [
-        (("baseline-room", "baseline"), "baseline"),
-        (("main-room", "main"), "main"),
-        (("high-room", "high"), "high"),
-    ],
-    ids=["baseline", "main", "high"],
-    indirect=["ingest"],
-)
+@pytest.mark.parametrize("ingest", ["baseline", "main", "high"], indirect=True)
 def test_chromium_watches_an_ffmpeg_whip_ingest_over_whep(
-    hub: HubProcess, browsers: Browsers, ingest: subprocess.Popen[bytes], profile: str
+    hub: HubProcess, browsers: Browsers, ingest: Ingest
 ) -> None:
-    room = room_of(hub, ingest)
-    open_to_households_once_live(hub, room, ingest)
-    viewer = browsers.open(f"{hub.base_url}/watch/{room}", "viewer", width=360, height=740)
+    open_to_households(hub, ingest.room)
+    viewer = browsers.open(f"{hub.base_url}/watch/{ingest.room}", "viewer", width=360, height=740)
     samples: list[dict[str, Any]] = []
 
     def decoding() -> str | None:
@@ -116,18 +98,17 @@ def test_chromium_watches_an_ffmpeg_whip_ingest_over_whep(
 
     poll(decoding, timeout=30)
     last = samples[-1]
+    profile = ingest.room.removesuffix("-room")
     assert last["mimeType"] == "video/H264"
     assert last["fmtp"].split("profile-level-id=")[1][:2] in PROFILE_IDC_TAKING[profile], last
     assert "packetization-mode=1" in last["fmtp"], last
     assert last["frameWidth"] == 640
 
 
-@pytest.mark.parametrize("ingest", [("station-room", "high")], ids=["high"], indirect=True)
+@pytest.mark.parametrize("ingest", ["high"], indirect=True)
 def test_a_station_in_chromium_watches_a_high_profile_ingest(
-    hub: HubProcess, browsers: Browsers, ingest: subprocess.Popen[bytes]
+    hub: HubProcess, browsers: Browsers, ingest: Ingest
 ) -> None:
-    room = room_of(hub, ingest)
-    open_to_households_once_live(hub, room, ingest)  # only to wait for the ingest
-    token = hub.token(room, "I01-S001", "station", name="东湖村站")
+    token = hub.token(ingest.room, "I01-S001", "station", name="东湖村站")
     station = browsers.open(f"{hub.base_url}/station?token={token}", "station")
     poll(Progress(station, "video", None, "camera", "framesDecoded"), timeout=30)
