@@ -28,21 +28,26 @@ def ffmpeg_whip(
     """ffmpeg publishing a test picture and tone over WHIP, as OBS does: libx264 in
     ``profile`` (OBS's default is High), no B-frames, Opus. Its errors go to ``log``
     when given (a pipe nobody reads could fill up and stall it), else to a pipe."""
-    return subprocess.Popen(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(),
-            "-hide_banner", "-loglevel", "warning", "-re",
-            "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-g", "30",
-            "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
-            "-c:a", "libopus", "-ar", "48000", "-ac", "2",
-            "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE if log is None else log.open("wb"),
-    )  # fmt: skip
+    errors = log.open("wb") if log is not None else None
+    try:
+        return subprocess.Popen(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-hide_banner", "-loglevel", "warning", "-re",
+                "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
+                "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-g", "30",
+                "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
+                "-c:a", "libopus", "-ar", "48000", "-ac", "2",
+                "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors or subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        if errors is not None:
+            errors.close()  # ffmpeg has its own copy
 
 
 @pytest.fixture
