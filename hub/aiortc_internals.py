@@ -1,10 +1,11 @@
 """Every access to aiortc's, aioice's and pylibsrtp's private internals, and nothing else.
 
 aiortc has no public tap for encoded media, decodes everything it receives, has no
-fast send path and accepts only two H.264 profiles; a forwarding hub needs all of
-that changed. Each reach into a private attribute is here, for the pinned versions
-below; :func:`check_internals` fails loudly when an upgrade moves any of them, and a
-test runs it.
+fast send path, accepts only two H.264 profiles and renumbers payload types offered
+below 96, and aioice drops a peer that answers no consent checks (ffmpeg); a
+forwarding hub needs all of that changed. Each reach into a private attribute is
+here, for the pinned versions below; :func:`check_internals` fails loudly when an
+upgrade moves any of them, and a test runs it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f", "f4001f")
 
 DYNAMIC_PAYLOAD_TYPES = (*range(35, 64), *range(96, 128))
+"""Payload types an answer keeps as the offer numbered them (aiortc: 96-127 only)."""
 
 _LIBSRTP_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 """libsrtp 2's protect and unprotect: (context, buffer, in/out length)."""
@@ -298,8 +300,8 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
 
     aioice's consent freshness (RFC 7675) closes a connection whose peer leaves six
     consent checks in a row unanswered, ~30 s. ffmpeg's WHIP muxer answers none, so
-    every ffmpeg ingest ended after half a minute. ICE-lite servers (mediasoup, Janus)
-    rely on what the peer sends instead; so does the hub now: media and RTCP that
+    every ffmpeg ingest ended after half a minute. ICE-lite servers (mediasoup, Janus
+    in ice-lite mode) rely on what the peer sends instead; so does the hub now: media and RTCP that
     authenticate (:class:`_Unprotector`), the peer's own ICE checks, and answers to
     the checks the hub still sends each interval, as before. A peer that went away
     sends none of them. Installed for every connection made from now on."""
