@@ -1,17 +1,20 @@
 """Every access to aiortc's, aioice's and pylibsrtp's private internals, and nothing else.
 
 aiortc has no public tap for encoded media, decodes everything it receives, has no
-fast send path and accepts only two H.264 profiles; a forwarding hub needs all of
-that changed. Each reach into a private attribute is here, for the pinned versions
-below; :func:`check_internals` fails loudly when an upgrade moves any of them, and a
-test runs it.
+fast send path, accepts only two H.264 profiles and renumbers payload types offered
+below 96, and aioice drops a peer that answers no consent checks (ffmpeg); a
+forwarding hub needs all of that changed. Each reach into a private attribute is
+here, for the pinned versions below; :func:`check_internals` fails loudly when an
+upgrade moves any of them, and a test runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib.metadata
+import logging
 import os
 import queue
 import random
@@ -21,6 +24,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
+import aioice.stun
+import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import CODECS, is_rtx
@@ -51,11 +56,18 @@ from pylibsrtp._binding import lib as _srtp_lib
 from hub import fastpath
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
 
+logger = logging.getLogger(__name__)
+
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
 # Profiles a forwarding hub must accept and pass through unchanged: Main and High
 # are what OBS and `ffmpeg -profile:v high` offer; aiortc ships only 42001f/42e01f.
-EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f")
+# High 4:4:4 Predictive is the only profile above Main that Chromium without
+# hardware decoding offers to receive: its viewers take High streams on it.
+EXTRA_H264_PROFILES = ("4d001f", "64001f", "640c1f", "f4001f")
+
+DYNAMIC_PAYLOAD_TYPES = (*range(35, 64), *range(96, 128))
+"""Payload types an answer keeps as the offer numbered them (aiortc: 96-127 only)."""
 
 _LIBSRTP_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 """libsrtp 2's protect and unprotect: (context, buffer, in/out length)."""
@@ -134,9 +146,17 @@ async def check_internals() -> None:
             _require(dtls, _DTLS_ATTRS)
             _require(dtls._rtp_router, ("ssrc_table", "payload_type_table"))
             _require(dtls.transport, ("_connection",))
-            _require(dtls.transport._connection, ("_nominated", "_queue"))
+            _require(
+                dtls.transport._connection,
+                ("_nominated", "_queue", "_query_consent_task", "remote_password"),
+            )
         if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
             raise InternalsChanged("aioice.ice.StunProtocol.datagram_received is gone")
+        for method in ("query_consent", "check_incoming", "build_request", "close"):
+            if not callable(getattr(aioice.ice.Connection, method, None)):
+                raise InternalsChanged(f"aioice.ice.Connection.{method} is gone")
+        if not isinstance(getattr(aioice.ice, "CONSENT_INTERVAL", None), int | float):
+            raise InternalsChanged("aioice.ice.CONSENT_INTERVAL is gone")
         libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
@@ -152,6 +172,8 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"libsrtp's {function} is now {signature}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
+        if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
+            raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
     finally:
         await pc.close()
 
@@ -160,7 +182,7 @@ async def check_internals() -> None:
 
 
 def install_h264_profiles() -> None:
-    """Let aiortc negotiate H.264 Main and High profile (idempotent).
+    """Let aiortc negotiate H.264 Main, High and High 4:4:4 Predictive (idempotent).
 
     aiortc matches H.264 by profile only, so ``64001f`` also accepts an offer of
     ``640028``; the hub forwards the publisher's bitstream unchanged.
@@ -193,6 +215,16 @@ def install_h264_profiles() -> None:
                 mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
             ),
         ]
+
+
+def accept_offered_payload_types() -> None:
+    """Answer with the payload type the offer gave, 35-63 included (idempotent).
+
+    aiortc keeps an offered number only within 96-127 and otherwise answers with its
+    own, which the offerer reads as another codec. Chromium numbers its newer codecs
+    (H.264 High 4:4:4 Predictive, AV1) from 35 to 63, which RFC 3551 leaves unassigned,
+    once 96-127 are used up."""
+    aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = DYNAMIC_PAYLOAD_TYPES  # type: ignore[assignment]
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
@@ -228,6 +260,84 @@ def restrict_host_addresses(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+class _Heard:
+    """What an ICE connection has heard from its peer that only the peer could send:
+    SRTP and SRTCP that authenticate, ICE checks that do, answers to the hub's own
+    consent checks. A count, not a time: one increment per packet is the cheapest mark
+    the receive path can leave."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @classmethod
+    def of(cls, connection: aioice.ice.Connection) -> _Heard:
+        heard: _Heard | None = getattr(connection, "_hub_heard", None)
+        if heard is None:
+            heard = cls()
+            setattr(connection, "_hub_heard", heard)  # noqa: B010
+        return heard
+
+
+_original_check_incoming = aioice.ice.Connection.check_incoming
+
+
+def _check_incoming(
+    self: aioice.ice.Connection,
+    message: aioice.stun.Message,
+    addr: tuple[str, int],
+    protocol: aioice.ice.StunProtocol,
+) -> None:
+    # aioice calls this only for a check that authenticated (USERNAME, MESSAGE-INTEGRITY).
+    _Heard.of(self).count += 1
+    _original_check_incoming(self, message, addr, protocol)
+
+
+def keep_consent_while_heard(silence_timeout: float) -> None:
+    """Consent to send lasts while the peer is heard; the connection closes (its peer
+    connection fails) after ``silence_timeout`` seconds of hearing nothing.
+
+    aioice's consent freshness (RFC 7675) closes a connection whose peer leaves six
+    consent checks in a row unanswered, ~30 s. ffmpeg's WHIP muxer answers none, so
+    every ffmpeg ingest ended after half a minute. ICE-lite servers (mediasoup, Janus
+    in ice-lite mode) rely on what the peer sends instead; so does the hub now: media and RTCP that
+    authenticate (:class:`_Unprotector`), the peer's own ICE checks, and answers to
+    the checks the hub still sends each interval, as before. A peer that went away
+    sends none of them. Installed for every connection made from now on."""
+    interval = min(float(aioice.ice.CONSENT_INTERVAL), silence_timeout / 3)
+
+    async def query_consent(self: aioice.ice.Connection) -> None:
+        heard = _Heard.of(self)
+        assert self.remote_password is not None  # connect() has it before it starts this
+        key = self.remote_password.encode("utf8")
+        last_count, last_heard = heard.count, time.monotonic()
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(self._nominated.values()):
+                check = self.build_request(pair, nominate=False)
+                with contextlib.suppress(aioice.stun.TransactionError):
+                    await pair.protocol.request(
+                        check, pair.remote_addr, integrity_key=key, retransmissions=0
+                    )
+                    heard.count += 1
+            now = time.monotonic()
+            if heard.count != last_count:
+                last_count, last_heard = heard.count, now
+            elif now - last_heard >= silence_timeout:
+                logger.info(
+                    "ICE %s: nothing from the peer for %.0f s, closing",
+                    self.local_username,
+                    now - last_heard,
+                )
+                self._query_consent_task = None  # close() must not cancel this very task
+                await self.close()
+                return
+
+    aioice.ice.Connection.query_consent = query_consent  # type: ignore[method-assign]
+    aioice.ice.Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
+
+
 # --- SRTP ---------------------------------------------------------------------
 
 
@@ -239,11 +349,12 @@ class _Unprotector:
     called through the fast path, and every refusal is the ``pylibsrtp.Error``
     aiortc catches and drops."""
 
-    __slots__ = ("_ctx", "_session")
+    __slots__ = ("_ctx", "_heard", "_session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, heard: _Heard) -> None:
         self._session = session  # owns the libsrtp context
         self._ctx = libsrtp_context_address(session)
+        self._heard = heard
 
     def unprotect(self, data: bytes) -> bytes:
         return self._plain(data, fastpath.unprotect(self._ctx, data))
@@ -251,10 +362,10 @@ class _Unprotector:
     def unprotect_rtcp(self, data: bytes) -> bytes:
         return self._plain(data, fastpath.unprotect_rtcp(self._ctx, data))
 
-    @staticmethod
-    def _plain(data: bytes, plain: bytes | None) -> bytes:
+    def _plain(self, data: bytes, plain: bytes | None) -> bytes:
         if plain is None:
             raise pylibsrtp.Error(f"SRTP packet of {len(data)} bytes refused")
+        self._heard.count += 1  # it authenticated: only the peer could have sent it
         return plain
 
 
@@ -263,7 +374,8 @@ _original_setup_srtp = RTCDtlsTransport._setup_srtp
 
 def _setup_srtp(self: RTCDtlsTransport) -> None:
     _original_setup_srtp(self)
-    self._rx_srtp = _Unprotector(self._rx_srtp)  # type: ignore[assignment]
+    heard = _Heard.of(self.transport._connection)
+    self._rx_srtp = _Unprotector(self._rx_srtp, heard)  # type: ignore[assignment]
 
 
 def install_srtp_receiver() -> None:

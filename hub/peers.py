@@ -19,8 +19,13 @@ from aiortc import (
     RTCRtpTransceiver,
 )
 from aiortc.rtcicetransport import RTCIceCandidate
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
-from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.sdp import (
+    H264Profile,
+    SessionDescription,
+    candidate_from_sdp,
+    parse_h264_profile_level_id,
+)
 from av import Packet
 from av.frame import Frame
 
@@ -181,17 +186,63 @@ def codec_info(transceiver: RTCRtpTransceiver) -> CodecInfo | None:
     return None
 
 
+_CB = H264Profile.PROFILE_CONSTRAINED_BASELINE
+_CH = H264Profile.PROFILE_CONSTRAINED_HIGH
+_MAIN = H264Profile.PROFILE_MAIN
+_HIGH = H264Profile.PROFILE_HIGH
+H264_DECODES: dict[H264Profile, frozenset[H264Profile]] = {
+    _CB: frozenset({_CB}),
+    H264Profile.PROFILE_BASELINE: frozenset({H264Profile.PROFILE_BASELINE, _CB}),
+    _MAIN: frozenset({_MAIN, _CB}),
+    _CH: frozenset({_CH, _CB}),
+    _HIGH: frozenset({_HIGH, _CH, _MAIN, _CB}),
+    H264Profile.PROFILE_PREDICTIVE_HIGH_444: frozenset(
+        {H264Profile.PROFILE_PREDICTIVE_HIGH_444, _HIGH, _CH, _MAIN, _CB}
+    ),
+}
+"""The streams a decoder of each profile decodes (H.264 Annex A.2). Chromium without
+hardware decoding offers to receive High 4:4:4 Predictive but not High: it takes a
+High stream on that payload type, as its decoder must."""
+
+
+def _h264_profile(parameters: dict[str, str | int | None]) -> H264Profile | None:
+    # No profile-level-id means Constrained Baseline level 3.1 (RFC 6184, as aiortc reads it).
+    try:
+        return parse_h264_profile_level_id(str(parameters.get("profile-level-id", "42e01f")))[0]
+    except ValueError:
+        return None
+
+
+def carry_rank(
+    receiver: RTCRtpCodecCapability | RTCRtpCodecParameters, codec: CodecInfo
+) -> tuple[int, int] | None:
+    """How well a receiver's codec takes ``codec``'s stream forwarded unchanged, lower
+    is better; None when it cannot. H.264: packetization mode 1 (the hub forwards
+    FU-A and STAP-A) and a profile whose decoders decode the publisher's, the same
+    profile first; the level may differ (level-asymmetry-allowed). Audio: the same
+    codec. Other video: the same codec and parameters."""
+    if receiver.mimeType.lower() != codec.mime_type.lower():
+        return None
+    if codec.name == "H264":
+        if str(receiver.parameters.get("packetization-mode", "0")) != "1":
+            return None
+        sent, taken = _h264_profile(codec.parameters), _h264_profile(receiver.parameters)
+        if sent is None or taken is None or sent not in H264_DECODES[taken]:
+            return None
+        return (int(taken is not sent), len(H264_DECODES[taken]))
+    if codec.mime_type.lower().startswith("audio/") or receiver.parameters == codec.parameters:
+        return (0, 0)
+    return None
+
+
 def preferences_for(kind: str, codec: CodecInfo) -> list[RTCRtpCodecCapability]:
-    """Codec preferences that make an offer carry exactly ``codec`` (plus RTX)."""
-    wanted: list[RTCRtpCodecCapability] = []
-    for capability in RTCRtpSender.getCapabilities(kind).codecs:
-        if capability.mimeType.lower() == codec.mime_type.lower() and (
-            capability.parameters == codec.parameters or kind == "audio"
-        ):
-            wanted.append(capability)
-            break
+    """Codec preferences that make an offer or answer carry ``codec`` (plus RTX): the
+    capabilities that take it, best first (see :func:`carry_rank`)."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    ranked = [(rank, c) for c in capabilities if (rank := carry_rank(c, codec)) is not None]
+    wanted = [c for _, c in sorted(ranked, key=lambda pair: pair[0])]
     if kind == "video":
-        wanted += [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.name.lower() == "rtx"]
+        wanted += [c for c in capabilities if c.name.lower() == "rtx"]
     return wanted
 
 
@@ -208,15 +259,8 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
     """Payload types and extension ids to write for ``codec`` on ``transceiver``,
     or None when the subscriber cannot receive that codec."""
     codecs = negotiated_codecs(transceiver)
-    chosen = None
-    for c in codecs:
-        if c.mimeType.lower() == codec.mime_type.lower() and (
-            codec.name != "H264"
-            or str(c.parameters.get("profile-level-id", ""))[:4].lower()
-            == str(codec.parameters.get("profile-level-id", ""))[:4].lower()
-        ):
-            chosen = c
-            break
+    ranked = [(rank, c) for c in codecs if (rank := carry_rank(c, codec)) is not None]
+    chosen = min(ranked, key=lambda pair: pair[0])[1] if ranked else None
     if chosen is None or chosen.payloadType is None:
         return None
     rtx = next(

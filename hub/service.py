@@ -11,7 +11,13 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from hub.aiortc_internals import check_internals, install_h264_profiles, restrict_host_addresses
+from hub.aiortc_internals import (
+    accept_offered_payload_types,
+    check_internals,
+    install_h264_profiles,
+    keep_consent_while_heard,
+    restrict_host_addresses,
+)
 from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName
 from hub.room import HubError, Participant, Room
@@ -51,6 +57,8 @@ class Hub:
     async def start(self) -> None:
         await check_internals()
         install_h264_profiles()
+        accept_offered_payload_types()
+        keep_consent_while_heard(self.settings.peer_silence_timeout)
         restrict_host_addresses(self.settings.ice_gather_addresses)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     """Address put first in the hub's candidates, for a hub behind NAT (LiveKit's node IP)."""
     room_empty_timeout: float = 30.0
     """Seconds an empty room stays open before it closes."""
+    peer_silence_timeout: float = Field(default=30.0, ge=3.0)
+    """Seconds a connected peer may send nothing the hub can authenticate (media, RTCP,
+    ICE checks, answers to the hub's) before its connection fails: how a publisher or
+    viewer that went away without a word is noticed. 30 s is RFC 7675's consent
+    timeout; a live publisher sends media many times a second, a browser checks every
+    few seconds."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     tls_cert: Path | None = None

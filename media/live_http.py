@@ -9,6 +9,7 @@ the viewers, and origin cost stays independent of their number.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -25,13 +26,17 @@ PLAYLIST_CACHE = "no-cache"
 BLOCKING_PLAYLIST_CACHE = "public, max-age=4"
 """A blocking reload that got its part: the answer for that msn/part holds."""
 MEDIA_CACHE = "public, max-age=31536000, immutable"
+DECIMAL_INTEGER = re.compile(r"[0-9]{1,20}")
+"""RFC 8216's decimal-integer: ASCII digits, at most 2^64 - 1. ``str.isdigit`` would
+also take "²" (which ``int`` refuses) and "٣" (which it reads)."""
+DECIMAL_INTEGER_MAX = 2**64 - 1
 
 
 def _number(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit():
-        raise HTTPException(400, f"{name} must be a non-negative integer")
+    if DECIMAL_INTEGER.fullmatch(value) is None or int(value) > DECIMAL_INTEGER_MAX:
+        raise HTTPException(400, f"{name} must be an integer from 0 to {DECIMAL_INTEGER_MAX}")
     return int(value)
 
 

@@ -41,6 +41,7 @@ from scheduler.command import (
 )
 from scheduler.command_tables import create_tables
 from scheduler.dashboard import Dashboard
+from scheduler.http import RowId, check_days
 from scheduler.notices import (
     KEEPALIVE_SECONDS,
     BusNotifier,
@@ -68,6 +69,9 @@ AD_HOC_GRANT = timedelta(hours=8)
 PUBLIC_DAYS = 7
 """How far ahead households see what is coming."""
 _ROOM_NAME = re.compile(ROOM_NAME)
+
+STATISTICS_MAX_DAYS = 3660
+"""Statistics reach back ten years at most."""
 
 IssueToken = Callable[[Grant], str]
 """Signs a grant into a join token (the hub's ``TokenSigner.issue``)."""
@@ -271,7 +275,7 @@ def command_router(
         return {"room": info.room, "token": issue_token(grant)}
 
     @router.post("/api/sessions/{session_id}/join")
-    async def join(account: AccountDep, session_id: int) -> dict[str, str]:
+    async def join(account: AccountDep, session_id: RowId) -> dict[str, str]:
         """The caller's site's join token for the occurrence open now, valid until its
         end plus :data:`GRANT_GRACE`. The token travels in this body only: the page
         keeps it out of every URL (``url`` names the room, not the token)."""
@@ -280,7 +284,7 @@ def command_router(
         return {**session_grant(account, tree, info, None), "url": f"/station?room={info.room}"}
 
     @router.post("/api/sessions/{session_id}/console")
-    async def console(account: AccountDep, session_id: int) -> dict[str, str]:
+    async def console(account: AccountDep, session_id: RowId) -> dict[str, str]:
         """A moderator's token for the occurrence open now: the center, or the institute
         operator whose subtree hosts it (station operators never)."""
         session, tree, info = await open_occurrence(session_id)
@@ -288,7 +292,7 @@ def command_router(
         return {**session_grant(account, tree, info, True), "url": f"/console?room={info.room}"}
 
     @router.post("/api/sessions/{session_id}/end")
-    async def end(account: AccountDep, session_id: int) -> dict[str, Any]:
+    async def end(account: AccountDep, session_id: RowId) -> dict[str, Any]:
         """End the occurrence open now before its time (its moderators): recording
         stops and goes to the library, the room closes, nobody can join it again."""
         session, tree, info = await open_occurrence(session_id)
@@ -299,7 +303,7 @@ def command_router(
         return {"room": info.room, "ended": True}
 
     @router.get("/api/sessions/{session_id}/occurrences")
-    async def session_occurrences(account: AccountDep, session_id: int) -> list[dict[str, Any]]:
+    async def session_occurrences(account: AccountDep, session_id: RowId) -> list[dict[str, Any]]:
         """The session's occurrences from 62 days ago to 14 days ahead, each with its
         room and whether it has ended: where its attendance is found."""
         try:
@@ -415,8 +419,7 @@ def command_router(
     @router.get("/api/escalations")
     async def escalations(account: AccountDep, days: int = 1) -> list[dict[str, Any]]:
         """Expected stations that were missing, in the caller's subtree, newest first."""
-        if not 1 <= days <= 62:
-            raise HTTPException(422, detail="days must be between 1 and 62")
+        check_days(days, 62)
         tree = await center.sites.tree()
         since = center.clock.now() - timedelta(days=days)
         return await list_escalations(engine, tree, visible_sites(account, tree), since)
@@ -462,7 +465,7 @@ def command_router(
         return [d.to_json(visible) for d in await dispatch.recent() if may_follow(account, tree, d)]
 
     @router.get("/api/directives/{directive_id}")
-    async def get_directive(account: AccountDep, directive_id: int) -> dict[str, Any]:
+    async def get_directive(account: AccountDep, directive_id: RowId) -> dict[str, Any]:
         tree = await center.sites.tree()
         try:
             directive = await dispatch.get(directive_id)
@@ -473,7 +476,7 @@ def command_router(
         return directive.to_json(visible_sites(account, tree))
 
     @router.post("/api/directives/{directive_id}/ack")
-    async def acknowledge(account: AccountDep, directive_id: int) -> dict[str, str]:
+    async def acknowledge(account: AccountDep, directive_id: RowId) -> dict[str, str]:
         tree = await center.sites.tree()
         code = _home_site(account, tree)
         try:
@@ -508,6 +511,7 @@ def command_router(
 
     @router.get("/api/statistics")
     async def statistics_json(account: AccountDep, days: int = 365) -> dict[str, Any]:
+        check_days(days, STATISTICS_MAX_DAYS)
         tree = await center.sites.tree()
         visible = _dashboard_scope(account, tree)
         stats = await statistics(engine, tree, center.clock.now(), days, visible)
@@ -515,6 +519,7 @@ def command_router(
 
     @router.get("/api/statistics.csv")
     async def statistics_csv(account: AccountDep, days: int = 365) -> Response:
+        check_days(days, STATISTICS_MAX_DAYS)
         tree = await center.sites.tree()
         visible = _dashboard_scope(account, tree)
         stats = await statistics(engine, tree, center.clock.now(), days, visible)

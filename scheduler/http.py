@@ -11,7 +11,17 @@ from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    HTTPException,
+    Path,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -28,7 +38,7 @@ from scheduler.permissions import (
     check_view_session,
     check_view_site,
 )
-from scheduler.recurrence import Recurrence, Repeat, local, to_utc
+from scheduler.recurrence import EARLIEST, LATEST, Recurrence, Repeat, local, to_utc
 from scheduler.schedule import (
     Audience,
     AudienceKind,
@@ -125,6 +135,18 @@ class SessionBody(BaseModel):
     options: OptionsBody = Field(default_factory=OptionsBody)
 
 
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+"""An id in a route: what an INTEGER primary key holds in PostgreSQL (SQLite's hold
+more), so a larger number is a 422 and never reaches the database."""
+
+
+def check_days(days: int, most: int) -> None:
+    """A ``days`` parameter out of 1..``most``: a 422 that says so, rather than dates
+    beyond what ``datetime`` holds."""
+    if not 1 <= days <= most:
+        raise HTTPException(422, detail=f"days must be between 1 and {most}")
+
+
 def _refuse(
     reason: str,
     errors: list[tuple[int, str]] | None = None,
@@ -191,7 +213,8 @@ def _check_site_change(account: Account, tree: SiteTree, site: Site) -> Refusal:
 
 
 def _session_fields(body: SessionBody) -> dict[str, Any]:
-    """What a create or an update of a session takes, from its body."""
+    """What a create or an update of a session takes, from its body; ValueError for a
+    time no calendar holds."""
     rule, options = body.recurrence, body.options
     return {
         "title": body.title,
@@ -322,7 +345,7 @@ def scheduler_router(
 
     @router.patch("/accounts/{account_id}")
     async def patch_account(
-        account: AccountDep, account_id: int, body: AccountPatch
+        account: AccountDep, account_id: RowId, body: AccountPatch
     ) -> dict[str, Any]:
         """Disable an account (its logins end at once, its API tokens stop) or enable it."""
         target = await managed(account, account_id)
@@ -332,7 +355,7 @@ def scheduler_router(
 
     @router.post("/accounts/{account_id}/password", status_code=204, response_model=None)
     async def reset_password(
-        account: AccountDep, account_id: int, body: PasswordBody
+        account: AccountDep, account_id: RowId, body: PasswordBody
     ) -> Response | JSONResponse:
         """A new password set by whoever manages the account; its logins end."""
         target = await managed(account, account_id)
@@ -458,9 +481,12 @@ def scheduler_router(
         if code not in tree:
             raise HTTPException(404, detail=f"no site {code}")
         require(check_view_site(account.actor, tree, code))
-        if not 1 <= days <= 62:
-            raise HTTPException(422, detail="days must be between 1 and 62")
+        check_days(days, 62)
         day = day or local(datetime.now(UTC)).date()
+        if not EARLIEST.date() <= day < LATEST.date():
+            raise HTTPException(
+                422, detail=f"day must be between {EARLIEST.date()} and {LATEST.date()}"
+            )
         found = await schedule.sessions_for_site(tree, code, day, days)
         return [info.to_json() for info in found]
 
@@ -471,7 +497,10 @@ def scheduler_router(
         account: AccountDep, body: SessionBody
     ) -> dict[str, Any] | JSONResponse:
         tree = await sites.tree()
-        fields = _session_fields(body)
+        try:
+            fields = _session_fields(body)
+        except ValueError as exc:
+            return _refuse(str(exc))
         require(check_schedule(account.actor, tree, body.host, fields["audience"]))
         try:
             session = await schedule.create(tree, **fields, created_by=account.id)
@@ -482,13 +511,16 @@ def scheduler_router(
 
     @router.put("/sessions/{session_id}", response_model=None)
     async def update_session(
-        account: AccountDep, session_id: int, body: SessionBody
+        account: AccountDep, session_id: RowId, body: SessionBody
     ) -> dict[str, Any] | JSONResponse:
         """Replace a session's fields: allowed to whoever could schedule it both as it
         was and as it becomes (an institute cannot move a session out of its reach)."""
         session, tree = await visible_session(account, session_id)
         require(check_schedule(account.actor, tree, session.host, session.audience))
-        fields = _session_fields(body)
+        try:
+            fields = _session_fields(body)
+        except ValueError as exc:
+            return _refuse(str(exc))
         require(check_schedule(account.actor, tree, body.host, fields["audience"]))
         try:
             updated = await schedule.update(session_id, tree, **fields)
@@ -508,12 +540,12 @@ def scheduler_router(
         ]
 
     @router.get("/sessions/{session_id}")
-    async def get_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+    async def get_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
         session, _ = await visible_session(account, session_id)
         return session_json(session)
 
     @router.post("/sessions/{session_id}/cancel")
-    async def cancel_session(account: AccountDep, session_id: int) -> dict[str, Any]:
+    async def cancel_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
         session, tree = await visible_session(account, session_id)
         require(check_cancel_session(account.actor, tree, session.host, session.audience))
         cancelled = await schedule.cancel(session_id)

@@ -12,6 +12,12 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 LOCAL_ZONE = ZoneInfo("Asia/Shanghai")
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+"""Sessions fall between these: far from ``datetime``'s years 1 and 9999, which time-zone
+conversion and series arithmetic would otherwise cross."""
+MAX_COUNT = 3660
+"""Occurrences in a counted series: ten years of daily sessions."""
 
 
 class Repeat(StrEnum):
@@ -52,7 +58,10 @@ def to_utc(value: datetime) -> datetime:
     """An instant in UTC; a naive value is read as Asia/Shanghai wall-clock time."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=LOCAL_ZONE)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range") from None
 
 
 def validate(start: datetime, end: datetime, rule: Recurrence) -> None:
@@ -82,6 +91,17 @@ def validate(start: datetime, end: datetime, rule: Recurrence) -> None:
         raise ValueError("only weekly takes weekdays")
     if local(end) - local(start) > timedelta(days=1):
         raise ValueError("a repeating session lasts at most one day")
+
+
+def check_bounds(start: datetime, end: datetime, rule: Recurrence) -> None:
+    """Raise ValueError for a new series beyond the bounds (sessions already stored are
+    read as they are)."""
+    if start < EARLIEST or end > LATEST:
+        raise ValueError(f"sessions fall between {EARLIEST:%Y} and {LATEST:%Y}")
+    if rule.count is not None and rule.count > MAX_COUNT:
+        raise ValueError(f"count must be between 1 and {MAX_COUNT}")
+    if rule.until is not None and rule.until >= LATEST.date():
+        raise ValueError(f"until must be before {LATEST.date()}")
 
 
 def _series(start: datetime, end: datetime, rule: Recurrence) -> Iterator[Occurrence]:

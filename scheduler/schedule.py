@@ -20,6 +20,7 @@ from scheduler.recurrence import (
     Occurrence,
     Recurrence,
     Repeat,
+    check_bounds,
     last_end,
     local,
     occurrences,
@@ -213,6 +214,7 @@ def _values(
     """A session's columns, checked (ValueError saying why)."""
     options = options or SessionOptions()
     validate(start, end, recurrence)
+    check_bounds(start, end, recurrence)
     _validate_session(tree, title, host, audience, options)
     return {
         "title": title.strip(),

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import re
 import tomllib
 from pathlib import Path
 
 import aioice.ice
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
     ReceiverTap,
+    accept_offered_payload_types,
     check_internals,
     install_h264_profiles,
+    keep_consent_while_heard,
     restrict_host_addresses,
 )
 from hub.peers import make_peer_connection
+from hub.settings import Settings
 from tests.helpers import EncodedFrames, wait_until
 
 
@@ -46,6 +50,67 @@ def test_h264_profiles_install_once_with_unique_payload_types() -> None:
         assert profiles.count(profile) == 1
     payload_types = [c.payloadType for kind in CODECS.values() for c in kind]
     assert len(payload_types) == len(set(payload_types))
+
+
+async def test_an_answer_keeps_a_payload_type_offered_below_96() -> None:
+    """Chromium offers its newer codecs (H.264 High 4:4:4 Predictive, AV1) on 35-63;
+    an answer must use the offered number, or the browser reads another codec."""
+    install_h264_profiles()
+    accept_offered_payload_types()
+    offerer, answerer = make_peer_connection([]), make_peer_connection([])
+    try:
+        offerer.addTransceiver("video", direction="recvonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        sdp = offerer.localDescription.sdp
+        # Renumber the offered H.264 High 4:4:4 Predictive and its RTX into 41/42.
+        high444 = re.search(r"a=fmtp:(\d+) [^\r]*profile-level-id=f4001f", sdp)
+        assert high444 is not None, sdp
+        rtx = re.search(rf"a=fmtp:(\d+) apt={high444[1]}\r", sdp)
+        assert rtx is not None
+        for old, new in ((high444[1], "41"), (rtx[1], "42")):
+            sdp = re.sub(rf"(?<=[ :=]){old}(?=[ \r])", new, sdp)
+        answerer.addTransceiver("video", direction="sendonly")
+        await answerer.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        answer = answerer.localDescription.sdp
+        assert (
+            "a=fmtp:41 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f4001f"
+            in answer
+        )
+        assert "a=fmtp:42 apt=41" in answer
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+async def test_consent_lasts_while_the_peers_checks_arrive_and_ends_in_silence() -> None:
+    """A peer that answers no consent checks but sends its own (the hub hears it) keeps
+    its connection; once it goes silent the connection closes after the timeout."""
+    timeout = 3.0
+    keep_consent_while_heard(timeout)
+    restrict_host_addresses(["127.0.0.1"])
+    hub_side = aioice.ice.Connection(ice_controlling=False)
+    peer = aioice.ice.Connection(ice_controlling=True)
+    try:
+        for connection in (hub_side, peer):
+            await connection.gather_candidates()
+        for a, b in ((hub_side, peer), (peer, hub_side)):
+            a.remote_username, a.remote_password = b.local_username, b.local_password
+            for candidate in b.local_candidates:
+                await a.add_remote_candidate(candidate)
+            await a.add_remote_candidate(None)
+        await asyncio.gather(hub_side.connect(), peer.connect())
+        # From now on the peer answers nothing, like ffmpeg's WHIP muxer.
+        peer.request_received = lambda *args: None  # type: ignore[method-assign]
+        closed = asyncio.ensure_future(hub_side.get_event())
+        await asyncio.wait({closed}, timeout=3 * timeout)
+        assert not closed.done(), f"closed while the peer's checks arrived: {closed.result()}"
+        await peer.close()
+        assert isinstance(await asyncio.wait_for(closed, 3 * timeout), aioice.ice.ConnectionClosed)
+    finally:
+        await peer.close()
+        await hub_side.close()
+        keep_consent_while_heard(Settings().peer_silence_timeout)
 
 
 async def test_gathering_follows_the_configured_addresses() -> None:

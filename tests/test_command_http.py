@@ -409,6 +409,25 @@ async def test_statistics_for_the_center_and_institutes_as_json_and_csv(
     assert "attachment" in csv_response.headers["content-disposition"]
     assert (await (await api.client("inst1")).get("/api/statistics")).status_code == 200
     assert (await (await api.client("sta1")).get("/api/statistics.csv")).status_code == 403
+    for path in ("/api/statistics", "/api/statistics.csv"):
+        assert (await admin.get(path, params={"days": "3660"})).status_code == 200
+
+
+async def test_numbers_out_of_range_are_refused_with_a_reason(api: CommandApi) -> None:
+    admin = await api.client("admin")
+    for path in ("/api/statistics", "/api/statistics.csv"):
+        for days in ("999999999", "-1", "0", "3661"):
+            refused = await admin.get(path, params={"days": days})
+            assert refused.status_code == 422, (path, days, refused.text)
+            assert refused.json()["detail"] == "days must be between 1 and 3660"
+    big = str(2**63)
+    for method, path, name in (
+        ("POST", f"/api/sessions/{big}/join", "session_id"),
+        ("GET", f"/api/directives/{big}", "directive_id"),
+        ("POST", f"/api/directives/{big}/ack", "directive_id"),
+    ):
+        refused = await admin.request(method, path)
+        assert refused.status_code == 422 and name in refused.text, (path, refused.text)
 
 
 async def test_the_pages_are_served(api: CommandApi) -> None:

@@ -213,6 +213,13 @@ async def test_http_rejects_bad_requests(live_h264: Live) -> None:
     for params in ({"_HLS_msn": "x"}, {"_HLS_part": "1"}, {"_HLS_msn": "-1"}, {"_HLS_msn": 999}):
         response = await get(f"{live.base}/index.m3u8", params=params)
         assert response.status_code == 400, params
+    # Digits str.isdigit() accepts but int() refuses or reads (superscript, Arabic-Indic),
+    # and more digits than int() parses or an unsigned 64-bit integer holds.
+    for value in ("²", "٣", "1²", "9" * 5000, str(2**64)):
+        for params in ({"_HLS_msn": value}, {"_HLS_msn": "0", "_HLS_part": value}):
+            response = await get(f"{live.base}/index.m3u8", params=params)
+            assert response.status_code == 400, params
+            assert "must be" in response.text, response.text
     assert (await get(f"{live.base.replace('room', 'nope')}/index.m3u8")).status_code == 404
     for name in ("..%2F..%2Fetc%2Fpasswd", "seg999.m4s", "index.m3u8.tmp", "%2Fetc%2Fpasswd"):
         assert (await get(f"{live.base}/{name}")).status_code == 404, name

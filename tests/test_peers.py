@@ -1,10 +1,13 @@
-"""SDP checks and the announced address."""
+"""SDP checks, the announced address, and which receiving codec takes a stream."""
 
 from __future__ import annotations
 
 import pytest
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from hub.peers import SdpError, announce, parse_sdp
+from hub.aiortc_internals import install_h264_profiles
+from hub.forwarding import CodecInfo
+from hub.peers import SdpError, announce, carry_rank, parse_sdp, preferences_for
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -45,3 +48,56 @@ def test_first_gather_address_leads_without_an_announced_one() -> None:
 def test_bad_sdp_is_refused_with_a_reason(sdp: str, reason: str) -> None:
     with pytest.raises(SdpError, match=reason):
         parse_sdp(sdp)
+
+
+def h264(profile_level_id: str, mode: str = "1") -> RTCRtpCodecCapability:
+    return RTCRtpCodecCapability(
+        "video/H264",
+        90000,
+        parameters={"packetization-mode": mode, "profile-level-id": profile_level_id},
+    )
+
+
+def publisher(profile_level_id: str) -> CodecInfo:
+    return CodecInfo(
+        "H264",
+        "video/H264",
+        90000,
+        {"packetization-mode": "1", "profile-level-id": profile_level_id},
+    )
+
+
+# (publisher's profile-level-id, receiver's codec, carried?) — H.264 Annex A.2.
+CARRIES = [
+    ("64001f", h264("64001f"), True),
+    ("640028", h264("64001f"), True),  # level may differ
+    ("64001f", h264("f4001f"), True),  # High 4:4:4 Predictive decoders take High
+    ("64001f", h264("4d001f"), False),
+    ("64001f", h264("64001f", mode="0"), False),  # the hub forwards FU-A
+    ("4d001f", h264("64001f"), True),
+    ("4d001f", h264("42e01f"), False),
+    ("42e01f", h264("42001f"), True),  # Baseline decoders take Constrained Baseline
+    ("42e01f", h264("4d001f"), True),
+    ("42001f", h264("42e01f"), False),  # but not the other way round
+    ("640c1f", h264("64001f"), True),
+    ("64001f", RTCRtpCodecCapability("video/VP8", 90000), False),
+]
+
+
+@pytest.mark.parametrize(("sent", "receiver", "carried"), CARRIES)
+def test_an_h264_stream_goes_to_receivers_whose_profile_decodes_it(
+    sent: str, receiver: RTCRtpCodecCapability, carried: bool
+) -> None:
+    assert (carry_rank(receiver, publisher(sent)) is not None) is carried
+
+
+def test_preferences_put_the_same_profile_first_then_those_that_decode_it() -> None:
+    install_h264_profiles()
+    preferred = preferences_for("video", publisher("64001f"))
+    profiles = [c.parameters.get("profile-level-id") for c in preferred if c.name == "H264"]
+    assert profiles == ["64001f", "f4001f"]
+    assert preferred[-1].name == "rtx"
+    vp8 = CodecInfo("VP8", "video/VP8", 90000)
+    assert [c.name for c in preferences_for("video", vp8) if c.name != "rtx"] == ["VP8"]
+    opus = CodecInfo("opus", "audio/opus", 48000, {"useinbandfec": 1}, 2)
+    assert [c.name for c in preferences_for("audio", opus)] == ["opus"]

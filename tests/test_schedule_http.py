@@ -291,6 +291,37 @@ async def test_site_sessions_today_and_upcoming(api: Api) -> None:
         await client.aclose()
 
 
+async def test_numbers_and_dates_out_of_range_are_refused_with_a_reason(api: Api) -> None:
+    admin = await api.client("admin")
+    # Beyond a database integer, beyond datetime's years 1 to 9999, and series that would
+    # take millions of steps to expand: each a 422 that says why, and nothing stored.
+    for path in ("/api/sessions/99999999999999999999", f"/api/sessions/{2**31}", "/api/sessions/0"):
+        response = await admin.get(path)
+        assert response.status_code == 422, (path, response.text)
+        assert "session_id" in response.text
+    response = await admin.post(f"/api/sessions/{2**63}/cancel")
+    assert response.status_code == 422 and "session_id" in response.text
+    once = {"recurrence": {}}
+    bodies = [
+        (session_body(start="0001-01-01T00:00", end="0001-01-01T01:00", **once), "out of range"),
+        (session_body(start="9999-12-31T22:00", end="9999-12-31T23:00", **once), "between 2000"),
+        (session_body(start="1999-12-31T22:00Z", end="1999-12-31T23:00Z", **once), "between 2000"),
+        (session_body(recurrence={"repeat": "daily", "count": 10**30}), "count must be"),
+        (session_body(recurrence={"repeat": "daily", "count": 3661}), "count must be"),
+        (session_body(recurrence={"repeat": "daily", "until": "9999-12-31"}), "until must be"),
+    ]
+    for body, reason in bodies:
+        response = await admin.post("/api/sessions", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert reason in response.json()["detail"], response.text
+    assert (await admin.get("/api/sessions")).json() == []
+    for day in ("9999-12-31", "0001-01-01"):
+        response = await admin.get("/api/sites/I01/sessions", params={"day": day})
+        assert response.status_code == 422, (day, response.text)
+        assert "day must be between" in response.json()["detail"]
+    await admin.aclose()
+
+
 async def test_sites_tree_and_crud_within_permissions(api: Api) -> None:
     sta1 = await api.client("sta1")
     assert [s["code"] for s in (await sta1.get("/api/sites")).json()] == ["C", "I01", "I01-S001"]

@@ -4,36 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
 import pytest
-from aiortc import RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from hub.client import HubClient
+from hub.ids import RoomName
 from hub.peers import make_peer_connection
 from tests.helpers import first_track, wait_until
-from tests.hubserver import RunningHub
+from tests.hubserver import RunningHub, running_hub
 from tests.test_forwarding_e2e import decode_frames
 
 
-def ffmpeg_whip(url: str, token: str, seconds: int = 40) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            imageio_ffmpeg.get_ffmpeg_exe(),
-            "-hide_banner", "-loglevel", "warning", "-re",
-            "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-profile:v", "high", "-bf", "0", "-g", "30",
-            "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
-            "-c:a", "libopus", "-ar", "48000", "-ac", "2",
-            "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+def ffmpeg_whip(
+    url: str, token: str, seconds: int = 40, profile: str = "high", log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """ffmpeg publishing a test picture and tone over WHIP, as OBS does: libx264 in
+    ``profile`` (OBS's default is High), no B-frames, Opus. Its errors go to ``log``
+    when given (a pipe nobody reads could fill up and stall it), else to a pipe."""
+    errors = log.open("wb") if log is not None else None
+    try:
+        return subprocess.Popen(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                "-hide_banner", "-loglevel", "warning", "-re",
+                "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=30:duration={seconds}",
+                "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                "-c:v", "libx264", "-profile:v", profile, "-bf", "0", "-g", "30",
+                "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-b:v", "1M",
+                "-c:a", "libopus", "-ar", "48000", "-ac", "2",
+                "-f", "whip", "-authorization", token, "-whip_flags", "dtls_active", url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors or subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        if errors is not None:
+            errors.close()  # ffmpeg has its own copy
 
 
 @pytest.fixture
@@ -112,6 +126,89 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
             await pc.close()
     finally:
         await station.close()
+
+
+LONG_INGEST_SECONDS = 180
+WINDOW_SECONDS = 10
+
+
+@pytest.mark.timeout(LONG_INGEST_SECONDS + 120)
+async def test_long_three_minute_ffmpeg_whip_ingest_is_watched_throughout(
+    hub_server: RunningHub, tmp_path: Path
+) -> None:
+    """ffmpeg's WHIP muxer answers no ICE consent checks: the hub must keep a publisher
+    whose media keeps coming (it cut them off after about 30 s), and ffmpeg's DELETE at
+    the end must still end the ingest."""
+    log = tmp_path / "ffmpeg.log"
+    token = hub_server.token("long", "encoder-1", "ingest", name="导播台")
+    ingest = ffmpeg_whip(
+        f"{hub_server.base}/whip/long", token, seconds=LONG_INGEST_SECONDS + 10, log=log
+    )
+    station = HubClient(hub_server.ws, hub_server.token("long", "S1", "station"))
+    try:
+        await station.connect()
+        camera = (await first_track(station, "camera")).track
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        windows: Counter[int] = Counter()
+        while (elapsed := loop.time() - start) < LONG_INGEST_SECONDS:
+            try:
+                await asyncio.wait_for(camera.recv(), WINDOW_SECONDS)
+            except (TimeoutError, MediaStreamError):
+                raise AssertionError(
+                    f"no frame after {elapsed:.0f} s; frames per {WINDOW_SECONDS} s: "
+                    f"{sorted(windows.items())}; ffmpeg: {log.read_text()[-1500:]}"
+                ) from None
+            windows[int((loop.time() - start) // WINDOW_SECONDS)] += 1
+        empty = [w for w in range(LONG_INGEST_SECONDS // WINDOW_SECONDS) if windows[w] == 0]
+        assert not empty, sorted(windows.items())
+
+        def ingest_gone() -> str | None:
+            room = hub_server.hub.rooms.get(RoomName("long"))
+            kinds = [p.kind for p in room.participants.values()] if room else []
+            return None if "whip" not in kinds else f"participants: {kinds}"
+
+        # ffmpeg's input ends 10 s later; it sends DELETE (and logs an error whatever
+        # the answer). The ingest leaves then, well before the hub's own silence deadline.
+        await asyncio.wait_for(asyncio.to_thread(ingest.wait), 30)
+        await wait_until(ingest_gone, timeout=10)
+    finally:
+        await station.close()
+        ingest.kill()
+        ingest.wait()
+
+
+async def test_a_whip_publisher_that_vanishes_without_delete_is_cut_off(tmp_path: Path) -> None:
+    """With the silence deadline at 3 s: media keeps the ingest connected for 10 s,
+    then ffmpeg dies without DELETE and its connection ends soon after."""
+    async with running_hub(tmp_path, peer_silence_timeout=3.0) as hub:
+        token = hub.token("gone", "encoder-1", "ingest")
+        ingest = ffmpeg_whip(f"{hub.base}/whip/gone", token, log=tmp_path / "ffmpeg.log")
+        try:
+
+            def publisher_pc() -> RTCPeerConnection | None:
+                room = hub.hub.rooms.get(RoomName("gone"))
+                participants = list(room.participants.values()) if room else []
+                publisher = participants[0].publisher if participants else None
+                return publisher.pc if publisher and publisher.by_mid else None
+
+            def connected() -> str | None:
+                pc = publisher_pc()
+                return None if pc and pc.connectionState == "connected" else f"pc: {pc}"
+
+            await wait_until(connected, timeout=20)
+            pc = publisher_pc()
+            assert pc is not None
+            await asyncio.sleep(10)
+            assert pc.connectionState == "connected"
+        finally:
+            ingest.kill()
+            ingest.wait()
+        # aiortc reports the ICE failure ("failed"), then closes the whole connection.
+        ended = ("failed", "closed")
+        await wait_until(
+            lambda: None if pc.connectionState in ended else pc.connectionState, timeout=15
+        )
 
 
 async def test_whip_answer_lists_reachable_host_candidate_first(hub_server: RunningHub) -> None:
