@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -70,20 +72,35 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+@dataclass(frozen=True)
+class _Resource:
+    """A WHIP or WHEP session, known by the secret in its ``Location``."""
+
+    kind: ParticipantKind
+    room: Room
+    participant: Participant
+    with_token: bool
+    """Opened with a token: ending it needs a token of the same identity."""
+
+
 def whip_router(hub: Hub) -> APIRouter:
     router = APIRouter()
-    resources: dict[str, tuple[Room, Participant]] = {}
+    resources: dict[str, _Resource] = {}
+    """Secret → session. Not the sid: every participant and the room API see sids."""
 
-    def created(room: Room, participant: Participant, kind: str, answer: str) -> Response:
-        # Forget resources that ended otherwise (removed, room closed).
-        for ended in [sid for sid, (_, p) in resources.items() if p.closed]:
+    def created(
+        room: Room, participant: Participant, kind: ParticipantKind, answer: str, with_token: bool
+    ) -> Response:
+        # Forget resources that ended otherwise (removed, timed out, room closed).
+        for ended in [key for key, r in resources.items() if r.participant.closed]:
             del resources[ended]
-        resources[participant.sid] = (room, participant)
+        key = secrets.token_urlsafe(24)
+        resources[key] = _Resource(kind, room, participant, with_token)
         return Response(
             answer,
             status_code=201,
             media_type="application/sdp",
-            headers={"Location": f"/{kind}/{room.name}/{participant.sid}"},
+            headers={"Location": f"/{kind}/{room.name}/{key}"},
         )
 
     async def guarded(
@@ -109,7 +126,7 @@ def whip_router(hub: Hub) -> APIRouter:
             except BaseException:
                 await room.leave(participant)
                 raise
-            return created(room, participant, kind, answer)
+            return created(room, participant, kind, answer, token is not None)
         except _HttpError as exc:
             return _problem(exc.status, exc.reason)
         except SdpError as exc:
@@ -156,26 +173,64 @@ def whip_router(hub: Hub) -> APIRouter:
     async def whep(room: str, request: Request) -> Response:
         return await guarded("whep", room, request, whep_grant)
 
-    async def delete(room: str, resource: str) -> Response:
-        found = resources.pop(resource, None)
-        if found is None or found[0].name != room:
-            return _problem(404, "no such resource")
-        await found[0].leave(found[1])
+    def owned(kind: ParticipantKind, room: str, key: str, request: Request) -> _Resource:
+        """The session at this URL, if the request may act on it: a session opened
+        with a token needs a token of the same identity; an anonymous household's
+        is ended by its secret URL alone."""
+        found = resources.get(key)
+        if (
+            found is None
+            or found.kind != kind
+            or found.room.name != room
+            or found.participant.closed
+        ):
+            raise _HttpError(404, "no such resource")
+        if not found.with_token:
+            return found
+        token = _bearer(request)
+        if token is None:
+            raise _HttpError(401, "this session was opened with a token: send it as Bearer")
+        try:
+            grant = hub.verify(token)
+        except HubError as exc:
+            raise _HttpError(401, exc.message) from None
+        identity = found.participant.identity
+        if grant.room != found.room.name or grant.identity != identity:
+            raise _HttpError(403, f"this session belongs to {identity}, not {grant.identity}")
+        return found
+
+    async def delete(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
+        try:
+            found = owned(kind, room, key, request)
+        except _HttpError as exc:
+            return _problem(exc.status, exc.reason)
+        resources.pop(key, None)
+        await found.room.leave(found.participant)
         return Response(status_code=204)
 
-    @router.delete("/whip/{room}/{resource}")
-    async def whip_delete(room: str, resource: str) -> Response:
-        return await delete(room, resource)
-
-    @router.delete("/whep/{room}/{resource}")
-    async def whep_delete(room: str, resource: str) -> Response:
-        return await delete(room, resource)
-
-    @router.patch("/whip/{room}/{resource}")
-    @router.patch("/whep/{room}/{resource}")
-    async def trickle(room: str, resource: str) -> Response:
+    async def trickle(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
+        try:
+            owned(kind, room, key, request)
+        except _HttpError as exc:
+            return _problem(exc.status, exc.reason)
         # The hub's answer carries all its candidates; trickle is not needed.
         return _problem(405, "trickle ICE is not supported; all candidates are in the SDP")
+
+    @router.delete("/whip/{room}/{resource}")
+    async def whip_delete(room: str, resource: str, request: Request) -> Response:
+        return await delete("whip", room, resource, request)
+
+    @router.delete("/whep/{room}/{resource}")
+    async def whep_delete(room: str, resource: str, request: Request) -> Response:
+        return await delete("whep", room, resource, request)
+
+    @router.patch("/whip/{room}/{resource}")
+    async def whip_trickle(room: str, resource: str, request: Request) -> Response:
+        return await trickle("whip", room, resource, request)
+
+    @router.patch("/whep/{room}/{resource}")
+    async def whep_trickle(room: str, resource: str, request: Request) -> Response:
+        return await trickle("whep", room, resource, request)
 
     return router
 

@@ -171,7 +171,10 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
             )
             assert response.status_code in (201, 400), response.text
             if response.status_code == 201:
-                await http.delete(f"{hub_server.base}{response.headers['location']}")
+                await http.delete(
+                    f"{hub_server.base}{response.headers['location']}",
+                    headers={"Authorization": f"Bearer {ingest}"},
+                )
         assert (await http.get(f"{hub_server.base}/healthz")).status_code == 200
 
     # A normal lecture still works afterwards.

@@ -92,9 +92,8 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
         sdp = station.subscriber.remoteDescription.sdp  # type: ignore[union-attr]
         assert "profile-level-id=6400" in sdp  # forwarded as High profile, unchanged
 
-        pc, tracks, response = await whep_view(
-            hub_server.base, "obs", hub_server.token("obs", "viewer-1", "viewer")
-        )
+        viewer = hub_server.token("obs", "viewer-1", "viewer")
+        pc, tracks, response = await whep_view(hub_server.base, "obs", viewer)
         try:
             assert response.status_code == 201, response.text
             assert response.headers["content-type"].startswith("application/sdp")
@@ -105,7 +104,7 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
             frames = await decode_frames(tracks["video"], 15, timeout=20)
             assert (frames[-1].width, frames[-1].height) == (640, 360)
             async with httpx.AsyncClient() as http:
-                gone = await http.delete(f"{hub_server.base}{location}")
+                gone = await http.delete(f"{hub_server.base}{location}", headers=bearer(viewer))
             assert gone.status_code == 204
             assert all(p.kind != "whep" for p in room.participants.values())
         finally:
@@ -131,9 +130,10 @@ async def test_whip_answer_lists_reachable_host_candidate_first(hub_server: Runn
         candidates = [c for c in response.text.split("\r\n") if c.startswith("a=candidate:")]
         assert candidates and " 127.0.0.1 " in candidates[0] and " typ host" in candidates[0]
         await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
-        gone = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        location = f"{hub_server.base}{response.headers['location']}"
+        gone = await http.delete(location, headers=bearer(token))
         assert gone.status_code == 204
-        again = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        again = await http.delete(location, headers=bearer(token))
         assert again.status_code == 404
     await pc.close()
 
@@ -242,4 +242,78 @@ async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> N
     finally:
         await pc.close()
         await station.close()
+        await center.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def whip_publish(base: str, room: str, token: str):  # type: ignore[no-untyped-def]
+    """An aiortc ingest: POST a sendonly offer, apply the answer."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    pc = make_peer_connection([])
+    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{base}/whip/{room}",
+            content=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", **bearer(token)},
+        )
+    if response.status_code == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+    return pc, response
+
+
+async def test_a_whip_session_is_ended_only_with_its_own_identity(hub_server: RunningHub) -> None:
+    token = hub_server.token("secure", "enc-1", "ingest")
+    pc, response = await whip_publish(hub_server.base, "secure", token)
+    try:
+        assert response.status_code == 201, response.text
+        location = response.headers["location"]
+        room = hub_server.hub.rooms["secure"]  # type: ignore[index]
+        (ingest,) = room.participants.values()
+        # The sid is public (participant_joined, the room's stage): it names no resource.
+        assert ingest.sid not in location
+        other = hub_server.token("secure", "enc-2", "ingest")
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            by_sid = await http.delete(f"/whip/secure/{ingest.sid}")
+            assert by_sid.status_code == 404, by_sid.text
+            anonymous = await http.delete(location)
+            assert anonymous.status_code == 401 and "Bearer" in anonymous.text
+            stranger = await http.delete(location, headers=bearer(other))
+            assert stranger.status_code == 403 and "enc-1" in stranger.text
+            trickle = await http.patch(location, headers=bearer(other))
+            assert trickle.status_code == 403
+            as_whep = await http.delete(location.replace("/whip/", "/whep/"), headers=bearer(token))
+            assert as_whep.status_code == 404
+            assert list(room.participants.values()) == [ingest]  # nothing ended it
+            own = await http.delete(location, headers=bearer(token))
+            assert own.status_code == 204, own.text
+            assert not room.participants
+    finally:
+        await pc.close()
+
+
+async def test_an_anonymous_whep_session_is_ended_by_its_secret_url(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("open", "C", "center"))
+    await center.connect()
+    hub_server.hub.rooms["open"].public = True  # type: ignore[index]
+    pc, _, response = await whep_view(hub_server.base, "open", None)
+    try:
+        assert response.status_code == 201, response.text
+        location = response.headers["location"]
+        room = hub_server.hub.rooms["open"]  # type: ignore[index]
+        (household,) = [p for p in room.participants.values() if p.kind == "whep"]
+        assert household.sid not in location
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            assert (await http.delete(f"/whep/open/{household.sid}")).status_code == 404
+            assert household.sid in room.participants
+            gone = await http.delete(location)
+            assert gone.status_code == 204, gone.text
+            assert household.sid not in room.participants
+    finally:
+        await pc.close()
         await center.close()

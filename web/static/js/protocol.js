@@ -1151,7 +1151,10 @@ export class WhepSession {
         await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
     }
 
-    /** Ends the session (DELETE on the resource); safe to call twice. */
+    /**
+     * Ends the session (DELETE on the resource, with the token it was opened
+     * with: the hub lets only that identity end it); safe to call twice.
+     */
     async stop() {
         const pc = this.pc;
         this.pc = null;
@@ -1161,7 +1164,9 @@ export class WhepSession {
         this.resource = null;
         if (resource) {
             try {
-                await fetch(resource, { method: "DELETE", keepalive: true });
+                /** @type {Record<string, string>} */
+                const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+                await fetch(resource, { method: "DELETE", headers, keepalive: true });
             } catch {
                 /* the hub will time it out */
             }
