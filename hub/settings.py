@@ -41,6 +41,26 @@ class Settings(BaseSettings):
     """Address put first in the hub's candidates, for a hub behind NAT (LiveKit's node IP)."""
     room_empty_timeout: float = 30.0
     """Seconds an empty room stays open before it closes."""
+    peer_connect_timeout: float = 15.0
+    """Seconds a WHIP or WHEP peer connection has to connect. No websocket tells the hub
+    such a participant is gone: one not connected by then, or whose connection fails or
+    closes, leaves its room."""
+    room_max_participants: int = 400
+    """Participants of every kind in one room: the county's 191 sites with room to
+    spare, WHEP households included. A site coming back replaces itself, so a full
+    room never keeps out a reconnecting site."""
+    room_max_viewers: int = 100
+    """WHEP households in one room: WebRTC is for small audiences (live HLS carries
+    the rest), and the sites keep at least the difference to the room's cap."""
+    whep_per_address: int = 50
+    """Open WHEP sessions from one address: the households of a village share one
+    address, a stranger's script is held to that many."""
+    anonymous_whep_per_minute: int = 30
+    """New anonymous WHEP sessions one address may open a minute, as many at once: a
+    village's households arriving together get in; a loop is answered 429."""
+    max_media_per_offer: int = 16
+    """m-lines an offer may carry (a browser publishes 3, the watch page offers 4):
+    each costs the hub a transceiver and its memory."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     tls_cert: Path | None = None

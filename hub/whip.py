@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from hub.ids import ParticipantIdentity, RoomName
+from hub.limits import AddressBuckets
 from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
 from hub.room import HubError, Participant, ParticipantKind, Room
 from hub.service import Hub
@@ -27,14 +29,16 @@ _STATUS = {
     "not_found": 404,
     "room_closed": 404,
     "room_elsewhere": 409,
+    "room_full": 503,
     "bad_sdp": 400,
     "bad_message": 400,
 }
 ANONYMOUS_VIEW_TTL = 12 * 3600
 
 
-def _problem(status: int, reason: str) -> PlainTextResponse:
-    return PlainTextResponse(reason, status_code=status)
+def _problem(status: int, reason: str, retry_after: float | None = None) -> PlainTextResponse:
+    headers = None if retry_after is None else {"Retry-After": str(max(1, math.ceil(retry_after)))}
+    return PlainTextResponse(reason, status_code=status, headers=headers)
 
 
 async def _read_offer(request: Request) -> str:
@@ -56,10 +60,11 @@ async def _read_offer(request: Request) -> str:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def _bearer(request: Request) -> str | None:
@@ -85,8 +90,12 @@ class _Resource:
 
 def whip_router(hub: Hub) -> APIRouter:
     router = APIRouter()
+    settings = hub.settings
     resources: dict[str, _Resource] = {}
     """Secret → session. Not the sid: every participant and the room API see sids."""
+    anonymous_views = AddressBuckets(
+        settings.anonymous_whep_per_minute / 60, settings.anonymous_whep_per_minute
+    )
 
     def created(
         room: Room, participant: Participant, kind: ParticipantKind, answer: str, with_token: bool
@@ -111,11 +120,14 @@ def whip_router(hub: Hub) -> APIRouter:
     ) -> Response:
         try:
             offer = await _read_offer(request)
-            parse_sdp(offer)
+            parse_sdp(offer, settings.max_media_per_offer)
             token = _bearer(request)
             grant = await grant_of(token, RoomName(room_name))
+            address = request.client.host if request.client else "unknown"
+            if kind == "whep":
+                admit_viewer(address, grant, anonymous=token is None)
             room = await hub.room(RoomName(room_name))
-            participant = await room.join(grant, kind, lambda message: None)
+            participant = await room.join(grant, kind, lambda message: None, address)
             try:
                 if kind == "whip":
                     assert participant.publisher is not None
@@ -128,11 +140,33 @@ def whip_router(hub: Hub) -> APIRouter:
                 raise
             return created(room, participant, kind, answer, token is not None)
         except _HttpError as exc:
-            return _problem(exc.status, exc.reason)
+            return _problem(exc.status, exc.reason, exc.retry_after)
         except SdpError as exc:
             return _problem(400, f"bad SDP: {exc}")
         except HubError as exc:
-            return _problem(_STATUS.get(exc.code, 400), exc.message)
+            # A full room frees places as sessions that never connected time out.
+            wait = settings.peer_connect_timeout if exc.code == "room_full" else None
+            return _problem(_STATUS.get(exc.code, 400), exc.message, wait)
+
+    def admit_viewer(address: str, grant: Grant, anonymous: bool) -> None:
+        """Per address: so many open WHEP sessions, and so many new anonymous ones a
+        minute (a viewer with a token is held by its identity: one session each)."""
+        open_here = sum(
+            1
+            for room in hub.rooms.values()
+            for p in room.participants.values()
+            if p.kind == "whep" and p.address == address and p.identity != grant.identity
+        )
+        if open_here >= settings.whep_per_address:
+            raise _HttpError(
+                429,
+                f"{open_here} WHEP sessions are open from your address, the most it may have",
+                settings.peer_connect_timeout,
+            )
+        if anonymous:
+            wait = anonymous_views.take(address)
+            if wait is not None:
+                raise _HttpError(429, "too many new viewers from your address; wait", wait)
 
     def verified(token: str, room: RoomName) -> Grant:
         grant = hub.verify(token)

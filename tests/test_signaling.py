@@ -12,6 +12,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
+from hub.peers import make_peer_connection
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
@@ -392,3 +393,51 @@ async def test_a_reconnecting_station_keeps_stage_hand_and_moderator_mute(
     finally:
         for client in reversed(clients):
             await client.close()
+
+
+async def test_a_full_room_refuses_a_join_yet_takes_back_a_returning_site(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, room_max_participants=2) as running:
+        center = HubClient(running.ws, running.token("full", "C", "center"))
+        s1 = HubClient(running.ws, running.token("full", "S1", "station"))
+        s2 = HubClient(running.ws, running.token("full", "S2", "station"))
+        s1_again = HubClient(running.ws, running.token("full", "S1", "station"))
+        try:
+            await center.connect()
+            await s1.connect()
+            try:
+                await s2.connect()
+                raise AssertionError("a third participant joined a room of two")
+            except ConnectionError as exc:
+                assert "room_full" in str(exc)
+            await s2.wait_for(lambda m: m["type"] == "closed")
+            await s1_again.connect()  # S1 reconnecting takes its own place
+            removed = await s1.wait_for(lambda m: m["type"] == "removed")
+            assert removed["reason"] == "duplicate_identity"
+            room = running.hub.rooms[RoomName("full")]
+            assert sorted(p.identity for p in room.participants.values()) == ["C", "S1"]
+        finally:
+            for client in (s1_again, s2, s1, center):
+                await client.close()
+
+
+async def test_a_publisher_offer_with_too_many_m_lines_is_refused(hub_server: RunningHub) -> None:
+    station = HubClient(hub_server.ws, hub_server.token("wide", "S1", "station"))
+    pc = make_peer_connection([])
+    try:
+        await station.connect()
+        microphone = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        for _ in range(23):  # idle m-lines need no source; the default takes 16 in all
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sources = {microphone.mid: "microphone"}
+        await station.send(
+            {"type": "offer", "pc": "publisher", "sdp": pc.localDescription.sdp, "sources": sources}
+        )
+        reply = await station.wait_for(lambda m: m["type"] in ("answer", "error"))
+        assert reply["type"] == "error", "an offer of 24 m-lines was answered"
+        assert reply["code"] == "bad_sdp" and "m-lines" in reply["message"], reply
+        room = hub_server.hub.rooms[RoomName("wide")]
+        assert not any(p.publications for p in room.participants.values())
+    finally:
+        await pc.close()
+        await station.close()
