@@ -1144,7 +1144,8 @@ export class WhepSession {
         if (response.status !== 201) {
             pc.close();
             this.pc = null;
-            throw new WhepError(response.status, await response.text().catch(() => ""));
+            const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+            throw new WhepError(response.status, await response.text().catch(() => ""), retryAfter);
         }
         const location = response.headers.get("Location");
         this.resource = location ? new URL(location, new URL(this.endpoint, globalThis.location.href)).href : null;
@@ -1178,10 +1179,12 @@ export class WhepError extends Error {
     /**
      * @param {number} status
      * @param {string} body
+     * @param {number} [retryAfter]  seconds the hub asked to wait (429, 503), else 0
      */
-    constructor(status, body) {
+    constructor(status, body, retryAfter = 0) {
         super(`WHEP ${status}: ${body.slice(0, 200)}`);
         this.status = status;
+        this.retryAfter = retryAfter;
     }
 }
 

@@ -144,9 +144,10 @@ function showSession(session) {
 /** @type {ReturnType<typeof setTimeout> | null} */
 let retryTimer = null;
 
-function scheduleRetry() {
+/** @param {number} [atLeastMs] what the hub asked for (Retry-After of a full room) */
+function scheduleRetry(atLeastMs = 0) {
     if (retryTimer) clearTimeout(retryTimer);
-    const delay = backoffDelay(Math.min(state.attempts++, 4));
+    const delay = Math.max(atLeastMs, backoffDelay(Math.min(state.attempts++, 4)));
     retryTimer = setTimeout(() => void connect(), delay);
 }
 
@@ -197,7 +198,7 @@ async function connect() {
         const notYet = e instanceof WhepError && [401, 403, 404].includes(e.status);
         setMode(notYet ? "waiting" : "retry");
         if (state.session === session) state.session = null;
-        scheduleRetry();
+        scheduleRetry(e instanceof WhepError ? e.retryAfter * 1000 : 0);
     }
 }
 
