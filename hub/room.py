@@ -452,6 +452,7 @@ class Participant:
             "hand_raised": self.hand_raised,
             "on_stage": self.on_stage,
             "can_moderate": self.grant.can_moderate,
+            "can_chat": self.grant.can_chat,
             "publications": [p.info() for p in self.publications.values()],
         }
 

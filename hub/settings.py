@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     max_media_per_offer: int = 16
     """m-lines an offer may carry (a browser publishes 3, the watch page offers 4):
     each costs the hub a transceiver and its memory."""
+    signaling_rate: float = 20.0
+    signaling_burst: int = 100
+    """Messages one websocket may send: ``signaling_burst`` at once (a join with its
+    offer and trickled candidates is a few dozen), then ``signaling_rate`` a second.
+    A message over it is dropped and answered ``rate_limited``; a socket that has
+    more than a burst dropped without pausing until the bucket is full is closed."""
+    chat_per_minute: int = 20
+    """Chat messages one participant may send a minute, as many at once: each goes to
+    every participant of the room."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     tls_cert: Path | None = None

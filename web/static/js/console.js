@@ -579,6 +579,7 @@ async function start(joinToken) {
     client.on("media", onMedia);
     client.on("rollcall_status", renderRollcall);
     client.on("joined", (self) => {
+        byId("chat-form").hidden = !client?.canChat;
         byId("room-name").textContent = client ? `· ${client.room}` : "";
         document.title = `${t("console.title")} · ${self.name || self.identity}`;
         void pollRoomStatus();

@@ -30,6 +30,7 @@
  * @property {boolean} hand_raised
  * @property {boolean} on_stage
  * @property {boolean} can_moderate
+ * @property {boolean} [can_chat]   absent from a hub before chat was a grant
  * @property {PublicationInfo[]} publications
  */
 
@@ -936,10 +937,15 @@ export class HubClient {
         return this._send({ type: "hand", raised });
     }
 
+    /** Whether our grant lets us chat (the hub refuses it otherwise). */
+    get canChat() {
+        return this.self?.can_chat !== false;
+    }
+
     /** @param {string} text */
     sendChat(text) {
         const trimmed = text.trim().slice(0, 2000);
-        if (!trimmed) return false;
+        if (!trimmed || !this.canChat) return false;
         return this._send({ type: "chat", text: trimmed });
     }
 
