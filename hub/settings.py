@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     max_media_per_offer: int = 16
     """m-lines an offer may carry (a browser publishes 3, the watch page offers 4):
     each costs the hub a transceiver and its memory."""
+    join_timeout: float = 10.0
+    """Seconds a new websocket has to send a valid ``join``; then it is closed."""
+    websockets_per_address: int = 400
+    """Open websockets from one address. Generous: 190 stations may sit behind one NAT
+    address of the county intranet, and a site reconnecting holds two for a moment."""
     signaling_rate: float = 20.0
     signaling_burst: int = 100
     """Messages one websocket may send: ``signaling_burst`` at once (a join with its

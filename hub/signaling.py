@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -165,6 +166,8 @@ class Connection:
         """Messages dropped over the rate since the bucket was last full."""
         self._chats = TokenBucket(settings.chat_per_minute / 60, settings.chat_per_minute)
         self._closing = _Close()
+        self._joining = False
+        """A join is being handled: the join deadline no longer applies."""
         self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "offer": self._offer,
             "answer": self._answer,
@@ -207,6 +210,8 @@ class Connection:
         await self.websocket.accept()
         writer = asyncio.create_task(self._write())
         reader = asyncio.create_task(self._read())
+        timeout = self.hub.settings.join_timeout
+        deadline = asyncio.get_running_loop().call_later(timeout, self._join_expired, reader)
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
             if not writer.done():
@@ -215,6 +220,7 @@ class Connection:
                 self._end_outbox()
                 await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT)
         finally:
+            deadline.cancel()
             for task in (writer, reader):
                 task.cancel()
             await asyncio.gather(writer, reader, return_exceptions=True)
@@ -226,6 +232,15 @@ class Connection:
                     await self.websocket.close(self._closing.code, self._closing.reason)
                 except RuntimeError:
                     pass
+
+    def _join_expired(self, reader: asyncio.Task[None]) -> None:
+        """A socket that has not joined in time holds a place for nothing: close it."""
+        if self._joining or reader.done():
+            return
+        timeout = self.hub.settings.join_timeout
+        self.error("join_timeout", f"no join within {timeout:g} s")
+        self._closing = _Close(1008, "no join in time")
+        reader.cancel()
 
     async def _write(self) -> None:
         while True:
@@ -322,6 +337,7 @@ class Connection:
     async def _join(self, message: Join) -> None:
         if self.participant is not None:
             raise HubError("bad_message", "already joined")
+        self._joining = True
         grant = self.hub.verify(message.token)
         if message.room is not None and message.room != grant.room:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {message.room}")
@@ -442,12 +458,33 @@ class Connection:
 
 def signaling_router(hub: Hub) -> APIRouter:
     router = APIRouter()
+    open_sockets: Counter[str] = Counter()
+    """Open websockets by client address."""
 
     @router.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
+        address = websocket.client.host if websocket.client else "unknown"
+        limit = hub.settings.websockets_per_address
         try:
-            await Connection(hub, websocket).run()
+            if open_sockets[address] >= limit:
+                await _refuse(websocket, f"{limit} websockets are open from your address")
+                return
+            open_sockets[address] += 1
+            try:
+                await Connection(hub, websocket).run()
+            finally:
+                open_sockets[address] -= 1
+                if not open_sockets[address]:
+                    del open_sockets[address]
         except WebSocketDisconnect:
             pass
 
     return router
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    """Say why, then close with 1013 (try again later): ``protocol.js`` retries by itself."""
+    await websocket.accept()
+    error = {"type": "error", "code": "too_many_connections", "message": reason, "ref": None}
+    await websocket.send_text(json.dumps(error))
+    await websocket.close(1013, "too many connections")

@@ -533,3 +533,49 @@ async def test_a_burst_over_the_rate_is_refused_but_the_socket_stays(tmp_path: P
             assert not any(m["type"] == "closed" for m in station.messages)
         finally:
             await station.close()
+
+
+async def test_a_socket_that_never_joins_is_closed(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, join_timeout=1.0) as running:
+        async with websockets.connect(running.ws) as ws:
+            await ws.send("not json")  # answered, but not a join
+            received = await receive_all(ws)
+            assert ws.close_code == 1008, (ws.close_code, ws.close_reason)
+            assert "join" in (ws.close_reason or "")
+        assert [m["code"] for m in received] == ["bad_message", "join_timeout"]
+        station = HubClient(running.ws, running.token("late", "S1", "station"))
+        try:
+            await station.connect()
+            await asyncio.sleep(1.5)  # a joined socket has no such deadline
+            await station.send({"type": "ping", "id": "still"})
+            await station.wait_for(lambda m: m["type"] == "pong")
+        finally:
+            await station.close()
+
+
+async def test_websockets_are_capped_per_address(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, websockets_per_address=2) as running:
+        first = await websockets.connect(running.ws)
+        second = await websockets.connect(running.ws)
+        try:
+            async with websockets.connect(running.ws) as third:
+                received = await receive_all(third)
+                assert third.close_code == 1013, (third.close_code, third.close_reason)
+            assert [m["code"] for m in received] == ["too_many_connections"]
+            elsewhere = {"X-Forwarded-For": "10.0.0.5"}  # as from the reverse proxy
+            async with websockets.connect(running.ws, additional_headers=elsewhere) as other:
+                token = running.token("cap", "S9", "station")
+                await other.send(json.dumps({"type": "join", "token": token}))
+                assert json.loads(await other.recv())["type"] == "joined"
+            await first.close()
+
+            async def admitted() -> str | None:
+                async with websockets.connect(running.ws) as again:
+                    await again.send(json.dumps({"type": "ping", "id": 1}))
+                    reply = json.loads(await again.recv())
+                return None if reply["code"] == "not_joined" else str(reply)
+
+            await wait_until(admitted)  # the closed socket's place is free again
+        finally:
+            await first.close()
+            await second.close()
