@@ -86,6 +86,7 @@ class RoomLimits:
     max_viewers: int
     connect_timeout: float
     max_media: int
+    hls_players_per_address: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoomLimits:
@@ -94,4 +95,5 @@ class RoomLimits:
             max_viewers=settings.room_max_viewers,
             connect_timeout=settings.peer_connect_timeout,
             max_media=settings.max_media_per_offer,
+            hls_players_per_address=settings.hls_players_per_address,
         )

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_media_per_offer: int = 16
     """m-lines an offer may carry (a browser publishes 3, the watch page offers 4):
     each costs the hub a transceiver and its memory."""
+    hls_players_per_address: int = 200
+    """Live HLS players one address adds to the household count (each counted by the
+    id its page keeps). A village's households share one address; a stranger cannot
+    inflate the count beyond this."""
     join_timeout: float = 10.0
     """Seconds a new websocket has to send a valid ``join``; then it is closed."""
     websockets_per_address: int = 400
