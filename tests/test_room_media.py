@@ -13,6 +13,7 @@ import av
 import httpx
 import imageio_ffmpeg
 import pytest
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
@@ -232,6 +233,8 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 assert (await http.post("/api/rooms/hh/live", headers=moderator)).status_code == 201
                 pc, _, response = await whep_view(hub_server.base, "hh", None)  # one WHEP household
                 assert response.status_code == 201
+                # Connected, as a household's player is (one that never connects leaves).
+                await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
                 for player in ("phone-a-0001", "phone-b-0002"):  # two HLS players
                     await http.get("/live/hh/index.m3u8", params={"player": player})
                 info = (await http.get("/api/rooms/hh")).json()
