@@ -192,7 +192,9 @@ class Connection:
                 "client too slow, dropping %s", self.participant and self.participant.identity
             )
             self.outbox = asyncio.Queue(1)
-        if message.get("type") == "removed" or self.outbox.maxsize == 1:
+            self._end_outbox()
+            return
+        if message.get("type") == "removed":
             self._end_outbox()
 
     def _end_outbox(self) -> None:
@@ -342,7 +344,8 @@ class Connection:
         if message.room is not None and message.room != grant.room:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {message.room}")
         room = await self.hub.room(grant.room)
-        participant = await room.join(grant, "ws", self.send)
+        client = self.websocket.client
+        participant = await room.join(grant, "ws", self.send, client.host if client else None)
         self.room = room
         self.participant = participant
         self.send(
