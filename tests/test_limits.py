@@ -1,10 +1,12 @@
-"""Token buckets on a clock the test moves."""
+"""Token buckets on a clock the test moves; limits checked when the settings load."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from hub.limits import AddressBuckets, TokenBucket
+from hub.settings import Settings
 
 
 class Clock:
@@ -45,3 +47,22 @@ def test_address_buckets_are_separate_and_forgotten_when_full() -> None:
     clock.now += 5  # every bucket is full again: the next take prunes them all
     assert buckets.take("10.0.0.3") is None
     assert len(buckets) == 1
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"signaling_rate": 0},
+        {"signaling_burst": 0},
+        {"chat_per_minute": 0},
+        {"anonymous_whep_per_minute": -1},
+        {"peer_connect_timeout": 0},
+        {"join_timeout": -5},
+        {"room_max_participants": 0},
+    ],
+)
+def test_a_limit_that_would_shut_everyone_out_is_refused_at_start(
+    setting: dict[str, float],
+) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**setting)  # type: ignore[arg-type]
