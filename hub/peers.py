@@ -56,8 +56,9 @@ class OfferedMedia:
     direction: str
 
 
-def parse_sdp(sdp: str) -> list[OfferedMedia]:
-    """Check an SDP before aiortc sees it; garbage becomes :class:`SdpError`."""
+def parse_sdp(sdp: str, max_media: int | None = None) -> list[OfferedMedia]:
+    """Check an SDP before aiortc sees it; garbage becomes :class:`SdpError`, and so
+    does an offer of more than ``max_media`` m-lines (each would cost a transceiver)."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise SdpError("empty SDP")
     if len(sdp.encode("utf-8", "surrogatepass")) > MAX_SDP_BYTES:
@@ -68,6 +69,8 @@ def parse_sdp(sdp: str) -> list[OfferedMedia]:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc's parser raises whatever the input provokes
         raise SdpError(f"unparsable SDP: {type(exc).__name__}: {exc}") from None
+    if max_media is not None and len(description.media) > max_media:
+        raise SdpError(f"{len(description.media)} m-lines; at most {max_media} are taken")
     media: list[OfferedMedia] = []
     for m in description.media:
         if m.kind not in ("audio", "video"):

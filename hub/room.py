@@ -23,6 +23,7 @@ from aiortc.rtcsessiondescription import RTCSessionDescription
 from hub.aiortc_internals import ReceiverTap, SenderHook
 from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription, UpTrack
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
+from hub.limits import RoomLimits
 from hub.peers import (
     OfferedMedia,
     ParkedTrack,
@@ -293,7 +294,7 @@ class WhepPeer(_SendingPeer):
     fed with the room's program (see :meth:`Room.program`) without renegotiating."""
 
     async def on_offer(self, sdp: str, room: Room) -> str:
-        media = parse_sdp(sdp)
+        media = parse_sdp(sdp, room.limits.max_media)
         if any(m.direction not in ("recvonly", "inactive") for m in media):
             raise HubError("bad_sdp", "a WHEP offer receives only (a=recvonly)")
         video, _ = room.program()
@@ -338,7 +339,7 @@ class PublisherPeer:
 
     async def on_offer(self, sdp: str, sources: dict[str, Source]) -> str:
         async with self._lock:
-            media = parse_sdp(sdp)
+            media = parse_sdp(sdp, self.participant.room.limits.max_media)
             sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
             self._check_sources(sending, sources)
             try:
@@ -412,6 +413,7 @@ class Participant:
         grant: Grant,
         kind: ParticipantKind,
         send: Callable[[dict[str, Any]], None],
+        address: str | None,
     ) -> None:
         self.sid = ParticipantID(_new_id("PA"))
         self.room = room
@@ -419,6 +421,8 @@ class Participant:
         self.kind = kind
         self.send = send
         """Queues a signaling message for this participant; never blocks."""
+        self.address = address
+        """The client's network address, which per-address limits count by."""
         self.identity = grant.identity
         self.name: str = grant.name or grant.identity
         self.role = grant.role
@@ -434,6 +438,9 @@ class Participant:
         self.muted_by_moderator: set[Source] = set()
         """Sources a moderator muted: kept across republishing and rejoining."""
         self._bytes_at_last_stats = 0
+        self.connected = False
+        """A WHIP/WHEP peer connection has connected (they are watched, see Room.join)."""
+        self.connect_deadline: asyncio.TimerHandle | None = None
         self.closed = False
 
     def info(self) -> dict[str, Any]:
@@ -445,6 +452,7 @@ class Participant:
             "hand_raised": self.hand_raised,
             "on_stage": self.on_stage,
             "can_moderate": self.grant.can_moderate,
+            "can_chat": self.grant.can_chat,
             "publications": [p.info() for p in self.publications.values()],
         }
 
@@ -515,6 +523,8 @@ class Participant:
         if self.closed:
             return
         self.closed = True
+        if self.connect_deadline is not None:
+            self.connect_deadline.cancel()
         for publication in list(self.publications.values()):
             publication.close()
         for peer in (self.subscriber, self.whep):
@@ -536,6 +546,7 @@ class Room:
         announce_address: str | None,
         gather_first: str | None,
         empty_timeout: float,
+        limits: RoomLimits,
         on_empty: Callable[[Room], None],
         on_presence: Callable[[Room, Participant, bool], None] = lambda room, p, here: None,
         on_event: Callable[[str, dict[str, Any]], None] = lambda channel, event: None,
@@ -548,6 +559,7 @@ class Room:
         self.announce_address = announce_address
         self.gather_first = gather_first
         self.empty_timeout = empty_timeout
+        self.limits = limits
         self._on_empty = on_empty
         self._on_presence = on_presence
         self._on_event = on_event
@@ -584,7 +596,11 @@ class Room:
         return next((p for p in self.participants.values() if p.identity == identity), None)
 
     async def join(
-        self, grant: Grant, kind: ParticipantKind, send: Callable[[dict[str, Any]], None]
+        self,
+        grant: Grant,
+        kind: ParticipantKind,
+        send: Callable[[dict[str, Any]], None],
+        address: str | None = None,
     ) -> Participant:
         if self.closed:
             raise HubError("room_closed", f"room {self.name} is closed")
@@ -592,8 +608,10 @@ class Room:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {self.name}")
         if grant.identity in self.removed:
             raise HubError("removed", "a moderator removed you from this room")
-        previous = self.by_identity(grant.identity) if kind != "whep" else None
-        participant = Participant(self, grant, kind, send)
+        # One identity, one participant: a second join replaces the first.
+        previous = self.by_identity(grant.identity)
+        self._check_room_for(kind, previous)
+        participant = Participant(self, grant, kind, send, address)
         on_stage = grant.can_moderate or grant.role == Role.INGEST
         if previous is not None:
             # A reconnecting site keeps its place: stage, raised hand, moderator mutes.
@@ -624,6 +642,10 @@ class Room:
             participant.publisher = PublisherPeer(
                 participant, make_peer_connection(self.ice_servers)
             )
+        if participant.whep is not None:
+            self._watch_peer(participant, participant.whep.pc)
+        elif kind == "whip" and participant.publisher is not None:
+            self._watch_peer(participant, participant.publisher.pc)
         self.broadcast(
             {"type": "participant_joined", "participant": participant.info()}, participant
         )
@@ -632,6 +654,45 @@ class Room:
         self._on_presence(self, participant, True)
         self.schedule_update()
         return participant
+
+    def _check_room_for(self, kind: ParticipantKind, previous: Participant | None) -> None:
+        """Refuse a join the room has no place for; one replacing ``previous`` takes its."""
+        others = [p for p in self.participants.values() if p is not previous]
+        if len(others) >= self.limits.max_participants:
+            raise HubError(
+                "room_full", f"room {self.name} is full ({self.limits.max_participants})"
+            )
+        viewers = sum(1 for p in others if p.kind == "whep")
+        if kind == "whep" and viewers >= self.limits.max_viewers:
+            raise HubError(
+                "room_full",
+                f"room {self.name} is full: {viewers} WebRTC viewers; try live HLS or later",
+            )
+
+    def _watch_peer(self, participant: Participant, pc: RTCPeerConnection) -> None:
+        """WHIP and WHEP participants have no websocket to tell they are gone: their
+        peer connection does. One that has not connected within the deadline, or
+        that fails or closes, leaves."""
+
+        def changed() -> None:
+            if pc.connectionState == "connected":
+                participant.connected = True
+            elif pc.connectionState in ("failed", "closed"):
+                self._drop(participant, f"its peer connection {pc.connectionState}")
+
+        def expired() -> None:
+            participant.connect_deadline = None
+            if not participant.connected:
+                self._drop(participant, f"not connected within {self.limits.connect_timeout} s")
+
+        pc.on("connectionstatechange", changed)
+        loop = asyncio.get_running_loop()
+        participant.connect_deadline = loop.call_later(self.limits.connect_timeout, expired)
+
+    def _drop(self, participant: Participant, why: str) -> None:
+        if participant.sid in self.participants and not self.tasks.closed:
+            logger.info("%s leaves room %s: %s", participant.identity, self.name, why)
+            self.tasks.spawn(self.leave(participant), name="peer-gone")
 
     async def leave(self, participant: Participant) -> None:
         if self.participants.pop(participant.sid, None) is None:

@@ -43,8 +43,9 @@ class RoomMedia:
         self.errors: dict[str, str] = {}
         """The last error of each of recording, live and restream, until it restarts."""
         self.last_recording: Path | None = None
-        self._hls_players: dict[str, float] = {}
-        """Player (address and user agent) → when it last asked for the playlist."""
+        self._hls_players: dict[str, dict[str | None, float]] = {}
+        """Address → player id (None: players that send none, counted as one) → when
+        it last asked for the playlist."""
 
     def _request_keyframe(self, track_id: str) -> None:
         for participant in self.room.participants.values():
@@ -147,16 +148,24 @@ class RoomMedia:
 
     # --- household viewers ---
 
-    def note_hls_player(self, client: str) -> None:
-        self._hls_players[client] = time.monotonic()
+    def note_hls_player(self, address: str, player: str | None) -> None:
+        """A playlist request from ``player`` (the id its page keeps) at ``address``;
+        an address adds at most ``hls_players_per_address`` players."""
+        players = self._hls_players.setdefault(address, {})
+        if player in players or len(players) < self.room.limits.hls_players_per_address:
+            players[player] = time.monotonic()
 
     def household_viewers(self) -> int:
         """WHEP viewers, plus the HLS players that asked for the playlist lately (a
         player reloads it every few seconds; one that stopped drops out)."""
         cutoff = time.monotonic() - HLS_PLAYER_TIMEOUT
-        self._hls_players = {c: t for c, t in self._hls_players.items() if t >= cutoff}
+        lately = {
+            address: {player: at for player, at in players.items() if at >= cutoff}
+            for address, players in self._hls_players.items()
+        }
+        self._hls_players = {address: players for address, players in lately.items() if players}
         whep = sum(1 for p in self.room.participants.values() if p.kind == "whep")
-        return whep + len(self._hls_players)
+        return whep + sum(len(players) for players in self._hls_players.values())
 
     # --- status ---
 

@@ -20,6 +20,7 @@ from hub.aiortc_internals import (
 )
 from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName
+from hub.limits import RoomLimits
 from hub.room import HubError, Participant, Room
 from hub.room_media import Recorded
 from hub.settings import Settings
@@ -94,6 +95,7 @@ class Hub:
                 announce_address=self.settings.ice_announce_address,
                 gather_first=gather[0] if gather else None,
                 empty_timeout=self.settings.room_empty_timeout,
+                limits=RoomLimits.from_settings(self.settings),
                 on_empty=self._close_when_empty,
                 on_presence=self._presence_changed,
                 on_event=self._room_event,

@@ -47,6 +47,44 @@ class Settings(BaseSettings):
     viewer that went away without a word is noticed. 30 s is RFC 7675's consent
     timeout; a live publisher sends media many times a second, a browser checks every
     few seconds."""
+    peer_connect_timeout: float = Field(15.0, gt=0)
+    """Seconds a WHIP or WHEP peer connection has to connect. No websocket tells the hub
+    such a participant is gone: one not connected by then, or whose connection fails or
+    closes, leaves its room."""
+    room_max_participants: int = Field(400, ge=1)
+    """Participants of every kind in one room: the county's 191 sites with room to
+    spare, WHEP households included. A site coming back replaces itself, so a full
+    room never keeps out a reconnecting site."""
+    room_max_viewers: int = Field(100, ge=0)
+    """WHEP households in one room: WebRTC is for small audiences (live HLS carries
+    the rest), and the sites keep at least the difference to the room's cap."""
+    whep_per_address: int = Field(50, ge=0)
+    """Open WHEP sessions from one address: the households of a village share one
+    address, a stranger's script is held to that many."""
+    anonymous_whep_per_minute: int = Field(30, ge=1)
+    """New anonymous WHEP sessions one address may open a minute, as many at once: a
+    village's households arriving together get in; a loop is answered 429."""
+    max_media_per_offer: int = Field(16, ge=1)
+    """m-lines an offer may carry (a browser publishes 3, the watch page offers 4):
+    each costs the hub a transceiver and its memory."""
+    hls_players_per_address: int = Field(200, ge=1)
+    """Live HLS players one address adds to the household count (each counted by the
+    id its page keeps). A village's households share one address; a stranger cannot
+    inflate the count beyond this."""
+    join_timeout: float = Field(10.0, gt=0)
+    """Seconds a new websocket has to send a valid ``join``; then it is closed."""
+    websockets_per_address: int = Field(400, ge=1)
+    """Open websockets from one address. Generous: 190 stations may sit behind one NAT
+    address of the county intranet, and a site reconnecting holds two for a moment."""
+    signaling_rate: float = Field(20.0, gt=0)
+    signaling_burst: int = Field(100, ge=1)
+    """Messages one websocket may send: ``signaling_burst`` at once (a join with its
+    offer and trickled candidates is a few dozen), then ``signaling_rate`` a second.
+    A message over it is dropped and answered ``rate_limited``; a socket that has
+    more than a burst dropped without pausing until the bucket is full is closed."""
+    chat_per_minute: int = Field(20, ge=1)
+    """Chat messages one participant may send a minute, as many at once: each goes to
+    every participant of the room."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     tls_cert: Path | None = None

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from hub.ids import ParticipantIdentity
+from hub.limits import TokenBucket
 from hub.peers import MAX_SDP_BYTES, SdpError
 from hub.room import HubError, Participant, Room
 from hub.service import Hub
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 OUTBOX_LIMIT = 4096
 """Messages queued for one client before it counts as too slow and is dropped."""
+FLUSH_TIMEOUT = 2.0
+"""Seconds a closing socket has to take what is queued for it (the error that says why)."""
 
 
 class _Message(BaseModel):
@@ -141,7 +145,12 @@ def _describe(exc: ValidationError) -> str:
 
 
 class _Close(Exception):
-    """Ends the connection after the current message."""
+    """Ends the connection after the current message, with a websocket close code."""
+
+    def __init__(self, code: int = 1000, reason: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class Connection:
@@ -153,6 +162,14 @@ class Connection:
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.participant: Participant | None = None
         self.room: Room | None = None
+        settings = hub.settings
+        self._messages = TokenBucket(settings.signaling_rate, settings.signaling_burst)
+        self._dropped = 0
+        """Messages dropped over the rate since the bucket was last full."""
+        self._chats = TokenBucket(settings.chat_per_minute / 60, settings.chat_per_minute)
+        self._closing = _Close()
+        self._joining = False
+        """A join is being handled: the join deadline no longer applies."""
         self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "offer": self._offer,
             "answer": self._answer,
@@ -172,12 +189,21 @@ class Connection:
         """Queue a message; a client that cannot keep up is disconnected."""
         try:
             self.outbox.put_nowait(message)
-            if message.get("type") == "removed":
-                self.outbox.put_nowait(None)
         except asyncio.QueueFull:
             logger.warning(
                 "client too slow, dropping %s", self.participant and self.participant.identity
             )
+            self.outbox = asyncio.Queue(1)
+            self._end_outbox()
+            return
+        if message.get("type") == "removed":
+            self._end_outbox()
+
+    def _end_outbox(self) -> None:
+        """The writer stops after what is queued now (all of it, unless it is full)."""
+        try:
+            self.outbox.put_nowait(None)
+        except asyncio.QueueFull:
             self.outbox = asyncio.Queue(1)
             self.outbox.put_nowait(None)
 
@@ -188,9 +214,17 @@ class Connection:
         await self.websocket.accept()
         writer = asyncio.create_task(self._write())
         reader = asyncio.create_task(self._read())
+        timeout = self.hub.settings.join_timeout
+        deadline = asyncio.get_running_loop().call_later(timeout, self._join_expired, reader)
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not writer.done():
+                # The reader ended (leave, refusal, flood, client gone): the client
+                # gets what is queued, such as the error saying why, then the close.
+                self._end_outbox()
+                await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT)
         finally:
+            deadline.cancel()
             for task in (writer, reader):
                 task.cancel()
             await asyncio.gather(writer, reader, return_exceptions=True)
@@ -199,9 +233,18 @@ class Connection:
                     await self.room.leave(self.participant)
             if self.websocket.application_state != WebSocketState.DISCONNECTED:
                 try:
-                    await self.websocket.close()
+                    await self.websocket.close(self._closing.code, self._closing.reason)
                 except RuntimeError:
                     pass
+
+    def _join_expired(self, reader: asyncio.Task[None]) -> None:
+        """A socket that has not joined in time holds a place for nothing: close it."""
+        if self._joining or reader.done():
+            return
+        timeout = self.hub.settings.join_timeout
+        self.error("join_timeout", f"no join within {timeout:g} s")
+        self._closing = _Close(1008, "no join in time")
+        reader.cancel()
 
     async def _write(self) -> None:
         while True:
@@ -211,26 +254,40 @@ class Connection:
             await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
 
     async def _read(self) -> None:
-        while True:
-            event = await self.websocket.receive()
-            if event["type"] == "websocket.disconnect":
-                return
-            text = event.get("text")
-            if text is None:
-                data = event.get("bytes") or b""
-                self.error("bad_message", "binary frames are not part of the protocol")
-                if len(data) > MAX_MESSAGE_BYTES:
-                    await self.websocket.close(code=1009)
+        try:
+            while True:
+                event = await self.websocket.receive()
+                if event["type"] == "websocket.disconnect":
                     return
-                continue
-            if len(text) > MAX_MESSAGE_BYTES:
-                await self.websocket.close(code=1009, reason="message too large")
-                return
-            try:
-                await self._handle(text)
-            except _Close:
-                self.outbox.put_nowait(None) if not self.outbox.full() else None
-                return
+                await self._receive(event.get("text"), event.get("bytes"))
+        except _Close as close:
+            self._closing = close
+
+    async def _receive(self, text: str | None, data: bytes | None) -> None:
+        if text is None:
+            self.error("bad_message", "binary frames are not part of the protocol")
+            if len(data or b"") > MAX_MESSAGE_BYTES:
+                raise _Close(1009, "message too large")
+            return
+        if len(text) > MAX_MESSAGE_BYTES:
+            raise _Close(1009, "message too large")
+        if self._over_rate():
+            rate = self._messages.rate
+            if self._dropped > self._messages.burst:
+                self.error("rate_limited", f"kept sending over {rate:g} messages a second")
+                raise _Close(1008, "over the message rate")
+            self.error("rate_limited", f"over {rate:g} messages a second: dropped")
+            return
+        await self._handle(text)
+
+    def _over_rate(self) -> bool:
+        """Whether this message is over the socket's rate (and so dropped)."""
+        if self._messages.full:
+            self._dropped = 0
+        if self._messages.take():
+            return False
+        self._dropped += 1
+        return True
 
     async def _handle(self, text: str) -> None:
         try:
@@ -284,11 +341,13 @@ class Connection:
     async def _join(self, message: Join) -> None:
         if self.participant is not None:
             raise HubError("bad_message", "already joined")
+        self._joining = True
         grant = self.hub.verify(message.token)
         if message.room is not None and message.room != grant.room:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {message.room}")
         room = await self.hub.room(grant.room)
-        participant = await room.join(grant, "ws", self.send)
+        client = self.websocket.client
+        participant = await room.join(grant, "ws", self.send, client.host if client else None)
         self.room = room
         self.participant = participant
         self.send(
@@ -349,6 +408,10 @@ class Connection:
 
     async def _chat(self, message: Chat) -> None:
         participant = self._joined()
+        if not participant.grant.can_chat:
+            raise HubError("forbidden", f"{participant.role.value} may not chat")
+        if not self._chats.take():
+            raise HubError("rate_limited", f"over {self._chats.burst} chat messages a minute")
         self._in_room().broadcast(
             {
                 "type": "chat",
@@ -409,12 +472,33 @@ class Connection:
 
 def signaling_router(hub: Hub) -> APIRouter:
     router = APIRouter()
+    open_sockets: Counter[str] = Counter()
+    """Open websockets by client address."""
 
     @router.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
+        address = websocket.client.host if websocket.client else "unknown"
+        limit = hub.settings.websockets_per_address
         try:
-            await Connection(hub, websocket).run()
+            if open_sockets[address] >= limit:
+                await _refuse(websocket, f"{limit} websockets are open from your address")
+                return
+            open_sockets[address] += 1
+            try:
+                await Connection(hub, websocket).run()
+            finally:
+                open_sockets[address] -= 1
+                if not open_sockets[address]:
+                    del open_sockets[address]
         except WebSocketDisconnect:
             pass
 
     return router
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    """Say why, then close with 1013 (try again later): ``protocol.js`` retries by itself."""
+    await websocket.accept()
+    error = {"type": "error", "code": "too_many_connections", "message": reason, "ref": None}
+    await websocket.send_text(json.dumps(error))
+    await websocket.close(1013, "too many connections")

@@ -63,6 +63,8 @@ class Grant:
     """May receive the room's media."""
     can_moderate: bool
     """May mute, remove and call participants on stage."""
+    can_chat: bool
+    """May send chat messages to the room."""
     sources: frozenset[Source]
     """What may be published."""
     expires_at: float
@@ -77,16 +79,18 @@ class _Defaults(NamedTuple):
     publish: bool
     subscribe: bool
     moderate: bool
+    chat: bool
 
 
 _ALL_SOURCES = frozenset(Source)
 _ROLE_DEFAULTS: dict[Role, _Defaults] = {
-    Role.CENTER: _Defaults(publish=True, subscribe=True, moderate=True),
-    Role.INSTITUTE: _Defaults(publish=True, subscribe=True, moderate=False),
-    Role.STATION: _Defaults(publish=True, subscribe=True, moderate=False),
-    Role.VIEWER: _Defaults(publish=False, subscribe=True, moderate=False),
+    Role.CENTER: _Defaults(publish=True, subscribe=True, moderate=True, chat=True),
+    Role.INSTITUTE: _Defaults(publish=True, subscribe=True, moderate=False, chat=True),
+    Role.STATION: _Defaults(publish=True, subscribe=True, moderate=False, chat=True),
+    # Households watch; a chat open to them would be open to anyone with a link.
+    Role.VIEWER: _Defaults(publish=False, subscribe=True, moderate=False, chat=False),
     # WHIP tools (OBS, ffmpeg) only send.
-    Role.INGEST: _Defaults(publish=True, subscribe=False, moderate=False),
+    Role.INGEST: _Defaults(publish=True, subscribe=False, moderate=False, chat=False),
 }
 
 
@@ -111,6 +115,7 @@ def grant_for_role(
         can_publish=defaults.publish,
         can_subscribe=defaults.subscribe,
         can_moderate=defaults.moderate,
+        can_chat=defaults.chat,
         sources=_ALL_SOURCES if defaults.publish else frozenset(),
         expires_at=(time.time() if now is None else now) + ttl,
     )
@@ -170,6 +175,8 @@ def _grant_from_claims(claims: Any) -> Grant:
         source_set = frozenset(Source(source) for source in sources)
     except ValueError:
         raise TokenError("unknown source") from None
+    # Tokens of an older hub, or of a portal, may carry no "chat": the role decides.
+    chat = _claim(claims, "chat", bool) if "chat" in claims else _ROLE_DEFAULTS[role].chat
     return Grant(
         room=RoomName(_claim(claims, "room", str)),
         identity=ParticipantIdentity(_claim(claims, "sub", str)),
@@ -178,6 +185,7 @@ def _grant_from_claims(claims: Any) -> Grant:
         can_publish=_claim(claims, "pub", bool),
         can_subscribe=_claim(claims, "sub_ok", bool),
         can_moderate=_claim(claims, "mod", bool),
+        can_chat=chat,
         sources=source_set,
         expires_at=_time_claim(claims, "exp"),
     )
@@ -204,6 +212,7 @@ class TokenSigner:
             "pub": grant.can_publish,
             "sub_ok": grant.can_subscribe,
             "mod": grant.can_moderate,
+            "chat": grant.can_chat,
             "src": sorted(grant.sources),
             "exp": grant.expires_at,
             "iat": int(time.time() if now is None else now),

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from hub.ids import ParticipantIdentity, RoomName
+from hub.limits import AddressBuckets
 from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
 from hub.room import HubError, Participant, ParticipantKind, Room
 from hub.service import Hub
@@ -26,14 +30,16 @@ _STATUS = {
     "not_found": 404,
     "room_closed": 404,
     "room_elsewhere": 409,
+    "room_full": 503,
     "bad_sdp": 400,
     "bad_message": 400,
 }
 ANONYMOUS_VIEW_TTL = 12 * 3600
 
 
-def _problem(status: int, reason: str) -> PlainTextResponse:
-    return PlainTextResponse(reason, status_code=status)
+def _problem(status: int, reason: str, retry_after: float | None = None) -> PlainTextResponse:
+    headers = None if retry_after is None else {"Retry-After": str(max(1, math.ceil(retry_after)))}
+    return PlainTextResponse(reason, status_code=status, headers=headers)
 
 
 async def _read_offer(request: Request) -> str:
@@ -55,10 +61,11 @@ async def _read_offer(request: Request) -> str:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def _bearer(request: Request) -> str | None:
@@ -71,20 +78,39 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
+@dataclass(frozen=True)
+class _Resource:
+    """A WHIP or WHEP session, known by the secret in its ``Location``."""
+
+    kind: ParticipantKind
+    room: Room
+    participant: Participant
+    with_token: bool
+    """Opened with a token: ending it needs a token of the same identity."""
+
+
 def whip_router(hub: Hub) -> APIRouter:
     router = APIRouter()
-    resources: dict[str, tuple[Room, Participant]] = {}
+    settings = hub.settings
+    resources: dict[str, _Resource] = {}
+    """Secret → session. Not the sid: every participant and the room API see sids."""
+    anonymous_views = AddressBuckets(
+        settings.anonymous_whep_per_minute / 60, settings.anonymous_whep_per_minute
+    )
 
-    def created(room: Room, participant: Participant, kind: str, answer: str) -> Response:
-        # Forget resources that ended otherwise (removed, room closed).
-        for ended in [sid for sid, (_, p) in resources.items() if p.closed]:
+    def created(
+        room: Room, participant: Participant, kind: ParticipantKind, answer: str, with_token: bool
+    ) -> Response:
+        # Forget resources that ended otherwise (removed, timed out, room closed).
+        for ended in [key for key, r in resources.items() if r.participant.closed]:
             del resources[ended]
-        resources[participant.sid] = (room, participant)
+        key = secrets.token_urlsafe(24)
+        resources[key] = _Resource(kind, room, participant, with_token)
         return Response(
             answer,
             status_code=201,
             media_type="application/sdp",
-            headers={"Location": f"/{kind}/{room.name}/{participant.sid}"},
+            headers={"Location": f"/{kind}/{room.name}/{key}"},
         )
 
     async def guarded(
@@ -95,11 +121,14 @@ def whip_router(hub: Hub) -> APIRouter:
     ) -> Response:
         try:
             offer = await _read_offer(request)
-            parse_sdp(offer)
+            parse_sdp(offer, settings.max_media_per_offer)
             token = _bearer(request)
             grant = await grant_of(token, RoomName(room_name))
+            address = request.client.host if request.client else "unknown"
+            if kind == "whep":
+                admit_viewer(address, grant, anonymous=token is None)
             room = await hub.room(RoomName(room_name))
-            participant = await room.join(grant, kind, lambda message: None)
+            participant = await room.join(grant, kind, lambda message: None, address)
             try:
                 if kind == "whip":
                     assert participant.publisher is not None
@@ -110,13 +139,35 @@ def whip_router(hub: Hub) -> APIRouter:
             except BaseException:
                 await room.leave(participant)
                 raise
-            return created(room, participant, kind, answer)
+            return created(room, participant, kind, answer, token is not None)
         except _HttpError as exc:
-            return _problem(exc.status, exc.reason)
+            return _problem(exc.status, exc.reason, exc.retry_after)
         except SdpError as exc:
             return _problem(400, f"bad SDP: {exc}")
         except HubError as exc:
-            return _problem(_STATUS.get(exc.code, 400), exc.message)
+            # A full room frees places as sessions that never connected time out.
+            wait = settings.peer_connect_timeout if exc.code == "room_full" else None
+            return _problem(_STATUS.get(exc.code, 400), exc.message, wait)
+
+    def admit_viewer(address: str, grant: Grant, anonymous: bool) -> None:
+        """Per address: so many open WHEP sessions, and so many new anonymous ones a
+        minute (a viewer with a token is held by its identity: one session each)."""
+        open_here = sum(
+            1
+            for room in hub.rooms.values()
+            for p in room.participants.values()
+            if p.kind == "whep" and p.address == address and p.identity != grant.identity
+        )
+        if open_here >= settings.whep_per_address:
+            raise _HttpError(
+                429,
+                f"{open_here} WHEP sessions are open from your address, the most it may have",
+                settings.peer_connect_timeout,
+            )
+        if anonymous:
+            wait = anonymous_views.take(address)
+            if wait is not None:
+                raise _HttpError(429, "too many new viewers from your address; wait", wait)
 
     def verified(token: str, room: RoomName) -> Grant:
         grant = hub.verify(token)
@@ -157,26 +208,64 @@ def whip_router(hub: Hub) -> APIRouter:
     async def whep(room: str, request: Request) -> Response:
         return await guarded("whep", room, request, whep_grant)
 
-    async def delete(room: str, resource: str) -> Response:
-        found = resources.pop(resource, None)
-        if found is None or found[0].name != room:
-            return _problem(404, "no such resource")
-        await found[0].leave(found[1])
+    def owned(kind: ParticipantKind, room: str, key: str, request: Request) -> _Resource:
+        """The session at this URL, if the request may act on it: a session opened
+        with a token needs a token of the same identity; an anonymous household's
+        is ended by its secret URL alone."""
+        found = resources.get(key)
+        if (
+            found is None
+            or found.kind != kind
+            or found.room.name != room
+            or found.participant.closed
+        ):
+            raise _HttpError(404, "no such resource")
+        if not found.with_token:
+            return found
+        token = _bearer(request)
+        if token is None:
+            raise _HttpError(401, "this session was opened with a token: send it as Bearer")
+        try:
+            grant = hub.verify(token)
+        except HubError as exc:
+            raise _HttpError(401, exc.message) from None
+        identity = found.participant.identity
+        if grant.room != found.room.name or grant.identity != identity:
+            raise _HttpError(403, f"this session belongs to {identity}, not {grant.identity}")
+        return found
+
+    async def delete(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
+        try:
+            found = owned(kind, room, key, request)
+        except _HttpError as exc:
+            return _problem(exc.status, exc.reason)
+        resources.pop(key, None)
+        await found.room.leave(found.participant)
         return Response(status_code=204)
 
-    @router.delete("/whip/{room}/{resource}")
-    async def whip_delete(room: str, resource: str) -> Response:
-        return await delete(room, resource)
-
-    @router.delete("/whep/{room}/{resource}")
-    async def whep_delete(room: str, resource: str) -> Response:
-        return await delete(room, resource)
-
-    @router.patch("/whip/{room}/{resource}")
-    @router.patch("/whep/{room}/{resource}")
-    async def trickle(room: str, resource: str) -> Response:
+    async def trickle(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
+        try:
+            owned(kind, room, key, request)
+        except _HttpError as exc:
+            return _problem(exc.status, exc.reason)
         # The hub's answer carries all its candidates; trickle is not needed.
         return _problem(405, "trickle ICE is not supported; all candidates are in the SDP")
+
+    @router.delete("/whip/{room}/{resource}")
+    async def whip_delete(room: str, resource: str, request: Request) -> Response:
+        return await delete("whip", room, resource, request)
+
+    @router.delete("/whep/{room}/{resource}")
+    async def whep_delete(room: str, resource: str, request: Request) -> Response:
+        return await delete("whep", room, resource, request)
+
+    @router.patch("/whip/{room}/{resource}")
+    async def whip_trickle(room: str, resource: str, request: Request) -> Response:
+        return await trickle("whip", room, resource, request)
+
+    @router.patch("/whep/{room}/{resource}")
+    async def whep_trickle(room: str, resource: str, request: Request) -> Response:
+        return await trickle("whep", room, resource, request)
 
     return router
 

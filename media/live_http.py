@@ -5,6 +5,11 @@ A plain playlist request is revalidated every time; a blocking reload
 viewer asks for the same one. Media files never change once written: immutable
 for a year. A reverse proxy or CDN in front (with request collapsing) then carries
 the viewers, and origin cost stays independent of their number.
+
+Players are counted by the ``player`` query parameter of their playlist requests: a
+random id the household page keeps for its tab. Only playlist URLs carry it (init,
+parts and segments are the same URL for everyone), and it changes no answer, so a
+shared cache keys on ``_HLS_msn``/``_HLS_part`` and leaves it out.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ DECIMAL_INTEGER = re.compile(r"[0-9]{1,20}")
 """RFC 8216's decimal-integer: ASCII digits, at most 2^64 - 1. ``str.isdigit`` would
 also take "²" (which ``int`` refuses) and "٣" (which it reads)."""
 DECIMAL_INTEGER_MAX = 2**64 - 1
+PLAYER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+"""What a player id looks like (the watch page makes 24 hex digits)."""
 
 
 def _number(value: str | None, name: str) -> int | None:
@@ -42,12 +49,13 @@ def _number(value: str | None, name: str) -> int | None:
 
 def live_router(
     get_packager: Callable[[str], HlsPackager | None],
-    on_playlist: Callable[[str, str], None] | None = None,
+    on_playlist: Callable[[str, str, str | None], None] | None = None,
 ) -> APIRouter:
     """Routes ``/live/{room}/index.m3u8`` and ``/live/{room}/{name}``.
 
-    ``on_playlist(room, client)`` hears every playlist request, ``client`` naming the
-    player (its address and user agent): how the hub counts household viewers."""
+    ``on_playlist(room, address, player)`` hears every playlist request: the client's
+    address and the player's id (None when it sends none), how the hub counts
+    household viewers."""
     router = APIRouter(prefix="/live", tags=["live"])
 
     def packager_for(room: str) -> HlsPackager:
@@ -62,11 +70,13 @@ def live_router(
         room: str,
         hls_msn: Annotated[str | None, Query(alias="_HLS_msn")] = None,
         hls_part: Annotated[str | None, Query(alias="_HLS_part")] = None,
+        player: str | None = None,
     ) -> Response:
         packager = packager_for(room)
+        if player is not None and not PLAYER_ID.fullmatch(player):
+            raise HTTPException(400, "player must be 8 to 64 letters, digits, '-' or '_'")
         if on_playlist is not None:
-            host = request.client.host if request.client else "?"
-            on_playlist(room, f"{host}|{request.headers.get('user-agent', '')}")
+            on_playlist(room, request.client.host if request.client else "?", player)
         msn = _number(hls_msn, "_HLS_msn")
         part = _number(hls_part, "_HLS_part")
         problem = packager.validate(msn, part)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import pytest
 import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.peers import make_peer_connection
 from tests.helpers import first_track
-from tests.hubserver import RunningHub
+from tests.hubserver import RunningHub, running_hub
 from tests.test_forwarding_e2e import decode_frames
 
 NASTY_LINES = [
@@ -115,7 +118,16 @@ def mangled_messages(rng: random.Random, token: str) -> list[str]:
     return messages
 
 
-async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: RunningHub) -> None:
+@pytest.fixture
+async def unlimited_hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """Every mangled message must reach its handler, not the message rate limit
+    (test_signaling.py tests that): the rate here is far above what the test sends."""
+    async with running_hub(tmp_path, signaling_rate=10_000.0, signaling_burst=10_000) as running:
+        yield running
+
+
+async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: RunningHub) -> None:
+    hub_server = unlimited_hub
     rng = random.Random(20261129)
     template = make_peer_connection([])
     template.addTransceiver(VideoStreamTrack(), direction="sendonly")
@@ -171,7 +183,10 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
             )
             assert response.status_code in (201, 400), response.text
             if response.status_code == 201:
-                await http.delete(f"{hub_server.base}{response.headers['location']}")
+                await http.delete(
+                    f"{hub_server.base}{response.headers['location']}",
+                    headers={"Authorization": f"Bearer {ingest}"},
+                )
         assert (await http.get(f"{hub_server.base}/healthz")).status_code == 200
 
     # A normal lecture still works afterwards.

@@ -13,11 +13,13 @@ import av
 import httpx
 import imageio_ffmpeg
 import pytest
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
+from hub.ids import RoomName
 from tests.helpers import NoisyVideo, small_disk, wait_until
-from tests.hubserver import RunningHub
+from tests.hubserver import RunningHub, running_hub
 from tests.test_whip import whep_view
 
 
@@ -231,8 +233,10 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 assert (await http.post("/api/rooms/hh/live", headers=moderator)).status_code == 201
                 pc, _, response = await whep_view(hub_server.base, "hh", None)  # one WHEP household
                 assert response.status_code == 201
-                for agent in ("phone-a", "phone-b"):  # two HLS players
-                    await http.get("/live/hh/index.m3u8", headers={"User-Agent": agent})
+                # Connected, as a household's player is (one that never connects leaves).
+                await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+                for player in ("phone-a-0001", "phone-b-0002"):  # two HLS players
+                    await http.get("/live/hh/index.m3u8", params={"player": player})
                 info = (await http.get("/api/rooms/hh")).json()
                 assert info["household_viewers"] == 3
                 event = await asyncio.wait_for(anext(aiter(viewers)), 10)
@@ -242,6 +246,39 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
         finally:
             if pc is not None:
                 await pc.close()
+
+
+async def test_hls_players_are_counted_by_the_id_they_keep(tmp_path: Path) -> None:
+    async with (
+        running_hub(tmp_path, hls_players_per_address=3) as running,
+        lecturing(running, "ids") as moderator,
+        httpx.AsyncClient(base_url=running.base) as http,
+    ):
+        assert (await http.post("/api/rooms/ids/live", headers=moderator)).status_code == 201
+        media = running.hub.rooms[RoomName("ids")].media
+
+        async def play(player: str | None, agent: str = "phone", address: str = "") -> int:
+            params = {"player": player} if player else {}
+            headers = {"User-Agent": agent}
+            if address:  # as from the reverse proxy
+                headers["X-Forwarded-For"] = address
+            response = await http.get("/live/ids/index.m3u8", params=params, headers=headers)
+            return response.status_code
+
+        for agent in ("a", "b", "c"):  # one player, whatever its user agent says
+            await play("player-one-0001", agent)
+        assert media.household_viewers() == 1
+        for agent in ("a", "b", "c"):  # players without an id: one per address
+            await play(None, agent)
+        assert media.household_viewers() == 2
+        for n in range(10):  # one address adds at most three
+            await play(f"player-{n:08d}")
+        assert media.household_viewers() == 3
+        await play("player-one-0001", address="10.0.0.3")
+        assert media.household_viewers() == 4
+        for bad in ("short", "x" * 65, "../../etc", "中文中文中文中文"):
+            assert await play(bad) == 400
+        assert media.household_viewers() == 4
 
 
 @pytest.fixture(name="full_disk")

@@ -487,3 +487,189 @@ async def test_everyone_is_told_when_the_room_records_moderators_more(
     finally:
         for client in (station, center):
             await client.close()
+
+
+async def test_a_full_room_refuses_a_join_yet_takes_back_a_returning_site(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, room_max_participants=2) as running:
+        center = HubClient(running.ws, running.token("full", "C", "center"))
+        s1 = HubClient(running.ws, running.token("full", "S1", "station"))
+        s2 = HubClient(running.ws, running.token("full", "S2", "station"))
+        s1_again = HubClient(running.ws, running.token("full", "S1", "station"))
+        try:
+            await center.connect()
+            await s1.connect()
+            try:
+                await s2.connect()
+                raise AssertionError("a third participant joined a room of two")
+            except ConnectionError as exc:
+                assert "room_full" in str(exc)
+            await s2.wait_for(lambda m: m["type"] == "closed")
+            await s1_again.connect()  # S1 reconnecting takes its own place
+            removed = await s1.wait_for(lambda m: m["type"] == "removed")
+            assert removed["reason"] == "duplicate_identity"
+            room = running.hub.rooms[RoomName("full")]
+            assert sorted(p.identity for p in room.participants.values()) == ["C", "S1"]
+        finally:
+            for client in (s1_again, s2, s1, center):
+                await client.close()
+
+
+async def test_a_publisher_offer_with_too_many_m_lines_is_refused(hub_server: RunningHub) -> None:
+    station = HubClient(hub_server.ws, hub_server.token("wide", "S1", "station"))
+    pc = make_peer_connection([])
+    try:
+        await station.connect()
+        microphone = pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        for _ in range(23):  # idle m-lines need no source; the default takes 16 in all
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sources = {microphone.mid: "microphone"}
+        await station.send(
+            {"type": "offer", "pc": "publisher", "sdp": pc.localDescription.sdp, "sources": sources}
+        )
+        reply = await station.wait_for(lambda m: m["type"] in ("answer", "error"))
+        assert reply["type"] == "error", "an offer of 24 m-lines was answered"
+        assert reply["code"] == "bad_sdp" and "m-lines" in reply["message"], reply
+        room = hub_server.hub.rooms[RoomName("wide")]
+        assert not any(p.publications for p in room.participants.values())
+    finally:
+        await pc.close()
+        await station.close()
+
+
+async def test_chat_is_a_grant_viewers_lack(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("talk", "C", "center"))
+    viewer = HubClient(hub_server.ws, hub_server.token("talk", "V1", "viewer"))
+    station = HubClient(hub_server.ws, hub_server.token("talk", "S1", "station"))
+    try:
+        await center.connect()
+        for client, may in ((viewer, False), (station, True)):
+            joined = await client.connect()
+            assert joined["participant"]["can_chat"] is may
+        await viewer.send({"type": "chat", "text": "x" * 2000})
+        refused = await viewer.wait_for(lambda m: m["type"] == "error")
+        assert refused["code"] == "forbidden" and refused["ref"] == "chat"
+        await station.send({"type": "chat", "text": "收到"})
+        heard = await center.wait_for(lambda m: m["type"] == "chat")
+        assert heard["text"] == "收到"  # the viewer's never came
+        assert [m["from"] for m in center.messages if m["type"] == "chat"] == [
+            station.joined["participant"]["sid"]
+        ]
+    finally:
+        for client in (station, viewer, center):
+            await client.close()
+
+
+async def test_chat_is_limited_per_participant(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, chat_per_minute=3) as running:
+        center = HubClient(running.ws, running.token("talk", "C", "center"))
+        station = HubClient(running.ws, running.token("talk", "S1", "station"))
+        try:
+            await center.connect()
+            await station.connect()
+            for n in range(10):
+                await station.send({"type": "chat", "text": f"{n} " + "x" * 1990})
+            await station.send({"type": "ping", "id": "after"})
+            await station.wait_for(lambda m: m["type"] == "pong")
+            errors = [m for m in station.messages if m["type"] == "error"]
+            assert len(errors) == 7 and {e["code"] for e in errors} == {"rate_limited"}
+            await asyncio.sleep(0.5)
+            assert len([m for m in center.messages if m["type"] == "chat"]) == 3
+        finally:
+            await station.close()
+            await center.close()
+
+
+async def receive_all(ws: websockets.ClientConnection) -> list[dict[str, object]]:
+    """Every message until the hub closes the socket (or 5 s of quiet)."""
+    received: list[dict[str, object]] = []
+    try:
+        while True:
+            received.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+    except (TimeoutError, websockets.ConnectionClosed):
+        pass
+    return received
+
+
+async def test_a_flooding_socket_is_told_then_closed(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, signaling_rate=5.0, signaling_burst=10) as running:
+        token = running.token("flood", "S1", "station")
+        async with websockets.connect(running.ws) as ws:
+            await ws.send(json.dumps({"type": "join", "token": token}))
+            assert json.loads(await ws.recv())["type"] == "joined"
+            try:
+                for n in range(300):
+                    await ws.send(json.dumps({"type": "ping", "id": n}))
+            except websockets.ConnectionClosed:
+                pass
+            received = await receive_all(ws)
+            assert ws.close_code == 1008, (ws.close_code, ws.close_reason)
+            assert "rate" in (ws.close_reason or "")
+        pongs = [m for m in received if m["type"] == "pong"]
+        limited = [m for m in received if m["type"] == "error"]
+        assert 9 <= len(pongs) < 40, len(pongs)  # the join took a token of the burst
+        assert limited and {m["code"] for m in limited} == {"rate_limited"}
+
+
+async def test_a_burst_over_the_rate_is_refused_but_the_socket_stays(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, signaling_rate=5.0, signaling_burst=10) as running:
+        station = HubClient(running.ws, running.token("burst", "S1", "station"))
+        try:
+            await station.connect()
+            for n in range(15):
+                await station.send({"type": "ping", "id": n})
+            await station.wait_for(lambda m: m["type"] == "error")
+            await asyncio.sleep(2.5)  # the bucket refills
+            await station.send({"type": "ping", "id": "later"})
+            await station.wait_for(lambda m: m["type"] == "pong" and m["id"] == "later")
+            errors = [m for m in station.messages if m["type"] == "error"]
+            assert errors and {e["code"] for e in errors} == {"rate_limited"}
+            assert not any(m["type"] == "closed" for m in station.messages)
+        finally:
+            await station.close()
+
+
+async def test_a_socket_that_never_joins_is_closed(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, join_timeout=1.0) as running:
+        async with websockets.connect(running.ws) as ws:
+            await ws.send("not json")  # answered, but not a join
+            received = await receive_all(ws)
+            assert ws.close_code == 1008, (ws.close_code, ws.close_reason)
+            assert "join" in (ws.close_reason or "")
+        assert [m["code"] for m in received] == ["bad_message", "join_timeout"]
+        station = HubClient(running.ws, running.token("late", "S1", "station"))
+        try:
+            await station.connect()
+            await asyncio.sleep(1.5)  # a joined socket has no such deadline
+            await station.send({"type": "ping", "id": "still"})
+            await station.wait_for(lambda m: m["type"] == "pong")
+        finally:
+            await station.close()
+
+
+async def test_websockets_are_capped_per_address(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, websockets_per_address=2) as running:
+        first = await websockets.connect(running.ws)
+        second = await websockets.connect(running.ws)
+        try:
+            async with websockets.connect(running.ws) as third:
+                received = await receive_all(third)
+                assert third.close_code == 1013, (third.close_code, third.close_reason)
+            assert [m["code"] for m in received] == ["too_many_connections"]
+            elsewhere = {"X-Forwarded-For": "10.0.0.5"}  # as from the reverse proxy
+            async with websockets.connect(running.ws, additional_headers=elsewhere) as other:
+                token = running.token("cap", "S9", "station")
+                await other.send(json.dumps({"type": "join", "token": token}))
+                assert json.loads(await other.recv())["type"] == "joined"
+            await first.close()
+
+            async def admitted() -> str | None:
+                async with websockets.connect(running.ws) as again:
+                    await again.send(json.dumps({"type": "ping", "id": 1}))
+                    reply = json.loads(await again.recv())
+                return None if reply["code"] == "not_joined" else str(reply)
+
+            await wait_until(admitted)  # the closed socket's place is free again
+        finally:
+            await first.close()
+            await second.close()

@@ -68,23 +68,29 @@ HS256 = {"alg": "HS256", "typ": "JWT"}
 
 
 @pytest.mark.parametrize(
-    ("role", "publish", "subscribe", "moderate", "sources"),
+    ("role", "publish", "subscribe", "moderate", "chat", "sources"),
     [
-        (Role.CENTER, True, True, True, ALL),
-        (Role.INSTITUTE, True, True, False, ALL),
-        (Role.STATION, True, True, False, ALL),
-        (Role.VIEWER, False, True, False, frozenset()),
-        (Role.INGEST, True, False, False, ALL),
+        (Role.CENTER, True, True, True, True, ALL),
+        (Role.INSTITUTE, True, True, False, True, ALL),
+        (Role.STATION, True, True, False, True, ALL),
+        (Role.VIEWER, False, True, False, False, frozenset()),
+        (Role.INGEST, True, False, False, False, ALL),
     ],
 )
 def test_grant_for_role_gives_the_role_defaults(
-    role: Role, publish: bool, subscribe: bool, moderate: bool, sources: frozenset[Source]
+    role: Role,
+    publish: bool,
+    subscribe: bool,
+    moderate: bool,
+    chat: bool,
+    sources: frozenset[Source],
 ) -> None:
     grant = grant_for_role(ROOM, ParticipantIdentity("x"), role, ttl=60, now=NOW)
-    assert (grant.can_publish, grant.can_subscribe, grant.can_moderate) == (
+    assert (grant.can_publish, grant.can_subscribe, grant.can_moderate, grant.can_chat) == (
         publish,
         subscribe,
         moderate,
+        chat,
     )
     assert grant.sources == sources
     assert all(grant.may_publish(s) == (s in sources) for s in Source)
@@ -114,6 +120,7 @@ def test_may_publish_needs_can_publish_and_the_source() -> None:
         can_publish=False,
         can_subscribe=True,
         can_moderate=False,
+        can_chat=False,
         sources=ALL,
         expires_at=NOW,
     )
@@ -139,6 +146,7 @@ def test_issue_writes_a_standard_hs256_jwt() -> None:
         "pub": True,
         "sub_ok": True,
         "mod": False,
+        "chat": True,
         "src": ["camera", "microphone", "screen"],
         "exp": NOW + 3600,
         "iat": int(NOW),
@@ -151,6 +159,19 @@ def test_verify_accepts_a_token_from_another_jwt_issuer() -> None:
     grant = TokenSigner(SECRET).verify(jwt(HS256, valid_claims(exp=int(NOW) + 60)), now=NOW)
     assert grant.sources == {Source.CAMERA, Source.MICROPHONE}
     assert grant.name == "Station 42"
+
+
+@pytest.mark.parametrize(("role", "chat"), [("station", True), ("viewer", False)])
+def test_a_token_without_the_chat_claim_gets_its_roles_default(role: str, chat: bool) -> None:
+    """Tokens of an older hub, or of a portal, carry no ``chat``."""
+    claims = valid_claims(role=role, exp=int(NOW) + 60)
+    assert "chat" not in claims
+    assert TokenSigner(SECRET).verify(jwt(HS256, claims), now=NOW).can_chat is chat
+
+
+def test_the_chat_claim_overrides_the_role() -> None:
+    quiet = TokenSigner(SECRET).verify(jwt(HS256, valid_claims(chat=False)), now=NOW)
+    assert not quiet.can_chat
 
 
 def reason(token: object, *, secret: str = SECRET, now: float = NOW) -> str:
@@ -205,6 +226,7 @@ def test_verify_refuses_a_token_longer_than_the_limit() -> None:
         (valid_claims(src="camera"), "invalid claim 'src'"),
         (valid_claims(pub="yes"), "invalid claim 'pub'"),
         (valid_claims(mod=1), "invalid claim 'mod'"),
+        (valid_claims(chat="yes"), "invalid claim 'chat'"),
         (valid_claims(exp=True), "invalid claim 'exp'"),
         (valid_claims(exp="tomorrow"), "invalid claim 'exp'"),
         (valid_claims(exp=10**400), "invalid claim 'exp'"),

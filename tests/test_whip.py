@@ -61,7 +61,11 @@ async def ffmpeg_ingest(hub_server: RunningHub) -> AsyncIterator[subprocess.Pope
         process.wait()
 
 
-async def whep_view(base: str, room: str, token: str | None):  # type: ignore[no-untyped-def]
+async def whep_view(  # type: ignore[no-untyped-def]
+    base: str, room: str, token: str | None, address: str | None = None
+):
+    """A WHEP offer (the answer is not applied); ``address`` poses as another client
+    address (the hub trusts X-Forwarded-For from 127.0.0.1, as from its reverse proxy)."""
     pc = make_peer_connection([])
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
@@ -71,6 +75,8 @@ async def whep_view(base: str, room: str, token: str | None):  # type: ignore[no
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if address:
+        headers["X-Forwarded-For"] = address
     async with httpx.AsyncClient() as http:
         response = await http.post(
             f"{base}/whep/{room}", content=pc.localDescription.sdp, headers=headers
@@ -106,9 +112,8 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
         sdp = station.subscriber.remoteDescription.sdp  # type: ignore[union-attr]
         assert "profile-level-id=6400" in sdp  # forwarded as High profile, unchanged
 
-        pc, tracks, response = await whep_view(
-            hub_server.base, "obs", hub_server.token("obs", "viewer-1", "viewer")
-        )
+        viewer = hub_server.token("obs", "viewer-1", "viewer")
+        pc, tracks, response = await whep_view(hub_server.base, "obs", viewer)
         try:
             assert response.status_code == 201, response.text
             assert response.headers["content-type"].startswith("application/sdp")
@@ -119,7 +124,7 @@ async def test_ffmpeg_whip_high_profile_reaches_ws_and_whep(
             frames = await decode_frames(tracks["video"], 15, timeout=20)
             assert (frames[-1].width, frames[-1].height) == (640, 360)
             async with httpx.AsyncClient() as http:
-                gone = await http.delete(f"{hub_server.base}{location}")
+                gone = await http.delete(f"{hub_server.base}{location}", headers=bearer(viewer))
             assert gone.status_code == 204
             assert all(p.kind != "whep" for p in room.participants.values())
         finally:
@@ -228,9 +233,10 @@ async def test_whip_answer_lists_reachable_host_candidate_first(hub_server: Runn
         candidates = [c for c in response.text.split("\r\n") if c.startswith("a=candidate:")]
         assert candidates and " 127.0.0.1 " in candidates[0] and " typ host" in candidates[0]
         await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
-        gone = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        location = f"{hub_server.base}{response.headers['location']}"
+        gone = await http.delete(location, headers=bearer(token))
         assert gone.status_code == 204
-        again = await http.delete(f"{hub_server.base}{response.headers['location']}")
+        again = await http.delete(location, headers=bearer(token))
         assert again.status_code == 404
     await pc.close()
 
@@ -339,4 +345,216 @@ async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> N
     finally:
         await pc.close()
         await station.close()
+        await center.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def whip_publish(base: str, room: str, token: str):  # type: ignore[no-untyped-def]
+    """An aiortc ingest: POST a sendonly offer, apply the answer."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    pc = make_peer_connection([])
+    pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{base}/whip/{room}",
+            content=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", **bearer(token)},
+        )
+    if response.status_code == 201:
+        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+    return pc, response
+
+
+async def test_a_whip_session_is_ended_only_with_its_own_identity(hub_server: RunningHub) -> None:
+    token = hub_server.token("secure", "enc-1", "ingest")
+    pc, response = await whip_publish(hub_server.base, "secure", token)
+    try:
+        assert response.status_code == 201, response.text
+        location = response.headers["location"]
+        room = hub_server.hub.rooms["secure"]  # type: ignore[index]
+        (ingest,) = room.participants.values()
+        # The sid is public (participant_joined, the room's stage): it names no resource.
+        assert ingest.sid not in location
+        other = hub_server.token("secure", "enc-2", "ingest")
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            by_sid = await http.delete(f"/whip/secure/{ingest.sid}")
+            assert by_sid.status_code == 404, by_sid.text
+            anonymous = await http.delete(location)
+            assert anonymous.status_code == 401 and "Bearer" in anonymous.text
+            stranger = await http.delete(location, headers=bearer(other))
+            assert stranger.status_code == 403 and "enc-1" in stranger.text
+            trickle = await http.patch(location, headers=bearer(other))
+            assert trickle.status_code == 403
+            as_whep = await http.delete(location.replace("/whip/", "/whep/"), headers=bearer(token))
+            assert as_whep.status_code == 404
+            assert list(room.participants.values()) == [ingest]  # nothing ended it
+            own = await http.delete(location, headers=bearer(token))
+            assert own.status_code == 204, own.text
+            assert not room.participants
+    finally:
+        await pc.close()
+
+
+async def test_an_anonymous_whep_session_is_ended_by_its_secret_url(hub_server: RunningHub) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("open", "C", "center"))
+    await center.connect()
+    hub_server.hub.rooms["open"].public = True  # type: ignore[index]
+    pc, _, response = await whep_view(hub_server.base, "open", None)
+    try:
+        assert response.status_code == 201, response.text
+        location = response.headers["location"]
+        room = hub_server.hub.rooms["open"]  # type: ignore[index]
+        (household,) = [p for p in room.participants.values() if p.kind == "whep"]
+        assert household.sid not in location
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            assert (await http.delete(f"/whep/open/{household.sid}")).status_code == 404
+            assert household.sid in room.participants
+            gone = await http.delete(location)
+            assert gone.status_code == 204, gone.text
+            assert household.sid not in room.participants
+    finally:
+        await pc.close()
+        await center.close()
+
+
+def whep_participants(running: RunningHub, room: str) -> list[str]:
+    found = running.hub.rooms.get(room)  # type: ignore[call-overload]
+    return [p.identity for p in found.participants.values() if p.kind == "whep"] if found else []
+
+
+async def public_room(running: RunningHub, room: str) -> HubClient:
+    center = HubClient(running.ws, running.token(room, "C", "center"))
+    await center.connect()
+    running.hub.rooms[room].public = True  # type: ignore[index]
+    return center
+
+
+async def test_whep_peers_that_never_connect_or_go_away_leave_the_room(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, peer_connect_timeout=1.5) as running:
+        center = await public_room(running, "gone")
+        pcs = []
+        try:
+            for _ in range(3):  # offers that never do ICE: the answer is never applied
+                pc, _, response = await whep_view(running.base, "gone", None)
+                pcs.append(pc)
+                assert response.status_code == 201, response.text
+            pc, _, response = await whep_view(running.base, "gone", None)
+            pcs.append(pc)
+            await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+            await wait_until(lambda: None if pc.connectionState == "connected" else "connecting")
+            assert len(whep_participants(running, "gone")) == 4
+
+            def only_connected() -> str | None:
+                left = whep_participants(running, "gone")
+                return None if len(left) == 1 else f"WHEP participants: {left}"
+
+            await wait_until(only_connected, timeout=10)
+            await asyncio.sleep(1.5)  # past the deadline: the connected one stays
+            assert len(whep_participants(running, "gone")) == 1
+            await pc.close()  # without a DELETE
+
+            def none_left() -> str | None:
+                left = whep_participants(running, "gone")
+                return None if not left else f"WHEP participants: {left}"
+
+            await wait_until(none_left, timeout=10)
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await center.close()
+
+
+async def test_whep_sessions_are_capped_per_room_and_per_address(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, room_max_viewers=3, whep_per_address=2) as running:
+        center = await public_room(running, "cap")
+        pcs = []
+
+        async def view(address: str | None) -> httpx.Response:
+            pc, _, response = await whep_view(running.base, "cap", None, address)
+            pcs.append(pc)
+            return response
+
+        try:
+            assert (await view(None)).status_code == 201
+            assert (await view(None)).status_code == 201
+            third = await view(None)  # a third from 127.0.0.1
+            assert third.status_code == 429, third.text
+            assert "address" in third.text and int(third.headers["retry-after"]) > 0
+            assert (await view("10.0.0.7")).status_code == 201  # another address
+            full = await view("10.0.0.8")
+            assert full.status_code == 503, full.text
+            assert "full" in full.text and int(full.headers["retry-after"]) > 0
+            assert len(whep_participants(running, "cap")) == 3
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await center.close()
+
+
+async def test_a_second_whep_with_one_identity_replaces_the_first(hub_server: RunningHub) -> None:
+    center = await public_room(hub_server, "twice")
+    token = hub_server.token("twice", "V1", "viewer")
+    first, _, one = await whep_view(hub_server.base, "twice", token)
+    second, _, two = await whep_view(hub_server.base, "twice", token)
+    try:
+        assert one.status_code == 201 and two.status_code == 201
+        assert whep_participants(hub_server, "twice") == ["V1"]
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            ended = await http.delete(one.headers["location"], headers=bearer(token))
+            assert ended.status_code == 404  # already replaced
+            assert whep_participants(hub_server, "twice") == ["V1"]
+    finally:
+        await first.close()
+        await second.close()
+        await center.close()
+
+
+async def test_anonymous_whep_is_rate_limited_per_address(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, anonymous_whep_per_minute=2) as running:
+        center = await public_room(running, "rate")
+        pcs = []
+        try:
+            for _ in range(2):
+                pc, _, response = await whep_view(running.base, "rate", None)
+                pcs.append(pc)
+                assert response.status_code == 201, response.text
+            pc, _, response = await whep_view(running.base, "rate", None)
+            pcs.append(pc)
+            assert response.status_code == 429, response.text
+            assert int(response.headers["retry-after"]) >= 1
+            token = running.token("rate", "V1", "viewer")  # a viewer with a token is known
+            pc, _, response = await whep_view(running.base, "rate", token)
+            pcs.append(pc)
+            assert response.status_code == 201, response.text
+            pc, _, response = await whep_view(running.base, "rate", None, "10.0.0.9")
+            pcs.append(pc)
+            assert response.status_code == 201, response.text  # another address
+        finally:
+            for pc in pcs:
+                await pc.close()
+            await center.close()
+
+
+async def test_an_offer_with_too_many_m_lines_is_refused(hub_server: RunningHub) -> None:
+    center = await public_room(hub_server, "wide")
+    pc = make_peer_connection([])
+    try:
+        for _ in range(24):  # the default takes 16
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            response = await http.post(
+                "/whep/wide",
+                content=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            )
+        assert response.status_code == 400 and "m-lines" in response.text, response.text
+        assert whep_participants(hub_server, "wide") == []
+    finally:
+        await pc.close()
         await center.close()

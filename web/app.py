@@ -93,10 +93,10 @@ def create_app(settings: Settings) -> FastAPI:
         found = hub.rooms.get(RoomName(room))
         return found.media.live if found is not None else None
 
-    def hls_player(room: str, client: str) -> None:
+    def hls_player(room: str, address: str, player: str | None) -> None:
         found = hub.rooms.get(RoomName(room))
         if found is not None:
-            found.media.note_hls_player(client)
+            found.media.note_hls_player(address, player)
 
     app.include_router(live_router(packager, hls_player))
     app.include_router(

@@ -55,6 +55,16 @@ def test_chat_between_station_and_console(hub: HubProcess, browsers: Browsers) -
     a.locator("#chat-log", has_text="东湖村站已就位").wait_for(timeout=10000)
 
 
+def test_a_grant_without_chat_is_not_offered_chat(hub: HubProcess, browsers: Browsers) -> None:
+    room = "quiet-room"
+    viewer = hub.token(room, "V-01", "viewer", name="观摩席")
+    page: Any = browsers.open(f"{hub.base_url}/station?token={viewer}", "viewer")
+    poll(lambda: None if client_state(page) == "joined" else client_state(page))
+    assert page.evaluate("() => window.practiceHub.client.self.can_chat") is False
+    assert page.locator("#chat-form").is_hidden()
+    assert page.evaluate("() => window.practiceHub.client.sendChat('hello')") is False
+
+
 def test_audio_only_and_remove(hub: HubProcess, browsers: Browsers) -> None:
     room = "audio-only-room"
     center = hub.token(room, "CENTER-01", "center", name="市中心")

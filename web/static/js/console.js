@@ -633,6 +633,7 @@ async function start(joinToken) {
     client.on("rollcall_status", renderRollcall);
     client.on("removed_identities", renderRemoved);
     client.on("joined", (self) => {
+        byId("chat-form").hidden = !client?.canChat;
         byId("room-name").textContent = client ? `· ${client.room}` : "";
         endButton.hidden = sessionOf(client ? client.room : "") === null;
         document.title = `${t("console.title")} · ${self.name || self.identity}`;

@@ -30,6 +30,7 @@
  * @property {boolean} hand_raised
  * @property {boolean} on_stage
  * @property {boolean} can_moderate
+ * @property {boolean} [can_chat]   absent from a hub before chat was a grant
  * @property {PublicationInfo[]} publications
  */
 
@@ -943,10 +944,15 @@ export class HubClient {
         return this._send({ type: "hand", raised });
     }
 
+    /** Whether our grant lets us chat (the hub refuses it otherwise). */
+    get canChat() {
+        return this.self?.can_chat !== false;
+    }
+
     /** @param {string} text */
     sendChat(text) {
         const trimmed = text.trim().slice(0, 2000);
-        if (!trimmed) return false;
+        if (!trimmed || !this.canChat) return false;
         return this._send({ type: "chat", text: trimmed });
     }
 
@@ -1160,14 +1166,18 @@ export class WhepSession {
         if (response.status !== 201) {
             pc.close();
             this.pc = null;
-            throw new WhepError(response.status, await response.text().catch(() => ""));
+            const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+            throw new WhepError(response.status, await response.text().catch(() => ""), retryAfter);
         }
         const location = response.headers.get("Location");
         this.resource = location ? new URL(location, new URL(this.endpoint, globalThis.location.href)).href : null;
         await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
     }
 
-    /** Ends the session (DELETE on the resource); safe to call twice. */
+    /**
+     * Ends the session (DELETE on the resource, with the token it was opened
+     * with: the hub lets only that identity end it); safe to call twice.
+     */
     async stop() {
         const pc = this.pc;
         this.pc = null;
@@ -1177,7 +1187,9 @@ export class WhepSession {
         this.resource = null;
         if (resource) {
             try {
-                await fetch(resource, { method: "DELETE", keepalive: true });
+                /** @type {Record<string, string>} */
+                const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+                await fetch(resource, { method: "DELETE", headers, keepalive: true });
             } catch {
                 /* the hub will time it out */
             }
@@ -1189,10 +1201,12 @@ export class WhepError extends Error {
     /**
      * @param {number} status
      * @param {string} body
+     * @param {number} [retryAfter]  seconds the hub asked to wait (429, 503), else 0
      */
-    constructor(status, body) {
+    constructor(status, body, retryAfter = 0) {
         super(`WHEP ${status}: ${body.slice(0, 200)}`);
         this.status = status;
+        this.retryAfter = retryAfter;
     }
 }
 

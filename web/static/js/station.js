@@ -310,6 +310,7 @@ async function start(token) {
     c.on("chat", addChat);
     c.on("rollcall", onRollcall);
     c.on("joined", (self) => {
+        byId("chat-form").hidden = !c.canChat;
         byId("self-name").textContent = `· ${self.name || self.identity}`;
         document.title = `${self.name || self.identity} · ${t("station.title")}`;
         renderControls();

@@ -56,8 +56,37 @@ function renderStatus() {
 /** @type {LowLatencyHls | null} */
 let lowLatency = null;
 
-/** @param {string} url */
-function playHls(url) {
+/**
+ * The id the hub counts this household's player by: random, kept for the tab's
+ * life, so a reload is the same household (not a new one).
+ */
+function playerId() {
+    const key = "practiceHub.player";
+    let id = "";
+    try {
+        id = sessionStorage.getItem(key) || "";
+    } catch {
+        /* storage refused: a fresh id each load */
+    }
+    if (!/^[0-9a-f]{24}$/.test(id)) {
+        id = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+        try {
+            sessionStorage.setItem(key, id);
+        } catch {
+            /* counted anew after a reload, no worse */
+        }
+    }
+    return id;
+}
+
+/**
+ * @param {string} hlsUrl  the playlist; the player's id goes on playlist requests only
+ *     (media files stay one URL for every household, for a shared cache)
+ */
+function playHls(hlsUrl) {
+    const playlist = new URL(hlsUrl, location.href);
+    playlist.searchParams.set("player", playerId());
+    const url = playlist.href;
     state.hlsUrl = url;
     for (const audio of audios.values()) audio.remove();
     audios.clear();
@@ -146,9 +175,10 @@ function showSession(session) {
 /** @type {ReturnType<typeof setTimeout> | null} */
 let retryTimer = null;
 
-function scheduleRetry() {
+/** @param {number} [atLeastMs] what the hub asked for (Retry-After of a full room) */
+function scheduleRetry(atLeastMs = 0) {
     if (retryTimer) clearTimeout(retryTimer);
-    const delay = backoffDelay(Math.min(state.attempts++, 4));
+    const delay = Math.max(atLeastMs, backoffDelay(Math.min(state.attempts++, 4)));
     retryTimer = setTimeout(() => void connect(), delay);
 }
 
@@ -200,7 +230,7 @@ async function connect() {
         const notYet = e instanceof WhepError && [401, 403, 404].includes(e.status);
         setMode(notYet ? "waiting" : "retry");
         if (state.session === session) state.session = null;
-        scheduleRetry();
+        scheduleRetry(e instanceof WhepError ? e.retryAfter * 1000 : 0);
     }
 }
 
