@@ -6,16 +6,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from hub.ids import RoomName
+from hub.ids import ROOM_NAME_PATTERN, RoomName
 from hub.room import HubError, Room
 from hub.room_media import MediaError
 from hub.service import Hub
 from hub.tokens import Grant
 
-ROOM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-RoomPath = Annotated[str, Path(pattern=ROOM_NAME)]
+RoomPath = Annotated[str, Path(pattern=ROOM_NAME_PATTERN)]
 
 
 class RoomPatch(BaseModel):

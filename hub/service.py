@@ -13,7 +13,7 @@ from aiortc import RTCIceServer
 
 from hub.aiortc_internals import check_internals, install_h264_profiles, restrict_host_addresses
 from hub.forwarding import ForwardingStats
-from hub.ids import NodeID, RoomName
+from hub.ids import NodeID, RoomName, valid_room_name
 from hub.room import HubError, Participant, Room
 from hub.room_media import Recorded
 from hub.settings import Settings
@@ -68,6 +68,10 @@ class Hub:
 
     async def room(self, name: RoomName, *, create: bool = True) -> Room:
         """The room on this node, created (and claimed in the cluster) if needed."""
+        try:
+            valid_room_name(name)  # its media go to directories named after it
+        except ValueError as exc:
+            raise HubError("bad_message", str(exc)) from None
         lock = self._room_locks.setdefault(name, asyncio.Lock())
         async with lock:
             room = self.rooms.get(name)

@@ -84,6 +84,17 @@ def test_token_command_prints_a_verifiable_token(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_token_command_refuses_a_room_name_that_is_not_one(tmp_path: Path) -> None:
+    env = {**os.environ, "HUB_SECRET": "cli-secret-0123456789abcdef"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "hub", "token", "--room", "../../etc", "--identity", "x",
+         "--role", "viewer"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "room name" in bad.stderr, bad.stderr
+    assert bad.stdout == ""
+
+
 def test_token_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HUB_SECRET"}
     args = [sys.executable, "-m", "hub", "token", "--room", "r", "--identity", "x",

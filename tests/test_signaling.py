@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
+from hub.room import HubError
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
@@ -253,6 +255,17 @@ async def test_remove_chat_and_duplicate_identity(hub_server: RunningHub) -> Non
     finally:
         for client in (s2_again, s2, s1, center):
             await client.close()
+
+
+@pytest.mark.parametrize("name", ["..", "../escape", "a/b", "live\n"])
+async def test_a_room_name_that_is_not_one_opens_no_room(hub_server: RunningHub, name: str) -> None:
+    """Whatever hands the hub a name (a token, the schedule, an API), it becomes a
+    directory only if it is a room name."""
+    with pytest.raises(HubError) as refused:
+        await hub_server.hub.room(RoomName(name))
+    assert refused.value.code == "bad_message" and "room name" in refused.value.message
+    assert RoomName(name) not in hub_server.hub.rooms
+    assert await hub_server.hub.store.room_node(RoomName(name)) is None
 
 
 async def test_room_lifecycle_and_cascading_close(tmp_path: Path) -> None:
