@@ -41,7 +41,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_data_dir()
     engine = create_engine_for(settings)
     store, bus = open_store_bus(settings.redis_url)
     hub = Hub(settings, store, bus)
