@@ -54,7 +54,8 @@ async def start_and_stop():
 
 asyncio.run(start_and_stop())
 modes("end")
-final = {name: oct(stat.S_IMODE(os.stat(data / name).st_mode)) for name in (".", "secret", "hub.sqlite3")}
+names = (".", "secret", "hub.sqlite3")
+final = {name: oct(stat.S_IMODE(os.stat(data / name).st_mode)) for name in names}
 print(json.dumps({"loose": loose, "final": final}))
 """
 
