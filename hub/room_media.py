@@ -160,19 +160,30 @@ class RoomMedia:
 
     # --- status ---
 
-    def status(self) -> dict[str, Any]:
-        restreams = self.restreamer.status() if self.restreamer is not None else {}
+    def public_status(self) -> dict[str, Any]:
+        """What every participant may know: whether the room is recorded, and live."""
         return {
             "recording": self.recorder is not None,
             "recording_started_at": self.recording_started_at,
             "live": self.live is not None,
             "hls_url": f"/live/{self.room.name}/index.m3u8" if self.live is not None else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The moderators' view: also the restream targets (their URLs with the
+        secrets hidden) and the last errors, ffmpeg's words included."""
+        restreams = self.restreamer.status() if self.restreamer is not None else {}
+        return {
+            **self.public_status(),
             "restreams": [{**asdict(s), "state": str(s.state)} for s in restreams.values()],
             "errors": dict(self.errors),
         }
 
     def announce(self) -> None:
-        self.room.broadcast({"type": "media", **self.status()})
+        full = {"type": "media", **self.status()}
+        public = {"type": "media", **self.public_status()}
+        for participant in self.room.participants.values():
+            participant.send(full if participant.grant.can_moderate else public)
 
     async def close(self) -> None:
         if self.recorder is not None:

@@ -4,6 +4,7 @@ encoded frames from real aiortc publishers, files checked with the real ffmpeg."
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
 from tests.helpers import NoisyVideo, small_disk, wait_until
-from tests.hubserver import RunningHub
+from tests.hubserver import RunningHub, free_port
 from tests.test_whip import whep_view
 
 
@@ -106,7 +107,7 @@ async def test_live_for_households_serves_hls_and_opens_whep(hub_server: Running
             started = await http.post("/api/rooms/live/live", headers=moderator)
             assert started.status_code == 201, started.text
             assert started.json()["hls_url"] == "/live/live/index.m3u8"
-            room = (await http.get("/api/rooms/live")).json()
+            room = (await http.get("/api/rooms/live", headers=moderator)).json()
             assert room["public"] is True and room["media"]["live"] is True
 
             async def playable() -> str | None:
@@ -196,7 +197,8 @@ async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
                 target = started.json()["restreams"][0]["target_id"]
 
                 async def live() -> str | None:
-                    status = (await http.get("/api/rooms/rs")).json()["media"]["restreams"][0]
+                    room = await http.get("/api/rooms/rs", headers=moderator)
+                    status = room.json()["media"]["restreams"][0]
                     return None if status["state"] == "live" else str(status)
 
                 await wait_until(live, timeout=30, interval=0.5)
@@ -209,6 +211,50 @@ async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
         if receiver.returncode is None:
             receiver.kill()
             await receiver.wait()
+
+
+STREAM_SECRETS = ("pa55word", "secret-key", "sig-9f3e")
+
+
+async def test_a_stream_key_reaches_no_one_in_the_room_nor_outside(hub_server: RunningHub) -> None:
+    """Moderators see each restream target with its secrets hidden; stations, viewers
+    and anonymous callers hear nothing of restreams (nor of ffmpeg's errors)."""
+    center = HubClient(hub_server.ws, hub_server.token("keys", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("keys", "S1", "station"))
+    viewer = HubClient(hub_server.ws, hub_server.token("keys", "V1", "viewer"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('keys', 'C', 'center')}"}
+    port = free_port()
+    url = f"rtmp://u:pa55word@127.0.0.1:{port}/live/secret-key?sig=sig-9f3e"
+    shown = f"rtmp://u:***@127.0.0.1:{port}/live/***?sig=***"
+    try:
+        for client in (center, station, viewer):
+            await client.connect()
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            started = await http.post(
+                "/api/rooms/keys/restreams", json={"url": url}, headers=moderator
+            )
+            assert started.status_code == 201, started.text
+            assert started.json()["restreams"][0]["url"] == shown
+            heard = await center.wait_for(lambda m: m["type"] == "media" and m["restreams"])
+            assert heard["restreams"][0]["url"] == shown
+            for client in (station, viewer):
+                media = await client.wait_for(lambda m: m["type"] == "media")
+                assert "restreams" not in media and "errors" not in media, media
+            full = (await http.get("/api/rooms/keys", headers=moderator)).json()
+            anonymous = (await http.get("/api/rooms/keys")).json()
+            as_station = await http.get(
+                "/api/rooms/keys",
+                headers={"Authorization": f"Bearer {hub_server.token('keys', 'S1', 'station')}"},
+            )
+        assert full["media"]["restreams"][0]["url"] == shown
+        for said in (started.json(), full, anonymous, as_station.json(), *center.messages):
+            assert not [s for s in STREAM_SECRETS if s in json.dumps(said)], said
+        for client in (station, viewer):
+            assert not [s for s in STREAM_SECRETS if s in json.dumps(client.messages)]
+            assert not [m for m in client.messages if "restreams" in m]
+    finally:
+        for client in (viewer, station, center):
+            await client.close()
 
 
 def check_flv(path: Path) -> None:
@@ -233,7 +279,7 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 assert response.status_code == 201
                 for agent in ("phone-a", "phone-b"):  # two HLS players
                     await http.get("/live/hh/index.m3u8", headers={"User-Agent": agent})
-                info = (await http.get("/api/rooms/hh")).json()
+                info = (await http.get("/api/rooms/hh", headers=moderator)).json()
                 assert info["household_viewers"] == 3
                 event = await asyncio.wait_for(anext(aiter(viewers)), 10)
                 assert event["room"] == "hh" and event["households"] == 3
@@ -256,28 +302,40 @@ async def test_a_full_disk_stops_the_recording_with_a_clear_error(
 ) -> None:
     async with lecturing(hub_server, "full") as moderator:
         station = HubClient(hub_server.ws, hub_server.token("full", "S1", "station"))
+        console = HubClient(hub_server.ws, hub_server.token("full", "C2", "center"))
         await station.connect()
+        await console.connect()
         try:
             async with httpx.AsyncClient(base_url=hub_server.base) as http:
                 started = await http.post("/api/rooms/full/recording", headers=moderator)
                 assert started.status_code == 201
-                event = await station.wait_for(
+                event = await console.wait_for(
                     lambda m: m["type"] == "media" and "recording" in m["errors"], timeout=30
                 )
                 assert "space" in event["errors"]["recording"].lower()
+                # Stations hear that the recording stopped, not ffmpeg's words.
+                recording = await station.wait_for(lambda m: m["type"] == "media")
+                assert recording["recording"] is True
+                ended = await station.wait_for(
+                    lambda m: m["type"] == "media" and not m["recording"],
+                    start=station.messages.index(recording),
+                    timeout=15,
+                )
+                assert "errors" not in ended
 
                 async def stopped() -> str | None:
-                    media = (await http.get("/api/rooms/full")).json()["media"]
+                    media = (await http.get("/api/rooms/full", headers=moderator)).json()["media"]
                     return None if not media["recording"] else f"still recording: {media}"
 
                 await wait_until(stopped, timeout=15)
-                media = (await http.get("/api/rooms/full")).json()["media"]
+                media = (await http.get("/api/rooms/full", headers=moderator)).json()["media"]
                 assert "space" in media["errors"]["recording"].lower()
             # The room goes on: the station still receives the lecture.
             camera = station.tracks_of("camera")[0]
             before = camera.track.readyState
             assert before == "live"
         finally:
+            await console.close()
             await station.close()
     assert any("recording failed" in r.getMessage() for r in caplog.records)
     sizes = await asyncio.to_thread(media_file_sizes, full_disk)

@@ -279,7 +279,8 @@ async def test_room_lifecycle_and_cascading_close(tmp_path: Path) -> None:
         await wait_until(lambda: None if station.received else "nothing received")
         publication = next(iter(next(iter(room.participants.values())).publications.values()))
         async with httpx.AsyncClient() as http:
-            info = (await http.get(f"{hub.base}/api/rooms/life")).json()
+            center_token = {"Authorization": f"Bearer {hub.token('life', 'C', 'center')}"}
+            info = (await http.get(f"{hub.base}/api/rooms/life", headers=center_token)).json()
             assert info["participants"] == 2
             denied = await http.delete(
                 f"{hub.base}/api/rooms/life",

@@ -448,7 +448,7 @@ function onMedia(media) {
     renderIndicators();
 }
 
-/** @param {import("./protocol.js").MediaStatus["restreams"]} targets */
+/** @param {NonNullable<import("./protocol.js").MediaStatus["restreams"]>} targets */
 function renderRestreams(targets) {
     byId("restream-list").replaceChildren(
         ...targets
@@ -496,8 +496,8 @@ recordButton.addEventListener("click", () => toggleMedia(recordButton, "recordin
 
 async function pollRoomStatus() {
     if (client && client.room) {
-        roomStatus = await fetchRoomStatus(client.room);
-        if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams);
+        roomStatus = await fetchRoomStatus(client.room, token);
+        if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams || []);
         const live = roomStatus && typeof roomStatus.hls_url === "string";
         if (householdsWanted && roomStatus && !live && client.state === "joined") {
             await toggleMedia(householdsButton, "live", true);
