@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     """Seconds an empty room stays open before it closes."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
+    metrics_token: str | None = None
+    """``/metrics`` wants ``Authorization: Bearer <this>`` and then adds the per-room and
+    per-participant series; unset, it serves node-wide figures only, to anyone."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     """Serve HTTPS directly: browsers give the camera only to secure origins."""

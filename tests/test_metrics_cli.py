@@ -37,7 +37,9 @@ async def test_metrics_count_rooms_forwarding_and_links(hub_server: RunningHub) 
         async with httpx.AsyncClient() as http:
             health = await http.get(f"{hub_server.base}/healthz")
             assert health.status_code == 200 and health.json()["status"] == "ok"
-            text = (await http.get(f"{hub_server.base}/metrics")).text
+            text = (
+                await http.get(f"{hub_server.base}/metrics", headers=hub_server.metrics_headers)
+            ).text
         samples = {
             line.split(" ")[0]: float(line.split(" ")[1])
             for line in text.splitlines()

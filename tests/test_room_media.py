@@ -283,7 +283,7 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 assert info["household_viewers"] == 3
                 event = await asyncio.wait_for(anext(aiter(viewers)), 10)
                 assert event["room"] == "hh" and event["households"] == 3
-                metrics = (await http.get("/metrics")).text
+                metrics = (await http.get("/metrics", headers=hub_server.metrics_headers)).text
                 assert 'practicehub_household_viewers{room="hh"} 3' in metrics
         finally:
             if pc is not None:

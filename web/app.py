@@ -31,6 +31,7 @@ from scheduler.runner import Runner, WebhookNotifier
 from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
+from web.api_docs import api_docs_router
 from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
@@ -78,7 +79,10 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(runner.stop)
             yield
 
-    app = FastAPI(title="Practice Hub", lifespan=lifespan)
+    # The API's description is for administrators (web/api_docs.py), not for anyone.
+    app = FastAPI(
+        title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.hub = hub
@@ -105,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(
         command_router(auth=auth, center=command, issue_token=hub_token_issuer(hub.signer))
     )
+    app.include_router(api_docs_router(auth, app.openapi))
     app.include_router(pages_router())
     app.include_router(library_pages_router())
     return app
