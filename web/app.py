@@ -35,6 +35,7 @@ from web.api_docs import api_docs_router
 from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
+from web.security_headers import SecurityHeaders
 
 
 def create_engine_for(settings: Settings) -> AsyncEngine:
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    app.add_middleware(SecurityHeaders)
     app.state.settings = settings
     app.state.engine = engine
     app.state.hub = hub
