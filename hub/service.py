@@ -11,7 +11,12 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from hub.aiortc_internals import check_internals, install_h264_profiles, restrict_host_addresses
+from hub.aiortc_internals import (
+    check_internals,
+    install_datagram_path,
+    install_h264_profiles,
+    restrict_host_addresses,
+)
 from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName, valid_room_name
 from hub.room import HubError, Participant, Room
@@ -51,6 +56,7 @@ class Hub:
     async def start(self) -> None:
         await check_internals()
         install_h264_profiles()
+        install_datagram_path()
         restrict_host_addresses(self.settings.ice_gather_addresses)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")

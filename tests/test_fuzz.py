@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import struct
+from collections import Counter
 
 import httpx
+import pytest
 import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
+from bench.fuzz import ROOM as FUZZ_ROOM
+from bench.fuzz import Inputs, sdp_offers
 from hub.client import HubClient
 from hub.peers import make_peer_connection
 from tests.helpers import first_track
@@ -233,3 +238,107 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
     finally:
         await station.close()
         await center.close()
+
+
+# --- what bench/fuzz.py found -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/login", b'{"username": "\xff\xfe", "password": 5}'),
+        ("/api/login", b'{"username": "\\ud800", "password": "\\udfff"}'),
+        ("/api/login", b"\x86\x00garbage"),
+        ("/api/rooms/fuzz/restreams", b'{"url": "\\ud800", "x": 1}'),
+    ],
+)
+async def test_a_request_body_that_is_not_text_gets_a_4xx(
+    hub_server: RunningHub, path: str, body: bytes
+) -> None:
+    """The validation error used to echo the input: bytes that are not UTF-8, or a
+    lone surrogate, then failed to render and the answer was a 500."""
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        response = await http.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 401, 422), response.text
+    assert "detail" in response.json()
+
+
+async def test_a_static_path_too_long_for_the_file_system_is_404(hub_server: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        response = await http.get("/static/" + "x" * 300)
+        nested = await http.get("/static/js/" + "a/" * 3000 + "b.js")
+    assert (response.status_code, nested.status_code) == (404, 404)
+
+
+def stun_garbage() -> list[bytes]:
+    """STUN requests whose length adds up but whose attributes are too short for their
+    type: aioice's parser raised struct.error (not ValueError) on them, out of the
+    socket's callback."""
+    cookie = struct.pack("!I", 0x2112A442)
+
+    def request(kind: int, value: bytes) -> bytes:
+        attribute = struct.pack("!HH", kind, len(value)) + value + bytes(-len(value) % 4)
+        return struct.pack("!HH", 0x0001, len(attribute)) + cookie + bytes(12) + attribute
+
+    # PRIORITY (4 bytes), ICE-CONTROLLING and ICE-CONTROLLED (8 bytes each)
+    return [request(0x0024, b"\x01\x02"), request(0x802A, bytes(4)), request(0x8029, b"\x01")]
+
+
+async def test_malformed_stun_is_dropped_without_a_traceback(
+    hub_server: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("stun", "C", "center"))
+    viewer = HubClient(hub_server.ws, hub_server.token("stun", "V", "viewer"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await viewer.connect()
+        track = (await first_track(viewer, "camera")).track
+        await decode_frames(track, 3)
+        assert center.publisher is not None and viewer.subscriber is not None
+        ports = {
+            int(line.split()[5])
+            for pc in (center.publisher, viewer.subscriber)
+            for line in pc.remoteDescription.sdp.splitlines()
+            if line.startswith("a=candidate:") and " 127.0.0.1 " in line
+        }
+        loop = asyncio.get_running_loop()
+        sender, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        try:
+            for port in ports:
+                for datagram in stun_garbage() * 5:
+                    sender.sendto(datagram, ("127.0.0.1", port))
+        finally:
+            sender.close()
+        await asyncio.sleep(0.5)
+        assert len(await decode_frames(track, 30, timeout=15)) == 30
+    finally:
+        await viewer.close()
+        await center.close()
+    tracebacks = [r for r in caplog.records if r.exc_info or "Exception in" in r.getMessage()]
+    assert tracebacks == []
+
+
+@pytest.mark.parametrize("kind", ["whip", "whep"])
+async def test_mangled_whip_and_whep_offers_get_a_resource_or_a_4xx(
+    hub_server: RunningHub, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiortc can fail to answer an offer it accepted: the WHEP answer was made outside
+    the guard and became a 500."""
+    offer, whep_offer = await sdp_offers()
+    role = "ingest" if kind == "whip" else "viewer"
+    token = hub_server.token(FUZZ_ROOM, "F1", role)
+    inputs = Inputs(random.Random(3), [], offer, whep_offer, [{"Authorization": f"Bearer {token}"}])
+    statuses: Counter[int] = Counter()
+    async with httpx.AsyncClient(base_url=hub_server.base, timeout=30) as http:
+        for _ in range(150):
+            item = inputs.whip(kind)
+            response = await http.post(item.path, content=item.body, headers=item.headers)
+            statuses[response.status_code] += 1
+            if response.status_code == 201:
+                await http.delete(response.headers["location"], headers=item.headers)
+    assert statuses[201] > 0 and not [s for s in statuses if s >= 500], statuses
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == []
