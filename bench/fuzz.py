@@ -601,6 +601,7 @@ class Tally:
     timeouts: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     unsendable: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
 
 
 class Signaling:
@@ -672,10 +673,12 @@ async def send_http(
         response = await http.send(request, stream=True)
         try:
             read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= MAX_BODY_READ:
-                    break
+            # An event stream is open for as long as the client stays: its headers will do.
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= MAX_BODY_READ:
+                        break
         finally:
             await response.aclose()
     except httpx.TimeoutException:
@@ -688,7 +691,10 @@ async def send_http(
         tally.server_errors.append(f"{label}: connection dropped: {exc}")
         return None
     tally.statuses[response.status_code] += 1
-    if response.status_code >= 500:
+    # 503 with Retry-After is an answer (live HLS while its stream starts), not a failure.
+    if response.status_code >= 500 and not (
+        response.status_code == 503 and "retry-after" in response.headers
+    ):
         tally.server_errors.append(f"{label}: HTTP {response.status_code}")
     return response
 
@@ -745,6 +751,7 @@ async def run(count: int, seed: int, work: Path, progress: bool = False) -> dict
             try:
                 for n, kind in enumerate(inputs.plan(count)):
                     tally.by_kind[kind] += 1
+                    began = time.monotonic()
                     if kind == "signaling":
                         await signaling.exchange(inputs.signaling())
                     elif kind == "sdp":
@@ -763,6 +770,7 @@ async def run(count: int, seed: int, work: Path, progress: bool = False) -> dict
                         sender.sendto(datagram, ("127.0.0.1", inputs.rng.choice(ports)))
                         if n % 50 == 0:
                             await asyncio.sleep(0)  # let the hub drain its socket
+                    tally.seconds[kind] += time.monotonic() - began
                     if progress and n % 500 == 499:
                         print(f"{n + 1} inputs, {len(tally.server_errors)} server errors",
                               file=sys.stderr)  # fmt: skip
@@ -787,6 +795,7 @@ async def run(count: int, seed: int, work: Path, progress: bool = False) -> dict
     ]
     result |= {
         "by_kind": dict(sorted(tally.by_kind.items())),
+        "seconds_by_kind": {k: round(v, 1) for k, v in sorted(tally.seconds.items())},
         "server_errors": len(tally.server_errors),
         "server_error_samples": tally.server_errors[:20],
         "timeouts": len(tally.timeouts),

@@ -1,4 +1,5 @@
-"""A few hundred mangled SDPs and messages; then a normal join still works."""
+"""Bad input: mangled SDPs, messages, bodies and datagrams (the generator is
+bench/fuzz.py's); then a normal join still works."""
 
 from __future__ import annotations
 
@@ -7,117 +8,22 @@ import json
 import random
 import struct
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
+from bench.fuzz import FIXED_MESSAGES, Inputs, mangle_sdp, sdp_offers
+from bench.fuzz import KINDS as FUZZ_KINDS
 from bench.fuzz import ROOM as FUZZ_ROOM
-from bench.fuzz import Inputs, sdp_offers
+from bench.fuzz import run as run_fuzz
 from hub.client import HubClient
 from hub.peers import make_peer_connection
 from tests.helpers import first_track
 from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
-
-NASTY_LINES = [
-    "m=video -1 UDP/TLS/RTP/SAVPF 96",
-    "m=audio 9 UDP/TLS/RTP/SAVPF",
-    "a=rtpmap:96 VP8/notanumber",
-    "a=rtpmap:300 opus/48000/2",
-    "a=fmtp:96 profile-level-id=zzzzzz;packetization-mode=9",
-    "a=fingerprint:sha-999 00:11",
-    "a=fingerprint:sha-256",
-    "a=candidate:garbage",
-    "a=candidate:1 1 UDP 1 999.999.999.999 70000 typ host",
-    "a=ssrc:notanumber cname:x",
-    "a=ssrc-group:FID 1",
-    "a=extmap:999 urn:nothing",
-    "a=ice-ufrag:",
-    "a=setup:sideways",
-    "a=mid:",
-    "a=group:BUNDLE 7 8 9",
-    "a=rtcp-fb:96",
-    "c=IN IP9 nowhere",
-    "a=msid:" + "x" * 5000,
-    "\x00\x01\x02",
-    "a=rtpmap:96 H264/90000\r\na=fmtp:96 profile-level-id=640c2a;packetization-mode=1",
-]
-
-
-def mangle(sdp: str, rng: random.Random) -> str:
-    lines = sdp.split("\r\n")
-    for _ in range(rng.randint(1, 4)):
-        action = rng.randrange(6)
-        i = rng.randrange(len(lines))
-        if action == 0:
-            del lines[i]
-        elif action == 1:
-            lines.insert(i, rng.choice(NASTY_LINES))
-        elif action == 2:
-            lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
-        elif action == 3:
-            lines.insert(i, lines[i])
-        elif action == 4 and lines[i]:
-            chars = list(lines[i])
-            chars[rng.randrange(len(chars))] = chr(rng.randrange(32, 0x3000))
-            lines[i] = "".join(chars)
-        else:
-            return "\r\n".join(lines)[: rng.randrange(len(sdp) + 1)]
-    return "\r\n".join(lines)
-
-
-def mangled_messages(rng: random.Random, token: str) -> list[str]:
-    messages = [
-        "not json",
-        "[]",
-        "null",
-        '"offer"',
-        "{}",
-        '{"type": 7}',
-        '{"type": "nope"}',
-        '{"type": "' + "x" * 300 + '"}',
-        '{"type": "join"}',
-        '{"type": "join", "token": 5}',
-        json.dumps({"type": "join", "token": token}),  # a second join
-        '{"type": "offer", "pc": "subscriber", "sdp": "v=0"}',
-        '{"type": "answer", "pc": "subscriber", "sdp": "v=0"}',
-        '{"type": "answer", "pc": "publisher", "sdp": 1}',
-        '{"type": "candidate", "pc": "publisher", "candidate": {"candidate": "garbage"}}',
-        '{"type": "candidate", "pc": "publisher", "candidate": "x"}',
-        '{"type": "moderate", "action": "stage", "participant": "PA_x", "on_stage": true}',
-        '{"type": "mute", "source": "tv", "muted": true}',
-        '{"type": "mute", "source": "camera", "muted": "yes"}',
-        '{"type": "unpublish", "source": "screen"}',
-        '{"type": "hand"}',
-        '{"type": "chat", "text": ""}',
-        '{"type": "ping", "id": {"a": 1}}',
-        "[" * 5000 + "]" * 5000,
-        '{"type": "chat", "text": "\\ud800"}',
-    ]
-    for _ in range(60):
-        kind = rng.choice(["offer", "answer", "candidate", "mute", "hand", "chat", "moderate"])
-        body = {"type": kind}
-        for field in rng.sample(
-            [
-                "pc",
-                "sdp",
-                "source",
-                "muted",
-                "raised",
-                "text",
-                "candidate",
-                "action",
-                "participant",
-            ],
-            3,
-        ):
-            body[field] = rng.choice(
-                [None, 1, -1.5, True, "x", [], {}, "camera", "publisher", "\u4e2d"]
-            )
-        messages.append(json.dumps(body))
-    return messages
 
 
 async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: RunningHub) -> None:
@@ -135,7 +41,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
         await ws.send(json.dumps({"type": "join", "token": token}))
         assert json.loads(await ws.recv())["type"] == "joined"
 
-        async def exchange(message: str) -> None:
+        async def exchange(message: str | bytes) -> None:
             """Send, then ping: messages are handled in order, so the pong comes
             after whatever this message provoked."""
             nonlocal replies
@@ -148,7 +54,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
                     return
 
         for _ in range(250):
-            sdp = mangle(valid, rng)
+            sdp = mangle_sdp(valid, rng)
             await exchange(
                 json.dumps(
                     {
@@ -159,7 +65,8 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
                     }
                 )
             )
-        for message in mangled_messages(rng, token):
+        inputs = Inputs(rng, [], valid, valid, [{}], signaling_token=token)
+        for message in [*FIXED_MESSAGES, *(inputs.signaling() for _ in range(60))]:
             await exchange(message)
         await ws.send(b"\x00binary")
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "bad_message"
@@ -171,7 +78,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
         for _ in range(60):
             response = await http.post(
                 f"{hub_server.base}/whip/fuzz",
-                content=mangle(valid, rng).encode("utf-8", "surrogatepass"),
+                content=mangle_sdp(valid, rng).encode("utf-8", "surrogatepass"),
                 headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {ingest}"},
             )
             assert response.status_code in (201, 400), response.text
@@ -342,3 +249,33 @@ async def test_mangled_whip_and_whep_offers_get_a_resource_or_a_4xx(
     assert statuses[201] > 0 and not [s for s in statuses if s >= 500], statuses
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
     assert tracebacks == []
+
+
+async def test_a_few_hundred_inputs_of_the_fuzz_benchmark(tmp_path: Path) -> None:
+    """The benchmark's own generator and runner (bench/fuzz.py) at a small count: a
+    hub in its own process, every kind of input, no 5xx and no traceback, the hub
+    alive, a normal join decoding afterwards."""
+    result = await run_fuzz(400, seed=20261206, work=tmp_path)
+    assert result["server_errors"] == 0, result["server_error_samples"]
+    assert result["timeouts"] == 0, result["timeout_samples"]
+    assert set(result["by_kind"]) == set(FUZZ_KINDS) and sum(result["by_kind"].values()) == 400
+    assert result["hub_alive"] and result["target_still_decodes"] and result["normal_join_after"]
+    assert result["rss_mb_after"] - result["rss_mb_before"] < 40
+
+
+async def test_a_surrogate_pair_is_text_and_a_lone_surrogate_is_a_400(
+    hub_server: RunningHub,
+) -> None:
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        pair = await http.post(
+            "/api/login",
+            content=b'{"username": "\\ud83d\\ude00", "password": "not it at all"}',
+            headers={"Content-Type": "application/json"},
+        )
+        lone = await http.post(
+            "/api/login",
+            content=b'{"username": "x", "password": "\\ud800 not it"}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert pair.status_code == 401, pair.text  # an ordinary wrong login
+    assert lone.status_code == 400 and "surrogate" in lone.json()["detail"]

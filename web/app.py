@@ -33,7 +33,7 @@ from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
 from web.api_docs import api_docs_router
-from web.errors import validation_error
+from web.errors import UnicodeJson, validation_error
 from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    app.add_middleware(UnicodeJson)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
