@@ -545,7 +545,8 @@ class Target:
         await self.publisher.close()
 
 
-def _ports_and_ufrag(sdp: str) -> tuple[list[int], str]:
+def hub_ice(sdp: str) -> tuple[list[int], str]:
+    """The 127.0.0.1 ports and the ICE user name fragment of the hub's side of ``sdp``."""
     ports = sorted(
         {
             int(line.split()[5])
@@ -581,8 +582,8 @@ async def media_target(hub: HubProcess) -> Target:
     if not await first_frame(subscriber):
         raise FuzzError("the datagram target's subscriber decoded nothing")
     assert publisher.publisher is not None and subscriber.subscriber is not None
-    up_ports, up_ufrag = _ports_and_ufrag(publisher.publisher.remoteDescription.sdp)
-    down_ports, down_ufrag = _ports_and_ufrag(subscriber.subscriber.remoteDescription.sdp)
+    up_ports, up_ufrag = hub_ice(publisher.publisher.remoteDescription.sdp)
+    down_ports, down_ufrag = hub_ice(subscriber.subscriber.remoteDescription.sdp)
     if not up_ports or not down_ports:
         raise FuzzError("no 127.0.0.1 candidates in the hub's descriptions")
     return Target(

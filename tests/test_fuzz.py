@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from bench.fuzz import FIXED_MESSAGES, Inputs, mangle_sdp, sdp_offers
+from bench.fuzz import FIXED_MESSAGES, Inputs, hub_ice, mangle_sdp, sdp_offers
 from bench.fuzz import KINDS as FUZZ_KINDS
 from bench.fuzz import ROOM as FUZZ_ROOM
 from bench.fuzz import run as run_fuzz
@@ -100,6 +101,23 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(hub_server: Runnin
         await center.close()
 
 
+async def send_to_the_hub(peers: list[RTCPeerConnection], datagrams: list[bytes]) -> None:
+    """Send ``datagrams`` from a stranger's socket to each of the hub's ICE ports (of
+    its side of each connection), then give the hub a moment to read them."""
+    ports = {port for pc in peers for port in hub_ice(pc.remoteDescription.sdp)[0]}
+    assert ports
+    sender, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        for port in sorted(ports):
+            for datagram in datagrams:
+                sender.sendto(datagram, ("127.0.0.1", port))
+    finally:
+        sender.close()
+    await asyncio.sleep(0.5)
+
+
 async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
     hub_server: RunningHub,
 ) -> None:
@@ -115,13 +133,6 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
         track = (await first_track(station, "camera")).track
         await decode_frames(track, 3)
         assert center.publisher is not None
-        answer = center.publisher.remoteDescription.sdp
-        ports = {
-            int(line.split()[5])
-            for line in answer.splitlines()
-            if line.startswith("a=candidate:") and " 127.0.0.1 " in line
-        }
-        assert ports
         stray = [
             b"\x80" + bytes(1599),  # SRTP-looking, over 1,500 bytes
             b"\x90" + random.randbytes(3000),
@@ -129,17 +140,7 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
             b"\x80",
             random.randbytes(200),
         ]
-        loop = asyncio.get_running_loop()
-        sender, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
-        )
-        try:
-            for port in ports:
-                for datagram in stray * 20:
-                    sender.sendto(datagram, ("127.0.0.1", port))
-        finally:
-            sender.close()
-        await asyncio.sleep(0.5)
+        await send_to_the_hub([center.publisher], stray * 20)
         frames = await decode_frames(track, 30, timeout=15)
         assert len(frames) == 30
     finally:
@@ -203,23 +204,7 @@ async def test_malformed_stun_is_dropped_without_a_traceback(
         track = (await first_track(viewer, "camera")).track
         await decode_frames(track, 3)
         assert center.publisher is not None and viewer.subscriber is not None
-        ports = {
-            int(line.split()[5])
-            for pc in (center.publisher, viewer.subscriber)
-            for line in pc.remoteDescription.sdp.splitlines()
-            if line.startswith("a=candidate:") and " 127.0.0.1 " in line
-        }
-        loop = asyncio.get_running_loop()
-        sender, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
-        )
-        try:
-            for port in ports:
-                for datagram in stun_garbage() * 5:
-                    sender.sendto(datagram, ("127.0.0.1", port))
-        finally:
-            sender.close()
-        await asyncio.sleep(0.5)
+        await send_to_the_hub([center.publisher, viewer.subscriber], stun_garbage() * 5)
         assert len(await decode_frames(track, 30, timeout=15)) == 30
     finally:
         await viewer.close()
