@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.fanout import HubProcess
+from bench.fanout import HubProcess, create_admin
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, TokenSigner, grant_for_role
 
@@ -34,14 +33,8 @@ ROOM = "county-meeting"
 ADMIN = ("bench-admin", "bench-password-1")
 
 
-def _run(*argv: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run(
-        [sys.executable, "-m", *argv],
-        cwd=ROOT,
-        check=True,
-        timeout=60,
-        env=None if env is None else os.environ | env,
-    )
+def _run(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, timeout=60)
 
 
 class Station:
@@ -181,10 +174,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         data_dir = Path(tmp)
         database = f"sqlite+aiosqlite:///{data_dir / 'hub.sqlite3'}"
         _run("scheduler.seed", "--database-url", database)
-        _run(
-            *("hub", "admin", "create", "--username", ADMIN[0], "--data-dir", str(data_dir)),
-            env={"HUB_ADMIN_PASSWORD": ADMIN[1]},
-        )
+        create_admin(data_dir, *ADMIN)
         hub = HubProcess(data_dir)
         try:
             hub.wait_healthy(30)

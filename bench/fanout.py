@@ -155,12 +155,32 @@ def git_commit(checkout: Path) -> str | None:
     return commit + ("+" if dirty else "")
 
 
+def create_admin(data_dir: Path, username: str, password: str) -> None:
+    """A center administrator made as an installer makes one: ``practice-hub admin
+    create`` (it creates the tables if needed; SQLite lets it write next to a running
+    hub). Blocking."""
+    argv = ["admin", "create", "--username", username, "--data-dir", str(data_dir)]
+    subprocess.run(
+        [sys.executable, "-m", "hub", *argv],
+        env=os.environ | {"HUB_ADMIN_PASSWORD": password},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 class HubProcess:
     """``python -m hub serve`` on 127.0.0.1 with a fresh data directory, from this
     checkout or from ``source``, another one (to compare two commits' hubs under
-    the same load)."""
+    the same load). ``settings``: more ``HUB_*`` variables for it."""
 
-    def __init__(self, data_dir: Path, source: Path = ROOT, fastpath: str = "c") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        source: Path = ROOT,
+        fastpath: str = "c",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         self.signer = TokenSigner(self.secret)
@@ -170,6 +190,7 @@ class HubProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]'}
         env["HUB_FASTPATH"] = fastpath
+        env |= settings or {}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [

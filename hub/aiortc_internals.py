@@ -19,6 +19,7 @@ import os
 import queue
 import random
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -620,8 +621,7 @@ class _DirectReceive:
         connection = dtls.transport._connection
         direct: _DirectReceive | None = getattr(connection, "_hub_direct", None)
         if direct is None:
-            # Idempotent; a no-op for every connection without a direct path.
-            aioice.ice.StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
+            install_datagram_path()
             direct = cls(dtls)
             setattr(connection, "_hub_direct", direct)  # noqa: B010
         return direct
@@ -648,7 +648,19 @@ def _datagram_received(
 ) -> None:
     direct: _DirectReceive | None = getattr(self.receiver, "_hub_direct", None)
     if direct is None or not isinstance(data, bytes) or not direct(data):
-        _original_datagram_received(self, data, addr)
+        try:
+            _original_datagram_received(self, data, addr)
+        except struct.error:
+            # aioice 0.13 drops a STUN message it cannot parse (ValueError), except one
+            # whose attribute is too short for its type: struct.error, which reached the
+            # event loop's exception handler. Anyone can send one: drop it the same way.
+            pass
+
+
+def install_datagram_path() -> None:
+    """Every ICE socket's datagrams go through :func:`_datagram_received` (idempotent):
+    the direct receive path of publishers' media, and malformed STUN dropped."""
+    aioice.ice.StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
 
 # --- publishing: pace a sender's packets ---------------------------------------

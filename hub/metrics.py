@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import fields
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hub import fastpath
@@ -26,7 +28,9 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(hub: Hub) -> str:
+def render(hub: Hub, *, per_room: bool) -> str:
+    """The node's figures; ``per_room`` adds the series that name rooms and
+    participants (who is where, and their links)."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -56,6 +60,8 @@ def render(hub: Hub) -> str:
             _HELP[field.name],
             [("", getattr(hub.stats, field.name))],
         )
+    if not per_room:
+        return "\n".join(lines) + "\n"
     rtt: list[tuple[str, float]] = []
     loss: list[tuple[str, float]] = []
     bitrate: list[tuple[str, float]] = []
@@ -87,7 +93,20 @@ def metrics_router(hub: Hub) -> APIRouter:
         return JSONResponse({"status": "ok", "node": hub.node_id, "rooms": len(hub.rooms)})
 
     @router.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(render(hub), media_type="text/plain; version=0.0.4")
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> PlainTextResponse:
+        """Without ``HUB_METRICS_TOKEN``: node-wide figures for anyone. With it: every
+        series, for a scraper sending ``Authorization: Bearer <token>`` only."""
+        token = hub.settings.metrics_token
+        if token:
+            sent = (authorization or "").encode()
+            if not hmac.compare_digest(sent, f"Bearer {token}".encode()):
+                return PlainTextResponse(
+                    "send Authorization: Bearer <HUB_METRICS_TOKEN>",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return PlainTextResponse(
+            render(hub, per_room=bool(token)), media_type="text/plain; version=0.0.4"
+        )
 
     return router

@@ -84,6 +84,14 @@ def parse_sdp(sdp: str, max_media: int | None = None) -> list[OfferedMedia]:
         )
     if not media:
         raise SdpError("no audio or video m-line")
+    mids = {m.mid for m in media}
+    for group in description.group:
+        # aiortc accepts a BUNDLE of m-lines that are not there, then fails to answer.
+        missing = [
+            str(mid) for mid in group.items if group.semantic == "BUNDLE" and mid not in mids
+        ]
+        if missing:
+            raise SdpError(f"BUNDLE names m-lines that are not in the SDP: {' '.join(missing)}")
     return media
 
 

@@ -180,7 +180,8 @@ class RoomMedia:
         }
 
     def status(self) -> dict[str, Any]:
-        """The moderators' view: the public one, restreams and the last errors."""
+        """The moderators' view: also the restream targets (their URLs with the
+        secrets hidden) and the last errors, ffmpeg's words included."""
         restreams = self.restreamer.status() if self.restreamer is not None else {}
         return {
             **self.public_status(),

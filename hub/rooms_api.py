@@ -6,16 +6,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from hub.ids import RoomName
+from hub.ids import ROOM_NAME_PATTERN, RoomName
 from hub.room import HubError, Room
 from hub.room_media import MediaError
 from hub.service import Hub
 from hub.tokens import Grant
 
-ROOM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-RoomPath = Annotated[str, Path(pattern=ROOM_NAME)]
+RoomPath = Annotated[str, Path(pattern=ROOM_NAME_PATTERN)]
 
 
 class RoomPatch(BaseModel):
@@ -29,19 +26,29 @@ class RestreamBody(BaseModel):
     url: Annotated[str, StringConstraints(max_length=2048)]
 
 
-def room_info(room: Room) -> dict[str, Any]:
-    media = room.media.status()
+def household_info(room: Room) -> dict[str, Any]:
+    """What anyone may know of a room: what the household page needs to play it, and
+    whether it is recorded (households are told, as everyone in the room is)."""
+    media = room.media.public_status()
     return {
         "name": room.name,
         "public": room.public,
+        "recording": media["recording"],
+        "live": media["live"],
+        "hls_url": media["hls_url"],
+    }
+
+
+def room_info(room: Room) -> dict[str, Any]:
+    """The whole room, for its moderators: who is in it, hands, media and errors."""
+    media = room.media.status()
+    return {
+        **household_info(room),
         "created_at": room.created_at,
         "participants": len(room.participants),
         "stage": [{"sid": p.sid, "identity": p.identity, "name": p.name} for p in room.stage],
         "hands": [p.sid for p in room.hands()],
         "media": media,
-        "recording": media["recording"],
-        "live": media["live"],
-        "hls_url": media["hls_url"],
         "household_viewers": room.media.household_viewers(),
     }
 
@@ -49,13 +56,20 @@ def room_info(room: Room) -> dict[str, Any]:
 def rooms_router(hub: Hub) -> APIRouter:
     router = APIRouter(prefix="/api/rooms", tags=["rooms"])
 
-    def moderator(authorization: Annotated[str | None, Header()] = None) -> Grant:
-        if authorization is None or not authorization.lower().startswith("bearer "):
+    def bearer(authorization: Annotated[str | None, Header()] = None) -> Grant | None:
+        """The grant of the token sent, if any; 401 for one that is not valid."""
+        if authorization is None:
+            return None
+        if not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "send Authorization: Bearer <moderator token>")
         try:
-            grant = hub.verify(authorization[7:].strip())
+            return hub.verify(authorization[7:].strip())
         except HubError as exc:
             raise HTTPException(401, exc.message) from None
+
+    def moderator(grant: Annotated[Grant | None, Depends(bearer)]) -> Grant:
+        if grant is None:
+            raise HTTPException(401, "send Authorization: Bearer <moderator token>")
         if not grant.can_moderate:
             raise HTTPException(403, f"{grant.role.value} cannot manage rooms")
         return grant
@@ -74,8 +88,14 @@ def rooms_router(hub: Hub) -> APIRouter:
         return room
 
     @router.get("/{name}")
-    async def get_room(name: RoomPath) -> dict[str, Any]:
-        return room_info(await existing(name))
+    async def get_room(
+        name: RoomPath, grant: Annotated[Grant | None, Depends(bearer)]
+    ) -> dict[str, Any]:
+        """Anyone: the household view; a moderator of this room: the whole room."""
+        room = await existing(name)
+        if grant is not None and grant.can_moderate and grant.room == name:
+            return room_info(room)
+        return household_info(room)
 
     @router.post("/{name}", status_code=201)
     async def open_room(name: RoomPath, grant: ModeratorDep) -> dict[str, Any]:

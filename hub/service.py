@@ -14,12 +14,13 @@ from aiortc import RTCIceServer
 from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
+    install_datagram_path,
     install_h264_profiles,
     keep_consent_while_heard,
     restrict_host_addresses,
 )
 from hub.forwarding import ForwardingStats
-from hub.ids import NodeID, RoomName
+from hub.ids import NodeID, RoomName, valid_room_name
 from hub.limits import RoomLimits
 from hub.room import HubError, Participant, Room
 from hub.room_media import Recorded
@@ -60,6 +61,7 @@ class Hub:
         install_h264_profiles()
         accept_offered_payload_types()
         keep_consent_while_heard(self.settings.peer_silence_timeout)
+        install_datagram_path()
         restrict_host_addresses(self.settings.ice_gather_addresses)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
@@ -77,6 +79,10 @@ class Hub:
 
     async def room(self, name: RoomName, *, create: bool = True) -> Room:
         """The room on this node, created (and claimed in the cluster) if needed."""
+        try:
+            valid_room_name(name)  # its media go to directories named after it
+        except ValueError as exc:
+            raise HubError("bad_message", str(exc)) from None
         lock = self._room_locks.setdefault(name, asyncio.Lock())
         async with lock:
             room = self.rooms.get(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -87,9 +88,18 @@ class Settings(BaseSettings):
     every participant of the room."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
+    metrics_token: str | None = None
+    """``/metrics`` wants ``Authorization: Bearer <this>`` and then adds the per-room and
+    per-participant series; unset, it serves node-wide figures only, to anyone."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
     """Serve HTTPS directly: browsers give the camera only to secure origins."""
+
+    def private_data_dir(self) -> Path:
+        """The data dir, created readable by the hub's user only (it holds the token
+        secret, password hashes and CSRF tokens); an existing one is left as it is."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.data_dir
 
     def resolved_secret(self) -> str:
         """The token secret: configured, or generated once and kept in the data dir."""
@@ -97,17 +107,26 @@ class Settings(BaseSettings):
             if len(self.secret) < 16:
                 raise ValueError("HUB_SECRET must be at least 16 characters")
             return self.secret
-        path = self.data_dir / "secret"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        path.write_text(value)
-        path.chmod(0o600)
-        return value
+        path = self.private_data_dir() / "secret"
+        if not path.exists():
+            # Written whole to a file that is private from its creation, then linked
+            # into place: a process starting at the same time reads one whole secret.
+            draft = path.with_name(f"secret.{secrets.token_hex(8)}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as file:
+                    file.write(secrets.token_urlsafe(32))
+                os.link(draft, path)
+            except FileExistsError:
+                pass  # another process was first: use its secret
+            finally:
+                draft.unlink()
+        return path.read_text().strip()
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.sqlite3').resolve()}"
+        path = self.private_data_dir() / "hub.sqlite3"
+        # SQLite would create it (and its journal, with the same mode) readable by all.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        return f"sqlite+aiosqlite:///{path.resolve()}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from hub.ids import ParticipantIdentity, RoomName
+from hub.ids import ParticipantIdentity, RoomName, valid_room_name
 
 MAX_TOKEN_LENGTH = 4096
 """Longer tokens are refused before any decoding (they arrive in URLs and headers)."""
@@ -103,12 +103,13 @@ def grant_for_role(
     name: str | None = None,
     now: float | None = None,
 ) -> Grant:
-    """The default grant of ``role``, valid for ``ttl`` seconds from ``now``."""
+    """The default grant of ``role``, valid for ``ttl`` seconds from ``now``; ValueError
+    for a bad ``ttl`` or a ``room`` that is not a room name."""
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError("ttl must be a positive number of seconds")
     defaults = _ROLE_DEFAULTS[role]
     return Grant(
-        room=room,
+        room=valid_room_name(room),
         identity=identity,
         name=identity if name is None else name,
         role=role,
@@ -175,10 +176,14 @@ def _grant_from_claims(claims: Any) -> Grant:
         source_set = frozenset(Source(source) for source in sources)
     except ValueError:
         raise TokenError("unknown source") from None
+    try:
+        room = valid_room_name(_claim(claims, "room", str))
+    except ValueError:
+        raise TokenError("invalid claim 'room'") from None
     # Tokens of an older hub, or of a portal, may carry no "chat": the role decides.
     chat = _claim(claims, "chat", bool) if "chat" in claims else _ROLE_DEFAULTS[role].chat
     return Grant(
-        room=RoomName(_claim(claims, "room", str)),
+        room=room,
         identity=ParticipantIdentity(_claim(claims, "sub", str)),
         name=_claim(claims, "name", str),
         role=role,

@@ -311,7 +311,9 @@ def library_router(
             raise HTTPException(404, "this item has no processing job")
         return job_json(job)
 
-    @router.api_route("/library/{item_id}/{name}", methods=["GET", "HEAD"])
+    # One operation in the API description: GET and HEAD in one route share its id.
+    @router.get("/library/{item_id}/{name}")
+    @router.head("/library/{item_id}/{name}", include_in_schema=False)
     async def media_file(item: Visible, name: str) -> Response:
         """HLS playlist and segments, the MP4 (HTTP Range supported), the poster."""
         path = await asyncio.to_thread(_media_path, library_dir, item.id, name)

@@ -17,6 +17,7 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,10 +51,67 @@ class TargetStatus:
     """``time.time()`` of the last state change."""
 
 
+HIDDEN = "***"
+MIN_SECRET = 4
+"""Parts of a URL shorter than this are not hunted down in ffmpeg's messages."""
+
+
+def _split(url: str) -> tuple[urllib.parse.SplitResult, str, str] | None:
+    """The URL's parts, the app (the path's first segment) and what follows it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+    app, slash, rest = parts.path.removeprefix("/").partition("/")
+    return parts, app, rest if slash else ""
+
+
 def hide_key(url: str) -> str:
-    """``rtmp://host/app/KEY`` → ``rtmp://host/app/***``: stream keys are secrets."""
-    head, _, key = url.rpartition("/")
-    return f"{head}/***" if head.count("/") >= 3 and key else url
+    """The URL with its secrets hidden, its target still recognisable:
+    ``rtmp://user:PASSWORD@host/app/KEY?sig=SIG`` → ``rtmp://user:***@host/app/***?sig=***``.
+    Kept: scheme, user, host, port and the app; hidden: the password, everything
+    after the app (the stream key, with or without a trailing slash), query values
+    and the fragment."""
+    split = _split(url)
+    if split is None:
+        return f"{url.partition('://')[0]}://{HIDDEN}"
+    parts, app, rest = split
+    user, at, host = parts.netloc.rpartition("@")
+    if at and parts.password is not None:
+        user = f"{user.partition(':')[0]}:{HIDDEN}"
+    path = parts.path
+    if rest.strip("/"):
+        path = f"/{app}/{HIDDEN}"
+    query = "&".join(
+        f"{name}={HIDDEN}" if is_pair else HIDDEN
+        for name, is_pair, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urllib.parse.urlunsplit(
+        (
+            parts.scheme,
+            f"{user}{at}{host}",
+            path,
+            query,
+            HIDDEN if parts.fragment else "",
+        )
+    )
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """``text`` (ffmpeg's words about ``url``) without the secrets of ``url``, however
+    ffmpeg spelled the URL."""
+    text = text.replace(url, hide_key(url))
+    split = _split(url)
+    if split is None:
+        return text.replace(url.partition("://")[2], HIDDEN)
+    parts, _, rest = split
+    secrets = [parts.password or "", rest.strip("/"), parts.query, parts.fragment]
+    secrets += rest.split("/") + parts.query.replace("=", "&").split("&")
+    # Longest first: a secret containing another is hidden whole. Shorter pieces are
+    # no secret worth the garbling (a "1" in every port number).
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True):
+        text = text.replace(secret, HIDDEN)
+    return text
 
 
 class _Target:
@@ -193,7 +251,7 @@ class _Target:
         with self._lock:
             self._process = None
         message = "; ".join(errors) or f"ffmpeg exited with status {process.returncode}"
-        message = message.replace(self.url, self.status.url)
+        message = hide_secrets(message, self.url)
         if chunk is None or self._stopping.is_set():
             return "ended", message
         return ("restart" if chunk == RESTART else "failed"), message

@@ -9,7 +9,6 @@ No ``from __future__ import annotations`` here: FastAPI must see the route-local
 
 import csv
 import io
-import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -21,8 +20,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hub.ids import ParticipantIdentity, RoomName
-from hub.rooms_api import ROOM_NAME
+from hub.ids import ParticipantIdentity, RoomName, valid_room_name
 from hub.store import Bus, Store
 from hub.tokens import Grant, grant_for_role
 from hub.tokens import Role as HubRole
@@ -68,7 +66,6 @@ AD_HOC_GRANT = timedelta(hours=8)
 """A grant for an ad-hoc room (no session, so no end): a working day."""
 PUBLIC_DAYS = 7
 """How far ahead households see what is coming."""
-_ROOM_NAME = re.compile(ROOM_NAME)
 
 STATISTICS_MAX_DAYS = 3660
 """Statistics reach back ten years at most."""
@@ -330,8 +327,10 @@ def command_router(
     def ad_hoc(account: Account, room: str) -> str:
         if account.role is not Role.CENTER_ADMIN:
             require("only the center opens ad-hoc rooms")
-        if not _ROOM_NAME.fullmatch(room):
-            raise HTTPException(422, detail="a room name is 1-64 letters, digits, '.', '_' or '-'")
+        try:
+            valid_room_name(room)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
         if parse_room(room) is not None:
             require("this name is a scheduled session's room: open it from the session")
         return room

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from media.processing import Layout
+from media.restream import hide_key
 from scheduler.accounts import LOGIN_COOKIE, MAX_PASSWORD_LENGTH, Account, Auth, require
 from scheduler.permissions import (
     Refusal,
@@ -173,8 +174,11 @@ def site_json(site: Site) -> dict[str, Any]:
     return {**asdict(site), "kind": site.kind.value}
 
 
-def session_json(session: Session) -> dict[str, Any]:
+def session_json(session: Session, *, editable: bool) -> dict[str, Any]:
+    """The session as the caller may see it: restream URLs carry stream keys, in full
+    only for a caller who may edit the session (``editable``), hidden for the others."""
     rule = session.recurrence
+    urls = session.options.restream_urls
     return {
         "id": session.id,
         "title": session.title,
@@ -192,7 +196,7 @@ def session_json(session: Session) -> dict[str, Any]:
         },
         "options": {
             **asdict(session.options),
-            "restream_urls": list(session.options.restream_urls),
+            "restream_urls": list(urls) if editable else [hide_key(url) for url in urls],
         },
         "status": session.status.value,
         "created_by": session.created_by,
@@ -259,6 +263,10 @@ def scheduler_router(
         tree = await sites.tree()
         require(check_view_session(account.actor, tree, session.host, session.audience))
         return session, tree
+
+    def may_edit(account: Account, tree: SiteTree, session: Session) -> bool:
+        refusal = check_cancel_session(account.actor, tree, session.host, session.audience)
+        return refusal is None
 
     # --- login ---
 
@@ -507,7 +515,7 @@ def scheduler_router(
         except ValueError as exc:
             return _refuse(str(exc))
         changed()
-        return session_json(session)
+        return session_json(session, editable=True)
 
     @router.put("/sessions/{session_id}", response_model=None)
     async def update_session(
@@ -527,22 +535,22 @@ def scheduler_router(
         except ValueError as exc:
             return _refuse(str(exc))
         changed()
-        return session_json(updated)
+        return session_json(updated, editable=True)
 
     @router.get("/sessions")
     async def list_sessions(account: AccountDep) -> list[dict[str, Any]]:
         """The sessions the caller may see, newest first."""
         tree = await sites.tree()
         return [
-            session_json(s)
+            session_json(s, editable=may_edit(account, tree, s))
             for s in await schedule.all()
             if check_view_session(account.actor, tree, s.host, s.audience) is None
         ]
 
     @router.get("/sessions/{session_id}")
     async def get_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
-        session, _ = await visible_session(account, session_id)
-        return session_json(session)
+        session, tree = await visible_session(account, session_id)
+        return session_json(session, editable=may_edit(account, tree, session))
 
     @router.post("/sessions/{session_id}/cancel")
     async def cancel_session(account: AccountDep, session_id: RowId) -> dict[str, Any]:
@@ -550,6 +558,6 @@ def scheduler_router(
         require(check_cancel_session(account.actor, tree, session.host, session.audience))
         cancelled = await schedule.cancel(session_id)
         changed()
-        return session_json(cancelled)
+        return session_json(cancelled, editable=True)
 
     return router

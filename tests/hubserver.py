@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 
@@ -20,6 +20,8 @@ from hub.tokens import Role, TokenSigner, grant_for_role
 from web.app import create_app
 
 SECRET = "test-secret-0123456789abcdef0123"
+METRICS_TOKEN = "test-metrics-token-0123456789"
+"""The test hub's scraper token (``HUB_METRICS_TOKEN``): /metrics then shows every series."""
 FIRST_TEST_PORT = 20000
 """Above the registered ports that services on this machine kind use (PostgreSQL 5432,
 Redis 6379, RabbitMQ 5672 and the like)."""
@@ -51,6 +53,7 @@ class RunningHub:
     hub: Hub
     signer: TokenSigner
     app: Any
+    metrics_headers: ClassVar[dict[str, str]] = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
     def token(
         self, room: str, identity: str, role: str, *, name: str | None = None, ttl: float = 3600
@@ -69,8 +72,7 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Running
         port=port,
         data_dir=data_dir,
         secret=SECRET,
-        ice_gather_addresses=["127.0.0.1"],
-        **overrides,
+        **{"ice_gather_addresses": ["127.0.0.1"], "metrics_token": METRICS_TOKEN, **overrides},
     )
     app = create_app(settings)
     server = uvicorn.Server(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import re
+import struct
 import tomllib
 from pathlib import Path
 
 import aioice.ice
+import aioice.stun
+import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
@@ -18,6 +21,7 @@ from hub.aiortc_internals import (
     ReceiverTap,
     accept_offered_payload_types,
     check_internals,
+    install_datagram_path,
     install_h264_profiles,
     keep_consent_while_heard,
     restrict_host_addresses,
@@ -25,6 +29,7 @@ from hub.aiortc_internals import (
 from hub.peers import make_peer_connection
 from hub.settings import Settings
 from tests.helpers import EncodedFrames, wait_until
+from tests.test_fuzz import stun_garbage
 
 
 async def test_pinned_internals_are_all_there() -> None:
@@ -164,3 +169,14 @@ async def test_frames_are_assembled_only_while_wanted() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+def test_aioice_still_raises_struct_error_on_a_short_stun_attribute() -> None:
+    """Why the hub's datagram path drops struct.error (hub/aiortc_internals.py): when
+    aioice raises ValueError instead, the guard is no longer needed."""
+
+    for datagram in stun_garbage():
+        with pytest.raises(struct.error):
+            aioice.stun.parse_message(datagram)
+    install_datagram_path()
+    assert aioice.ice.StunProtocol.datagram_received.__module__ == "hub.aiortc_internals"

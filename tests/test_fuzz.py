@@ -1,121 +1,31 @@
-"""A few hundred mangled SDPs and messages; then a normal join still works."""
+"""Bad input: mangled SDPs, messages, bodies and datagrams (the generator is
+bench/fuzz.py's); then a normal join still works."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+import struct
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
+from bench.fuzz import FIXED_MESSAGES, Inputs, hub_ice, mangle_sdp, sdp_offers
+from bench.fuzz import KINDS as FUZZ_KINDS
+from bench.fuzz import ROOM as FUZZ_ROOM
+from bench.fuzz import run as run_fuzz
 from hub.client import HubClient
 from hub.peers import make_peer_connection
 from tests.helpers import first_track
 from tests.hubserver import RunningHub, running_hub
 from tests.test_forwarding_e2e import decode_frames
-
-NASTY_LINES = [
-    "m=video -1 UDP/TLS/RTP/SAVPF 96",
-    "m=audio 9 UDP/TLS/RTP/SAVPF",
-    "a=rtpmap:96 VP8/notanumber",
-    "a=rtpmap:300 opus/48000/2",
-    "a=fmtp:96 profile-level-id=zzzzzz;packetization-mode=9",
-    "a=fingerprint:sha-999 00:11",
-    "a=fingerprint:sha-256",
-    "a=candidate:garbage",
-    "a=candidate:1 1 UDP 1 999.999.999.999 70000 typ host",
-    "a=ssrc:notanumber cname:x",
-    "a=ssrc-group:FID 1",
-    "a=extmap:999 urn:nothing",
-    "a=ice-ufrag:",
-    "a=setup:sideways",
-    "a=mid:",
-    "a=group:BUNDLE 7 8 9",
-    "a=rtcp-fb:96",
-    "c=IN IP9 nowhere",
-    "a=msid:" + "x" * 5000,
-    "\x00\x01\x02",
-    "a=rtpmap:96 H264/90000\r\na=fmtp:96 profile-level-id=640c2a;packetization-mode=1",
-]
-
-
-def mangle(sdp: str, rng: random.Random) -> str:
-    lines = sdp.split("\r\n")
-    for _ in range(rng.randint(1, 4)):
-        action = rng.randrange(6)
-        i = rng.randrange(len(lines))
-        if action == 0:
-            del lines[i]
-        elif action == 1:
-            lines.insert(i, rng.choice(NASTY_LINES))
-        elif action == 2:
-            lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
-        elif action == 3:
-            lines.insert(i, lines[i])
-        elif action == 4 and lines[i]:
-            chars = list(lines[i])
-            chars[rng.randrange(len(chars))] = chr(rng.randrange(32, 0x3000))
-            lines[i] = "".join(chars)
-        else:
-            return "\r\n".join(lines)[: rng.randrange(len(sdp) + 1)]
-    return "\r\n".join(lines)
-
-
-def mangled_messages(rng: random.Random, token: str) -> list[str]:
-    messages = [
-        "not json",
-        "[]",
-        "null",
-        '"offer"',
-        "{}",
-        '{"type": 7}',
-        '{"type": "nope"}',
-        '{"type": "' + "x" * 300 + '"}',
-        '{"type": "join"}',
-        '{"type": "join", "token": 5}',
-        json.dumps({"type": "join", "token": token}),  # a second join
-        '{"type": "offer", "pc": "subscriber", "sdp": "v=0"}',
-        '{"type": "answer", "pc": "subscriber", "sdp": "v=0"}',
-        '{"type": "answer", "pc": "publisher", "sdp": 1}',
-        '{"type": "candidate", "pc": "publisher", "candidate": {"candidate": "garbage"}}',
-        '{"type": "candidate", "pc": "publisher", "candidate": "x"}',
-        '{"type": "moderate", "action": "stage", "participant": "PA_x", "on_stage": true}',
-        '{"type": "mute", "source": "tv", "muted": true}',
-        '{"type": "mute", "source": "camera", "muted": "yes"}',
-        '{"type": "unpublish", "source": "screen"}',
-        '{"type": "hand"}',
-        '{"type": "chat", "text": ""}',
-        '{"type": "ping", "id": {"a": 1}}',
-        "[" * 5000 + "]" * 5000,
-        '{"type": "chat", "text": "\\ud800"}',
-    ]
-    for _ in range(60):
-        kind = rng.choice(["offer", "answer", "candidate", "mute", "hand", "chat", "moderate"])
-        body = {"type": kind}
-        for field in rng.sample(
-            [
-                "pc",
-                "sdp",
-                "source",
-                "muted",
-                "raised",
-                "text",
-                "candidate",
-                "action",
-                "participant",
-            ],
-            3,
-        ):
-            body[field] = rng.choice(
-                [None, 1, -1.5, True, "x", [], {}, "camera", "publisher", "\u4e2d"]
-            )
-        messages.append(json.dumps(body))
-    return messages
 
 
 @pytest.fixture
@@ -142,7 +52,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: Run
         await ws.send(json.dumps({"type": "join", "token": token}))
         assert json.loads(await ws.recv())["type"] == "joined"
 
-        async def exchange(message: str) -> None:
+        async def exchange(message: str | bytes) -> None:
             """Send, then ping: messages are handled in order, so the pong comes
             after whatever this message provoked."""
             nonlocal replies
@@ -155,7 +65,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: Run
                     return
 
         for _ in range(250):
-            sdp = mangle(valid, rng)
+            sdp = mangle_sdp(valid, rng)
             await exchange(
                 json.dumps(
                     {
@@ -166,7 +76,8 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: Run
                     }
                 )
             )
-        for message in mangled_messages(rng, token):
+        inputs = Inputs(rng, [], valid, valid, [{}], signaling_token=token)
+        for message in [*FIXED_MESSAGES, *(inputs.signaling() for _ in range(60))]:
             await exchange(message)
         await ws.send(b"\x00binary")
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "bad_message"
@@ -178,7 +89,7 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: Run
         for _ in range(60):
             response = await http.post(
                 f"{hub_server.base}/whip/fuzz",
-                content=mangle(valid, rng).encode("utf-8", "surrogatepass"),
+                content=mangle_sdp(valid, rng).encode("utf-8", "surrogatepass"),
                 headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {ingest}"},
             )
             assert response.status_code in (201, 400), response.text
@@ -203,6 +114,23 @@ async def test_mangled_input_gets_errors_and_the_hub_survives(unlimited_hub: Run
         await center.close()
 
 
+async def send_to_the_hub(peers: list[RTCPeerConnection], datagrams: list[bytes]) -> None:
+    """Send ``datagrams`` from a stranger's socket to each of the hub's ICE ports (of
+    its side of each connection), then give the hub a moment to read them."""
+    ports = {port for pc in peers for port in hub_ice(pc.remoteDescription.sdp)[0]}
+    assert ports
+    sender, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    try:
+        for port in sorted(ports):
+            for datagram in datagrams:
+                sender.sendto(datagram, ("127.0.0.1", port))
+    finally:
+        sender.close()
+    await asyncio.sleep(0.5)
+
+
 async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
     hub_server: RunningHub,
 ) -> None:
@@ -218,13 +146,6 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
         track = (await first_track(station, "camera")).track
         await decode_frames(track, 3)
         assert center.publisher is not None
-        answer = center.publisher.remoteDescription.sdp
-        ports = {
-            int(line.split()[5])
-            for line in answer.splitlines()
-            if line.startswith("a=candidate:") and " 127.0.0.1 " in line
-        }
-        assert ports
         stray = [
             b"\x80" + bytes(1599),  # SRTP-looking, over 1,500 bytes
             b"\x90" + random.randbytes(3000),
@@ -232,19 +153,127 @@ async def test_stray_datagrams_at_a_publishers_port_do_not_cut_it_off(
             b"\x80",
             random.randbytes(200),
         ]
-        loop = asyncio.get_running_loop()
-        sender, _ = await loop.create_datagram_endpoint(
-            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
-        )
-        try:
-            for port in ports:
-                for datagram in stray * 20:
-                    sender.sendto(datagram, ("127.0.0.1", port))
-        finally:
-            sender.close()
-        await asyncio.sleep(0.5)
+        await send_to_the_hub([center.publisher], stray * 20)
         frames = await decode_frames(track, 30, timeout=15)
         assert len(frames) == 30
     finally:
         await station.close()
         await center.close()
+
+
+# --- what bench/fuzz.py found -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/login", b'{"username": "\xff\xfe", "password": 5}'),
+        ("/api/login", b'{"username": "\\ud800", "password": "\\udfff"}'),
+        ("/api/login", b"\x86\x00garbage"),
+        ("/api/rooms/fuzz/restreams", b'{"url": "\\ud800", "x": 1}'),
+    ],
+)
+async def test_a_request_body_that_is_not_text_gets_a_4xx(
+    hub_server: RunningHub, path: str, body: bytes
+) -> None:
+    """The validation error used to echo the input: bytes that are not UTF-8, or a
+    lone surrogate, then failed to render and the answer was a 500."""
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        response = await http.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 401, 422), response.text
+    assert "detail" in response.json()
+
+
+async def test_a_static_path_too_long_for_the_file_system_is_404(hub_server: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        response = await http.get("/static/" + "x" * 300)
+        nested = await http.get("/static/js/" + "a/" * 3000 + "b.js")
+    assert (response.status_code, nested.status_code) == (404, 404)
+
+
+def stun_garbage() -> list[bytes]:
+    """STUN requests whose length adds up but whose attributes are too short for their
+    type: aioice's parser raised struct.error (not ValueError) on them, out of the
+    socket's callback."""
+    cookie = struct.pack("!I", 0x2112A442)
+
+    def request(kind: int, value: bytes) -> bytes:
+        attribute = struct.pack("!HH", kind, len(value)) + value + bytes(-len(value) % 4)
+        return struct.pack("!HH", 0x0001, len(attribute)) + cookie + bytes(12) + attribute
+
+    # PRIORITY (4 bytes), ICE-CONTROLLING and ICE-CONTROLLED (8 bytes each)
+    return [request(0x0024, b"\x01\x02"), request(0x802A, bytes(4)), request(0x8029, b"\x01")]
+
+
+async def test_malformed_stun_is_dropped_without_a_traceback(
+    hub_server: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("stun", "C", "center"))
+    viewer = HubClient(hub_server.ws, hub_server.token("stun", "V", "viewer"))
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack()})
+        await viewer.connect()
+        track = (await first_track(viewer, "camera")).track
+        await decode_frames(track, 3)
+        assert center.publisher is not None and viewer.subscriber is not None
+        await send_to_the_hub([center.publisher, viewer.subscriber], stun_garbage() * 5)
+        assert len(await decode_frames(track, 30, timeout=15)) == 30
+    finally:
+        await viewer.close()
+        await center.close()
+    tracebacks = [r for r in caplog.records if r.exc_info or "Exception in" in r.getMessage()]
+    assert tracebacks == []
+
+
+@pytest.mark.parametrize("kind", ["whip", "whep"])
+async def test_mangled_whip_and_whep_offers_get_a_resource_or_a_4xx(
+    hub_server: RunningHub, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiortc can fail to answer an offer it accepted: the WHEP answer was made outside
+    the guard and became a 500."""
+    offer, whep_offer = await sdp_offers()
+    role = "ingest" if kind == "whip" else "viewer"
+    token = hub_server.token(FUZZ_ROOM, "F1", role)
+    inputs = Inputs(random.Random(3), [], offer, whep_offer, [{"Authorization": f"Bearer {token}"}])
+    statuses: Counter[int] = Counter()
+    async with httpx.AsyncClient(base_url=hub_server.base, timeout=30) as http:
+        for _ in range(150):
+            item = inputs.whip(kind)
+            response = await http.post(item.path, content=item.body, headers=item.headers)
+            statuses[response.status_code] += 1
+            if response.status_code == 201:
+                await http.delete(response.headers["location"], headers=item.headers)
+    assert statuses[201] > 0 and not [s for s in statuses if s >= 500], statuses
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == []
+
+
+async def test_a_few_hundred_inputs_of_the_fuzz_benchmark(tmp_path: Path) -> None:
+    """The benchmark's own generator and runner (bench/fuzz.py) at a small count: a
+    hub in its own process, every kind of input, no 5xx and no traceback, the hub
+    alive, a normal join decoding afterwards."""
+    result = await run_fuzz(400, seed=20261206, work=tmp_path)
+    assert result["server_errors"] == 0, result["server_error_samples"]
+    assert result["timeouts"] == 0, result["timeout_samples"]
+    assert set(result["by_kind"]) == set(FUZZ_KINDS) and sum(result["by_kind"].values()) == 400
+    assert result["hub_alive"] and result["target_still_decodes"] and result["normal_join_after"]
+    assert result["rss_mb_after"] - result["rss_mb_before"] < 40
+
+
+async def test_a_surrogate_pair_is_text_and_a_lone_surrogate_is_a_400(
+    hub_server: RunningHub,
+) -> None:
+    async with httpx.AsyncClient(base_url=hub_server.base) as http:
+        pair = await http.post(
+            "/api/login",
+            content=b'{"username": "\\ud83d\\ude00", "password": "not it at all"}',
+            headers={"Content-Type": "application/json"},
+        )
+        lone = await http.post(
+            "/api/login",
+            content=b'{"username": "x", "password": "\\ud800 not it"}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert pair.status_code == 401, pair.text  # an ordinary wrong login
+    assert lone.status_code == 400 and "surrogate" in lone.json()["detail"]

@@ -33,7 +33,7 @@ async def test_pages_and_every_asset_they_load_are_served_by_the_hub(
         assets = re.findall(r'(?:href|src)="(/static/[^"]+)"|from "(/static/[^"]+)"', page.text)
         urls = {a or b for a, b in assets}
         assert {"/static/css/library.css", "/static/css/app.css"} <= urls
-        assert any(url.endswith(("library.js", "replay.js")) for url in urls)
+        assert any(url.endswith(("library-page.js", "replay.js")) for url in urls)
         for url in urls:
             assert (await http.get(url)).status_code == 200, url
         assert "http://" not in page.text and "https://" not in page.text  # no CDN

@@ -37,7 +37,9 @@ async def test_metrics_count_rooms_forwarding_and_links(hub_server: RunningHub) 
         async with httpx.AsyncClient() as http:
             health = await http.get(f"{hub_server.base}/healthz")
             assert health.status_code == 200 and health.json()["status"] == "ok"
-            text = (await http.get(f"{hub_server.base}/metrics")).text
+            text = (
+                await http.get(f"{hub_server.base}/metrics", headers=hub_server.metrics_headers)
+            ).text
         samples = {
             line.split(" ")[0]: float(line.split(" ")[1])
             for line in text.splitlines()
@@ -82,6 +84,17 @@ def test_token_command_prints_a_verifiable_token(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_token_command_refuses_a_room_name_that_is_not_one(tmp_path: Path) -> None:
+    env = {**os.environ, "HUB_SECRET": "cli-secret-0123456789abcdef"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "hub", "token", "--room", "../../etc", "--identity", "x",
+         "--role", "viewer"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "room name" in bad.stderr, bad.stderr
+    assert bad.stdout == ""
 
 
 def test_token_secret_is_generated_once_into_the_data_dir(tmp_path: Path) -> None:

@@ -101,3 +101,30 @@ def test_preferences_put_the_same_profile_first_then_those_that_decode_it() -> N
     assert [c.name for c in preferences_for("video", vp8) if c.name != "rtx"] == ["VP8"]
     opus = CodecInfo("opus", "audio/opus", 48000, {"useinbandfec": 1}, 2)
     assert [c.name for c in preferences_for("audio", opus)] == ["opus"]
+
+
+OFFER_HEAD = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+M_LINE = (
+    "m={kind} 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=sendonly\r\n"
+    "a=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n"
+    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("group", "mids"),
+    [("a=group:BUNDLE 0 1\r\n", ["1"]), ("a=group:BUNDLE 0 7\r\n", ["0"])],
+)
+def test_a_bundle_naming_an_m_line_that_is_not_there_is_refused(
+    group: str, mids: list[str]
+) -> None:
+    """aiortc accepted such an offer and then failed to answer it (its connect task and
+    createAnswer raised AttributeError): an m-line deleted from a valid offer did it."""
+    sdp = OFFER_HEAD + group + "".join(M_LINE.format(kind="video", mid=mid) for mid in mids)
+    with pytest.raises(SdpError, match="BUNDLE"):
+        parse_sdp(sdp)
+
+
+def test_a_bundle_of_every_m_line_passes() -> None:
+    lines = "".join(M_LINE.format(kind=k, mid=m) for k, m in (("video", "0"), ("audio", "1")))
+    assert [m.mid for m in parse_sdp(OFFER_HEAD + "a=group:BUNDLE 0 1\r\n" + lines)] == ["0", "1"]

@@ -171,9 +171,47 @@ async def test_a_target_that_never_answers_fails_and_says_why(tmp_path: Path) ->
     assert "secret-key" not in status.url and "secret-key" not in errors[0]
 
 
-def test_stream_keys_are_hidden() -> None:
-    assert hide_key("rtmp://live.example/app/abc123") == "rtmp://live.example/app/***"
-    assert hide_key("rtmp://live.example/app") == "rtmp://live.example/app"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtmp://live.example/app/abc123", "rtmp://live.example/app/***"),
+        ("rtmp://live.example/app", "rtmp://live.example/app"),
+        ("rtmp://live.example/app/", "rtmp://live.example/app/"),
+        ("rtmp://live.example/app/abc123/", "rtmp://live.example/app/***"),
+        ("rtmp://live.example:1935/app/inst/abc123", "rtmp://live.example:1935/app/***"),
+        ("rtmp://live.example//abc123", "rtmp://live.example//***"),
+        ("rtmps://u:pa55word@live.example/app/abc123", "rtmps://u:***@live.example/app/***"),
+        ("rtmp://u@live.example/app", "rtmp://u@live.example/app"),
+        (
+            "rtmps://live-api.example:443/rtmp/abc123?s_sc=sig-9f3e&s_vt=api",
+            "rtmps://live-api.example:443/rtmp/***?s_sc=***&s_vt=***",
+        ),
+        ("rtmp://live.example/app?key=abc123", "rtmp://live.example/app?key=***"),
+        ("rtmp://live.example/app?abc123&a=", "rtmp://live.example/app?***&a=***"),
+        ("rtmp://live.example/app#abc123", "rtmp://live.example/app#***"),
+        ("rtmp://[::1/app/abc123", "rtmp://***"),
+    ],
+)
+def test_stream_keys_are_hidden(url: str, shown: str) -> None:
+    assert hide_key(url) == shown
+
+
+async def test_a_failing_target_tells_no_secret_in_its_error(tmp_path: Path) -> None:
+    """Whatever ffmpeg says about the URL, its password, key and query stay hidden."""
+    errors: list[str] = []
+    restreamer = Restreamer(
+        video_size=(320, 180), retry_initial=0.1, max_attempts=1, on_error=errors.append
+    )
+    secrets = ("pa55word", "secret-key", "sig-9f3e")
+    url = f"rtmp://u:pa55word@127.0.0.1:{free_port()}/live/secret-key?sig=sig-9f3e"
+    async with feeding(restreamer, "H264", loops=6):
+        target = restreamer.start_target(url)
+        await wait_until(state_is(restreamer, target, "failed"), 20)
+        await wait_until(lambda: None if errors else "no error reported", 5)
+    status = restreamer.status()[target]
+    assert status.error
+    for text in (status.url, status.error, errors[0]):
+        assert not [s for s in secrets if s in text], text
 
 
 async def test_targets_reconnect_when_the_room_ffmpeg_is_replaced(

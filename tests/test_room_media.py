@@ -4,6 +4,7 @@ encoded frames from real aiortc publishers, files checked with the real ffmpeg."
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from hub.client import HubClient
 from hub.ids import RoomName
 from tests.helpers import NoisyVideo, small_disk, wait_until
-from tests.hubserver import RunningHub, running_hub
+from tests.hubserver import RunningHub, free_port, running_hub
 from tests.test_whip import whep_view
 
 
@@ -108,7 +109,7 @@ async def test_live_for_households_serves_hls_and_opens_whep(hub_server: Running
             started = await http.post("/api/rooms/live/live", headers=moderator)
             assert started.status_code == 201, started.text
             assert started.json()["hls_url"] == "/live/live/index.m3u8"
-            room = (await http.get("/api/rooms/live")).json()
+            room = (await http.get("/api/rooms/live", headers=moderator)).json()
             assert room["public"] is True and room["media"]["live"] is True
 
             async def playable() -> str | None:
@@ -198,7 +199,8 @@ async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
                 target = started.json()["restreams"][0]["target_id"]
 
                 async def live() -> str | None:
-                    status = (await http.get("/api/rooms/rs")).json()["media"]["restreams"][0]
+                    room = await http.get("/api/rooms/rs", headers=moderator)
+                    status = room.json()["media"]["restreams"][0]
                     return None if status["state"] == "live" else str(status)
 
                 await wait_until(live, timeout=30, interval=0.5)
@@ -211,6 +213,50 @@ async def test_restream_pushes_the_stage_to_an_rtmp_receiver(
         if receiver.returncode is None:
             receiver.kill()
             await receiver.wait()
+
+
+STREAM_SECRETS = ("pa55word", "secret-key", "sig-9f3e")
+
+
+async def test_a_stream_key_reaches_no_one_in_the_room_nor_outside(hub_server: RunningHub) -> None:
+    """Moderators see each restream target with its secrets hidden; stations, viewers
+    and anonymous callers hear nothing of restreams (nor of ffmpeg's errors)."""
+    center = HubClient(hub_server.ws, hub_server.token("keys", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("keys", "S1", "station"))
+    viewer = HubClient(hub_server.ws, hub_server.token("keys", "V1", "viewer"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('keys', 'C', 'center')}"}
+    port = free_port()
+    url = f"rtmp://u:pa55word@127.0.0.1:{port}/live/secret-key?sig=sig-9f3e"
+    shown = f"rtmp://u:***@127.0.0.1:{port}/live/***?sig=***"
+    try:
+        for client in (center, station, viewer):
+            await client.connect()
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            started = await http.post(
+                "/api/rooms/keys/restreams", json={"url": url}, headers=moderator
+            )
+            assert started.status_code == 201, started.text
+            assert started.json()["restreams"][0]["url"] == shown
+            heard = await center.wait_for(lambda m: m["type"] == "media" and m["restreams"])
+            assert heard["restreams"][0]["url"] == shown
+            for client in (station, viewer):
+                media = await client.wait_for(lambda m: m["type"] == "media")
+                assert "restreams" not in media and "errors" not in media, media
+            full = (await http.get("/api/rooms/keys", headers=moderator)).json()
+            anonymous = (await http.get("/api/rooms/keys")).json()
+            as_station = await http.get(
+                "/api/rooms/keys",
+                headers={"Authorization": f"Bearer {hub_server.token('keys', 'S1', 'station')}"},
+            )
+        assert full["media"]["restreams"][0]["url"] == shown
+        for said in (started.json(), full, anonymous, as_station.json(), *center.messages):
+            assert not [s for s in STREAM_SECRETS if s in json.dumps(said)], said
+        for client in (station, viewer):
+            assert not [s for s in STREAM_SECRETS if s in json.dumps(client.messages)]
+            assert not [m for m in client.messages if "restreams" in m]
+    finally:
+        for client in (viewer, station, center):
+            await client.close()
 
 
 def check_flv(path: Path) -> None:
@@ -237,11 +283,11 @@ async def test_household_viewers_are_counted_and_published(hub_server: RunningHu
                 await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
                 for player in ("phone-a-0001", "phone-b-0002"):  # two HLS players
                     await http.get("/live/hh/index.m3u8", params={"player": player})
-                info = (await http.get("/api/rooms/hh")).json()
+                info = (await http.get("/api/rooms/hh", headers=moderator)).json()
                 assert info["household_viewers"] == 3
                 event = await asyncio.wait_for(anext(aiter(viewers)), 10)
                 assert event["room"] == "hh" and event["households"] == 3
-                metrics = (await http.get("/metrics")).text
+                metrics = (await http.get("/metrics", headers=hub_server.metrics_headers)).text
                 assert 'practicehub_household_viewers{room="hh"} 3' in metrics
         finally:
             if pc is not None:
@@ -315,11 +361,11 @@ async def test_a_full_disk_stops_the_recording_with_a_clear_error(
                 assert "errors" not in ended
 
                 async def stopped() -> str | None:
-                    media = (await http.get("/api/rooms/full")).json()["media"]
+                    media = (await http.get("/api/rooms/full", headers=moderator)).json()["media"]
                     return None if not media["recording"] else f"still recording: {media}"
 
                 await wait_until(stopped, timeout=15)
-                media = (await http.get("/api/rooms/full")).json()["media"]
+                media = (await http.get("/api/rooms/full", headers=moderator)).json()["media"]
                 assert "space" in media["errors"]["recording"].lower()
             # The room goes on: the station still receives the lecture.
             camera = station.tracks_of("camera")[0]

@@ -268,6 +268,29 @@ async def test_who_sees_and_cancels_which_session(api: Api) -> None:
         await client.aclose()
 
 
+async def test_restream_urls_in_full_only_for_those_who_may_edit_the_session(api: Api) -> None:
+    """A stream key is a secret: a station in the audience sees where the session is
+    restreamed, not with which key."""
+    url = "rtmps://u:pa55word@live.example:443/app/secret-key?sig=sig-9f3e"
+    shown = "rtmps://u:***@live.example:443/app/***?sig=***"
+    admin = await api.client("admin")
+    created = await admin.post(
+        "/api/sessions", json=session_body(options={"record": True, "restream_urls": [url]})
+    )
+    assert created.status_code == 201 and created.json()["options"]["restream_urls"] == [url]
+    session_id = created.json()["id"]
+    seen = {}
+    for username in ("admin", "inst1", "sta1"):
+        client = await api.client(username)
+        one = (await client.get(f"/api/sessions/{session_id}")).json()
+        listed = [s for s in (await client.get("/api/sessions")).json() if s["id"] == session_id]
+        assert listed == [one]
+        seen[username] = one["options"]["restream_urls"]
+        await client.aclose()
+    assert seen == {"admin": [url], "inst1": [url], "sta1": [shown]}
+    await admin.aclose()
+
+
 async def test_site_sessions_today_and_upcoming(api: Api) -> None:
     admin = await api.client("admin")
     await admin.post("/api/sessions", json=session_body(host="C", audience={"kind": "everyone"}))

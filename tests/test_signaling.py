@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
 from hub.peers import make_peer_connection
+from hub.room import HubError
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
@@ -256,6 +258,17 @@ async def test_remove_chat_and_duplicate_identity(hub_server: RunningHub) -> Non
             await client.close()
 
 
+@pytest.mark.parametrize("name", ["..", "../escape", "a/b", "live\n"])
+async def test_a_room_name_that_is_not_one_opens_no_room(hub_server: RunningHub, name: str) -> None:
+    """Whatever hands the hub a name (a token, the schedule, an API), it becomes a
+    directory only if it is a room name."""
+    with pytest.raises(HubError) as refused:
+        await hub_server.hub.room(RoomName(name))
+    assert refused.value.code == "bad_message" and "room name" in refused.value.message
+    assert RoomName(name) not in hub_server.hub.rooms
+    assert await hub_server.hub.store.room_node(RoomName(name)) is None
+
+
 async def test_room_lifecycle_and_cascading_close(tmp_path: Path) -> None:
     async with running_hub(tmp_path, room_empty_timeout=0.3) as hub:
         center = HubClient(hub.ws, hub.token("life", "C", "center"))
@@ -267,7 +280,8 @@ async def test_room_lifecycle_and_cascading_close(tmp_path: Path) -> None:
         await wait_until(lambda: None if station.received else "nothing received")
         publication = next(iter(next(iter(room.participants.values())).publications.values()))
         async with httpx.AsyncClient() as http:
-            info = (await http.get(f"{hub.base}/api/rooms/life")).json()
+            center_token = {"Authorization": f"Bearer {hub.token('life', 'C', 'center')}"}
+            info = (await http.get(f"{hub.base}/api/rooms/life", headers=center_token)).json()
             assert info["participants"] == 2
             denied = await http.delete(
                 f"{hub.base}/api/rooms/life",

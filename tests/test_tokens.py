@@ -111,6 +111,43 @@ def test_grant_for_role_with_a_bad_ttl_raises_value_error(ttl: float) -> None:
         grant_for_role(ROOM, ParticipantIdentity("x"), Role.VIEWER, ttl=ttl)
 
 
+BAD_ROOM_NAMES = [
+    "",
+    ".",
+    "..",
+    "../secret",
+    "a/b",
+    "a\\b",
+    "/etc",
+    "-lecture",
+    ".hidden",
+    "lecture\n",
+    "lecture\x00",
+    "讲座",
+    "x" * 65,
+]
+
+
+@pytest.mark.parametrize("room", BAD_ROOM_NAMES)
+def test_grant_for_role_refuses_a_room_name_that_is_not_one(room: str) -> None:
+    """Room names become directories (``data/live/<room>``): only the room-name rule passes."""
+    with pytest.raises(ValueError, match="room name"):
+        grant_for_role(RoomName(room), ParticipantIdentity("x"), Role.VIEWER, ttl=60)
+
+
+@pytest.mark.parametrize("room", ["a", "lecture-1", "s12-202612011930", "a..b", "A_b.c", "x" * 64])
+def test_grant_for_role_takes_every_room_name_of_the_rule(room: str) -> None:
+    assert (
+        grant_for_role(RoomName(room), ParticipantIdentity("x"), Role.VIEWER, ttl=60).room == room
+    )
+
+
+@pytest.mark.parametrize("room", BAD_ROOM_NAMES)
+def test_verify_of_a_well_signed_token_with_a_bad_room_name_raises(room: str) -> None:
+    """Another issuer (a portal, a script) may sign any string as the room."""
+    assert reason(jwt(HS256, valid_claims(room=room))) == "invalid claim 'room'"
+
+
 def test_may_publish_needs_can_publish_and_the_source() -> None:
     grant = Grant(
         room=ROOM,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hub.ids import RoomName
@@ -31,9 +32,12 @@ from scheduler.runner import Runner, WebhookNotifier
 from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
+from web.api_docs import api_docs_router
+from web.errors import UnicodeJson, validation_error
 from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
+from web.security_headers import SecurityHeaders
 
 
 def create_engine_for(settings: Settings) -> AsyncEngine:
@@ -41,7 +45,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.private_data_dir()
     engine = create_engine_for(settings)
     store, bus = open_store_bus(settings.redis_url)
     hub = Hub(settings, store, bus)
@@ -79,7 +83,13 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(runner.stop)
             yield
 
-    app = FastAPI(title="Practice Hub", lifespan=lifespan)
+    # The API's description is for administrators (web/api_docs.py), not for anyone.
+    app = FastAPI(
+        title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.add_middleware(UnicodeJson)
+    app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
     app.state.engine = engine
     app.state.hub = hub
@@ -108,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
             auth=auth, center=command, issue_token=hub.signer.issue, end_occurrence=runner.end_now
         )
     )
+    app.include_router(api_docs_router(auth, app.openapi))
     app.include_router(pages_router())
     app.include_router(library_pages_router())
     return app

@@ -39,8 +39,11 @@ def resolve_static(path: str, root: Path = STATIC_DIR) -> Path | None:
     if not path or "\x00" in path or "\\" in path:
         return None
     base = root.resolve()
-    candidate = (base / path).resolve()
-    if not candidate.is_relative_to(base) or not candidate.is_file():
+    try:
+        candidate = (base / path).resolve()
+        if not candidate.is_relative_to(base) or not candidate.is_file():
+            return None
+    except OSError:  # a name too long for the file system, a loop of links
         return None
     return candidate
 

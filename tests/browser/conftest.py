@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.fanout import create_admin as create_admin
 from tests.hubserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,19 +223,6 @@ def browsers(
     if report is not None and report.failed:
         sys.stderr.write(f"\n--- browser console ---\n{b.dump_logs()}\n")
     b.close()
-
-
-def create_admin(data_dir: Path, username: str, password: str) -> None:
-    """The installer's ``practice-hub admin create`` (it creates the tables if needed;
-    SQLite lets it write next to a running hub)."""
-    argv = ["admin", "create", "--username", username, "--data-dir", str(data_dir)]
-    subprocess.run(
-        [sys.executable, "-m", "hub", *argv],
-        cwd=ROOT,
-        env=os.environ | {"HUB_ADMIN_PASSWORD": password},
-        check=True,
-        capture_output=True,
-    )
 
 
 def screenshot(page: Any, name: str) -> None:

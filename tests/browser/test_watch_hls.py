@@ -93,5 +93,7 @@ def test_the_viewer_is_counted_by_the_id_its_page_keeps(
             assert query["player"] == [kept], url
         else:
             assert "player" not in query, url  # media files: one URL for everyone
-    with urllib.request.urlopen(f"{hub.base_url}/api/rooms/{room}", timeout=10) as response:
+    moderator = {"Authorization": f"Bearer {hub.token(room, 'CENTER-01', 'center')}"}
+    asked = urllib.request.Request(f"{hub.base_url}/api/rooms/{room}", headers=moderator)
+    with urllib.request.urlopen(asked, timeout=10) as response:
         assert json.load(response)["household_viewers"] == 1

@@ -64,7 +64,10 @@ def ingest(hub: HubProcess, request: pytest.FixtureRequest) -> Iterator[Ingest]:
         if process.poll() is not None:
             raise AssertionError(f"ffmpeg ended: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         try:
-            with urllib.request.urlopen(f"{hub.base_url}/api/rooms/{room}", timeout=10) as r:
+            # the whole room is for its moderators
+            moderator = {"Authorization": f"Bearer {hub.token(room, 'C', 'center')}"}
+            asked = urllib.request.Request(f"{hub.base_url}/api/rooms/{room}", headers=moderator)
+            with urllib.request.urlopen(asked, timeout=10) as r:
                 info = json.load(r)
         except urllib.error.HTTPError as e:
             return f"GET /api/rooms/{room}: {e.code}"

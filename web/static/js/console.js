@@ -522,7 +522,7 @@ recordButton.addEventListener("click", () => toggleMedia(recordButton, "recordin
 
 async function pollRoomStatus() {
     if (client && client.room) {
-        roomStatus = await fetchRoomStatus(client.room);
+        roomStatus = await fetchRoomStatus(client.room, token);
         if (roomStatus && roomStatus.media) renderRestreams(roomStatus.media.restreams || []);
         const live = roomStatus && typeof roomStatus.hls_url === "string";
         if (householdsWanted && roomStatus && !live && client.state === "joined") {

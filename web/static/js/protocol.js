@@ -98,7 +98,8 @@
  * @property {boolean} live
  * @property {string | null} hls_url
  * @property {{target_id: string, url: string, state: string, error: string | null}[]} [restreams]
- * @property {Record<string, string>} [errors]   the last failure of recording / live / restream
+ *     moderators only; each URL with its stream key hidden
+ * @property {Record<string, string>} [errors]   moderators only: the last failure of recording / live / restream
  */
 
 /**
@@ -1212,24 +1213,27 @@ export class WhepError extends Error {
 
 /**
  * What `GET /api/rooms/{room}` says about a room. `public`: households may
- * watch without an account (WHEP today); `hls_url` (future): live HLS for
- * households; `recording` (future). Unknown fields stay undefined.
+ * watch without an account (WHEP); `hls_url`: live HLS for households.
+ * `recording` and `media` only for a moderator of the room (its token sent).
+ * Unknown fields stay undefined.
  * @typedef {object} RoomStatus
  * @property {boolean} [public]
- * @property {string} [hls_url]
+ * @property {string | null} [hls_url]
  * @property {boolean} [recording]
  * @property {MediaStatus} [media]
  */
 
 /**
  * @param {string} room
+ * @param {string} [token]  a moderator's join token: the whole room instead of the household view
  * @returns {Promise<RoomStatus | null>} null when the hub does not expose it (yet)
  */
-export async function fetchRoomStatus(room) {
+export async function fetchRoomStatus(room, token) {
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
     try {
-        const response = await fetch(`/api/rooms/${encodeURIComponent(room)}`, {
-            headers: { Accept: "application/json" },
-        });
+        const response = await fetch(`/api/rooms/${encodeURIComponent(room)}`, { headers });
         if (!response.ok) return null;
         const body = await response.json();
         return body && typeof body === "object" ? body : null;
