@@ -626,17 +626,27 @@ class Signaling:
         if self.ws is None:
             await self.connect()
         self.pings += 1
+        # One deadline for the whole exchange: a hub that keeps talking (stats, speakers)
+        # while this message hangs must still count as a timeout.
+        deadline = asyncio.get_running_loop().time() + HTTP_TIMEOUT
         try:
             await self.ws.send(message)
             await self.ws.send(json.dumps({"type": "ping", "id": self.pings}))
             while True:
-                reply = json.loads(await asyncio.wait_for(self.ws.recv(), HTTP_TIMEOUT))
+                left = deadline - asyncio.get_running_loop().time()
+                reply = json.loads(await asyncio.wait_for(self.ws.recv(), max(left, 0.001)))
                 if reply.get("type") == "error" and reply.get("code") == "internal":
                     self.tally.server_errors.append(f"signaling internal: {str(message)[:200]}")
                 if reply.get("type") == "removed":
                     raise websockets.ConnectionClosedOK(None, None)
                 if reply.get("type") == "pong" and reply.get("id") == self.pings:
                     return
+                if reply.get("code") == "rate_limited":
+                    # The hub's message budget dropped something, maybe the ping: a
+                    # refusal, answered. Let the bucket refill and ask again.
+                    await asyncio.sleep(0.5)
+                    self.pings += 1
+                    await self.ws.send(json.dumps({"type": "ping", "id": self.pings}))
         except websockets.ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else None
             if code == 1011:
