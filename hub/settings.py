@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     every participant of the room."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    """Bytes a request body may hold (JSON, a CSV of the county's sites, SDP): counted
+    while it arrives, refused with 413 past it, whatever its Content-Length says."""
+    max_upload_bytes: int = Field(4 * 1024**3, ge=1024 * 1024)
+    """Bytes of a video uploaded to the library (an administrator's): a 1-hour
+    recording at 8 Mbps is about 3.6 GB."""
     metrics_token: str | None = None
     """``/metrics`` wants ``Authorization: Bearer <this>`` and then adds the per-room and
     per-participant series; unset, it serves node-wide figures only, to anyone."""

@@ -51,6 +51,9 @@ PRIVATE_CACHE = "private, no-store"
 
 UPLOAD_CHUNK = 1024 * 1024
 DEFAULT_MAX_UPLOAD = 4 * 1024**3
+UPLOADS_PATH = "/api/library/uploads"
+UPLOAD_FRAMING = 1024 * 1024
+"""What an upload's body may carry beyond its file: the multipart framing and fields."""
 """4 GiB: a long lecture recorded elsewhere at a good bitrate."""
 
 
@@ -246,13 +249,12 @@ def library_router(
             "page_size": page_size,
         }
 
-    @router.post("/api/library/uploads", status_code=202, dependencies=[AdminOnly])
+    @router.post(UPLOADS_PATH, status_code=202, dependencies=[AdminOnly])
     async def upload(request: Request) -> dict[str, Any]:
         """Multipart: ``file`` plus the metadata fields of :class:`UploadForm`
-        (``tags`` comma-separated). The file must hold a video stream."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_upload_bytes + UPLOAD_CHUNK:
-            raise HTTPException(413, f"larger than {max_upload_bytes} bytes")
+        (``tags`` comma-separated). The file must hold a video stream. The body is
+        counted as it arrives (``web/body_limit.py``): nothing past
+        ``max_upload_bytes`` and its framing is read."""
         try:
             async with request.form(max_files=1, max_fields=20) as form:
                 meta, staging = await _stage_upload(form, library.uploads_dir, max_upload_bytes)

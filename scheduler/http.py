@@ -14,16 +14,16 @@ from typing import Annotated, Any
 from fastapi import (
     APIRouter,
     Depends,
-    File,
     HTTPException,
     Path,
     Request,
     Response,
-    UploadFile,
     status,
 )
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from media.processing import Layout
 from media.restream import hide_key
@@ -407,12 +407,21 @@ def scheduler_router(
         )
 
     @router.post("/sites/import", response_model=None)
-    async def import_sites(
-        account: AccountDep, file: Annotated[UploadFile, File()]
-    ) -> dict[str, int] | JSONResponse:
-        """Add or update sites from CSV, all or nothing; 422 lists each bad row."""
+    async def import_sites(account: AccountDep, request: Request) -> dict[str, int] | JSONResponse:
+        """Add or update sites from CSV (multipart ``file``), all or nothing; 422 lists
+        each bad row. Who may not edit sites is refused before the body is read."""
+        if account.role is Role.STATION_OPERATOR:
+            require("station operators cannot edit sites")
         try:
-            parsed, rows = parse_csv(await file.read())
+            async with request.form(max_files=1, max_fields=1) as form:
+                file = form.get("file")
+                if not isinstance(file, UploadFile):
+                    return _refuse("the form needs a 'file' part")
+                data = await file.read()
+        except MultiPartException as exc:
+            return _refuse(f"not a valid multipart form: {exc.message}", status_code=400)
+        try:
+            parsed, rows = parse_csv(data)
         except SiteError as exc:
             return _refuse("the file has errors; nothing was imported", exc.errors)
         tree = await sites.tree()

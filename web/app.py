@@ -22,7 +22,7 @@ from media.hls import HlsPackager
 from media.jobs import JobRunner
 from media.library import Library
 from media.library import create_tables as create_library_tables
-from media.library_http import library_router
+from media.library_http import UPLOAD_FRAMING, UPLOADS_PATH, library_router
 from media.live_http import live_router
 from media.processing import Processor
 from scheduler.accounts import Accounts, Auth
@@ -33,6 +33,7 @@ from scheduler.schedule import Schedule
 from scheduler.sites import Sites
 from scheduler.tables import create_tables as create_scheduler_tables
 from web.api_docs import api_docs_router
+from web.body_limit import BodyLimit
 from web.errors import UnicodeJson, validation_error
 from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
 from web.library_pages import library_pages_router
@@ -87,7 +88,14 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+    # The last added is the outermost: every answer gets the security headers, and
+    # the JSON check reads a body already counted.
     app.add_middleware(UnicodeJson)
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_body_bytes,
+        limits=[("POST", UPLOADS_PATH, settings.max_upload_bytes + UPLOAD_FRAMING)],
+    )
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
@@ -110,7 +118,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(live_router(packager, hls_player))
     app.include_router(
-        library_router(library, jobs, library_dir=library_dir, is_admin=admin_check(auth))
+        library_router(
+            library,
+            jobs,
+            library_dir=library_dir,
+            is_admin=admin_check(auth),
+            max_upload_bytes=settings.max_upload_bytes,
+        )
     )
     app.include_router(scheduler_router(auth, sites, Schedule(engine), runner.wake))
     app.include_router(

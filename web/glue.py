@@ -108,13 +108,16 @@ class HubRoomControl:
 
 
 def admin_check(auth: Auth) -> Callable[[Request], Awaitable[bool]]:
-    """The library's ``is_admin``: a logged-in center administrator."""
+    """The library's ``is_admin``: a logged-in center administrator. Not logged in is
+    just not an administrator; a login that fails its CSRF check is refused as such."""
 
     async def is_admin(request: Request) -> bool:
         try:
             account = await auth.current_account(request)
-        except HTTPException:
-            return False
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                return False
+            raise
         return account.role == Role.CENTER_ADMIN
 
     return is_admin
