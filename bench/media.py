@@ -218,7 +218,7 @@ async def time_processing(library_dir: Path, recording: Path) -> tuple[float, fl
 
     start = time.monotonic()
     duration = await Processor(library_dir).process(
-        new_id(), "recording", recording, "lecturer", ignore
+        new_id(), "recording", [recording], "lecturer", ignore
     )
     return time.monotonic() - start, duration
 

@@ -38,6 +38,7 @@ from hub.peers import (
 )
 from hub.rollcall import RollCall
 from hub.room_media import Recorded, RoomMedia
+from hub.room_state import RoomState
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
 from media.frames import EncodedFrame, FrameSink, TrackInfo
@@ -90,7 +91,8 @@ class Publication:
         self.source = source
         self.up = up
         self.tap = tap
-        self.published_at = time.monotonic()
+        self.order = next(participant.room.order)
+        """When it appeared, among the room's appearances (the program's picture rule)."""
         self.closed = False
 
     @property
@@ -108,7 +110,7 @@ class Publication:
             "kind": self.kind,
             "codec": self.up.codec.name,
             "muted": self.muted,
-            "muted_by_moderator": self.source in self.participant.muted_by_moderator,
+            "muted_by_moderator": self.source.value in self.participant.moderator_mutes,
         }
 
     def track_info(self) -> TrackInfo:
@@ -423,25 +425,44 @@ class Participant:
         """Queues a signaling message for this participant; never blocks."""
         self.address = address
         """The client's network address, which per-address limits count by."""
+        self.resource: str | None = None
+        """A WHIP/WHEP session's secret (its URL's last part), once it has one."""
+        self.resource_needs_token = False
+        """The session was opened with a token: ending it needs one of this identity."""
         self.identity = grant.identity
         self.name: str = grant.name or grant.identity
         self.role = grant.role
         self.joined_at = time.time()
-        self.hand_raised = False
-        self.hand_raised_at = 0.0
-        self.on_stage = False
         self.publications: dict[PublicationID, Publication] = {}
         self.publisher: PublisherPeer | None = None
         self.subscriber: SubscriberPeer | None = None
         self.whep: WhepPeer | None = None
         self.link = LinkStats()
-        self.muted_by_moderator: set[Source] = set()
-        """Sources a moderator muted: kept across republishing and rejoining."""
         self._bytes_at_last_stats = 0
         self.connected = False
         """A WHIP/WHEP peer connection has connected (they are watched, see Room.join)."""
         self.connect_deadline: asyncio.TimerHandle | None = None
         self.closed = False
+
+    # What a site is in the room is the room's state, by identity: it outlives this
+    # join (a reconnect, a restarted hub).
+
+    @property
+    def on_stage(self) -> bool:
+        return self.identity in self.room.state.stage
+
+    @property
+    def hand_raised(self) -> bool:
+        return self.identity in self.room.state.hands
+
+    @property
+    def hand_raised_at(self) -> float:
+        return self.room.state.hands.get(self.identity, 0.0)
+
+    @property
+    def moderator_mutes(self) -> list[str]:
+        """The sources a moderator muted (``Source`` values)."""
+        return self.room.state.mutes.get(self.identity, [])
 
     def info(self) -> dict[str, Any]:
         return {
@@ -484,7 +505,7 @@ class Participant:
         if up.kind == "video":
             tap.announce_bandwidth()
         publication = Publication(self, source, up, tap)
-        up.muted = source in self.muted_by_moderator
+        up.muted = source.value in self.moderator_mutes
         if up.muted:
             self.send(
                 {"type": "muted", "source": source.value, "muted": True, "by_moderator": True}
@@ -505,15 +526,13 @@ class Participant:
         publication = self.publication_by_source(source)
         if publication is None:
             raise HubError("not_found", f"{self.name} publishes no {source.value}")
-        if not muted and source in self.muted_by_moderator and not by_moderator:
+        if not muted and source.value in self.moderator_mutes and not by_moderator:
             raise HubError(
                 "muted_by_moderator", f"a moderator muted your {source.value}; ask to be unmuted"
             )
         publication.up.muted = muted
-        if by_moderator and muted:
-            self.muted_by_moderator.add(source)
-        elif by_moderator:
-            self.muted_by_moderator.discard(source)
+        if by_moderator:
+            self.room.set_moderator_mute(self.identity, source, muted)
         self.send(
             {"type": "muted", "source": source.value, "muted": muted, "by_moderator": by_moderator}
         )
@@ -552,6 +571,8 @@ class Room:
         on_event: Callable[[str, dict[str, Any]], None] = lambda channel, event: None,
         media_dir: Path | None = None,
         on_recorded: Recorded | None = None,
+        state: RoomState | None = None,
+        on_state: Callable[[Room], None] = lambda room: None,
     ) -> None:
         self.name = name
         self.stats = stats
@@ -567,22 +588,20 @@ class Room:
         self.rollcall: RollCall | None = None
         self.created_at = time.time()
         self.participants: dict[ParticipantID, Participant] = {}
-        self.stage_since: dict[ParticipantID, float] = {}
-        self.public = False
-        """Households may watch without an account (WHEP, live HLS)."""
-        self.audience: dict[ParticipantIdentity, str] = {}
-        """The sites expected here (a session's audience but its host), with their
-        names: a roll call counts them absent until they answer."""
-        self.removed: dict[ParticipantIdentity, str] = {}
-        """Identities a moderator removed, with their names: they stay out until a
-        moderator lets them back in."""
+        self.state = state or RoomState()
+        """What the room must not forget (see :mod:`hub.room_state`); every change to
+        it goes through :meth:`state_changed`."""
+        self._on_state = on_state
+        self.order = itertools.count()
+        """Appearances in this room (on stage, a new publication), in order."""
+        self._appeared: dict[ParticipantID, int] = {}
+        """When each participant on stage appeared there (the program's picture rule)."""
         self.sinks: list[FrameSink] = []
         self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
         self._update_pending = False
         self._speakers: list[ParticipantID] = []
         self._viewers_published = 0
-        self._order = itertools.count()
         self._empty_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.tasks.spawn(self._speaker_loop(), name="speakers")
@@ -606,27 +625,24 @@ class Room:
             raise HubError("room_closed", f"room {self.name} is closed")
         if grant.room != self.name:
             raise HubError("wrong_room", f"token is for room {grant.room}, not {self.name}")
-        if grant.identity in self.removed:
+        if grant.identity in self.state.removed:
             raise HubError("removed", "a moderator removed you from this room")
         # One identity, one participant: a second join replaces the first.
         previous = self.by_identity(grant.identity)
         self._check_room_for(kind, previous)
         participant = Participant(self, grant, kind, send, address)
-        on_stage = grant.can_moderate or grant.role == Role.INGEST
         if previous is not None:
-            # A reconnecting site keeps its place: stage, raised hand, moderator mutes.
-            on_stage = on_stage or previous.on_stage
-            participant.hand_raised = previous.hand_raised
-            participant.hand_raised_at = previous.hand_raised_at
-            participant.muted_by_moderator = set(previous.muted_by_moderator)
+            # A reconnecting site keeps its place (stage, hand, mutes: the room's state).
             previous.send({"type": "removed", "reason": "duplicate_identity"})
             await self.leave(previous)
         self.participants[participant.sid] = participant
         if self._empty_timer is not None:
             self._empty_timer.cancel()
             self._empty_timer = None
-        if on_stage:
-            self._set_stage(participant, True, notify=False)
+        if grant.can_moderate or grant.role == Role.INGEST:
+            self._put_on_stage(participant)
+        elif participant.on_stage:  # back, or back after a restart
+            self._appear(participant)
         if kind == "ws" and grant.can_subscribe:
             participant.subscriber = SubscriberPeer(
                 make_peer_connection(self.ice_servers),
@@ -695,9 +711,10 @@ class Room:
             self.tasks.spawn(self.leave(participant), name="peer-gone")
 
     async def leave(self, participant: Participant) -> None:
+        """The participant goes; its identity keeps its place in the room's state."""
         if self.participants.pop(participant.sid, None) is None:
             return
-        was_on_stage = self.stage_since.pop(participant.sid, None) is not None
+        was_on_stage = self._appeared.pop(participant.sid, None) is not None
         publications = list(participant.publications.values())
         await participant.close()
         for publication in publications:
@@ -722,23 +739,70 @@ class Room:
             self._on_empty(self)
 
     async def remove(self, participant: Participant) -> None:
-        """A moderator's "remove": the identity leaves and cannot join again (any link
-        of it) until :meth:`readmit`."""
-        self.removed[participant.identity] = participant.name
+        """A moderator's "remove": the identity leaves, loses its place on stage and its
+        hand, and cannot join again (any link of it) until :meth:`readmit`."""
+        identity = participant.identity
+        self.state.removed[identity] = participant.name
+        if identity in self.state.stage:
+            self.state.stage.remove(identity)
+        self.state.hands.pop(identity, None)
+        self.state_changed()
         participant.send({"type": "removed", "reason": "removed_by_moderator"})
         await self.leave(participant)
         self._announce_removed()
 
     def readmit(self, identity: ParticipantIdentity) -> None:
-        if self.removed.pop(identity, None) is None:
+        if self.state.removed.pop(identity, None) is None:
             raise HubError("not_found", f"{identity} was not removed from room {self.name}")
+        self.state_changed()
         self._announce_removed()
 
     def removed_message(self) -> dict[str, Any]:
         return {
             "type": "removed_identities",
-            "removed": [{"identity": i, "name": n} for i, n in self.removed.items()],
+            "removed": [{"identity": i, "name": n} for i, n in self.state.removed.items()],
         }
+
+    # --- the state that outlives the process ---
+
+    def state_changed(self) -> None:
+        """Hand the room's state to whoever keeps it (the Store, through the hub)."""
+        if not self.closed:
+            self._on_state(self)
+
+    @property
+    def public(self) -> bool:
+        """Households may watch without an account (WHEP, live HLS)."""
+        return self.state.public
+
+    @public.setter
+    def public(self, value: bool) -> None:
+        if self.state.public != value:
+            self.state.public = value
+            self.state_changed()
+
+    @property
+    def audience(self) -> dict[ParticipantIdentity, str]:
+        """The sites expected here, with their names: a roll call counts them."""
+        return self.state.audience
+
+    @audience.setter
+    def audience(self, sites: dict[ParticipantIdentity, str]) -> None:
+        if self.state.audience != sites:
+            self.state.audience = dict(sites)
+            self.state_changed()
+
+    def set_moderator_mute(
+        self, identity: ParticipantIdentity, source: Source, muted: bool
+    ) -> None:
+        mutes = [m for m in self.state.mutes.get(identity, []) if m != source.value]
+        if muted:
+            mutes.append(source.value)
+        if mutes:
+            self.state.mutes[identity] = mutes
+        else:
+            self.state.mutes.pop(identity, None)
+        self.state_changed()
 
     def _announce_removed(self) -> None:
         self.to_moderators(self.removed_message())
@@ -753,31 +817,37 @@ class Room:
 
     @property
     def stage(self) -> list[Participant]:
-        ordered = sorted(self.stage_since.items(), key=lambda kv: kv[1])
-        return [self.participants[sid] for sid, _ in ordered if sid in self.participants]
+        """The participants on stage, in the order their identities came there."""
+        here = {p.identity: p for p in self.participants.values()}
+        return [here[i] for i in self.state.stage if i in here]
 
     def set_stage(self, participant: Participant, on_stage: bool) -> None:
         if participant.on_stage == on_stage:
             return
-        self._set_stage(participant, on_stage)
-        if on_stage and participant.hand_raised:
-            participant.hand_raised = False
+        if on_stage:
+            self._put_on_stage(participant)
+            self.state.hands.pop(participant.identity, None)
+        else:
+            self.state.stage.remove(participant.identity)
+            self._appeared.pop(participant.sid, None)
+            for publication in participant.publications.values():
+                self._sinks_remove(publication)
+        self.state_changed()
+        participant.send({"type": "quality", "level": "stage" if on_stage else "thumbnail"})
         self._announce_stage()
         self.on_participant_changed(participant)
         self.schedule_update()
 
-    def _set_stage(self, participant: Participant, on_stage: bool, notify: bool = True) -> None:
-        participant.on_stage = on_stage
-        if on_stage:
-            self.stage_since[participant.sid] = time.monotonic() + next(self._order) * 1e-9
-            for publication in participant.publications.values():
-                self._sinks_add(publication)
-        else:
-            self.stage_since.pop(participant.sid, None)
-            for publication in participant.publications.values():
-                self._sinks_remove(publication)
-        if notify:
-            participant.send({"type": "quality", "level": "stage" if on_stage else "thumbnail"})
+    def _put_on_stage(self, participant: Participant) -> None:
+        if participant.identity not in self.state.stage:
+            self.state.stage.append(participant.identity)
+            self.state_changed()
+        self._appear(participant)
+
+    def _appear(self, participant: Participant) -> None:
+        self._appeared[participant.sid] = next(self.order)
+        for publication in participant.publications.values():
+            self._sinks_add(publication)
 
     def _announce_stage(self) -> None:
         self.broadcast({"type": "stage", "stage": [p.sid for p in self.stage]})
@@ -787,8 +857,11 @@ class Room:
     def set_hand(self, participant: Participant, raised: bool) -> None:
         if participant.hand_raised == raised:
             return
-        participant.hand_raised = raised
-        participant.hand_raised_at = time.time() if raised else 0.0
+        if raised:
+            self.state.hands[participant.identity] = time.time()
+        else:
+            self.state.hands.pop(participant.identity, None)
+        self.state_changed()
         self.on_participant_changed(participant)
 
     # --- roll call ---
@@ -874,15 +947,15 @@ class Room:
         """The stage as one picture and its voices, for households (WHEP, HLS):
         the latest to appear wins the picture — a shared screen, or a site called
         on stage — and every microphone on stage is heard."""
-        best: tuple[float, Publication] | None = None
+        best: tuple[int, Publication] | None = None
         microphones: list[Publication] = []
         for participant in self.stage:
-            since = self.stage_since.get(participant.sid, 0.0)
+            since = self._appeared.get(participant.sid, 0)
             for publication in participant.publications.values():
                 if publication.kind == "audio":
                     microphones.append(publication)
                     continue
-                stamp = max(since, publication.published_at)
+                stamp = max(since, publication.order)
                 if publication.source == Source.CAMERA:
                     stamp = since
                 if best is None or stamp > best[0]:
@@ -1042,15 +1115,18 @@ class Room:
         if losses:
             participant.link.loss = round(max(losses), 4)
 
-    async def close(self) -> None:
+    async def close(self, suspend: bool = False) -> None:
+        """Close for good, or ``suspend`` (the hub stops and comes back: the clients are
+        not told the room closed, they reconnect to the hub that restores it)."""
         if self.closed:
             return
         self.closed = True
         if self._empty_timer is not None:
             self._empty_timer.cancel()
-        await self.media.close()
+        await self.media.close(suspend)
         for participant in list(self.participants.values()):
-            participant.send({"type": "removed", "reason": "room_closed"})
+            if not suspend:
+                participant.send({"type": "removed", "reason": "room_closed"})
             await self.leave(participant)
         await self.tasks.close()
         for sink in list(self.sinks):

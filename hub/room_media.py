@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 HLS_PLAYER_TIMEOUT = 15.0
 """Seconds after its last playlist request that an HLS player stops counting."""
 
-Recorded = Callable[[str, Path], Awaitable[None]]
-"""Called with (room name, recording directory) once a recording has ended."""
+Recorded = Callable[[str, list[Path]], Awaitable[None]]
+"""Called with (room name, the recording's parts in order) once a recording has ended:
+one directory, or several when hub restarts cut it into parts."""
 
 
 class MediaError(Exception):
@@ -40,6 +41,8 @@ class RoomMedia:
         self.recording_started_at: float | None = None
         self.live: HlsPackager | None = None
         self.restreamer: Restreamer | None = None
+        self._restream_urls: dict[str, str] = {}
+        """Target id → its URL in full (the room's state keeps them)."""
         self.errors: dict[str, str] = {}
         """The last error of each of recording, live and restream, until it restarts."""
         self.last_recording: Path | None = None
@@ -72,6 +75,13 @@ class RoomMedia:
     def start_recording(self) -> Path:
         if self.recorder is not None:
             raise MediaError("already recording")
+        directory = self._record_part()
+        self.room.state.recording = [str(directory)]
+        self.room.state_changed()
+        return directory
+
+    def _record_part(self) -> Path:
+        """A recorder for a new part in a directory of its own, on the stage now."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         directory = self.data_dir / "recordings" / f"{self.room.name}-{stamp}"
         self.errors.pop("recording", None)
@@ -87,18 +97,36 @@ class RoomMedia:
         return directory
 
     async def stop_recording(self) -> Path:
+        """End the recording: every part it has (a restart cut it into more than one)
+        goes to the library as one recording."""
         recorder = self.recorder
         if recorder is None:
             raise MediaError("not recording")
+        parts = [Path(p) for p in self.room.state.recording or [str(recorder.directory)]]
         self.recorder = None
         self.recording_started_at = None
+        self.room.state.recording = None
+        self.room.state_changed()
         self.room.remove_sink(recorder)
         await recorder.close()
         self.last_recording = recorder.directory
         self.announce()
-        if self.on_recorded is not None and recorder.manifest.tracks:
-            await self.on_recorded(self.room.name, recorder.directory)
+        if self.on_recorded is not None and (recorder.manifest.tracks or len(parts) > 1):
+            await self.on_recorded(self.room.name, parts)
         return recorder.directory
+
+    def resume(self) -> None:
+        """After a restart, what the room's state says was on comes back: live HLS, the
+        restreams, and the recording, as a new part of the same recording."""
+        state = self.room.state
+        if state.live and self.live is None:
+            self.start_live()
+        for url in list(state.restreams):
+            if url not in self._restream_urls.values():
+                self._start_restream(url)
+        if state.recording is not None and self.recorder is None:
+            state.recording.append(str(self._record_part()))
+            self.room.state_changed()
 
     # --- live HLS for households ---
 
@@ -112,6 +140,8 @@ class RoomMedia:
             on_error=self._failed("live"),
         )
         self.room.public = True
+        self.room.state.live = True
+        self.room.state_changed()
         self.room.add_sink(self.live)
         self.announce()
 
@@ -120,6 +150,8 @@ class RoomMedia:
         if live is None:
             raise MediaError("not live")
         self.live = None
+        self.room.state.live = False
+        self.room.state_changed()
         self.room.remove_sink(live)
         await live.close()
         self.announce()
@@ -129,6 +161,12 @@ class RoomMedia:
     def add_restream(self, url: str) -> str:
         if not url.startswith(("rtmp://", "rtmps://")):
             raise MediaError("a restream URL starts with rtmp:// or rtmps://")
+        target = self._start_restream(url)
+        self.room.state.restreams.append(url)
+        self.room.state_changed()
+        return target
+
+    def _start_restream(self, url: str) -> str:
         if self.restreamer is None:
             self.restreamer = Restreamer(
                 f"restream-{self.room.name}",
@@ -137,12 +175,17 @@ class RoomMedia:
             )
             self.room.add_sink(self.restreamer)
         target = self.restreamer.start_target(url)
+        self._restream_urls[target] = url
         self.announce()
         return target
 
     async def remove_restream(self, target_id: str) -> None:
         if self.restreamer is None or target_id not in self.restreamer.status():
             raise MediaError(f"no restream {target_id}")
+        url = self._restream_urls.pop(target_id, None)
+        if url in self.room.state.restreams:
+            self.room.state.restreams.remove(url)
+            self.room.state_changed()
         await self.restreamer.stop_target(target_id)
         self.announce()
 
@@ -198,11 +241,21 @@ class RoomMedia:
         for participant in self.room.participants.values():
             participant.send(full if participant.grant.can_moderate else public)
 
-    async def close(self) -> None:
-        if self.recorder is not None:
-            await self.stop_recording()
-        if self.live is not None:
-            await self.stop_live()
+    async def close(self, suspend: bool = False) -> None:
+        """End recording, live HLS and restreams. ``suspend``: the hub stops and will
+        come back (a restart), so they end cleanly but nothing goes to the library and
+        the room's state (already saved) keeps them on for :meth:`resume`."""
+        if suspend:
+            recorder, live, self.recorder, self.live = self.recorder, self.live, None, None
+            for sink in (recorder, live):
+                if sink is not None:
+                    self.room.remove_sink(sink)
+                    await sink.close()
+        else:
+            if self.recorder is not None:
+                await self.stop_recording()
+            if self.live is not None:
+                await self.stop_live()
         if self.restreamer is not None:
             restreamer, self.restreamer = self.restreamer, None
             self.room.remove_sink(restreamer)

@@ -24,6 +24,7 @@ from hub.ids import NodeID, RoomName, valid_room_name
 from hub.limits import RoomLimits
 from hub.room import HubError, Participant, Room
 from hub.room_media import Recorded
+from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings
 from hub.store import Bus, Store
 from hub.tasks import TaskOwner
@@ -32,6 +33,9 @@ from hub.tokens import Grant, TokenError, TokenSigner
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
+RESOURCE_KEY = "media-session:"
+"""Store key prefix of a WHIP/WHEP session, by the secret in its URL: which room, which
+participant, and whether ending it needs a token. It lasts while its node does."""
 PRESENCE_TTL = 30.0
 PRESENCE_CHANNEL = "presence"
 
@@ -53,8 +57,16 @@ class Hub:
         self.tasks = TaskOwner("hub")
         self.started_at = time.time()
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
+        self._unsaved: set[RoomName] = set()
+        """Rooms whose state changed since it was last written to the Store."""
         self.on_recorded: Recorded | None = None
         """Set by the app: hands a finished recording to the library."""
+
+    @property
+    def state_ttl(self) -> float:
+        """How long a room's state outlives the last word of its node: the empty-room
+        grace period (a restarted hub takes the room back within it) and a heartbeat."""
+        return max(self.settings.room_empty_timeout, 0.0) + 2 * HEARTBEAT_INTERVAL
 
     async def start(self) -> None:
         await check_internals()
@@ -65,6 +77,27 @@ class Hub:
         restrict_host_addresses(self.settings.ice_gather_addresses)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
+        await self.restore_rooms()
+
+    async def restore_rooms(self) -> list[RoomName]:
+        """Open again the rooms whose state outlived their node (this hub before a
+        restart): stage, hands, mutes, removals as they were; live HLS, restreams and
+        the recording (a new part) resume at once. Clients rejoin by themselves."""
+        alive = await self.store.nodes()
+        restored: list[RoomName] = []
+        for key, doc in (await self.store.scan(STATE_KEY)).items():
+            name = RoomName(key.removeprefix(STATE_KEY))
+            if doc.get("node") in alive and doc.get("node") != self.node_id:
+                continue  # its node is alive: the room is still there
+            try:
+                await self.room(name)
+            except HubError as exc:
+                logger.warning("room %s not restored: %s", name, exc.message)
+                continue
+            restored.append(name)
+        if restored:
+            logger.info("restored rooms %s on %s", ", ".join(restored), self.node_id)
+        return restored
 
     def ice_servers_for_clients(self) -> list[dict[str, Any]]:
         return [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]
@@ -93,6 +126,7 @@ class Hub:
             owner = await self.store.claim_room(name, self.node_id)
             if owner != self.node_id:
                 raise HubError("room_elsewhere", f"room {name} lives on node {owner}")
+            saved = await self.store.get(state_key(name))
             gather = self.settings.ice_gather_addresses
             room = Room(
                 name,
@@ -107,27 +141,62 @@ class Hub:
                 on_event=self._room_event,
                 media_dir=self.settings.data_dir,
                 on_recorded=self._recorded,
+                state=RoomState.from_json(saved) if saved is not None else None,
+                on_state=self._state_changed,
             )
             self.rooms[name] = room
-            logger.info("room %s opened on %s", name, self.node_id)
+            if saved is not None:
+                logger.info("room %s restored on %s", name, self.node_id)
+                room.media.resume()
+            else:
+                logger.info("room %s opened on %s", name, self.node_id)
+            self._state_changed(room)
             return room
 
-    async def _recorded(self, room: str, directory: Path) -> None:
+    async def _recorded(self, room: str, parts: list[Path]) -> None:
         if self.on_recorded is not None:
-            await self.on_recorded(room, directory)
+            await self.on_recorded(room, parts)
+
+    def _state_changed(self, room: Room) -> None:
+        """Write the room's state soon: one write for a burst of changes."""
+        if not self._unsaved:
+            self.tasks.spawn(self._save_states(), name="save-state")
+        self._unsaved.add(room.name)
+
+    async def _save_states(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this burst of changes happen
+        while self._unsaved:
+            name = self._unsaved.pop()
+            room = self.rooms.get(name)
+            if room is not None and not room.closed:
+                doc = room.state.to_json(self.node_id)
+                await self.store.put(state_key(name), doc, self.state_ttl)
 
     def _close_when_empty(self, room: Room) -> None:
         self.tasks.spawn(self.close_room(room.name), name="close-room")
 
     async def close_room(self, name: RoomName) -> bool:
+        """Close a room for good: its recording goes to the library, its state is
+        forgotten."""
         room = self.rooms.pop(name, None)
         if room is None:
             return False
         await room.close()
+        await self.store.delete(state_key(name))
         await self.store.release_room(name, self.node_id)
         self._room_locks.pop(name, None)
         logger.info("room %s closed", name)
         return True
+
+    async def _suspend_room(self, name: RoomName) -> None:
+        """This hub stops (a restart, an upgrade): the room's media end cleanly, its
+        state stays in the Store for the hub that comes back within the grace period."""
+        room = self.rooms.pop(name)
+        await self.store.put(state_key(name), room.state.to_json(self.node_id), self.state_ttl)
+        await room.close(suspend=True)
+        await self.store.release_room(name, self.node_id)
+        self._room_locks.pop(name, None)
+        logger.info("room %s suspended: its state waits for the next start", name)
 
     def _presence_info(self, participant: Participant) -> dict[str, Any]:
         return {
@@ -144,7 +213,22 @@ class Hub:
         """Joins and leaves reach the Store and the Bus at once (the dashboard)."""
         self.tasks.spawn(self._publish_presence(room, participant, here), name="presence")
 
+    async def save_resource(self, participant: Participant) -> None:
+        """Keep a WHIP/WHEP session's record (``participant.resource``) in the Store."""
+        assert participant.resource is not None
+        doc = {
+            "kind": participant.kind,
+            "room": participant.room.name,
+            "participant": participant.sid,
+            "identity": participant.identity,
+            "with_token": participant.resource_needs_token,
+            "node": self.node_id,
+        }
+        await self.store.put(RESOURCE_KEY + participant.resource, doc, HEARTBEAT_INTERVAL * 3)
+
     async def _publish_presence(self, room: Room, participant: Participant, here: bool) -> None:
+        if not here and participant.resource is not None:
+            await self.store.delete(RESOURCE_KEY + participant.resource)
         if here:
             info = self._presence_info(participant)
             await self.store.set_presence(room.name, participant.identity, info, PRESENCE_TTL)
@@ -183,6 +267,13 @@ class Hub:
             # Claim again: a restarted Redis forgets which node holds which room.
             await self.store.claim_room(room.name, self.node_id)
             await self.set_presence(room)
+            for participant in list(room.participants.values()):
+                if participant.resource is not None:
+                    await self.save_resource(participant)
+            # The state lasts while this node does.
+            await self.store.put(
+                state_key(room.name), room.state.to_json(self.node_id), self.state_ttl
+            )
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -193,7 +284,8 @@ class Hub:
                 logger.exception("heartbeat failed")
 
     async def close(self) -> None:
-        # Rooms first: their last presence changes still go out through the tasks.
+        """The hub stops: its rooms are suspended, not closed (see :meth:`_suspend_room`).
+        Rooms first: their last presence changes still go out through the tasks."""
         for name in list(self.rooms):
-            await self.close_room(name)
+            await self._suspend_room(name)
         await self.tasks.close()

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     every participant of the room."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
+    login_checks: int = Field(2, ge=1)
+    """Password checks (argon2, deliberately slow) run at once; more logins wait a few
+    seconds, then are asked to retry (503): a burst of logins cannot take every core
+    from the media."""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     """Bytes a request body may hold (JSON, a CSV of the county's sites, SDP): counted
     while it arrives, refused with 413 past it, whatever its Content-Length says."""

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -80,6 +81,10 @@ class Store(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every unexpired document whose key starts with ``prefix``, by key."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -229,14 +234,17 @@ def check_ttl(ttl: float) -> float:
     return ttl
 
 
-def open_store_bus(redis_url: str | None, *, prefix: str = "hub:") -> tuple[Store, Bus]:
-    """In-memory Store and Bus when ``redis_url`` is None, else Redis ones (keys under
-    ``prefix``). The caller closes both."""
+def open_store_bus(
+    redis_url: str | None, *, prefix: str = "hub:", documents: Path | None = None
+) -> tuple[Store, Bus]:
+    """In-memory Store and Bus when ``redis_url`` is None (its documents kept in the
+    file ``documents`` too, when given, so a restart finds them), else Redis ones (keys
+    under ``prefix``). The caller closes both."""
     # Imported on demand: only a cluster loads the Redis module and redis itself.
     if redis_url is None:
         from hub.store_memory import MemoryBus, MemoryStore
 
-        return MemoryStore(), MemoryBus()
+        return MemoryStore(documents=documents), MemoryBus()
     from hub.store_redis import RedisBus, RedisStore
 
     return RedisStore.from_url(redis_url, prefix=prefix), RedisBus.from_url(

@@ -3,14 +3,20 @@
 Values are kept as JSON text, so they behave as in Redis: a non-JSON-able value
 fails at once, and every read returns a fresh copy. Nothing here awaits, so every
 method is atomic on the event loop. Expiry is read against an injectable clock.
+
+Documents (``put``) may also be written through to a file, so that a restarted hub
+finds them (a room's state: see :mod:`hub.room_state`); liveness (nodes, presence,
+claims, leases) is never written: after a restart it starts afresh, as it must.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from hub.ids import NodeID, ParticipantIdentity, RoomName
@@ -48,17 +54,61 @@ class _Expiring(Generic[K, V]):
         self._entries = {k: entry for k, entry in self._entries.items() if entry[0] > now}
         return {k: value for k, (_, value) in self._entries.items()}
 
+    def remaining(self) -> dict[K, tuple[float | None, V]]:
+        """Every live entry with the seconds it has left (None: forever)."""
+        now = self._clock()
+        return {
+            k: (None if deadline == math.inf else deadline - now, value)
+            for k, (deadline, value) in self._entries.items()
+            if deadline > now
+        }
+
 
 class MemoryStore:
-    """A Store for one process. ``clock`` (seconds) lets tests move time."""
+    """A Store for one process. ``clock`` (seconds) lets tests move time; with
+    ``documents``, the documents are also kept in that file (JSON, written whole and
+    replaced at each change: a few small documents) and read back at construction."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, documents: Path | None = None
+    ) -> None:
         self._clock = clock
+        self._file = documents
         self._rooms: dict[RoomName, NodeID] = {}
         self._nodes: _Expiring[NodeID, str] = _Expiring(clock)
         self._presence: dict[RoomName, _Expiring[ParticipantIdentity, str]] = {}
         self._leases: _Expiring[str, str] = _Expiring(clock)
         self._documents: _Expiring[str, str] = _Expiring(clock)
+        if documents is not None and documents.exists():
+            self._load(documents)
+
+    def _load(self, path: Path) -> None:
+        """Documents a previous process left, as long as they have time left."""
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # unreadable: start afresh rather than not at all
+        now = time.time()
+        for key, (expires_at, text) in saved.items():
+            if expires_at is None:
+                self._documents.set(key, text, None)
+            elif expires_at > now:
+                self._documents.set(key, text, expires_at - now)
+
+    def _save(self) -> None:
+        if self._file is None:
+            return
+        now = time.time()
+        # Deadlines on the wall clock: the monotonic one means nothing after a restart.
+        doc = {
+            key: (None if left is None else now + left, text)
+            for key, (left, text) in self._documents.remaining().items()
+        }
+        temporary = self._file.with_name(self._file.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out)
+        os.replace(temporary, self._file)
 
     async def claim_room(self, room: RoomName, node: NodeID) -> NodeID:
         owner = self._live_owner(room)
@@ -124,6 +174,7 @@ class MemoryStore:
 
     async def put(self, key: str, value: dict[str, Any], ttl: float | None = None) -> None:
         self._documents.set(key, json.dumps(value), ttl)
+        self._save()
 
     async def get(self, key: str) -> dict[str, Any] | None:
         text = self._documents.get(key)
@@ -134,6 +185,14 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self._documents.pop(key)
+        self._save()
+
+    async def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {
+            key: json.loads(text)
+            for key, text in self._documents.live().items()
+            if key.startswith(prefix)
+        }
 
     async def close(self) -> None:
         """Nothing to release: the state goes with the object."""

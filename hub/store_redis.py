@@ -8,7 +8,11 @@ Redis keys, ``{p}`` being the prefix (``hub:`` by default)::
     {p}presence:{room}             hash    participant identity -> JSON info
     {p}presence_deadlines:{room}   zset    participant identity, scored by its deadline
     {p}lease:{name}                string  holder, expiring with the lease (PX)
-    {p}doc:{key}                   string  JSON document, expiring if put with a TTL (PX)
+    {p}doc:{key}                   string  JSON document, expiring if put with a TTL (PX):
+        room-state:{room}          a room's state (hub/room_state.py), while its node lives
+        media-session:{secret}     a WHIP/WHEP session (hub/service.py RESOURCE_KEY)
+        recording-session:{room}   what a room's recording is of (web/glue.py)
+        library-item:{room}        the item made of it, for the schedule's hand-over
     {p}bus:{channel}               channel pub/sub, JSON messages
 
 Deadlines are milliseconds on the Redis server's clock (``TIME`` inside the
@@ -234,6 +238,19 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         await self._client.delete(f"{self._prefix}doc:{key}")
+
+    async def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
+        documents = f"{self._prefix}doc:"
+        keys = [key async for key in self._client.scan_iter(match=f"{documents}{prefix}*")]
+        if not keys:
+            return {}
+        texts = await self._client.mget(keys)
+        # A key that expired between the scan and the read reads as None.
+        return {
+            key.removeprefix(documents): json.loads(text)
+            for key, text in zip(keys, texts, strict=True)
+            if text is not None
+        }
 
     async def close(self) -> None:
         await self._client.aclose()

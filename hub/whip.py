@@ -16,7 +16,7 @@ from hub.ids import ParticipantIdentity, RoomName
 from hub.limits import AddressBuckets
 from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
 from hub.room import HubError, Participant, ParticipantKind, Room
-from hub.service import Hub
+from hub.service import RESOURCE_KEY, Hub
 from hub.tokens import Grant, Role, Source, grant_for_role
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ def _bearer(request: Request) -> str | None:
 class _Resource:
     """A WHIP or WHEP session, known by the secret in its ``Location``."""
 
-    kind: ParticipantKind
     room: Room
     participant: Participant
     with_token: bool
@@ -90,22 +89,21 @@ class _Resource:
 
 
 def whip_router(hub: Hub) -> APIRouter:
+    """The sessions are in the Store (:data:`hub.service.RESOURCE_KEY`, by the secret
+    in their URL, never the sid every participant and the room API see)."""
     router = APIRouter()
     settings = hub.settings
-    resources: dict[str, _Resource] = {}
-    """Secret → session. Not the sid: every participant and the room API see sids."""
     anonymous_views = AddressBuckets(
         settings.anonymous_whep_per_minute / 60, settings.anonymous_whep_per_minute
     )
 
-    def created(
+    async def created(
         room: Room, participant: Participant, kind: ParticipantKind, answer: str, with_token: bool
     ) -> Response:
-        # Forget resources that ended otherwise (removed, timed out, room closed).
-        for ended in [key for key, r in resources.items() if r.participant.closed]:
-            del resources[ended]
         key = secrets.token_urlsafe(24)
-        resources[key] = _Resource(kind, room, participant, with_token)
+        participant.resource = key
+        participant.resource_needs_token = with_token
+        await hub.save_resource(participant)
         return Response(
             answer,
             status_code=201,
@@ -139,7 +137,7 @@ def whip_router(hub: Hub) -> APIRouter:
             except BaseException:
                 await room.leave(participant)
                 raise
-            return created(room, participant, kind, answer, token is not None)
+            return await created(room, participant, kind, answer, token is not None)
         except _HttpError as exc:
             return _problem(exc.status, exc.reason, exc.retry_after)
         except SdpError as exc:
@@ -208,18 +206,16 @@ def whip_router(hub: Hub) -> APIRouter:
     async def whep(room: str, request: Request) -> Response:
         return await guarded("whep", room, request, whep_grant)
 
-    def owned(kind: ParticipantKind, room: str, key: str, request: Request) -> _Resource:
+    async def owned(kind: ParticipantKind, room: str, key: str, request: Request) -> _Resource:
         """The session at this URL, if the request may act on it: a session opened
         with a token needs a token of the same identity; an anonymous household's
         is ended by its secret URL alone."""
-        found = resources.get(key)
-        if (
-            found is None
-            or found.kind != kind
-            or found.room.name != room
-            or found.participant.closed
-        ):
+        doc = await hub.store.get(RESOURCE_KEY + key)
+        here = hub.rooms.get(RoomName(room))
+        participant = here.participants.get(doc["participant"]) if doc and here else None
+        if doc is None or here is None or participant is None or doc.get("kind") != kind:
             raise _HttpError(404, "no such resource")
+        found = _Resource(here, participant, bool(doc.get("with_token")))
         if not found.with_token:
             return found
         token = _bearer(request)
@@ -236,16 +232,15 @@ def whip_router(hub: Hub) -> APIRouter:
 
     async def delete(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
         try:
-            found = owned(kind, room, key, request)
+            found = await owned(kind, room, key, request)
         except _HttpError as exc:
             return _problem(exc.status, exc.reason)
-        resources.pop(key, None)
         await found.room.leave(found.participant)
         return Response(status_code=204)
 
     async def trickle(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
         try:
-            owned(kind, room, key, request)
+            await owned(kind, room, key, request)
         except _HttpError as exc:
             return _problem(exc.status, exc.reason)
         # The hub's answer carries all its candidates; trickle is not needed.

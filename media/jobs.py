@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import time
 from contextlib import suppress
@@ -50,7 +51,8 @@ class Job:
     item_id: str
     kind: JobKind
     source: str
-    """The recording directory, or the uploaded file (deleted once processed)."""
+    """The uploaded file (deleted once processed), or the recording's directories
+    (a JSON list, one per part; a single path from an older hub is one part)."""
     layout: Layout
     status: JobStatus
     attempts: int
@@ -70,6 +72,13 @@ def _job(row: sa.Row[Any]) -> Job:
     m = dict(row._mapping)
     m["status"] = JobStatus(m["status"])
     return Job(**m)
+
+
+def job_sources(job: Job) -> list[Path]:
+    """What a job processes: the uploaded file, or the recording's parts in order."""
+    if job.kind == "recording" and job.source.startswith("["):
+        return [Path(p) for p in json.loads(job.source)]
+    return [Path(job.source)]
 
 
 class JobRunner:
@@ -141,9 +150,11 @@ class JobRunner:
                 await task
 
     async def submit(
-        self, item_id: str, kind: JobKind, source: Path, layout: Layout = "lecturer"
+        self, item_id: str, kind: JobKind, sources: list[Path], layout: Layout = "lecturer"
     ) -> Job:
-        """Queue the processing of a recording directory or an uploaded file for an item."""
+        """Queue the processing of an uploaded file, or of a recording (its parts'
+        directories, in order), for an item."""
+        source = json.dumps([str(p) for p in sources]) if kind == "recording" else str(sources[0])
         now = time.time()
         job_id = new_id()
         async with self.engine.begin() as conn:
@@ -152,7 +163,7 @@ class JobRunner:
                     id=job_id,
                     item_id=item_id,
                     kind=kind,
-                    source=str(source),
+                    source=source,
                     layout=layout,
                     status=JobStatus.QUEUED.value,
                     attempts=0,
@@ -168,6 +179,12 @@ class JobRunner:
         job = await self.get(job_id)
         assert job is not None
         return job
+
+    async def recording_sources(self) -> set[Path]:
+        """Every recording directory a job has been given (resolved paths)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(jobs_table).where(jobs_table.c.kind == "recording"))
+            return {p.resolve() for row in rows for p in job_sources(_job(row))}
 
     async def get(self, job_id: str) -> Job | None:
         async with self.engine.connect() as conn:
@@ -266,7 +283,7 @@ class JobRunner:
             latest = percent
 
         processing = asyncio.create_task(
-            self.processor.process(job.item_id, job.kind, Path(job.source), job.layout, progress),
+            self.processor.process(job.item_id, job.kind, job_sources(job), job.layout, progress),
             name=f"library-job-{job.id}",
         )
         self._processing[job.item_id] = processing

@@ -279,7 +279,7 @@ def library_router(
         )
         source = library.upload_path(item.id, staging.suffix)
         await asyncio.to_thread(staging.rename, source)
-        job = await jobs.submit(item.id, "upload", source)
+        job = await jobs.submit(item.id, "upload", [source])
         return {"item": item_json(item), "job": job_json(job)}
 
     @router.get("/api/library/{item_id}")

@@ -104,6 +104,38 @@ def probe(path: Path) -> MediaInfo:
         raise ProcessingError(f"not a media file: {e}") from e
 
 
+def stream_shape(path: Path) -> tuple[str, int, int, str, bytes, str | None, int | None]:
+    """What decides whether two MP4s join without encoding: video codec, size, pixel
+    format and parameter sets (one ``avcC`` serves the whole file); audio codec and
+    rate. Blocking."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0].codec_context
+        audio = next(iter(container.streams.audio), None)
+        return (
+            video.name,
+            video.width,
+            video.height,
+            str(video.pix_fmt),
+            bytes(video.extradata or b""),
+            audio.codec_context.name if audio else None,
+            audio.codec_context.sample_rate if audio else None,
+        )
+
+
+def probe_duration(path: Path) -> float:
+    """A media file's duration in seconds (its container's). Blocking."""
+    return probe(path).duration
+
+
+def has_video(directory: Path) -> bool:
+    """Whether a recording part has a video track with a file. Blocking."""
+    try:
+        recording = load_recording(directory)
+    except ProcessingError:
+        return False
+    return any(t.kind == "video" for t in recording.tracks)
+
+
 def media_span(path: Path) -> float:
     """Seconds from the first packet of a file's first stream to the end of its last.
 
@@ -450,9 +482,16 @@ class Processor:
         self.hls_time = hls_time
 
     async def process(
-        self, item_id: str, kind: JobKind, source: Path, layout: Layout, progress: Progress
+        self,
+        item_id: str,
+        kind: JobKind,
+        sources: list[Path],
+        layout: Layout,
+        progress: Progress,
     ) -> float:
         """Make ``<library_dir>/<item_id>/``; returns the program's duration in seconds.
+        ``sources``: the uploaded file, or the recording's directories, one per part (a
+        hub restart cuts a recording into parts), joined in order.
 
         Work happens in ``<item_id>.partial`` and replaces the item's folder only when
         complete, so a half-made item is never served and a retry starts clean.
@@ -463,9 +502,9 @@ class Processor:
             mp4 = work / MP4_FILE
             await progress(0.0)
             if kind == "upload":
-                await self._upload_mp4(source, mp4, _part(progress, 0, 85))
+                await self._upload_mp4(sources[0], mp4, _part(progress, 0, 85))
             else:
-                await self._recording_mp4(source, layout, mp4, _part(progress, 0, 85))
+                await self._recording_parts_mp4(sources, layout, mp4, _part(progress, 0, 85))
             info = await asyncio.to_thread(probe, mp4)
             await self._hls(mp4, work, info.duration, _part(progress, 85, 97))
             await self._poster(mp4, work / POSTER_FILE, info.duration)
@@ -487,6 +526,65 @@ class Processor:
             codec |= {"acodec": "copy"} if info.audio_codec == "aac" else AAC
         out = ffmpeg.output(*streams, str(mp4), movflags="+faststart", **codec)
         await run_ffmpeg(out, duration=info.duration, progress=progress)
+
+    async def _recording_parts_mp4(
+        self, directories: list[Path], layout: Layout, mp4: Path, progress: Progress
+    ) -> None:
+        """One MP4 of a recording's parts, in order: each made as a whole recording
+        would be, then joined. A part that holds no video (a restart nobody published
+        after) is left out."""
+        usable = [d for d in directories if await asyncio.to_thread(has_video, d)]
+        if len(usable) <= 1:
+            # One part, or none with video: processed as it is, so the error says why.
+            await self._recording_mp4((usable or directories)[0], layout, mp4, progress)
+            return
+        made: list[Path] = []
+        for n, directory in enumerate(usable):
+            part = mp4.with_name(f"part-{n:02d}.mp4")
+            share = 80 / len(usable)
+            await self._recording_mp4(
+                directory, layout, part, _part(progress, n * share, (n + 1) * share)
+            )
+            made.append(part)
+        await self._join(made, mp4, _part(progress, 80, 100))
+        for part in made:
+            await asyncio.to_thread(part.unlink)
+
+    async def _join(self, parts: list[Path], mp4: Path, progress: Progress) -> None:
+        """Parts alike (codec, size, sound) are joined as they are, without encoding;
+        others (the camera changed its size across a restart) to the first one's size."""
+        infos = [await asyncio.to_thread(stream_shape, part) for part in parts]
+        duration = sum([await asyncio.to_thread(probe_duration, part) for part in parts])
+        if all(shape == infos[0] for shape in infos):
+            listing = mp4.with_name("parts.txt")
+            listing.write_text("".join(f"file '{part.name}'\n" for part in parts))
+            out = ffmpeg.output(
+                ffmpeg.input(str(listing), f="concat", safe=0),
+                str(mp4),
+                c="copy",
+                movflags="+faststart",
+            )
+            await run_ffmpeg(out, duration=duration, progress=progress)
+            await asyncio.to_thread(listing.unlink)
+            return
+        width, height = infos[0][1], infos[0][2]
+        streams: list[Any] = []
+        with_audio = all(shape[5] is not None for shape in infos)
+        for part in parts:
+            inp = ffmpeg.input(str(part))
+            streams.append(
+                inp["v:0"]
+                .filter("scale", width, height, force_original_aspect_ratio="decrease")
+                .filter("pad", width, height, "(ow-iw)/2", "(oh-ih)/2")
+                .filter("setsar", 1)
+            )
+            if with_audio:
+                streams.append(inp["a:0"])
+        joined = ffmpeg.concat(*streams, v=1, a=1 if with_audio else 0).node
+        outputs = [joined[0], joined[1]] if with_audio else [joined[0]]
+        codec: dict[str, Any] = dict(X264) | (MICROPHONE_AAC if with_audio else {})
+        out = ffmpeg.output(*outputs, str(mp4), movflags="+faststart", **codec)
+        await run_ffmpeg(out, duration=duration, progress=progress)
 
     async def _recording_mp4(
         self, directory: Path, layout: Layout, mp4: Path, progress: Progress

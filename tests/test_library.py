@@ -218,7 +218,7 @@ async def test_a_job_runs_on_this_database(
     recording = make_recording(tmp_path / "rec")
     item = await add(library, "录像")
     jobs = JobRunner(engine, library, Processor(library.library_dir), poll_interval=0.2)
-    job = await jobs.submit(item.id, "recording", recording)
+    job = await jobs.submit(item.id, "recording", [recording])
 
     async def done() -> str | None:
         current = await jobs.get(job.id)

@@ -93,7 +93,7 @@ async def catalog_item(hub: Hub, *, published: bool = True) -> LibraryItem:
 async def processed_item(hub: Hub, *, published: bool = True) -> LibraryItem:
     """A real recording, processed by the real runner."""
     item = await catalog_item(hub, published=published)
-    await hub.jobs.submit(item.id, "recording", hub.recording)
+    await hub.jobs.submit(item.id, "recording", [hub.recording])
     return await wait_ready(hub, item.id)
 
 
@@ -220,7 +220,7 @@ async def test_a_failed_job_shows_its_error_through_the_api(hub: Hub) -> None:
     broken = hub.root / "broken"
     broken.mkdir()
     (broken / "recording.json").write_text("{not json")
-    await hub.jobs.submit(item.id, "recording", broken)
+    await hub.jobs.submit(item.id, "recording", [broken])
 
     async def failed() -> str | None:
         r = await hub.client.get(f"/api/library/{item.id}/job")

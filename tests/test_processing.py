@@ -168,7 +168,7 @@ async def process(
     duration = await Processor(tmp_path / "library").process(
         item_id,
         kind,  # type: ignore[arg-type]
-        source,
+        [source],
         layout,  # type: ignore[arg-type]
         no_progress,
     )
@@ -532,6 +532,41 @@ async def test_a_recording_cut_short_by_a_crash_is_still_processed(
 # --- uploads ----------------------------------------------------------------------
 
 
+async def test_the_parts_of_a_recording_a_restart_cut_are_joined_in_order(
+    tmp_path: Path, h264_recording: Path, vp8_recording: Path
+) -> None:
+    """A hub restart cuts a recording into parts: one item holds them all, in order,
+    the H.264 ones joined as they are (no encoder runs), and a part nobody published in
+    (an empty restart) is left out."""
+    empty = tmp_path / "empty-part"
+    empty.mkdir()
+    manifest = {"started_at": T0, "ended_at": T0 + 1, "status": "stopped", "tracks": []}
+    (empty / "recording.json").write_text(json.dumps({**manifest, "error": None, "stage": []}))
+    item = "1" * 32
+    library = tmp_path / "library"
+    duration = await Processor(library).process(
+        item, "recording", [h264_recording, empty, h264_recording], "lecturer", no_progress
+    )
+    assert abs(duration - 2 * SECONDS) <= 1.0
+    joined = video_packets(library / item / "video.mp4")
+    source = video_packets(h264_recording / "camera.mkv")
+    # Copied, not encoded: every packet holds the recorded one's coded picture (the
+    # joining may write parameter sets into keyframes); an encoder makes other bytes.
+    assert len(joined) == 2 * len(source)
+    assert all(r[-200:] in j for j, r in zip(joined, 2 * source, strict=True))
+    # parts unlike each other (a VP8 camera transcoded, then an H.264 one remuxed: other
+    # parameter sets) are joined by encoding, at the first one's size
+    mixed = "2" * 32
+    duration = await Processor(library).process(
+        mixed, "recording", [vp8_recording, h264_recording], "lecturer", no_progress
+    )
+    assert abs(duration - 2 * SECONDS) <= 1.0
+    with av.open(str(library / mixed / "video.mp4")) as mp4:
+        assert mp4.streams.video[0].codec_context.name == "h264"
+        frames = sum(1 for _ in mp4.decode(video=0))
+    assert frames >= 2 * SECONDS * 20  # every part's pictures, decodable
+
+
 async def test_an_h264_upload_is_remuxed(tmp_path: Path) -> None:
     upload = tmp_path / "talk.mp4"
     ffmpeg_make(
@@ -595,7 +630,7 @@ async def test_a_job_reports_progress_from_0_to_100_and_makes_the_item_ready(
 ) -> None:
     jobs = runner(engine, library)
     item_id = await new_item(library)
-    job = await jobs.submit(item_id, "recording", vp8_recording, layout="composite")
+    job = await jobs.submit(item_id, "recording", [vp8_recording], layout="composite")
     assert (job.status, job.progress) == (JobStatus.QUEUED, 0.0)
     seen: list[float] = []
 
@@ -625,7 +660,7 @@ async def test_a_failing_job_is_retried_with_backoff_then_failed_with_its_error(
     (broken / "camera.mkv").write_bytes(b"this is not a matroska file" * 100)
     jobs = runner(engine, library, max_attempts=3, backoff=0.5)
     item_id = await new_item(library)
-    job = await jobs.submit(item_id, "recording", broken)
+    job = await jobs.submit(item_id, "recording", [broken])
     waits: dict[int, float] = {}
 
     async def until_failed() -> str | None:
@@ -657,7 +692,7 @@ async def test_closing_mid_job_requeues_it_and_a_new_runner_finishes_it(
 ) -> None:
     item_id = await new_item(library)
     first = runner(engine, library)
-    job = await first.submit(item_id, "recording", vp8_recording, layout="composite")
+    job = await first.submit(item_id, "recording", [vp8_recording], layout="composite")
     await first.start()
     try:
         await wait_until(lambda: job_status(first, job.id, JobStatus.RUNNING), interval=0.01)
@@ -683,7 +718,7 @@ async def test_a_job_left_running_by_a_crash_is_restarted(
 ) -> None:
     item_id = await new_item(library)
     jobs = runner(engine, library)
-    job = await jobs.submit(item_id, "recording", h264_recording)
+    job = await jobs.submit(item_id, "recording", [h264_recording])
     async with engine.begin() as conn:  # what a killed process leaves behind
         await conn.execute(jobs_table.update().values(status="running", attempts=1))
     await jobs.start()
@@ -700,7 +735,7 @@ async def test_discarding_an_items_jobs_stops_its_running_attempt(
 ) -> None:
     item_id = await new_item(library)
     jobs = runner(engine, library)
-    job = await jobs.submit(item_id, "recording", vp8_recording, layout="composite")
+    job = await jobs.submit(item_id, "recording", [vp8_recording], layout="composite")
     await jobs.start()
     try:
         await wait_until(lambda: job_status(jobs, job.id, JobStatus.RUNNING), interval=0.01)

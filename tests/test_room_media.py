@@ -152,7 +152,9 @@ async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub
                 await http.delete("/api/rooms/lib/recording", headers=moderator)
             ).status_code == 200
         library = hub_server.hub.on_recorded.__self__  # type: ignore[union-attr]
-        item = library.latest["lib"]
+        item_id = await library.latest_item("lib")
+        assert item_id is not None
+        item = await library.library.get(item_id)
         job = await library.jobs.latest_for_item(item.id)
         assert job is not None
 

@@ -53,8 +53,10 @@ async def test_a_scheduled_session_is_run_on_the_hub(hub_server: RunningHub) -> 
     await control.close_room(room_name)
     assert session.room not in hub_server.hub.rooms
     await control.hand_to_library(room_name, session)
-    item = control.recordings.latest[room_name]
+    item_id = await control.recordings.latest_item(room_name)
+    assert item_id is not None
     library = control.recordings.library
+    item = await library.get(item_id)
     published = await library.get(item.id)
     assert published.title == "学习贯彻全会精神宣讲" and published.theme == Theme.THEORY
     assert published.session_id == "7" and published.site == "C" and published.published
@@ -99,8 +101,10 @@ async def test_a_sessions_composite_layout_reaches_the_library(hub_server: Runni
         await center.close()
     await control.close_room(room_name)
     await control.hand_to_library(room_name, session)
-    item = control.recordings.latest[room_name]
+    item_id = await control.recordings.latest_item(room_name)
+    assert item_id is not None
     library = control.recordings.library
+    item = await library.get(item_id)
 
     async def ready() -> str | None:
         current = await library.get(item.id)

@@ -11,6 +11,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,6 +240,23 @@ async def test_put_get_delete_with_and_without_ttl(cluster: Cluster, store: Stor
     assert await store.get("lasting") is None
 
 
+async def test_scan_finds_the_unexpired_documents_of_a_prefix(
+    cluster: Cluster, store: Store
+) -> None:
+    other = cluster.node()[0]  # what one node puts, another finds
+    await store.put("room-state:a", {"stage": ["C"]})
+    await store.put("room-state:b", {"stage": []}, ttl=SHORT)
+    await store.put("room-stateless", {"x": 1})
+    await store.put("media-session:z", {"room": "a"})
+    assert await other.scan("room-state:") == {
+        "room-state:a": {"stage": ["C"]},
+        "room-state:b": {"stage": []},
+    }
+    await cluster.elapse(PAST_SHORT)
+    assert await other.scan("room-state:") == {"room-state:a": {"stage": ["C"]}}
+    assert await other.scan("nothing:") == {}
+
+
 async def test_get_returns_a_copy(store: Store) -> None:
     await store.put("doc", {"list": [1]})
     copy = await store.get("doc")
@@ -393,3 +411,27 @@ async def test_the_redis_bus_drops_messages_that_are_not_json_objects(redis_url:
     finally:
         await bus.close()
         await admin.aclose()
+
+
+async def test_memory_documents_outlive_the_process_in_their_file(tmp_path: Path) -> None:
+    """A restarted hub finds what the last one put (a room's state): the documents are
+    written through to the file, with their deadlines on the wall clock; liveness
+    (nodes, claims) is not kept."""
+    path = tmp_path / "store.json"
+    first = MemoryStore(documents=path)
+    await first.heartbeat(A, {}, LONG)
+    assert await first.claim_room(ROOM, A) == A
+    await first.put("room-state:lecture", {"stage": ["C"], "public": True}, ttl=LONG)
+    await first.put("forever", {"v": 1})
+    await first.put("brief", {"v": 2}, ttl=0.3)
+    await first.put("gone", {"v": 3})
+    await first.delete("gone")
+    assert path.stat().st_mode & 0o777 == 0o600  # a room's restream keys are in there
+    await asyncio.sleep(0.5)  # "brief" runs out while no process holds it
+    second = MemoryStore(documents=path)
+    assert await second.get("room-state:lecture") == {"stage": ["C"], "public": True}
+    assert await second.get("forever") == {"v": 1}
+    assert await second.get("brief") is None and await second.get("gone") is None
+    assert await second.room_node(ROOM) is None and await second.nodes() == {}
+    path.write_text("{not json")
+    assert await MemoryStore(documents=path).scan("") == {}  # unreadable: a fresh start

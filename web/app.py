@@ -48,13 +48,19 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
 def create_app(settings: Settings) -> FastAPI:
     settings.private_data_dir()
     engine = create_engine_for(settings)
-    store, bus = open_store_bus(settings.redis_url)
+    # Without Redis, the Store's documents (rooms' state) are kept in the data dir, so a
+    # restarted hub finds them.
+    documents = settings.private_data_dir() / "store.json"
+    store, bus = open_store_bus(settings.redis_url, documents=documents)
     hub = Hub(settings, store, bus)
-    auth = Auth(Accounts(engine), secure_cookies=True if settings.tls_cert else None)
+    auth = Auth(
+        Accounts(engine, concurrent_checks=settings.login_checks),
+        secure_cookies=True if settings.tls_cert else None,
+    )
     library_dir = settings.data_dir / "library"
     library = Library(engine, library_dir)
     jobs = JobRunner(engine, library, Processor(library_dir))
-    recordings = RecordingsToLibrary(library, jobs)
+    recordings = RecordingsToLibrary(library, jobs, store)
     hub.on_recorded = recordings.recorded
     webhooks = WebhookNotifier(settings.webhook_urls) if settings.webhook_urls else None
     command = CommandCenter(
@@ -76,6 +82,10 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(jobs.close)
             await hub.start()
             stack.push_async_callback(hub.close)
+            await recordings.recover(
+                settings.data_dir / "recordings",
+                {p for room in hub.rooms.values() for p in room.state.recording or []},
+            )
             await command.start()
             stack.push_async_callback(command.stop)
             if webhooks is not None:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from fastapi import HTTPException, Request
 from hub.ids import ParticipantIdentity, RoomName
 from hub.room_media import MediaError
 from hub.service import Hub
+from hub.store import Store
 from media.jobs import JobRunner
-from media.library import Library, LibraryItem, Theme
+from media.library import Library, Theme
+from media.processing import Layout, has_video
 from scheduler.accounts import Auth
 from scheduler.permissions import Role
 from scheduler.recurrence import local
@@ -24,37 +28,104 @@ from scheduler.sites import Sites
 logger = logging.getLogger(__name__)
 
 
-class RecordingsToLibrary:
-    """Each ended recording becomes a library item, processed by a job; a scheduled
-    session's recording takes its title, theme, host and session id."""
+SESSION_KEY = "recording-session:"
+"""Store key prefix: what a room's recording is of (a scheduled session), by room."""
+ITEM_KEY = "library-item:"
+"""Store key prefix: the newest library item made of a room's recording, by room."""
+HANDOVER_TTL = 3 * 24 * 3600.0
+"""Seconds these stay: past a session's end and its hand-over, with room for a hub that
+was down a while."""
+_PART = re.compile(r"^(?P<room>.+)-\d{8}-\d{6}$")
+"""A recording directory's name: its room, then when the part began."""
 
-    def __init__(self, library: Library, jobs: JobRunner) -> None:
+
+class RecordingsToLibrary:
+    """Each ended recording (all its parts) becomes a library item, processed by a job;
+    a scheduled session's recording takes its title, theme, host and session id. What
+    this remembers (which session a room is, the item made) is in the Store: a hub that
+    restarts between the recording and the hand-over still hands it over."""
+
+    def __init__(self, library: Library, jobs: JobRunner, store: Store) -> None:
         self.library = library
         self.jobs = jobs
-        self.sessions: dict[str, SessionInfo] = {}
-        """The scheduled session each open room belongs to."""
-        self.latest: dict[str, LibraryItem] = {}
-        """The newest item of each room, for the schedule's hand-over."""
+        self.store = store
 
-    async def recorded(self, room: str, directory: Path) -> None:
-        session = self.sessions.get(room)
-        if session is not None:
+    async def remember(self, room: str, session: SessionInfo) -> None:
+        """``room`` records ``session``: its recordings take the session's metadata."""
+        meta = {
+            "title": session.title,
+            "theme": session.theme.value,
+            "date": local(session.start).date().isoformat(),
+            "site": session.host,
+            "session_id": str(session.session_id),
+            "layout": session.options.layout,
+        }
+        await self.store.put(SESSION_KEY + room, meta, HANDOVER_TTL)
+
+    async def recorded(self, room: str, parts: list[Path]) -> None:
+        meta = await self.store.get(SESSION_KEY + room)
+        if meta is not None:
             item = await self.library.create(
-                title=session.title,
-                theme=Theme(session.theme),
-                date=local(session.start).date(),
-                site=session.host,
-                session_id=str(session.session_id),
+                title=meta["title"],
+                theme=Theme(meta["theme"]),
+                date=datetime.date.fromisoformat(meta["date"]),
+                site=meta["site"],
+                session_id=meta["session_id"],
             )
         else:
             today = datetime.date.today()
             item = await self.library.create(
                 title=f"{room} {today.isoformat()}", theme=Theme.THEORY, date=today
             )
-        self.latest[room] = item
-        layout = session.options.layout if session is not None else "lecturer"
-        job = await self.jobs.submit(item.id, "recording", directory, layout)
-        logger.info("recording %s of %s → item %s, job %s", directory, room, item.id, job.id)
+        await self.store.put(ITEM_KEY + room, {"item": item.id}, HANDOVER_TTL)
+        layout: Layout = (
+            "composite" if meta is not None and meta["layout"] == "composite" else "lecturer"
+        )
+        job = await self.jobs.submit(item.id, "recording", parts, layout)
+        logger.info("recording %s of %s → item %s, job %s", parts, room, item.id, job.id)
+
+    async def latest_item(self, room: str) -> str | None:
+        """The id of the newest item made of ``room``'s recording, if any."""
+        found = await self.store.get(ITEM_KEY + room)
+        return None if found is None else str(found["item"])
+
+    async def hand_over(self, room: str, publish: bool) -> bool:
+        """The schedule's hand-over: publish (or not) the item of ``room``'s recording;
+        False when there was none."""
+        item = await self.latest_item(room)
+        if item is None:
+            return False
+        await self.library.update(item, {"published": publish})
+        await self.store.delete(SESSION_KEY + room)
+        return True
+
+    async def recover(self, recordings_dir: Path, in_progress: set[str]) -> int:
+        """Recordings a crash cut off that no room goes on with (it was not restored)
+        go to the library as they would have: one item per room, its parts joined in
+        order. A directory a job already has, or a restored room still records into, is
+        left alone. How many items were made."""
+        taken = await self.jobs.recording_sources()
+        found = await asyncio.to_thread(_untaken_parts, recordings_dir, taken, in_progress)
+        for room, parts in found.items():
+            logger.warning("recording of %s cut off by a stop: %s → library", room, parts)
+            await self.recorded(room, parts)
+        return len(found)
+
+
+def _untaken_parts(
+    recordings_dir: Path, taken: set[Path], in_progress: set[str]
+) -> dict[str, list[Path]]:
+    """The recording directories neither ``taken`` nor ``in_progress``, by room, in
+    order. Blocking."""
+    taken = taken | {Path(p).resolve() for p in in_progress}
+    found: dict[str, list[Path]] = {}
+    if recordings_dir.is_dir():
+        for directory in sorted(recordings_dir.iterdir()):
+            match = _PART.match(directory.name)
+            if match and directory.is_dir() and directory.resolve() not in taken:
+                if has_video(directory):  # a recording nobody published in is none
+                    found.setdefault(match["room"], []).append(directory)
+    return found
 
 
 class HubRoomControl:
@@ -67,7 +138,7 @@ class HubRoomControl:
         self.sites = sites
 
     async def open_room(self, room: str, session: SessionInfo) -> None:
-        self.recordings.sessions[room] = session
+        await self.recordings.remember(room, session)
         opened = await self.hub.room(RoomName(room))
         tree = await self.sites.tree()
         opened.audience = {
@@ -99,12 +170,8 @@ class HubRoomControl:
         await self.hub.close_room(RoomName(room))
 
     async def hand_to_library(self, room: str, session: SessionInfo) -> None:
-        item = self.recordings.latest.get(room)
-        if item is None:
+        if not await self.recordings.hand_over(room, session.options.publish):
             logger.warning("session %s: no recording of %s to publish", session.session_id, room)
-            return
-        await self.recordings.library.update(item.id, {"published": session.options.publish})
-        self.recordings.sessions.pop(room, None)
 
 
 def admin_check(auth: Auth) -> Callable[[Request], Awaitable[bool]]:
