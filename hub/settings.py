@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     """Address the HTTP server listens on."""
     port: int = 8080
     data_dir: Path = Path("data")
+    media_dir: Path | None = None
+    """Recordings and the digital library; in a cluster, one directory every node mounts
+    (NFS). Unset: in ``data_dir``. Live HLS stays in ``data_dir`` (the node serving it)."""
     """Recordings, library, the SQLite file and the generated secret live here."""
     secret: str | None = None
     """Signs join tokens. When unset, one is generated once into ``data_dir/secret``."""
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
         secret, password hashes and CSRF tokens); an existing one is left as it is."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.data_dir
+
+    def resolved_media_dir(self) -> Path:
+        return self.media_dir if self.media_dir is not None else self.data_dir
 
     def resolved_secret(self) -> str:
         """The token secret: configured, or generated once and kept in the data dir."""

@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         Accounts(engine, concurrent_checks=settings.login_checks),
         secure_cookies=True if settings.tls_cert else None,
     )
-    library_dir = settings.data_dir / "library"
+    library_dir = settings.resolved_media_dir() / "library"
     library = Library(engine, library_dir)
     jobs = JobRunner(engine, library, Processor(library_dir))
     recordings = RecordingsToLibrary(library, jobs, store)
@@ -83,8 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
             await hub.start()
             stack.push_async_callback(hub.close)
             await recordings.recover(
-                settings.data_dir / "recordings",
-                {p for room in hub.rooms.values() for p in room.state.recording or []},
+                settings.resolved_media_dir() / "recordings", await hub.recordings_in_progress()
             )
             await command.start()
             stack.push_async_callback(command.stop)

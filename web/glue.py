@@ -102,8 +102,8 @@ class RecordingsToLibrary:
     async def recover(self, recordings_dir: Path, in_progress: set[str]) -> int:
         """Recordings a crash cut off that no room goes on with (it was not restored)
         go to the library as they would have: one item per room, its parts joined in
-        order. A directory a job already has, or a restored room still records into, is
-        left alone. How many items were made."""
+        order. A directory a job already has, or a room (on any node) still records
+        into, is left alone. How many items were made."""
         taken = await self.jobs.recording_sources()
         found = await asyncio.to_thread(_untaken_parts, recordings_dir, taken, in_progress)
         for room, parts in found.items():
