@@ -11,6 +11,7 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
+from cluster.store import Bus, Store
 from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
@@ -26,7 +27,6 @@ from hub.room import HubError, Participant, Room
 from hub.room_media import MediaDirs, Recorded
 from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings
-from hub.store import Bus, Store
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, TokenError, TokenSigner
 
@@ -277,6 +277,7 @@ class Hub:
                 "rooms": len(self.rooms),
                 "participants": sum(len(r.participants) for r in self.rooms.values()),
                 "started_at": self.started_at,
+                "url": self.settings.resolved_node_url(),
             },
             HEARTBEAT_INTERVAL * 3,
         )
