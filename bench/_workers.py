@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
+import math
 import signal
 import time
 import traceback
@@ -34,11 +36,13 @@ from aiortc.rtp import RtpPacket
 from bench._media import (
     FPS,
     KEY_LENGTH,
+    THUMB_FPS,
     Clip,
     SendLog,
     bitrate_bps,
     clip_tracks,
     load_clip,
+    load_thumbnail_clip,
     vp8_frame_start,
 )
 from hub.aiortc_internals import ReceiverTap, RtpPacer, restrict_host_addresses
@@ -65,6 +69,8 @@ def child_main(role: str, conn: Connection) -> None:
         "subscribers": Subscribers,
         "decoder": Decoder,
         "baseline": BaselineServer,
+        "stations": Stations,
+        "console": Console,
     }
     asyncio.run(_serve(roles[role](), conn))
 
@@ -404,3 +410,208 @@ class BaselineServer:
             await pc.close()
         self.subscribers.clear()
         self.publisher = None
+
+
+# --- bench.county: stations and the center's console -------------------------
+
+
+class _DecodeErrors(logging.Handler):
+    """Counts aiortc's "failed to decode" warnings: its decoder thread logs them and
+    drops the frame, nothing else tells."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "failed to decode" in record.getMessage():
+            self.count += 1
+
+
+class Station:
+    """One site of bench.county: publishes a thumbnail camera and a silent microphone
+    (the pre-encoded clip), receives the stage and counts the lecturer's frames
+    (marker bits) without decoding; a probe decodes everything it receives instead.
+    Pauses its camera while the hub says ``quality`` ``paused``, as a browser does."""
+
+    def __init__(self, ws_url: str, token: str, clip: Clip, lecturer: str, probe: bool) -> None:
+        self.client = HubClient(
+            ws_url, token, decode=probe, lightweight=not probe, on_rtp=self._on_rtp
+        )
+        self.probe = probe
+        self.lecturer_identity = lecturer
+        self.lecturer: str | None = None
+        """The lecturer's sid, once joined."""
+        self.video, self.audio = clip_tracks(clip, THUMB_FPS)
+        self.join_at = math.nan
+        self.first_frame_at: float | None = None
+        self.lecturer_frames = 0
+        self.error: str | None = None
+        self.joined = False
+        self.paused = False
+        self._read = 0
+        self._readers: dict[str, asyncio.Task[None]] = {}
+
+    def _on_rtp(self, received: ReceivedTrack, packet: RtpPacket) -> None:
+        if packet.marker and received.info.get("participant") == self.lecturer:
+            if received.track.kind == "video":
+                self._lecturer_frame()
+
+    def _lecturer_frame(self) -> None:
+        self.lecturer_frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+
+    async def join(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        self.join_at = time.monotonic()
+        try:
+            joined = await self.client.connect(timeout=60)
+            self.lecturer = next(
+                (
+                    p["sid"]
+                    for p in joined["participants"]
+                    if p["identity"] == self.lecturer_identity
+                ),
+                None,
+            )
+            self.joined = True
+            await self.client.publish({"camera": self.video, "microphone": self.audio}, timeout=60)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def follow(self) -> None:
+        """Act on the hub's new messages (pause, resume); probes start reading."""
+        messages = self.client.messages
+        for message in messages[self._read :]:
+            if message.get("type") == "quality":
+                self.paused = message.get("level") == "paused"
+                self.video.pause(self.paused)
+        self._read = len(messages)
+        if self.probe:
+            for mid, received in self.client.received.items():
+                if mid not in self._readers:
+                    self._readers[mid] = asyncio.create_task(self._decode(received))
+
+    async def _decode(self, received: ReceivedTrack) -> None:
+        # Read every track, audio too: an unread aiortc track queues frames forever.
+        try:
+            while True:
+                frame = await received.track.recv()
+                lecturer = received.info.get("participant") == self.lecturer
+                if lecturer and isinstance(frame, av.VideoFrame):
+                    self._lecturer_frame()
+        except MediaStreamError:
+            pass
+
+    def status(self) -> tuple[bool, float, float | None, int, bool, str | None]:
+        return (
+            self.joined,
+            self.join_at,
+            self.first_frame_at,
+            self.lecturer_frames,
+            self.paused,
+            self.error,
+        )
+
+    async def close(self) -> None:
+        for task in self._readers.values():
+            task.cancel()
+        await asyncio.gather(*self._readers.values(), return_exceptions=True)
+        await self.client.close()
+
+
+class Stations:
+    """Many :class:`Station` s in one process, joining at the times they are given."""
+
+    def __init__(self) -> None:
+        self.clip = Clip(video=[], audio=[])
+        self.stations: list[Station] = []
+        self.joins: list[asyncio.Task[None]] = []
+        self.decode_errors = _DecodeErrors()
+        logging.getLogger("aiortc.rtcrtpreceiver").addHandler(self.decode_errors)
+        self._follower: asyncio.Task[None] | None = None
+
+    async def setup(self) -> None:
+        self.clip = await asyncio.to_thread(load_thumbnail_clip)
+
+    async def storm(
+        self, ws_url: str, lecturer: str, joins: list[tuple[str, float]], probe: bool
+    ) -> None:
+        """Start joining: each (token, monotonic time to send its join at)."""
+        for token, at in joins:
+            station = Station(ws_url, token, self.clip, lecturer, probe)
+            self.stations.append(station)
+            self.joins.append(asyncio.create_task(station.join(at)))
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            for station in self.stations:
+                station.follow()
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "at": time.monotonic(),
+            "stations": [s.status() for s in self.stations],
+            "decode_errors": self.decode_errors.count,
+        }
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        for task in self.joins:
+            task.cancel()
+        await asyncio.gather(*self.joins, return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in self.stations), return_exceptions=True)
+        self.stations.clear()
+
+
+class Console:
+    """The center's console: a moderator that calls stations on stage, shows one page
+    of the wall, and counts what the hub sends it (RTP payload bytes)."""
+
+    def __init__(self) -> None:
+        self.client: HubClient | None = None
+
+    async def join(self, ws_url: str, token: str) -> None:
+        self.client = HubClient(ws_url, token, decode=False, lightweight=True)
+        await self.client.connect(timeout=30)
+
+    def _sids(self, identities: list[str]) -> list[str]:
+        assert self.client is not None
+        known = {p["identity"]: p["sid"] for p in self.client.joined["participants"]}
+        for message in self.client.messages:
+            if message.get("type") == "participant_joined":
+                known[message["participant"]["identity"]] = message["participant"]["sid"]
+        return [known[i] for i in identities if i in known]
+
+    async def stage(self, identities: list[str]) -> int:
+        assert self.client is not None
+        sids = self._sids(identities)
+        for sid in sids:
+            await self.client.send(
+                {"type": "moderate", "action": "stage", "participant": sid, "on_stage": True}
+            )
+        return len(sids)
+
+    async def view(self, identities: list[str]) -> None:
+        """Tell the hub which tiles the console shows (PROTOCOL.md, ``view``)."""
+        assert self.client is not None
+        await self.client.send({"type": "view", "participants": self._sids(identities)})
+
+    async def status(self) -> dict[str, Any]:
+        assert self.client is not None
+        received = list(self.client.received.values())
+        return {
+            "at": time.monotonic(),
+            "bytes": sum(r.bytes for r in received),
+            "tracks": len(received),
+        }
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
