@@ -217,7 +217,8 @@ class County:
             "hub_cpu_percent": round((cpu1 - cpu0) / window * 100, 1),
             "hub_rss_mb": round(rss_mb(hub.process.pid), 1),
             "lecturer_fps_min": round(min(fps), 2),
-            "probe_decode_errors": stations1[-1]["decode_errors"],
+            # Errors before the window belong to the joins (a frame before a keyframe).
+            "probe_decode_errors": stations1[-1]["decode_errors"] - stations0[-1]["decode_errors"],
             "console_downlink_kbps": round(
                 (console1["bytes"] - console0["bytes"]) * 8 / 1000 / console_seconds
             ),

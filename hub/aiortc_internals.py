@@ -599,6 +599,24 @@ class ReceiverTap:
         await self._receiver._send_rtcp_pli(media_ssrc)
 
 
+class DatagramCounter:
+    """For load generators only: a receiver's media datagrams go to ``on_datagram``
+    still encrypted, and nowhere else. SRTP leaves the RTP header in the clear
+    (sequence, timestamp, marker, SSRC), which is all a counting station needs; not
+    decrypting, parsing or queueing each packet keeps hundreds of stations on one
+    machine. Nothing is reported back (no RTCP receiver reports, no NACKs)."""
+
+    __slots__ = ("on_datagram",)
+
+    def __init__(self, receiver: RTCRtpReceiver, on_datagram: Callable[[bytes], None]) -> None:
+        self.on_datagram = on_datagram
+        _DirectReceive.of(receiver.transport).taps[receiver] = self
+
+    def receive(self, data: bytes, dtls: RTCDtlsTransport) -> bool:
+        self.on_datagram(data)
+        return True
+
+
 class _DirectReceive:
     """The hub's receive path for one DTLS transport's media: each SRTP datagram goes
     from aioice's datagram callback through its receiver's tap to the fan-out in one
@@ -613,7 +631,7 @@ class _DirectReceive:
         self._dtls = dtls
         connection = dtls.transport._connection
         self._queue: asyncio.Queue[Any] = connection._queue
-        self.taps: dict[object, ReceiverTap] = {}
+        self.taps: dict[object, ReceiverTap | DatagramCounter] = {}
 
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> _DirectReceive:
