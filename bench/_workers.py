@@ -503,7 +503,7 @@ class Station:
         except MediaStreamError:
             pass
 
-    def status(self) -> tuple[bool, float, float | None, int, bool, str | None]:
+    def status(self) -> tuple[bool, float, float | None, int, bool, str | None, str]:
         return (
             self.joined,
             self.join_at,
@@ -511,6 +511,7 @@ class Station:
             self.lecturer_frames,
             self.paused,
             self.error,
+            f"{'probe' if self.probe else 'station'} tracks={len(self.client.received)}",
         )
 
     async def close(self) -> None:
