@@ -104,6 +104,8 @@ class County:
         self.seconds = seconds
         self.hub_source = hub_source
         self.udp_port = udp_port
+        self.first_frame_wait = 20.0 if stations <= 60 else 60.0
+        """Seconds after the storm every station has to get a first lecturer frame."""
         self.result: dict[str, Any] = {"stations": stations}
 
     def token(self, hub: HubProcess, identity: str, role: Role, subscribe: bool = True) -> str:
@@ -180,7 +182,7 @@ class County:
             return [s[6] for s in stations if s[2] is None and s[5] is None]
 
         # Every station's first lecturer frame, or as many as come within a minute.
-        deadline = start + STORM_SECONDS + 60
+        deadline = start + STORM_SECONDS + self.first_frame_wait
         while (missing := waiting()) and time.monotonic() < deadline:
             time.sleep(0.5)
         if missing:
@@ -194,7 +196,7 @@ class County:
 
         staged = console.call("stage", identities[:ON_STAGE])
         console.call("view", identities[:PAGE])
-        time.sleep(5)  # renegotiations, pauses and keyframes settle
+        time.sleep(3)  # renegotiations, pauses and keyframes settle
 
         progress("measuring")
         cpu0, counters0 = cpu_seconds(hub.process.pid), hub.counters()
