@@ -199,10 +199,13 @@ class County:
         time.sleep(3)  # renegotiations, pauses and keyframes settle
 
         progress("measuring")
+        generators = [w.pid for w in everyone]
         cpu0, counters0 = cpu_seconds(hub.process.pid), hub.counters()
+        generators0 = sum(map(cpu_seconds, generators))
         console0, stations0 = console.call("status"), statuses()
         time.sleep(self.seconds)
         cpu1, counters1 = cpu_seconds(hub.process.pid), hub.counters()
+        generators1 = sum(map(cpu_seconds, generators))
         console1, stations1 = console.call("status"), statuses()
         window = stations1[0]["at"] - stations0[0]["at"]
         fps = [
@@ -232,6 +235,7 @@ class County:
             "uplinks_paused": sum(1 for s in everyone_end if s[4]),
             "udp_port_mode": "per-peer" if self.udp_port is None else "shared",
             "window_s": round(window, 1),
+            "load_generator_cpu_percent": round((generators1 - generators0) / window * 100),
             "lecturer_fps_median": round(percentile(fps, 50), 2),
             **{
                 f"hub_{name}_per_s": round((counters1[name] - counters0[name]) / window)
