@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fractions
 import logging
 import math
+import random
 import signal
+import struct
 import time
 import traceback
 import zlib
@@ -29,11 +32,13 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from bench._media import (
+    AUDIO_FRAME,
     FPS,
     KEY_LENGTH,
     THUMB_FPS,
@@ -45,8 +50,9 @@ from bench._media import (
     load_thumbnail_clip,
     vp8_frame_start,
 )
-from hub.aiortc_internals import ReceiverTap, RtpPacer, restrict_host_addresses
+from hub.aiortc_internals import ReceiverTap, RtpPacer, raw_sending, restrict_host_addresses
 from hub.client import HubClient, ReceivedTrack
+from hub.peers import ParkedTrack
 
 JOIN_CONCURRENCY = 4
 """Joins in flight per worker: DTLS handshakes are CPU-heavy on two cores."""
@@ -428,19 +434,72 @@ class _DecodeErrors(logging.Handler):
             self.count += 1
 
 
+class Packetized:
+    """A station's clip as RTP payloads, packetized once per process: each video
+    frame's payloads (VP8 descriptors as aiortc writes them), each Opus packet."""
+
+    def __init__(self, clip: Clip) -> None:
+        vp8 = Vp8Encoder()
+        self.video = [vp8.pack(_packet(frame, i, 6000))[0] for i, frame in enumerate(clip.video)]
+        self.audio = clip.audio
+
+
+def _packet(data: bytes, index: int, step: int) -> av.Packet:
+    packet = av.Packet(data)
+    packet.pts = index * step
+    packet.time_base = fractions.Fraction(1, 90000)
+    return packet
+
+
+_RTP_HEADER = struct.Struct("!BBHII")
+
+
+class _RawTrack:
+    """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`)."""
+
+    __slots__ = ("next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
+
+    def __init__(self, transceiver: Any) -> None:
+        self.ssrc, self.payload_type, self.writer = raw_sending(transceiver)
+        self.seq = random.getrandbits(16)
+        self.ts_base = random.getrandbits(32)
+        self.next_frame = 0
+
+    def send(self, payloads: list[bytes], timestamp: int, marker_last: bool) -> None:
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            marker = 0x80 if marker_last and i == last else 0
+            header = _RTP_HEADER.pack(
+                0x80,
+                marker | self.payload_type,
+                self.seq,
+                (self.ts_base + timestamp) & 0xFFFFFFFF,
+                self.ssrc,
+            )
+            self.seq = (self.seq + 1) & 0xFFFF
+            self.writer.srtp_socket.send(header + payload)
+
+
 class Station:
     """One site of bench.county: publishes a thumbnail camera and a silent microphone
-    (the pre-encoded clip), receives the stage and counts the lecturer's frames
-    (marker bits) without decoding; a probe decodes everything it receives instead.
-    Pauses its camera while the hub says ``quality`` ``paused``, as a browser does."""
+    (the pre-packetized clip, written straight to SRTP: aiortc's send path would cost
+    the load generator more than the hub), receives the stage and counts the
+    lecturer's frames (marker bits) without decoding; a probe decodes everything it
+    receives instead. Pauses its camera while the hub says ``quality`` ``paused``, as
+    a browser does."""
 
-    def __init__(self, ws_url: str, token: str, clip: Clip, lecturer: str, probe: bool) -> None:
+    def __init__(
+        self, ws_url: str, token: str, clip: Packetized, lecturer: str, probe: bool
+    ) -> None:
         self.client = HubClient(ws_url, token, decode=probe, on_datagram=self._on_datagram)
         self.probe = probe
         self.lecturer_identity = lecturer
         self.lecturer: str | None = None
         """The lecturer's sid, once joined."""
-        self.video, self.audio = clip_tracks(clip, THUMB_FPS)
+        self.clip = clip
+        self.video: _RawTrack | None = None
+        self.audio: _RawTrack | None = None
+        self.started_at = 0.0
         self.join_at = math.nan
         self.first_frame_at: float | None = None
         self.lecturer_frames = 0
@@ -475,9 +534,39 @@ class Station:
                 None,
             )
             self.joined = True
-            await self.client.publish({"camera": self.video, "microphone": self.audio}, timeout=60)
+            parked = {"camera": ParkedTrack("video"), "microphone": ParkedTrack("audio")}
+            await self.client.publish(dict(parked), timeout=60)
+            assert self.client.publisher is not None
+            for transceiver in self.client.publisher.getTransceivers():
+                if transceiver.sender.track is parked["camera"]:
+                    self.video = _RawTrack(transceiver)
+                elif transceiver.sender.track is parked["microphone"]:
+                    self.audio = _RawTrack(transceiver)
+            self.started_at = time.monotonic()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def send_due(self, now: float) -> None:
+        """Send what the clip has due by ``now`` (the camera not while paused)."""
+        elapsed = now - self.started_at
+        audio, video, clip = self.audio, self.video, self.clip
+        if audio is not None:
+            due = int(elapsed * 50) + 1
+            while audio.next_frame < due:
+                index = audio.next_frame
+                audio.send([clip.audio[index % len(clip.audio)]], index * AUDIO_FRAME, False)
+                audio.next_frame += 1
+        if video is not None:
+            due = int(elapsed * THUMB_FPS) + 1
+            if self.paused:
+                # Skipped, not queued: viewers start again at the clip's next keyframe.
+                video.next_frame = max(video.next_frame, due)
+                return
+            while video.next_frame < due:
+                index = video.next_frame
+                frame = index % len(clip.video)
+                video.send(clip.video[frame], index * 90000 // THUMB_FPS, True)
+                video.next_frame += 1
 
     def follow(self) -> None:
         """Act on the hub's new messages (pause, resume); probes start reading."""
@@ -485,7 +574,6 @@ class Station:
         for message in messages[self._read :]:
             if message.get("type") == "quality":
                 self.paused = message.get("level") == "paused"
-                self.video.pause(self.paused)
         self._read = len(messages)
         if self.probe:
             for mid, received in self.client.received.items():
@@ -525,32 +613,43 @@ class Stations:
     """Many :class:`Station` s in one process, joining at the times they are given."""
 
     def __init__(self) -> None:
-        self.clip = Clip(video=[], audio=[])
+        self.clip: Packetized | None = None
         self.stations: list[Station] = []
         self.joins: list[asyncio.Task[None]] = []
         self.decode_errors = _DecodeErrors()
         logging.getLogger("aiortc.rtcrtpreceiver").addHandler(self.decode_errors)
         self._follower: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
-        self.clip = await asyncio.to_thread(load_thumbnail_clip)
+        self.clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
 
     async def storm(
         self, ws_url: str, lecturer: str, joins: list[tuple[str, float]], probe: bool
     ) -> None:
         """Start joining: each (token, monotonic time to send its join at)."""
+        assert self.clip is not None
         for token, at in joins:
             station = Station(ws_url, token, self.clip, lecturer, probe)
             self.stations.append(station)
             self.joins.append(asyncio.create_task(station.join(at)))
         if self._follower is None:
             self._follower = asyncio.create_task(self._follow())
+            self._sender = asyncio.create_task(self._send())
 
     async def _follow(self) -> None:
         while True:
             await asyncio.sleep(0.2)
             for station in self.stations:
                 station.follow()
+
+    async def _send(self) -> None:
+        """Every station's media, one pass every 20 ms (an Opus packet's time)."""
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            for station in self.stations:
+                station.send_due(now)
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -560,8 +659,9 @@ class Stations:
         }
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+        for task in (self._follower, self._sender):
+            if task is not None:
+                task.cancel()
         for task in self.joins:
             task.cancel()
         await asyncio.gather(*self.joins, return_exceptions=True)

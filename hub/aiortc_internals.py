@@ -931,6 +931,17 @@ class RtpWriter:
         return self.srtp_socket.send_rtcp(compound)
 
 
+def raw_sending(transceiver: RTCRtpTransceiver) -> tuple[int, int, RtpWriter]:
+    """For load generators: what writing a negotiated sending transceiver's RTP
+    without aiortc takes: its SSRC, its payload type, and a writer aimed at its
+    transport (``writer.srtp_socket.send(rtp)`` protects and sends in one call).
+    Hundreds of stations replaying a clip then cost a few µs a packet, not aiortc's
+    chain of coroutines."""
+    codec = next(c for c in transceiver._codecs if not is_rtx(c))
+    assert codec.payloadType is not None
+    return int(transceiver.sender._ssrc), codec.payloadType, RtpWriter(transceiver.sender.transport)
+
+
 def aim_srtp_socket(
     srtp_socket: SrtpSocket, session: Session, sock: socket.socket, host: str, port: int
 ) -> None:
