@@ -98,15 +98,23 @@ class HealthWatch:
 
 class County:
     def __init__(
-        self, stations: int, seconds: float, hub_source: Path, udp_port: int | None
+        self,
+        stations: int,
+        seconds: float,
+        hub_source: Path,
+        udp_port: int | None,
+        console: bool = True,
+        profile: Path | None = None,
     ) -> None:
         self.n = stations
+        self.console = console
+        self.profile = profile
         self.seconds = seconds
         self.hub_source = hub_source
         self.udp_port = udp_port
         self.first_frame_wait = 20.0 if stations <= 60 else 60.0
         """Seconds after the storm every station has to get a first lecturer frame."""
-        self.result: dict[str, Any] = {"stations": stations}
+        self.result: dict[str, Any] = {"stations": stations, "console_receives": console}
 
     def token(self, hub: HubProcess, identity: str, role: Role, subscribe: bool = True) -> str:
         grant = grant_for_role(RoomName(ROOM), ParticipantIdentity(identity), role, ttl=3600)
@@ -117,7 +125,7 @@ class County:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-county-")))
         self.result["loadavg_1m_at_start"] = os.getloadavg()[0]
         settings = {} if self.udp_port is None else {"HUB_UDP_PORT": str(self.udp_port)}
-        hub = HubProcess(data_dir, self.hub_source, settings=settings)
+        hub = HubProcess(data_dir, self.hub_source, settings=settings, profile=self.profile)
         self.result["hub_commit"] = git_commit(self.hub_source)
         stack.callback(hub.stop)
         regular = self.n - PROBES
@@ -136,7 +144,7 @@ class County:
         progress("clips loaded")
         hub.wait_healthy(30)
         lecturer.call("publish", hub.ws, self.token(hub, LECTURER, Role.CENTER, subscribe=False))
-        console.call("join", hub.ws, self.token(hub, CONSOLE, Role.CENTER))
+        console.call("join", hub.ws, self.token(hub, CONSOLE, Role.CENTER, self.console))
         progress("lecturer and console in")
         time.sleep(2)
         rss_before = rss_mb(hub.process.pid)
@@ -269,6 +277,15 @@ def main(argv: list[str] | None = None) -> None:
         help="run the hub from this checkout (a git worktree of another commit)",
     )
     parser.add_argument(
+        "--no-console",
+        action="store_true",
+        help="the console receives nothing: the hub's cost per station alone (until the "
+        "console tells the hub what it shows, it receives every publication)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="run the hub under cProfile, its stats written here"
+    )
+    parser.add_argument(
         "--udp-port", type=int, help="HUB_UDP_PORT for the hub: all media on one UDP port"
     )
     args = parser.parse_args(argv)
@@ -278,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--stations must be over {PROBES + ON_STAGE}, --seconds positive")
     if not (args.hub_source / "hub" / "__main__.py").is_file():
         parser.error(f"--hub-source {args.hub_source} has no hub/__main__.py")
-    county = County(n, seconds, args.hub_source.resolve(), args.udp_port)
+    county = County(
+        n, seconds, args.hub_source.resolve(), args.udp_port, not args.no_console, args.profile
+    )
     limit = 88 if args.quick else 150 + seconds + n
     try:
         with hard_timeout(limit), ExitStack() as stack:
