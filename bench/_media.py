@@ -16,6 +16,7 @@ import tempfile
 import time
 import zlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 WIDTH, HEIGHT, FPS = 640, 360, 30
 VIDEO_BITRATE = 1_600_000
 """libvpx undershoots on this pattern; 1.6 M gives about 1.5 Mbps on the wire."""
-KEYFRAME_EVERY = 30
-"""One keyframe a second: aiortc's packet path cannot force one on a PLI."""
 CLIP_SECONDS = 10
 AUDIO_FRAME = 960
 """Opus samples per packet: 20 ms at 48 kHz."""
 KEY_LENGTH = 24
 """Bytes at the start of a VP8 frame that tell the clip's frames apart."""
 
-_CACHE = Path(tempfile.gettempdir()) / f"practicehub-bench-clip-v1-{VIDEO_BITRATE}.bin"
+THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS = 320, 180, 15
+THUMB_BITRATE = 150_000
+"""A station's camera as a thumbnail: what it sends while off stage."""
+
 _MAGIC = b"PHBCLIP1"
 _LENGTH = struct.Struct("!I")
 
@@ -42,7 +44,8 @@ _LENGTH = struct.Struct("!I")
 @dataclass(frozen=True)
 class Clip:
     video: list[bytes]
-    """VP8 frames, one per 1/30 s, a keyframe every :data:`KEYFRAME_EVERY`."""
+    """VP8 frames at the clip's rate, a keyframe every second (aiortc's packet path
+    cannot force one on a PLI)."""
     audio: list[bytes]
     """Opus packets of 20 ms."""
 
@@ -59,16 +62,38 @@ class Clip:
 
 
 def load_clip() -> Clip:
-    """The clip, encoded on first use and cached in the temp directory."""
-    if _CACHE.exists():
+    """The lecturer's clip, encoded on first use and cached in the temp directory."""
+    return _cached(
+        f"clip-v1-{VIDEO_BITRATE}",
+        lambda: Clip(
+            video=_encode_video(WIDTH, HEIGHT, FPS, VIDEO_BITRATE), audio=_encode_audio(tone=True)
+        ),
+    )
+
+
+def load_thumbnail_clip() -> Clip:
+    """A station's clip: a thumbnail camera and a silent microphone (Opus still sends
+    a packet every 20 ms of silence, as a browser's does)."""
+    return _cached(
+        f"thumb-v1-{THUMB_BITRATE}",
+        lambda: Clip(
+            video=_encode_video(THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS, THUMB_BITRATE),
+            audio=_encode_audio(tone=False),
+        ),
+    )
+
+
+def _cached(name: str, encode: Callable[[], Clip]) -> Clip:
+    cache = Path(tempfile.gettempdir()) / f"practicehub-bench-{name}.bin"
+    if cache.exists():
         try:
-            return _read(_CACHE.read_bytes())
+            return _read(cache.read_bytes())
         except ValueError:
             pass  # a truncated or foreign file: encode again
-    clip = Clip(video=_encode_video(), audio=_encode_audio())
-    partial = _CACHE.with_suffix(f".{random.getrandbits(32):08x}.tmp")
+    clip = encode()
+    partial = cache.with_suffix(f".{random.getrandbits(32):08x}.tmp")
     partial.write_bytes(_write(clip))
-    partial.replace(_CACHE)
+    partial.replace(cache)
     return clip
 
 
@@ -96,38 +121,38 @@ def _read(data: bytes) -> Clip:
     return Clip(video=payloads[:videos], audio=payloads[videos:])
 
 
-def _encode_video() -> list[bytes]:
+def _encode_video(width: int, height: int, fps: int, bitrate: int) -> list[bytes]:
     """A blocky noise texture panning diagonally: motion the encoder can follow,
-    detail enough to spend 1.5 Mbps."""
+    detail enough to spend the bitrate. A keyframe every second."""
     codec = av.CodecContext.create("libvpx", "w")
-    codec.width, codec.height = WIDTH, HEIGHT
+    codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
-    codec.time_base = fractions.Fraction(1, FPS)
-    codec.framerate = fractions.Fraction(FPS)
-    codec.bit_rate = VIDEO_BITRATE
-    codec.gop_size = KEYFRAME_EVERY
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.framerate = fractions.Fraction(fps)
+    codec.bit_rate = bitrate
+    codec.gop_size = fps
     codec.options = {
         "deadline": "realtime",
         "cpu-used": "8",
         "lag-in-frames": "0",
         "auto-alt-ref": "0",
-        "keyint_min": str(KEYFRAME_EVERY),
-        "minrate": str(VIDEO_BITRATE),
-        "maxrate": str(VIDEO_BITRATE),
+        "keyint_min": str(fps),
+        "minrate": str(bitrate),
+        "maxrate": str(bitrate),
     }
     block = 4
     rng = random.Random(20261129)
     coarse = [
-        bytes(rng.randrange(256) for _ in range(2 * WIDTH // block))
-        for _ in range(2 * HEIGHT // block)
+        bytes(rng.randrange(256) for _ in range(2 * width // block))
+        for _ in range(2 * height // block)
     ]
     rows = [bytes(v for v in row for _ in range(block)) for row in coarse for _ in range(block)]
-    chroma = bytes([128]) * (WIDTH // 2 * HEIGHT // 2)
+    chroma = bytes([128]) * (width // 2 * height // 2)
     frames: list[bytes] = []
-    for index in range(CLIP_SECONDS * FPS):
-        x, y = (index * 3) % WIDTH, (index * 2) % HEIGHT
-        picture = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-        picture.planes[0].update(b"".join(rows[y + j][x : x + WIDTH] for j in range(HEIGHT)))
+    for index in range(CLIP_SECONDS * fps):
+        x, y = (index * 3) % width, (index * 2) % height
+        picture = av.VideoFrame(width, height, "yuv420p")
+        picture.planes[0].update(b"".join(rows[y + j][x : x + width] for j in range(height)))
         picture.planes[1].update(chroma)
         picture.planes[2].update(chroma)
         picture.pts = index
@@ -136,7 +161,7 @@ def _encode_video() -> list[bytes]:
     return frames
 
 
-def _encode_audio() -> list[bytes]:
+def _encode_audio(tone: bool) -> list[bytes]:
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = 48000
     codec.layout = "stereo"
@@ -147,7 +172,8 @@ def _encode_audio() -> list[bytes]:
     for index in range(CLIP_SECONDS * 50):
         samples = bytearray()
         for n in range(AUDIO_FRAME):
-            value = int(8000 * math.sin(2 * math.pi * 440 * (index * AUDIO_FRAME + n) / 48000))
+            phase = 2 * math.pi * 440 * (index * AUDIO_FRAME + n) / 48000
+            value = int(8000 * math.sin(phase)) if tone else 0
             samples += value.to_bytes(2, "little", signed=True) * 2
         frame = av.AudioFrame(format="s16", layout="stereo", samples=AUDIO_FRAME)
         frame.planes[0].update(bytes(samples))
@@ -170,10 +196,23 @@ class PacedTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, clock_rate)
         self._index = 0
         self._start: float | None = None
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    def pause(self, paused: bool) -> None:
+        """Send nothing while paused, as a browser whose encoding is inactive does."""
+        if paused:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
+        if not self._resumed.is_set():
+            await self._resumed.wait()
+            # Go on at the clip's pace from now, not with a burst for the pause.
+            self._start = time.monotonic() - self._index * self._interval
         now = time.monotonic()
         if self._start is None:
             self._start = now
@@ -188,10 +227,10 @@ class PacedTrack(MediaStreamTrack):
         return packet
 
 
-def clip_tracks(clip: Clip) -> tuple[PacedTrack, PacedTrack]:
-    """A (video, audio) pair replaying ``clip``."""
+def clip_tracks(clip: Clip, fps: int = FPS) -> tuple[PacedTrack, PacedTrack]:
+    """A (video, audio) pair replaying ``clip`` (its video at ``fps``)."""
     return (
-        PacedTrack("video", clip.video, 90000, 90000 // FPS),
+        PacedTrack("video", clip.video, 90000, 90000 // fps),
         PacedTrack("audio", clip.audio, 48000, AUDIO_FRAME),
     )
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fractions
+import logging
+import math
+import random
 import signal
+import struct
 import time
 import traceback
 import zlib
@@ -27,22 +32,27 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from bench._media import (
+    AUDIO_FRAME,
     FPS,
     KEY_LENGTH,
+    THUMB_FPS,
     Clip,
     SendLog,
     bitrate_bps,
     clip_tracks,
     load_clip,
+    load_thumbnail_clip,
     vp8_frame_start,
 )
-from hub.aiortc_internals import ReceiverTap, RtpPacer, restrict_host_addresses
+from hub.aiortc_internals import ReceiverTap, RtpPacer, raw_sending, restrict_host_addresses
 from hub.client import HubClient, ReceivedTrack
+from hub.peers import ParkedTrack
 
 JOIN_CONCURRENCY = 4
 """Joins in flight per worker: DTLS handshakes are CPU-heavy on two cores."""
@@ -65,6 +75,8 @@ def child_main(role: str, conn: Connection) -> None:
         "subscribers": Subscribers,
         "decoder": Decoder,
         "baseline": BaselineServer,
+        "stations": Stations,
+        "console": Console,
     }
     asyncio.run(_serve(roles[role](), conn))
 
@@ -404,3 +416,306 @@ class BaselineServer:
             await pc.close()
         self.subscribers.clear()
         self.publisher = None
+
+
+# --- bench.county: stations and the center's console -------------------------
+
+
+class _DecodeErrors(logging.Handler):
+    """Counts aiortc's "failed to decode" warnings: its decoder thread logs them and
+    drops the frame, nothing else tells."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "failed to decode" in record.getMessage():
+            self.count += 1
+
+
+class Packetized:
+    """A station's clip as RTP payloads, packetized once per process: each video
+    frame's payloads (VP8 descriptors as aiortc writes them), each Opus packet."""
+
+    def __init__(self, clip: Clip) -> None:
+        vp8 = Vp8Encoder()
+        self.video = [vp8.pack(_packet(frame, i, 6000))[0] for i, frame in enumerate(clip.video)]
+        self.audio = clip.audio
+
+
+def _packet(data: bytes, index: int, step: int) -> av.Packet:
+    packet = av.Packet(data)
+    packet.pts = index * step
+    packet.time_base = fractions.Fraction(1, 90000)
+    return packet
+
+
+_RTP_HEADER = struct.Struct("!BBHII")
+
+
+class _RawTrack:
+    """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`)."""
+
+    __slots__ = ("next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
+
+    def __init__(self, transceiver: Any) -> None:
+        self.ssrc, self.payload_type, self.writer = raw_sending(transceiver)
+        self.seq = random.getrandbits(16)
+        self.ts_base = random.getrandbits(32)
+        self.next_frame = 0
+
+    def send(self, payloads: list[bytes], timestamp: int, marker_last: bool) -> None:
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            marker = 0x80 if marker_last and i == last else 0
+            header = _RTP_HEADER.pack(
+                0x80,
+                marker | self.payload_type,
+                self.seq,
+                (self.ts_base + timestamp) & 0xFFFFFFFF,
+                self.ssrc,
+            )
+            self.seq = (self.seq + 1) & 0xFFFF
+            self.writer.srtp_socket.send(header + payload)
+
+
+class Station:
+    """One site of bench.county: publishes a thumbnail camera and a silent microphone
+    (the pre-packetized clip, written straight to SRTP: aiortc's send path would cost
+    the load generator more than the hub), receives the stage and counts the
+    lecturer's frames (marker bits) without decoding; a probe decodes everything it
+    receives instead. Pauses its camera while the hub says ``quality`` ``paused``, as
+    a browser does."""
+
+    def __init__(
+        self, ws_url: str, token: str, clip: Packetized, lecturer: str, probe: bool
+    ) -> None:
+        self.client = HubClient(ws_url, token, decode=probe, on_datagram=self._on_datagram)
+        self.probe = probe
+        self.lecturer_identity = lecturer
+        self.lecturer: str | None = None
+        """The lecturer's sid, once joined."""
+        self.clip = clip
+        self.video: _RawTrack | None = None
+        self.audio: _RawTrack | None = None
+        self.started_at = 0.0
+        self.join_at = math.nan
+        self.first_frame_at: float | None = None
+        self.lecturer_frames = 0
+        self.error: str | None = None
+        self.joined = False
+        self.paused = False
+        self._read = 0
+        self._readers: dict[str, asyncio.Task[None]] = {}
+
+    def _on_datagram(self, received: ReceivedTrack, data: bytes) -> None:
+        # The marker bit ends a video frame; SRTP leaves it in the clear.
+        if data[1] & 0x80 and received.info.get("participant") == self.lecturer:
+            if received.track.kind == "video":
+                self._lecturer_frame()
+
+    def _lecturer_frame(self) -> None:
+        self.lecturer_frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+
+    async def join(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        self.join_at = time.monotonic()
+        try:
+            joined = await self.client.connect(timeout=60)
+            self.lecturer = next(
+                (
+                    p["sid"]
+                    for p in joined["participants"]
+                    if p["identity"] == self.lecturer_identity
+                ),
+                None,
+            )
+            self.joined = True
+            parked = {"camera": ParkedTrack("video"), "microphone": ParkedTrack("audio")}
+            await self.client.publish(dict(parked), timeout=60)
+            assert self.client.publisher is not None
+            for transceiver in self.client.publisher.getTransceivers():
+                if transceiver.sender.track is parked["camera"]:
+                    self.video = _RawTrack(transceiver)
+                elif transceiver.sender.track is parked["microphone"]:
+                    self.audio = _RawTrack(transceiver)
+            self.started_at = time.monotonic()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def send_due(self, now: float) -> None:
+        """Send what the clip has due by ``now`` (the camera not while paused)."""
+        elapsed = now - self.started_at
+        audio, video, clip = self.audio, self.video, self.clip
+        if audio is not None:
+            due = int(elapsed * 50) + 1
+            while audio.next_frame < due:
+                index = audio.next_frame
+                audio.send([clip.audio[index % len(clip.audio)]], index * AUDIO_FRAME, False)
+                audio.next_frame += 1
+        if video is not None:
+            due = int(elapsed * THUMB_FPS) + 1
+            if self.paused:
+                # Skipped, not queued: viewers start again at the clip's next keyframe.
+                video.next_frame = max(video.next_frame, due)
+                return
+            while video.next_frame < due:
+                index = video.next_frame
+                frame = index % len(clip.video)
+                video.send(clip.video[frame], index * 90000 // THUMB_FPS, True)
+                video.next_frame += 1
+
+    def follow(self) -> None:
+        """Act on the hub's new messages (pause, resume); probes start reading."""
+        messages = self.client.messages
+        for message in messages[self._read :]:
+            if message.get("type") == "quality":
+                self.paused = message.get("level") == "paused"
+        self._read = len(messages)
+        if self.probe:
+            for mid, received in self.client.received.items():
+                if mid not in self._readers:
+                    self._readers[mid] = asyncio.create_task(self._decode(received))
+
+    async def _decode(self, received: ReceivedTrack) -> None:
+        # Read every track, audio too: an unread aiortc track queues frames forever.
+        try:
+            while True:
+                frame = await received.track.recv()
+                lecturer = received.info.get("participant") == self.lecturer
+                if lecturer and isinstance(frame, av.VideoFrame):
+                    self._lecturer_frame()
+        except MediaStreamError:
+            pass
+
+    def status(self) -> tuple[bool, float, float | None, int, bool, str | None, str]:
+        return (
+            self.joined,
+            self.join_at,
+            self.first_frame_at,
+            self.lecturer_frames,
+            self.paused,
+            self.error,
+            f"{'probe' if self.probe else 'station'} tracks={len(self.client.received)}",
+        )
+
+    async def close(self) -> None:
+        for task in self._readers.values():
+            task.cancel()
+        await asyncio.gather(*self._readers.values(), return_exceptions=True)
+        await self.client.close()
+
+
+class Stations:
+    """Many :class:`Station` s in one process, joining at the times they are given."""
+
+    def __init__(self) -> None:
+        self.clip: Packetized | None = None
+        self.stations: list[Station] = []
+        self.joins: list[asyncio.Task[None]] = []
+        self.decode_errors = _DecodeErrors()
+        logging.getLogger("aiortc.rtcrtpreceiver").addHandler(self.decode_errors)
+        self._follower: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    async def setup(self) -> None:
+        self.clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
+
+    async def storm(
+        self, ws_url: str, lecturer: str, joins: list[tuple[str, float]], probe: bool
+    ) -> None:
+        """Start joining: each (token, monotonic time to send its join at)."""
+        assert self.clip is not None
+        for token, at in joins:
+            station = Station(ws_url, token, self.clip, lecturer, probe)
+            self.stations.append(station)
+            self.joins.append(asyncio.create_task(station.join(at)))
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._follow())
+            self._sender = asyncio.create_task(self._send())
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            for station in self.stations:
+                station.follow()
+
+    async def _send(self) -> None:
+        """Every station's media, one pass every 20 ms (an Opus packet's time)."""
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            for station in self.stations:
+                station.send_due(now)
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "at": time.monotonic(),
+            "stations": [s.status() for s in self.stations],
+            "decode_errors": self.decode_errors.count,
+        }
+
+    async def close(self) -> None:
+        for task in (self._follower, self._sender):
+            if task is not None:
+                task.cancel()
+        for task in self.joins:
+            task.cancel()
+        await asyncio.gather(*self.joins, return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in self.stations), return_exceptions=True)
+        self.stations.clear()
+
+
+class Console:
+    """The center's console: a moderator that calls stations on stage, shows one page
+    of the wall, and counts what the hub sends it (SRTP datagram bytes)."""
+
+    def __init__(self) -> None:
+        self.client: HubClient | None = None
+        self.bytes = 0
+
+    async def join(self, ws_url: str, token: str) -> None:
+        self.client = HubClient(ws_url, token, decode=False, on_datagram=self._on_datagram)
+        await self.client.connect(timeout=30)
+
+    def _on_datagram(self, received: ReceivedTrack, data: bytes) -> None:
+        self.bytes += len(data)
+
+    def _sids(self, identities: list[str]) -> list[str]:
+        assert self.client is not None
+        known = {p["identity"]: p["sid"] for p in self.client.joined["participants"]}
+        for message in self.client.messages:
+            if message.get("type") == "participant_joined":
+                known[message["participant"]["identity"]] = message["participant"]["sid"]
+        return [known[i] for i in identities if i in known]
+
+    async def stage(self, identities: list[str]) -> int:
+        assert self.client is not None
+        sids = self._sids(identities)
+        for sid in sids:
+            await self.client.send(
+                {"type": "moderate", "action": "stage", "participant": sid, "on_stage": True}
+            )
+        return len(sids)
+
+    async def view(self, identities: list[str]) -> None:
+        """Tell the hub which tiles the console shows (PROTOCOL.md, ``view``)."""
+        assert self.client is not None
+        await self.client.send({"type": "view", "participants": self._sids(identities)})
+
+    async def status(self) -> dict[str, Any]:
+        assert self.client is not None
+        received = list(self.client.received.values())
+        return {
+            "at": time.monotonic(),
+            "bytes": self.bytes,
+            "tracks": len(received),
+        }
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None

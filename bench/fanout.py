@@ -172,7 +172,8 @@ def create_admin(data_dir: Path, username: str, password: str) -> None:
 class HubProcess:
     """``python -m hub serve`` on 127.0.0.1 with a fresh data directory, from this
     checkout or from ``source``, another one (to compare two commits' hubs under
-    the same load). ``settings``: more ``HUB_*`` variables for it."""
+    the same load). ``settings``: more ``HUB_*`` variables for it; ``profile``: run it
+    under cProfile, which writes there when it stops."""
 
     def __init__(
         self,
@@ -180,6 +181,7 @@ class HubProcess:
         source: Path = ROOT,
         fastpath: str = "c",
         settings: dict[str, str] | None = None,
+        profile: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
@@ -194,7 +196,9 @@ class HubProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1"),
+                    sys.executable,
+                    *(("-m", "cProfile", "-o", str(profile)) if profile else ()),
+                    *("-m", "hub", "serve", "--host", "127.0.0.1"),
                     *("--port", str(self.port), "--data-dir", str(data_dir)),
                 ],
                 cwd=source,

@@ -14,18 +14,20 @@ import asyncio
 import contextlib
 import copy
 import importlib.metadata
+import inspect
 import logging
 import os
-import queue
 import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
 import aioice.stun
+import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
@@ -142,6 +144,7 @@ async def check_internals() -> None:
             transceiver = pc.addTransceiver(kind, direction="sendrecv")
             _require(transceiver, _TRANSCEIVER_ATTRS)
             _require(transceiver.receiver, _RECEIVER_ATTRS)
+            _require(aiortc.rtcrtpreceiver.RemoteStreamTrack(kind), ("_queue",))
             _require(transceiver.sender, _SENDER_ATTRS)
             dtls = transceiver.sender.transport
             _require(dtls, _DTLS_ATTRS)
@@ -151,6 +154,16 @@ async def check_internals() -> None:
                 dtls.transport._connection,
                 ("_nominated", "_queue", "_query_consent_task", "remote_password"),
             )
+        # The receiver starts its decoder thread through the module's ``threading``,
+        # with the decoder queue as the worker's second argument (_ReceiverThreading).
+        words = inspect.getsource(aiortc.rtcrtpreceiver.RTCRtpReceiver.receive).split()
+        target = "target=decoder_worker,"
+        if (
+            not hasattr(aiortc.rtcrtpreceiver, "threading")
+            or target not in words
+            or words[words.index(target) + 6] != "self.__decoder_queue,"
+        ):
+            raise InternalsChanged("aiortc's receiver starts its decoder thread differently")
         if not callable(getattr(aioice.ice.StunProtocol, "datagram_received", None)):
             raise InternalsChanged("aioice.ice.StunProtocol.datagram_received is gone")
         for method in ("query_consent", "check_incoming", "build_request", "close"):
@@ -305,7 +318,8 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
     in ice-lite mode) rely on what the peer sends instead; so does the hub now: media and RTCP that
     authenticate (:class:`_Unprotector`), the peer's own ICE checks, and answers to
     the checks the hub still sends each interval, as before. A peer that went away
-    sends none of them. Installed for every connection made from now on."""
+    sends none of them. The hub asks only a peer it has not heard since its last
+    look. Installed for every connection made from now on."""
     interval = min(float(aioice.ice.CONSENT_INTERVAL), silence_timeout / 3)
 
     async def query_consent(self: aioice.ice.Connection) -> None:
@@ -315,6 +329,12 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
         last_count, last_heard = heard.count, time.monotonic()
         while True:
             await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            if heard.count != last_count:
+                # Heard since the last look: no need to ask. Of ~380 connections at a
+                # county lecture nearly all send media or RTCP; a check each is
+                # ~76 STUN transactions a second for nothing.
+                last_count, last_heard = heard.count, time.monotonic()
+                continue
             for pair in list(self._nominated.values()):
                 check = self.build_request(pair, nominate=False)
                 with contextlib.suppress(aioice.stun.TransactionError):
@@ -414,27 +434,56 @@ FrameCallback = Callable[[str, bytes, int], None]
 
 class _FrameTap:
     """Stands where the receiver keeps its decoder queue: complete encoded frames
-    go to ``on_frame`` (or nowhere); the decoder thread, started on this object,
-    only ever gets the stop sentinel."""
+    go to ``on_frame`` (or nowhere). No decoder thread serves it
+    (:class:`_ReceiverThreading`): the stop sentinel ends the track as that thread
+    would have."""
 
-    __slots__ = ("_stop_queue", "on_frame")
+    __slots__ = ("_track_queue", "on_frame")
 
-    def __init__(self, stop_queue: queue.Queue[Any], on_frame: FrameCallback | None) -> None:
-        self._stop_queue = stop_queue
+    def __init__(self, track_queue: asyncio.Queue[Any], on_frame: FrameCallback | None) -> None:
+        self._track_queue = track_queue
         self.on_frame = on_frame
-
-    def get(self) -> Any:
-        """The decoder thread waits here for the stop sentinel only."""
-        return self._stop_queue.get()
 
     def put(self, item: Any) -> None:
         if item is None:
-            # The receiver's stop sentinel: it ends the idle decoder thread.
-            self._stop_queue.put(None)
+            # The receiver stops (on the event loop): its track ends.
+            self._track_queue.put_nowait(None)
             return
         if self.on_frame is not None:
             codec, frame = item
             self.on_frame(codec.name, frame.data, frame.timestamp)
+
+
+class _NoThread:
+    """The decoder thread a tapped receiver does not get."""
+
+    def start(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _ReceiverThreading:
+    """What ``aiortc.rtcrtpreceiver`` sees as its ``threading`` module. aiortc starts a
+    decoder thread for every receiver, which waits forever when the hub never decodes:
+    two idle threads per station (388 at 190 stations), each with its stack. A
+    receiver whose decoder queue is a :class:`_FrameTap` gets none."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(threading, name)
+
+    @staticmethod
+    def Thread(*args: Any, **kwargs: Any) -> threading.Thread | _NoThread:
+        target_args = kwargs.get("args", ())
+        if len(target_args) > 1 and isinstance(target_args[1], _FrameTap):
+            return _NoThread()
+        return threading.Thread(*args, **kwargs)
+
+
+def _install_receiver_threading() -> None:
+    """Idempotent: tapped receivers start no decoder thread from now on."""
+    aiortc.rtcrtpreceiver.threading = _ReceiverThreading()  # type: ignore[assignment,attr-defined]
 
 
 class _JitterTap:
@@ -523,7 +572,8 @@ class ReceiverTap:
         nack, decoder_queue = _RECEIVER_ATTRS[0], _RECEIVER_ATTRS[1]
         jitter = _RECEIVER_ATTRS[6]
         self._packets = _PacketTap(getattr(receiver, nack), on_rtp)
-        self._frames = _FrameTap(getattr(receiver, decoder_queue), on_frame)
+        _install_receiver_threading()
+        self._frames = _FrameTap(receiver.track._queue, on_frame)  # type: ignore[attr-defined]
         self._jitter = _JitterTap(getattr(receiver, jitter), on_frame is not None)
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)
@@ -599,6 +649,24 @@ class ReceiverTap:
         await self._receiver._send_rtcp_pli(media_ssrc)
 
 
+class DatagramCounter:
+    """For load generators only: a receiver's media datagrams go to ``on_datagram``
+    still encrypted, and nowhere else. SRTP leaves the RTP header in the clear
+    (sequence, timestamp, marker, SSRC), which is all a counting station needs; not
+    decrypting, parsing or queueing each packet keeps hundreds of stations on one
+    machine. Nothing is reported back (no RTCP receiver reports, no NACKs)."""
+
+    __slots__ = ("on_datagram",)
+
+    def __init__(self, receiver: RTCRtpReceiver, on_datagram: Callable[[bytes], None]) -> None:
+        self.on_datagram = on_datagram
+        _DirectReceive.of(receiver.transport).taps[receiver] = self
+
+    def receive(self, data: bytes, dtls: RTCDtlsTransport) -> bool:
+        self.on_datagram(data)
+        return True
+
+
 class _DirectReceive:
     """The hub's receive path for one DTLS transport's media: each SRTP datagram goes
     from aioice's datagram callback through its receiver's tap to the fan-out in one
@@ -613,7 +681,7 @@ class _DirectReceive:
         self._dtls = dtls
         connection = dtls.transport._connection
         self._queue: asyncio.Queue[Any] = connection._queue
-        self.taps: dict[object, ReceiverTap] = {}
+        self.taps: dict[object, ReceiverTap | DatagramCounter] = {}
 
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> _DirectReceive:
@@ -868,6 +936,17 @@ class RtpWriter:
     def send_rtcp(self, compound: bytes) -> bool:
         """Protect (SRTCP) and send one compound RTCP packet; False when it cannot."""
         return self.srtp_socket.send_rtcp(compound)
+
+
+def raw_sending(transceiver: RTCRtpTransceiver) -> tuple[int, int, RtpWriter]:
+    """For load generators: what writing a negotiated sending transceiver's RTP
+    without aiortc takes: its SSRC, its payload type, and a writer aimed at its
+    transport (``writer.srtp_socket.send(rtp)`` protects and sends in one call).
+    Hundreds of stations replaying a clip then cost a few µs a packet, not aiortc's
+    chain of coroutines."""
+    codec = next(c for c in transceiver._codecs if not is_rtx(c))
+    assert codec.payloadType is not None
+    return int(transceiver.sender._ssrc), codec.payloadType, RtpWriter(transceiver.sender.transport)
 
 
 def aim_srtp_socket(

@@ -17,7 +17,7 @@ from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtp import RtpPacket
 
-from hub.aiortc_internals import ReceiverTap, RtpPacer
+from hub.aiortc_internals import DatagramCounter, ReceiverTap, RtpPacer
 from hub.peers import make_peer_connection
 from hub.tasks import TaskOwner
 
@@ -57,6 +57,7 @@ class HubClient:
         lightweight: bool = False,
         ice_servers: list[RTCIceServer] | None = None,
         on_rtp: Callable[[ReceivedTrack, RtpPacket], None] | None = None,
+        on_datagram: Callable[[ReceivedTrack, bytes], None] | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -66,6 +67,9 @@ class HubClient:
         (no RTCP reports, no NACKs), as a load generator's many subscribers need."""
         self.ice_servers = ice_servers or []
         self.on_rtp = on_rtp
+        self.on_datagram = on_datagram
+        """With ``decode=False``: instead of ``on_rtp``, each received media datagram
+        still encrypted (its RTP header is in the clear), for the cheapest counting."""
         self.messages: list[dict[str, Any]] = []
         self.joined: dict[str, Any] = {}
         self.publisher: RTCPeerConnection | None = None
@@ -225,7 +229,10 @@ class HubClient:
         mid = str(transceiver.mid)
         received = ReceivedTrack(mid, track, self._offer_tracks.get(mid, {}))
         self.received[mid] = received
-        if not self.decode:
+        if not self.decode and self.on_datagram is not None:
+            on_datagram = self.on_datagram
+            DatagramCounter(transceiver.receiver, lambda data: on_datagram(received, data))
+        elif not self.decode:
             callback = self.on_rtp
 
             def count(packet: RtpPacket) -> None:

@@ -134,7 +134,9 @@ class UpTrack:
         self.kind = kind
         self.codec = codec
         self.stats = stats
-        self.history = PacketHistory()
+        self.history: PacketHistory | None = None
+        """Kept only while someone receives the track (a subscription): of 190 stations
+        off stage nobody receives most, and a full history is ~2 MB of video."""
         self.keyframes = KeyframeRequester(request_keyframe, stats)
         self.subscriptions: list[Subscription] = []
         self.downs: list[DownTrackCore] = []
@@ -166,7 +168,9 @@ class UpTrack:
         if level is not None:
             self.audio_level = level[1]
             self.audio_level_at = time.monotonic()
-        self.history.add(seq, timestamp, marker, payload)
+        history = self.history
+        if history is not None:
+            history.add(seq, timestamp, marker, payload)
         if self.muted or not self.downs:
             return
         keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
@@ -297,6 +301,8 @@ class Subscription:
         down.subscription = self
         up.subscriptions.append(self)
         up.downs.append(down)
+        if up.history is None:
+            up.history = PacketHistory()
         if up.kind == "video":
             up.keyframes.request()
 
@@ -305,7 +311,8 @@ class Subscription:
         if self.closed or not down.started:
             return
         seq = (out_seq - down.seq_offset) & 0xFFFF
-        entry = self.up.history.get(seq)
+        history = self.up.history
+        entry = history.get(seq) if history is not None else None
         if entry is None:
             return
         _, timestamp, marker, payload = entry
@@ -315,9 +322,12 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        if self in self.up.subscriptions:
-            self.up.subscriptions.remove(self)
-            self.up.downs.remove(self.down)
+        up = self.up
+        if self in up.subscriptions:
+            up.subscriptions.remove(self)
+            up.downs.remove(self.down)
+            if not up.subscriptions:
+                up.history = None
         if self.down.subscription is self:
             self.down.subscription = None
 

@@ -87,6 +87,7 @@ class RoomLimits:
     connect_timeout: float
     max_media: int
     hls_players_per_address: int
+    stall_timeout: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoomLimits:
@@ -96,4 +97,5 @@ class RoomLimits:
             connect_timeout=settings.peer_connect_timeout,
             max_media=settings.max_media_per_offer,
             hls_players_per_address=settings.hls_players_per_address,
+            stall_timeout=settings.publisher_stall_timeout,
         )

@@ -39,6 +39,7 @@ from hub.peers import (
 from hub.rollcall import RollCall
 from hub.room_media import MediaDirs, Recorded, RoomMedia
 from hub.room_state import RoomState
+from hub.stall import FlowWatch
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
 from media.frames import EncodedFrame, FrameSink, TrackInfo
@@ -49,6 +50,8 @@ SOURCE_KIND = {Source.CAMERA: "video", Source.SCREEN: "video", Source.MICROPHONE
 VIDEO_CEILING_BPS = 2_500_000
 """The bandwidth the hub announces to video publishers (REMB): a stage camera's
 1.5 Mbps or a screen share fits under it."""
+STALL_TICK = 0.5
+"""Seconds between looks at each stage track's packet count (stall detection)."""
 SPEAKING_LEVEL = 60
 """Audio level (0 loudest … 127 silent, dBov) under which a publisher is speaking."""
 
@@ -93,6 +96,7 @@ class Publication:
         self.tap = tap
         self.order = next(participant.room.order)
         """When it appeared, among the room's appearances (the program's picture rule)."""
+        self.flow = FlowWatch()
         self.closed = False
 
     @property
@@ -111,6 +115,7 @@ class Publication:
             "codec": self.up.codec.name,
             "muted": self.muted,
             "muted_by_moderator": self.source.value in self.participant.moderator_mutes,
+            "stalled": self.flow.stalled,
         }
 
     def track_info(self) -> TrackInfo:
@@ -607,6 +612,7 @@ class Room:
         self.tasks.spawn(self._speaker_loop(), name="speakers")
         self.tasks.spawn(self._stats_loop(), name="stats")
         self.tasks.spawn(self._bandwidth_loop(), name="bandwidth")
+        self.tasks.spawn(self._stall_loop(), name="stalls")
         self._arm_empty_timer()
 
     # --- membership ---
@@ -1059,6 +1065,31 @@ class Room:
                 self.broadcast({"type": "speakers", "speakers": speakers})
                 identities = [self.participants[s].identity for s in speakers]
                 self._on_event("speakers", {"room": self.name, "speakers": identities})
+
+    async def _stall_loop(self) -> None:
+        """Tell the room when a track on stage stops arriving and when it is back; a
+        video back asks for a keyframe at once, so its viewers see it again."""
+        while True:
+            await asyncio.sleep(STALL_TICK)
+            now = time.monotonic()
+            timeout = self.limits.stall_timeout
+            for participant in list(self.participants.values()):
+                watched = participant.on_stage
+                changed = False
+                for publication in participant.publications.values():
+                    up = publication.up
+                    if publication.flow.sample(up.packets_received, now, timeout, watched):
+                        changed = True
+                        logger.info(
+                            "%s's %s %s",
+                            participant.identity,
+                            publication.source.value,
+                            "stalled" if publication.flow.stalled else "flows again",
+                        )
+                        if not publication.flow.stalled and up.kind == "video":
+                            up.keyframes.request()
+                if changed:
+                    self.on_participant_changed(participant)
 
     async def _bandwidth_loop(self) -> None:
         """Tell every video publisher it may send up to the ceiling; what it does send

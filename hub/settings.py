@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     viewer that went away without a word is noticed. 30 s is RFC 7675's consent
     timeout; a live publisher sends media many times a second, a browser checks every
     few seconds."""
+    publisher_stall_timeout: float = Field(2.0, gt=0)
+    """Seconds without a packet after which a track on stage that was flowing counts
+    as stalled: the room is told (``stalled`` on the publication) and the console
+    says so; it clears when packets flow again."""
     peer_connect_timeout: float = Field(15.0, gt=0)
     """Seconds a WHIP or WHEP peer connection has to connect. No websocket tells the hub
     such a participant is gone: one not connected by then, or whose connection fails or

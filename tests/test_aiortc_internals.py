@@ -6,8 +6,10 @@ import asyncio
 import importlib.metadata
 import re
 import struct
+import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import aioice.ice
 import aioice.stun
@@ -19,6 +21,7 @@ from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
     ReceiverTap,
+    _Heard,
     accept_offered_payload_types,
     check_internals,
     install_datagram_path,
@@ -180,3 +183,39 @@ def test_aioice_still_raises_struct_error_on_a_short_stun_attribute() -> None:
             aioice.stun.parse_message(datagram)
     install_datagram_path()
     assert aioice.ice.StunProtocol.datagram_received.__module__ == "hub.aiortc_internals"
+
+
+async def test_no_consent_checks_to_a_peer_that_is_heard() -> None:
+    """Media or RTCP that authenticates is consent enough: the hub asks only a peer
+    it has not heard from since its last look."""
+    timeout = 3.0
+    keep_consent_while_heard(timeout)
+    restrict_host_addresses(["127.0.0.1"])
+    hub_side = aioice.ice.Connection(ice_controlling=False)
+    peer = aioice.ice.Connection(ice_controlling=True)
+    try:
+        for connection in (hub_side, peer):
+            await connection.gather_candidates()
+        for a, b in ((hub_side, peer), (peer, hub_side)):
+            a.remote_username, a.remote_password = b.local_username, b.local_password
+            for candidate in b.local_candidates:
+                await a.add_remote_candidate(candidate)
+            await a.add_remote_candidate(None)
+        await asyncio.gather(hub_side.connect(), peer.connect())
+        checks: list[float] = []
+        answer = peer.request_received
+
+        def count(*args: Any) -> None:
+            checks.append(time.monotonic())
+            answer(*args)
+
+        peer.request_received = count  # type: ignore[method-assign]
+        heard = _Heard.of(hub_side)
+        for _ in range(30):  # 3 s of media arriving (what _Unprotector counts)
+            heard.count += 1
+            await asyncio.sleep(0.1)
+        assert checks == []  # (a peer not heard is asked: see the test above)
+    finally:
+        await peer.close()
+        await hub_side.close()
+        keep_consent_while_heard(Settings().peer_silence_timeout)

@@ -232,3 +232,15 @@ def test_keyframe_detection_on_real_payload_shapes() -> None:
     assert not h264_keyframe_start(bytes([0x7C, 0x05, 0x00]))  # FU-A middle
     assert not h264_keyframe_start(bytes([0x41, 0x9A]))  # non-IDR slice
     assert not h264_keyframe_start(b"")
+
+
+async def test_history_is_kept_only_while_someone_receives() -> None:
+    stats = ForwardingStats()
+    up, down, _ = make_pair(stats, [])
+    up.on_rtp(packet(1, 3000, VP8_KEY, marker=1))
+    assert up.history is None  # nobody receives it: nothing kept
+    subscription = Subscription(up, down)
+    up.on_rtp(packet(2, 6000, VP8_DELTA, marker=1))
+    assert up.history is not None and up.history.get(2) is not None
+    subscription.close()
+    assert up.history is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import threading
 from collections.abc import Iterator
 from unittest.mock import patch
 
@@ -14,6 +15,7 @@ from aiortc.codecs.vpx import Vp8Decoder
 from aiortc.mediastreams import AudioStreamTrack
 
 from hub.client import HubClient
+from hub.ids import ParticipantIdentity, RoomName
 from tests.helpers import NoisyVideo, first_track, wait_until
 from tests.hubserver import RunningHub
 
@@ -76,4 +78,33 @@ async def test_forwarding_decodes_nothing_and_memory_stays_flat(
     finally:
         for station in stations:
             await station.close()
+        await center.close()
+
+
+def decoder_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.endswith("-decoder")]
+
+
+async def test_receiving_a_publisher_starts_no_decoder_thread(hub_server: RunningHub) -> None:
+    """aiortc starts a decoder thread for every receiver; the hub's receivers never
+    decode, so they get none (two idle threads per station otherwise)."""
+    center = HubClient(hub_server.ws, hub_server.token("threads", "C", "center"), decode=False)
+    try:
+        await center.connect()
+        before = decoder_threads()
+        await center.publish({"camera": NoisyVideo(), "microphone": AudioStreamTrack()})
+        room = hub_server.hub.rooms[RoomName("threads")]
+        lecturer = room.by_identity(ParticipantIdentity("C"))
+        assert lecturer is not None
+
+        def flowing() -> str | None:
+            publications = list(lecturer.publications.values())
+            if len(publications) == 2 and all(p.up.packets_received for p in publications):
+                return None
+            return "no media at the hub yet"
+
+        await wait_until(flowing)
+        # The publisher's own connection only sends: any decoder thread is the hub's.
+        assert decoder_threads() == before
+    finally:
         await center.close()

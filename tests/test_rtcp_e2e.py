@@ -111,7 +111,9 @@ async def test_a_lossy_publisher_uplink_is_repaired_by_the_hubs_nacks(
         assert up.packets_received - received < 2000  # all still in the history
         # Each packet lost on the way in reached the hub after all, resent after its
         # NACK: its history, which answers the stations' NACKs, is whole.
-        assert [seq for seq in lossy.dropped[:-2] if up.history.get(seq) is None] == []
+        history = up.history
+        assert history is not None
+        assert [seq for seq in lossy.dropped[:-2] if history.get(seq) is None] == []
         # And the rest came the direct way.
         assert camera.tap.packets_direct - direct > (up.packets_received - received) / 2
         # The hub's receiver reports, made of what the direct way counted, tell the

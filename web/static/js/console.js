@@ -316,6 +316,7 @@ function renderWall() {
         const tile = tileFor(p.sid);
         const onStage = isOnStage(p);
         const muted = isMicMuted(p);
+        const stalled = p.publications.some((pub) => pub.stalled);
         const speaking = client.speakers.includes(p.sid);
         tile.classList.toggle("on-stage", onStage);
         // stage first, then raised hands (CSS order: moving a <video> in the DOM would pause it)
@@ -335,6 +336,7 @@ function renderWall() {
                 onStage && el("span", { class: "badge stage", text: t("badge.stage") }),
                 p.hand_raised && el("span", { class: "badge hand", text: t("badge.hand") }),
                 muted && el("span", { class: "badge muted", text: t("badge.muted") }),
+                stalled && el("span", { class: "badge stalled", text: t("badge.stalled") }),
                 speaking && el("span", { class: "badge", text: t("badge.speaking") }),
             ].filter((x) => !!x),
         );

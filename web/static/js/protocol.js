@@ -19,6 +19,7 @@
  * @property {'audio' | 'video'} kind
  * @property {string} [codec]
  * @property {boolean} muted
+ * @property {boolean} [stalled] on stage, it was flowing, and nothing reaches the hub
  */
 
 /**
