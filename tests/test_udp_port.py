@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aioice.stun
+import httpx
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
@@ -201,6 +202,12 @@ async def test_garbage_to_the_port_is_dropped_without_harm(shared_hub: RunningHu
             assert stranger.getsockname() not in mapped(mux)
         assert mux.dropped > dropped
         assert len(await decode_frames(track, 30, timeout=15)) == 30
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                f"{shared_hub.base}/metrics", headers=shared_hub.metrics_headers
+            )
+        counted = re.search(r"^practicehub_udp_port_dropped_total (\d+)$", response.text, re.M)
+        assert counted is not None and int(counted[1]) >= dropped + 20 * len(junk) - 40
     finally:
         await station.close()
         await center.close()
