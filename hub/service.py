@@ -80,7 +80,7 @@ class Hub:
         install_datagram_path()
         restrict_host_addresses(self.settings.ice_gather_addresses)
         if self.settings.udp_port is not None:
-            self.udp_mux = await UdpMux.open(host_addresses(), self.settings.udp_port)
+            self.udp_mux = UdpMux.open(host_addresses(), self.settings.udp_port)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
         await self.restore_rooms()
@@ -297,4 +297,4 @@ class Hub:
             await self._suspend_room(name)
         await self.tasks.close()
         if self.udp_mux is not None:
-            await self.udp_mux.close()  # after the rooms: their peers closed their endpoints
+            self.udp_mux.close()  # after the rooms: their peers closed their endpoints

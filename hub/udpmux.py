@@ -27,7 +27,7 @@ import secrets
 import socket
 import string
 from collections import deque
-from typing import Any, cast
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ UFRAG_LENGTH = 8
 """Local ICE username fragments the mux hands out: 62^8 values, so that the
 fragments of a few hundred connections on one port never collide by chance (aioice's
 4 characters would, about once in 200 hubs of 400 connections)."""
+READ_BATCH = 256
+"""Datagrams read at most per wake-up, so that one busy socket cannot hold the event
+loop: at 200 viewers of a 1.5 Mbps lecture, about 0.1 s of a publisher's media."""
+RECEIVE_BYTES = 2048
+"""Larger than any datagram a peer sends (MTU 1,500); a longer one is cut and then
+refused by SRTP or DTLS."""
 MAX_TRANSACTIONS = 64
 """STUN requests of one endpoint awaiting an answer that are remembered: checks to
 every candidate pair, consent checks. An older one's answer is dropped."""
@@ -87,11 +93,11 @@ class Endpoint(asyncio.DatagramTransport):
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         data = bytes(data)
-        if self.closed or self._socket.transport.is_closing():
+        if self.closed:
             return
         if stun_class(data) == 0:
             self._socket.expect_answer(self, data[8:20])
-        self._socket.transport.sendto(data, addr)
+        self._socket.send(data, addr)
 
     def learn(self, addr: tuple[str, int]) -> None:
         """Datagrams from ``addr`` are this endpoint's from now on (called for an ICE
@@ -100,8 +106,10 @@ class Endpoint(asyncio.DatagramTransport):
             self._socket.learn(self, (addr[0], addr[1]))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name in ("socket", "sockname"):
-            return self._socket.transport.get_extra_info(name, default)
+        if name == "socket":
+            return self._socket.sock
+        if name == "sockname":
+            return self._socket.sock.getsockname()
         return default
 
     def is_closing(self) -> bool:
@@ -117,24 +125,43 @@ class Endpoint(asyncio.DatagramTransport):
         asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
 
-class _MuxSocket(asyncio.DatagramProtocol):
-    """One shared socket (one host address) and its routing tables."""
+class _MuxSocket:
+    """One shared socket (one host address) and its routing tables.
 
-    def __init__(self, mux: UdpMux) -> None:
+    Read until empty on each wake-up: asyncio's datagram transport takes one datagram
+    per turn of the event loop, which kept every publisher's media waiting behind the
+    loop's other work once all of it arrived on one socket (seconds at 200 viewers).
+    Sent without a buffer: a full socket buffer loses the datagram, as the network would.
+    """
+
+    def __init__(self, mux: UdpMux, sock: socket.socket) -> None:
         self._mux = mux
-        self.transport: asyncio.DatagramTransport
-        self.closed = asyncio.get_running_loop().create_future()
+        self.sock = sock
         self.by_ufrag: dict[str, Endpoint] = {}
         self.by_address: dict[tuple[str, int], Endpoint] = {}
         self.by_transaction: dict[bytes, Endpoint] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
 
     @property
     def host(self) -> str:
-        host: str = self.transport.get_extra_info("sockname")[0]
+        host: str = self.sock.getsockname()[0]
         return host
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            pass  # a full buffer, an ICMP error of a peer gone: UDP loses, ICE notices
+
+    def _read(self) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = self.sock.recvfrom(RECEIVE_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error queued on the socket: nothing to route
+            self.datagram_received(data, addr)
 
     def attach(self, ufrag: str, protocol: asyncio.DatagramProtocol) -> Endpoint:
         endpoint = Endpoint(self, ufrag, protocol)
@@ -186,15 +213,11 @@ class _MuxSocket(asyncio.DatagramProtocol):
             return
         endpoint.protocol.datagram_received(data, source)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
         for endpoint in list(self.by_ufrag.values()):
             endpoint.close()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors of a connected peer that went away: UDP loses, ICE notices.
-        pass
+        self.sock.close()
 
 
 class UdpMux:
@@ -208,24 +231,23 @@ class UdpMux:
         """Datagrams that matched no endpoint (strangers, a peer already gone)."""
 
     @classmethod
-    async def open(cls, addresses: list[str], port: int) -> UdpMux:
+    def open(cls, addresses: list[str], port: int) -> UdpMux:
         """Bind ``port`` on each of ``addresses``; an address that cannot be bound is
         skipped (as aioice skips it), none at all is an error."""
         mux = cls(port)
-        loop = asyncio.get_running_loop()
         for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: _MuxSocket(mux), local_addr=(address, port)
-                )
+                sock.bind((address, port))
             except OSError as exc:
+                sock.close()
                 logger.warning("UDP port %d: cannot bind %s: %s", port, address, exc)
                 continue
-            sock: socket.socket | None = transport.get_extra_info("socket")
-            if sock is not None:
-                for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-            mux.sockets.append(protocol)
+            sock.setblocking(False)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            mux.sockets.append(_MuxSocket(mux, sock))
         if not mux.sockets:
             raise OSError(f"UDP port {port}: no address could be bound of {addresses}")
         logger.info(
@@ -250,11 +272,9 @@ class UdpMux:
         """Remote addresses currently mapped to an endpoint."""
         return sum(len(s.by_address) for s in self.sockets)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Close the port (idempotent): every endpoint still on it closes, as if its
         socket had."""
         sockets, self.sockets = self.sockets, []
         for mux_socket in sockets:
-            mux_socket.transport.close()
-        for mux_socket in sockets:
-            await mux_socket.closed
+            mux_socket.close()

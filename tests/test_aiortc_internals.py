@@ -143,7 +143,7 @@ async def test_a_peer_connection_on_the_shared_port_gathers_there_and_leaves_not
     from tests.hubserver import free_port
 
     restrict_host_addresses(["127.0.0.1"])
-    mux = await UdpMux.open(["127.0.0.1"], free_port())
+    mux = UdpMux.open(["127.0.0.1"], free_port())
     on_mux, plain = make_peer_connection([], mux), make_peer_connection([])
     try:
         plain.addTrack(EncodedFrames(800, 0.05))
@@ -172,7 +172,7 @@ async def test_a_peer_connection_on_the_shared_port_gathers_there_and_leaves_not
         await plain.close()
     await wait_until(lambda: None if mux.endpoints == 0 else f"{mux.endpoints} endpoints")
     assert mux.addresses == 0
-    await mux.close()
+    mux.close()
 
 
 async def test_frames_are_assembled_only_while_wanted() -> None:

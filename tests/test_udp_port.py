@@ -129,7 +129,7 @@ async def test_a_new_site_from_a_port_a_lost_one_still_holds_is_mapped_to_the_ne
     restart), while the hub still holds the old one: its checks move the address."""
     site_port = free_port()
     center = HubClient(shared_hub.ws, shared_hub.token("move", "C", "center"))
-    lost_site = await UdpMux.open(["127.0.0.1"], site_port)
+    lost_site = UdpMux.open(["127.0.0.1"], site_port)
     lost = HubClient(shared_hub.ws, shared_hub.token("move", "S1", "station"), udp_mux=lost_site)
     new_site: UdpMux | None = None
     new = None
@@ -141,8 +141,8 @@ async def test_a_new_site_from_a_port_a_lost_one_still_holds_is_mapped_to_the_ne
         address = ("127.0.0.1", site_port)
         mux = mux_of(shared_hub)
         old_ufrag = mapped(mux)[address]
-        await lost_site.close()  # gone without a word: the hub still holds its connection
-        new_site = await UdpMux.open(["127.0.0.1"], site_port)
+        lost_site.close()  # gone without a word: the hub still holds its connection
+        new_site = UdpMux.open(["127.0.0.1"], site_port)
         new = HubClient(shared_hub.ws, shared_hub.token("move", "S2", "station"), udp_mux=new_site)
         await new.connect()
         frames = await decode_frames((await first_track(new, "camera")).track, 10)
@@ -154,9 +154,9 @@ async def test_a_new_site_from_a_port_a_lost_one_still_holds_is_mapped_to_the_ne
             await new.close()
         await lost.close()
         await center.close()
-        await lost_site.close()
+        lost_site.close()
         if new_site is not None:
-            await new_site.close()
+            new_site.close()
 
 
 def stun_request(ufrag: str) -> bytes:
