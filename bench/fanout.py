@@ -131,8 +131,8 @@ def call_all(calls: list[tuple[Child, str, tuple[Any, ...]]], timeout: float = 3
     return [child.result(timeout) for child, _, _ in calls]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
@@ -385,6 +385,7 @@ class Bench:
         load_nice: int,
         hub_source: Path = ROOT,
         hub_fastpath: str = "c",
+        udp_port: str = "per-peer",
     ):
         self.n = subscribers
         self.seconds = seconds
@@ -394,7 +395,8 @@ class Bench:
         self.load_nice = load_nice
         self.hub_source = hub_source
         self.hub_fastpath = hub_fastpath
-        self.result: dict[str, Any] = {"subscribers": subscribers}
+        self.udp_port = udp_port
+        self.result: dict[str, Any] = {"subscribers": subscribers, "udp_port_mode": udp_port}
         self.keyframes: set[int] = set()
 
     def run(self, stack: ExitStack) -> dict[str, Any]:
@@ -402,7 +404,13 @@ class Bench:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-hub-")))
         self.result["loadavg_1m_at_start"] = os.getloadavg()[0]
         # Start everything at once: interpreter start-up and clip encoding overlap.
-        hub = HubProcess(data_dir, self.hub_source, self.hub_fastpath)
+        shared = {"HUB_UDP_PORT": str(free_port(socket.SOCK_DGRAM))}
+        hub = HubProcess(
+            data_dir,
+            self.hub_source,
+            self.hub_fastpath,
+            shared if self.udp_port == "shared" else None,
+        )
         self.result["hub_commit"] = git_commit(self.hub_source)
         stack.callback(hub.stop)
         workers = [
@@ -722,6 +730,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the hub's fan-out: its C path (default, where it was built) or the "
         "Python twin (HUB_FASTPATH=python)",
     )
+    parser.add_argument(
+        "--udp-port",
+        choices=("per-peer", "shared"),
+        default="per-peer",
+        help="the hub's WebRTC media on a UDP port per peer connection (default) or all "
+        "on one (HUB_UDP_PORT)",
+    )
     args = parser.parse_args(argv)
     n = args.subscribers or (20 if args.quick else 50)
     seconds = args.seconds or (8.0 if args.quick else 20.0)
@@ -742,6 +757,7 @@ def main(argv: list[str] | None = None) -> None:
         args.load_nice,
         args.hub_source.resolve(),
         args.hub_fastpath,
+        args.udp_port,
     )
     # Connecting, two windows and the baseline, with room to spare.
     limit = 85 if args.quick else 120 + 3 * seconds + 2 * n

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 
 /* libsrtp's srtp_protect, srtp_unprotect and their _rtcp twins: (context, buffer,
  * in/out length). */
@@ -38,6 +40,7 @@ typedef struct {
     PyObject *keep; /* owns the libsrtp context ctx points into */
     PyObject *sock; /* owns fd */
     int fd;
+    unsigned long long socket_id; /* the socket's inode: dup'ed descriptors share it */
     struct sockaddr_storage addr;
     socklen_t addrlen;
 } SrtpSocket;
@@ -49,6 +52,7 @@ srtp_socket_release(SrtpSocket *self)
 {
     self->ctx = NULL;
     self->fd = -1;
+    self->socket_id = 0;
     Py_CLEAR(self->keep);
     Py_CLEAR(self->sock);
 }
@@ -127,7 +131,13 @@ srtp_socket_aim(SrtpSocket *self, PyObject *args, PyObject *kwds)
                      gai_strerror(error));
         return NULL;
     }
+    struct stat status;
+    if (fstat((int)fd, &status) != 0) {
+        freeaddrinfo(found);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     srtp_socket_release(self);
+    self->socket_id = (unsigned long long)status.st_ino;
     memcpy(&self->addr, found->ai_addr, found->ai_addrlen);
     self->addrlen = found->ai_addrlen;
     freeaddrinfo(found);
@@ -505,11 +515,17 @@ static PyTypeObject DownTrackCoreType = {
 /* ---- fanout --------------------------------------------------------------- */
 
 /* The sealed copies of one packet wait here until all are sealed: then the sends
- * run back to back, the kernel's send path warm. */
+ * run back to back, the kernel's send path warm, and the copies that leave the same
+ * socket (HUB_UDP_PORT: all of them) leave in one sendmmsg call. */
 static unsigned char *batch = NULL;
 static SrtpSocket **batch_targets = NULL;
 static int *batch_lengths = NULL;
+static struct mmsghdr *batch_messages = NULL;
+static struct iovec *batch_iovecs = NULL;
 static Py_ssize_t batch_capacity = 0;
+
+/* Copies sent per sendmmsg call at most (the kernel's UIO_MAXIOV). */
+#define MAX_MESSAGES 1024
 
 static int
 reserve_batch(Py_ssize_t count)
@@ -536,8 +552,45 @@ reserve_batch(Py_ssize_t count)
         return -1;
     }
     batch_lengths = l;
+    struct mmsghdr *m = PyMem_Realloc(batch_messages, (size_t)capacity * sizeof(struct mmsghdr));
+    if (m == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    batch_messages = m;
+    struct iovec *v = PyMem_Realloc(batch_iovecs, (size_t)capacity * sizeof(struct iovec));
+    if (v == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    batch_iovecs = v;
     batch_capacity = capacity;
     return 0;
+}
+
+/* Send sealed copies first..end-1, which all leave the same socket, in sendmmsg
+ * calls. A copy the kernel refuses (a full send buffer) is lost, as with sendto. */
+static void
+transmit_batch(Py_ssize_t first, Py_ssize_t end)
+{
+    for (Py_ssize_t i = first; i < end; i++) {
+        SrtpSocket *target = batch_targets[i];
+        batch_iovecs[i].iov_base = batch + i * BUFFER_SIZE;
+        batch_iovecs[i].iov_len = (size_t)batch_lengths[i];
+        struct msghdr *header = &batch_messages[i].msg_hdr;
+        memset(header, 0, sizeof(*header));
+        header->msg_name = &target->addr;
+        header->msg_namelen = target->addrlen;
+        header->msg_iov = &batch_iovecs[i];
+        header->msg_iovlen = 1;
+    }
+    int fd = batch_targets[first]->fd;
+    Py_ssize_t next = first;
+    while (next < end) {
+        Py_ssize_t count = end - next < MAX_MESSAGES ? end - next : MAX_MESSAGES;
+        int sent = sendmmsg(fd, batch_messages + next, (unsigned int)count, MSG_DONTWAIT);
+        next += sent > 0 ? sent : 1;
+    }
 }
 
 static PyObject *
@@ -607,8 +660,17 @@ fanout(PyObject *Py_UNUSED(module), PyObject *args)
         batch_lengths[sealed] = length;
         sealed++;
     }
-    for (Py_ssize_t i = 0; i < sealed; i++) {
-        transmit(batch_targets[i], batch + i * BUFFER_SIZE, batch_lengths[i]);
+    for (Py_ssize_t i = 0; i < sealed;) {
+        Py_ssize_t end = i + 1;
+        while (end < sealed && batch_targets[end]->socket_id == batch_targets[i]->socket_id) {
+            end++;
+        }
+        if (end - i == 1) {
+            transmit(batch_targets[i], batch + i * BUFFER_SIZE, batch_lengths[i]);
+        } else {
+            transmit_batch(i, end);
+        }
+        i = end;
     }
     result = Py_BuildValue("(nKO)", sealed, plain, wants_keyframe ? Py_True : Py_False);
 done:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import aioice.candidate
 import aioice.ice
 import aioice.stun
 import aiortc.rtcrtpreceiver
@@ -58,6 +59,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from hub import fastpath
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
+from hub.udpmux import Endpoint, UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,7 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"aioice.ice.Connection.{method} is gone")
         if not isinstance(getattr(aioice.ice, "CONSENT_INTERVAL", None), int | float):
             raise InternalsChanged("aioice.ice.CONSENT_INTERVAL is gone")
+        _check_udp_mux_internals(pc)
         libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
@@ -305,6 +308,9 @@ def _check_incoming(
 ) -> None:
     # aioice calls this only for a check that authenticated (USERNAME, MESSAGE-INTEGRITY).
     _Heard.of(self).count += 1
+    transport = getattr(protocol, "transport", None)
+    if isinstance(transport, Endpoint):
+        transport.learn(addr)  # the shared port's datagrams from addr are this peer's
     _original_check_incoming(self, message, addr, protocol)
 
 
@@ -356,6 +362,98 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
                 return
 
     aioice.ice.Connection.query_consent = query_consent  # type: ignore[method-assign]
+    aioice.ice.Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
+
+
+# --- ICE: one UDP port (HUB_UDP_PORT) ----------------------------------------
+
+_UDP_MUX_CONNECTION_ATTRS = ("_local_username", "_local_candidates_start", "_protocols")
+
+
+def _check_udp_mux_internals(pc: RTCPeerConnection) -> None:
+    """What :func:`install_udp_mux` and :func:`use_udp_mux` rely on (``pc`` has
+    transceivers)."""
+    for connection in _ice_connections(pc):
+        _require(connection, _UDP_MUX_CONNECTION_ATTRS)
+    if not callable(getattr(aioice.ice.Connection, "get_component_candidates", None)):
+        raise InternalsChanged("aioice.ice.Connection.get_component_candidates is gone")
+    for function in ("candidate_foundation", "candidate_priority"):
+        if not callable(getattr(aioice.candidate, function, None)):
+            raise InternalsChanged(f"aioice.candidate.{function} is gone")
+    if not callable(getattr(aioice.ice.StunProtocol, "connection_made", None)):
+        raise InternalsChanged("aioice.ice.StunProtocol.connection_made is gone")
+
+
+def host_addresses() -> list[str]:
+    """The addresses host candidates are gathered on (see :func:`restrict_host_addresses`)."""
+    addresses: list[str] = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    return addresses
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
+    """The aioice connections of ``pc``'s ICE transports (one under max-bundle)."""
+    transports = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    found = {id(c): c for c in (dtls.transport._connection for dtls in transports)}
+    return list(found.values())
+
+
+def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux) -> None:
+    """``pc`` gathers its host candidates on the mux's shared port, with a username
+    fragment the mux makes unique among its connections, instead of on sockets of
+    its own. Marked at its first ``setLocalDescription``, when its ICE transports
+    exist and have not gathered: aiortc writes the local description's ICE
+    parameters and candidates after gathering, so the new fragment is what the peer
+    reads."""
+    install_udp_mux()
+    set_local = pc.setLocalDescription
+
+    async def set_local_description(description: Any = None) -> None:
+        for connection in _ice_connections(pc):
+            if not connection._local_candidates_start and not hasattr(connection, "_hub_mux"):
+                connection._local_username = mux.new_ufrag()
+                setattr(connection, "_hub_mux", mux)  # noqa: B010
+        await set_local(description)
+
+    setattr(pc, "setLocalDescription", set_local_description)  # noqa: B010
+
+
+_original_component_candidates = aioice.ice.Connection.get_component_candidates
+
+
+async def _component_candidates(
+    self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[aioice.candidate.Candidate]:
+    mux: UdpMux | None = getattr(self, "_hub_mux", None)
+    if mux is None:
+        return await _original_component_candidates(self, component, addresses, timeout)
+    candidates = []
+    for mux_socket in mux.sockets:
+        protocol = aioice.ice.StunProtocol(self)
+        protocol.connection_made(mux_socket.attach(self.local_username, protocol))
+        protocol.local_candidate = aioice.candidate.Candidate(
+            foundation=aioice.candidate.candidate_foundation("host", "udp", mux_socket.host),
+            component=component,
+            transport="udp",
+            priority=aioice.candidate.candidate_priority(component, "host"),
+            host=mux_socket.host,
+            port=mux.port,
+            type="host",
+        )
+        self._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    # Relayed candidates as aioice gathers them (a socket of their own towards the
+    # TURN server); no server-reflexive one: the hub announces its address.
+    candidates += await _original_component_candidates(self, component, [], timeout)
+    return candidates
+
+
+def install_udp_mux() -> None:
+    """Connections marked by :func:`use_udp_mux` gather on the shared port, and every
+    ICE check that authenticates teaches its endpoint the sender's address (idempotent;
+    other connections gather as before)."""
+    aioice.ice.Connection.get_component_candidates = _component_candidates  # type: ignore[method-assign]
     aioice.ice.Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
 
 

@@ -20,6 +20,7 @@ from aiortc.rtp import RtpPacket
 from hub.aiortc_internals import DatagramCounter, ReceiverTap, RtpPacer
 from hub.peers import make_peer_connection
 from hub.tasks import TaskOwner
+from hub.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class HubClient:
         decode: bool = True,
         lightweight: bool = False,
         ice_servers: list[RTCIceServer] | None = None,
+        udp_mux: UdpMux | None = None,
         on_rtp: Callable[[ReceivedTrack, RtpPacket], None] | None = None,
         on_datagram: Callable[[ReceivedTrack, bytes], None] | None = None,
     ) -> None:
@@ -66,6 +68,9 @@ class HubClient:
         """With ``decode=False``: count packets with nothing of aiortc's receive path
         (no RTCP reports, no NACKs), as a load generator's many subscribers need."""
         self.ice_servers = ice_servers or []
+        self.udp_mux = udp_mux
+        """Where its connections send from: one UDP port for both (a site's NAT
+        mapping), or a port each when None."""
         self.on_rtp = on_rtp
         self.on_datagram = on_datagram
         """With ``decode=False``: instead of ``on_rtp``, each received media datagram
@@ -126,7 +131,7 @@ class HubClient:
         (:data:`~hub.aiortc_internals.PACING_FACTOR` × its target bitrate), not a
         frame at a time; ``on_send`` sees every RTP packet as it leaves (before SRTP)."""
         if self.publisher is None:
-            self.publisher = make_peer_connection(self.ice_servers)
+            self.publisher = make_peer_connection(self.ice_servers, self.udp_mux)
         pending = []
         for source, track in tracks.items():
             transceiver = self.publisher.addTransceiver(track, direction="sendonly")
@@ -207,7 +212,7 @@ class HubClient:
 
     async def _on_offer(self, message: dict[str, Any]) -> None:
         if self.subscriber is None:
-            self.subscriber = make_peer_connection(self.ice_servers)
+            self.subscriber = make_peer_connection(self.ice_servers, self.udp_mux)
             self.subscriber.on("track", self._on_track)
         self._offer_tracks = message.get("tracks", {})
         for mid, received in self.received.items():

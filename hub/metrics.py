@@ -53,6 +53,23 @@ def render(hub: Hub, *, per_room: bool) -> str:
         "publication-to-subscriber forwarders",
         [("", sum(len(pub.up.subscriptions) for pub in publications))],
     )
+    if hub.udp_mux is not None:
+        mux = hub.udp_mux
+        metric(
+            "udp_port_endpoints", "gauge", "ICE connections on HUB_UDP_PORT", [("", mux.endpoints)]
+        )
+        metric(
+            "udp_port_addresses",
+            "gauge",
+            "remote addresses mapped on HUB_UDP_PORT",
+            [("", mux.addresses)],
+        )
+        metric(
+            "udp_port_dropped_total",
+            "counter",
+            "datagrams to HUB_UDP_PORT that matched no ICE connection",
+            [("", mux.dropped)],
+        )
     for field in fields(hub.stats):
         metric(
             f"{field.name}_total",

@@ -33,8 +33,10 @@ from hub.aiortc_internals import (
     install_srtp_receiver,
     negotiated_codecs,
     negotiated_header_extensions,
+    use_udp_mux,
 )
 from hub.forwarding import CodecInfo
+from hub.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +106,21 @@ async def close_peer(pc: RTCPeerConnection) -> None:
         logger.warning("peer connection did not close cleanly", exc_info=True)
 
 
-def make_peer_connection(ice_servers: list[RTCIceServer]) -> RTCPeerConnection:
+def make_peer_connection(
+    ice_servers: list[RTCIceServer], udp_mux: UdpMux | None = None
+) -> RTCPeerConnection:
+    """A peer connection on ``udp_mux``'s shared port when given, else on sockets of
+    its own."""
     install_srtp_receiver()
     # ICE servers always explicit: aiortc's default is a public STUN server the
     # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
     # of one kind added before negotiation keeps a transport that bundling discards.
-    return RTCPeerConnection(
+    pc = RTCPeerConnection(
         RTCConfiguration(iceServers=list(ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
     )
+    if udp_mux is not None:
+        use_udp_mux(pc, udp_mux)
+    return pc
 
 
 def parse_candidate(

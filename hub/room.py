@@ -42,6 +42,7 @@ from hub.room_state import RoomState
 from hub.stall import FlowWatch
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
+from hub.udpmux import UdpMux
 from media.frames import EncodedFrame, FrameSink, TrackInfo
 
 logger = logging.getLogger(__name__)
@@ -363,7 +364,12 @@ class PublisherPeer:
     async def _recover(self) -> None:
         """aiortc may keep half of a refused offer; start afresh while that is cheap."""
         if not self.by_mid:
-            broken, self.pc = self.pc, make_peer_connection(self.participant.room.ice_servers)
+            broken, self.pc = (
+                self.pc,
+                make_peer_connection(
+                    self.participant.room.ice_servers, self.participant.room.udp_mux
+                ),
+            )
             await close_peer(broken)
 
     def _check_sources(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
@@ -567,6 +573,7 @@ class Room:
         *,
         stats: ForwardingStats,
         ice_servers: list[RTCIceServer],
+        udp_mux: UdpMux | None = None,
         announce_address: str | None,
         gather_first: str | None,
         empty_timeout: float,
@@ -582,6 +589,8 @@ class Room:
         self.name = name
         self.stats = stats
         self.ice_servers = ice_servers
+        self.udp_mux = udp_mux
+        """The hub's one UDP port (``HUB_UDP_PORT``), or None: a port per peer."""
         self.announce_address = announce_address
         self.gather_first = gather_first
         self.empty_timeout = empty_timeout
@@ -651,7 +660,7 @@ class Room:
             self._appear(participant)
         if kind == "ws" and grant.can_subscribe:
             participant.subscriber = SubscriberPeer(
-                make_peer_connection(self.ice_servers),
+                make_peer_connection(self.ice_servers, self.udp_mux),
                 self.stats,
                 lambda sdp, tracks: participant.send(
                     {"type": "offer", "pc": "subscriber", "sdp": sdp, "tracks": tracks}
@@ -659,10 +668,12 @@ class Room:
                 self.announce_address,
             )
         if kind == "whep":
-            participant.whep = WhepPeer(make_peer_connection(self.ice_servers), self.stats)
+            participant.whep = WhepPeer(
+                make_peer_connection(self.ice_servers, self.udp_mux), self.stats
+            )
         if grant.can_publish and kind != "whep":
             participant.publisher = PublisherPeer(
-                participant, make_peer_connection(self.ice_servers)
+                participant, make_peer_connection(self.ice_servers, self.udp_mux)
             )
         if participant.whep is not None:
             self._watch_peer(participant, participant.whep.pc)

@@ -15,6 +15,7 @@ from cluster.store import Bus, Store
 from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
+    host_addresses,
     install_datagram_path,
     install_h264_profiles,
     keep_consent_while_heard,
@@ -29,6 +30,7 @@ from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, TokenError, TokenSigner
+from hub.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Hub:
         # The configured STUN/TURN servers are for the sites' browsers; the hub
         # announces its own address and never needs a relay (nor a public STUN).
         self.ice_servers: list[RTCIceServer] = []
+        self.udp_mux: UdpMux | None = None
+        """The one UDP port of every peer connection (``HUB_UDP_PORT``), from start()."""
         self.tasks = TaskOwner("hub")
         self.started_at = time.time()
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
@@ -77,6 +81,8 @@ class Hub:
         keep_consent_while_heard(self.settings.peer_silence_timeout)
         install_datagram_path()
         restrict_host_addresses(self.settings.ice_gather_addresses)
+        if self.settings.udp_port is not None:
+            self.udp_mux = UdpMux.open(host_addresses(), self.settings.udp_port)
         await self._heartbeat()
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
         await self.restore_rooms()
@@ -146,6 +152,7 @@ class Hub:
                 name,
                 stats=self.stats,
                 ice_servers=self.ice_servers,
+                udp_mux=self.udp_mux,
                 announce_address=self.settings.ice_announce_address,
                 gather_first=gather[0] if gather else None,
                 empty_timeout=self.settings.room_empty_timeout,
@@ -321,3 +328,5 @@ class Hub:
         for name in list(self.rooms):
             await self._suspend_room(name)
         await self.tasks.close()
+        if self.udp_mux is not None:
+            self.udp_mux.close()  # after the rooms: their peers closed their endpoints

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     """Local addresses the hub gathers ICE candidates on; empty means every interface."""
     ice_announce_address: str | None = None
     """Address put first in the hub's candidates, for a hub behind NAT (LiveKit's node IP)."""
+    udp_port: int | None = Field(None, ge=1, le=65535)
+    """The one UDP port every peer connection's media uses (on each gather address),
+    like LiveKit's ``rtc.udp_port``: the firewall opens this port only. Unset, each
+    peer connection takes a port of its own (any of the ephemeral range)."""
     room_empty_timeout: float = 30.0
     """Seconds an empty room stays open before it closes."""
     peer_silence_timeout: float = Field(default=30.0, ge=3.0)

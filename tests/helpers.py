@@ -107,17 +107,22 @@ class SrtpWire:
     """A real SRTP link on loopback: an :class:`~hub.fastpath.SrtpSocket` (or the
     Python twin's, ``srtp_socket``) aimed at a socket whose datagrams are unprotected
     with the same key; ``sent`` is every plain packet that arrived so far, and
-    :data:`REPLAYED` for each the receiver refused as a replay."""
+    :data:`REPLAYED` for each the receiver refused as a replay. With ``shared`` it
+    sends from (a duplicate descriptor of) that socket, as the hub's peers on one
+    UDP port do, else from a socket of its own."""
 
-    def __init__(self, srtp_socket: Any = None) -> None:
+    def __init__(self, srtp_socket: Any = None, shared: socket.socket | None = None) -> None:
         key = os.urandom(30)
         # As aiortc's: a packet resent without RTX keeps its sequence number.
         tx_policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
         tx_policy.allow_repeat_tx = True
         self._tx = Session(tx_policy)
         self._rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
-        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._out.bind(("127.0.0.1", 0))
+        if shared is not None:
+            self._out = socket.socket(fileno=os.dup(shared.fileno()))
+        else:
+            self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._out.bind(("127.0.0.1", 0))
         self._in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._in.bind(("127.0.0.1", 0))
         self._in.setblocking(False)

@@ -139,6 +139,45 @@ async def test_gathering_follows_the_configured_addresses() -> None:
     restrict_host_addresses(["127.0.0.1"])
 
 
+async def test_a_peer_connection_on_the_shared_port_gathers_there_and_leaves_nothing() -> None:
+    """use_udp_mux: host candidates on the mux's port with a ufrag of the mux's, the
+    connection carries media through it, and closing it frees its endpoint."""
+    from hub.udpmux import UdpMux
+    from tests.hubserver import free_port
+
+    restrict_host_addresses(["127.0.0.1"])
+    mux = UdpMux.open(["127.0.0.1"], free_port())
+    on_mux, plain = make_peer_connection([], mux), make_peer_connection([])
+    try:
+        plain.addTrack(EncodedFrames(800, 0.05))
+        await plain.setLocalDescription(await plain.createOffer())
+        await on_mux.setRemoteDescription(plain.localDescription)
+        await on_mux.setLocalDescription(await on_mux.createAnswer())
+        answer = on_mux.localDescription.sdp
+        ports = re.findall(r"a=candidate:\S+ \d+ udp \d+ 127\.0\.0\.1 (\d+) typ host", answer)
+        assert ports == [str(mux.port)]
+        ufrag = re.search(r"a=ice-ufrag:(\S+)", answer)
+        assert ufrag is not None and len(ufrag[1]) == 8
+        assert ufrag[1] in mux.sockets[0].by_ufrag
+        await plain.setRemoteDescription(on_mux.localDescription)
+
+        async def media_arrived() -> str | None:
+            stats = (await on_mux.getStats()).values()
+            packets = sum(
+                getattr(s, "packetsReceived", 0) for s in stats if s.type == "inbound-rtp"
+            )
+            return None if packets > 10 else f"{on_mux.connectionState}, {packets} packets"
+
+        await wait_until(media_arrived)
+        assert mux.addresses == 1
+    finally:
+        await on_mux.close()
+        await plain.close()
+    await wait_until(lambda: None if mux.endpoints == 0 else f"{mux.endpoints} endpoints")
+    assert mux.addresses == 0
+    mux.close()
+
+
 async def test_frames_are_assembled_only_while_wanted() -> None:
     """The receive path forwards packets always, but builds frames only for a sink."""
     restrict_host_addresses(["127.0.0.1"])

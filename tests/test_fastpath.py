@@ -62,10 +62,11 @@ STATE = (
 )
 
 
-def run_script(impl: ModuleType, seed: int) -> dict[str, Any]:
-    """Drive four down tracks through a random but reproducible life."""
+def run_script(impl: ModuleType, seed: int, shared: socket.socket | None = None) -> dict[str, Any]:
+    """Drive four down tracks through a random but reproducible life; with ``shared``
+    all four send from that one socket (HUB_UDP_PORT: the C path's sendmmsg)."""
     rng = random.Random(seed)
-    wires = [SrtpWire(impl.SrtpSocket()) for _ in range(4)]
+    wires = [SrtpWire(impl.SrtpSocket(), shared) for _ in range(4)]
     tracks = [
         impl.DownTrackCore(True, 0xABCDEF01),
         impl.DownTrackCore(True, 0x00000001),
@@ -119,10 +120,15 @@ def run_script(impl: ModuleType, seed: int) -> dict[str, Any]:
     return outcome
 
 
+@pytest.mark.parametrize("one_socket", [False, True], ids=["socket-each", "one-socket"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_c_and_python_send_the_same_packets_and_keep_the_same_state(seed: int) -> None:
-    c = run_script(native(), seed)
-    python = run_script(_fastpath_py, seed)
+def test_c_and_python_send_the_same_packets_and_keep_the_same_state(
+    seed: int, one_socket: bool
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as shared:
+        shared.bind(("127.0.0.1", 0))
+        c = run_script(native(), seed, shared if one_socket else None)
+        python = run_script(_fastpath_py, seed, shared if one_socket else None)
     assert c["results"] == python["results"]
     assert c["state"] == python["state"]
     assert c["received"] == python["received"]
