@@ -25,18 +25,26 @@ Figures, per run (see bench/README.md):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import math
+import multiprocessing
 import os
 import pwd
 import re
+import resource
 import signal
 import ssl
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -232,7 +240,11 @@ class HttpConnection:
     """One keep-alive HTTP/1.1 connection; one request at a time; reconnects once when
     the server closed it."""
 
-    def __init__(self, base: str, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, base: str, context: ssl.SSLContext | None, sent: list[float] | None = None
+    ) -> None:
+        self.sent = sent
+        """Monotonic time of each request, when given."""
         scheme, _, authority = base.partition("://")
         host, _, port = authority.partition(":")
         self.host, self.port = host, int(port or (443 if scheme == "https" else 80))
@@ -248,6 +260,8 @@ class HttpConnection:
                     self.host, self.port, ssl=self.context
                 )
             assert self._reader is not None
+            if self.sent is not None:
+                self.sent.append(time.monotonic())
             try:
                 self._writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
                 return await self._response(self._reader)
@@ -354,3 +368,260 @@ async def play(http: HttpConnection, path: str, until: float, seen: Seen, played
             continue
         parts = listed_parts(body.decode())
         seen.note(parts, time.monotonic())
+
+
+# --- players in worker processes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one worker process runs."""
+
+    base: str
+    cafile: str | None
+    first: int
+    """Index of its first player (player ids are unique across workers)."""
+    count: int
+    ramp_until: float
+    """Monotonic time by which all its players have started (evenly spread)."""
+    until: float
+
+
+def _worker(conn: Connection, load: Load) -> None:
+    import uvloop
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * load.count + 64)), hard))
+    result = uvloop.run(_players(load))
+    conn.send(result)
+    conn.close()
+
+
+async def _players(load: Load) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=load.cafile) if load.cafile else None
+    seen = Seen()
+    played = [Played() for _ in range(load.count)]
+    requests: list[float] = []
+    spacing = max(0.0, load.ramp_until - time.monotonic()) / max(1, load.count)
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(index * spacing)
+        http = HttpConnection(load.base, context, requests)
+        try:
+            path = f"/live/{ROOM}/index.m3u8?player=household{load.first + index:08d}"
+            await play(http, path, load.until, seen, played[index])
+        except (OSError, asyncio.IncompleteReadError, BenchError) as exc:
+            played[index].errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            http.close()
+
+    started = time.process_time()
+    await asyncio.gather(*(one(i) for i in range(load.count)))
+    return {
+        "listed": seen.listed,
+        "got": [p.got for p in played],
+        "errors": [p.errors for p in played],
+        "requests": requests,
+        "cpu_s": time.process_time() - started,
+    }
+
+
+# --- one run: players through nginx or straight at the hub ---------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def cpu_seconds_of(pids: list[int]) -> float:
+    from bench.fanout import cpu_seconds
+
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+async def measure(
+    base: str,
+    cafile: Path | None,
+    *,
+    players: int,
+    workers: int,
+    ramp: float,
+    warmup: float,
+    seconds: float,
+    hub_pid: int,
+    nginx: Nginx | None,
+) -> dict[str, Any]:
+    """Players from ``workers`` processes against ``base``; figures over the window
+    after the ramp and the warm-up."""
+    start = time.monotonic()
+    window = (start + ramp + warmup, start + ramp + warmup + seconds)
+    clock = time.time() - time.monotonic()  # monotonic → wall clock (nginx's log)
+    spawn = multiprocessing.get_context("spawn")
+    children: list[tuple[Any, Connection]] = []
+    share = math.ceil(players / workers)
+    for first in range(0, players, share):
+        receiving, sending = spawn.Pipe(duplex=False)
+        load = Load(
+            base, str(cafile) if cafile else None, first, min(share, players - first),
+            start + ramp, window[1] + 1,
+        )  # fmt: skip
+        process = spawn.Process(target=_worker, args=(sending, load), daemon=True)
+        process.start()
+        children.append((process, receiving))
+    try:
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        nginx_pids = nginx.pids() if nginx else []
+        cpu = (cpu_seconds_of([hub_pid]), cpu_seconds_of(nginx_pids), time.monotonic())
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        hub_cpu = cpu_seconds_of([hub_pid]) - cpu[0]
+        nginx_cpu = cpu_seconds_of(nginx_pids) - cpu[1]
+        elapsed = time.monotonic() - cpu[2]
+        results = []
+        for _, receiving in children:
+            ready = await asyncio.to_thread(receiving.poll, 60)
+            if not ready:
+                raise BenchError("a player process sent no result within 60 s of the end")
+            results.append(receiving.recv())
+    finally:
+        for process, _ in children:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+    listed: dict[tuple[int, int], float] = {}
+    for result in results:
+        for part, at in result["listed"].items():
+            listed[part] = min(at, listed.get(part, math.inf))
+    # Parts announced in the window, a second before its end: time to fetch them.
+    parts = {part: at for part, at in listed.items() if window[0] <= at < window[1] - 1}
+    got = [played for result in results for played in result["got"]]
+    errors = [error for result in results for each in result["errors"] for error in each]
+    missed, delays = [], []
+    for played in got:
+        first = min(played, default=(-1, -1))
+        mine = [part for part in parts if part >= first]
+        missed.append(sum(1 for part in mine if part not in played))
+        delays += [played[part] - parts[part] for part in mine if part in played]
+    if nginx is not None:
+        nginx.stop()  # its log is complete
+        reached = len(nginx.hub_requests(window[0] + clock, window[1] - 1 + clock))
+    else:
+        reached = sum(
+            1 for result in results for at in result["requests"] if window[0] <= at < window[1] - 1
+        )
+    players_cpu = sum(result["cpu_s"] for result in results)
+    if not parts or not delays:
+        raise BenchError(f"no part announced or played in the window; errors: {errors[:5]}")
+    return {
+        "players": players,
+        "parts_per_player_missed": round(sum(missed) / len(got), 3),
+        "parts_missed_most": max(missed),
+        "p95_part_delay_ms": round(1000 * percentile(delays, 0.95), 1),
+        "p50_part_delay_ms": round(1000 * percentile(delays, 0.5), 1),
+        "hub_requests_per_part": round(reached / len(parts), 2),
+        "hub_cpu_percent": round(100 * hub_cpu / elapsed, 1),
+        "nginx_cpu_percent": round(100 * nginx_cpu / elapsed, 1),
+        "players_cpu_percent": round(100 * players_cpu / (window[1] + 1 - start), 1),
+        "parts": len(parts),
+        "player_errors": len(errors),
+        "first_errors": errors[:3],
+    }
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    import httpx
+
+    from bench._media import clip_tracks, load_clip
+    from bench.fanout import HubProcess
+    from bench.media import room_action, token
+    from hub.client import HubClient
+
+    with tempfile.TemporaryDirectory(prefix="bench-households-") as tmp:
+        work = Path(tmp)
+        (work / "hub").mkdir()
+        hub = HubProcess(work / "hub")
+        client: HubClient | None = None
+        try:
+            await asyncio.to_thread(hub.wait_healthy, 30)
+            video, audio = clip_tracks(await asyncio.to_thread(load_clip))
+            client = HubClient(hub.ws, token(hub, ROOM))
+            await client.connect()
+            await client.publish({"camera": video, "microphone": audio})
+            playlist = f"{hub.base}/live/{ROOM}/index.m3u8"
+            async with httpx.AsyncClient(timeout=10) as http:
+                await room_action(http, hub, ROOM, "live")
+                deadline = time.monotonic() + 40
+                while (await http.get(playlist)).status_code != 200:  # 503 while starting
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"live playlist not playable in 40 s:\n{hub.log_tail()}")
+                    await asyncio.sleep(0.5)
+                text = (await http.get(playlist)).text
+            result["part_target_s"] = float(re.findall(r"PART-TARGET=([\d.]+)", text)[0])
+            options = {
+                "players": args.players,
+                "workers": args.workers,
+                "ramp": args.ramp,
+                "warmup": args.warmup,
+                "seconds": args.seconds,
+                "hub_pid": hub.process.pid,
+            }
+            for mode in args.only:
+                if mode == "cache":
+                    nginx = Nginx(work / "nginx", hub.port)
+                    nginx.start()
+                    try:
+                        figures = await measure(nginx.base, nginx.cert, nginx=nginx, **options)
+                    finally:
+                        nginx.stop()
+                else:
+                    figures = await measure(hub.base, None, nginx=None, **options)
+                result[mode] = figures
+        finally:
+            if client is not None:
+                await client.close()
+            await asyncio.to_thread(hub.stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hub.aiortc_internals import restrict_host_addresses
+
+    parser = argparse.ArgumentParser(prog="python -m bench.households", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--players", type=int, default=1000, help="players (default 1000)")
+    parser.add_argument("--workers", type=int, default=2, help="player processes (default 2)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring window, s")
+    parser.add_argument("--ramp", type=float, default=5.0, help="players start over this, s")
+    parser.add_argument("--warmup", type=float, default=3.0, help="after the ramp, s")
+    parser.add_argument(
+        "--only", nargs="+", choices=("cache", "direct"), default=("cache", "direct")
+    )
+    args = parser.parse_args(argv)
+    if min(args.players, args.workers) < 1 or args.seconds < 3 or args.ramp < 0:
+        parser.error("--players and --workers must be positive, --seconds at least 3")
+    restrict_host_addresses(["127.0.0.1"])  # the lecturer's ICE stays on loopback
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    limit = 120 + len(args.only) * (args.ramp + args.warmup + args.seconds + 90)
+    try:
+        asyncio.run(asyncio.wait_for(run(args, result), limit))
+    except (BenchError, TimeoutError) as exc:
+        message = str(exc) or f"hard time limit of {limit:.0f} s"
+        print(f"bench.households: {message}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({**result, "error": message.splitlines()[0]}))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench.households: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if not args.json:
+        for mode in args.only:
+            for key, value in result[mode].items():
+                print(f"{mode:7} {key:28} {value}")
+    else:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
