@@ -412,7 +412,7 @@ class HlsPackager(StageFeed):
         *,
         segment_target: float = SEGMENT_TARGET,
         part_target: float = PART_TARGET,
-        window: int = 6,
+        window: int = 10,
         request_keyframe: Callable[[str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         video_size: tuple[int, int] = (1280, 720),

@@ -22,12 +22,13 @@ passes on, and counts fewer households than watch.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from media.hls import PLAYLIST, HlsPackager
 
@@ -115,8 +116,14 @@ def live_router(
         # Only names the packager listed: no path from the request reaches the disk.
         path = await packager.file(name)
         content_type = CONTENT_TYPES.get(name[name.rfind(".") :]) if "." in name else None
-        if path is None or content_type is None or not path.is_file():
+        data = None
+        if path is not None and content_type is not None:
+            # Read at once (a part is tens of kB): the window may slide and remove the
+            # file between a check and a streamed read, which was a 500.
+            with contextlib.suppress(FileNotFoundError):
+                data = path.read_bytes()
+        if data is None:
             raise HTTPException(404, f"{name!r} is not in room {room!r}'s stream", headers=_SHORT)
-        return FileResponse(path, media_type=content_type, headers={"Cache-Control": MEDIA_CACHE})
+        return Response(data, media_type=content_type, headers={"Cache-Control": MEDIA_CACHE})
 
     return router
