@@ -1,9 +1,9 @@
 """Low-latency HLS of a room's stage for households: fMP4 (CMAF) parts and segments.
 
 One ffmpeg per room (see :mod:`media.stagefeed`) writes fragmented MP4 to a pipe,
-a fragment every ~0.25 s and at every keyframe. This module cuts that byte stream
+a fragment every ~0.2 s and at every keyframe. This module cuts that byte stream
 at box boundaries: ``ftyp``+``moov`` is the initialization section, each
-``moof``+``mdat`` one partial segment, and parts are grouped into ~2 s segments
+``moof``+``mdat`` one partial segment, and parts are grouped into ~1 s segments
 that start at a keyframe when one comes in time. Each ffmpeg (an epoch, see
 :mod:`media.stagefeed`) has its own ``init{n}.mp4`` behind an EXT-X-DISCONTINUITY.
 The playlist carries the LL-HLS tags (EXT-X-PART, EXT-X-PART-INF,
@@ -28,7 +28,17 @@ from typing import IO
 from media.stagefeed import StageFeed
 
 PLAYLIST = "index.m3u8"
-KEYFRAME_LEAD = 0.5
+# A player starts at an independent part (a segment's first) about PART-HOLD-BACK
+# behind the live edge, and stays as far behind as it started: hls.js 1.7 with its
+# defaults sat 2.4-3.7 s behind with 2 s segments and 0.334 s parts, 1.3-1.6 s with
+# 1 s segments and 0.25 s parts (tests/browser/test_hls_latency.py).
+SEGMENT_TARGET = 1.0
+"""Seconds of a segment, and between the keyframes a segment starts on."""
+PART_TARGET = 0.25
+"""Seconds of a partial segment at most."""
+PART_HOLD_BACK = 3
+"""PART-HOLD-BACK, in part targets (the spec's recommended minimum)."""
+KEYFRAME_LEAD = 0.25
 """Seconds before a segment's target length when a keyframe is asked for (and from
 when one ends the segment): a round trip to the publisher and its encoder."""
 
@@ -274,7 +284,8 @@ class PlaylistState:
             "#EXTM3U",
             "#EXT-X-VERSION:9",
             f"#EXT-X-TARGETDURATION:{self.target_duration}",
-            f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f}",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
+            f"PART-HOLD-BACK={PART_HOLD_BACK * self.part_target:.3f}",
             f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else 0}",
             "#EXT-X-DISCONTINUITY-SEQUENCE:"
@@ -399,9 +410,9 @@ class HlsPackager(StageFeed):
         self,
         directory: Path,
         *,
-        segment_target: float = 2.0,
-        part_target: float = 0.334,
-        window: int = 6,
+        segment_target: float = SEGMENT_TARGET,
+        part_target: float = PART_TARGET,
+        window: int = 10,
         request_keyframe: Callable[[str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         video_size: tuple[int, int] = (1280, 720),
@@ -422,6 +433,7 @@ class HlsPackager(StageFeed):
             request_keyframe=request_keyframe,
             on_error=on_error,
             video_size=video_size,
+            keyframe_interval=segment_target,
         )
 
     def output_args(self) -> list[str]:
@@ -492,24 +504,30 @@ class HlsPackager(StageFeed):
         return None
 
     async def _within_reload_time(self, ready: Callable[[PlaylistState], bool]) -> None:
-        """Wait until ``ready(self.state)``, at most ~3 part targets."""
+        """Wait until ``ready(self.state)``, at most three target durations (the
+        spec's bound). Not less: a cache in front keeps a reload that timed out for a
+        second, and every player would wait on that stale answer (or, once it expired,
+        all reach the hub) when the stream merely hiccups."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3 * self.part_target):
+            async with asyncio.timeout(3 * self.state.target_duration):
                 while not ready(self.state):
                     await self._changed.wait()
 
     async def wait_for(self, msn: int, part: int | None) -> bool:
         """Blocking reload: wait until the playlist lists part ``part`` of segment
-        ``msn`` (the whole segment when ``part`` is None), at most ~3 part targets.
+        ``msn`` (the whole segment when ``part`` is None), at most 3 target durations.
         True if it does; :attr:`state` then renders that playlist."""
         await self._within_reload_time(lambda state: state.has(msn, part))
         return self.state.has(msn, part)
 
     async def file(self, name: str) -> Path | None:
         """The path of a produced file, None for any other name. The hinted next part
-        is waited for, as LL-HLS clients request it before it exists."""
+        is waited for, as LL-HLS clients request it before it exists, until it is
+        there or the hint moved on (its segment ended before it)."""
         if name == self.state.preload_hint():
-            await self._within_reload_time(lambda state: name in state.files)
+            await self._within_reload_time(
+                lambda state: name in state.files or state.preload_hint() != name
+            )
         if name not in self.state.files:
             return None
         return self.directory / name

@@ -107,11 +107,15 @@ class StageFeed:
         on_error: Callable[[str], None] | None = None,
         video_size: tuple[int, int] = (1280, 720),
         video_bitrate: str = "1500k",
+        keyframe_interval: float = 2.0,
         queue_size: int = 300,
     ) -> None:
         self.name = name
         self.video_size = video_size
         self.video_bitrate = video_bitrate
+        self.keyframe_interval = keyframe_interval
+        """Seconds between the keyframes of a transcode (an HLS segment, an RTMP
+        join point)."""
         self.error: str | None = None
         self.processes_started = 0
         """ffmpeg processes this feed started: one per room and epoch, whatever the
@@ -305,8 +309,7 @@ class StageFeed:
                 "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
                 "-b:v", self.video_bitrate, "-maxrate", self.video_bitrate,
                 "-bufsize", self.video_bitrate,
-                # A keyframe every 2 s: the HLS segment length and an RTMP join point.
-                "-force_key_frames", "expr:gte(t,n_forced*2)",
+                "-force_key_frames", f"expr:gte(t,n_forced*{self.keyframe_interval:g})",
             ]  # fmt: skip
         return [
             ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostats",
