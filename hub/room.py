@@ -20,6 +20,7 @@ from typing import Any, Literal
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcsessiondescription import RTCSessionDescription
 
+from hub import policy
 from hub.aiortc_internals import ReceiverTap, SenderHook
 from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription, UpTrack
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
@@ -931,36 +932,34 @@ class Room:
         if participant.sid in self.participants:
             self.broadcast({"type": "participant_updated", "participant": participant.info()})
 
+    def _member(self, participant: Participant) -> policy.Member:
+        return policy.Member(
+            sid=participant.sid,
+            publications=tuple(
+                policy.Pub(p.id, p.source.value, p.track_info().kind, p.order)
+                for p in participant.publications.values()
+            ),
+            can_subscribe=participant.grant.can_subscribe,
+            can_moderate=participant.grant.can_moderate,
+            stage_since=self._appeared.get(participant.sid, 0) if participant.on_stage else None,
+        )
+
+    def _publications(self, ids: list[PublicationID]) -> list[Publication]:
+        by_id = {
+            p.id: p for member in self.participants.values() for p in member.publications.values()
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
     def desired_for(self, participant: Participant) -> list[Publication]:
-        """What a participant receives: the stage, or everything for a moderator."""
-        if not participant.grant.can_subscribe:
-            return []
-        senders = list(self.participants.values()) if participant.grant.can_moderate else self.stage
-        return [
-            publication
-            for sender in senders
-            if sender is not participant
-            for publication in sender.publications.values()
-        ]
+        """What a participant receives (:func:`hub.policy.receives`)."""
+        members = [self._member(p) for p in self.participants.values()]
+        return self._publications(policy.receives(self._member(participant), members))
 
     def program(self) -> tuple[Publication | None, list[Publication]]:
-        """The stage as one picture and its voices, for households (WHEP, HLS):
-        the latest to appear wins the picture — a shared screen, or a site called
-        on stage — and every microphone on stage is heard."""
-        best: tuple[int, Publication] | None = None
-        microphones: list[Publication] = []
-        for participant in self.stage:
-            since = self._appeared.get(participant.sid, 0)
-            for publication in participant.publications.values():
-                if publication.kind == "audio":
-                    microphones.append(publication)
-                    continue
-                stamp = max(since, publication.order)
-                if publication.source == Source.CAMERA:
-                    stamp = since
-                if best is None or stamp > best[0]:
-                    best = (stamp, publication)
-        return (best[1] if best else None), microphones[::-1]
+        """The stage as one picture and its voices, for households (:func:`hub.policy.program`)."""
+        chosen = policy.program([self._member(p) for p in self.stage])
+        video = self._publications([chosen.video] if chosen.video else [])
+        return (video[0] if video else None), self._publications(list(chosen.audio))
 
     def schedule_update(self) -> None:
         """Recompute every subscriber's set soon, once for a burst of changes."""
