@@ -14,10 +14,11 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from hub.errors import HubError
 from hub.ids import ParticipantIdentity
 from hub.limits import TokenBucket
 from hub.peers import MAX_SDP_BYTES, SdpError
-from hub.room import HubError, Participant, Room
+from hub.room import Participant, Room
 from hub.service import Hub
 from hub.tokens import Source
 

@@ -12,9 +12,9 @@ import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
+from hub.errors import HubError
 from hub.ids import ParticipantIdentity, RoomName
 from hub.peers import make_peer_connection
-from hub.room import HubError
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
