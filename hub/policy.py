@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import media.program
 from hub.ids import ParticipantID, PublicationID
 from media.frames import Kind, Source
+from media.program import Program
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +35,7 @@ class Member:
     publications: tuple[Pub, ...] = ()
     can_subscribe: bool = True
     can_moderate: bool = False
-    stage_since: int | None = None
-    """When it appeared on stage (an appearance stamp), None while off stage."""
-
-    @property
-    def on_stage(self) -> bool:
-        return self.stage_since is not None
+    on_stage: bool = False
 
 
 def receives(member: Member, members: Sequence[Member]) -> list[PublicationID]:
@@ -54,25 +51,18 @@ def receives(member: Member, members: Sequence[Member]) -> list[PublicationID]:
 
 
 @dataclass(frozen=True, slots=True)
-class Program:
-    """The stage as one picture and its voices."""
-
-    video: PublicationID | None
-    audio: tuple[PublicationID, ...]
+class _Track:
+    track_id: str
+    participant: str
+    source: Source
+    kind: Kind
 
 
 def program(stage: Sequence[Member]) -> Program:
-    """The latest to appear wins the picture (a shared screen, or a site called on
-    stage); every microphone on stage is heard."""
-    best: tuple[int, PublicationID] | None = None
-    microphones: list[PublicationID] = []
-    for member in stage:
-        since = member.stage_since or 0
-        for publication in member.publications:
-            if publication.kind == "audio":
-                microphones.append(publication.id)
-                continue
-            stamp = since if publication.source == "camera" else max(since, publication.order)
-            if best is None or stamp > best[0]:
-                best = (stamp, publication.id)
-    return Program(best[1] if best else None, tuple(microphones[::-1]))
+    """The program of the stage (``stage`` in stage order): the one rule of
+    :mod:`media.program`, which live HLS, restream and the library follow too."""
+    tracks = sorted(
+        ((p.order, _Track(p.id, m.sid, p.source, p.kind)) for m in stage for p in m.publications),
+        key=lambda pair: pair[0],
+    )
+    return media.program.program([t for _, t in tracks], [m.sid for m in stage])

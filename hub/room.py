@@ -72,7 +72,7 @@ class Publication:
         self.up = up
         self.tap = tap
         self.order = next(participant.room.order)
-        """When it appeared, among the room's appearances (the program's picture rule)."""
+        """When it started, among the room's publications (the program's picture rule)."""
         self.closed = False
 
     @property
@@ -298,9 +298,9 @@ class Room:
         it goes through :meth:`state_changed`."""
         self._on_state = on_state
         self.order = itertools.count()
-        """Appearances in this room (on stage, a new publication), in order."""
-        self._appeared: dict[ParticipantID, int] = {}
-        """When each participant on stage appeared there (the program's picture rule)."""
+        """Publications of this room, in the order they started (the program's rule)."""
+        self._appeared: set[ParticipantID] = set()
+        """The participants shown on stage (the sinks have their publications)."""
         self.sinks: list[FrameSink] = []
         self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
@@ -419,7 +419,8 @@ class Room:
         """The participant goes; its identity keeps its place in the room's state."""
         if self.participants.pop(participant.sid, None) is None:
             return
-        was_on_stage = self._appeared.pop(participant.sid, None) is not None
+        was_on_stage = participant.sid in self._appeared
+        self._appeared.discard(participant.sid)
         publications = list(participant.publications.values())
         await participant.close()
         for publication in publications:
@@ -534,7 +535,7 @@ class Room:
             self.state.hands.pop(participant.identity, None)
         else:
             self.state.stage.remove(participant.identity)
-            self._appeared.pop(participant.sid, None)
+            self._appeared.discard(participant.sid)
             for publication in participant.publications.values():
                 self._sinks_remove(publication)
         self.state_changed()
@@ -550,7 +551,7 @@ class Room:
         self._appear(participant)
 
     def _appear(self, participant: Participant) -> None:
-        self._appeared[participant.sid] = next(self.order)
+        self._appeared.add(participant.sid)
         for publication in participant.publications.values():
             self._sinks_add(publication)
 
@@ -645,7 +646,7 @@ class Room:
             ),
             can_subscribe=participant.grant.can_subscribe,
             can_moderate=participant.grant.can_moderate,
-            stage_since=self._appeared.get(participant.sid, 0) if participant.on_stage else None,
+            on_stage=participant.on_stage,
         )
 
     def _publications(self, ids: list[PublicationID]) -> list[Publication]:
@@ -662,8 +663,10 @@ class Room:
     def program(self) -> tuple[Publication | None, list[Publication]]:
         """The stage as one picture and its voices, for households (:func:`hub.policy.program`)."""
         chosen = policy.program([self._member(p) for p in self.stage])
-        video = self._publications([chosen.video] if chosen.video else [])
-        return (video[0] if video else None), self._publications(list(chosen.audio))
+        video = self._publications([PublicationID(chosen.video)] if chosen.video else [])
+        return (video[0] if video else None), self._publications(
+            [PublicationID(a) for a in chosen.audio]
+        )
 
     def schedule_update(self) -> None:
         """Recompute every subscriber's set soon, once for a burst of changes."""

@@ -6,12 +6,13 @@ import pytest
 
 from hub import policy
 from hub.ids import ParticipantID, PublicationID
+from media.program import Program
 
 
 def member(
     sid: str,
     *sources: str,
-    stage: int | None = None,
+    stage: bool = False,
     moderator: bool = False,
     subscribe: bool = True,
     orders: dict[str, int] | None = None,
@@ -30,13 +31,13 @@ def member(
         ),
         can_subscribe=subscribe,
         can_moderate=moderator,
-        stage_since=stage,
+        on_stage=stage,
     )
 
 
-CENTER = member("center", "camera", "microphone", stage=1, moderator=True)
+CENTER = member("center", "camera", "microphone", stage=True, moderator=True)
 S1 = member("s1", "camera", "microphone")
-S2 = member("s2", "camera", "microphone", stage=5)
+S2 = member("s2", "camera", "microphone", stage=True)
 VIEWER = member("viewer", subscribe=False)
 ROOM = [CENTER, S1, S2, VIEWER]
 
@@ -55,21 +56,13 @@ def test_receives(who: policy.Member, expected: list[str]) -> None:
     assert policy.receives(who, ROOM) == expected
 
 
-@pytest.mark.parametrize(
-    ("stage", "video", "audio"),
-    [
-        ([], None, ()),
-        ([CENTER], "center.camera", ("center.microphone",)),
-        ([CENTER, S2], "s2.camera", ("s2.microphone", "center.microphone")),
-        (
-            [member("center", "camera", "screen", stage=1, orders={"screen": 9}), S2],
-            "center.screen",
-            ("s2.microphone",),
-        ),
-    ],
-    ids=["empty", "lecturer", "latest on stage", "latest screen"],
-)
-def test_program(stage: list[policy.Member], video: str | None, audio: tuple[str, ...]) -> None:
-    assert policy.program(stage) == policy.Program(
-        PublicationID(video) if video else None, tuple(PublicationID(a) for a in audio)
+def test_program_follows_the_one_rule() -> None:
+    """The table of the rule is tests/test_program.py; here, that the room's members
+    reach it with their publications in the order they started."""
+    center = member("center", "camera", "microphone", "screen", stage=True,
+                    orders={"screen": 9, "camera": 1, "microphone": 2})  # fmt: skip
+    station = member("s2", "screen", "microphone", stage=True, orders={"screen": 5})
+    assert policy.program([center, station]) == Program(
+        "center.screen", ("center.microphone", "s2.microphone")
     )
+    assert policy.program([]) == Program(None, ())
