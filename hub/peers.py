@@ -40,6 +40,7 @@ from hub.aiortc_internals import (
 from hub.errors import HubError
 from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription
 from hub.ids import PublicationID
+from hub.messages import MAX_SDP_BYTES, Outgoing, SubscriberOffer, TrackRef
 from hub.tokens import Source
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_SDP_BYTES = 64 * 1024
 CLOSE_TIMEOUT = 5.0
 SOURCE_KIND = {Source.CAMERA: "video", Source.SCREEN: "video", Source.MICROPHONE: "audio"}
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
@@ -382,11 +382,11 @@ class SubscriberPeer(SendingPeer):
         self,
         pc: RTCPeerConnection,
         stats: ForwardingStats,
-        send_offer: Callable[[str, dict[str, dict[str, str]]], None],
+        send: Callable[[Outgoing], None],
         announce_address: str | None,
     ) -> None:
         super().__init__(pc, stats)
-        self._send_offer = send_offer
+        self._send = send
         self._announce = announce_address
         self._desired: list[Publication] = []
         self.negotiating = False
@@ -432,16 +432,20 @@ class SubscriberPeer(SendingPeer):
         self.negotiating = True
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
-        tracks = {
-            str(slot.transceiver.mid): {
-                "publication": slot.publication.id,
-                "participant": slot.publication.participant.sid,
-                "source": slot.publication.source.value,
-            }
+        sdp = announce(self.pc.localDescription.sdp, self._announce)
+        self._send(SubscriberOffer(sdp=sdp, tracks=self.tracks()))
+
+    def tracks(self) -> dict[str, TrackRef]:
+        """What each m-line carries now (the ``tracks`` of PROTOCOL.md)."""
+        return {
+            str(slot.transceiver.mid): TrackRef(
+                publication=slot.publication.id,
+                participant=slot.publication.participant.sid,
+                source=slot.publication.source.value,
+            )
             for slot in self.slots
             if slot.publication is not None
         }
-        self._send_offer(announce(self.pc.localDescription.sdp, self._announce), tracks)
 
     async def on_answer(self, sdp: str) -> None:
         async with self._lock:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 
+from hub import messages as m
 from hub import policy
 from hub.aiortc_internals import ReceiverTap
 from hub.errors import HubError
@@ -83,15 +84,15 @@ class Publication:
     def muted(self) -> bool:
         return self.up.muted
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "publication": self.id,
-            "source": self.source.value,
-            "kind": self.kind,
-            "codec": self.up.codec.name,
-            "muted": self.muted,
-            "muted_by_moderator": self.source.value in self.participant.moderator_mutes,
-        }
+    def info(self) -> m.PublicationInfo:
+        return m.PublicationInfo(
+            publication=self.id,
+            source=self.source.value,
+            kind=self.track_info().kind,
+            codec=self.up.codec.name,
+            muted=self.muted,
+            muted_by_moderator=self.source.value in self.participant.moderator_mutes,
+        )
 
     def track_info(self) -> TrackInfo:
         return TrackInfo(
@@ -119,7 +120,7 @@ class Participant:
         room: Room,
         grant: Grant,
         kind: ParticipantKind,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[m.Outgoing], None],
         address: str | None,
     ) -> None:
         self.sid = ParticipantID(_new_id("PA"))
@@ -143,6 +144,8 @@ class Participant:
         self.subscriber: SubscriberPeer | None = None
         self.whep: WhepPeer | None = None
         self.link = LinkStats()
+        self.uplink = policy.Uplink("thumbnail")
+        """How it was last told to send (``joined``, then ``quality``)."""
         self._bytes_at_last_stats = 0
         self.connected = False
         """A WHIP/WHEP peer connection has connected (they are watched, see Room.join)."""
@@ -169,18 +172,18 @@ class Participant:
         """The sources a moderator muted (``Source`` values)."""
         return self.room.state.mutes.get(self.identity, [])
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "sid": self.sid,
-            "identity": self.identity,
-            "name": self.name,
-            "role": self.role.value,
-            "hand_raised": self.hand_raised,
-            "on_stage": self.on_stage,
-            "can_moderate": self.grant.can_moderate,
-            "can_chat": self.grant.can_chat,
-            "publications": [p.info() for p in self.publications.values()],
-        }
+    def info(self) -> m.ParticipantInfo:
+        return m.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            role=self.role.value,
+            hand_raised=self.hand_raised,
+            on_stage=self.on_stage,
+            can_moderate=self.grant.can_moderate,
+            can_chat=self.grant.can_chat,
+            publications=[p.info() for p in self.publications.values()],
+        )
 
     def publication_by_source(self, source: Source) -> Publication | None:
         return next((p for p in self.publications.values() if p.source == source), None)
@@ -212,9 +215,7 @@ class Participant:
         publication = Publication(self, source, up, tap)
         up.muted = source.value in self.moderator_mutes
         if up.muted:
-            self.send(
-                {"type": "muted", "source": source.value, "muted": True, "by_moderator": True}
-            )
+            self.send(m.Muted(source=source.value, muted=True, by_moderator=True))
         self.publications[publication.id] = publication
         room.on_published(publication)
         return publication
@@ -238,9 +239,7 @@ class Participant:
         publication.up.muted = muted
         if by_moderator:
             self.room.set_moderator_mute(self.identity, source, muted)
-        self.send(
-            {"type": "muted", "source": source.value, "muted": muted, "by_moderator": by_moderator}
-        )
+        self.send(m.Muted(source=source.value, muted=muted, by_moderator=by_moderator))
         self.room.on_participant_changed(self)
 
     async def close(self) -> None:
@@ -299,6 +298,8 @@ class Room:
         self._on_state = on_state
         self.order = itertools.count()
         """Publications of this room, in the order they started (the program's rule)."""
+        self.views: dict[ParticipantID, policy.View] = {}
+        """What each moderator's console shows, once it has said (``view``)."""
         self._appeared: set[ParticipantID] = set()
         """The participants shown on stage (the sinks have their publications)."""
         self.sinks: list[FrameSink] = []
@@ -323,7 +324,7 @@ class Room:
         self,
         grant: Grant,
         kind: ParticipantKind,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[m.Outgoing], None],
         address: str | None = None,
     ) -> Participant:
         if self.closed:
@@ -338,7 +339,7 @@ class Room:
         participant = Participant(self, grant, kind, send, address)
         if previous is not None:
             # A reconnecting site keeps its place (stage, hand, mutes: the room's state).
-            previous.send({"type": "removed", "reason": "duplicate_identity"})
+            previous.send(m.Removed(reason="duplicate_identity"))
             await self.leave(previous)
         self.participants[participant.sid] = participant
         if self._empty_timer is not None:
@@ -352,9 +353,7 @@ class Room:
             participant.subscriber = SubscriberPeer(
                 make_peer_connection(self.ice_servers),
                 self.stats,
-                lambda sdp, tracks: participant.send(
-                    {"type": "offer", "pc": "subscriber", "sdp": sdp, "tracks": tracks}
-                ),
+                participant.send,
                 self.announce_address,
             )
         if kind == "whep":
@@ -367,11 +366,10 @@ class Room:
             self._watch_peer(participant, participant.whep.pc)
         elif kind == "whip" and participant.publisher is not None:
             self._watch_peer(participant, participant.publisher.pc)
-        self.broadcast(
-            {"type": "participant_joined", "participant": participant.info()}, participant
-        )
+        self.broadcast(m.ParticipantJoined(participant=participant.info()), participant)
         if participant.on_stage:
             self._announce_stage()
+            participant.uplink = policy.Uplink("stage")
         self._on_presence(self, participant, True)
         self.schedule_update()
         return participant
@@ -419,13 +417,14 @@ class Room:
         """The participant goes; its identity keeps its place in the room's state."""
         if self.participants.pop(participant.sid, None) is None:
             return
+        self.views.pop(participant.sid, None)
         was_on_stage = participant.sid in self._appeared
         self._appeared.discard(participant.sid)
         publications = list(participant.publications.values())
         await participant.close()
         for publication in publications:
             self._sinks_remove(publication)
-        self.broadcast({"type": "participant_left", "sid": participant.sid})
+        self.broadcast(m.ParticipantLeft(sid=participant.sid))
         self._on_presence(self, participant, False)
         if was_on_stage:
             self._announce_stage()
@@ -453,7 +452,7 @@ class Room:
             self.state.stage.remove(identity)
         self.state.hands.pop(identity, None)
         self.state_changed()
-        participant.send({"type": "removed", "reason": "removed_by_moderator"})
+        participant.send(m.Removed(reason="removed_by_moderator"))
         await self.leave(participant)
         self._announce_removed()
 
@@ -463,11 +462,10 @@ class Room:
         self.state_changed()
         self._announce_removed()
 
-    def removed_message(self) -> dict[str, Any]:
-        return {
-            "type": "removed_identities",
-            "removed": [{"identity": i, "name": n} for i, n in self.state.removed.items()],
-        }
+    def removed_message(self) -> m.RemovedIdentities:
+        return m.RemovedIdentities(
+            removed=[m.RemovedIdentity(identity=i, name=n) for i, n in self.state.removed.items()]
+        )
 
     # --- the state that outlives the process ---
 
@@ -539,7 +537,6 @@ class Room:
             for publication in participant.publications.values():
                 self._sinks_remove(publication)
         self.state_changed()
-        participant.send({"type": "quality", "level": "stage" if on_stage else "thumbnail"})
         self._announce_stage()
         self.on_participant_changed(participant)
         self.schedule_update()
@@ -556,7 +553,7 @@ class Room:
             self._sinks_add(publication)
 
     def _announce_stage(self) -> None:
-        self.broadcast({"type": "stage", "stage": [p.sid for p in self.stage]})
+        self.broadcast(m.Stage(stage=[p.sid for p in self.stage]))
         for sink in self.sinks:
             sink.on_stage_change([p.identity for p in self.stage], time.time())
 
@@ -569,6 +566,16 @@ class Room:
             self.state.hands.pop(participant.identity, None)
         self.state_changed()
         self.on_participant_changed(participant)
+        self.schedule_update()  # a raised hand reaches the moderators' ears
+
+    def set_view(self, moderator: Participant, tiles: list[str], listen: list[str]) -> None:
+        """What ``moderator``'s console shows now (sids not in the room are ignored)."""
+        here = self.participants
+        self.views[moderator.sid] = policy.View(
+            frozenset(ParticipantID(s) for s in tiles if s in here),
+            frozenset(ParticipantID(s) for s in listen if s in here),
+        )
+        self.schedule_update()
 
     # --- roll call ---
 
@@ -580,7 +587,7 @@ class Room:
         everyone = [*expected, *self.audience, *present]
         rollcall = RollCall(now, now + seconds, list(dict.fromkeys(everyone)))
         self.rollcall = rollcall
-        self.broadcast({"type": "rollcall", "id": rollcall.id, "deadline": rollcall.deadline})
+        self.broadcast(m.RollCallStarted(id=rollcall.id, deadline=rollcall.deadline))
         self._rollcall_changed()
         asyncio.get_running_loop().call_later(seconds + 0.05, self._rollcall_changed)
         return rollcall
@@ -614,7 +621,7 @@ class Room:
             names = {**self.audience, **{p.identity: p.name for p in self.participants.values()}}
             status = self.rollcall.status(time.time())
             status["names"] = {i: names[i] for i in status["entries"] if i in names}
-            self.to_moderators(status)
+            self.to_moderators(m.RollCallStatus.model_validate(status))
 
     def hands(self) -> list[Participant]:
         raised = [p for p in self.participants.values() if p.hand_raised]
@@ -635,7 +642,7 @@ class Room:
 
     def on_participant_changed(self, participant: Participant) -> None:
         if participant.sid in self.participants:
-            self.broadcast({"type": "participant_updated", "participant": participant.info()})
+            self.broadcast(m.ParticipantUpdated(participant=participant.info()))
 
     def _member(self, participant: Participant) -> policy.Member:
         return policy.Member(
@@ -647,6 +654,7 @@ class Room:
             can_subscribe=participant.grant.can_subscribe,
             can_moderate=participant.grant.can_moderate,
             on_stage=participant.on_stage,
+            hand_raised=participant.hand_raised,
         )
 
     def _publications(self, ids: list[PublicationID]) -> list[Publication]:
@@ -658,7 +666,8 @@ class Room:
     def desired_for(self, participant: Participant) -> list[Publication]:
         """What a participant receives (:func:`hub.policy.receives`)."""
         members = [self._member(p) for p in self.participants.values()]
-        return self._publications(policy.receives(self._member(participant), members))
+        chosen = policy.receives(self._member(participant), members, self.views)
+        return self._publications(chosen)
 
     def program(self) -> tuple[Publication | None, list[Publication]]:
         """The stage as one picture and its voices, for households (:func:`hub.policy.program`)."""
@@ -684,9 +693,24 @@ class Room:
             if p.subscriber is not None
         ]
         await asyncio.gather(*updates)
+        self._apply_uplinks()
         for participant in list(self.participants.values()):
             if participant.kind == "whep" and participant.whep is not None:
                 participant.whep.follow(self.program())
+
+    def _apply_uplinks(self) -> None:
+        """Tell each participant how to send, when that changed; a camera or
+        microphone that resumes starts at a keyframe."""
+        members = [self._member(p) for p in self.participants.values()]
+        for sid, uplink in policy.uplinks(members, self.views).items():
+            participant = self.participants[sid]
+            if uplink == participant.uplink:
+                continue
+            participant.uplink = uplink
+            participant.send(m.Quality(level=uplink.level, microphone=uplink.microphone))
+            for publication in participant.publications.values():
+                if publication.kind == "video":
+                    publication.up.keyframes.request()
 
     async def _update_one(self, participant: Participant) -> None:
         assert participant.subscriber is not None
@@ -737,12 +761,12 @@ class Room:
 
     # --- messages ---
 
-    def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
+    def broadcast(self, message: m.Outgoing, exclude: Participant | None = None) -> None:
         for participant in self.participants.values():
             if participant is not exclude:
                 participant.send(message)
 
-    def to_moderators(self, message: dict[str, Any]) -> None:
+    def to_moderators(self, message: m.Outgoing) -> None:
         for participant in self.participants.values():
             if participant.grant.can_moderate:
                 participant.send(message)
@@ -762,7 +786,7 @@ class Room:
             speakers = [sid for _, sid in sorted(levels)]
             if speakers != self._speakers:
                 self._speakers = speakers
-                self.broadcast({"type": "speakers", "speakers": speakers})
+                self.broadcast(m.Speakers(speakers=list[str](speakers)))
                 identities = [self.participants[s].identity for s in speakers]
                 self._on_event("speakers", {"room": self.name, "speakers": identities})
 
@@ -789,12 +813,12 @@ class Room:
                 self._on_event("viewers", {"room": self.name, "households": viewers})
             if any(p.grant.can_moderate for p in self.participants.values()):
                 self.to_moderators(
-                    {
-                        "type": "stats",
-                        "participants": {
-                            p.sid: p.link.as_dict() for p in self.participants.values()
-                        },
-                    }
+                    m.Stats(
+                        participants={
+                            p.sid: m.LinkInfo.model_validate(p.link.as_dict())
+                            for p in self.participants.values()
+                        }
+                    )
                 )
 
     def _measure(self, participant: Participant, interval: float) -> None:
@@ -832,7 +856,7 @@ class Room:
         await self.media.close(suspend)
         for participant in list(self.participants.values()):
             if not suspend:
-                participant.send({"type": "removed", "reason": "room_closed"})
+                participant.send(m.Removed(reason="room_closed"))
             await self.leave(participant)
         await self.tasks.close()
         for sink in list(self.sinks):
