@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import (
     MediaStreamTrack,
@@ -20,6 +21,7 @@ from aiortc import (
 )
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.rtcsessiondescription import RTCSessionDescription
 from aiortc.sdp import (
     H264Profile,
     SessionDescription,
@@ -30,16 +32,24 @@ from av import Packet
 from av.frame import Frame
 
 from hub.aiortc_internals import (
+    SenderHook,
     install_srtp_receiver,
     negotiated_codecs,
     negotiated_header_extensions,
 )
-from hub.forwarding import CodecInfo
+from hub.errors import HubError
+from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription
+from hub.ids import PublicationID
+from hub.messages import MAX_SDP_BYTES, Outgoing, SubscriberOffer, TrackRef
+from hub.tokens import Source
+
+if TYPE_CHECKING:
+    from hub.room import Participant, Publication, Room
 
 logger = logging.getLogger(__name__)
 
-MAX_SDP_BYTES = 64 * 1024
 CLOSE_TIMEOUT = 5.0
+SOURCE_KIND = {Source.CAMERA: "video", Source.SCREEN: "video", Source.MICROPHONE: "audio"}
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 
@@ -287,3 +297,282 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
         None,
     )
     return SendParameters(chosen.payloadType, rtx, abs_id)
+
+
+class Slot:
+    """One sending transceiver of a subscriber connection and what it carries."""
+
+    def __init__(self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack) -> None:
+        self.transceiver = transceiver
+        self.hook = hook
+        self.down = down
+        self.publication: Publication | None = None
+        self.subscription: Subscription | None = None
+
+    def bind(self, publication: Publication) -> None:
+        self.unbind()
+        self.publication = publication
+        self.subscription = Subscription(publication.up, self.down)
+
+    def configure(self, publication: Publication) -> bool:
+        """Set the payload types for ``publication``'s codec; False if not negotiated."""
+        params = send_parameters(self.transceiver, publication.up.codec)
+        if params is None:
+            return False
+        self.down.configure(
+            self.hook.writer().srtp_socket,
+            params.payload_type,
+            params.rtx_payload_type,
+            params.abs_send_time_id,
+        )
+        return True
+
+    def unbind(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+        self.subscription = None
+        self.publication = None
+
+
+class SendingPeer:
+    """A peer connection the hub sends media on, slot by slot."""
+
+    def __init__(self, pc: RTCPeerConnection, stats: ForwardingStats) -> None:
+        self.pc = pc
+        self.stats = stats
+        self.slots: list[Slot] = []
+
+    def add_slot(self, kind: str) -> Slot:
+        transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
+        down: DownTrack
+        hook = SenderHook(
+            transceiver.sender,
+            retransmit=lambda seq: down.on_nack(seq),
+            keyframe=lambda: down.on_pli(),
+            report=lambda: down.report,
+        )
+        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
+        slot = Slot(transceiver, hook, down)
+        self.slots.append(slot)
+        return slot
+
+    def configure_slots(self) -> None:
+        """After a negotiation: write with the payload types the subscriber accepted."""
+        for slot in self.slots:
+            if slot.publication is not None and not slot.configure(slot.publication):
+                logger.info("subscriber cannot receive %s", slot.publication.up.codec)
+                slot.unbind()
+
+    def bound(self) -> dict[PublicationID, Slot]:
+        return {s.publication.id: s for s in self.slots if s.publication is not None}
+
+    async def close(self) -> None:
+        for slot in self.slots:
+            slot.unbind()
+        await close_peer(self.pc)
+
+
+class SubscriberPeer(SendingPeer):
+    """The connection a participant receives on; the hub offers, the client answers.
+
+    Never two offers in flight: changes while one waits are folded into the next.
+    """
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        stats: ForwardingStats,
+        send: Callable[[Outgoing], None],
+        announce_address: str | None,
+    ) -> None:
+        super().__init__(pc, stats)
+        self._send = send
+        self._announce = announce_address
+        self._desired: list[Publication] = []
+        self.negotiating = False
+        self._dirty = False
+        self._lock = asyncio.Lock()
+
+    async def update(self, desired: list[Publication]) -> None:
+        self._desired = desired
+        async with self._lock:
+            if self.negotiating:
+                self._dirty = True
+                return
+            await self._negotiate()
+
+    async def _negotiate(self) -> None:
+        wanted = {p.id: p for p in self._desired if not p.closed}
+        changed = False
+        for slot in self.slots:
+            if slot.publication is not None and slot.publication.id not in wanted:
+                slot.unbind()
+                slot.transceiver.direction = "inactive"
+                changed = True
+        bound = self.bound()
+        for publication in wanted.values():
+            if publication.id in bound:
+                continue
+            slot = next(
+                (
+                    s
+                    for s in self.slots
+                    if s.publication is None and s.down.kind == publication.kind
+                ),
+                None,
+            ) or self.add_slot(publication.kind)
+            slot.transceiver.setCodecPreferences(
+                preferences_for(publication.kind, publication.up.codec)
+            )
+            slot.transceiver.direction = "sendonly"
+            slot.bind(publication)
+            changed = True
+        if not changed:
+            return
+        self.negotiating = True
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        sdp = announce(self.pc.localDescription.sdp, self._announce)
+        self._send(SubscriberOffer(sdp=sdp, tracks=self.tracks()))
+
+    def tracks(self) -> dict[str, TrackRef]:
+        """What each m-line carries now (the ``tracks`` of PROTOCOL.md)."""
+        return {
+            str(slot.transceiver.mid): TrackRef(
+                publication=slot.publication.id,
+                participant=slot.publication.participant.sid,
+                source=slot.publication.source.value,
+            )
+            for slot in self.slots
+            if slot.publication is not None
+        }
+
+    async def on_answer(self, sdp: str) -> None:
+        async with self._lock:
+            if not self.negotiating:
+                raise HubError("bad_message", "no offer is waiting for an answer")
+            parse_sdp(sdp)
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:
+                raise HubError("bad_sdp", f"answer refused: {exc}") from None
+            self.negotiating = False
+            self.configure_slots()
+            if self._dirty:
+                self._dirty = False
+                await self._negotiate()
+
+
+class WhepPeer(SendingPeer):
+    """A WHEP viewer: it offers receive-only m-lines once, and the hub keeps them
+    fed with the room's program (see :meth:`Room.program`) without renegotiating."""
+
+    async def on_offer(self, sdp: str, room: Room) -> str:
+        media = parse_sdp(sdp, room.limits.max_media)
+        if any(m.direction not in ("recvonly", "inactive") for m in media):
+            raise HubError("bad_sdp", "a WHEP offer receives only (a=recvonly)")
+        video, _ = room.program()
+        for m in media:
+            slot = self.add_slot(m.kind)
+            if m.kind == "video" and video is not None:
+                # Only possible before setRemoteDescription (aiortc).
+                slot.transceiver.setCodecPreferences(preferences_for("video", video.up.codec))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:
+            raise HubError("bad_sdp", f"offer refused: {exc}") from None
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self.follow(room.program())
+        return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
+
+    def follow(self, program: tuple[Publication | None, list[Publication]]) -> None:
+        """Point each slot at the program: the picture, then the voices in order."""
+        video, microphones = program
+        voices = iter(microphones)
+        for slot in self.slots:
+            target = video if slot.down.kind == "video" else next(voices, None)
+            if slot.publication is target:
+                continue
+            slot.unbind()
+            if target is None:
+                continue
+            if slot.configure(target):
+                slot.bind(target)
+            # else: negotiated for another codec; a new WHEP session is needed
+
+
+class PublisherPeer:
+    """The connection a participant sends on; the client offers, the hub answers."""
+
+    def __init__(self, participant: Participant, pc: RTCPeerConnection) -> None:
+        self.participant = participant
+        self.pc = pc
+        self.by_mid: dict[str, Publication] = {}
+        self._lock = asyncio.Lock()
+
+    async def on_offer(self, sdp: str, sources: dict[str, Source]) -> str:
+        async with self._lock:
+            media = parse_sdp(sdp, self.participant.room.limits.max_media)
+            sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
+            self._check_sources(sending, sources)
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                answer = await self.pc.createAnswer()
+                await self.pc.setLocalDescription(answer)
+            except Exception as exc:
+                await self._recover()
+                raise HubError("bad_sdp", f"offer refused: {type(exc).__name__}: {exc}") from None
+            self._apply(sending, sources)
+            room = self.participant.room
+            return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
+
+    async def _recover(self) -> None:
+        """aiortc may keep half of a refused offer; start afresh while that is cheap."""
+        if not self.by_mid:
+            broken, self.pc = self.pc, make_peer_connection(self.participant.room.ice_servers)
+            await close_peer(broken)
+
+    def _check_sources(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
+        grant = self.participant.grant
+        seen: set[Source] = set()
+        for m in sending:
+            source = sources.get(m.mid)
+            if source is None:
+                raise HubError("bad_message", f"m-line {m.mid} sends but has no source")
+            if not grant.may_publish(source):
+                raise HubError("forbidden", f"{grant.role.value} may not publish {source.value}")
+            if SOURCE_KIND[source] != m.kind:
+                raise HubError("bad_message", f"{source.value} cannot be {m.kind}")
+            if source in seen:
+                raise HubError("bad_message", f"two m-lines publish {source.value}")
+            seen.add(source)
+
+    def _apply(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
+        participant = self.participant
+        sending_mids = {m.mid for m in sending}
+        for gone in [mid for mid in self.by_mid if mid not in sending_mids]:
+            participant.unpublish(self.by_mid.pop(gone))
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None or mid not in sending_mids or mid in self.by_mid:
+                continue
+            codec = codec_info(transceiver)
+            if codec is None:
+                continue
+            self.by_mid[mid] = participant.publish(sources[mid], transceiver, codec)
+
+    def forget(self, publication: Publication) -> None:
+        for mid, known in list(self.by_mid.items()):
+            if known is publication:
+                del self.by_mid[mid]
+
+    async def add_candidate(
+        self, candidate: str | None, mid: str | None, index: int | None
+    ) -> None:
+        if not candidate:
+            return
+        await self.pc.addIceCandidate(parse_candidate(candidate, mid, index))
+
+    async def close(self) -> None:
+        await close_peer(self.pc)

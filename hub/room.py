@@ -18,24 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
-from aiortc.rtcsessiondescription import RTCSessionDescription
 
-from hub.aiortc_internals import ReceiverTap, SenderHook
-from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription, UpTrack
+from hub import messages as m
+from hub import policy
+from hub.aiortc_internals import ReceiverTap
+from hub.errors import HubError
+from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.limits import RoomLimits
-from hub.peers import (
-    OfferedMedia,
-    ParkedTrack,
-    announce,
-    close_peer,
-    codec_info,
-    make_peer_connection,
-    parse_candidate,
-    parse_sdp,
-    preferences_for,
-    send_parameters,
-)
+from hub.peers import PublisherPeer, SubscriberPeer, WhepPeer, make_peer_connection
 from hub.rollcall import RollCall
 from hub.room_media import Recorded, RoomMedia
 from hub.room_state import RoomState
@@ -45,7 +36,6 @@ from media.frames import EncodedFrame, FrameSink, TrackInfo
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KIND = {Source.CAMERA: "video", Source.SCREEN: "video", Source.MICROPHONE: "audio"}
 VIDEO_CEILING_BPS = 2_500_000
 """The bandwidth the hub announces to video publishers (REMB): a stage camera's
 1.5 Mbps or a screen share fits under it."""
@@ -53,15 +43,6 @@ SPEAKING_LEVEL = 60
 """Audio level (0 loudest … 127 silent, dBov) under which a publisher is speaking."""
 
 ParticipantKind = Literal["ws", "whip", "whep"]
-
-
-class HubError(Exception):
-    """A refusal with a code from the signaling protocol and a reason for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -92,7 +73,7 @@ class Publication:
         self.up = up
         self.tap = tap
         self.order = next(participant.room.order)
-        """When it appeared, among the room's appearances (the program's picture rule)."""
+        """When it started, among the room's publications (the program's picture rule)."""
         self.closed = False
 
     @property
@@ -103,15 +84,15 @@ class Publication:
     def muted(self) -> bool:
         return self.up.muted
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "publication": self.id,
-            "source": self.source.value,
-            "kind": self.kind,
-            "codec": self.up.codec.name,
-            "muted": self.muted,
-            "muted_by_moderator": self.source.value in self.participant.moderator_mutes,
-        }
+    def info(self) -> m.PublicationInfo:
+        return m.PublicationInfo(
+            publication=self.id,
+            source=self.source.value,
+            kind=self.track_info().kind,
+            codec=self.up.codec.name,
+            muted=self.muted,
+            muted_by_moderator=self.source.value in self.participant.moderator_mutes,
+        )
 
     def track_info(self) -> TrackInfo:
         return TrackInfo(
@@ -131,281 +112,6 @@ class Publication:
         self.up.close()
 
 
-class _Slot:
-    """One sending transceiver of a subscriber connection and what it carries."""
-
-    def __init__(self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack) -> None:
-        self.transceiver = transceiver
-        self.hook = hook
-        self.down = down
-        self.publication: Publication | None = None
-        self.subscription: Subscription | None = None
-
-    def bind(self, publication: Publication) -> None:
-        self.unbind()
-        self.publication = publication
-        self.subscription = Subscription(publication.up, self.down)
-
-    def configure(self, publication: Publication) -> bool:
-        """Set the payload types for ``publication``'s codec; False if not negotiated."""
-        params = send_parameters(self.transceiver, publication.up.codec)
-        if params is None:
-            return False
-        self.down.configure(
-            self.hook.writer().srtp_socket,
-            params.payload_type,
-            params.rtx_payload_type,
-            params.abs_send_time_id,
-        )
-        return True
-
-    def unbind(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
-        self.subscription = None
-        self.publication = None
-
-
-class _SendingPeer:
-    """A peer connection the hub sends media on, slot by slot."""
-
-    def __init__(self, pc: RTCPeerConnection, stats: ForwardingStats) -> None:
-        self.pc = pc
-        self.stats = stats
-        self.slots: list[_Slot] = []
-
-    def add_slot(self, kind: str) -> _Slot:
-        transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
-        down: DownTrack
-        hook = SenderHook(
-            transceiver.sender,
-            retransmit=lambda seq: down.on_nack(seq),
-            keyframe=lambda: down.on_pli(),
-            report=lambda: down.report,
-        )
-        down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
-        slot = _Slot(transceiver, hook, down)
-        self.slots.append(slot)
-        return slot
-
-    def configure_slots(self) -> None:
-        """After a negotiation: write with the payload types the subscriber accepted."""
-        for slot in self.slots:
-            if slot.publication is not None and not slot.configure(slot.publication):
-                logger.info("subscriber cannot receive %s", slot.publication.up.codec)
-                slot.unbind()
-
-    def bound(self) -> dict[PublicationID, _Slot]:
-        return {s.publication.id: s for s in self.slots if s.publication is not None}
-
-    async def close(self) -> None:
-        for slot in self.slots:
-            slot.unbind()
-        await close_peer(self.pc)
-
-
-class SubscriberPeer(_SendingPeer):
-    """The connection a participant receives on; the hub offers, the client answers.
-
-    Never two offers in flight: changes while one waits are folded into the next.
-    """
-
-    def __init__(
-        self,
-        pc: RTCPeerConnection,
-        stats: ForwardingStats,
-        send_offer: Callable[[str, dict[str, dict[str, str]]], None],
-        announce_address: str | None,
-    ) -> None:
-        super().__init__(pc, stats)
-        self._send_offer = send_offer
-        self._announce = announce_address
-        self._desired: list[Publication] = []
-        self.negotiating = False
-        self._dirty = False
-        self._lock = asyncio.Lock()
-
-    async def update(self, desired: list[Publication]) -> None:
-        self._desired = desired
-        async with self._lock:
-            if self.negotiating:
-                self._dirty = True
-                return
-            await self._negotiate()
-
-    async def _negotiate(self) -> None:
-        wanted = {p.id: p for p in self._desired if not p.closed}
-        changed = False
-        for slot in self.slots:
-            if slot.publication is not None and slot.publication.id not in wanted:
-                slot.unbind()
-                slot.transceiver.direction = "inactive"
-                changed = True
-        bound = self.bound()
-        for publication in wanted.values():
-            if publication.id in bound:
-                continue
-            slot = next(
-                (
-                    s
-                    for s in self.slots
-                    if s.publication is None and s.down.kind == publication.kind
-                ),
-                None,
-            ) or self.add_slot(publication.kind)
-            slot.transceiver.setCodecPreferences(
-                preferences_for(publication.kind, publication.up.codec)
-            )
-            slot.transceiver.direction = "sendonly"
-            slot.bind(publication)
-            changed = True
-        if not changed:
-            return
-        self.negotiating = True
-        offer = await self.pc.createOffer()
-        await self.pc.setLocalDescription(offer)
-        tracks = {
-            str(slot.transceiver.mid): {
-                "publication": slot.publication.id,
-                "participant": slot.publication.participant.sid,
-                "source": slot.publication.source.value,
-            }
-            for slot in self.slots
-            if slot.publication is not None
-        }
-        self._send_offer(announce(self.pc.localDescription.sdp, self._announce), tracks)
-
-    async def on_answer(self, sdp: str) -> None:
-        async with self._lock:
-            if not self.negotiating:
-                raise HubError("bad_message", "no offer is waiting for an answer")
-            parse_sdp(sdp)
-            try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-            except Exception as exc:
-                raise HubError("bad_sdp", f"answer refused: {exc}") from None
-            self.negotiating = False
-            self.configure_slots()
-            if self._dirty:
-                self._dirty = False
-                await self._negotiate()
-
-
-class WhepPeer(_SendingPeer):
-    """A WHEP viewer: it offers receive-only m-lines once, and the hub keeps them
-    fed with the room's program (see :meth:`Room.program`) without renegotiating."""
-
-    async def on_offer(self, sdp: str, room: Room) -> str:
-        media = parse_sdp(sdp, room.limits.max_media)
-        if any(m.direction not in ("recvonly", "inactive") for m in media):
-            raise HubError("bad_sdp", "a WHEP offer receives only (a=recvonly)")
-        video, _ = room.program()
-        for m in media:
-            slot = self.add_slot(m.kind)
-            if m.kind == "video" and video is not None:
-                # Only possible before setRemoteDescription (aiortc).
-                slot.transceiver.setCodecPreferences(preferences_for("video", video.up.codec))
-        try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as exc:
-            raise HubError("bad_sdp", f"offer refused: {exc}") from None
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
-        self.follow(room.program())
-        return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
-
-    def follow(self, program: tuple[Publication | None, list[Publication]]) -> None:
-        """Point each slot at the program: the picture, then the voices in order."""
-        video, microphones = program
-        voices = iter(microphones)
-        for slot in self.slots:
-            target = video if slot.down.kind == "video" else next(voices, None)
-            if slot.publication is target:
-                continue
-            slot.unbind()
-            if target is None:
-                continue
-            if slot.configure(target):
-                slot.bind(target)
-            # else: negotiated for another codec; a new WHEP session is needed
-
-
-class PublisherPeer:
-    """The connection a participant sends on; the client offers, the hub answers."""
-
-    def __init__(self, participant: Participant, pc: RTCPeerConnection) -> None:
-        self.participant = participant
-        self.pc = pc
-        self.by_mid: dict[str, Publication] = {}
-        self._lock = asyncio.Lock()
-
-    async def on_offer(self, sdp: str, sources: dict[str, Source]) -> str:
-        async with self._lock:
-            media = parse_sdp(sdp, self.participant.room.limits.max_media)
-            sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
-            self._check_sources(sending, sources)
-            try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-                answer = await self.pc.createAnswer()
-                await self.pc.setLocalDescription(answer)
-            except Exception as exc:
-                await self._recover()
-                raise HubError("bad_sdp", f"offer refused: {type(exc).__name__}: {exc}") from None
-            self._apply(sending, sources)
-            room = self.participant.room
-            return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
-
-    async def _recover(self) -> None:
-        """aiortc may keep half of a refused offer; start afresh while that is cheap."""
-        if not self.by_mid:
-            broken, self.pc = self.pc, make_peer_connection(self.participant.room.ice_servers)
-            await close_peer(broken)
-
-    def _check_sources(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
-        grant = self.participant.grant
-        seen: set[Source] = set()
-        for m in sending:
-            source = sources.get(m.mid)
-            if source is None:
-                raise HubError("bad_message", f"m-line {m.mid} sends but has no source")
-            if not grant.may_publish(source):
-                raise HubError("forbidden", f"{grant.role.value} may not publish {source.value}")
-            if SOURCE_KIND[source] != m.kind:
-                raise HubError("bad_message", f"{source.value} cannot be {m.kind}")
-            if source in seen:
-                raise HubError("bad_message", f"two m-lines publish {source.value}")
-            seen.add(source)
-
-    def _apply(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
-        participant = self.participant
-        sending_mids = {m.mid for m in sending}
-        for gone in [mid for mid in self.by_mid if mid not in sending_mids]:
-            participant.unpublish(self.by_mid.pop(gone))
-        for transceiver in self.pc.getTransceivers():
-            mid = transceiver.mid
-            if mid is None or mid not in sending_mids or mid in self.by_mid:
-                continue
-            codec = codec_info(transceiver)
-            if codec is None:
-                continue
-            self.by_mid[mid] = participant.publish(sources[mid], transceiver, codec)
-
-    def forget(self, publication: Publication) -> None:
-        for mid, known in list(self.by_mid.items()):
-            if known is publication:
-                del self.by_mid[mid]
-
-    async def add_candidate(
-        self, candidate: str | None, mid: str | None, index: int | None
-    ) -> None:
-        if not candidate:
-            return
-        await self.pc.addIceCandidate(parse_candidate(candidate, mid, index))
-
-    async def close(self) -> None:
-        await close_peer(self.pc)
-
-
 class Participant:
     """One join of one identity into a room."""
 
@@ -414,7 +120,7 @@ class Participant:
         room: Room,
         grant: Grant,
         kind: ParticipantKind,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[m.Outgoing], None],
         address: str | None,
     ) -> None:
         self.sid = ParticipantID(_new_id("PA"))
@@ -438,6 +144,8 @@ class Participant:
         self.subscriber: SubscriberPeer | None = None
         self.whep: WhepPeer | None = None
         self.link = LinkStats()
+        self.uplink = policy.Uplink("thumbnail")
+        """How it was last told to send (``joined``, then ``quality``)."""
         self._bytes_at_last_stats = 0
         self.connected = False
         """A WHIP/WHEP peer connection has connected (they are watched, see Room.join)."""
@@ -464,18 +172,18 @@ class Participant:
         """The sources a moderator muted (``Source`` values)."""
         return self.room.state.mutes.get(self.identity, [])
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "sid": self.sid,
-            "identity": self.identity,
-            "name": self.name,
-            "role": self.role.value,
-            "hand_raised": self.hand_raised,
-            "on_stage": self.on_stage,
-            "can_moderate": self.grant.can_moderate,
-            "can_chat": self.grant.can_chat,
-            "publications": [p.info() for p in self.publications.values()],
-        }
+    def info(self) -> m.ParticipantInfo:
+        return m.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            name=self.name,
+            role=self.role.value,
+            hand_raised=self.hand_raised,
+            on_stage=self.on_stage,
+            can_moderate=self.grant.can_moderate,
+            can_chat=self.grant.can_chat,
+            publications=[p.info() for p in self.publications.values()],
+        )
 
     def publication_by_source(self, source: Source) -> Publication | None:
         return next((p for p in self.publications.values() if p.source == source), None)
@@ -507,9 +215,7 @@ class Participant:
         publication = Publication(self, source, up, tap)
         up.muted = source.value in self.moderator_mutes
         if up.muted:
-            self.send(
-                {"type": "muted", "source": source.value, "muted": True, "by_moderator": True}
-            )
+            self.send(m.Muted(source=source.value, muted=True, by_moderator=True))
         self.publications[publication.id] = publication
         room.on_published(publication)
         return publication
@@ -533,9 +239,7 @@ class Participant:
         publication.up.muted = muted
         if by_moderator:
             self.room.set_moderator_mute(self.identity, source, muted)
-        self.send(
-            {"type": "muted", "source": source.value, "muted": muted, "by_moderator": by_moderator}
-        )
+        self.send(m.Muted(source=source.value, muted=muted, by_moderator=by_moderator))
         self.room.on_participant_changed(self)
 
     async def close(self) -> None:
@@ -593,9 +297,11 @@ class Room:
         it goes through :meth:`state_changed`."""
         self._on_state = on_state
         self.order = itertools.count()
-        """Appearances in this room (on stage, a new publication), in order."""
-        self._appeared: dict[ParticipantID, int] = {}
-        """When each participant on stage appeared there (the program's picture rule)."""
+        """Publications of this room, in the order they started (the program's rule)."""
+        self.views: dict[ParticipantID, policy.View] = {}
+        """What each moderator's console shows, once it has said (``view``)."""
+        self._appeared: set[ParticipantID] = set()
+        """The participants shown on stage (the sinks have their publications)."""
         self.sinks: list[FrameSink] = []
         self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
@@ -618,7 +324,7 @@ class Room:
         self,
         grant: Grant,
         kind: ParticipantKind,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[m.Outgoing], None],
         address: str | None = None,
     ) -> Participant:
         if self.closed:
@@ -633,7 +339,7 @@ class Room:
         participant = Participant(self, grant, kind, send, address)
         if previous is not None:
             # A reconnecting site keeps its place (stage, hand, mutes: the room's state).
-            previous.send({"type": "removed", "reason": "duplicate_identity"})
+            previous.send(m.Removed(reason="duplicate_identity"))
             await self.leave(previous)
         self.participants[participant.sid] = participant
         if self._empty_timer is not None:
@@ -647,9 +353,7 @@ class Room:
             participant.subscriber = SubscriberPeer(
                 make_peer_connection(self.ice_servers),
                 self.stats,
-                lambda sdp, tracks: participant.send(
-                    {"type": "offer", "pc": "subscriber", "sdp": sdp, "tracks": tracks}
-                ),
+                participant.send,
                 self.announce_address,
             )
         if kind == "whep":
@@ -662,11 +366,10 @@ class Room:
             self._watch_peer(participant, participant.whep.pc)
         elif kind == "whip" and participant.publisher is not None:
             self._watch_peer(participant, participant.publisher.pc)
-        self.broadcast(
-            {"type": "participant_joined", "participant": participant.info()}, participant
-        )
+        self.broadcast(m.ParticipantJoined(participant=participant.info()), participant)
         if participant.on_stage:
             self._announce_stage()
+            participant.uplink = policy.Uplink("stage")
         self._on_presence(self, participant, True)
         self.schedule_update()
         return participant
@@ -714,12 +417,14 @@ class Room:
         """The participant goes; its identity keeps its place in the room's state."""
         if self.participants.pop(participant.sid, None) is None:
             return
-        was_on_stage = self._appeared.pop(participant.sid, None) is not None
+        self.views.pop(participant.sid, None)
+        was_on_stage = participant.sid in self._appeared
+        self._appeared.discard(participant.sid)
         publications = list(participant.publications.values())
         await participant.close()
         for publication in publications:
             self._sinks_remove(publication)
-        self.broadcast({"type": "participant_left", "sid": participant.sid})
+        self.broadcast(m.ParticipantLeft(sid=participant.sid))
         self._on_presence(self, participant, False)
         if was_on_stage:
             self._announce_stage()
@@ -747,7 +452,7 @@ class Room:
             self.state.stage.remove(identity)
         self.state.hands.pop(identity, None)
         self.state_changed()
-        participant.send({"type": "removed", "reason": "removed_by_moderator"})
+        participant.send(m.Removed(reason="removed_by_moderator"))
         await self.leave(participant)
         self._announce_removed()
 
@@ -757,11 +462,10 @@ class Room:
         self.state_changed()
         self._announce_removed()
 
-    def removed_message(self) -> dict[str, Any]:
-        return {
-            "type": "removed_identities",
-            "removed": [{"identity": i, "name": n} for i, n in self.state.removed.items()],
-        }
+    def removed_message(self) -> m.RemovedIdentities:
+        return m.RemovedIdentities(
+            removed=[m.RemovedIdentity(identity=i, name=n) for i, n in self.state.removed.items()]
+        )
 
     # --- the state that outlives the process ---
 
@@ -829,11 +533,10 @@ class Room:
             self.state.hands.pop(participant.identity, None)
         else:
             self.state.stage.remove(participant.identity)
-            self._appeared.pop(participant.sid, None)
+            self._appeared.discard(participant.sid)
             for publication in participant.publications.values():
                 self._sinks_remove(publication)
         self.state_changed()
-        participant.send({"type": "quality", "level": "stage" if on_stage else "thumbnail"})
         self._announce_stage()
         self.on_participant_changed(participant)
         self.schedule_update()
@@ -845,12 +548,12 @@ class Room:
         self._appear(participant)
 
     def _appear(self, participant: Participant) -> None:
-        self._appeared[participant.sid] = next(self.order)
+        self._appeared.add(participant.sid)
         for publication in participant.publications.values():
             self._sinks_add(publication)
 
     def _announce_stage(self) -> None:
-        self.broadcast({"type": "stage", "stage": [p.sid for p in self.stage]})
+        self.broadcast(m.Stage(stage=[p.sid for p in self.stage]))
         for sink in self.sinks:
             sink.on_stage_change([p.identity for p in self.stage], time.time())
 
@@ -863,6 +566,16 @@ class Room:
             self.state.hands.pop(participant.identity, None)
         self.state_changed()
         self.on_participant_changed(participant)
+        self.schedule_update()  # a raised hand reaches the moderators' ears
+
+    def set_view(self, moderator: Participant, tiles: list[str], listen: list[str]) -> None:
+        """What ``moderator``'s console shows now (sids not in the room are ignored)."""
+        here = self.participants
+        self.views[moderator.sid] = policy.View(
+            frozenset(ParticipantID(s) for s in tiles if s in here),
+            frozenset(ParticipantID(s) for s in listen if s in here),
+        )
+        self.schedule_update()
 
     # --- roll call ---
 
@@ -874,7 +587,7 @@ class Room:
         everyone = [*expected, *self.audience, *present]
         rollcall = RollCall(now, now + seconds, list(dict.fromkeys(everyone)))
         self.rollcall = rollcall
-        self.broadcast({"type": "rollcall", "id": rollcall.id, "deadline": rollcall.deadline})
+        self.broadcast(m.RollCallStarted(id=rollcall.id, deadline=rollcall.deadline))
         self._rollcall_changed()
         asyncio.get_running_loop().call_later(seconds + 0.05, self._rollcall_changed)
         return rollcall
@@ -908,7 +621,7 @@ class Room:
             names = {**self.audience, **{p.identity: p.name for p in self.participants.values()}}
             status = self.rollcall.status(time.time())
             status["names"] = {i: names[i] for i in status["entries"] if i in names}
-            self.to_moderators(status)
+            self.to_moderators(m.RollCallStatus.model_validate(status))
 
     def hands(self) -> list[Participant]:
         raised = [p for p in self.participants.values() if p.hand_raised]
@@ -929,38 +642,40 @@ class Room:
 
     def on_participant_changed(self, participant: Participant) -> None:
         if participant.sid in self.participants:
-            self.broadcast({"type": "participant_updated", "participant": participant.info()})
+            self.broadcast(m.ParticipantUpdated(participant=participant.info()))
+
+    def _member(self, participant: Participant) -> policy.Member:
+        return policy.Member(
+            sid=participant.sid,
+            publications=tuple(
+                policy.Pub(p.id, p.source.value, p.track_info().kind, p.order)
+                for p in participant.publications.values()
+            ),
+            can_subscribe=participant.grant.can_subscribe,
+            can_moderate=participant.grant.can_moderate,
+            on_stage=participant.on_stage,
+            hand_raised=participant.hand_raised,
+        )
+
+    def _publications(self, ids: list[PublicationID]) -> list[Publication]:
+        by_id = {
+            p.id: p for member in self.participants.values() for p in member.publications.values()
+        }
+        return [by_id[i] for i in ids if i in by_id]
 
     def desired_for(self, participant: Participant) -> list[Publication]:
-        """What a participant receives: the stage, or everything for a moderator."""
-        if not participant.grant.can_subscribe:
-            return []
-        senders = list(self.participants.values()) if participant.grant.can_moderate else self.stage
-        return [
-            publication
-            for sender in senders
-            if sender is not participant
-            for publication in sender.publications.values()
-        ]
+        """What a participant receives (:func:`hub.policy.receives`)."""
+        members = [self._member(p) for p in self.participants.values()]
+        chosen = policy.receives(self._member(participant), members, self.views)
+        return self._publications(chosen)
 
     def program(self) -> tuple[Publication | None, list[Publication]]:
-        """The stage as one picture and its voices, for households (WHEP, HLS):
-        the latest to appear wins the picture — a shared screen, or a site called
-        on stage — and every microphone on stage is heard."""
-        best: tuple[int, Publication] | None = None
-        microphones: list[Publication] = []
-        for participant in self.stage:
-            since = self._appeared.get(participant.sid, 0)
-            for publication in participant.publications.values():
-                if publication.kind == "audio":
-                    microphones.append(publication)
-                    continue
-                stamp = max(since, publication.order)
-                if publication.source == Source.CAMERA:
-                    stamp = since
-                if best is None or stamp > best[0]:
-                    best = (stamp, publication)
-        return (best[1] if best else None), microphones[::-1]
+        """The stage as one picture and its voices, for households (:func:`hub.policy.program`)."""
+        chosen = policy.program([self._member(p) for p in self.stage])
+        video = self._publications([PublicationID(chosen.video)] if chosen.video else [])
+        return (video[0] if video else None), self._publications(
+            [PublicationID(a) for a in chosen.audio]
+        )
 
     def schedule_update(self) -> None:
         """Recompute every subscriber's set soon, once for a burst of changes."""
@@ -978,9 +693,24 @@ class Room:
             if p.subscriber is not None
         ]
         await asyncio.gather(*updates)
+        self._apply_uplinks()
         for participant in list(self.participants.values()):
             if participant.kind == "whep" and participant.whep is not None:
                 participant.whep.follow(self.program())
+
+    def _apply_uplinks(self) -> None:
+        """Tell each participant how to send, when that changed; a camera or
+        microphone that resumes starts at a keyframe."""
+        members = [self._member(p) for p in self.participants.values()]
+        for sid, uplink in policy.uplinks(members, self.views).items():
+            participant = self.participants[sid]
+            if uplink == participant.uplink:
+                continue
+            participant.uplink = uplink
+            participant.send(m.Quality(level=uplink.level, microphone=uplink.microphone))
+            for publication in participant.publications.values():
+                if publication.kind == "video":
+                    publication.up.keyframes.request()
 
     async def _update_one(self, participant: Participant) -> None:
         assert participant.subscriber is not None
@@ -1031,12 +761,12 @@ class Room:
 
     # --- messages ---
 
-    def broadcast(self, message: dict[str, Any], exclude: Participant | None = None) -> None:
+    def broadcast(self, message: m.Outgoing, exclude: Participant | None = None) -> None:
         for participant in self.participants.values():
             if participant is not exclude:
                 participant.send(message)
 
-    def to_moderators(self, message: dict[str, Any]) -> None:
+    def to_moderators(self, message: m.Outgoing) -> None:
         for participant in self.participants.values():
             if participant.grant.can_moderate:
                 participant.send(message)
@@ -1056,7 +786,7 @@ class Room:
             speakers = [sid for _, sid in sorted(levels)]
             if speakers != self._speakers:
                 self._speakers = speakers
-                self.broadcast({"type": "speakers", "speakers": speakers})
+                self.broadcast(m.Speakers(speakers=list[str](speakers)))
                 identities = [self.participants[s].identity for s in speakers]
                 self._on_event("speakers", {"room": self.name, "speakers": identities})
 
@@ -1083,12 +813,12 @@ class Room:
                 self._on_event("viewers", {"room": self.name, "households": viewers})
             if any(p.grant.can_moderate for p in self.participants.values()):
                 self.to_moderators(
-                    {
-                        "type": "stats",
-                        "participants": {
-                            p.sid: p.link.as_dict() for p in self.participants.values()
-                        },
-                    }
+                    m.Stats(
+                        participants={
+                            p.sid: m.LinkInfo.model_validate(p.link.as_dict())
+                            for p in self.participants.values()
+                        }
+                    )
                 )
 
     def _measure(self, participant: Participant, interval: float) -> None:
@@ -1126,7 +856,7 @@ class Room:
         await self.media.close(suspend)
         for participant in list(self.participants.values()):
             if not suspend:
-                participant.send({"type": "removed", "reason": "room_closed"})
+                participant.send(m.Removed(reason="room_closed"))
             await self.leave(participant)
         await self.tasks.close()
         for sink in list(self.sinks):

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hub.messages import MediaStatus, ModeratorMediaStatus
 from media.hls import HlsPackager
 from media.recorder import Recorder
 from media.restream import Restreamer
@@ -232,12 +233,14 @@ class RoomMedia:
             "errors": dict(self.errors),
         }
 
-    def status_for(self, moderator: bool) -> dict[str, Any]:
-        return self.status() if moderator else self.public_status()
+    def message_for(self, moderator: bool) -> MediaStatus | ModeratorMediaStatus:
+        """The ``media`` message for a moderator or anyone else."""
+        if moderator:
+            return ModeratorMediaStatus.model_validate(self.status())
+        return MediaStatus.model_validate(self.public_status())
 
     def announce(self) -> None:
-        full = {"type": "media", **self.status()}
-        public = {"type": "media", **self.public_status()}
+        full, public = self.message_for(True), self.message_for(False)
         for participant in self.room.participants.values():
             participant.send(full if participant.grant.can_moderate else public)
 

@@ -6,8 +6,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from hub.errors import HubError
 from hub.ids import ROOM_NAME_PATTERN, RoomName
-from hub.room import HubError, Room
+from hub.room import Room
 from hub.room_media import MediaError
 from hub.service import Hub
 from hub.tokens import Grant

@@ -19,10 +19,11 @@ from hub.aiortc_internals import (
     keep_consent_while_heard,
     restrict_host_addresses,
 )
+from hub.errors import HubError
 from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName, valid_room_name
 from hub.limits import RoomLimits
-from hub.room import HubError, Participant, Room
+from hub.room import Participant, Room
 from hub.room_media import Recorded
 from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     chat_per_minute: int = Field(20, ge=1)
     """Chat messages one participant may send a minute, as many at once: each goes to
     every participant of the room."""
+    view_max_tiles: int = Field(100, ge=1, le=1000)
+    """Sids a console's ``view`` may list as tiles, and as sites it listens to: a
+    wall's page (25 by default) with room to spare."""
     webhook_urls: list[str] = Field(default_factory=list)
     """JSON list of URLs that receive session notices and escalations (POST, JSON)."""
     login_checks: int = Field(2, ge=1)

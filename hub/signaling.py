@@ -8,18 +8,36 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from hub import messages as m
+from hub.errors import HubError
 from hub.ids import ParticipantIdentity
 from hub.limits import TokenBucket
-from hub.peers import MAX_SDP_BYTES, SdpError
-from hub.room import HubError, Participant, Room
+from hub.messages import (
+    INCOMING,
+    Answer,
+    Candidate,
+    Chat,
+    Hand,
+    Join,
+    Leave,
+    Moderate,
+    Mute,
+    Offer,
+    Ping,
+    RollCallAck,
+    RollCallMessage,
+    Unpublish,
+    View,
+)
+from hub.peers import SdpError
+from hub.room import Participant, Room
 from hub.service import Hub
-from hub.tokens import Source
 
 logger = logging.getLogger(__name__)
 
@@ -28,114 +46,6 @@ OUTBOX_LIMIT = 4096
 """Messages queued for one client before it counts as too slow and is dropped."""
 FLUSH_TIMEOUT = 2.0
 """Seconds a closing socket has to take what is queued for it (the error that says why)."""
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class Join(_Message):
-    type: Literal["join"]
-    token: Annotated[StrictStr, Field(max_length=4096)]
-    room: Annotated[StrictStr, Field(max_length=64)] | None = None
-
-
-class Offer(_Message):
-    type: Literal["offer"]
-    pc: Literal["publisher"]
-    sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
-    sources: dict[StrictStr, Source] = Field(default_factory=dict)
-
-
-class Answer(_Message):
-    type: Literal["answer"]
-    pc: Literal["subscriber"]
-    sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
-
-
-class CandidateBody(_Message):
-    candidate: Annotated[StrictStr, Field(max_length=1024)]
-    sdpMid: StrictStr | None = None
-    sdpMLineIndex: StrictInt | None = None
-
-
-class Candidate(_Message):
-    type: Literal["candidate"]
-    pc: Literal["publisher", "subscriber"]
-    candidate: CandidateBody | None = None
-
-
-class Unpublish(_Message):
-    type: Literal["unpublish"]
-    source: Source
-
-
-class Mute(_Message):
-    type: Literal["mute"]
-    source: Source
-    muted: StrictBool
-
-
-class Hand(_Message):
-    type: Literal["hand"]
-    raised: StrictBool
-
-
-class Chat(_Message):
-    type: Literal["chat"]
-    text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
-
-
-class Moderate(_Message):
-    type: Literal["moderate"]
-    action: Literal["mute", "stage", "hand", "remove", "readmit"]
-    participant: Annotated[StrictStr, Field(max_length=64)] | None = None
-    """The sid acted on; ``readmit`` names an ``identity`` instead (it is not here)."""
-    identity: Annotated[StrictStr, Field(max_length=64)] | None = None
-    source: Source | None = None
-    muted: StrictBool | None = None
-    on_stage: StrictBool | None = None
-    raised: StrictBool | None = None
-
-
-class RollCallMessage(_Message):
-    type: Literal["rollcall"]
-    action: Literal["start", "stop"]
-    seconds: Annotated[StrictInt, Field(ge=5, le=600)] = 30
-    expected: Annotated[
-        list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=1000)
-    ] = []
-
-
-class RollCallAck(_Message):
-    type: Literal["rollcall_ack"]
-    id: Annotated[StrictStr, Field(max_length=64)]
-
-
-class Ping(_Message):
-    type: Literal["ping"]
-    id: StrictInt | StrictStr | None = None
-
-
-class Leave(_Message):
-    type: Literal["leave"]
-
-
-_MODELS: dict[str, type[_Message]] = {
-    "join": Join,
-    "offer": Offer,
-    "answer": Answer,
-    "candidate": Candidate,
-    "unpublish": Unpublish,
-    "mute": Mute,
-    "hand": Hand,
-    "chat": Chat,
-    "moderate": Moderate,
-    "ping": Ping,
-    "leave": Leave,
-    "rollcall": RollCallMessage,
-    "rollcall_ack": RollCallAck,
-}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -159,7 +69,7 @@ class Connection:
     def __init__(self, hub: Hub, websocket: WebSocket) -> None:
         self.hub = hub
         self.websocket = websocket
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.outbox: asyncio.Queue[m.Outgoing | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.participant: Participant | None = None
         self.room: Room | None = None
         settings = hub.settings
@@ -183,9 +93,10 @@ class Connection:
             "leave": self._leave,
             "rollcall": self._rollcall,
             "rollcall_ack": self._rollcall_ack,
+            "view": self._view,
         }
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: m.Outgoing) -> None:
         """Queue a message; a client that cannot keep up is disconnected."""
         try:
             self.outbox.put_nowait(message)
@@ -196,7 +107,7 @@ class Connection:
             self.outbox = asyncio.Queue(1)
             self._end_outbox()
             return
-        if message.get("type") == "removed":
+        if isinstance(message, m.Removed):
             self._end_outbox()
 
     def _end_outbox(self) -> None:
@@ -208,7 +119,7 @@ class Connection:
             self.outbox.put_nowait(None)
 
     def error(self, code: str, message: str, ref: str | None = None) -> None:
-        self.send({"type": "error", "code": code, "message": message, "ref": ref})
+        self.send(m.Error(code=code, message=message, ref=ref))
 
     async def run(self) -> None:
         await self.websocket.accept()
@@ -251,7 +162,7 @@ class Connection:
             message = await self.outbox.get()
             if message is None:
                 return
-            await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
+            await self.websocket.send_text(message.to_json())
 
     async def _read(self) -> None:
         try:
@@ -299,7 +210,7 @@ class Connection:
             self.error("bad_message", "a message is a JSON object with a string 'type'")
             return
         kind = data["type"]
-        model = _MODELS.get(kind)
+        model = INCOMING.get(kind)
         if model is None:
             self.error("unknown_type", f"unknown message type {kind[:40]!r}", kind[:40])
             return
@@ -351,18 +262,16 @@ class Connection:
         self.room = room
         self.participant = participant
         self.send(
-            {
-                "type": "joined",
-                "room": room.name,
-                "participant": participant.info(),
-                "participants": [
-                    p.info() for p in room.participants.values() if p is not participant
-                ],
-                "stage": [p.sid for p in room.stage],
-                "ice_servers": self.hub.ice_servers_for_clients(),
-                "quality": "stage" if participant.on_stage else "thumbnail",
-                "media": room.media.status_for(participant.grant.can_moderate),
-            }
+            m.Joined(
+                room=room.name,
+                participant=participant.info(),
+                participants=[p.info() for p in room.participants.values() if p is not participant],
+                stage=[p.sid for p in room.stage],
+                ice_servers=self.hub.ice_servers_for_clients(),
+                quality=participant.uplink.level,
+                microphone=participant.uplink.microphone,
+                media=room.media.message_for(participant.grant.can_moderate),
+            )
         )
         if participant.grant.can_moderate:
             self.send(room.removed_message())
@@ -372,7 +281,7 @@ class Connection:
         if participant.publisher is None:
             raise HubError("forbidden", f"{participant.role.value} may not publish")
         answer = await participant.publisher.on_offer(message.sdp, message.sources)
-        self.send({"type": "answer", "pc": "publisher", "sdp": answer})
+        self.send(m.PublisherAnswer(sdp=answer))
 
     async def _answer(self, message: Answer) -> None:
         participant = self._joined()
@@ -413,13 +322,9 @@ class Connection:
         if not self._chats.take():
             raise HubError("rate_limited", f"over {self._chats.burst} chat messages a minute")
         self._in_room().broadcast(
-            {
-                "type": "chat",
-                "from": participant.sid,
-                "name": participant.name,
-                "text": message.text,
-                "at": time.time(),
-            }
+            m.ChatOut(
+                from_=participant.sid, name=participant.name, text=message.text, at=time.time()
+            )
         )
 
     async def _moderate(self, message: Moderate) -> None:
@@ -463,8 +368,17 @@ class Connection:
     async def _rollcall_ack(self, message: RollCallAck) -> None:
         self._in_room().answer_rollcall(self._joined(), message.id)
 
+    async def _view(self, message: View) -> None:
+        participant = self._joined()
+        if not participant.grant.can_moderate:
+            raise HubError("forbidden", f"{participant.role.value} has no wall of sites")
+        limit = self.hub.settings.view_max_tiles
+        if len(message.tiles) > limit or len(message.listen) > limit:
+            raise HubError("bad_message", f"a view lists at most {limit} tiles and {limit} sites")
+        self._in_room().set_view(participant, message.tiles, message.listen)
+
     async def _ping(self, message: Ping) -> None:
-        self.send({"type": "pong", "id": message.id})
+        self.send(m.Pong(id=message.id))
 
     async def _leave(self, message: Leave) -> None:
         raise _Close
@@ -499,6 +413,5 @@ def signaling_router(hub: Hub) -> APIRouter:
 async def _refuse(websocket: WebSocket, reason: str) -> None:
     """Say why, then close with 1013 (try again later): ``protocol.js`` retries by itself."""
     await websocket.accept()
-    error = {"type": "error", "code": "too_many_connections", "message": reason, "ref": None}
-    await websocket.send_text(json.dumps(error))
+    await websocket.send_text(m.Error(code="too_many_connections", message=reason).to_json())
     await websocket.close(1013, "too many connections")

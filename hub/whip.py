@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from hub.errors import HubError
 from hub.ids import ParticipantIdentity, RoomName
 from hub.limits import AddressBuckets
-from hub.peers import MAX_SDP_BYTES, SdpError, parse_sdp
-from hub.room import HubError, Participant, ParticipantKind, Room
+from hub.messages import MAX_SDP_BYTES
+from hub.peers import SdpError, parse_sdp
+from hub.room import Participant, ParticipantKind, Room
 from hub.service import RESOURCE_KEY, Hub
 from hub.tokens import Grant, Role, Source, grant_for_role
 

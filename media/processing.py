@@ -5,7 +5,8 @@ H.264 video is remuxed (``-c:v copy``); only VP8 (or, for uploads, any other vid
 transcoded. Audio becomes AAC (microphones in mono): for a recording, that audio encode is
 most of the processing time.
 
-The program of a recording is its lecturer: see :func:`choose_lecturer` for the rule.
+The program of a recording is its lecturer, by the rule households see live
+(:mod:`media.program`): see :func:`choose_lecturer`.
 The optional ``composite`` layout transcodes once, with ffmpeg's filter graph, into the
 lecturer large and the screen share or a station on stage beside it.
 """
@@ -31,6 +32,7 @@ import ffmpeg
 import imageio_ffmpeg
 
 from media.frames import Codec, Kind, Source
+from media.program import lecturer
 
 Layout = Literal["lecturer", "composite"]
 JobKind = Literal["recording", "upload"]
@@ -292,23 +294,20 @@ def stage_intervals(recording: Recording) -> dict[str, list[tuple[float, float]]
 
 
 def choose_lecturer(recording: Recording) -> str:
-    """The participant whose program the library item shows.
-
-    Rule: among participants with a camera or screen track, the one on stage the longest in
-    total; a tie goes to whoever was on stage first. With nobody on stage (no stage
-    timeline), the participant whose camera track (else screen track) started first.
+    """The participant whose program the library item shows: the program's lecturer
+    (:func:`media.program.lecturer`, the rule households see live) at the first stage
+    that has one; with no stage, the participants in the order their tracks started.
+    A recording with screen shares only takes the first screen's participant.
     """
-    with_video = {t.participant for t in recording.tracks if t.kind == "video"}
-    if not with_video:
+    tracks = sorted(recording.tracks, key=lambda t: t.start)
+    videos = [t for t in tracks if t.kind == "video"]
+    if not videos:
         raise ProcessingError("the recording has no video track")
-    on_stage = {p: iv for p, iv in stage_intervals(recording).items() if p in with_video}
-    if on_stage:
-        return max(on_stage, key=lambda p: (sum(b - a for a, b in on_stage[p]), -on_stage[p][0][0]))
-    videos = sorted(
-        (t for t in recording.tracks if t.kind == "video"),
-        key=lambda t: (t.source != "camera", t.start),
-    )
-    return videos[0].participant
+    for change in recording.stage:
+        chosen = lecturer(tracks, change.stage)
+        if chosen is not None:
+            return chosen
+    return lecturer(tracks, []) or videos[0].participant
 
 
 def _longest(tracks: Sequence[Track]) -> Track | None:

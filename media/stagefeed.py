@@ -7,11 +7,10 @@ stream written to an ffmpeg's stdin, and lets a subclass consume ffmpeg's output
 H.264 is copied; VP8 is transcoded by that single ffmpeg, whatever the number of
 viewers or targets; Opus becomes AAC (HLS players on Safari/iOS and FLV need it).
 
-Selection rule: the lecturer is the first identity of the stage (the hub lists the
-lecturer first); before any stage is known, the publisher of the first track. The
-main video is the most recently published screen share of anyone on stage, else
-the lecturer's camera; the audio is the lecturer's microphone. A new main video
-takes over at its first keyframe (``request_keyframe`` asks the hub for one).
+What it shows is the program (:mod:`media.program`, the rule WHEP viewers and the
+library follow too): its picture, and its first voice (the lecturer's; one audio
+track). A new picture takes over at its first keyframe (``request_keyframe`` asks
+the hub for one).
 
 One ffmpeg input has one video codec: a switch between VP8 and H.264 sources, or
 an ffmpeg that died, ends the current ffmpeg and starts the next at the next
@@ -46,6 +45,7 @@ from media.muxing import (
     loop_callback,
     make_packet,
 )
+from media.program import program
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +61,6 @@ RESTART_WINDOW = 60.0
 
 # Small clusters and a flush per packet: ffmpeg sees each frame at once.
 _PIPE_MUX_OPTIONS = {"live": "1", "cluster_time_limit": "100", "flush_packets": "1"}
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    video: str | None
-    audio: str | None
-
-
-def select(tracks: list[TrackInfo], stage: list[str]) -> Selection:
-    """The main video and audio track ids among ``tracks`` (in publication order)."""
-    if not tracks:
-        return Selection(None, None)
-    lecturer = stage[0] if stage else tracks[0].participant
-    on_stage = set(stage) or {lecturer}
-    screens = [t for t in tracks if t.source == "screen" and t.participant in on_stage]
-    cameras = [t for t in tracks if t.source == "camera" and t.participant == lecturer]
-    microphones = [t for t in tracks if t.kind == "audio" and t.participant == lecturer]
-    videos = screens or cameras
-    return Selection(
-        video=videos[-1].track_id if videos else None,
-        audio=microphones[-1].track_id if microphones else None,
-    )
 
 
 @dataclass
@@ -222,8 +200,8 @@ class StageFeed:
     # --- selection ----------------------------------------------------------------------
 
     def _reselect(self) -> None:
-        chosen = select(list(self._tracks.values()), self._stage)
-        self._audio = chosen.audio
+        chosen = program(list(self._tracks.values()), self._stage)
+        self._audio = chosen.audio[0] if chosen.audio else None
         video = chosen.video
         if video == self._video or video is None:
             self._pending_video = None

@@ -214,9 +214,9 @@ def test_stage_intervals_run_until_the_next_change_and_the_end() -> None:
 @pytest.mark.parametrize(
     ("stage", "expected"),
     [
-        ([(0, ["a"]), (10, ["b"])], "b"),  # b is on stage 90 s, a 10 s: longest wins
-        ([(0, ["a"]), (50, ["b"])], "a"),  # 50 s each: the first on stage wins
-        ([(0, ["nobody-with-video"]), (20, ["b"])], "b"),  # only those with video count
+        ([(0, ["a"]), (10, ["b"])], "a"),  # the first lecturer on stage, however long
+        ([(0, ["b", "a"])], "b"),  # the first in stage order
+        ([(0, ["nobody-with-video"]), (20, ["b"])], "b"),  # only those with a camera count
         ([], "a"),  # no stage: the earliest camera
     ],
 )

@@ -12,9 +12,9 @@ import websockets
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
+from hub.errors import HubError
 from hub.ids import ParticipantIdentity, RoomName
 from hub.peers import make_peer_connection
-from hub.room import HubError
 from hub.tokens import Role, Source, grant_for_role
 from tests.helpers import first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
@@ -109,10 +109,12 @@ async def test_stage_hands_and_who_receives_what(hub_server: RunningHub) -> None
             await station.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
         s1_sid = s1.joined["participant"]["sid"]
         c_sid = center.joined["participant"]["sid"]
-        # Stations receive the stage (the center) only; the center receives everyone.
+        # Stations receive the stage (the center) only; the center, before it says what
+        # it shows, the cameras of its first page (everyone here), and no voice off stage.
         await wait_until(
-            lambda: None if len(center.received) == 4 else f"center has {len(center.received)}"
+            lambda: None if len(center.received) == 2 else f"center has {len(center.received)}"
         )
+        assert {t.info["source"] for t in center.received.values()} == {"camera"}
         await wait_until(lambda: None if len(s2.received) == 2 else f"s2 has {len(s2.received)}")
         assert {t.info["participant"] for t in s2.received.values()} == {c_sid}
         # Media flows on every one of the moderator's tracks, not only the first of a kind.
@@ -124,7 +126,11 @@ async def test_stage_hands_and_who_receives_what(hub_server: RunningHub) -> None
             )
         )
 
+        # A raised hand is heard at the console.
         await s1.send({"type": "hand", "raised": True})
+        await wait_until(
+            lambda: None if center.tracks_of("microphone", s1_sid) else "s1's hand not heard"
+        )
         update = await center.wait_for(
             lambda m: (
                 m["type"] == "participant_updated"
@@ -174,6 +180,7 @@ async def test_moderator_mute_stops_forwarding_and_locks_unmute(hub_server: Runn
         await station.connect()
         await station.publish({"microphone": AudioStreamTrack()})
         sid = station.joined["participant"]["sid"]
+        await center.send({"type": "view", "tiles": [sid], "listen": [sid]})
         await wait_until(
             lambda: None if center.tracks_of("microphone", sid) else "no mic at center"
         )

@@ -7,49 +7,11 @@ import time
 from pathlib import Path
 
 import av
-import pytest
 
-from media.frames import TrackInfo
 from media.hls import HlsPackager
-from media.stagefeed import MAX_RESTARTS, Selection, select
+from media.stagefeed import MAX_RESTARTS
 from media.testing import Clip, interleave, make_clip, play
 from tests.helpers import wait_until
-
-
-def track(participant: str, source: str) -> TrackInfo:
-    kind = "audio" if source == "microphone" else "video"
-    codec = "opus" if kind == "audio" else "H264"
-    return TrackInfo(f"{participant}-{source}", kind, codec, source, participant, participant)  # type: ignore[arg-type]
-
-
-LECTURER_CAM = track("center", "camera")
-LECTURER_MIC = track("center", "microphone")
-LECTURER_SCREEN = track("center", "screen")
-STATION_CAM = track("st-042", "camera")
-STATION_MIC = track("st-042", "microphone")
-STATION_SCREEN = track("st-042", "screen")
-
-
-@pytest.mark.parametrize(
-    ("tracks", "stage", "expected"),
-    [
-        ([], [], Selection(None, None)),
-        ([LECTURER_CAM, LECTURER_MIC], [], Selection("center-camera", "center-microphone")),
-        ([STATION_CAM, LECTURER_CAM, LECTURER_MIC], ["center", "st-042"],
-         Selection("center-camera", "center-microphone")),
-        ([LECTURER_CAM, LECTURER_MIC, LECTURER_SCREEN], ["center"],
-         Selection("center-screen", "center-microphone")),
-        # A station on stage sharing its screen: the screen, the lecturer's voice.
-        ([LECTURER_CAM, LECTURER_MIC, STATION_SCREEN, STATION_MIC], ["center", "st-042"],
-         Selection("st-042-screen", "center-microphone")),
-        # ... but not once it has left the stage.
-        ([LECTURER_CAM, LECTURER_MIC, STATION_SCREEN], ["center"],
-         Selection("center-camera", "center-microphone")),
-        ([LECTURER_CAM], ["center"], Selection("center-camera", None)),
-    ],
-)  # fmt: skip
-def test_select(tracks: list[TrackInfo], stage: list[str], expected: Selection) -> None:
-    assert select(tracks, stage) == expected
 
 
 def picture_sizes(directory: Path, segments: list[str]) -> list[tuple[int, int]]:

@@ -1,0 +1,138 @@
+"""Who receives what: pure functions over a snapshot of the room.
+
+No aiortc, no asyncio: the room describes itself as :class:`Member` values (and the
+consoles' :class:`View`) and applies what these functions decide, so the rules are
+tested as tables (tests/test_policy.py). See "Who receives what" in PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import media.program
+from hub.ids import ParticipantID, PublicationID
+from media.frames import Kind, Source
+from media.program import Program
+
+DEFAULT_TILES = 25
+"""Tiles of a moderator that has not said what it shows (a console's first page)."""
+
+QualityLevel = Literal["stage", "thumbnail", "paused"]
+MicrophoneLevel = Literal["on", "paused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pub:
+    """A publication as the policy sees it."""
+
+    id: PublicationID
+    source: Source
+    kind: Kind
+    order: int = 0
+    """When it started among the room's publications (earlier is smaller)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A participant as the policy sees it."""
+
+    sid: ParticipantID
+    publications: tuple[Pub, ...] = ()
+    can_subscribe: bool = True
+    can_moderate: bool = False
+    on_stage: bool = False
+    hand_raised: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What a moderator's console shows (its ``view`` message)."""
+
+    tiles: frozenset[ParticipantID] = frozenset()
+    listen: frozenset[ParticipantID] = frozenset()
+
+
+def view_of(member: Member, members: Sequence[Member], views: Mapping[ParticipantID, View]) -> View:
+    """The view a moderator sent, else its first page: the first
+    :data:`DEFAULT_TILES` participants off stage, in the order they joined."""
+    sent = views.get(member.sid)
+    if sent is not None:
+        return sent
+    off_stage = (m.sid for m in members if not m.on_stage and m.sid != member.sid)
+    return View(frozenset(itertools.islice(off_stage, DEFAULT_TILES)))
+
+
+def receives(
+    member: Member, members: Sequence[Member], views: Mapping[ParticipantID, View]
+) -> list[PublicationID]:
+    """What ``member`` receives: everything of the stage; a moderator also the video
+    of the tiles it shows, and the voices of those it listens to or whose hand is
+    raised. Nothing else."""
+    if not member.can_subscribe:
+        return []
+    view = view_of(member, members, views) if member.can_moderate else None
+    received: list[PublicationID] = []
+    for sender in members:
+        if sender.sid == member.sid:
+            continue
+        for publication in sender.publications:
+            if sender.on_stage or (view is not None and _shows(view, sender, publication)):
+                received.append(publication.id)
+    return received
+
+
+def _shows(view: View, sender: Member, publication: Pub) -> bool:
+    if publication.kind == "video":
+        return sender.sid in view.tiles
+    return sender.sid in view.listen or sender.hand_raised
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    """How a participant should send (its ``quality`` message)."""
+
+    level: QualityLevel
+    microphone: MicrophoneLevel = "on"
+
+
+def uplinks(
+    members: Sequence[Member], views: Mapping[ParticipantID, View]
+) -> dict[ParticipantID, Uplink]:
+    """How each participant sends: the stage at full quality; off stage, a camera at
+    thumbnail quality while a moderator shows its tile and paused while none does, a
+    microphone paused while no moderator hears it (the rules of :func:`receives`;
+    sinks take only the stage)."""
+    consoles = [view_of(m, members, views) for m in members if m.can_moderate and m.can_subscribe]
+    tiled: set[ParticipantID] = set().union(*(v.tiles for v in consoles))
+    listened: set[ParticipantID] = set().union(*(v.listen for v in consoles))
+    result: dict[ParticipantID, Uplink] = {}
+    for member in members:
+        if member.on_stage:
+            result[member.sid] = Uplink("stage")
+            continue
+        heard = bool(consoles) and (member.sid in listened or member.hand_raised)
+        result[member.sid] = Uplink(
+            "thumbnail" if member.sid in tiled else "paused", "on" if heard else "paused"
+        )
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Track:
+    track_id: str
+    participant: str
+    source: Source
+    kind: Kind
+
+
+def program(stage: Sequence[Member]) -> Program:
+    """The program of the stage (``stage`` in stage order): the one rule of
+    :mod:`media.program`, which live HLS, restream and the library follow too."""
+    tracks = sorted(
+        ((p.order, _Track(p.id, m.sid, p.source, p.kind)) for m in stage for p in m.publications),
+        key=lambda pair: pair[0],
+    )
+    return media.program.program([t for _, t in tracks], [m.sid for m in stage])

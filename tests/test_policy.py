@@ -1,0 +1,142 @@
+"""Who receives what, as tables: hub/policy.py decides from a snapshot of the room."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub import policy
+from hub.ids import ParticipantID, PublicationID
+from media.program import Program
+
+
+def member(
+    sid: str,
+    *sources: str,
+    stage: bool = False,
+    moderator: bool = False,
+    subscribe: bool = True,
+    hand: bool = False,
+    orders: dict[str, int] | None = None,
+) -> policy.Member:
+    """``sid`` publishing ``sources`` (publication ids ``<sid>.<source>``)."""
+    return policy.Member(
+        sid=ParticipantID(sid),
+        publications=tuple(
+            policy.Pub(
+                PublicationID(f"{sid}.{s}"),
+                s,  # type: ignore[arg-type]
+                "audio" if s == "microphone" else "video",
+                (orders or {}).get(s, 0),
+            )
+            for s in sources
+        ),
+        can_subscribe=subscribe,
+        can_moderate=moderator,
+        on_stage=stage,
+        hand_raised=hand,
+    )
+
+
+def view(tiles: str = "", listen: str = "") -> policy.View:
+    return policy.View(
+        frozenset(ParticipantID(t) for t in tiles.split()),
+        frozenset(ParticipantID(t) for t in listen.split()),
+    )
+
+
+CENTER = member("center", "camera", "microphone", stage=True, moderator=True)
+S1 = member("s1", "camera", "microphone")
+S2 = member("s2", "camera", "microphone", stage=True)
+S3 = member("s3", "camera", "microphone", hand=True)
+S4 = member("s4", "camera", "screen", "microphone")
+VIEWER = member("viewer", subscribe=False)
+ROOM = [CENTER, S1, S2, S3, S4, VIEWER]
+STAGE = ["s2.camera", "s2.microphone"]
+
+
+@pytest.mark.parametrize(
+    ("who", "views", "expected"),
+    [
+        (S1, {}, ["center.camera", "center.microphone", *STAGE]),
+        (S2, {}, ["center.camera", "center.microphone"]),
+        # Someone else's raised hand or a console's view changes nothing for a station.
+        (S1, {"center": view("s1 s3", "s1")}, ["center.camera", "center.microphone", *STAGE]),
+        (VIEWER, {}, []),
+        # A console that said nothing: its first page (everyone off stage here); voices
+        # only of raised hands.
+        (CENTER, {}, ["s1.camera", *STAGE, "s3.camera", "s3.microphone", "s4.camera",
+                      "s4.screen"]),
+        # Its tiles' video (camera and screen), the stage, and the voices it listens to
+        # or whose hand is raised, nothing else.
+        (CENTER, {"center": view("s4")}, [*STAGE, "s3.microphone", "s4.camera", "s4.screen"]),
+        (CENTER, {"center": view("", "s1")}, ["s1.microphone", *STAGE, "s3.microphone"]),
+        (CENTER, {"center": view("s2 s1", "s2")}, ["s1.camera", *STAGE, "s3.microphone"]),
+        # Another moderator's view is its own.
+        (CENTER, {"other": view("s1 s3 s4", "s1")}, ["s1.camera", *STAGE, "s3.camera",
+                                                     "s3.microphone", "s4.camera", "s4.screen"]),
+    ],
+    ids=[
+        "station receives the stage",
+        "on stage not itself",
+        "station unaffected by views and hands",
+        "no grant",
+        "console default page",
+        "console tiles",
+        "console listens",
+        "console tile on stage",
+        "views are per moderator",
+    ],
+)  # fmt: skip
+def test_receives(who: policy.Member, views: dict[str, policy.View], expected: list[str]) -> None:
+    by_sid = {ParticipantID(k): v for k, v in views.items()}
+    assert policy.receives(who, ROOM, by_sid) == expected
+
+
+def test_the_default_page_is_the_first_25_off_stage() -> None:
+    sites = [member(f"s{i:03}", "camera") for i in range(40)]
+    chosen = policy.receives(CENTER, [CENTER, S2, *sites], {})
+    assert chosen == [*STAGE, *(f"s{i:03}.camera" for i in range(policy.DEFAULT_TILES))]
+
+
+U = policy.Uplink
+
+
+@pytest.mark.parametrize(
+    ("room", "views", "expected"),
+    [
+        # No console: every camera off stage paused, every microphone too.
+        ([S2, S1, S3], {}, {"s2": U("stage"), "s1": U("paused", "paused"),
+                            "s3": U("paused", "paused")}),
+        # A console on its default page: the first 25 send thumbnails; only a raised
+        # hand is heard.
+        ([CENTER, S2, S1, S3], {}, {"center": U("stage"), "s2": U("stage"),
+                                    "s1": U("thumbnail", "paused"), "s3": U("thumbnail", "on")}),
+        # A page elsewhere pauses them; listening resumes a microphone.
+        ([CENTER, S1, S3, S4], {"center": view("s4", "s1")},
+         {"center": U("stage"), "s1": U("paused", "on"), "s3": U("paused", "on"),
+          "s4": U("thumbnail", "paused")}),
+        # Two consoles: what either shows or hears.
+        ([CENTER, member("c2", moderator=True), S1, S4],
+         {"center": view("s4"), "c2": view("s1", "s4")},
+         {"center": U("stage"), "c2": U("paused", "paused"), "s1": U("thumbnail", "paused"),
+          "s4": U("thumbnail", "on")}),
+    ],
+    ids=["nobody watches", "default page", "page and listen", "two consoles"],
+)  # fmt: skip
+def test_uplinks(
+    room: list[policy.Member], views: dict[str, policy.View], expected: dict[str, policy.Uplink]
+) -> None:
+    by_sid = {ParticipantID(k): v for k, v in views.items()}
+    assert policy.uplinks(room, by_sid) == expected
+
+
+def test_program_follows_the_one_rule() -> None:
+    """The table of the rule is tests/test_program.py; here, that the room's members
+    reach it with their publications in the order they started."""
+    center = member("center", "camera", "microphone", "screen", stage=True,
+                    orders={"screen": 9, "camera": 1, "microphone": 2})  # fmt: skip
+    station = member("s2", "screen", "microphone", stage=True, orders={"screen": 5})
+    assert policy.program([center, station]) == Program(
+        "center.screen", ("center.microphone", "s2.microphone")
+    )
+    assert policy.program([]) == Program(None, ())
