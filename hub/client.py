@@ -166,6 +166,8 @@ class HubClient:
                 message = json.loads(raw)
                 if message.get("type") == "offer" and message.get("pc") == "subscriber":
                     await self._on_offer(message)
+                elif message.get("type") == "tracks":
+                    self._on_tracks(message["tracks"])
                 elif message.get("type") == "answer" and self._answer and not self._answer.done():
                     self._answer.set_result(message["sdp"])
                 elif (
@@ -187,9 +189,7 @@ class HubClient:
         if self.subscriber is None:
             self.subscriber = make_peer_connection(self.ice_servers)
             self.subscriber.on("track", self._on_track)
-        self._offer_tracks = message.get("tracks", {})
-        for mid, received in self.received.items():
-            received.info = self._offer_tracks.get(mid, {})
+        self._on_tracks(message.get("tracks", {}))
         await self.subscriber.setRemoteDescription(
             RTCSessionDescription(sdp=message["sdp"], type="offer")
         )
@@ -198,6 +198,12 @@ class HubClient:
         await self.send(
             {"type": "answer", "pc": "subscriber", "sdp": self.subscriber.localDescription.sdp}
         )
+
+    def _on_tracks(self, tracks: dict[str, dict[str, str]]) -> None:
+        """What each subscriber m-line carries now (an offer's or a ``tracks`` map)."""
+        self._offer_tracks = tracks
+        for mid, received in self.received.items():
+            received.info = tracks.get(mid, {})
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscriber is not None

@@ -40,7 +40,7 @@ from hub.aiortc_internals import (
 from hub.errors import HubError
 from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription
 from hub.ids import PublicationID
-from hub.messages import MAX_SDP_BYTES, Outgoing, SubscriberOffer, TrackRef
+from hub.messages import MAX_SDP_BYTES, Outgoing, SubscriberOffer, TrackRef, Tracks
 from hub.tokens import Source
 
 if TYPE_CHECKING:
@@ -402,38 +402,50 @@ class SubscriberPeer(SendingPeer):
             await self._negotiate()
 
     async def _negotiate(self) -> None:
+        """Re-point idle m-lines to what is wanted and say so (``tracks``); offer only
+        when the pool is short of an m-line for some publication."""
         wanted = {p.id: p for p in self._desired if not p.closed}
-        changed = False
+        moved = False
         for slot in self.slots:
             if slot.publication is not None and slot.publication.id not in wanted:
                 slot.unbind()
-                slot.transceiver.direction = "inactive"
-                changed = True
+                moved = True
         bound = self.bound()
+        short = False
         for publication in wanted.values():
             if publication.id in bound:
                 continue
-            slot = next(
-                (
-                    s
-                    for s in self.slots
-                    if s.publication is None and s.down.kind == publication.kind
-                ),
-                None,
-            ) or self.add_slot(publication.kind)
+            if self._repoint(publication):
+                moved = True
+                continue
+            slot = self.add_slot(publication.kind)
             slot.transceiver.setCodecPreferences(
                 preferences_for(publication.kind, publication.up.codec)
             )
-            slot.transceiver.direction = "sendonly"
             slot.bind(publication)
-            changed = True
-        if not changed:
-            return
-        self.negotiating = True
-        offer = await self.pc.createOffer()
-        await self.pc.setLocalDescription(offer)
-        sdp = announce(self.pc.localDescription.sdp, self._announce)
-        self._send(SubscriberOffer(sdp=sdp, tracks=self.tracks()))
+            short = True
+        if short:
+            self.negotiating = True
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            sdp = announce(self.pc.localDescription.sdp, self._announce)
+            self._send(SubscriberOffer(sdp=sdp, tracks=self.tracks()))
+        elif moved:
+            self._send(Tracks(tracks=self.tracks()))
+
+    def _repoint(self, publication: Publication) -> bool:
+        """Bind an idle, negotiated m-line that can carry ``publication`` to it (binding
+        asks its publisher for a keyframe); False when there is none."""
+        for slot in self.slots:
+            if (
+                slot.publication is None
+                and slot.transceiver.mid is not None
+                and slot.down.kind == publication.kind
+                and slot.configure(publication)
+            ):
+                slot.bind(publication)
+                return True
+        return False
 
     def tracks(self) -> dict[str, TrackRef]:
         """What each m-line carries now (the ``tracks`` of PROTOCOL.md)."""

@@ -3,9 +3,14 @@ shows, the stations send what someone receives (hub/policy.py decides)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from av import VideoFrame
 
 from hub.client import HubClient, ReceivedTrack
+from hub.ids import RoomName
+from hub.tokens import Source
 from tests.helpers import wait_until
 from tests.hubserver import RunningHub
 
@@ -18,9 +23,35 @@ async def flowing(track: ReceivedTrack, more: int = 20) -> None:
     )
 
 
-def last_quality(client: HubClient) -> dict[str, object]:
-    quality = [m for m in client.messages if m["type"] == "quality"]
-    return quality[-1] if quality else {"joined": client.joined["quality"]}
+class SizedVideo(VideoStreamTrack):
+    """Black frames of one size: which publication a subscriber decodes shows in it."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__()
+        self.size = (width, height)
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame(*self.size, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def decodes(track: ReceivedTrack, width: int, timeout: float = 10.0) -> None:
+    """Wait until ``track`` decodes a frame ``width`` pixels wide."""
+
+    async def until() -> None:
+        while (frame := await track.track.recv()).width != width:
+            pass
+        assert isinstance(frame, VideoFrame)
+
+    await asyncio.wait_for(until(), timeout)
+
+
+def offers(client: HubClient) -> int:
+    return sum(1 for m in client.messages if m["type"] == "offer")
 
 
 async def test_a_console_receives_the_tiles_it_shows_and_the_sites_it_hears(
@@ -97,3 +128,47 @@ async def test_view_is_for_moderators_and_bounded(hub_server: RunningHub) -> Non
     finally:
         await station.close()
         await center.close()
+
+
+async def test_turning_a_page_re_points_an_m_line_without_an_offer(hub_server: RunningHub) -> None:
+    token = hub_server.token
+    center = HubClient(hub_server.ws, token("pages", "C", "center"))
+    s1 = HubClient(hub_server.ws, token("pages", "S1", "station"))
+    s2 = HubClient(hub_server.ws, token("pages", "S2", "station"))
+    try:
+        await center.connect()
+        await center.send({"type": "view", "tiles": []})
+        await s1.connect()
+        await s1.publish({"camera": SizedVideo(320, 180)})
+        await s2.connect()
+        await s2.publish({"camera": SizedVideo(160, 96)})
+        sid1, sid2 = (s.joined["participant"]["sid"] for s in (s1, s2))
+
+        await center.send({"type": "view", "tiles": [sid1]})
+        await wait_until(lambda: None if center.tracks_of("camera", sid1) else "no s1 tile")
+        tile = center.tracks_of("camera", sid1)[0]
+        await decodes(tile, 320)
+        offered = offers(center)
+
+        # The next page: the same m-line now carries s2, told by a tracks message.
+        mark = len(center.messages)
+        await center.send({"type": "view", "tiles": [sid2]})
+        moved = await center.wait_for(lambda m: m["type"] == "tracks", start=mark)
+        room = hub_server.hub.rooms[RoomName("pages")]
+        camera = room.participant(sid2).publication_by_source(Source.CAMERA)
+        assert camera is not None
+        assert moved["tracks"] == {
+            tile.mid: {
+                "publication": camera.id,
+                "participant": sid2,
+                "source": "camera",
+            }
+        }
+        assert tile.info["participant"] == sid2
+        await decodes(tile, 160)
+        assert offers(center) == offered, "turning a page renegotiated"
+        # s1 is on no page now: paused at its source.
+        await s1.wait_for(lambda m: m["type"] == "quality" and m["level"] == "paused")
+    finally:
+        for client in (s2, s1, center):
+            await client.close()

@@ -144,6 +144,7 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
                 thumb: m.cameraEncoding('thumbnail', 1280),
                 thumb640: m.cameraEncoding('thumbnail', 640),
                 stage: m.cameraEncoding('stage', 1280),
+                paused: m.cameraEncoding('paused', 1280),
                 levels: [m.qualityLevel(20, 0), m.qualityLevel(200, 0), m.qualityLevel(20, 0.1)],
                 pasted: [ui.tokenFromPaste('  abc.def.ghi '),
                          ui.tokenFromPaste('https://hub.local/station?token=abc.def')],
@@ -167,6 +168,8 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
         "maxFramerate": 30,
         "maxBitrate": 1500000,
     }
+    # paused: nobody receives it; the camera stays open, its encoding inactive
+    assert got["paused"] == {**got["thumb"], "active": False}
     assert got["levels"] == ["good", "fair", "poor"]
     assert got["pasted"] == ["abc.def.ghi", "abc.def"]
 

@@ -9,7 +9,8 @@
  */
 
 /** @typedef {'camera' | 'microphone' | 'screen'} Source */
-/** @typedef {'thumbnail' | 'stage'} QualityLevel */
+/** @typedef {'thumbnail' | 'stage' | 'paused'} QualityLevel  how to send the camera (`quality`) */
+/** @typedef {'on' | 'paused'} MicrophoneLevel  how to send the microphone (`quality`) */
 /** @typedef {'new' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ClientState */
 
 /**
@@ -35,7 +36,8 @@
  */
 
 /**
- * What one m-line of the subscriber connection carries (`tracks` of an `offer`).
+ * What one m-line of the subscriber connection carries (`tracks` of an `offer` or of
+ * a `tracks` message: the hub re-points m-lines without renegotiating).
  * @typedef {object} TrackInfo
  * @property {string} publication
  * @property {string} participant
@@ -77,7 +79,7 @@
  * @property {RemoteTrack[]} tracks            the set of received tracks changed
  * @property {{from: string, name: string, text: string, at: number}} chat
  * @property {{source: Source, muted: boolean, by_moderator: boolean}} muted
- * @property {QualityLevel} quality
+ * @property {QualityLevel} quality          how to send the camera changed (`microphone` too, then)
  * @property {string[]} speakers
  * @property {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number}>} stats
  * @property {string} removed                  reason; the client will not reconnect
@@ -112,6 +114,9 @@
  * @property {Record<string, string>} [names]  display names of the identities, absent sites included
  */
 
+/** @type {Set<unknown>} the `level`s of a `quality` message */
+const QUALITY_LEVELS = new Set(["stage", "thumbnail", "paused"]);
+
 /** Error codes after which reconnecting with the same token cannot help. */
 const FATAL_CODES = new Set(["invalid_token", "token_expired", "wrong_room", "removed"]);
 
@@ -137,7 +142,8 @@ export function cameraEncoding(level, captureWidth) {
     }
     const width = captureWidth || CAMERA_CAPTURE.width;
     return {
-        active: true,
+        // Paused: nobody receives it; the camera stays open and resumes at once.
+        active: level !== "paused",
         scaleResolutionDownBy: Math.max(1, width / THUMBNAIL.width),
         maxFramerate: THUMBNAIL.maxFramerate,
         maxBitrate: THUMBNAIL.maxBitrate,
@@ -229,6 +235,10 @@ export class HubClient {
         this.speakers = [];
         /** @type {QualityLevel} */
         this.quality = "thumbnail";
+        /** @type {MicrophoneLevel} */
+        this.microphone = "on";
+        /** @type {{tiles: string[], listen: string[]} | null} what this console shows (`setView`) */
+        this.view = null;
         /** @type {RTCIceServer[]} */
         this.iceServers = [];
         /** @type {Map<string, RemoteTrack>} received tracks by subscriber mid */
@@ -549,12 +559,23 @@ export class HubClient {
                 });
                 break;
             case "quality":
-                if (msg.level === "stage" || msg.level === "thumbnail") {
+                if (QUALITY_LEVELS.has(msg.level)) {
                     this.quality = msg.level;
+                    this.microphone = msg.microphone === "paused" ? "paused" : "on";
                     await this.applyQuality();
                     this._emit("quality", this.quality);
                 }
                 break;
+            case "tracks": {
+                // After any offer still being answered: a map never overtakes one.
+                const run = () => {
+                    const slot = this._slots.get("subscriber");
+                    if (slot && generation === this._generation) this._setRemoteTracks(slot.pc, msg.tracks);
+                };
+                this._subscriberQueue = this._subscriberQueue.then(run, run);
+                await this._subscriberQueue;
+                break;
+            }
             case "muted":
                 this._onMuted(msg.source, !!msg.muted, !!msg.by_moderator);
                 break;
@@ -642,13 +663,15 @@ export class HubClient {
             if (p && p.sid !== this.self?.sid) this.participants.set(p.sid, p);
         }
         this.stage = Array.isArray(msg.stage) ? msg.stage : [];
-        this.quality = msg.quality === "stage" ? "stage" : "thumbnail";
+        this.quality = QUALITY_LEVELS.has(msg.quality) ? msg.quality : "thumbnail";
+        this.microphone = msg.microphone === "paused" ? "paused" : "on";
         // A moderator's mute is kept across a rejoin: the hub starts the new join
         // with fresh publications, so the client honours the lock itself and mutes
         // at the hub as its own choice until a moderator releases it.
         if (wasJoined) this.rejoins++;
         this._attempt = 0;
         this._setState("joined");
+        if (this.view) this._send({ type: "view", ...this.view });
         this._startPing();
 
         this.subscriber = this._newPeerConnection("subscriber", generation);
@@ -727,8 +750,18 @@ export class HubClient {
         this._send({ type: "answer", pc: "subscriber", sdp: pc.localDescription.sdp });
         slot.described = true;
 
+        this._setRemoteTracks(pc, msg.tracks);
+    }
+
+    /**
+     * What each m-line of the subscriber connection carries now (an `offer`'s or a
+     * `tracks` message's map); emits `tracks`.
+     * @param {RTCPeerConnection} pc
+     * @param {unknown} map
+     */
+    _setRemoteTracks(pc, map) {
         /** @type {Record<string, TrackInfo>} */
-        const tracks = msg.tracks && typeof msg.tracks === "object" ? msg.tracks : {};
+        const tracks = map && typeof map === "object" ? /** @type {Record<string, TrackInfo>} */ (map) : {};
         this.remoteTracks.clear();
         for (const transceiver of pc.getTransceivers()) {
             const mid = transceiver.mid;
@@ -866,8 +899,10 @@ export class HubClient {
         }
     }
 
-    /** Applies the current quality level to the camera sender (no renegotiation). */
+    /** Applies the current quality level to the camera sender and the microphone's
+     * (no renegotiation). */
     async applyQuality() {
+        await this._applyMicrophone();
         const transceiver = this.transceivers.get("camera");
         const track = this.localTracks.get("camera");
         if (!transceiver || !track || transceiver.direction !== "sendonly") return;
@@ -884,6 +919,22 @@ export class HubClient {
             this.quality === "stage" ? "maintain-framerate" : "maintain-resolution";
         try {
             await sender.setParameters(params);
+        } catch (e) {
+            console.warn("practice-hub: setParameters failed", e);
+        }
+    }
+
+    /** Sends the microphone, or not while nobody hears it (`microphone: "paused"`). */
+    async _applyMicrophone() {
+        const transceiver = this.transceivers.get("microphone");
+        if (!transceiver || transceiver.direction !== "sendonly") return;
+        const params = transceiver.sender.getParameters();
+        if (!params.encodings || params.encodings.length === 0) return;
+        const active = this.microphone !== "paused";
+        if (params.encodings[0].active === active) return;
+        params.encodings[0].active = active;
+        try {
+            await transceiver.sender.setParameters(params);
         } catch (e) {
             console.warn("practice-hub: setParameters failed", e);
         }
@@ -1004,6 +1055,18 @@ export class HubClient {
 
     stopRollcall() {
         return this._send({ type: "rollcall", action: "stop" });
+    }
+
+    /**
+     * Tells the hub what this console shows (moderators): the sids of the tiles on
+     * screen and of the sites listened to. The hub forwards their video and voices,
+     * nothing else off stage; sent again after a rejoin.
+     * @param {string[]} tiles
+     * @param {string[]} [listen]
+     */
+    setView(tiles, listen = []) {
+        this.view = { tiles: [...tiles], listen: [...listen] };
+        return this._send({ type: "view", ...this.view });
     }
 
     /** @param {string} id */
