@@ -11,6 +11,7 @@ import asyncio
 import csv
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from scheduler.recurrence import LOCAL_ZONE
 from tests.browser.conftest import ROOT, Browsers, HubProcess, poll, screenshot
 from tests.browser.rtc import Progress, sid_of
 from tests.browser.test_dashboard import ADMIN, CommandHub, admin_client, log_in
-from tests.browser.test_e2e import joined
+from tests.browser.test_e2e import joined, open_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -94,7 +95,8 @@ def command_hub_fixture(tmp_path: Path) -> Iterator[CommandHub]:
 
 @pytest.fixture(name="crowd")
 def crowd_fixture(request: pytest.FixtureRequest) -> Iterator[SignalingSites]:
-    sites = SignalingSites(request.getfixturevalue("command_hub"))
+    hub_name = "command_hub" if "command_hub" in request.fixturenames else "hub"
+    sites = SignalingSites(request.getfixturevalue(hub_name))
     yield sites
     sites.close()
 
@@ -280,3 +282,56 @@ def test_the_wall_pages_filters_and_counts(
     console.set_viewport_size({"width": 360, "height": 740})
     width = console.evaluate("document.documentElement.scrollWidth")
     assert width <= 360, f"the console scrolls sideways at 360 px ({width} px)"
+
+
+OUTBOUND_VIDEO_BYTES = """
+async () => {
+  const c = window.practiceHub && window.practiceHub.client;
+  if (!c || !c.publisher) return null;
+  const camera = c.transceivers.get('camera');
+  if (!camera || camera.mid === null) return null;
+  for (const s of (await c.publisher.getStats()).values()) {
+    if (s.type === 'outbound-rtp' && s.mid === camera.mid) return s.bytesSent;
+  }
+  return 0;  // paused before it ever sent: Chromium has no outbound-rtp for it yet
+}
+"""
+
+
+def test_a_station_nobody_watches_pauses_its_uplink(
+    hub: HubProcess, crowd: SignalingSites, browsers: Browsers
+) -> None:
+    room = "wall-pause"
+    console = open_console(hub, browsers, room)
+    first_page = [f"I06-S{n:03d}" for n in range(1, 5)]
+    for identity in first_page:
+        crowd.join(room, identity)
+    station = browsers.open(
+        f"{hub.base_url}/station#token={hub.token(room, 'I07-S001', 'station', name='石桥村站')}",
+        "station",
+    )
+    joined(station, "station")
+    console.get_by_label("每页").select_option("4")
+    poll(shows(console, first_page))
+
+    def sent() -> int:
+        value = station.evaluate(OUTBOUND_VIDEO_BYTES)
+        assert isinstance(value, int), "the station publishes no camera"
+        return value
+
+    def stalled() -> str | None:
+        before = sent()
+        time.sleep(2)
+        after = sent()
+        return None if after == before else f"camera bytes still growing ({before} → {after})"
+
+    poll(stalled, timeout=20)
+    assert station.locator("#uplink-paused").is_visible()
+    assert station.locator("#self-video").evaluate("v => !v.paused && v.readyState >= 2")
+
+    before = sent()
+    console.get_by_role("button", name="下一页").click()
+    took = poll(lambda: None if sent() > before else "camera bytes not growing", 5, 0.1)
+    assert took <= 2, f"the uplink resumed {took:.1f} s after the console turned to its page"
+    poll(Progress(console, "video", sid_of(station), "camera", "framesDecoded"), timeout=10)
+    assert station.locator("#uplink-paused").is_hidden()

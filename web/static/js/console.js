@@ -242,6 +242,8 @@ const wallState = {
 let tree = new Map();
 /** @type {string[]} the sites a scheduled session expects (its audience), from the login */
 let expected = [];
+/** The last `view` sent: only a change is sent again. */
+let sentView = "";
 
 /** @type {Map<string, HTMLElement>} the tiles shown, by identity */
 const tiles = new Map();
@@ -457,6 +459,7 @@ function renderWall() {
     byId("site-count").textContent =
         t("console.sites", { n: participants.length }) + (viewers ? ` · ${t("console.viewers", { n: viewers })}` : "");
     renderHands();
+    sendView([...stage, ...shown.items]);
 }
 
 /**
@@ -484,6 +487,20 @@ function renderInstitutes(sites) {
             chip(count.institute, `${shortName(tree.get(count.institute)?.name || count.institute)} ${count.online}/${count.total}`),
         ),
     );
+}
+
+/**
+ * Tells the hub what the wall shows and whom the operator listens to, when it changed.
+ * @param {WallSite[]} shown
+ */
+function sendView(shown) {
+    if (!client || client.state !== "joined") return;
+    const tileSids = shown.flatMap((s) => (s.sid ? [s.sid] : []));
+    const listen = [...client.participants.values()].filter((p) => wallState.listen.has(p.identity)).map((p) => p.sid);
+    const view = JSON.stringify([tileSids, listen]);
+    if (view === sentView) return;
+    sentView = view;
+    client.setView(tileSids, listen);
 }
 
 institutesNode.addEventListener("click", (event) => {
