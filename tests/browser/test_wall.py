@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from scheduler.recurrence import LOCAL_ZONE
 from tests.browser.conftest import ROOT, Browsers, HubProcess, poll, screenshot
-from tests.browser.rtc import Progress, sid_of
+from tests.browser.rtc import Progress, counter, sid_of
 from tests.browser.test_dashboard import ADMIN, CommandHub, admin_client, log_in
 from tests.browser.test_e2e import joined, open_console
 
@@ -335,3 +335,8 @@ def test_a_station_nobody_watches_pauses_its_uplink(
     assert took <= 2, f"the uplink resumed {took:.1f} s after the console turned to its page"
     poll(Progress(console, "video", sid_of(station), "camera", "framesDecoded"), timeout=10)
     assert station.locator("#uplink-paused").is_hidden()
+
+    # its microphone reaches the console only while the operator listens to it
+    assert counter(console, "audio", sid_of(station), "microphone", "samples") is None
+    console.locator('#wall .tile[data-identity="I07-S001"] [data-action="listen"]').click()
+    poll(Progress(console, "audio", sid_of(station), "microphone", "samples"), timeout=10)
