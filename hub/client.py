@@ -12,7 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import websockets
-from aiortc import MediaStreamTrack, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtp import RtpPacket
 
@@ -71,6 +77,10 @@ class HubClient:
         self._offer_tracks: dict[str, dict[str, str]] = {}
         self._sources: dict[str, str] = {}
         """Every sending m-line's source: each offer carries the whole map."""
+        self._sending: dict[str, tuple[RTCRtpSender, MediaStreamTrack]] = {}
+        """Each published source's sender and track (a paused one sends no track)."""
+        self.quality: dict[str, str] = {"level": "thumbnail", "microphone": "on"}
+        """How the hub last said to send (``joined``, ``quality``)."""
         self._ws: Any = None
         self._changed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
@@ -84,6 +94,7 @@ class HubClient:
         if message["type"] == "error":
             raise ConnectionError(f"join refused: {message['code']}: {message['message']}")
         self.joined = message
+        self.quality = {"level": message["quality"], "microphone": message["microphone"]}
         return message
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -111,6 +122,7 @@ class HubClient:
             if preferences and source in preferences:
                 transceiver.setCodecPreferences(preferences[source])
             pending.append((transceiver, source))
+            self._sending[source] = (transceiver.sender, track)
         offer = await self.publisher.createOffer()
         await self.publisher.setLocalDescription(offer)
         for transceiver, source in pending:
@@ -126,6 +138,7 @@ class HubClient:
         )
         answer = await asyncio.wait_for(self._answer, timeout)
         await self.publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        self._apply_quality()
         if pacing_bps is not None or on_send is not None:
             video = [t.sender for t, _ in pending if t.kind == "video"]
             RtpPacer(pending[0][0].sender.transport, video, pacing_bps, on_send)
@@ -168,6 +181,9 @@ class HubClient:
                     await self._on_offer(message)
                 elif message.get("type") == "tracks":
                     self._on_tracks(message["tracks"])
+                elif message.get("type") == "quality":
+                    self.quality = {"level": message["level"], "microphone": message["microphone"]}
+                    self._apply_quality()
                 elif message.get("type") == "answer" and self._answer and not self._answer.done():
                     self._answer.set_result(message["sdp"])
                 elif (
@@ -198,6 +214,16 @@ class HubClient:
         await self.send(
             {"type": "answer", "pc": "subscriber", "sdp": self.subscriber.localDescription.sdp}
         )
+
+    def _apply_quality(self) -> None:
+        """A paused camera or microphone sends nothing (the browser's inactive
+        encoding): its sender is left without a track until the hub resumes it."""
+        paused = {
+            "camera": self.quality["level"] == "paused",
+            "microphone": self.quality["microphone"] == "paused",
+        }
+        for source, (sender, track) in self._sending.items():
+            sender.replaceTrack(None if paused.get(source) else track)
 
     def _on_tracks(self, tracks: dict[str, dict[str, str]]) -> None:
         """What each subscriber m-line carries now (an offer's or a ``tracks`` map)."""

@@ -66,21 +66,27 @@ def view_of(member: Member, members: Sequence[Member], views: Mapping[Participan
 
 
 def receives(
-    member: Member, members: Sequence[Member], views: Mapping[ParticipantID, View]
-) -> list[PublicationID]:
-    """What ``member`` receives: everything of the stage; a moderator also the video
-    of the tiles it shows, and the voices of those it listens to or whose hand is
-    raised. Nothing else."""
-    if not member.can_subscribe:
-        return []
-    view = view_of(member, members, views) if member.can_moderate else None
-    received: list[PublicationID] = []
-    for sender in members:
-        if sender.sid == member.sid:
-            continue
-        for publication in sender.publications:
-            if sender.on_stage or (view is not None and _shows(view, sender, publication)):
-                received.append(publication.id)
+    members: Sequence[Member], views: Mapping[ParticipantID, View]
+) -> dict[ParticipantID, list[PublicationID]]:
+    """What each member receives: everything of the stage (but its own); a moderator
+    also the video of the tiles it shows, and the voices of those it listens to or
+    whose hand is raised. Nothing else."""
+    stage = [(m.sid, p.id) for m in members if m.on_stage for p in m.publications]
+    received: dict[ParticipantID, list[PublicationID]] = {}
+    for member in members:
+        if not member.can_subscribe:
+            received[member.sid] = []
+        elif not member.can_moderate:
+            received[member.sid] = [pub for sid, pub in stage if sid != member.sid]
+        else:
+            view = view_of(member, members, views)
+            received[member.sid] = [
+                publication.id
+                for sender in members
+                if sender.sid != member.sid
+                for publication in sender.publications
+                if sender.on_stage or _shows(view, sender, publication)
+            ]
     return received
 
 

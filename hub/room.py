@@ -663,12 +663,6 @@ class Room:
         }
         return [by_id[i] for i in ids if i in by_id]
 
-    def desired_for(self, participant: Participant) -> list[Publication]:
-        """What a participant receives (:func:`hub.policy.receives`)."""
-        members = [self._member(p) for p in self.participants.values()]
-        chosen = policy.receives(self._member(participant), members, self.views)
-        return self._publications(chosen)
-
     def program(self) -> tuple[Publication | None, list[Publication]]:
         """The stage as one picture and its voices, for households (:func:`hub.policy.program`)."""
         chosen = policy.program([self._member(p) for p in self.stage])
@@ -685,23 +679,28 @@ class Room:
         self.tasks.spawn(self._update(), name="update")
 
     async def _update(self) -> None:
+        """Apply :mod:`hub.policy` to everyone, from one snapshot of the room."""
         await asyncio.sleep(0.02)
         self._update_pending = False
+        participants = list(self.participants.values())
+        members = [self._member(p) for p in participants]
+        by_id = {pub.id: pub for p in participants for pub in p.publications.values()}
+        received = policy.receives(members, self.views)
         updates = [
-            self._update_one(p)
-            for p in list(self.participants.values())
-            if p.subscriber is not None
+            self._update_one(participant, [by_id[i] for i in received[participant.sid]])
+            for participant in participants
+            if participant.subscriber is not None
         ]
+        self._apply_uplinks(members)
+        program = self.program()
+        for participant in participants:
+            if participant.whep is not None:
+                participant.whep.follow(program)
         await asyncio.gather(*updates)
-        self._apply_uplinks()
-        for participant in list(self.participants.values()):
-            if participant.kind == "whep" and participant.whep is not None:
-                participant.whep.follow(self.program())
 
-    def _apply_uplinks(self) -> None:
-        """Tell each participant how to send, when that changed; a camera or
-        microphone that resumes starts at a keyframe."""
-        members = [self._member(p) for p in self.participants.values()]
+    def _apply_uplinks(self, members: list[policy.Member]) -> None:
+        """Tell each participant how to send, when that changed; a camera that
+        resumes (or changes size) starts at a keyframe."""
         for sid, uplink in policy.uplinks(members, self.views).items():
             participant = self.participants[sid]
             if uplink == participant.uplink:
@@ -712,10 +711,10 @@ class Room:
                 if publication.kind == "video":
                     publication.up.keyframes.request()
 
-    async def _update_one(self, participant: Participant) -> None:
+    async def _update_one(self, participant: Participant, desired: list[Publication]) -> None:
         assert participant.subscriber is not None
         try:
-            await participant.subscriber.update(self.desired_for(participant))
+            await participant.subscriber.update(desired)
         except Exception:
             logger.exception("renegotiation with %s failed", participant.identity)
 

@@ -89,12 +89,12 @@ STAGE = ["s2.camera", "s2.microphone"]
 )  # fmt: skip
 def test_receives(who: policy.Member, views: dict[str, policy.View], expected: list[str]) -> None:
     by_sid = {ParticipantID(k): v for k, v in views.items()}
-    assert policy.receives(who, ROOM, by_sid) == expected
+    assert policy.receives(ROOM, by_sid)[who.sid] == expected
 
 
 def test_the_default_page_is_the_first_25_off_stage() -> None:
     sites = [member(f"s{i:03}", "camera") for i in range(40)]
-    chosen = policy.receives(CENTER, [CENTER, S2, *sites], {})
+    chosen = policy.receives([CENTER, S2, *sites], {})[CENTER.sid]
     assert chosen == [*STAGE, *(f"s{i:03}.camera" for i in range(policy.DEFAULT_TILES))]
 
 

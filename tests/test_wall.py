@@ -172,3 +172,54 @@ async def test_turning_a_page_re_points_an_m_line_without_an_offer(hub_server: R
     finally:
         for client in (s2, s1, center):
             await client.close()
+
+
+async def test_a_camera_nobody_watches_stops_at_its_source(hub_server: RunningHub) -> None:
+    """The hub tells a site on no page to pause its camera (and a microphone nobody
+    hears); the site's media stops reaching the hub, and comes back, starting at a
+    keyframe, when a console turns to its page."""
+    token = hub_server.token
+    center = HubClient(hub_server.ws, token("paused", "C", "center"))
+    s1 = HubClient(hub_server.ws, token("paused", "S1", "station"))
+    s2 = HubClient(hub_server.ws, token("paused", "S2", "station"))
+    try:
+        await center.connect()
+        await s1.connect()
+        await s1.publish({"camera": SizedVideo(320, 180), "microphone": AudioStreamTrack()})
+        sid1 = s1.joined["participant"]["sid"]
+        site = hub_server.hub.rooms[RoomName("paused")].participant(sid1)
+
+        def received(source: Source) -> int:
+            publication = site.publication_by_source(source)
+            assert publication is not None
+            return publication.up.bytes_received
+
+        # On the console's first page: its camera comes, its microphone is paused.
+        await wait_until(lambda: None if received(Source.CAMERA) > 1000 else "no camera yet")
+        assert received(Source.MICROPHONE) == 0
+
+        await center.send({"type": "view", "tiles": []})
+        await s1.wait_for(
+            lambda m: m == {"type": "quality", "level": "paused", "microphone": "paused"}
+        )
+        await asyncio.sleep(0.5)  # what was in flight has arrived
+        before = received(Source.CAMERA)
+        # A site joining now, on no page, is paused before it sends anything.
+        await s2.connect()
+        await s2.publish({"camera": SizedVideo(320, 180), "microphone": AudioStreamTrack()})
+        await asyncio.sleep(1.5)
+        assert received(Source.CAMERA) == before, "a paused camera still sends"
+        late = hub_server.hub.rooms[RoomName("paused")].participant(s2.joined["participant"]["sid"])
+        assert [p.up.bytes_received for p in late.publications.values()] == [0, 0]
+
+        await center.send({"type": "view", "tiles": [sid1], "listen": [sid1]})
+        await s1.wait_for(
+            lambda m: m == {"type": "quality", "level": "thumbnail", "microphone": "on"}
+        )
+        await wait_until(lambda: None if center.tracks_of("camera", sid1) else "no s1 tile")
+        await decodes(center.tracks_of("camera", sid1)[0], 320)
+        await wait_until(lambda: None if received(Source.MICROPHONE) > 0 else "no microphone")
+        assert received(Source.CAMERA) > before
+    finally:
+        for client in (s2, s1, center):
+            await client.close()
