@@ -271,7 +271,10 @@ def test_the_wall_pages_filters_and_counts(
     console.get_by_label("显示").select_option("online")
     poll(shows(console, online[:25]))
 
+    # the crowd publishes no camera: its tiles say so instead of a black picture
+    assert console.locator(f'#wall .tile[data-identity="{online[0]}"] .no-video').is_visible()
     camera_tile = console.locator(f'#wall .tile[data-identity="{camera_site}"]')
+    assert camera_tile.locator(".no-video").is_hidden()
     poll(Progress(console, "video", sid_of(station), "camera", "framesDecoded"), timeout=25)
     camera_tile.locator('[data-action="listen"]').click()
     assert camera_tile.locator('[data-action="listen"]').get_attribute("aria-pressed") == "true"

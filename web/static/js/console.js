@@ -255,6 +255,7 @@ function tileFor(identity) {
     tile = el("article", { class: "tile", "data-identity": identity }, [
         el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "camera" }),
         el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "screen", hidden: true }),
+        el("div", { class: "no-video", hidden: true }),
         el("div", { class: "name" }),
         el("div", { class: "badges" }),
         el("div", { class: "meta" }),
@@ -374,7 +375,12 @@ function renderTile(site) {
     const screen = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="screen"]'));
     showVideo(camera, site.sid ? videoOf(site.sid, "camera") : null);
     showVideo(screen, site.sid ? videoOf(site.sid, "screen") : null);
-    camera.hidden = !p;
+    // a site without a camera (or with it off) shows why its tile has no picture
+    const cameraOn = !!p && p.publications.some((pub) => pub.source === "camera" && !pub.muted);
+    camera.hidden = !cameraOn;
+    const noVideo = /** @type {HTMLElement} */ (tile.querySelector(".no-video"));
+    noVideo.hidden = !p || cameraOn;
+    noVideo.textContent = t("wall.noCamera");
     camera.setAttribute("aria-label", label);
     /** @type {HTMLElement} */ (tile.querySelector(".name")).textContent = label;
     /** @type {HTMLElement} */ (tile.querySelector(".badges")).replaceChildren(
