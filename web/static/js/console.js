@@ -19,9 +19,14 @@ import {
     toast,
     tokenFromPaste,
 } from "./ui.js";
+import { PAGE_SIZES, filterSites, instituteCounts, pageOf, pageSizeFrom, shortName, wallSites } from "./wall.js";
 
 /** @typedef {import("./protocol.js").ParticipantInfo} ParticipantInfo */
 /** @typedef {import("./protocol.js").RemoteTrack} RemoteTrack */
+/** @typedef {import("./wall.js").SiteRecord} SiteRecord */
+/** @typedef {import("./wall.js").WallSite} WallSite */
+/** @typedef {import("./wall.js").WallFilter} WallFilter */
+/** @typedef {import("./wall.js").WallShow} WallShow */
 
 initI18n();
 
@@ -216,28 +221,53 @@ function renderLiveButtons() {
 
 // ---- the wall -----------------------------------------------------------------------
 
-/** @type {Map<string, HTMLElement>} */
+const stageWall = byId("stage-wall");
+const showSelect = /** @type {HTMLSelectElement} */ (byId("wall-show"));
+const pageSizeSelect = /** @type {HTMLSelectElement} */ (byId("wall-page-size"));
+const prevButton = /** @type {HTMLButtonElement} */ (byId("wall-prev"));
+const nextButton = /** @type {HTMLButtonElement} */ (byId("wall-next"));
+const institutesNode = byId("institute-counts");
+const PAGE_SIZE_KEY = "practiceHub.wallPageSize";
+
+/** What the operator chose: the filter, the page, the page size (remembered), whom it listens to. */
+const wallState = {
+    /** @type {WallFilter} */
+    filter: { show: "online", institute: "" },
+    page: 0,
+    pageSize: pageSizeFrom(localStorage.getItem(PAGE_SIZE_KEY)),
+    /** @type {Set<string>} by identity, so that a site that rejoins is still listened to */
+    listen: new Set(),
+};
+/** @type {Map<string, SiteRecord>} the tree the operator's login may see; empty without a login */
+let tree = new Map();
+/** @type {string[]} the sites a scheduled session expects (its audience), from the login */
+let expected = [];
+/** The last `view` sent: only a change is sent again. */
+let sentView = "";
+
+/** @type {Map<string, HTMLElement>} the tiles shown, by identity */
 const tiles = new Map();
 
-/** @param {string} sid */
-function tileFor(sid) {
-    let tile = tiles.get(sid);
+/** @param {string} identity */
+function tileFor(identity) {
+    let tile = tiles.get(identity);
     if (tile) return tile;
-    tile = el("article", { class: "tile", "data-sid": sid }, [
+    tile = el("article", { class: "tile", "data-identity": identity }, [
         el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "camera" }),
         el("video", { playsinline: true, autoplay: true, muted: true, "data-source": "screen", hidden: true }),
+        el("div", { class: "no-video", hidden: true }),
         el("div", { class: "name" }),
         el("div", { class: "badges" }),
         el("div", { class: "meta" }),
         el("div", { class: "actions" }, [
             el("button", { type: "button", "data-action": "stage" }),
+            el("button", { type: "button", "data-action": "listen" }),
             el("button", { type: "button", "data-action": "mute" }),
             el("button", { type: "button", "data-action": "remove" }),
         ]),
     ]);
     tile.addEventListener("click", onTileAction);
-    wall.append(tile);
-    tiles.set(sid, tile);
+    tiles.set(identity, tile);
     return tile;
 }
 
@@ -245,10 +275,16 @@ function tileFor(sid) {
 function onTileAction(event) {
     const target = /** @type {HTMLElement} */ (event.target);
     const button = target.closest("button");
-    const tile = target.closest("[data-sid]");
+    const tile = target.closest("[data-identity]");
     if (!button || !tile || !client) return;
-    const sid = tile.getAttribute("data-sid") || "";
-    moderate(sid, button.getAttribute("data-action") || "");
+    const action = button.getAttribute("data-action") || "";
+    if (action === "listen") {
+        const identity = tile.getAttribute("data-identity") || "";
+        if (!wallState.listen.delete(identity)) wallState.listen.add(identity);
+        renderWall();
+    } else {
+        moderate(tile.getAttribute("data-sid") || "", action);
+    }
 }
 
 /**
@@ -299,64 +335,234 @@ function isSite(p) {
     return p.role !== "viewer";
 }
 
+/**
+ * Makes `container` hold exactly these tiles, in order; touches the DOM only when they
+ * differ (a <video> moved in the DOM pauses).
+ * @param {HTMLElement} container
+ * @param {WallSite[]} sites
+ */
+function placeTiles(container, sites) {
+    const wanted = sites.map((s) => tileFor(s.identity));
+    const same = wanted.length === container.children.length && wanted.every((tile, i) => container.children[i] === tile);
+    if (!same) container.replaceChildren(...wanted);
+}
+
+/**
+ * @param {HTMLVideoElement} video
+ * @param {MediaStreamTrack | null} track
+ */
+function showVideo(video, track) {
+    attachTrack(video, track);
+    video.hidden = !track && video.dataset.source === "screen";
+    if (track && video.paused) video.play().catch(() => {});
+}
+
+/** @param {WallSite} site */
+function renderTile(site) {
+    if (!client) return;
+    const tile = tileFor(site.identity);
+    const p = site.sid ? client.participants.get(site.sid) : undefined;
+    const label = site.name;
+    if (site.sid) tile.dataset.sid = site.sid;
+    else delete tile.dataset.sid;
+    const speaking = !!site.sid && client.speakers.includes(site.sid);
+    const muted = !!p && isMicMuted(p);
+    const stalled = !!p && p.publications.some((pub) => pub.stalled);
+    const listening = wallState.listen.has(site.identity);
+    tile.classList.toggle("offline", !p);
+    tile.classList.toggle("on-stage", site.onStage);
+    tile.classList.toggle("speaking", speaking);
+    const camera = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="camera"]'));
+    const screen = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="screen"]'));
+    showVideo(camera, site.sid ? videoOf(site.sid, "camera") : null);
+    showVideo(screen, site.sid ? videoOf(site.sid, "screen") : null);
+    // a site without a camera (or with it off) shows why its tile has no picture
+    const cameraOn = !!p && p.publications.some((pub) => pub.source === "camera" && !pub.muted);
+    camera.hidden = !cameraOn;
+    const noVideo = /** @type {HTMLElement} */ (tile.querySelector(".no-video"));
+    noVideo.hidden = !p || cameraOn;
+    noVideo.textContent = t("wall.noCamera");
+    camera.setAttribute("aria-label", label);
+    /** @type {HTMLElement} */ (tile.querySelector(".name")).textContent = label;
+    /** @type {HTMLElement} */ (tile.querySelector(".badges")).replaceChildren(
+        ...[
+            !p && el("span", { class: "badge offline", text: t("badge.offline") }),
+            site.onStage && el("span", { class: "badge stage", text: t("badge.stage") }),
+            site.hand && el("span", { class: "badge hand", text: t("badge.hand") }),
+            muted && el("span", { class: "badge muted", text: t("badge.muted") }),
+            stalled && el("span", { class: "badge stalled", text: t("badge.stalled") }),
+            speaking && el("span", { class: "badge", text: t("badge.speaking") }),
+            listening && !site.onStage && el("span", { class: "badge listen", text: t("badge.listening") }),
+        ].filter((x) => !!x),
+    );
+    const stats = site.sid ? lastStats[site.sid] : undefined;
+    /** @type {HTMLElement} */ (tile.querySelector(".meta")).replaceChildren(
+        ...(p ? [el("span", { class: "q", "data-level": levelOf(stats) }), formatStats(stats)] : []),
+    );
+    /** @type {HTMLElement} */ (tile.querySelector(".actions")).hidden = !p;
+    /**
+     * @param {string} action
+     * @param {string} key
+     * @param {boolean | null} pressed  null: not a toggle
+     */
+    const button = (action, key, pressed) => {
+        const node = /** @type {HTMLElement} */ (tile.querySelector(`[data-action="${action}"]`));
+        node.textContent = t(key);
+        node.setAttribute("aria-label", `${t(key)} ${label}`);
+        if (pressed !== null) node.setAttribute("aria-pressed", String(pressed));
+        return node;
+    };
+    button("stage", site.onStage ? "action.stageOff" : "action.stageOn", null);
+    // the stage is heard by everyone: listening is for sites off it
+    button("listen", "action.listen", listening).hidden = site.onStage;
+    button("mute", muted ? "action.unmute" : "action.mute", null);
+    button("remove", "action.remove", null);
+}
+
+/** The weak-link filter: a link the hub sees as fair or poor. @param {{rtt_ms?: number, loss?: number} | undefined} stats */
+function isWeak(stats) {
+    const level = levelOf(stats);
+    return level === "fair" || level === "poor";
+}
+
 function renderWall() {
     if (!client) return;
-    const everyone = [...client.participants.values()];
+    const c = client;
+    const everyone = [...c.participants.values()];
     const participants = everyone.filter(isSite);
     const viewers = everyone.length - participants.length;
-    const present = new Set(participants.map((p) => p.sid));
-    for (const [sid, tile] of tiles) {
-        if (!present.has(sid)) {
+    const sites = wallSites(
+        participants.map((p) => ({
+            identity: p.identity,
+            name: p.name || p.identity,
+            sid: p.sid,
+            onStage: isOnStage(p),
+            hand: p.hand_raised,
+            weak: isWeak(lastStats[p.sid]),
+        })),
+        expected,
+        tree,
+    );
+    const stage = sites.filter((s) => s.onStage);
+    const shown = pageOf(filterSites(sites, wallState.filter), wallState.pageSize, wallState.page);
+    wallState.page = shown.page;
+    placeTiles(stageWall, stage);
+    placeTiles(wall, shown.items);
+    stageWall.hidden = stage.length === 0;
+    const kept = new Set([...stage, ...shown.items].map((s) => s.identity));
+    for (const [identity, tile] of tiles) {
+        if (!kept.has(identity)) {
             for (const v of tile.querySelectorAll("video")) v.srcObject = null;
             tile.remove();
-            tiles.delete(sid);
+            tiles.delete(identity);
         }
     }
-    for (const p of participants) {
-        const tile = tileFor(p.sid);
-        const onStage = isOnStage(p);
-        const muted = isMicMuted(p);
-        const stalled = p.publications.some((pub) => pub.stalled);
-        const speaking = client.speakers.includes(p.sid);
-        tile.classList.toggle("on-stage", onStage);
-        // stage first, then raised hands (CSS order: moving a <video> in the DOM would pause it)
-        tile.style.order = String(onStage ? 0 : p.hand_raised ? 1 : 2);
-        tile.classList.toggle("speaking", speaking);
-        const camera = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="camera"]'));
-        const screen = /** @type {HTMLVideoElement} */ (tile.querySelector('video[data-source="screen"]'));
-        attachTrack(camera, videoOf(p.sid, "camera"));
-        const screenTrack = videoOf(p.sid, "screen");
-        screen.hidden = !screenTrack;
-        attachTrack(screen, screenTrack);
-        camera.setAttribute("aria-label", p.name || p.identity);
-        /** @type {HTMLElement} */ (tile.querySelector(".name")).textContent = p.name || p.identity;
-        const badges = /** @type {HTMLElement} */ (tile.querySelector(".badges"));
-        badges.replaceChildren(
-            ...[
-                onStage && el("span", { class: "badge stage", text: t("badge.stage") }),
-                p.hand_raised && el("span", { class: "badge hand", text: t("badge.hand") }),
-                muted && el("span", { class: "badge muted", text: t("badge.muted") }),
-                stalled && el("span", { class: "badge stalled", text: t("badge.stalled") }),
-                speaking && el("span", { class: "badge", text: t("badge.speaking") }),
-            ].filter((x) => !!x),
-        );
-        const stats = lastStats[p.sid];
-        const meta = /** @type {HTMLElement} */ (tile.querySelector(".meta"));
-        meta.replaceChildren(el("span", { class: "q", "data-level": levelOf(stats) }), formatStats(stats));
-        const stageButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="stage"]'));
-        stageButton.textContent = t(onStage ? "action.stageOff" : "action.stageOn");
-        stageButton.setAttribute("aria-label", `${t(onStage ? "action.stageOff" : "action.stageOn")} ${p.name || p.identity}`);
-        const muteButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="mute"]'));
-        muteButton.textContent = t(muted ? "action.unmute" : "action.mute");
-        muteButton.setAttribute("aria-label", `${t(muted ? "action.unmute" : "action.mute")} ${p.name || p.identity}`);
-        const removeButton = /** @type {HTMLElement} */ (tile.querySelector('[data-action="remove"]'));
-        removeButton.textContent = t("action.remove");
-        removeButton.setAttribute("aria-label", `${t("action.remove")} ${p.name || p.identity}`);
-    }
-    byId("wall-empty").hidden = participants.length > 0;
+    for (const site of [...stage, ...shown.items]) renderTile(site);
+    wall.style.setProperty("--wall-columns", String(Math.ceil(Math.sqrt(wallState.pageSize))));
+    byId("wall-page").textContent = t("wall.page", { n: shown.page + 1, of: shown.pages });
+    prevButton.disabled = shown.page === 0;
+    nextButton.disabled = shown.page >= shown.pages - 1;
+    renderInstitutes(sites);
+    byId("wall-empty").hidden = shown.items.length > 0;
     byId("site-count").textContent =
         t("console.sites", { n: participants.length }) + (viewers ? ` · ${t("console.viewers", { n: viewers })}` : "");
     renderHands();
+    sendView([...stage, ...shown.items]);
+}
+
+/**
+ * Each institute's count ("城关街道所 3/5"), a button that shows only its sites.
+ * @param {WallSite[]} sites
+ */
+function renderInstitutes(sites) {
+    const counts = instituteCounts(sites);
+    institutesNode.hidden = counts.length === 0;
+    /**
+     * @param {string} code
+     * @param {string} text
+     */
+    const chip = (code, text) =>
+        el("button", {
+            type: "button",
+            class: "chip",
+            "data-institute": code,
+            "aria-pressed": String(wallState.filter.institute === code),
+            text,
+        });
+    institutesNode.replaceChildren(
+        chip("", t("wall.institute.all")),
+        ...counts.map((count) =>
+            chip(count.institute, `${shortName(tree.get(count.institute)?.name || count.institute)} ${count.online}/${count.total}`),
+        ),
+    );
+}
+
+/**
+ * Tells the hub what the wall shows and whom the operator listens to, when it changed.
+ * @param {WallSite[]} shown
+ */
+function sendView(shown) {
+    if (!client || client.state !== "joined") return;
+    const tileSids = shown.flatMap((s) => (s.sid ? [s.sid] : []));
+    const listen = [...client.participants.values()].filter((p) => wallState.listen.has(p.identity)).map((p) => p.sid);
+    const view = JSON.stringify([tileSids, listen]);
+    if (view === sentView) return;
+    sentView = view;
+    client.setView(tileSids, listen);
+}
+
+institutesNode.addEventListener("click", (event) => {
+    const chip = /** @type {HTMLElement} */ (event.target).closest("[data-institute]");
+    if (!chip) return;
+    wallState.filter = { ...wallState.filter, institute: chip.getAttribute("data-institute") || "" };
+    wallState.page = 0;
+    renderWall();
+});
+showSelect.addEventListener("change", () => {
+    wallState.filter = { ...wallState.filter, show: /** @type {WallShow} */ (showSelect.value) };
+    wallState.page = 0;
+    renderWall();
+});
+pageSizeSelect.replaceChildren(
+    ...PAGE_SIZES.map((n) => el("option", { value: n, text: String(n), selected: n === wallState.pageSize })),
+);
+pageSizeSelect.addEventListener("change", () => {
+    wallState.pageSize = pageSizeFrom(pageSizeSelect.value);
+    localStorage.setItem(PAGE_SIZE_KEY, String(wallState.pageSize));
+    wallState.page = 0;
+    renderWall();
+});
+prevButton.addEventListener("click", () => {
+    wallState.page -= 1;
+    renderWall();
+});
+nextButton.addEventListener("click", () => {
+    wallState.page += 1;
+    renderWall();
+});
+
+/**
+ * The sites the operator's login may see and, for a scheduled session, the sites it
+ * expects: the wall's institutes and its offline sites. A console opened with a bare
+ * token has neither and shows the sites in the room.
+ */
+async function loadDirectory() {
+    if (!client || tree.size > 0) return;
+    const room = client.room;
+    const self = client.self ? client.self.identity : "";
+    try {
+        /** @type {SiteRecord[]} */
+        const sites = await api("/api/sites");
+        tree = new Map(sites.map((s) => [s.code, s]));
+        if (sessionOf(room) !== null) {
+            /** @type {{expected: string[]}} */
+            const report = await api(`/api/attendance/${encodeURIComponent(room)}`);
+            expected = report.expected.filter((code) => code !== self);
+        }
+    } catch {
+        return; // no login here
+    }
+    renderWall();
 }
 
 function renderHands() {
@@ -639,6 +845,8 @@ async function start(joinToken) {
         byId("room-name").textContent = client ? `· ${client.room}` : "";
         endButton.hidden = sessionOf(client ? client.room : "") === null;
         document.title = `${t("console.title")} · ${self.name || self.identity}`;
+        renderWall();
+        void loadDirectory();
         void pollRoomStatus();
     });
     client.on("error", (err) => toast(`${err.code}: ${err.message}`));

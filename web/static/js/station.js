@@ -306,7 +306,11 @@ async function start(token) {
         renderControls();
         if (m.by_moderator && m.muted) toast(t("station.lockedByModerator"));
     });
-    c.on("quality", renderStage);
+    c.on("quality", (level) => {
+        // the camera stays open (the preview runs); only its uplink waits for a viewer
+        byId("uplink-paused").hidden = level !== "paused";
+        renderStage();
+    });
     c.on("chat", addChat);
     c.on("rollcall", onRollcall);
     c.on("joined", (self) => {
