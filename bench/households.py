@@ -101,15 +101,21 @@ def site_config(
     *,
     http_port: int,
     https_port: int,
-    hub_port: int,
+    nodes: dict[str, int],
     tls: tuple[Path, Path],
     cache: Path,
 ) -> str:
-    """``deploy/nginx.conf`` with this machine's ports and paths, nothing else."""
+    """``deploy/nginx.conf`` with this machine's ports and paths, nothing else:
+    ``nodes`` are the hubs behind it, by node id, each on 127.0.0.1 at its port."""
     replacements = {
         "listen 80;": f"listen 127.0.0.1:{http_port};",
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
-        "server 127.0.0.1:8080;": f"server 127.0.0.1:{hub_port};",
+        "server 127.0.0.1:8080;": "\n    ".join(
+            f"server 127.0.0.1:{port};" for port in nodes.values()
+        ),
+        "hub-1    127.0.0.1:8080;": "\n    ".join(
+            f"{node}  127.0.0.1:{port};" for node, port in nodes.items()
+        ),
         "/etc/practice-hub/tls/hub.crt": str(tls[0]),
         "/etc/practice-hub/tls/hub.key": str(tls[1]),
         "/var/cache/nginx/practice-hub-live": str(cache),
@@ -125,11 +131,14 @@ LOG_FORMAT = "$msec $upstream_addr $status $request_uri"
 
 
 class Nginx:
-    """Debian's nginx in the foreground on free ports in front of the hub at
-    ``hub_port``, with the site config of ``deploy/``. Its access log notes, per
+    """Debian's nginx in the foreground on free ports in front of the hubs, with the
+    site config of ``deploy/``. Its access log notes, per
     request, whether it reached the hub."""
 
-    def __init__(self, directory: Path, hub_port: int, *, workers: int = 1) -> None:
+    def __init__(
+        self, directory: Path, nodes: dict[str, int] | int, *, workers: int = 1
+    ) -> None:
+        """In front of ``nodes`` (by node id), or of the one hub at that port."""
         from tests.hubserver import free_port
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -140,7 +149,7 @@ class Nginx:
             NGINX_CONF.read_text(),
             http_port=free_port(),
             https_port=self.https_port,
-            hub_port=hub_port,
+            nodes=nodes if isinstance(nodes, dict) else {"hub-1": nodes},
             tls=(self.cert, key),
             cache=directory / "cache",
         )

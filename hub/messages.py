@@ -297,6 +297,15 @@ class Pong(Outgoing):
     id: int | str | None
 
 
+class Redirect(Outgoing):
+    """The room is held by another node of the cluster: reconnect there (sent before
+    the join, to a websocket that named its room, then the socket closes)."""
+
+    type: Literal["redirect"] = "redirect"
+    url: str
+    node: str
+
+
 class Speakers(Outgoing):
     type: Literal["speakers"] = "speakers"
     speakers: list[str]
@@ -366,6 +375,7 @@ OUTGOING: tuple[type[Outgoing], ...] = (  # every message the hub sends
     Muted,
     Removed,
     Pong,
+    Redirect,
     Speakers,
     Stats,
     MediaStatus,

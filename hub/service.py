@@ -35,7 +35,7 @@ from hub.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = 1.0
 """Seconds between a node's heartbeats; it is dead three beats after its last, and a
 live node takes its rooms over at its next beat."""
 RESOURCE_KEY = "media-session:"
@@ -66,6 +66,9 @@ class Hub:
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
         self._unsaved: set[RoomName] = set()
         """Rooms whose state changed since it was last written to the Store."""
+        self.node_urls: list[str] = []
+        """Where the cluster's live nodes are reached (HUB_NODE_URL), as of the last
+        heartbeat: the pages may follow a redirect there."""
         self.on_recorded: Recorded | None = None
         """Set by the app: hands a finished recording to the library."""
 
@@ -288,6 +291,10 @@ class Hub:
                 "url": self.settings.resolved_node_url(),
             },
             HEARTBEAT_INTERVAL * 3,
+        )
+        nodes = await self.store.nodes()
+        self.node_urls = sorted(
+            {str(i["url"]) for n, i in nodes.items() if n != self.node_id and i.get("url")}
         )
         for room in list(self.rooms.values()):
             # Claim again: a restarted Redis forgets which node holds which room; if

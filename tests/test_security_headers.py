@@ -32,3 +32,14 @@ def test_a_strange_host_header_adds_no_source(host: str) -> None:
 @pytest.mark.parametrize("host", ["10.0.0.4:8443", "hub.county.local", "[::1]:8080"])
 def test_the_hub_s_own_host_is_a_websocket_source(host: str) -> None:
     assert policy_for(host).endswith(f"connect-src 'self' ws://{host} wss://{host}")
+
+
+def test_a_cluster_page_may_connect_to_the_other_nodes() -> None:
+    policy = policy_for(
+        "127.0.0.1:8080",
+        ["https://hub.county.lan/node/hub-2", "http://10.0.0.6:8080", "javascript:alert(1)"],
+    )
+    assert policy.endswith(
+        "connect-src 'self' ws://127.0.0.1:8080 wss://127.0.0.1:8080"
+        " https://hub.county.lan wss://hub.county.lan http://10.0.0.6:8080 ws://10.0.0.6:8080"
+    )

@@ -115,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         default=settings.max_body_bytes,
         limits=[("POST", UPLOADS_PATH, settings.max_upload_bytes + UPLOAD_FRAMING)],
     )
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, nodes=lambda: hub.node_urls)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
     app.state.engine = engine

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cluster.router import RoomRouter
 from hub.ids import RoomName, valid_room_name
+from hub.messages import Redirect
 from hub.service import Hub
 
 _ROOM_PATHS = re.compile(
@@ -97,6 +98,5 @@ async def _redirect_websocket(receive: Receive, send: Send, url: str, node: str)
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    message = {"type": "redirect", "url": url, "node": node}
-    await send({"type": "websocket.send", "text": json.dumps(message)})
+    await send({"type": "websocket.send", "text": Redirect(url=url, node=node).to_json()})
     await send({"type": "websocket.close", "code": 1000, "reason": "room_elsewhere"})

@@ -5,6 +5,8 @@ and no Referer (join links carry their token in the query string)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,26 +26,41 @@ _FIXED = [
 ]
 
 
-def policy_for(host: str | None) -> str:
+def policy_for(host: str | None, nodes: Iterable[str] = ()) -> str:
     """The policy for a page served as ``host``: signaling's websocket goes to the same
-    host, which older browsers do not count as 'self'."""
-    if host is None or _HOST.fullmatch(host) is None:
-        return _POLICY
-    return f"{_POLICY} ws://{host} wss://{host}"
+    host, which older browsers do not count as 'self'; in a cluster, also to the other
+    nodes (``nodes``, their URLs), where a room held elsewhere sends the page."""
+    sources = []
+    if host is not None and _HOST.fullmatch(host) is not None:
+        sources += [f"ws://{host}", f"wss://{host}"]
+    for url in nodes:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and _HOST.fullmatch(parts.netloc):
+            secure = parts.scheme == "https"
+            sources += [
+                f"{parts.scheme}://{parts.netloc}",
+                f"ws{'s' if secure else ''}://{parts.netloc}",
+            ]
+    return " ".join([_POLICY, *dict.fromkeys(sources)])
 
 
 class SecurityHeaders:
-    """ASGI middleware: the headers above on every HTTP response (websockets pass)."""
+    """ASGI middleware: the headers above on every HTTP response (websockets pass).
+    ``nodes`` gives the URLs of the cluster's nodes, if any."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, nodes: Callable[[], Iterable[str]] = tuple) -> None:
         self.app = app
+        self.nodes = nodes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
-        added = [*_FIXED, (b"content-security-policy", policy_for(host).encode("latin-1"))]
+        added = [
+            *_FIXED,
+            (b"content-security-policy", policy_for(host, self.nodes()).encode("latin-1")),
+        ]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

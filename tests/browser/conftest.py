@@ -169,7 +169,16 @@ class Browsers:
         self.contexts: list[Any] = []
         self.console_logs: dict[str, list[str]] = {}
 
-    def open(self, url: str, label: str, width: int = 1280, height: int = 800) -> Any:
+    def open(
+        self,
+        url: str,
+        label: str,
+        width: int = 1280,
+        height: int = 800,
+        *,
+        ignore_https_errors: bool = False,
+    ) -> Any:
+        """``ignore_https_errors``: for a test's own self-signed certificate (nginx)."""
         if len(self.contexts) >= self.MAX_CONTEXTS:
             raise AssertionError("at most four browser contexts at once")
         context = self.playwright.chromium.launch_persistent_context(
@@ -178,6 +187,7 @@ class Browsers:
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": width, "height": height},
+            ignore_https_errors=ignore_https_errors,
         )
         self.contexts.append(context)
         page = context.pages[0] if context.pages else context.new_page()

@@ -164,11 +164,35 @@ export function backoffDelay(attempt, random = Math.random) {
     return Math.round(base * (0.8 + 0.4 * random()));
 }
 
-/** The signaling websocket URL for a page served by the hub. */
-export function defaultSignalingUrl() {
+/**
+ * The signaling websocket URL for a page served by the hub; naming the room lets any
+ * node of a cluster send the client to the node holding it.
+ * @param {string} [room]
+ */
+export function defaultSignalingUrl(room) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/ws`;
+    const query = room ? `?room=${encodeURIComponent(room)}` : "";
+    return `${scheme}//${location.host}/ws${query}`;
 }
+
+/**
+ * The room a join token is for (its claims are readable; only the hub checks them).
+ * @param {string} token
+ * @returns {string}
+ */
+export function roomOfToken(token) {
+    try {
+        const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+        const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+        const claims = JSON.parse(new TextDecoder().decode(bytes));
+        return typeof claims.room === "string" ? claims.room : "";
+    } catch {
+        return "";
+    }
+}
+
+/** Redirects followed in a row before giving up (a cluster moving a room twice). */
+const MAX_REDIRECTS = 3;
 
 /**
  * @param {RTCPeerConnection} pc
@@ -210,7 +234,10 @@ export class HubClient {
      */
     constructor(options) {
         this.token = options.token;
-        this.url = options.url || defaultSignalingUrl();
+        this.url = options.url || defaultSignalingUrl(roomOfToken(options.token));
+        /** @type {string | null} where a `redirect` sends the next connection (once) */
+        this._redirectTo = null;
+        this._redirects = 0;
         this.backoff = options.backoff || ((n) => backoffDelay(n));
         this.pingIntervalMs = options.pingIntervalMs || 5000;
         this.silenceTimeoutMs = options.silenceTimeoutMs || 15000;
@@ -372,8 +399,11 @@ export class HubClient {
         this._setState(this.rejoins > 0 || this._attempt > 0 ? "reconnecting" : "connecting");
         /** @type {WebSocket} */
         let ws;
+        const url = this._redirectTo || this.url;
+        if (!this._redirectTo) this._redirects = 0; // a fresh start from the home URL
+        this._redirectTo = null;
         try {
-            ws = new WebSocket(this.url);
+            ws = new WebSocket(url);
         } catch (e) {
             this._connectionLost(generation, String(e));
             return;
@@ -414,8 +444,9 @@ export class HubClient {
      * join and try again after a backoff delay, with the same token.
      * @param {number} generation
      * @param {string} why
+     * @param {boolean} [immediately]  no backoff (a redirect to the room's node)
      */
-    _connectionLost(generation, why) {
+    _connectionLost(generation, why, immediately = false) {
         if (generation !== this._generation || this.state === "closed") return;
         this._generation++;
         this._clearTimers();
@@ -432,7 +463,7 @@ export class HubClient {
         }
         this._closePeerConnections();
         this._setState("reconnecting");
-        const delay = this.backoff(this._attempt++);
+        const delay = immediately ? 0 : this.backoff(this._attempt++);
         console.info(`practice-hub: connection lost (${why}); retrying in ${delay} ms`);
         this._retryTimer = setTimeout(() => this._connect(), delay);
     }
@@ -498,6 +529,17 @@ export class HubClient {
             case "joined":
                 await this._onJoined(msg, generation);
                 break;
+            case "redirect": {
+                const url = String(msg.url || "");
+                if (/^wss?:\/\//.test(url) && this._redirects < MAX_REDIRECTS) {
+                    this._redirects++;
+                    this._redirectTo = url;
+                    this._connectionLost(generation, `room held by node ${msg.node}`, true);
+                } else {
+                    this._connectionLost(generation, "redirect refused");
+                }
+                break;
+            }
             case "answer":
                 if (msg.pc === "publisher" && this._pendingAnswer) {
                     const pending = this._pendingAnswer;
