@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import uvicorn
 
 from hub.ids import ParticipantIdentity, RoomName
 from hub.service import Hub
 from hub.settings import Settings
 from hub.tokens import Role, TokenSigner, grant_for_role
+from tests.helpers import wait_until
 from web.app import create_app
 
 SECRET = "test-secret-0123456789abcdef0123"
@@ -102,3 +106,39 @@ async def running_hub(data_dir: Path, **overrides: Any) -> AsyncIterator[Running
             raise AssertionError(
                 f"hub did not shut down in 20 s; {len(stuck)} tasks left"
             ) from None
+
+
+async def hub_process(
+    data_dir: Path, port: int, settings: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``python -m hub serve`` in a process of its own (a test kills it), answering
+    ``/healthz``; ``settings``: more ``HUB_*`` variables."""
+    env = {
+        **os.environ,
+        "HUB_SECRET": SECRET,
+        "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]',
+        **(settings or {}),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(data_dir), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+        async def healthy() -> str | None:
+            if process.returncode is not None:
+                raise AssertionError(f"the hub exited with {process.returncode}")
+            try:
+                return None if (await http.get("/healthz")).status_code == 200 else "?"
+            except httpx.TransportError as exc:
+                return f"not up: {exc}"
+
+        try:
+            await wait_until(healthy, timeout=60, interval=0.2)
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            raise
+    return process

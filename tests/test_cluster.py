@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from hub.ids import ParticipantIdentity, RoomName
 from hub.service import HEARTBEAT_INTERVAL
 from hub.tokens import Role, TokenSigner, grant_for_role
 from tests.helpers import wait_until
-from tests.hubserver import SECRET, free_port, running_hub
+from tests.hubserver import SECRET, free_port, hub_process, running_hub
 
 
 async def test_a_room_lives_on_one_node_and_moves_when_freed(
@@ -126,19 +124,15 @@ async def test_a_dead_nodes_rooms_are_taken_over_with_their_state(
     """SIGKILL the node holding a room: within 10 s a live node holds it, as it was
     (stage, households, recording going on as a new part)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "HUB_SECRET": SECRET,
-        "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]',
-        "HUB_REDIS_URL": redis_url,
-        "HUB_NODE_ID": "node-doomed",
-        "HUB_MEDIA_DIR": str(tmp_path / "nfs"),
-    }
-    doomed = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(tmp_path / "doomed"), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    doomed = await hub_process(
+        tmp_path / "doomed",
+        port,
+        {
+            "HUB_REDIS_URL": redis_url,
+            "HUB_NODE_ID": "node-doomed",
+            "HUB_MEDIA_DIR": str(tmp_path / "nfs"),
+        },
+    )
     token = TokenSigner(SECRET).issue(
         grant_for_role(RoomName("county"), ParticipantIdentity("C"), Role.CENTER, ttl=600)
     )
@@ -148,14 +142,6 @@ async def test_a_dead_nodes_rooms_are_taken_over_with_their_state(
             tmp_path / "b", redis_url=redis_url, node_id="node-b", media_dir=tmp_path / "nfs"
         ) as b:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-
-                async def healthy() -> str | None:
-                    try:
-                        return None if (await http.get("/healthz")).status_code == 200 else "?"
-                    except httpx.TransportError as exc:
-                        return f"not up: {exc}"
-
-                await wait_until(healthy, timeout=30, interval=0.2)
                 await center.connect()
                 await center.publish({"camera": VideoStreamTrack()})
                 auth = {"Authorization": f"Bearer {token}"}

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -18,7 +16,7 @@ from hub.client import HubClient
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, TokenSigner, grant_for_role
 from tests.helpers import wait_until
-from tests.hubserver import SECRET, free_port
+from tests.hubserver import SECRET, free_port, hub_process
 
 
 def recorded_files(data_dir: Path) -> list[Path]:
@@ -40,26 +38,13 @@ def playable_seconds(path: Path) -> float:
 
 async def test_recording_survives_a_killed_hub(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "HUB_SECRET": SECRET, "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]'}
-    hub = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(tmp_path), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    hub = await hub_process(tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     grant = grant_for_role(RoomName("crash"), ParticipantIdentity("C"), Role.CENTER, ttl=600)
     token = TokenSigner(SECRET).issue(grant)
     center = HubClient(f"ws://127.0.0.1:{port}/ws", token)
     try:
         async with httpx.AsyncClient(base_url=base) as http:
-
-            async def healthy() -> str | None:
-                try:
-                    return None if (await http.get("/healthz")).status_code == 200 else "?"
-                except httpx.TransportError as exc:
-                    return f"not up: {exc}"
-
-            await wait_until(healthy, timeout=30, interval=0.2)
             await center.connect()
             await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
             started = await http.post(

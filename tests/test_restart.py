@@ -7,9 +7,7 @@ cut off to the library. Real hubs, real aiortc clients, the real ffmpeg."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from hub.room_state import state_key
 from hub.tokens import Role, TokenSigner, grant_for_role
 from media.jobs import job_sources
 from tests.helpers import wait_until
-from tests.hubserver import SECRET, RunningHub, free_port, running_hub
+from tests.hubserver import SECRET, RunningHub, free_port, hub_process, running_hub
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -148,31 +146,14 @@ async def test_a_recording_cut_off_is_handed_to_the_library_when_the_room_is_not
     not restored, and the recording that was cut off becomes a library item."""
     data = tmp_path / "data"
     port = free_port()
-    env = {
-        **os.environ,
-        "HUB_SECRET": SECRET,
-        "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]',
-        "HUB_ROOM_EMPTY_TIMEOUT": "1",  # the state lasts 11 s past the last heartbeat
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(data), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    # The state lasts a second and two heartbeats past the last heartbeat.
+    process = await hub_process(data, port, {"HUB_ROOM_EMPTY_TIMEOUT": "1"})
     base = f"http://127.0.0.1:{port}"
     grant = grant_for_role(RoomName(ROOM), ParticipantIdentity("C"), Role.CENTER, ttl=600)
     token = TokenSigner(SECRET).issue(grant)
     center = HubClient(f"ws://127.0.0.1:{port}/ws", token)
     try:
         async with httpx.AsyncClient(base_url=base) as http:
-
-            async def healthy() -> str | None:
-                try:
-                    return None if (await http.get("/healthz")).status_code == 200 else "?"
-                except httpx.TransportError as exc:
-                    return f"not up: {exc}"
-
-            await wait_until(healthy, timeout=30, interval=0.2)
             await center.connect()
             await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
             started = await http.post(

@@ -38,7 +38,7 @@ from hub.peers import make_peer_connection
 from tests.browser.conftest import ROOT, Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, client_state, sid_of
 from tests.browser.test_e2e import joined
-from tests.browser.test_restart import household_time, playing
+from tests.browser.test_restart import assert_one_library_item, household_time, playing
 from tests.conftest import missing_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]
@@ -278,17 +278,4 @@ def test_a_county_lecture_holds_together_across_three_nodes(
     finally:
         ingest.stop()
 
-    with httpx.Client(base_url=base, verify=False, timeout=15) as admin:
-        login = admin.post("/api/login", json={"username": ADMIN[0], "password": ADMIN[1]})
-        login.raise_for_status()
-        found: list[dict[str, Any]] = []
-
-        def in_library() -> str | None:
-            listed = admin.get("/api/library", params={"include_unpublished": "true"}).json()
-            found[:] = [i for i in listed["items"] if i["title"].startswith(ROOM)]
-            ready = [i for i in found if i["status"] == "ready"]
-            return None if ready else f"library: {found}"
-
-        poll(in_library, timeout=240, interval=2)
-    assert len(found) == 1, "one item for the one lecture"
-    assert found[0]["duration"] >= 17, found[0]  # before (≥ 10 s) and after (≥ 10 s)
+    assert_one_library_item(base, ADMIN, ROOM, verify=False)
