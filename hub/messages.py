@@ -303,6 +303,7 @@ class LinkInfo(Outgoing):
     rtt_ms: float | None
     loss: float | None
     bitrate_kbps: float
+    uplink: QualityLevel
 
 
 class Stats(Outgoing):
