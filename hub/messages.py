@@ -343,6 +343,14 @@ class RollCallStatus(Outgoing):
     names: dict[str, str] = {}
 
 
+class Redirect(Outgoing):
+    """The room is held by another node of the cluster: join there (then closed)."""
+
+    type: Literal["redirect"] = "redirect"
+    url: str
+    node: str
+
+
 class Error(Outgoing):
     type: Literal["error"] = "error"
     code: str
@@ -371,5 +379,6 @@ OUTGOING: tuple[type[Outgoing], ...] = (  # every message the hub sends
     RemovedIdentities,
     RollCallStarted,
     RollCallStatus,
+    Redirect,
     Error,
 )
