@@ -224,6 +224,8 @@ FIXED_MESSAGES = [
     '{"type": "rollcall", "seconds": -5}',
     '{"type": "rollcall", "seconds": 1e999}',
     '{"type": "rollcall_answer", "id": null}',
+    '{"type": "view", "tiles": "PA_x"}',
+    '{"type": "view", "tiles": [' + ", ".join(['"PA_x"'] * 2000) + "]}",
 ]
 MESSAGE_TYPES = [
     "join", "offer", "answer", "candidate", "mute", "unpublish", "hand", "chat", "moderate",

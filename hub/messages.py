@@ -297,15 +297,6 @@ class Pong(Outgoing):
     id: int | str | None
 
 
-class Redirect(Outgoing):
-    """The room is held by another node of the cluster: reconnect there (sent before
-    the join, to a websocket that named its room, then the socket closes)."""
-
-    type: Literal["redirect"] = "redirect"
-    url: str
-    node: str
-
-
 class Speakers(Outgoing):
     type: Literal["speakers"] = "speakers"
     speakers: list[str]
@@ -315,6 +306,7 @@ class LinkInfo(Outgoing):
     rtt_ms: float | None
     loss: float | None
     bitrate_kbps: float
+    uplink: QualityLevel
 
 
 class Stats(Outgoing):
@@ -354,6 +346,14 @@ class RollCallStatus(Outgoing):
     names: dict[str, str] = {}
 
 
+class Redirect(Outgoing):
+    """The room is held by another node of the cluster: join there (then closed)."""
+
+    type: Literal["redirect"] = "redirect"
+    url: str
+    node: str
+
+
 class Error(Outgoing):
     type: Literal["error"] = "error"
     code: str
@@ -375,7 +375,6 @@ OUTGOING: tuple[type[Outgoing], ...] = (  # every message the hub sends
     Muted,
     Removed,
     Pong,
-    Redirect,
     Speakers,
     Stats,
     MediaStatus,
@@ -383,5 +382,6 @@ OUTGOING: tuple[type[Outgoing], ...] = (  # every message the hub sends
     RemovedIdentities,
     RollCallStarted,
     RollCallStatus,
+    Redirect,
     Error,
 )

@@ -851,7 +851,12 @@ class Room:
                 self.to_moderators(
                     m.Stats(
                         participants={
-                            p.sid: m.LinkInfo.model_validate(p.link.as_dict())
+                            p.sid: m.LinkInfo(
+                                rtt_ms=p.link.rtt_ms,
+                                loss=p.link.loss,
+                                bitrate_kbps=p.link.bitrate_kbps,
+                                uplink=p.uplink.level,
+                            )
                             for p in self.participants.values()
                         }
                     )

@@ -202,6 +202,10 @@ async def test_a_camera_nobody_watches_stops_at_its_source(hub_server: RunningHu
         await s1.wait_for(
             lambda m: m == {"type": "quality", "level": "paused", "microphone": "paused"}
         )
+        # The console knows it is paused, not a weak link.
+        await center.wait_for(
+            lambda m: m["type"] == "stats" and m["participants"][sid1]["uplink"] == "paused"
+        )
         await asyncio.sleep(0.5)  # what was in flight has arrived
         before = received(Source.CAMERA)
         # A site joining now, on no page, is paused before it sends anything.

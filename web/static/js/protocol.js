@@ -82,7 +82,8 @@
  * @property {{source: Source, muted: boolean, by_moderator: boolean}} muted
  * @property {QualityLevel} quality          how to send the camera changed (`microphone` too, then)
  * @property {string[]} speakers
- * @property {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number}>} stats
+ * @property {Record<string, {rtt_ms?: number, loss?: number, bitrate_kbps?: number, uplink?: QualityLevel}>} stats
+ *     `uplink`: how the site was told to send its camera (`paused`: on no console's page)
  * @property {string} removed                  reason; the client will not reconnect
  * @property {HubError} error                  an `error` message from the hub, or a local failure
  * @property {HubError} fatal                  the client gave up (bad token...)
