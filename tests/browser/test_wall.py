@@ -341,5 +341,7 @@ def test_a_station_nobody_watches_pauses_its_uplink(
 
     # its microphone reaches the console only while the operator listens to it
     assert counter(console, "audio", sid_of(station), "microphone", "samples") is None
+    assert station.locator("#mic-paused").is_visible()
     console.locator('#wall .tile[data-identity="I07-S001"] [data-action="listen"]').click()
     poll(Progress(console, "audio", sid_of(station), "microphone", "samples"), timeout=10)
+    assert station.locator("#mic-paused").is_hidden()
