@@ -278,6 +278,14 @@ def test_the_wall_pages_filters_and_counts(
     poll(Progress(console, "video", sid_of(station), "camera", "framesDecoded"), timeout=25)
     camera_tile.locator('[data-action="listen"]').click()
     assert camera_tile.locator('[data-action="listen"]').get_attribute("aria-pressed") == "true"
+
+    # a site called on stage leaves the pages for the stage, shown large above them
+    console.locator(f'#wall .tile[data-identity="{online[0]}"] [data-action="stage"]').click()
+    poll(shows(console, online[1:26]))
+    stage_tile = console.locator(f'#stage-wall .tile[data-identity="{online[0]}"]')
+    stage_tile.wait_for()
+    page_tile = console.locator("#wall .tile").first
+    assert stage_tile.bounding_box()["width"] > page_tile.bounding_box()["width"]
     screenshot(console, "console-wall.png")
 
     console.get_by_role("button", name="切换语言为英文").click()
