@@ -278,6 +278,14 @@ def test_the_wall_pages_filters_and_counts(
     poll(Progress(console, "video", sid_of(station), "camera", "framesDecoded"), timeout=25)
     camera_tile.locator('[data-action="listen"]').click()
     assert camera_tile.locator('[data-action="listen"]').get_attribute("aria-pressed") == "true"
+
+    # a site called on stage leaves the pages for the stage, shown large above them
+    console.locator(f'#wall .tile[data-identity="{online[0]}"] [data-action="stage"]').click()
+    poll(shows(console, online[1:26]))
+    stage_tile = console.locator(f'#stage-wall .tile[data-identity="{online[0]}"]')
+    stage_tile.wait_for()
+    page_tile = console.locator("#wall .tile").first
+    assert stage_tile.bounding_box()["width"] > page_tile.bounding_box()["width"]
     screenshot(console, "console-wall.png")
 
     console.get_by_role("button", name="切换语言为英文").click()
@@ -341,5 +349,7 @@ def test_a_station_nobody_watches_pauses_its_uplink(
 
     # its microphone reaches the console only while the operator listens to it
     assert counter(console, "audio", sid_of(station), "microphone", "samples") is None
+    assert station.locator("#mic-paused").is_visible()
     console.locator('#wall .tile[data-identity="I07-S001"] [data-action="listen"]').click()
     poll(Progress(console, "audio", sid_of(station), "microphone", "samples"), timeout=10)
+    assert station.locator("#mic-paused").is_hidden()

@@ -231,6 +231,15 @@ audioOnlyButton.addEventListener("click", async () => {
     renderControls();
 });
 
+/**
+ * What the hub paused because nobody receives it: the camera stays open (the preview
+ * runs) and the microphone too; only their upload waits for a viewer or a listener.
+ */
+function renderUplink() {
+    byId("uplink-paused").hidden = !client || client.quality !== "paused";
+    byId("mic-paused").hidden = !client || client.microphone !== "paused";
+}
+
 // ---- link quality ---------------------------------------------------------------------------
 
 async function updateQuality() {
@@ -306,9 +315,8 @@ async function start(token) {
         renderControls();
         if (m.by_moderator && m.muted) toast(t("station.lockedByModerator"));
     });
-    c.on("quality", (level) => {
-        // the camera stays open (the preview runs); only its uplink waits for a viewer
-        byId("uplink-paused").hidden = level !== "paused";
+    c.on("quality", () => {
+        renderUplink();
         renderStage();
     });
     c.on("chat", addChat);
@@ -318,6 +326,7 @@ async function start(token) {
         byId("self-name").textContent = `· ${self.name || self.identity}`;
         document.title = `${self.name || self.identity} · ${t("station.title")}`;
         renderControls();
+        renderUplink();
     });
     c.on("media", showOnAir);
     c.on("error", (err) => toast(`${err.code}: ${err.message}`));
