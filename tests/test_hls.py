@@ -226,6 +226,17 @@ async def test_http_rejects_bad_requests(live_h264: Live) -> None:
         assert (await get(f"{live.base}/{name}")).status_code == 404, name
 
 
+async def test_a_malformed_player_id_changes_no_answer(live_h264: Live) -> None:
+    """A shared cache keys playlists without ``player`` (deploy/nginx.conf): were a bad
+    one refused, that refusal would be served to every player asking the same."""
+    await playable(live_h264)
+    for player in ("<script>", "x", "a" * 65):
+        response = await live_h264.client.get(
+            f"{live_h264.base}/index.m3u8", params={"player": player}
+        )
+        assert response.status_code == 200, response.text
+
+
 async def test_ffmpeg_plays_the_live_playlist(live_h264: Live, tmp_path: Path) -> None:
     live = live_h264
     await playable(live)
