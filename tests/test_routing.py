@@ -43,6 +43,10 @@ async def test_requests_about_a_room_reach_its_node(tmp_path: Path, redis_url: s
                 307,
                 f"{a.base}/live/{ROOM}/index.m3u8",
             )
+            # A cache in front keeps it a second (its waiting players share it); the
+            # API's is never stored.
+            assert live.headers["cache-control"] == "public, max-age=0, s-maxage=1"
+            assert info.headers["cache-control"] == "no-store"
             followed = await http.get(
                 f"{b.base}/api/rooms/{ROOM}", headers=moderator, follow_redirects=True
             )

@@ -29,6 +29,11 @@ _ROOM_PATHS = re.compile(
 the room API (not the console grant or invitations, which any node issues)."""
 
 
+_CACHE_REDIRECT = b"public, max-age=0, s-maxage=1"
+"""A live HLS redirect, as the hub's other short live answers: nginx's cache keeps it a
+second, so the players waiting on its lock for that key share it."""
+
+
 def room_of(scope: Scope) -> RoomName | None:
     """The room a request is about, if it is one of the routed ones."""
     if scope["type"] == "websocket":
@@ -85,7 +90,10 @@ class RoomRouting:
                     (b"location", target.encode("latin-1")),
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
+                    (
+                        b"cache-control",
+                        _CACHE_REDIRECT if scope["path"].startswith("/live/") else b"no-store",
+                    ),
                 ],
             }
         )
