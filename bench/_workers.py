@@ -454,7 +454,7 @@ def _packet(data: bytes, index: int, step: int) -> av.Packet:
 _RTP_HEADER = struct.Struct("!BBHII")
 
 
-class _RawTrack:
+class RawTrack:
     """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`)."""
 
     __slots__ = ("next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
@@ -497,8 +497,8 @@ class Station:
         self.lecturer: str | None = None
         """The lecturer's sid, once joined."""
         self.clip = clip
-        self.video: _RawTrack | None = None
-        self.audio: _RawTrack | None = None
+        self.video: RawTrack | None = None
+        self.audio: RawTrack | None = None
         self.started_at = 0.0
         self.join_at = math.nan
         self.first_frame_at: float | None = None
@@ -539,9 +539,9 @@ class Station:
             assert self.client.publisher is not None
             for transceiver in self.client.publisher.getTransceivers():
                 if transceiver.sender.track is parked["camera"]:
-                    self.video = _RawTrack(transceiver)
+                    self.video = RawTrack(transceiver)
                 elif transceiver.sender.track is parked["microphone"]:
-                    self.audio = _RawTrack(transceiver)
+                    self.audio = RawTrack(transceiver)
             self.started_at = time.monotonic()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"

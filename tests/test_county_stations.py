@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from bench._media import THUMB_FPS, THUMB_HEIGHT, THUMB_WIDTH, load_thumbnail_clip
-from bench._workers import Packetized, _RawTrack
+from bench._workers import Packetized, RawTrack
 from hub.client import HubClient, ReceivedTrack
 from hub.peers import ParkedTrack
 from tests.helpers import first_track, wait_until
@@ -42,7 +42,7 @@ async def test_raw_rtp_is_forwarded_and_datagrams_are_counted(hub_server: Runnin
         transceiver = next(
             t for t in station.publisher.getTransceivers() if t.sender.track is parked
         )
-        track = _RawTrack(transceiver)
+        track = RawTrack(transceiver)
 
         async def send() -> None:
             for index in range(10 * THUMB_FPS):
