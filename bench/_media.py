@@ -196,23 +196,10 @@ class PacedTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, clock_rate)
         self._index = 0
         self._start: float | None = None
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-
-    def pause(self, paused: bool) -> None:
-        """Send nothing while paused, as a browser whose encoding is inactive does."""
-        if paused:
-            self._resumed.clear()
-        else:
-            self._resumed.set()
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        if not self._resumed.is_set():
-            await self._resumed.wait()
-            # Go on at the clip's pace from now, not with a burst for the pause.
-            self._start = time.monotonic() - self._index * self._interval
         now = time.monotonic()
         if self._start is None:
             self._start = now
@@ -227,10 +214,10 @@ class PacedTrack(MediaStreamTrack):
         return packet
 
 
-def clip_tracks(clip: Clip, fps: int = FPS) -> tuple[PacedTrack, PacedTrack]:
-    """A (video, audio) pair replaying ``clip`` (its video at ``fps``)."""
+def clip_tracks(clip: Clip) -> tuple[PacedTrack, PacedTrack]:
+    """A (video, audio) pair replaying ``clip``."""
     return (
-        PacedTrack("video", clip.video, 90000, 90000 // fps),
+        PacedTrack("video", clip.video, 90000, 90000 // FPS),
         PacedTrack("audio", clip.audio, 48000, AUDIO_FRAME),
     )
 

@@ -54,6 +54,9 @@ from hub.aiortc_internals import ReceiverTap, RtpPacer, raw_sending, restrict_ho
 from hub.client import HubClient, ReceivedTrack
 from hub.peers import ParkedTrack
 
+JOIN_BACKOFF = 0.5
+JOIN_BACKOFF_MAX = 3.6
+"""A station's rejoin backoff, doubling, as ``protocol.js``'s."""
 JOIN_CONCURRENCY = 4
 """Joins in flight per worker: DTLS handshakes are CPU-heavy on two cores."""
 
@@ -454,7 +457,7 @@ def _packet(data: bytes, index: int, step: int) -> av.Packet:
 _RTP_HEADER = struct.Struct("!BBHII")
 
 
-class _RawTrack:
+class RawTrack:
     """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`)."""
 
     __slots__ = ("next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
@@ -497,13 +500,14 @@ class Station:
         self.lecturer: str | None = None
         """The lecturer's sid, once joined."""
         self.clip = clip
-        self.video: _RawTrack | None = None
-        self.audio: _RawTrack | None = None
+        self.video: RawTrack | None = None
+        self.audio: RawTrack | None = None
         self.started_at = 0.0
         self.join_at = math.nan
         self.first_frame_at: float | None = None
         self.lecturer_frames = 0
         self.error: str | None = None
+        self.attempts = 1
         self.joined = False
         self.paused = False
         self._read = 0
@@ -520,31 +524,45 @@ class Station:
         if self.first_frame_at is None:
             self.first_frame_at = time.monotonic()
 
-    async def join(self, at: float) -> None:
+    async def join(self, at: float, give_up_at: float) -> None:
+        """Join at ``at``; a join that fails is tried again after a backoff, as
+        ``protocol.js`` does, until ``give_up_at``. Join time counts from the first."""
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         self.join_at = time.monotonic()
-        try:
-            joined = await self.client.connect(timeout=60)
-            self.lecturer = next(
-                (
-                    p["sid"]
-                    for p in joined["participants"]
-                    if p["identity"] == self.lecturer_identity
-                ),
-                None,
+        backoff = JOIN_BACKOFF
+        while True:
+            try:
+                await self._join_once()
+                self.error = None
+                return
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+            self.attempts += 1
+            if time.monotonic() + backoff > give_up_at:
+                return
+            await self.client.close()
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, JOIN_BACKOFF_MAX)
+            self.client = HubClient(
+                self.client.url, self.client.token, decode=self.probe, on_datagram=self._on_datagram
             )
-            self.joined = True
-            parked = {"camera": ParkedTrack("video"), "microphone": ParkedTrack("audio")}
-            await self.client.publish(dict(parked), timeout=60)
-            assert self.client.publisher is not None
-            for transceiver in self.client.publisher.getTransceivers():
-                if transceiver.sender.track is parked["camera"]:
-                    self.video = _RawTrack(transceiver)
-                elif transceiver.sender.track is parked["microphone"]:
-                    self.audio = _RawTrack(transceiver)
-            self.started_at = time.monotonic()
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+
+    async def _join_once(self) -> None:
+        joined = await self.client.connect(timeout=60)
+        self.lecturer = next(
+            (p["sid"] for p in joined["participants"] if p["identity"] == self.lecturer_identity),
+            None,
+        )
+        self.joined = True
+        parked = {"camera": ParkedTrack("video"), "microphone": ParkedTrack("audio")}
+        await self.client.publish(dict(parked), timeout=60)
+        assert self.client.publisher is not None
+        for transceiver in self.client.publisher.getTransceivers():
+            if transceiver.sender.track is parked["camera"]:
+                self.video = RawTrack(transceiver)
+            elif transceiver.sender.track is parked["microphone"]:
+                self.audio = RawTrack(transceiver)
+        self.started_at = time.monotonic()
 
     def send_due(self, now: float) -> None:
         """Send what the clip has due by ``now`` (the camera not while paused)."""
@@ -591,7 +609,7 @@ class Station:
         except MediaStreamError:
             pass
 
-    def status(self) -> tuple[bool, float, float | None, int, bool, str | None, str]:
+    def status(self) -> tuple[bool, float, float | None, int, bool, str | None, str, int]:
         return (
             self.joined,
             self.join_at,
@@ -600,6 +618,7 @@ class Station:
             self.paused,
             self.error,
             f"{'probe' if self.probe else 'station'} tracks={len(self.client.received)}",
+            self.attempts,
         )
 
     async def close(self) -> None:
@@ -625,14 +644,20 @@ class Stations:
         self.clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
 
     async def storm(
-        self, ws_url: str, lecturer: str, joins: list[tuple[str, float]], probe: bool
+        self,
+        ws_url: str,
+        lecturer: str,
+        joins: list[tuple[str, float]],
+        probe: bool,
+        give_up_at: float,
     ) -> None:
-        """Start joining: each (token, monotonic time to send its join at)."""
+        """Start joining: each (token, monotonic time to send its join at); failed
+        joins are tried again until ``give_up_at``."""
         assert self.clip is not None
         for token, at in joins:
             station = Station(ws_url, token, self.clip, lecturer, probe)
             self.stations.append(station)
-            self.joins.append(asyncio.create_task(station.join(at)))
+            self.joins.append(asyncio.create_task(station.join(at, give_up_at)))
         if self._follower is None:
             self._follower = asyncio.create_task(self._follow())
             self._sender = asyncio.create_task(self._send())

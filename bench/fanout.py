@@ -229,8 +229,8 @@ class HubProcess:
         grant = grant_for_role(RoomName(ROOM), ParticipantIdentity(identity), Role(role), ttl=3600)
         return self.signer.issue(grant)
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.base}/metrics", timeout=5) as response:
+    def metrics(self, timeout: float = 5) -> str:
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=timeout) as response:
             return response.read().decode()
 
     def fastpath(self) -> str:
@@ -239,9 +239,9 @@ class HubProcess:
         found = re.search(r"^practicehub_native_fanout (\S+)$", self.metrics(), re.M)
         return "unknown" if found is None else "c" if float(found[1]) else "python"
 
-    def counters(self) -> dict[str, int]:
+    def counters(self, timeout: float = 5) -> dict[str, int]:
         """The forwarding counters of /metrics (``practicehub_<name>_total``)."""
-        found = re.findall(r"^practicehub_(\w+)_total (\S+)$", self.metrics(), re.M)
+        found = re.findall(r"^practicehub_(\w+)_total (\S+)$", self.metrics(timeout), re.M)
         if not found:
             raise BenchError("no practicehub_*_total counters in /metrics")
         return {name: int(float(value)) for name, value in found}

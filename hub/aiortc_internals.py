@@ -17,6 +17,7 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import queue
 import random
 import socket
 import struct
@@ -536,15 +537,23 @@ class _FrameTap:
     (:class:`_ReceiverThreading`): the stop sentinel ends the track as that thread
     would have."""
 
-    __slots__ = ("_track_queue", "on_frame")
+    __slots__ = ("_decoder_queue", "_track_queue", "on_frame")
 
-    def __init__(self, track_queue: asyncio.Queue[Any], on_frame: FrameCallback | None) -> None:
+    def __init__(
+        self,
+        decoder_queue: queue.Queue[Any],
+        track_queue: asyncio.Queue[Any],
+        on_frame: FrameCallback | None,
+    ) -> None:
+        self._decoder_queue = decoder_queue
         self._track_queue = track_queue
         self.on_frame = on_frame
 
     def put(self, item: Any) -> None:
         if item is None:
-            # The receiver stops (on the event loop): its track ends.
+            # The receiver stops (on the event loop): its track ends. A decoder thread
+            # started before the tap (none here, but aiortc joins it) ends as well.
+            self._decoder_queue.put(None)
             self._track_queue.put_nowait(None)
             return
         if self.on_frame is not None:
@@ -671,7 +680,11 @@ class ReceiverTap:
         jitter = _RECEIVER_ATTRS[6]
         self._packets = _PacketTap(getattr(receiver, nack), on_rtp)
         _install_receiver_threading()
-        self._frames = _FrameTap(receiver.track._queue, on_frame)  # type: ignore[attr-defined]
+        self._frames = _FrameTap(
+            getattr(receiver, decoder_queue),
+            receiver.track._queue,  # type: ignore[attr-defined]
+            on_frame,
+        )
         self._jitter = _JitterTap(getattr(receiver, jitter), on_frame is not None)
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)

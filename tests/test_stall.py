@@ -15,7 +15,7 @@ from hub.stall import FlowWatch
 from tests.helpers import NoisyVideo, first_track, wait_until
 from tests.hubserver import RunningHub
 
-# (count, now, watched) samples in order, and what ``stalled`` is after each.
+# Samples in order: (packet count, now, watched, what ``stalled`` is after it).
 CASES = {
     "flowing is never stalled": [(10, 1, True, False), (20, 3, True, False), (30, 5, True, False)],
     "stopped past the timeout": [(10, 1, True, False), (10, 2.9, True, False), (10, 3, True, True)],

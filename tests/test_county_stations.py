@@ -1,0 +1,62 @@
+"""bench.county's cheap stations, with a real hub: RTP a station writes straight to
+SRTP (``raw_sending``) is forwarded and decodes; a station counting datagrams by
+their clear headers (``DatagramCounter``) sees every frame."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench._media import THUMB_FPS, THUMB_HEIGHT, THUMB_WIDTH, load_thumbnail_clip
+from bench._workers import Packetized, RawTrack
+from hub.client import HubClient, ReceivedTrack
+from hub.peers import ParkedTrack
+from tests.helpers import first_track, wait_until
+from tests.hubserver import RunningHub
+from tests.test_forwarding_e2e import decode_frames
+
+
+async def test_raw_rtp_is_forwarded_and_datagrams_are_counted(hub_server: RunningHub) -> None:
+    clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
+    frames_counted = 0
+
+    def on_datagram(received: ReceivedTrack, data: bytes) -> None:
+        nonlocal frames_counted
+        if received.track.kind == "video" and data[1] & 0x80:  # marker: a frame's end
+            frames_counted += 1
+
+    station = HubClient(hub_server.ws, hub_server.token("raw", "S1", "station"), decode=False)
+    viewer = HubClient(hub_server.ws, hub_server.token("raw", "C", "center"))
+    counter = HubClient(
+        hub_server.ws,
+        hub_server.token("raw", "C2", "center"),
+        decode=False,
+        on_datagram=on_datagram,
+    )
+    sending: asyncio.Task[None] | None = None
+    try:
+        for client in (station, viewer, counter):
+            await client.connect()
+        parked = ParkedTrack("video")
+        await station.publish({"camera": parked})
+        assert station.publisher is not None
+        transceiver = next(
+            t for t in station.publisher.getTransceivers() if t.sender.track is parked
+        )
+        track = RawTrack(transceiver)
+
+        async def send() -> None:
+            for index in range(10 * THUMB_FPS):
+                frame = clip.video[index % len(clip.video)]
+                track.send(frame, index * 90000 // THUMB_FPS, True)
+                await asyncio.sleep(1 / THUMB_FPS)
+
+        sending = asyncio.create_task(send())
+        video = (await first_track(viewer, "camera")).track
+        frames = await decode_frames(video, 10, timeout=15)
+        assert {(f.width, f.height) for f in frames} == {(THUMB_WIDTH, THUMB_HEIGHT)}
+        await wait_until(lambda: None if frames_counted >= 10 else f"{frames_counted} counted")
+    finally:
+        if sending is not None:
+            sending.cancel()
+        for client in (counter, viewer, station):
+            await client.close()
