@@ -729,7 +729,7 @@ class Console:
     async def view(self, identities: list[str]) -> None:
         """Tell the hub which tiles the console shows (PROTOCOL.md, ``view``)."""
         assert self.client is not None
-        await self.client.send({"type": "view", "participants": self._sids(identities)})
+        await self.client.send({"type": "view", "tiles": self._sids(identities), "listen": []})
 
     async def status(self) -> dict[str, Any]:
         assert self.client is not None
