@@ -135,9 +135,7 @@ class Nginx:
     site config of ``deploy/``. Its access log notes, per
     request, whether it reached the hub."""
 
-    def __init__(
-        self, directory: Path, nodes: dict[str, int] | int, *, workers: int = 1
-    ) -> None:
+    def __init__(self, directory: Path, nodes: dict[str, int] | int, *, workers: int = 1) -> None:
         """In front of ``nodes`` (by node id), or of the one hub at that port."""
         from tests.hubserver import free_port
 
