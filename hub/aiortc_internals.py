@@ -42,6 +42,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -49,6 +50,7 @@ from aiortc.rtp import (
     RtpPacket,
     is_rtcp,
     pack_remb_fci,
+    unpack_remb_fci,
 )
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
@@ -105,6 +107,8 @@ _SENDER_ATTRS = (
     "_retransmit",
     "_send_keyframe",
     "_run_rtcp",
+    "_handle_rtcp_packet",
+    "_RTCRtpSender__rtt",
     "_RTCRtpSender__cname",
     "_RTCRtpSender__lsr",
     "_RTCRtpSender__lsr_time",
@@ -722,7 +726,8 @@ every sender, audio too, each a chain of coroutines and allocations)."""
 class SenderHook:
     """Takes over an RTCRtpSender whose track never yields: the hub writes RTP
     itself and the Sender Reports (:meth:`_run_rtcp`); the sender still handles the
-    subscriber's RTCP (receiver reports, NACK, PLI)."""
+    subscriber's RTCP (receiver reports, NACK, PLI), and its handler is wrapped so
+    the hub hears the round trip and REMB its retransmission budget follows."""
 
     def __init__(
         self,
@@ -730,10 +735,14 @@ class SenderHook:
         retransmit: Callable[[int], Awaitable[None]],
         keyframe: Callable[[], None],
         report: Callable[[], tuple[int, int, int, int] | None],
+        feedback: Callable[[float | None, int | None], None] | None = None,
     ) -> None:
         """``report`` gives what the hub has sent, for the Sender Reports: (RTP
         timestamp, NTP timestamp, packets, octets) of one packet, a consistent
-        snapshot; None before the first."""
+        snapshot; None before the first. ``feedback`` hears the subscriber's link:
+        (round trip, None) after each receiver report, (None, bits/s) for each
+        REMB naming this sender (its part of it: the REMB's bitrate over the
+        streams it names)."""
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
         self._report = report
@@ -743,6 +752,28 @@ class SenderHook:
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
         setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
         setattr(sender, "_run_rtcp", self._run_rtcp)  # noqa: B010
+        if feedback is not None:
+            self._hear_feedback(feedback)
+
+    def _hear_feedback(self, feedback: Callable[[float | None, int | None], None]) -> None:
+        sender: Any = self._sender
+        handle = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            await handle(packet)
+            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                rtt = sender._RTCRtpSender__rtt
+                if rtt is not None:
+                    feedback(rtt, None)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if self.ssrc in ssrcs:
+                    feedback(None, bitrate // len(ssrcs))
+
+        setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
 
     @property
     def ssrc(self) -> int:

@@ -19,6 +19,7 @@ from aiortc.rtp import RtpPacket
 
 from hub.codecs import frame_is_keyframe, keyframe_start
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
+from hub.retransmission import RetransmitBudget, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,6 @@ _HEADER = struct.Struct("!BBHII")
 _RTX_OSN = struct.Struct("!H")
 HISTORY_SIZE = 2048
 """Packets kept per track for NACKs: over 1 s at 2,000 packets/s (~20 Mbps)."""
-NACK_HOLDOFF = 0.05
-"""A NACKed packet is resent at most once per this many seconds: receivers repeat
-their whole missing list at each new loss."""
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per publisher per this many seconds."""
 _NTP_EPOCH_OFFSET = 2208988800
@@ -46,6 +44,8 @@ class ForwardingStats:
     keyframe_requests_coalesced: int = 0
     nacks_received: int = 0
     retransmissions: int = 0
+    retransmissions_declined: int = 0
+    """NACKed packets not resent: repeated too soon or too often, too old, over budget."""
     frames_to_sinks: int = 0
 
 
@@ -206,8 +206,8 @@ class DownTrack(DownTrackCore):
     """
 
     __slots__ = (
-        "_resent",
         "_rtx_seq",
+        "budget",
         "kind",
         "rtx_payload_type",
         "rtx_ssrc",
@@ -223,8 +223,7 @@ class DownTrack(DownTrackCore):
         self.rtx_payload_type: int | None = None
         self.subscription: Subscription | None = None
         self._rtx_seq = 0
-        # When each sequence number was last resent, to answer a NACK once per holdoff.
-        self._resent: dict[int, float] = {}
+        self.budget = RetransmitBudget()
 
     def configure(
         self,
@@ -241,12 +240,6 @@ class DownTrack(DownTrackCore):
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
-        now = time.monotonic()
-        if now - self._resent.get(seq, -NACK_HOLDOFF) < NACK_HOLDOFF:
-            return
-        if len(self._resent) > HISTORY_SIZE:
-            self._resent.clear()
-        self._resent[seq] = now
         srtp_socket = self.srtp_socket
         if self.rtx_payload_type is None or srtp_socket is None:
             ntp = _ntp_now()
@@ -272,6 +265,14 @@ class DownTrack(DownTrackCore):
         self.stats.nacks_received += 1
         if self.subscription is not None:
             self.subscription.retransmit(seq)
+
+    def on_feedback(self, rtt: float | None, estimate_bps: int | None) -> None:
+        """The subscriber's receiver report (round trip, seconds) or its REMB (this
+        track's part of it): what the retransmission budget follows."""
+        if rtt is not None:
+            self.budget.rtt = rtt
+        if estimate_bps is not None:
+            self.budget.estimate_bps = estimate_bps
 
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""
@@ -309,7 +310,19 @@ class Subscription:
         if entry is None:
             return
         _, timestamp, marker, payload = entry
-        down.write_rtx(out_seq, (timestamp + down.ts_offset) & 0xFFFFFFFF, marker, payload)
+        out_ts = (timestamp + down.ts_offset) & 0xFFFFFFFF
+        behind = (down.last_timestamp - out_ts) & 0xFFFFFFFF
+        age = 0.0 if behind & 0x80000000 else behind / self.up.codec.clock_rate
+        now = time.monotonic()
+        budget = down.budget
+        budget.note_media(down.bytes_sent, now)
+        verdict = budget.decide(out_seq, age, len(payload), now)
+        if verdict is Verdict.SEND:
+            down.write_rtx(out_seq, out_ts, marker, payload)
+            return
+        down.stats.retransmissions_declined += 1
+        if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
+            self.up.keyframes.request()  # a keyframe repairs what resends cannot
 
     def close(self) -> None:
         if self.closed:

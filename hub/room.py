@@ -182,6 +182,7 @@ class _SendingPeer:
             retransmit=lambda seq: down.on_nack(seq),
             keyframe=lambda: down.on_pli(),
             report=lambda: down.report,
+            feedback=lambda rtt, estimate: down.on_feedback(rtt, estimate),
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
         slot = _Slot(transceiver, hook, down)
