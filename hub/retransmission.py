@@ -31,6 +31,9 @@ loss is answered at once, a steady flood only at the share."""
 FALLBACK_ESTIMATE = 1_000_000
 """Bits/s assumed before the subscriber's first estimate (REMB), when the media
 sent so far says less (see :meth:`RetransmitBudget.estimate`)."""
+MEDIA_WINDOW = 0.25
+"""Seconds over which the send rate standing in for an estimate is measured: short,
+so the first losses of a subscription are answered at its real rate."""
 KEYFRAME_INTERVAL = 1.0
 """A subscriber whose losses the budget cannot repair asks its publisher for a
 keyframe at most once per this many seconds."""
@@ -101,7 +104,7 @@ class RetransmitBudget:
             self._media_at, self._media_bytes = now, bytes_sent
             return
         elapsed = now - self._media_at
-        if elapsed >= 1.0:
+        if elapsed >= MEDIA_WINDOW:
             self._media_bps = (bytes_sent - self._media_bytes) * 8 / elapsed
             self._media_at, self._media_bytes = now, bytes_sent
 

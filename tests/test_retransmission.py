@@ -81,7 +81,9 @@ def test_without_an_estimate_the_budget_follows_what_was_sent() -> None:
     budget = RetransmitBudget()
     assert budget.estimate() == FALLBACK_ESTIMATE
     budget.note_media(0, 0.0)
-    budget.note_media(500_000, 1.0)  # 4 Mbps sent
+    budget.note_media(100_000, 0.1)  # too short a window to say
+    assert budget.estimate() == FALLBACK_ESTIMATE
+    budget.note_media(250_000, 0.5)  # 4 Mbps sent
     assert budget.estimate() == 4_000_000
     budget.estimate_bps = 600_000  # the subscriber's REMB replaces it
     assert budget.estimate() == 600_000
