@@ -29,6 +29,7 @@ from hub.settings import Settings
 from hub.store import Bus, Store
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, TokenError, TokenSigner
+from hub.turn import turn_ice_server
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,22 @@ class Hub:
             logger.info("restored rooms %s on %s", ", ".join(restored), self.node_id)
         return restored
 
-    def ice_servers_for_clients(self) -> list[dict[str, Any]]:
-        return [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]
+    def ice_servers_for_clients(self, identity: str) -> list[dict[str, Any]]:
+        """The configured servers, and the TURN servers with credentials for
+        ``identity`` made now (coturn's REST API scheme)."""
+        settings = self.settings
+        servers = [s.model_dump(exclude_none=True) for s in settings.ice_servers]
+        if settings.turn_urls and settings.turn_secret:
+            servers.append(
+                turn_ice_server(
+                    settings.turn_urls,
+                    settings.turn_secret,
+                    identity,
+                    settings.turn_ttl,
+                    time.time(),
+                )
+            )
+        return servers
 
     def verify(self, token: str) -> Grant:
         """A token's grant, or a :class:`HubError` with the protocol's code."""

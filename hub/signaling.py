@@ -359,7 +359,7 @@ class Connection:
                     p.info() for p in room.participants.values() if p is not participant
                 ],
                 "stage": [p.sid for p in room.stage],
-                "ice_servers": self.hub.ice_servers_for_clients(),
+                "ice_servers": self.hub.ice_servers_for_clients(participant.identity),
                 "quality": "stage" if participant.on_stage else "thumbnail",
                 "media": room.media.status_for(participant.grant.can_moderate),
             }
