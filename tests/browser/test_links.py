@@ -1,0 +1,126 @@
+"""Stations on village links (tests/netlab.py): Chromium in a network namespace behind
+a shaped link to the hub, the lecturer's console on the hub's side.
+
+A station whose firewall lets no UDP out reaches the hub only through coturn, over
+TCP or TLS, with the short-lived credentials the hub hands out, and decodes the
+lecturer. Runs as root (CI does); skips elsewhere (fails under CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import CHROMIUM_ARGS, Browsers, HubProcess, poll
+from tests.browser.rtc import Progress
+from tests.browser.test_e2e import joined
+from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
+from tests.test_turn import SECRET, Turn, coturn
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
+
+SELECTED_PAIR_JS = """
+async () => {
+  const c = window.practiceHub && window.practiceHub.client;
+  if (!c || !c.subscriber) return null;
+  const report = await c.subscriber.getStats();
+  for (const s of report.values()) {
+    if (s.type !== 'transport' || !s.selectedCandidatePairId) continue;
+    const pair = report.get(s.selectedCandidatePairId);
+    const local = pair && report.get(pair.localCandidateId);
+    if (!local) return null;
+    return {type: local.candidateType, relayProtocol: local.relayProtocol ?? null,
+            url: local.url ?? null};
+  }
+  return null;
+}
+"""
+
+
+@pytest.fixture
+def lab() -> Iterator[Netlab]:
+    with netlab() as made:
+        yield made
+
+
+@pytest.fixture
+def turn(tmp_path: Path, lab: Netlab) -> Iterator[Turn]:
+    workdir = tmp_path / "turn"
+    workdir.mkdir()
+    with coturn(workdir, address=HUB_ADDRESS) as server:
+        yield server
+
+
+def lab_args(hub: HubProcess, *extra: str) -> list[str]:
+    """Chromium's test flags for pages that reach the hub on the lab's address: every
+    other name resolves to nothing, and the hub's plain-HTTP origin counts as secure
+    (the camera is given only to secure origins)."""
+    kept = [arg for arg in CHROMIUM_ARGS if not arg.startswith("--host-resolver-rules")]
+    return [
+        *kept,
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"
+        f" , EXCLUDE {HUB_ADDRESS}",
+        f"--unsafely-treat-insecure-origin-as-secure={hub.base_url}",
+        *extra,
+    ]
+
+
+def lab_hub(tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> HubProcess:
+    hub = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log", env=env, host=HUB_ADDRESS)
+    hub.start()
+    request.addfinalizer(hub.stop)
+    return hub
+
+
+def open_lab_station(
+    hub: HubProcess,
+    browsers: Browsers,
+    station: Station,
+    room: str,
+    n: int,
+    *extra: str,
+) -> Any:
+    token = hub.token(room, f"I01-S{n:03d}", "station", name=f"第{n}村站")
+    page = browsers.open(
+        f"{hub.base_url}/station#token={token}",
+        f"station{n}",
+        executable=station.chromium(browsers.tmp_path, browsers.chromium_path),
+        args=lab_args(hub, *extra),
+    )
+    joined(page, f"station{n}")
+    return page
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_station_without_udp_joins_through_turn(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    browsers: Browsers,
+    lab: Netlab,
+    turn: Turn,
+    transport: str,
+) -> None:
+    hub = lab_hub(
+        tmp_path,
+        request,
+        {"HUB_TURN_URLS": json.dumps(turn.urls(transport)), "HUB_TURN_SECRET": SECRET},
+    )
+    console = browsers.open(
+        f"{hub.base_url}/console#token={hub.token('v', 'CENTER-01', 'center')}",
+        "console",
+        args=lab_args(hub),
+    )
+    joined(console, "console")
+    console.click("#golive")
+    station = lab.station(Link(block_udp=True))
+    # The TLS listener's certificate is the test's own, self-signed.
+    extra = ("--ignore-certificate-errors",) if transport == "tls" else ()
+    page = open_lab_station(hub, browsers, station, "v", 1, *extra)
+    poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=40)
+    pair = page.evaluate(SELECTED_PAIR_JS)
+    assert pair is not None and pair["type"] == "relay", pair
+    assert pair["relayProtocol"] == ("tls" if transport == "tls" else "tcp"), pair
