@@ -138,7 +138,7 @@ class UpTrack:
         self.keyframes = KeyframeRequester(request_keyframe, stats)
         self.subscriptions: list[Subscription] = []
         self.downs: list[DownTrackCore] = []
-        """The subscriptions' down tracks, in the same (join) order: what fanout() takes."""
+        """The subscriptions' down tracks that are not held: what fanout() takes."""
         self.frame_consumers: list[FrameConsumer] = []
         self.media_ssrc: int | None = None
         self.muted = False
@@ -208,6 +208,7 @@ class DownTrack(DownTrackCore):
     __slots__ = (
         "_rtx_seq",
         "budget",
+        "held",
         "kind",
         "rtx_payload_type",
         "rtx_ssrc",
@@ -224,6 +225,8 @@ class DownTrack(DownTrackCore):
         self.subscription: Subscription | None = None
         self._rtx_seq = 0
         self.budget = RetransmitBudget()
+        self.held = False
+        """Sends nothing (see :meth:`hold`)."""
 
     def configure(
         self,
@@ -266,6 +269,25 @@ class DownTrack(DownTrackCore):
         if self.subscription is not None:
             self.subscription.retransmit(seq)
 
+    def hold(self, held: bool) -> None:
+        """Send nothing while ``held`` (a subscriber in audio-only mode, or whose link
+        cannot carry this video): nothing crosses its link, not even to be dropped.
+        Let go, it starts again at a keyframe."""
+        if held == self.held:
+            return
+        self.held = held
+        subscription = self.subscription
+        if subscription is None or subscription.closed:
+            return
+        up = subscription.up
+        if held:
+            up.downs.remove(self)
+        else:
+            self.started = False
+            up.downs.append(self)
+            if up.kind == "video":
+                up.keyframes.request()
+
     def on_feedback(self, rtt: float | None, estimate_bps: int | None) -> None:
         """The subscriber's receiver report (round trip, seconds) or its REMB (this
         track's part of it): what the retransmission budget follows."""
@@ -297,6 +319,8 @@ class Subscription:
         down.started = False
         down.subscription = self
         up.subscriptions.append(self)
+        if down.held:
+            return
         up.downs.append(down)
         if up.kind == "video":
             up.keyframes.request()
@@ -330,7 +354,8 @@ class Subscription:
         self.closed = True
         if self in self.up.subscriptions:
             self.up.subscriptions.remove(self)
-            self.up.downs.remove(self.down)
+            if not self.down.held:
+                self.up.downs.remove(self.down)
         if self.down.subscription is self:
             self.down.subscription = None
 

@@ -173,6 +173,8 @@ class _SendingPeer:
         self.pc = pc
         self.stats = stats
         self.slots: list[_Slot] = []
+        self.video_held = False
+        """Audio-only mode: no video is sent on this connection."""
 
     def add_slot(self, kind: str) -> _Slot:
         transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
@@ -185,9 +187,17 @@ class _SendingPeer:
             feedback=lambda rtt, estimate: down.on_feedback(rtt, estimate),
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
+        down.hold(kind == "video" and self.video_held)
         slot = _Slot(transceiver, hook, down)
         self.slots.append(slot)
         return slot
+
+    def hold_video(self, held: bool) -> None:
+        """Audio-only mode on (``held``) or off: every video slot, and any added later."""
+        self.video_held = held
+        for slot in self.slots:
+            if slot.down.kind == "video":
+                slot.down.hold(held)
 
     def configure_slots(self) -> None:
         """After a negotiation: write with the payload types the subscriber accepted."""

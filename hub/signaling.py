@@ -81,6 +81,11 @@ class Hand(_Message):
     raised: StrictBool
 
 
+class AudioOnly(_Message):
+    type: Literal["audio_only"]
+    on: StrictBool
+
+
 class Chat(_Message):
     type: Literal["chat"]
     text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
@@ -129,6 +134,7 @@ _MODELS: dict[str, type[_Message]] = {
     "unpublish": Unpublish,
     "mute": Mute,
     "hand": Hand,
+    "audio_only": AudioOnly,
     "chat": Chat,
     "moderate": Moderate,
     "ping": Ping,
@@ -177,6 +183,7 @@ class Connection:
             "unpublish": self._unpublish,
             "mute": self._mute,
             "hand": self._hand,
+            "audio_only": self._audio_only,
             "chat": self._chat,
             "moderate": self._moderate,
             "ping": self._ping,
@@ -405,6 +412,13 @@ class Connection:
 
     async def _hand(self, message: Hand) -> None:
         self._in_room().set_hand(self._joined(), message.raised)
+
+    async def _audio_only(self, message: AudioOnly) -> None:
+        """A weak link's station: the hub sends it no video at all while on."""
+        subscriber = self._joined().subscriber
+        if subscriber is None:
+            raise HubError("bad_message", "no subscriber connection")
+        subscriber.hold_video(message.on)
 
     async def _chat(self, message: Chat) -> None:
         participant = self._joined()

@@ -269,3 +269,27 @@ def test_keyframe_detection_on_real_payload_shapes() -> None:
     assert not h264_keyframe_start(bytes([0x7C, 0x05, 0x00]))  # FU-A middle
     assert not h264_keyframe_start(bytes([0x41, 0x9A]))  # non-IDR slice
     assert not h264_keyframe_start(b"")
+
+
+async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() -> None:
+    stats = ForwardingStats()
+    plis: list[int] = []
+    up, down, wire = make_pair(stats, plis)
+    subscription = Subscription(up, down)
+    up.on_rtp(packet(1, 0, VP8_KEY, marker=1))
+    down.hold(True)  # audio-only mode
+    up.on_rtp(packet(2, 3000, VP8_DELTA, marker=1))
+    assert len(wire.sent) == 1 and down not in up.downs
+    up.keyframes._last = -1.0
+    plis.clear()
+    down.hold(False)
+    assert plis == [1]  # let go: the publisher is asked for a keyframe
+    up.on_rtp(packet(3, 6000, VP8_DELTA, marker=1))
+    assert len(wire.sent) == 1  # and nothing before it
+    up.on_rtp(packet(4, 9000, VP8_KEY, marker=1))
+    assert len(wire.sent) == 2
+    down.hold(True)
+    subscription.close()  # closing a held subscription leaves the fan-out as it was
+    assert up.downs == [] and up.subscriptions == []
+    Subscription(up, down)  # a new publication on a held slot stays held
+    assert up.downs == []

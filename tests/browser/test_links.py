@@ -9,6 +9,7 @@ lecturer. Runs as root (CI does); skips elsewhere (fails under CI=true).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import CHROMIUM_ARGS, Browsers, HubProcess, poll
-from tests.browser.rtc import Progress
-from tests.browser.test_e2e import joined
+from tests.browser.rtc import Progress, counter
+from tests.browser.test_e2e import joined, open_console, open_station
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
 from tests.test_turn import SECRET, Turn, coturn
 
@@ -124,3 +125,17 @@ def test_a_station_without_udp_joins_through_turn(
     pair = page.evaluate(SELECTED_PAIR_JS)
     assert pair is not None and pair["type"] == "relay", pair
     assert pair["relayProtocol"] == ("tls" if transport == "tls" else "tcp"), pair
+
+
+def test_audio_only_means_no_video_crosses_the_link(hub: HubProcess, browsers: Browsers) -> None:
+    open_console(hub, browsers, "ao")
+    station = open_station(hub, browsers, "ao", 1)
+    poll(Progress(station, "video", None, "camera", "framesDecoded"), timeout=30)
+    station.click("#audio-only")
+    time.sleep(2)  # the hub holds the video at once; what was in flight arrives
+    held = counter(station, "video", None, "camera", "packetsReceived")
+    time.sleep(3)
+    assert counter(station, "video", None, "camera", "packetsReceived") == held
+    poll(Progress(station, "audio", None, "microphone", "samples"), timeout=10)
+    station.click("#audio-only")  # back: video again, from a keyframe
+    poll(Progress(station, "video", None, "camera", "framesDecoded"), timeout=20)
