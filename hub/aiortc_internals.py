@@ -177,6 +177,8 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"libsrtp's {function} is now {signature}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
+        if not any(c.mimeType.lower() == "audio/opus" for c in CODECS.get("audio", [])):
+            raise InternalsChanged("aiortc.codecs.CODECS has no Opus to set FEC on")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
     finally:
@@ -220,6 +222,20 @@ def install_h264_profiles() -> None:
                 mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
             ),
         ]
+
+
+OPUS_PARAMETERS = {"minptime": 10, "useinbandfec": 1}
+"""What the hub's offers and answers say of Opus (aiortc says nothing): in-band FEC,
+so a publishing browser puts a copy of each packet's sound, coarser, in the next, and
+a station that lost one plays the copy instead of concealing a gap."""
+
+
+def install_opus_fec() -> None:
+    """Negotiate Opus in-band FEC both ways: with publishers and with subscribers
+    (idempotent)."""
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters.update(OPUS_PARAMETERS)
 
 
 def accept_offered_payload_types() -> None:

@@ -16,6 +16,7 @@ from hub.aiortc_internals import (
     check_internals,
     install_datagram_path,
     install_h264_profiles,
+    install_opus_fec,
     keep_consent_while_heard,
     restrict_host_addresses,
 )
@@ -72,6 +73,7 @@ class Hub:
     async def start(self) -> None:
         await check_internals()
         install_h264_profiles()
+        install_opus_fec()
         accept_offered_payload_types()
         keep_consent_while_heard(self.settings.peer_silence_timeout)
         install_datagram_path()

@@ -127,10 +127,27 @@ def test_a_station_without_udp_joins_through_turn(
     assert pair["relayProtocol"] == ("tls" if transport == "tls" else "tcp"), pair
 
 
+def opus_fmtp(page: Any, pc: str) -> str:
+    """The Opus format parameters the hub wrote in its description for ``pc``."""
+    fmtp: str = page.evaluate(
+        """(pc) => {
+          const sdp = window.practiceHub.client[pc].currentRemoteDescription.sdp;
+          const pt = /a=rtpmap:(\\d+) opus\\/48000/i.exec(sdp)[1];
+          return new RegExp(`a=fmtp:${pt} ([^\\r]*)`).exec(sdp)?.[1] ?? "";
+        }""",
+        pc,
+    )
+    return fmtp
+
+
 def test_audio_only_means_no_video_crosses_the_link(hub: HubProcess, browsers: Browsers) -> None:
-    open_console(hub, browsers, "ao")
+    console = open_console(hub, browsers, "ao")
     station = open_station(hub, browsers, "ao", 1)
     poll(Progress(station, "video", None, "camera", "framesDecoded"), timeout=30)
+    # Opus in-band FEC, end to end: the hub's answer to the lecturer and its offer
+    # to the station both ask for it.
+    assert "useinbandfec=1" in opus_fmtp(console, "publisher")
+    assert "useinbandfec=1" in opus_fmtp(station, "subscriber")
     station.click("#audio-only")
     time.sleep(2)  # the hub holds the video at once; what was in flight arrives
     held = counter(station, "video", None, "camera", "packetsReceived")
