@@ -20,6 +20,7 @@ from aiortc.rtp import RtpPacket
 from hub.codecs import frame_is_keyframe, keyframe_start
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
 from hub.retransmission import RetransmitBudget, Verdict
+from hub.video_yield import VideoYield
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class ForwardingStats:
     retransmissions: int = 0
     retransmissions_declined: int = 0
     """NACKed packets not resent: repeated too soon or too often, too old, over budget."""
+    video_yields: int = 0
+    """Times a video down track was held because its subscriber's link could not carry it."""
     frames_to_sinks: int = 0
 
 
@@ -207,7 +210,9 @@ class DownTrack(DownTrackCore):
 
     __slots__ = (
         "_rtx_seq",
+        "audio_only",
         "budget",
+        "fit",
         "held",
         "kind",
         "rtx_payload_type",
@@ -225,8 +230,12 @@ class DownTrack(DownTrackCore):
         self.subscription: Subscription | None = None
         self._rtx_seq = 0
         self.budget = RetransmitBudget()
+        self.audio_only = False
+        """Held by the subscriber's choice (see :meth:`hold`)."""
+        self.fit = VideoYield()
+        """Held because the subscriber's link cannot carry this video."""
         self.held = False
-        """Sends nothing (see :meth:`hold`)."""
+        """Sends nothing: either of the two."""
 
     def configure(
         self,
@@ -270,9 +279,26 @@ class DownTrack(DownTrackCore):
             self.subscription.retransmit(seq)
 
     def hold(self, held: bool) -> None:
-        """Send nothing while ``held`` (a subscriber in audio-only mode, or whose link
-        cannot carry this video): nothing crosses its link, not even to be dropped.
-        Let go, it starts again at a keyframe."""
+        """Audio-only mode on or off: send nothing while ``held``, so nothing crosses
+        the subscriber's link, not even to be dropped. Let go, the video starts
+        again at a keyframe."""
+        self.audio_only = held
+        self._follow()
+
+    def _fit(self, estimate_bps: float | None) -> None:
+        """Video yields first: held while the subscriber's estimate cannot carry it."""
+        now = time.monotonic()
+        budget = self.budget
+        budget.note_media(self.bytes_sent, now)
+        was = self.fit.held
+        if self.fit.update(estimate_bps, budget.media_bps, now) and not was:
+            self.stats.video_yields += 1
+            # Nothing is measured while held: try again after the back-off.
+            asyncio.get_running_loop().call_later(self.fit.retry_after, self._fit, None)
+        self._follow()
+
+    def _follow(self) -> None:
+        held = self.audio_only or self.fit.held
         if held == self.held:
             return
         self.held = held
@@ -295,6 +321,8 @@ class DownTrack(DownTrackCore):
             self.budget.rtt = rtt
         if estimate_bps is not None:
             self.budget.estimate_bps = estimate_bps
+            if self.video:
+                self._fit(estimate_bps)
 
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""

@@ -65,13 +65,13 @@ class RetransmitBudget:
         "_keyframe_at",
         "_log",
         "_media_at",
-        "_media_bps",
         "_media_bytes",
         "_refilled",
         "_tokens",
         "estimate_bps",
         "max_age",
         "max_resends",
+        "media_bps",
         "rtt",
         "share",
     )
@@ -94,7 +94,8 @@ class RetransmitBudget:
         self._refilled: float | None = None
         self._media_at: float | None = None
         self._media_bytes = 0
-        self._media_bps = 0.0
+        self.media_bps = 0.0
+        """What the down track sent, bits/s, over the last :data:`MEDIA_WINDOW`."""
         self._keyframe_at: float | None = None
 
     def note_media(self, bytes_sent: int, now: float) -> None:
@@ -105,14 +106,14 @@ class RetransmitBudget:
             return
         elapsed = now - self._media_at
         if elapsed >= MEDIA_WINDOW:
-            self._media_bps = (bytes_sent - self._media_bytes) * 8 / elapsed
+            self.media_bps = (bytes_sent - self._media_bytes) * 8 / elapsed
             self._media_at, self._media_bytes = now, bytes_sent
 
     def estimate(self) -> float:
         """Bits/s the subscriber's link is taken to carry for this track."""
         if self.estimate_bps is not None:
             return float(self.estimate_bps)
-        return max(self._media_bps, float(FALLBACK_ESTIMATE))
+        return max(self.media_bps, float(FALLBACK_ESTIMATE))
 
     def holdoff(self) -> float:
         return max(MIN_HOLDOFF, self.rtt if self.rtt is not None else DEFAULT_RTT)
