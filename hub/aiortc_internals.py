@@ -513,6 +513,24 @@ def _drop(transports: list[RTCDtlsTransport], method: str, lost: Callable[[bytes
         setattr(dtls, method, lossy)
 
 
+def report_downstream_loss(receiver: RTCRtpReceiver, loss: Callable[[], float]) -> None:
+    """The receiver reports the hub sends the publisher tell the worst of its own loss
+    and ``loss()`` (its subscribers', 0-1). A publishing browser's Opus encoder puts
+    in-band FEC in its packets in proportion to the loss it is told of: told only of
+    its own clean uplink, it would send none for stations on lossy links."""
+    _require(receiver, ("_send_rtcp",))
+    send = receiver._send_rtcp
+
+    async def send_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            worst = min(255, int(loss() * 256))
+            for report in packet.reports:
+                report.fraction_lost = max(report.fraction_lost, worst)
+        await send(packet)
+
+    setattr(receiver, "_send_rtcp", send_rtcp)  # noqa: B010
+
+
 class ReceiverTap:
     """Installed on one RTCRtpReceiver before it starts receiving."""
 
@@ -751,14 +769,14 @@ class SenderHook:
         retransmit: Callable[[int], Awaitable[None]],
         keyframe: Callable[[], None],
         report: Callable[[], tuple[int, int, int, int] | None],
-        feedback: Callable[[float | None, int | None], None] | None = None,
+        feedback: Callable[[float | None, int | None, float | None], None] | None = None,
     ) -> None:
         """``report`` gives what the hub has sent, for the Sender Reports: (RTP
         timestamp, NTP timestamp, packets, octets) of one packet, a consistent
         snapshot; None before the first. ``feedback`` hears the subscriber's link:
-        (round trip, None) after each receiver report, (None, bits/s) for each
-        REMB naming this sender (its part of it: the REMB's bitrate over the
-        streams it names)."""
+        (round trip, None, fraction lost 0-1) after each receiver report, (None,
+        bits/s, None) for each REMB naming this sender (its part of it: the REMB's
+        bitrate over the streams it names)."""
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
         self._report = report
@@ -771,23 +789,25 @@ class SenderHook:
         if feedback is not None:
             self._hear_feedback(feedback)
 
-    def _hear_feedback(self, feedback: Callable[[float | None, int | None], None]) -> None:
+    def _hear_feedback(
+        self, feedback: Callable[[float | None, int | None, float | None], None]
+    ) -> None:
         sender: Any = self._sender
         handle = sender._handle_rtcp_packet
 
         async def handle_rtcp(packet: Any) -> None:
             await handle(packet)
             if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-                rtt = sender._RTCRtpSender__rtt
-                if rtt is not None:
-                    feedback(rtt, None)
+                for report in packet.reports:
+                    if report.ssrc == self.ssrc:
+                        feedback(sender._RTCRtpSender__rtt, None, report.fraction_lost / 256)
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 try:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
                 except ValueError:
                     return
                 if self.ssrc in ssrcs:
-                    feedback(None, bitrate // len(ssrcs))
+                    feedback(None, bitrate // len(ssrcs), None)
 
         setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
 

@@ -215,6 +215,7 @@ class DownTrack(DownTrackCore):
         "fit",
         "held",
         "kind",
+        "lost",
         "rtx_payload_type",
         "rtx_ssrc",
         "stats",
@@ -236,6 +237,8 @@ class DownTrack(DownTrackCore):
         """Held because the subscriber's link cannot carry this video."""
         self.held = False
         """Sends nothing: either of the two."""
+        self.lost = 0.0
+        """Fraction of this track the subscriber last reported lost."""
 
     def configure(
         self,
@@ -314,11 +317,13 @@ class DownTrack(DownTrackCore):
             if up.kind == "video":
                 up.keyframes.request()
 
-    def on_feedback(self, rtt: float | None, estimate_bps: int | None) -> None:
-        """The subscriber's receiver report (round trip, seconds) or its REMB (this
-        track's part of it): what the retransmission budget follows."""
+    def on_feedback(self, rtt: float | None, estimate_bps: int | None, lost: float | None) -> None:
+        """The subscriber's receiver report (round trip, seconds; fraction lost) or its
+        REMB (this track's part of it): what the retransmission budget follows."""
         if rtt is not None:
             self.budget.rtt = rtt
+        if lost is not None:
+            self.lost = lost
         if estimate_bps is not None:
             self.budget.estimate_bps = estimate_bps
             if self.video:
@@ -386,6 +391,12 @@ class Subscription:
                 self.up.downs.remove(self.down)
         if self.down.subscription is self:
             self.down.subscription = None
+
+
+def downstream_loss(up: UpTrack) -> float:
+    """The worst loss (0-1) a subscriber of ``up`` reports: what its publisher's
+    encoder is told, to protect its audio for them (Opus in-band FEC)."""
+    return max((s.down.lost for s in up.subscriptions), default=0.0)
 
 
 def _abs_send_time(ntp: int) -> bytes:

@@ -20,8 +20,15 @@ from typing import Any, Literal
 from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcsessiondescription import RTCSessionDescription
 
-from hub.aiortc_internals import ReceiverTap, SenderHook
-from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Subscription, UpTrack
+from hub.aiortc_internals import ReceiverTap, SenderHook, report_downstream_loss
+from hub.forwarding import (
+    CodecInfo,
+    DownTrack,
+    ForwardingStats,
+    Subscription,
+    UpTrack,
+    downstream_loss,
+)
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.limits import RoomLimits
 from hub.peers import (
@@ -184,7 +191,7 @@ class _SendingPeer:
             retransmit=lambda seq: down.on_nack(seq),
             keyframe=lambda: down.on_pli(),
             report=lambda: down.report,
-            feedback=lambda rtt, estimate: down.on_feedback(rtt, estimate),
+            feedback=lambda rtt, estimate, lost: down.on_feedback(rtt, estimate, lost),
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
         down.hold(kind == "video" and self.video_held)
@@ -515,6 +522,8 @@ class Participant:
         tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack)
         if up.kind == "video":
             tap.announce_bandwidth()
+        else:
+            report_downstream_loss(transceiver.receiver, lambda: downstream_loss(up))
         publication = Publication(self, source, up, tap)
         up.muted = source.value in self.moderator_mutes
         if up.muted:

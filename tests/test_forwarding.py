@@ -144,7 +144,7 @@ async def test_a_repeated_nack_is_answered_once_per_round_trip() -> None:
         up.on_rtp(packet(i, 3000 * i, VP8_KEY if i == 0 else VP8_DELTA, marker=1))
     lost = RtpPacket.parse(wire.sent[5]).sequence_number
     wire.sent.clear()
-    down.on_feedback(0.04, None)  # the subscriber's receiver report
+    down.on_feedback(0.04, None, None)  # the subscriber's receiver report
     for _ in range(5):  # aiortc repeats its whole missing list at each new loss
         await down.on_nack(lost)
     assert len(wire.sent) == 1
@@ -177,7 +177,7 @@ async def test_a_subscriber_that_nacks_everything_gets_a_bounded_share() -> None
     plis: list[int] = []
     up, down, wire = make_pair(stats, plis)
     Subscription(up, down)
-    down.on_feedback(0.001, 200_000)  # a 200 kbit link, the shortest holdoff
+    down.on_feedback(0.001, 200_000, None)  # a 200 kbit link, the shortest holdoff
     payload = VP8_DELTA + bytes(1000)
     for i in range(300):
         up.on_rtp(packet(i, 300 * i, VP8_KEY if i == 0 else payload, marker=1))

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM_ARGS, Browsers, HubProcess, poll
+from bench.links import chromium_args, station_figures
+from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, counter
 from tests.browser.test_e2e import joined, open_console, open_station
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
@@ -56,20 +57,6 @@ def turn(tmp_path: Path, lab: Netlab) -> Iterator[Turn]:
         yield server
 
 
-def lab_args(hub: HubProcess, *extra: str) -> list[str]:
-    """Chromium's test flags for pages that reach the hub on the lab's address: every
-    other name resolves to nothing, and the hub's plain-HTTP origin counts as secure
-    (the camera is given only to secure origins)."""
-    kept = [arg for arg in CHROMIUM_ARGS if not arg.startswith("--host-resolver-rules")]
-    return [
-        *kept,
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"
-        f" , EXCLUDE {HUB_ADDRESS}",
-        f"--unsafely-treat-insecure-origin-as-secure={hub.base_url}",
-        *extra,
-    ]
-
-
 def lab_hub(tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> HubProcess:
     hub = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log", env=env, host=HUB_ADDRESS)
     hub.start()
@@ -90,10 +77,31 @@ def open_lab_station(
         f"{hub.base_url}/station#token={token}",
         f"station{n}",
         executable=station.chromium(browsers.tmp_path, browsers.chromium_path),
-        args=lab_args(hub, *extra),
+        args=chromium_args(hub.base_url, *extra),
     )
     joined(page, f"station{n}")
     return page
+
+
+def test_a_station_on_a_lossy_long_link_keeps_its_sound(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
+) -> None:
+    """10 % loss each way and 300 ms round trip: the retransmission budget repairs what
+    it can in time, Opus FEC the rest of the sound."""
+    hub = lab_hub(tmp_path, request, {})
+    console = browsers.open(
+        f"{hub.base_url}/console#token={hub.token('l', 'CENTER-01', 'center')}",
+        "console",
+        args=chromium_args(hub.base_url),
+    )
+    joined(console, "console")
+    console.click("#golive")
+    station = lab.station(Link(loss=0.10, rtt_ms=300))
+    page = open_lab_station(hub, browsers, station, "l", 1)
+    poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=40)
+    figures = station_figures(page, 20)
+    assert figures.audio_concealed_pct < 5, figures
+    assert figures.fps >= 15 and figures.freezes <= 5, figures
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
@@ -113,7 +121,7 @@ def test_a_station_without_udp_joins_through_turn(
     console = browsers.open(
         f"{hub.base_url}/console#token={hub.token('v', 'CENTER-01', 'center')}",
         "console",
-        args=lab_args(hub),
+        args=chromium_args(hub.base_url),
     )
     joined(console, "console")
     console.click("#golive")
