@@ -79,11 +79,6 @@ class Station:
         path.chmod(0o755)
         return str(path)
 
-    def set_rate(self, rate_kbit: int | None) -> None:
-        """Change the link's rate now (both ways), as a village link does."""
-        for command in _tbf_commands(self, rate_kbit, "replace"):
-            _ip(command)
-
 
 def available() -> str | None:
     """Why the lab cannot run here, or None."""
@@ -146,7 +141,7 @@ class Netlab:
             [*inside, "ip", "route", "add", "default", "dev", station_tun],
             ["ip", "link", "set", hub_tun, "up"],
             ["ip", "route", "add", f"10.77.{n}.0/24", "dev", hub_tun],
-            *_tbf_commands(station, link.rate_kbit, "add"),
+            *_tbf_commands(station, link.rate_kbit),
         ):
             _ip(command)
         return station
@@ -184,14 +179,14 @@ def netlab(tag: str | None = None) -> Iterator[Netlab]:
         lab.close()
 
 
-def _tbf_commands(station: Station, rate_kbit: int | None, verb: str) -> list[list[str]]:
+def _tbf_commands(station: Station, rate_kbit: int | None) -> list[list[str]]:
     if rate_kbit is None:
         return []
     # A village link's queue holds ~300 ms: a burst waits, a flood is lost.
     tbf = ["tbf", "rate", f"{rate_kbit}kbit", "burst", "16kb", "latency", "300ms"]
     return [
-        station.run("tc", "qdisc", verb, "dev", station.station_tun, "root", *tbf),
-        ["tc", "qdisc", verb, "dev", station.hub_tun, "root", *tbf],
+        station.run("tc", "qdisc", "add", "dev", station.station_tun, "root", *tbf),
+        ["tc", "qdisc", "add", "dev", station.hub_tun, "root", *tbf],
     ]
 
 

@@ -97,11 +97,9 @@ def self_signed(address: str, workdir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def deploy_config(
-    address: str, port: int, tls_port: int, workdir: Path, peers: list[str]
-) -> tuple[str, Path]:
-    """The deploy config moved to ``address`` (relaying to ``peers``), the test's ports,
-    secret and files; and the certificate it serves."""
+def deploy_config(address: str, port: int, tls_port: int, workdir: Path) -> tuple[str, Path]:
+    """The deploy config moved to ``address`` (the hub's and the relay's), the test's
+    ports, secret and files; and the certificate it serves."""
     cert, key = self_signed(address, workdir)
     replaced = {
         "listening-port",
@@ -110,14 +108,12 @@ def deploy_config(
         "static-auth-secret",
         "cert",
         "pkey",
-        "allowed-peer-ip",
     }
     lines = [
         line.replace(HUB_ADDRESS, address)
         for line in CONF.read_text().splitlines()
         if line.split("=", 1)[0].strip() not in replaced
     ]
-    lines += [f"allowed-peer-ip={peer}" for peer in peers]
     lines += [
         f"listening-port={port}",
         f"tls-listening-port={tls_port}",
@@ -148,28 +144,24 @@ def wait_listening(process: subprocess.Popen[bytes], address: str, port: int, lo
 
 
 @contextmanager
-def coturn(
-    workdir: Path, address: str = LOOPBACK, peers: list[str] | None = None, netns: str = ""
-) -> Iterator[Turn]:
-    """deploy/turnserver.conf running on ``address`` (in network namespace ``netns``
-    when given), relaying only to ``peers`` (default: ``address``)."""
+def coturn(workdir: Path, address: str = LOOPBACK) -> Iterator[Turn]:
+    """deploy/turnserver.conf running on ``address``, relaying only to ``address``
+    (where the hub is)."""
     binary = shutil.which("turnserver")
     if binary is None:
         missing_service("no turnserver (apt-get install -y coturn)")
     assert binary is not None  # missing_service() does not return
     port, tls_port = free_port(), free_port()
-    config, cert = deploy_config(address, port, tls_port, workdir, peers or [address])
+    config, cert = deploy_config(address, port, tls_port, workdir)
     (workdir / "turnserver.conf").write_text(config)
-    prefix = ["ip", "netns", "exec", netns] if netns else []
     process = subprocess.Popen(
-        [*prefix, binary, "-c", str(workdir / "turnserver.conf")],
+        [binary, "-c", str(workdir / "turnserver.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        if not netns:
-            wait_listening(process, address, port, workdir / "turn.log")
-            wait_listening(process, address, tls_port, workdir / "turn.log")
+        wait_listening(process, address, port, workdir / "turn.log")
+        wait_listening(process, address, tls_port, workdir / "turn.log")
         yield Turn(address, port, tls_port, SECRET, cert)
     finally:
         process.terminate()
