@@ -6,6 +6,7 @@ Used by the tests, the benchmarks, and any bot that joins a room from a script.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from hub.peers import make_peer_connection
 from hub.tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 3
 
 
 class ReceivedTrack:
@@ -77,10 +80,25 @@ class HubClient:
         self._tasks = TaskOwner("client")
 
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        self._ws = await websockets.connect(self.url, max_size=2**22)
-        self._tasks.spawn(self._read(), name="read")
-        await self.send({"type": "join", "token": self.token})
-        message = await self.wait_for(lambda m: m["type"] in ("joined", "error"), timeout)
+        """Join; a ``redirect`` (the room is held by another node of a cluster, and
+        the URL named it: ``/ws?room=R``) is followed, a few times at most."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._ws = await websockets.connect(self.url, max_size=2**22)
+            reader = self._tasks.spawn(self._read(), name="read")
+            with contextlib.suppress(websockets.ConnectionClosedOK):  # redirected at once
+                await self.send({"type": "join", "token": self.token})
+            message = await self.wait_for(
+                lambda m: m["type"] in ("joined", "error", "redirect"), timeout
+            )
+            if message["type"] != "redirect":
+                break
+            logger.info("room held by node %s: going to %s", message["node"], message["url"])
+            self.messages.remove(message)
+            self.url = str(message["url"])
+            await self._ws.close()
+            await asyncio.wait([reader])
+        else:
+            raise ConnectionError(f"more than {MAX_REDIRECTS} redirects")
         if message["type"] == "error":
             raise ConnectionError(f"join refused: {message['code']}: {message['message']}")
         self.joined = message

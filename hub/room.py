@@ -44,7 +44,7 @@ from hub.peers import (
     send_parameters,
 )
 from hub.rollcall import RollCall
-from hub.room_media import Recorded, RoomMedia
+from hub.room_media import MediaDirs, Recorded, RoomMedia
 from hub.room_state import RoomState
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, Role, Source
@@ -589,7 +589,7 @@ class Room:
         on_empty: Callable[[Room], None],
         on_presence: Callable[[Room, Participant, bool], None] = lambda room, p, here: None,
         on_event: Callable[[str, dict[str, Any]], None] = lambda channel, event: None,
-        media_dir: Path | None = None,
+        media_dirs: MediaDirs | None = None,
         on_recorded: Recorded | None = None,
         state: RoomState | None = None,
         on_state: Callable[[Room], None] = lambda room: None,
@@ -617,7 +617,7 @@ class Room:
         self._appeared: dict[ParticipantID, int] = {}
         """When each participant on stage appeared there (the program's picture rule)."""
         self.sinks: list[FrameSink] = []
-        self.media = RoomMedia(self, media_dir or Path("data"), on_recorded)
+        self.media = RoomMedia(self, media_dirs or MediaDirs.under(Path("data")), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
         self._update_pending = False
         self._speakers: list[ParticipantID] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +32,23 @@ class MediaError(Exception):
     """A media action that cannot be done now; the message says why."""
 
 
+@dataclass(frozen=True, slots=True)
+class MediaDirs:
+    """Where a room's media go: recordings where every node of a cluster reaches them
+    (``HUB_MEDIA_DIR``), live HLS on the node that serves it."""
+
+    recordings: Path
+    live: Path
+
+    @classmethod
+    def under(cls, directory: Path) -> MediaDirs:
+        return cls(directory / "recordings", directory / "live")
+
+
 class RoomMedia:
-    def __init__(self, room: Room, data_dir: Path, on_recorded: Recorded | None) -> None:
+    def __init__(self, room: Room, dirs: MediaDirs, on_recorded: Recorded | None) -> None:
         self.room = room
-        self.data_dir = data_dir
+        self.dirs = dirs
         self.on_recorded = on_recorded
         self.recorder: Recorder | None = None
         self.recording_started_at: float | None = None
@@ -83,7 +96,7 @@ class RoomMedia:
     def _record_part(self) -> Path:
         """A recorder for a new part in a directory of its own, on the stage now."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        directory = self.data_dir / "recordings" / f"{self.room.name}-{stamp}"
+        directory = self.dirs.recordings / f"{self.room.name}-{stamp}"
         self.errors.pop("recording", None)
         recorder = Recorder(
             directory,
@@ -135,7 +148,7 @@ class RoomMedia:
             raise MediaError("already live")
         self.errors.pop("live", None)
         self.live = HlsPackager(
-            self.data_dir / "live" / self.room.name,
+            self.dirs.live / self.room.name,
             request_keyframe=self._request_keyframe,
             on_error=self._failed("live"),
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
+from cluster.store import Bus, Store
 from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
@@ -24,17 +25,18 @@ from hub.forwarding import ForwardingStats
 from hub.ids import NodeID, RoomName, valid_room_name
 from hub.limits import RoomLimits
 from hub.room import HubError, Participant, Room
-from hub.room_media import Recorded
+from hub.room_media import MediaDirs, Recorded
 from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings
-from hub.store import Bus, Store
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, TokenError, TokenSigner
 from hub.turn import turn_ice_server
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between a node's heartbeats; it is dead three beats after its last, and a
+live node takes its rooms over at its next beat."""
 RESOURCE_KEY = "media-session:"
 """Store key prefix of a WHIP/WHEP session, by the secret in its URL: which room, which
 participant, and whether ending it needs a token. It lasts while its node does."""
@@ -82,25 +84,37 @@ class Hub:
         self.tasks.spawn(self._heartbeat_loop(), name="heartbeat")
         await self.restore_rooms()
 
-    async def restore_rooms(self) -> list[RoomName]:
+    async def restore_rooms(self, *, orphans_only: bool = False) -> list[RoomName]:
         """Open again the rooms whose state outlived their node (this hub before a
-        restart): stage, hands, mutes, removals as they were; live HLS, restreams and
-        the recording (a new part) resume at once. Clients rejoin by themselves."""
+        restart, or a dead node of the cluster): stage, hands, mutes, removals as they
+        were; live HLS, restreams and the recording (a new part) resume at once. Clients
+        rejoin by themselves. ``orphans_only``: only rooms of other nodes, now dead."""
         alive = await self.store.nodes()
         restored: list[RoomName] = []
         for key, doc in (await self.store.scan(STATE_KEY)).items():
             name = RoomName(key.removeprefix(STATE_KEY))
-            if doc.get("node") in alive and doc.get("node") != self.node_id:
+            node = doc.get("node")
+            if node in alive and node != self.node_id:
                 continue  # its node is alive: the room is still there
+            if orphans_only and (node == self.node_id or name in self.rooms):
+                continue
             try:
                 await self.room(name)
             except HubError as exc:
-                logger.warning("room %s not restored: %s", name, exc.message)
+                if exc.code != "room_elsewhere":  # another live node was first
+                    logger.warning("room %s not restored: %s", name, exc.message)
                 continue
             restored.append(name)
         if restored:
             logger.info("restored rooms %s on %s", ", ".join(restored), self.node_id)
         return restored
+
+    async def recordings_in_progress(self) -> set[str]:
+        """The directories recordings go on into, on any node (every room's state)."""
+        parts = {p for room in self.rooms.values() for p in room.state.recording or []}
+        for doc in (await self.store.scan(STATE_KEY)).values():
+            parts.update(RoomState.from_json(doc).recording or [])
+        return parts
 
     def ice_servers_for_clients(self, identity: str) -> list[dict[str, Any]]:
         """The configured servers, and the TURN servers with credentials for
@@ -156,7 +170,10 @@ class Hub:
                 on_empty=self._close_when_empty,
                 on_presence=self._presence_changed,
                 on_event=self._room_event,
-                media_dir=self.settings.data_dir,
+                media_dirs=MediaDirs(
+                    self.settings.resolved_media_dir() / "recordings",
+                    self.settings.data_dir / "live",
+                ),
                 on_recorded=self._recorded,
                 state=RoomState.from_json(saved) if saved is not None else None,
                 on_state=self._state_changed,
@@ -277,12 +294,17 @@ class Hub:
                 "rooms": len(self.rooms),
                 "participants": sum(len(r.participants) for r in self.rooms.values()),
                 "started_at": self.started_at,
+                "url": self.settings.resolved_node_url(),
             },
             HEARTBEAT_INTERVAL * 3,
         )
         for room in list(self.rooms.values()):
-            # Claim again: a restarted Redis forgets which node holds which room.
-            await self.store.claim_room(room.name, self.node_id)
+            # Claim again: a restarted Redis forgets which node holds which room; if
+            # another node claimed it meanwhile, it is that node's: one host only.
+            owner = await self.store.claim_room(room.name, self.node_id)
+            if owner != self.node_id:
+                await self._give_up_room(room, owner)
+                continue
             await self.set_presence(room)
             for participant in list(room.participants.values()):
                 if participant.resource is not None:
@@ -292,11 +314,21 @@ class Hub:
                 state_key(room.name), room.state.to_json(self.node_id), self.state_ttl
             )
 
+    async def _give_up_room(self, room: Room, owner: NodeID) -> None:
+        """Another node holds this room: its clients go there (they rejoin by
+        themselves), and the state is that node's to write."""
+        logger.error("room %s is held by node %s too: given up here", room.name, owner)
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        await room.close(suspend=True)
+        self._room_locks.pop(room.name, None)
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
                 await self._heartbeat()
+                await self.restore_rooms(orphans_only=True)
             except Exception:
                 logger.exception("heartbeat failed")
 

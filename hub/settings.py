@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     """Address the HTTP server listens on."""
     port: int = 8080
     data_dir: Path = Path("data")
-    """Recordings, library, the SQLite file and the generated secret live here."""
+    """The SQLite file, the generated secret, live HLS, and (without ``media_dir``)
+    recordings and the library live here."""
+    media_dir: Path | None = None
+    """Recordings and the digital library; in a cluster, one directory every node mounts
+    (NFS). Unset: in ``data_dir``. Live HLS stays in ``data_dir`` (the node serving it)."""
     secret: str | None = None
     """Signs join tokens. When unset, one is generated once into ``data_dir/secret``."""
     redis_url: str | None = None
@@ -34,6 +38,10 @@ class Settings(BaseSettings):
     """Async SQLAlchemy URL (``postgresql+psycopg://…``); unset means SQLite in ``data_dir``."""
     node_id: str | None = None
     """This process's name in a cluster; generated when unset."""
+    node_url: str | None = None
+    """Where clients reach this node directly (``http://10.0.0.5:8080``): a node asked
+    about a room another node holds sends the client there. Unset: from ``host``,
+    ``port`` and whether it serves TLS."""
     ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers (JSON). Empty by default: nothing outside the intranet is needed."""
     turn_urls: list[str] = Field(default_factory=list)
@@ -130,6 +138,16 @@ class Settings(BaseSettings):
         secret, password hashes and CSRF tokens); an existing one is left as it is."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.data_dir
+
+    def resolved_node_url(self) -> str:
+        if self.node_url:
+            return self.node_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def resolved_media_dir(self) -> Path:
+        return self.media_dir if self.media_dir is not None else self.data_dir
 
     def resolved_secret(self) -> str:
         """The token secret: configured, or generated once and kept in the data dir."""

@@ -1,17 +1,21 @@
 """The durable queue of library processing jobs and the worker that runs them.
 
-Jobs are rows (``library_jobs``), so they survive a restart: ``start()`` puts jobs left
-``running`` by a previous process back in the queue. A failed attempt is retried after an
-exponential backoff until ``max_attempts``; then the job is ``failed`` with the error kept
-and the item is marked failed. Nothing fails silently: every error is stored and logged.
+Jobs are rows (``library_jobs``), so they survive a restart. A running job is held by a
+lease: its runner renews it (``updated_at``) while it works, and a job whose lease ran
+out (its process or its whole node died) is taken by whichever runner claims it next,
+on any node sharing the database. The attempt count fences the claim: a runner whose
+job was taken writes nothing more to it and stops its processing. A failed attempt is
+retried after an exponential backoff until ``max_attempts``; then the job is ``failed``
+with the error kept and the item is marked failed. Nothing fails silently: every error
+is stored and logged.
 
 One worker by default (processing is CPU- and disk-heavy on a 2-core machine). The runner
 owns its worker tasks. ``close()`` cancels only the processing (which kills ffmpeg), never
 a database write: a write cut short can leave SQLite locked. The interrupted job goes back
 to the queue without counting the attempt.
 
-In a cluster sharing PostgreSQL, claiming is safe (a conditional UPDATE), but ``start()``
-requeues every running job: start one node's runner at a time, or give only one node a runner.
+In a cluster sharing PostgreSQL (and the media directory, ``HUB_MEDIA_DIR``) every node may
+run a runner: claiming is a conditional UPDATE, so a job is processed by one runner at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 30.0
 """Seconds ``close()`` waits for workers to finish their last database write."""
+LEASE = 30.0
+"""Seconds a running job stays its runner's without a renewal (renewed every third of it)."""
+
+
+class LeaseLost(Exception):
+    """Another runner took the job (this one was thought dead): stop, write nothing."""
 
 
 class JobStatus(enum.StrEnum):
@@ -95,10 +105,12 @@ class JobRunner:
         backoff: float = 30.0,
         poll_interval: float = 5.0,
         progress_interval: float = 0.5,
+        lease: float = LEASE,
     ) -> None:
         """``backoff`` seconds before the first retry, doubling after each failure;
         ``poll_interval`` bounds how late a job queued by another node is noticed;
-        progress is written at most every ``progress_interval`` seconds."""
+        progress is written at most every ``progress_interval`` seconds; a running job
+        not renewed for ``lease`` seconds is taken by another runner."""
         self.engine = engine
         self.library = library
         self.processor = processor
@@ -107,6 +119,7 @@ class JobRunner:
         self.backoff = backoff
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
+        self.lease = lease
         self._closing = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,15 +127,8 @@ class JobRunner:
         """The running processing of each item: what ``close()`` and ``discard()`` cancel."""
 
     async def start(self) -> None:
-        """Requeue jobs a previous process left running, then start the workers."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                jobs_table.update()
-                .where(jobs_table.c.status == JobStatus.RUNNING.value)
-                .values(status=JobStatus.QUEUED.value, progress=0.0, updated_at=time.time())
-            )
-        if result.rowcount:
-            log.warning("requeued %d interrupted library job(s)", result.rowcount)
+        """Start the workers. Jobs a dead process left running are taken once their
+        lease runs out."""
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._work(), name=f"library-worker-{n}")
@@ -232,38 +238,59 @@ class JobRunner:
                     await self._wake.wait()
 
     async def _idle_time(self) -> float:
-        """Until the next retry is due, at most ``poll_interval``."""
+        """Until the next retry is due or a running job's lease runs out, at most
+        ``poll_interval``."""
+        t = jobs_table
         async with self.engine.connect() as conn:
-            due = (
+            retry, renewed = (
                 await conn.execute(
-                    sa.select(sa.func.min(jobs_table.c.run_after)).where(
-                        jobs_table.c.status == JobStatus.QUEUED.value
+                    sa.select(
+                        sa.func.min(t.c.run_after).filter(t.c.status == JobStatus.QUEUED.value),
+                        sa.func.min(t.c.updated_at).filter(t.c.status == JobStatus.RUNNING.value),
                     )
                 )
-            ).scalar_one()
-        if due is None:
+            ).one()
+        due = [float(retry)] if retry is not None else []
+        if renewed is not None:
+            due.append(float(renewed) + self.lease)
+        if not due:
             return self.poll_interval
-        return max(0.01, min(self.poll_interval, float(due) - time.time()))
+        return max(0.01, min(self.poll_interval, min(due) - time.time()))
+
+    def _claimable(self, now: float) -> sa.ColumnElement[bool]:
+        """A due queued job, or a running one whose runner stopped renewing its lease."""
+        t = jobs_table
+        return sa.or_(
+            sa.and_(t.c.status == JobStatus.QUEUED.value, t.c.run_after <= now),
+            sa.and_(t.c.status == JobStatus.RUNNING.value, t.c.updated_at <= now - self.lease),
+        )
 
     async def _claim(self) -> Job | None:
-        """Take the oldest due queued job; a conditional UPDATE so two workers never share one."""
+        """Take the oldest claimable job; a conditional UPDATE (on the attempt count seen)
+        so two runners never share one."""
         t = jobs_table
         while True:
             now = time.time()
             async with self.engine.begin() as conn:
-                job_id = (
+                found = (
                     await conn.execute(
-                        sa.select(t.c.id)
-                        .where(t.c.status == JobStatus.QUEUED.value, t.c.run_after <= now)
+                        sa.select(t.c.id, t.c.status, t.c.attempts)
+                        .where(self._claimable(now))
                         .order_by(t.c.created_at)
                         .limit(1)
                     )
-                ).scalar_one_or_none()
-                if job_id is None:
+                ).first()
+                if found is None:
                     return None
+                if found.status == JobStatus.RUNNING.value:
+                    log.warning("library job %s: its runner stopped, taking it over", found.id)
                 taken = await conn.execute(
                     t.update()
-                    .where(t.c.id == job_id, t.c.status == JobStatus.QUEUED.value)
+                    .where(
+                        t.c.id == found.id,
+                        t.c.attempts == found.attempts,
+                        self._claimable(now),
+                    )
                     .values(
                         status=JobStatus.RUNNING.value,
                         attempts=t.c.attempts + 1,
@@ -272,10 +299,11 @@ class JobRunner:
                     )
                 )
             if taken.rowcount == 1:
-                return await self.get(job_id)
+                return await self.get(found.id)
 
     async def _run(self, job: Job) -> None:
-        """One attempt: process while writing progress, then record how it ended."""
+        """One attempt: process while renewing the lease and writing progress, then
+        record how it ended."""
         latest = written = 0.0
 
         async def progress(percent: float) -> None:
@@ -289,14 +317,20 @@ class JobRunner:
         self._processing[job.item_id] = processing
         if self._closing:  # close() came while this job was being claimed
             processing.cancel()
+        renewed = time.monotonic()
         try:
             while not processing.done():
                 await asyncio.wait([processing], timeout=self.progress_interval)
-                if latest - written >= 1.0 and not processing.done():
-                    written = latest
-                    await self._update(job.id, progress=round(latest, 1))
+                if processing.done():
+                    break
+                if latest - written >= 1.0 or time.monotonic() - renewed >= self.lease / 3:
+                    written, renewed = latest, time.monotonic()
+                    if not await self._held(job, progress=round(latest, 1)):
+                        raise LeaseLost
+        except LeaseLost:
+            log.warning("library job %s was taken by another runner: stopped", job.id)
         finally:
-            if not processing.done():  # a progress write failed: no orphan ffmpeg
+            if not processing.done():  # lost, or a write failed: no orphan ffmpeg
                 processing.cancel()
                 await asyncio.wait([processing])
             del self._processing[job.item_id]
@@ -308,19 +342,19 @@ class JobRunner:
             await self._done(job, processing.result())
 
     async def _interrupted(self, job: Job) -> None:
-        """Stopped by close() (requeued, not the job's fault) or by discard() (row gone)."""
-        await self._update(
-            job.id,
-            _only_if=JobStatus.RUNNING,
-            status=JobStatus.QUEUED.value,
-            attempts=jobs_table.c.attempts - 1,
-            progress=0.0,
+        """Stopped by close() (requeued, not the job's fault), by discard() (row gone) or
+        by losing the job to another runner (nothing to write)."""
+        await self._held(
+            job, status=JobStatus.QUEUED.value, attempts=job.attempts - 1, progress=0.0
         )
 
     async def _done(self, job: Job, duration: float) -> None:
-        # The item first: whoever sees the job done finds the item ready.
+        # The item first, while the job is still ours: whoever sees the job done finds
+        # the item ready.
+        if not await self._held(job):
+            return
         await self.library.mark_ready(job.item_id, duration)
-        await self._update(job.id, status=JobStatus.DONE.value, progress=100.0, error=None)
+        await self._held(job, status=JobStatus.DONE.value, progress=100.0, error=None)
         if job.kind == "upload":
             await asyncio.to_thread(Path(job.source).unlink, missing_ok=True)
 
@@ -331,19 +365,25 @@ class JobRunner:
                 "library job %s attempt %d/%d failed, retry in %.1fs: %s",
                 job.id, job.attempts, job.max_attempts, delay, error,
             )  # fmt: skip
-            await self._update(
-                job.id, status=JobStatus.QUEUED.value, error=error, run_after=time.time() + delay
+            await self._held(
+                job, status=JobStatus.QUEUED.value, error=error, run_after=time.time() + delay
             )
-        else:
+        elif await self._held(job, status=JobStatus.FAILED.value, error=error):
             log.error("library job %s failed after %d attempts: %s", job.id, job.attempts, error)
             await self.library.mark_failed(job.item_id)
-            await self._update(job.id, status=JobStatus.FAILED.value, error=error)
 
-    async def _update(self, job_id: str, _only_if: JobStatus | None = None, **values: Any) -> None:
-        where = [jobs_table.c.id == job_id]
-        if _only_if is not None:
-            where.append(jobs_table.c.status == _only_if.value)
+    async def _held(self, job: Job, **values: Any) -> bool:
+        """Write ``values`` (and renew the lease) if this attempt still holds the job:
+        running, with the attempt count its claim set. False when it is gone or taken."""
+        t = jobs_table
         async with self.engine.begin() as conn:
-            await conn.execute(
-                jobs_table.update().where(*where).values(updated_at=time.time(), **values)
+            result = await conn.execute(
+                t.update()
+                .where(
+                    t.c.id == job.id,
+                    t.c.status == JobStatus.RUNNING.value,
+                    t.c.attempts == job.attempts,
+                )
+                .values(updated_at=time.time(), **values)
             )
+        return bool(result.rowcount == 1)

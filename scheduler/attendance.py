@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hub.store import Bus
+from cluster.store import Bus
 from scheduler.command_tables import household_viewers, presence_intervals, rollcall_answers
 from scheduler.notices import merged
 from scheduler.recurrence import LOCAL_ZONE, local, occurrences

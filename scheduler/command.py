@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cluster.store import Bus, Store
 from hub.ids import RoomName
-from hub.store import Bus, Store
 from scheduler.accounts import Account
 from scheduler.command_tables import directive_targets, directives, escalations
 from scheduler.notices import site_channel

@@ -20,8 +20,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cluster.store import Bus, Store
 from hub.ids import ParticipantIdentity, RoomName, valid_room_name
-from hub.store import Bus, Store
 from hub.tokens import Grant, grant_for_role
 from hub.tokens import Role as HubRole
 from scheduler.accounts import Account, Auth, require

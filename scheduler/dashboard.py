@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from hub.store import Bus, Store
+from cluster.store import Bus, Store
 from scheduler.attendance import PRESENCE_CHANNEL, parse_room
 from scheduler.command import DIRECTIVES_CHANNEL
 from scheduler.notices import STREAMS_CHANNEL, merged

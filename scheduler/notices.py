@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AsyncExitStack
 from typing import Any
 
-from hub.store import Bus
+from cluster.store import Bus
 from scheduler.runner import Notifier
 
 STREAMS_CHANNEL = "notice-streams"

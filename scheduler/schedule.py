@@ -3,7 +3,7 @@ that may repeat. Stored in UTC; Asia/Shanghai is for input and display."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, get_args
@@ -126,6 +126,39 @@ class SessionInfo:
             "live_households": self.options.live_households,
             "status": self.status.value,
         }
+
+    def to_message(self) -> dict[str, Any]:
+        """All of it, for another node (:meth:`from_message`); not for clients (it
+        holds the restream targets in full)."""
+        return {
+            "session_id": self.session_id,
+            "room": self.room,
+            "title": self.title,
+            "theme": self.theme.value,
+            "host": self.host,
+            "audience_sites": sorted(self.audience_sites),
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "options": {**asdict(self.options), "restream_urls": list(self.options.restream_urls)},
+            "status": self.status.value,
+        }
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> SessionInfo:
+        options = dict(message["options"])
+        options["restream_urls"] = tuple(options["restream_urls"])
+        return cls(
+            session_id=int(message["session_id"]),
+            room=RoomName(message["room"]),
+            title=str(message["title"]),
+            theme=Theme(message["theme"]),
+            host=str(message["host"]),
+            audience_sites=frozenset(message["audience_sites"]),
+            start=datetime.fromisoformat(message["start"]),
+            end=datetime.fromisoformat(message["end"]),
+            options=SessionOptions(**options),
+            status=SessionStatus(message["status"]),
+        )
 
 
 def occurrence_info(session: Session, occurrence: Occurrence, sites: frozenset[str]) -> SessionInfo:

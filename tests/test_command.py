@@ -13,8 +13,8 @@ import pytest
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cluster.store import Bus, Store, open_store_bus
 from hub.ids import ParticipantIdentity, RoomName
-from hub.store import Bus, Store, open_store_bus
 from scheduler.accounts import Account
 from scheduler.command import (
     Dispatch,

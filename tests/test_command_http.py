@@ -19,8 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cluster.store import Bus, Store, open_store_bus
 from hub.ids import ParticipantIdentity, RoomName
-from hub.store import Bus, Store, open_store_bus
 from hub.tokens import Role as HubRole
 from hub.tokens import TokenError, TokenSigner
 from scheduler.accounts import CSRF_COOKIE, Accounts, Auth

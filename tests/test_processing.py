@@ -713,21 +713,63 @@ async def test_closing_mid_job_requeues_it_and_a_new_runner_finishes_it(
     assert item is not None and item.status == ItemStatus.READY
 
 
-async def test_a_job_left_running_by_a_crash_is_restarted(
+async def test_a_job_left_running_by_a_dead_runner_is_taken_when_its_lease_runs_out(
     engine: AsyncEngine, library: Library, h264_recording: Path
 ) -> None:
     item_id = await new_item(library)
-    jobs = runner(engine, library)
+    jobs = runner(engine, library, lease=1.5)
     job = await jobs.submit(item_id, "recording", [h264_recording])
+    left_at = time.time()
     async with engine.begin() as conn:  # what a killed process leaves behind
-        await conn.execute(jobs_table.update().values(status="running", attempts=1))
+        await conn.execute(
+            jobs_table.update().values(status="running", attempts=1, updated_at=left_at)
+        )
     await jobs.start()
     try:
+        # Its lease still runs: it might be alive on another node.
+        await asyncio.sleep(0.5)
+        held = await jobs.get(job.id)
+        assert held is not None and (held.status, held.attempts) == (JobStatus.RUNNING, 1)
         await wait_until(lambda: job_status(jobs, job.id, JobStatus.DONE), timeout=30)
     finally:
         await jobs.close()
     done = await jobs.get(job.id)
     assert done is not None and done.attempts == 2
+    item = await library.get(item_id)
+    assert item is not None and item.status == ItemStatus.READY
+
+
+async def test_a_runner_whose_job_was_taken_stops_and_writes_nothing(
+    engine: AsyncEngine, library: Library, vp8_recording: Path
+) -> None:
+    item_id = await new_item(library)
+    jobs = runner(engine, library, lease=60.0)
+    job = await jobs.submit(item_id, "recording", [vp8_recording], layout="composite")
+    await jobs.start()
+    try:
+        await wait_until(lambda: job_status(jobs, job.id, JobStatus.RUNNING), interval=0.01)
+        await wait_until(
+            lambda: None if ffmpeg_processes(item_id) else "no ffmpeg yet", interval=0.01
+        )
+        async with engine.begin() as conn:  # another node's claim, after a pause of this one
+            await conn.execute(
+                jobs_table.update().values(attempts=2, progress=0.0, updated_at=time.time())
+            )
+        # Its next progress write finds the job taken: the processing stops.
+        await wait_until(
+            lambda: (
+                f"ffmpeg {ffmpeg_processes(item_id)} goes on" if ffmpeg_processes(item_id) else None
+            ),
+            timeout=20,
+        )
+        await asyncio.sleep(0.5)
+    finally:
+        await jobs.close()
+    taken = await jobs.get(job.id)
+    assert taken is not None
+    assert (taken.status, taken.attempts, taken.progress) == (JobStatus.RUNNING, 2, 0.0)
+    item = await library.get(item_id)
+    assert item is not None and item.status == ItemStatus.PROCESSING
 
 
 async def test_discarding_an_items_jobs_stops_its_running_attempt(

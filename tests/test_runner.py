@@ -581,13 +581,13 @@ async def test_webhook_notifier_survives_a_dead_url(serve: Any) -> None:
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, world: World) -> AsyncIterator[Lease]:
     if request.param == "memory":
-        from hub.store_memory import MemoryStore
+        from cluster.store_memory import MemoryStore
 
         memory = MemoryStore(clock=lambda: world.clock.now().timestamp())
         yield memory
         await memory.close()
     else:
-        from hub.store_redis import RedisStore
+        from cluster.store_redis import RedisStore
 
         redis = RedisStore.from_url(request.getfixturevalue("redis_url"), prefix="test-scheduler:")
         yield redis

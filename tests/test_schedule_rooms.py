@@ -53,9 +53,9 @@ async def test_a_scheduled_session_is_run_on_the_hub(hub_server: RunningHub) -> 
     await control.close_room(room_name)
     assert session.room not in hub_server.hub.rooms
     await control.hand_to_library(room_name, session)
-    item_id = await control.recordings.latest_item(room_name)
+    item_id = await control.local.recordings.latest_item(room_name)
     assert item_id is not None
-    library = control.recordings.library
+    library = control.local.recordings.library
     item = await library.get(item_id)
     published = await library.get(item.id)
     assert published.title == "学习贯彻全会精神宣讲" and published.theme == Theme.THEORY
@@ -101,9 +101,9 @@ async def test_a_sessions_composite_layout_reaches_the_library(hub_server: Runni
         await center.close()
     await control.close_room(room_name)
     await control.hand_to_library(room_name, session)
-    item_id = await control.recordings.latest_item(room_name)
+    item_id = await control.local.recordings.latest_item(room_name)
     assert item_id is not None
-    library = control.recordings.library
+    library = control.local.recordings.library
     item = await library.get(item_id)
 
     async def ready() -> str | None:
@@ -122,7 +122,7 @@ async def test_roll_call_in_a_sessions_room_checks_against_its_audience(
     """The sites expected and not there show at once, by name: the runner gave the
     room its session's audience (the host is not called)."""
     control = hub_server.app.state.room_control
-    sites = hub_server.app.state.room_control.sites
+    sites = hub_server.app.state.room_control.local.sites
     await load_seed_into(sites)
     start = datetime.now(UTC)
     room_name = "s9-202611292000"

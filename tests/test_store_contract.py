@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from cluster.store import Bus, Store, Subscription, open_store_bus
+from cluster.store_memory import MemoryBus, MemoryStore
+from cluster.store_redis import RedisBus, RedisStore
 from hub.ids import NodeID, ParticipantIdentity, RoomName
-from hub.store import Bus, Store, Subscription, open_store_bus
-from hub.store_memory import MemoryBus, MemoryStore
-from hub.store_redis import RedisBus, RedisStore
 from tests.helpers import wait_until
 
 SHORT = 0.2

@@ -10,13 +10,14 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from cluster.router import open_router
+from cluster.store import open_store_bus
 from hub.ids import RoomName
 from hub.metrics import metrics_router
 from hub.rooms_api import rooms_router
 from hub.service import Hub
 from hub.settings import Settings
 from hub.signaling import signaling_router
-from hub.store import open_store_bus
 from hub.whip import whip_router
 from media.hls import HlsPackager
 from media.jobs import JobRunner
@@ -35,9 +36,10 @@ from scheduler.tables import create_tables as create_scheduler_tables
 from web.api_docs import api_docs_router
 from web.body_limit import BodyLimit
 from web.errors import UnicodeJson, validation_error
-from web.glue import HubRoomControl, RecordingsToLibrary, admin_check
+from web.glue import HubRoomControl, RecordingsToLibrary, RoutedRoomControl, admin_check
 from web.library_pages import library_pages_router
 from web.pages import pages_router
+from web.room_routing import RoomRouting
 from web.security_headers import SecurityHeaders
 
 
@@ -57,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
         Accounts(engine, concurrent_checks=settings.login_checks),
         secure_cookies=True if settings.tls_cert else None,
     )
-    library_dir = settings.data_dir / "library"
+    library_dir = settings.resolved_media_dir() / "library"
     library = Library(engine, library_dir)
     jobs = JobRunner(engine, library, Processor(library_dir))
     recordings = RecordingsToLibrary(library, jobs, store)
@@ -67,7 +69,10 @@ def create_app(settings: Settings) -> FastAPI:
         engine=engine, store=store, bus=bus, notifier=webhooks, node=hub.node_id
     )
     sites = Sites(engine)
-    room_control = HubRoomControl(hub, recordings, sites)
+    router = open_router(settings.redis_url is not None, store, hub.node_id)
+    room_control = RoutedRoomControl(
+        HubRoomControl(hub, recordings, sites), router, bus, hub.node_id
+    )
     runner = Runner(engine, room_control, command.notifier, store, holder=hub.node_id)
 
     @asynccontextmanager
@@ -82,9 +87,11 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(jobs.close)
             await hub.start()
             stack.push_async_callback(hub.close)
+            # Other nodes' runners ask this node for its rooms' actions (before hub.close:
+            # a room closing down takes no new action).
+            hub.tasks.spawn(room_control.serve(), name="room-control")
             await recordings.recover(
-                settings.data_dir / "recordings",
-                {p for room in hub.rooms.values() for p in room.state.recording or []},
+                settings.resolved_media_dir() / "recordings", await hub.recordings_in_progress()
             )
             await command.start()
             stack.push_async_callback(command.stop)
@@ -99,8 +106,10 @@ def create_app(settings: Settings) -> FastAPI:
         title="Practice Hub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     # The last added is the outermost: every answer gets the security headers, and
-    # the JSON check reads a body already counted.
+    # the JSON check reads a body already counted. A request about a room held by
+    # another node is sent there before its body is read.
     app.add_middleware(UnicodeJson)
+    app.add_middleware(RoomRouting, hub=hub, router=router)
     app.add_middleware(
         BodyLimit,
         default=settings.max_body_bytes,

@@ -7,15 +7,17 @@ import asyncio
 import datetime
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import HTTPException, Request
 
-from hub.ids import ParticipantIdentity, RoomName
+from cluster.router import RoomRouter
+from cluster.store import Bus, Store
+from hub.ids import NodeID, ParticipantIdentity, RoomName
 from hub.room_media import MediaError
 from hub.service import Hub
-from hub.store import Store
 from media.jobs import JobRunner
 from media.library import Library, Theme
 from media.processing import Layout, has_video
@@ -102,8 +104,8 @@ class RecordingsToLibrary:
     async def recover(self, recordings_dir: Path, in_progress: set[str]) -> int:
         """Recordings a crash cut off that no room goes on with (it was not restored)
         go to the library as they would have: one item per room, its parts joined in
-        order. A directory a job already has, or a restored room still records into, is
-        left alone. How many items were made."""
+        order. A directory a job already has, or a room (on any node) still records
+        into, is left alone. How many items were made."""
         taken = await self.jobs.recording_sources()
         found = await asyncio.to_thread(_untaken_parts, recordings_dir, taken, in_progress)
         for room, parts in found.items():
@@ -172,6 +174,97 @@ class HubRoomControl:
     async def hand_to_library(self, room: str, session: SessionInfo) -> None:
         if not await self.recordings.hand_over(room, session.options.publish):
             logger.warning("session %s: no recording of %s to publish", session.session_id, room)
+
+
+CONTROL_CHANNEL = "room-control:"
+"""Bus channel prefix: the schedule's room actions for one node, by node id."""
+REPLY_CHANNEL = "room-control-reply:"
+"""Bus channel prefix: the answer to one action, by request id."""
+CONTROL_TIMEOUT = 15.0
+"""Seconds an action asked of another node may take; the runner retries a step that
+failed (every action is safe to repeat)."""
+
+
+class RoutedRoomControl:
+    """The schedule runner's hands in a cluster: each action runs on the node holding
+    the room, asked over the Bus; a room held by nobody is opened on this node (the
+    claim is atomic). In one process every room is here."""
+
+    def __init__(self, local: HubRoomControl, router: RoomRouter, bus: Bus, node: NodeID) -> None:
+        self.local = local
+        self.router = router
+        self.bus = bus
+        self.node = node
+
+    async def open_room(self, room: str, session: SessionInfo) -> None:
+        await self._act("open_room", room, session)
+
+    async def start_recording(self, room: str) -> None:
+        await self._act("start_recording", room)
+
+    async def stop_recording(self, room: str) -> None:
+        await self._act("stop_recording", room)
+
+    async def close_room(self, room: str) -> None:
+        await self._act("close_room", room)
+
+    async def hand_to_library(self, room: str, session: SessionInfo) -> None:
+        await self._act("hand_to_library", room, session)
+
+    async def _act(self, action: str, room: str, session: SessionInfo | None = None) -> None:
+        owner = await self.router.elsewhere(RoomName(room))
+        if owner is None:
+            await self._here(action, room, session)
+            return
+        node, _ = owner
+        request = secrets.token_hex(8)
+        async with self.bus.subscribe(REPLY_CHANNEL + request) as replies:
+            await self.bus.publish(
+                CONTROL_CHANNEL + node,
+                {
+                    "id": request,
+                    "action": action,
+                    "room": room,
+                    "session": None if session is None else session.to_message(),
+                },
+            )
+            async with asyncio.timeout(CONTROL_TIMEOUT):
+                reply = await anext(replies)
+        if reply.get("error"):
+            raise RuntimeError(f"{action} of room {room} on node {node}: {reply['error']}")
+
+    async def _here(self, action: str, room: str, session: SessionInfo | None) -> None:
+        local = self.local
+        match action:
+            case "open_room" if session is not None:
+                await local.open_room(room, session)
+            case "start_recording":
+                await local.start_recording(room)
+            case "stop_recording":
+                await local.stop_recording(room)
+            case "close_room":
+                await local.close_room(room)
+            case "hand_to_library" if session is not None:
+                await local.hand_to_library(room, session)
+            case _:
+                raise ValueError(f"no room action {action!r}")
+
+    async def serve(self) -> None:
+        """Do what other nodes' runners ask of this node's rooms, until cancelled."""
+        async with self.bus.subscribe(CONTROL_CHANNEL + self.node) as requests:
+            async for request in requests:
+                error = None
+                try:
+                    session = request.get("session")
+                    await self._here(
+                        str(request["action"]),
+                        str(request["room"]),
+                        None if session is None else SessionInfo.from_message(session),
+                    )
+                except Exception as exc:
+                    logger.exception("room action %s asked by another node failed", request)
+                    error = f"{type(exc).__name__}: {exc}"
+                await self.bus.publish(REPLY_CHANNEL + str(request.get("id")), {"error": error})
 
 
 def admin_check(auth: Auth) -> Callable[[Request], Awaitable[bool]]:

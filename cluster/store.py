@@ -242,10 +242,10 @@ def open_store_bus(
     under ``prefix``). The caller closes both."""
     # Imported on demand: only a cluster loads the Redis module and redis itself.
     if redis_url is None:
-        from hub.store_memory import MemoryBus, MemoryStore
+        from cluster.store_memory import MemoryBus, MemoryStore
 
         return MemoryStore(documents=documents), MemoryBus()
-    from hub.store_redis import RedisBus, RedisStore
+    from cluster.store_redis import RedisBus, RedisStore
 
     return RedisStore.from_url(redis_url, prefix=prefix), RedisBus.from_url(
         redis_url, prefix=prefix

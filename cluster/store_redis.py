@@ -32,8 +32,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cluster.store import Fanout, Subscription, check_ttl
 from hub.ids import NodeID, ParticipantIdentity, RoomName
-from hub.store import Fanout, Subscription, check_ttl
 from hub.tasks import TaskOwner
 
 log = logging.getLogger(__name__)

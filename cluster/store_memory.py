@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from cluster.store import Fanout, Subscription, check_ttl
 from hub.ids import NodeID, ParticipantIdentity, RoomName
-from hub.store import Fanout, Subscription, check_ttl
 
 K = TypeVar("K", bound=str)
 V = TypeVar("V")
