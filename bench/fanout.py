@@ -170,10 +170,10 @@ def create_admin(data_dir: Path, username: str, password: str) -> None:
 
 
 class HubProcess:
-    """``python -m hub serve`` on 127.0.0.1 with a fresh data directory, from this
-    checkout or from ``source``, another one (to compare two commits' hubs under
-    the same load). ``settings``: more ``HUB_*`` variables for it; ``profile``: run it
-    under cProfile, which writes there when it stops."""
+    """``python -m hub serve`` on ``host`` (127.0.0.1) with a fresh data directory,
+    from this checkout or from ``source``, another one (to compare two commits' hubs
+    under the same load). ``settings``: more ``HUB_*`` variables for it; ``profile``:
+    run it under cProfile, which writes there when it stops."""
 
     def __init__(
         self,
@@ -182,15 +182,16 @@ class HubProcess:
         fastpath: str = "c",
         settings: dict[str, str] | None = None,
         profile: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.port = free_port()
         self.secret = secrets.token_urlsafe(32)
         self.signer = TokenSigner(self.secret)
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/ws"
+        self.base = f"http://{host}:{self.port}"
+        self.ws = f"ws://{host}:{self.port}/ws"
         self.log_path = data_dir / "hub.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
-        env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": '["127.0.0.1"]'}
+        env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": json.dumps([host])}
         env["HUB_FASTPATH"] = fastpath
         env |= settings or {}
         with self.log_path.open("wb") as log:
@@ -198,7 +199,7 @@ class HubProcess:
                 [
                     sys.executable,
                     *(("-m", "cProfile", "-o", str(profile)) if profile else ()),
-                    *("-m", "hub", "serve", "--host", "127.0.0.1"),
+                    *("-m", "hub", "serve", "--host", host),
                     *("--port", str(self.port), "--data-dir", str(data_dir)),
                 ],
                 cwd=source,

@@ -46,6 +46,7 @@ from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpSdesPacket,
     RtcpSenderInfo,
     RtcpSourceInfo,
@@ -53,6 +54,7 @@ from aiortc.rtp import (
     RtpPacket,
     is_rtcp,
     pack_remb_fci,
+    unpack_remb_fci,
 )
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
@@ -110,6 +112,8 @@ _SENDER_ATTRS = (
     "_retransmit",
     "_send_keyframe",
     "_run_rtcp",
+    "_handle_rtcp_packet",
+    "_RTCRtpSender__rtt",
     "_RTCRtpSender__cname",
     "_RTCRtpSender__lsr",
     "_RTCRtpSender__lsr_time",
@@ -190,6 +194,8 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"libsrtp's {function} is now {signature}")
         if not isinstance(CODECS.get("video"), list):
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
+        if not any(c.mimeType.lower() == "audio/opus" for c in CODECS.get("audio", [])):
+            raise InternalsChanged("aiortc.codecs.CODECS has no Opus to set FEC on")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
     finally:
@@ -233,6 +239,20 @@ def install_h264_profiles() -> None:
                 mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
             ),
         ]
+
+
+OPUS_PARAMETERS = {"minptime": 10, "useinbandfec": 1}
+"""What the hub's offers and answers say of Opus (aiortc says nothing): in-band FEC,
+so a publishing browser puts a copy of each packet's sound, coarser, in the next, and
+a station that lost one plays the copy instead of concealing a gap."""
+
+
+def install_opus_fec() -> None:
+    """Negotiate Opus in-band FEC both ways: with publishers and with subscribers
+    (idempotent)."""
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters.update(OPUS_PARAMETERS)
 
 
 def accept_offered_payload_types() -> None:
@@ -649,6 +669,24 @@ def _drop(transports: list[RTCDtlsTransport], method: str, lost: Callable[[bytes
         setattr(dtls, method, lossy)
 
 
+def report_downstream_loss(receiver: RTCRtpReceiver, loss: Callable[[], float]) -> None:
+    """The receiver reports the hub sends the publisher tell the worst of its own loss
+    and ``loss()`` (its subscribers', 0-1). A publishing browser's Opus encoder puts
+    in-band FEC in its packets in proportion to the loss it is told of: told only of
+    its own clean uplink, it would send none for stations on lossy links."""
+    _require(receiver, ("_send_rtcp",))
+    send = receiver._send_rtcp
+
+    async def send_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpRrPacket):
+            worst = min(255, int(loss() * 256))
+            for report in packet.reports:
+                report.fraction_lost = max(report.fraction_lost, worst)
+        await send(packet)
+
+    setattr(receiver, "_send_rtcp", send_rtcp)  # noqa: B010
+
+
 class ReceiverTap:
     """Installed on one RTCRtpReceiver before it starts receiving."""
 
@@ -901,7 +939,8 @@ every sender, audio too, each a chain of coroutines and allocations)."""
 class SenderHook:
     """Takes over an RTCRtpSender whose track never yields: the hub writes RTP
     itself and the Sender Reports (:meth:`_run_rtcp`); the sender still handles the
-    subscriber's RTCP (receiver reports, NACK, PLI)."""
+    subscriber's RTCP (receiver reports, NACK, PLI), and its handler is wrapped so
+    the hub hears the round trip and REMB its retransmission budget follows."""
 
     def __init__(
         self,
@@ -909,10 +948,14 @@ class SenderHook:
         retransmit: Callable[[int], Awaitable[None]],
         keyframe: Callable[[], None],
         report: Callable[[], tuple[int, int, int, int] | None],
+        feedback: Callable[[float | None, int | None, float | None], None] | None = None,
     ) -> None:
         """``report`` gives what the hub has sent, for the Sender Reports: (RTP
         timestamp, NTP timestamp, packets, octets) of one packet, a consistent
-        snapshot; None before the first."""
+        snapshot; None before the first. ``feedback`` hears the subscriber's link:
+        (round trip, None, fraction lost 0-1) after each receiver report, (None,
+        bits/s, None) for each REMB naming this sender (its part of it: the REMB's
+        bitrate over the streams it names)."""
         _require(sender, _SENDER_ATTRS)
         self._sender = sender
         self._report = report
@@ -922,6 +965,30 @@ class SenderHook:
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
         setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
         setattr(sender, "_run_rtcp", self._run_rtcp)  # noqa: B010
+        if feedback is not None:
+            self._hear_feedback(feedback)
+
+    def _hear_feedback(
+        self, feedback: Callable[[float | None, int | None, float | None], None]
+    ) -> None:
+        sender: Any = self._sender
+        handle = sender._handle_rtcp_packet
+
+        async def handle_rtcp(packet: Any) -> None:
+            await handle(packet)
+            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    if report.ssrc == self.ssrc:
+                        feedback(sender._RTCRtpSender__rtt, None, report.fraction_lost / 256)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if self.ssrc in ssrcs:
+                    feedback(None, bitrate // len(ssrcs), None)
+
+        setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010
 
     @property
     def ssrc(self) -> int:

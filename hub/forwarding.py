@@ -19,6 +19,8 @@ from aiortc.rtp import RtpPacket
 
 from hub.codecs import frame_is_keyframe, keyframe_start
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
+from hub.retransmission import RetransmitBudget, Verdict
+from hub.video_yield import VideoYield
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +28,6 @@ _HEADER = struct.Struct("!BBHII")
 _RTX_OSN = struct.Struct("!H")
 HISTORY_SIZE = 2048
 """Packets kept per track for NACKs: over 1 s at 2,000 packets/s (~20 Mbps)."""
-NACK_HOLDOFF = 0.05
-"""A NACKed packet is resent at most once per this many seconds: receivers repeat
-their whole missing list at each new loss."""
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per publisher per this many seconds."""
 _NTP_EPOCH_OFFSET = 2208988800
@@ -46,6 +45,10 @@ class ForwardingStats:
     keyframe_requests_coalesced: int = 0
     nacks_received: int = 0
     retransmissions: int = 0
+    retransmissions_declined: int = 0
+    """NACKed packets not resent: repeated too soon or too often, too old, over budget."""
+    video_yields: int = 0
+    """Times a video down track was held because its subscriber's link could not carry it."""
     frames_to_sinks: int = 0
 
 
@@ -140,7 +143,7 @@ class UpTrack:
         self.keyframes = KeyframeRequester(request_keyframe, stats)
         self.subscriptions: list[Subscription] = []
         self.downs: list[DownTrackCore] = []
-        """The subscriptions' down tracks, in the same (join) order: what fanout() takes."""
+        """The subscriptions' down tracks that are not held: what fanout() takes."""
         self.frame_consumers: list[FrameConsumer] = []
         self.media_ssrc: int | None = None
         self.muted = False
@@ -210,9 +213,13 @@ class DownTrack(DownTrackCore):
     """
 
     __slots__ = (
-        "_resent",
         "_rtx_seq",
+        "audio_only",
+        "budget",
+        "fit",
+        "held",
         "kind",
+        "lost",
         "rtx_payload_type",
         "rtx_ssrc",
         "stats",
@@ -227,8 +234,15 @@ class DownTrack(DownTrackCore):
         self.rtx_payload_type: int | None = None
         self.subscription: Subscription | None = None
         self._rtx_seq = 0
-        # When each sequence number was last resent, to answer a NACK once per holdoff.
-        self._resent: dict[int, float] = {}
+        self.budget = RetransmitBudget()
+        self.audio_only = False
+        """Held by the subscriber's choice (see :meth:`hold`)."""
+        self.fit = VideoYield()
+        """Held because the subscriber's link cannot carry this video."""
+        self.held = False
+        """Sends nothing: either of the two."""
+        self.lost = 0.0
+        """Fraction of this track the subscriber last reported lost."""
 
     def configure(
         self,
@@ -245,12 +259,6 @@ class DownTrack(DownTrackCore):
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
-        now = time.monotonic()
-        if now - self._resent.get(seq, -NACK_HOLDOFF) < NACK_HOLDOFF:
-            return
-        if len(self._resent) > HISTORY_SIZE:
-            self._resent.clear()
-        self._resent[seq] = now
         srtp_socket = self.srtp_socket
         if self.rtx_payload_type is None or srtp_socket is None:
             ntp = _ntp_now()
@@ -277,6 +285,54 @@ class DownTrack(DownTrackCore):
         if self.subscription is not None:
             self.subscription.retransmit(seq)
 
+    def hold(self, held: bool) -> None:
+        """Audio-only mode on or off: send nothing while ``held``, so nothing crosses
+        the subscriber's link, not even to be dropped. Let go, the video starts
+        again at a keyframe."""
+        self.audio_only = held
+        self._follow()
+
+    def _fit(self, estimate_bps: float | None) -> None:
+        """Video yields first: held while the subscriber's estimate cannot carry it."""
+        now = time.monotonic()
+        budget = self.budget
+        budget.note_media(self.bytes_sent, now)
+        was = self.fit.held
+        if self.fit.update(estimate_bps, budget.media_bps, now) and not was:
+            self.stats.video_yields += 1
+            # Nothing is measured while held: try again after the back-off.
+            asyncio.get_running_loop().call_later(self.fit.retry_after, self._fit, None)
+        self._follow()
+
+    def _follow(self) -> None:
+        held = self.audio_only or self.fit.held
+        if held == self.held:
+            return
+        self.held = held
+        subscription = self.subscription
+        if subscription is None or subscription.closed:
+            return
+        up = subscription.up
+        if held:
+            up.downs.remove(self)
+        else:
+            self.started = False
+            up.downs.append(self)
+            if up.kind == "video":
+                up.keyframes.request()
+
+    def on_feedback(self, rtt: float | None, estimate_bps: int | None, lost: float | None) -> None:
+        """The subscriber's receiver report (round trip, seconds; fraction lost) or its
+        REMB (this track's part of it): what the retransmission budget follows."""
+        if rtt is not None:
+            self.budget.rtt = rtt
+        if lost is not None:
+            self.lost = lost
+        if estimate_bps is not None:
+            self.budget.estimate_bps = estimate_bps
+            if self.video:
+                self._fit(estimate_bps)
+
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""
         if self.subscription is not None:
@@ -300,9 +356,11 @@ class Subscription:
         down.started = False
         down.subscription = self
         up.subscriptions.append(self)
-        up.downs.append(down)
         if up.history is None:
             up.history = PacketHistory()
+        if down.held:
+            return
+        up.downs.append(down)
         if up.kind == "video":
             up.keyframes.request()
 
@@ -316,7 +374,19 @@ class Subscription:
         if entry is None:
             return
         _, timestamp, marker, payload = entry
-        down.write_rtx(out_seq, (timestamp + down.ts_offset) & 0xFFFFFFFF, marker, payload)
+        out_ts = (timestamp + down.ts_offset) & 0xFFFFFFFF
+        behind = (down.last_timestamp - out_ts) & 0xFFFFFFFF
+        age = 0.0 if behind & 0x80000000 else behind / self.up.codec.clock_rate
+        now = time.monotonic()
+        budget = down.budget
+        budget.note_media(down.bytes_sent, now)
+        verdict = budget.decide(out_seq, age, len(payload), now)
+        if verdict is Verdict.SEND:
+            down.write_rtx(out_seq, out_ts, marker, payload)
+            return
+        down.stats.retransmissions_declined += 1
+        if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
+            self.up.keyframes.request()  # a keyframe repairs what resends cannot
 
     def close(self) -> None:
         if self.closed:
@@ -325,11 +395,18 @@ class Subscription:
         up = self.up
         if self in up.subscriptions:
             up.subscriptions.remove(self)
-            up.downs.remove(self.down)
+            if not self.down.held:
+                up.downs.remove(self.down)
             if not up.subscriptions:
                 up.history = None
         if self.down.subscription is self:
             self.down.subscription = None
+
+
+def downstream_loss(up: UpTrack) -> float:
+    """The worst loss (0-1) a subscriber of ``up`` reports: what its publisher's
+    encoder is told, to protect its audio for them (Opus in-band FEC)."""
+    return max((s.down.lost for s in up.subscriptions), default=0.0)
 
 
 def _abs_send_time(ntp: int) -> bytes:

@@ -70,6 +70,11 @@ class Hand(_Message):
     raised: StrictBool
 
 
+class AudioOnly(_Message):
+    type: Literal["audio_only"]
+    on: StrictBool
+
+
 class Chat(_Message):
     type: Literal["chat"]
     text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
@@ -125,6 +130,7 @@ INCOMING: dict[str, type[_Message]] = {
     "unpublish": Unpublish,
     "mute": Mute,
     "hand": Hand,
+    "audio_only": AudioOnly,
     "chat": Chat,
     "moderate": Moderate,
     "ping": Ping,

@@ -20,6 +20,9 @@ _HELP = {
     "keyframe_requests_coalesced": "keyframe requests folded into another",
     "nacks_received": "sequence numbers subscribers reported lost",
     "retransmissions": "packets resent from the hub's history",
+    "retransmissions_declined": "NACKed packets not resent: too soon, too often, too old, "
+    "over budget",
+    "video_yields": "times a subscriber's video was held because its link could not carry it",
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
 }
 

@@ -350,6 +350,8 @@ class SendingPeer:
         self.pc = pc
         self.stats = stats
         self.slots: list[Slot] = []
+        self.video_held = False
+        """Audio-only mode: no video is sent on this connection."""
 
     def add_slot(self, kind: str) -> Slot:
         transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
@@ -359,11 +361,20 @@ class SendingPeer:
             retransmit=lambda seq: down.on_nack(seq),
             keyframe=lambda: down.on_pli(),
             report=lambda: down.report,
+            feedback=lambda rtt, estimate, lost: down.on_feedback(rtt, estimate, lost),
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
+        down.hold(kind == "video" and self.video_held)
         slot = Slot(transceiver, hook, down)
         self.slots.append(slot)
         return slot
+
+    def hold_video(self, held: bool) -> None:
+        """Audio-only mode on (``held``) or off: every video slot, and any added later."""
+        self.video_held = held
+        for slot in self.slots:
+            if slot.down.kind == "video":
+                slot.down.hold(held)
 
     def configure_slots(self) -> None:
         """After a negotiation: write with the payload types the subscriber accepted."""

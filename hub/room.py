@@ -21,9 +21,9 @@ from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 
 from hub import messages as m
 from hub import policy
-from hub.aiortc_internals import ReceiverTap
+from hub.aiortc_internals import ReceiverTap, report_downstream_loss
 from hub.errors import HubError
-from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
+from hub.forwarding import CodecInfo, ForwardingStats, UpTrack, downstream_loss
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.limits import RoomLimits
 from hub.peers import PublisherPeer, SubscriberPeer, WhepPeer, make_peer_connection
@@ -218,6 +218,8 @@ class Participant:
         tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack)
         if up.kind == "video":
             tap.announce_bandwidth()
+        else:
+            report_downstream_loss(transceiver.receiver, lambda: downstream_loss(up))
         publication = Publication(self, source, up, tap)
         up.muted = source.value in self.moderator_mutes
         if up.muted:

@@ -18,6 +18,7 @@ from hub.aiortc_internals import (
     host_addresses,
     install_datagram_path,
     install_h264_profiles,
+    install_opus_fec,
     keep_consent_while_heard,
     restrict_host_addresses,
 )
@@ -31,6 +32,7 @@ from hub.room_state import STATE_KEY, RoomState, state_key
 from hub.settings import Settings
 from hub.tasks import TaskOwner
 from hub.tokens import Grant, TokenError, TokenSigner
+from hub.turn import turn_ice_server
 from hub.udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Hub:
     async def start(self) -> None:
         await check_internals()
         install_h264_profiles()
+        install_opus_fec()
         accept_offered_payload_types()
         keep_consent_while_heard(self.settings.peer_silence_timeout)
         install_datagram_path()
@@ -123,8 +126,22 @@ class Hub:
             parts.update(RoomState.from_json(doc).recording or [])
         return parts
 
-    def ice_servers_for_clients(self) -> list[dict[str, Any]]:
-        return [s.model_dump(exclude_none=True) for s in self.settings.ice_servers]
+    def ice_servers_for_clients(self, identity: str) -> list[dict[str, Any]]:
+        """The configured servers, and the TURN servers with credentials for
+        ``identity`` made now (coturn's REST API scheme)."""
+        settings = self.settings
+        servers = [s.model_dump(exclude_none=True) for s in settings.ice_servers]
+        if settings.turn_urls and settings.turn_secret:
+            servers.append(
+                turn_ice_server(
+                    settings.turn_urls,
+                    settings.turn_secret,
+                    identity,
+                    settings.turn_ttl,
+                    time.time(),
+                )
+            )
+        return servers
 
     def verify(self, token: str) -> Grant:
         """A token's grant, or a :class:`HubError` with the protocol's code."""

@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     ``port`` and whether it serves TLS."""
     ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers (JSON). Empty by default: nothing outside the intranet is needed."""
+    turn_urls: list[str] = Field(default_factory=list)
+    """TURN servers (JSON list of ``turn:``/``turns:`` URLs) handed to clients with
+    short-lived credentials made from :attr:`turn_secret`."""
+    turn_secret: str | None = None
+    """coturn's ``static-auth-secret`` (``use-auth-secret``)."""
+    turn_ttl: int = Field(8 * 3600, ge=60)
+    """Seconds a TURN credential lasts: coturn checks it again when an allocation is
+    refreshed, so it outlasts a day's longest session."""
     ice_gather_addresses: list[str] = Field(default_factory=list)
     """Local addresses the hub gathers ICE candidates on; empty means every interface."""
     ice_announce_address: str | None = None
@@ -123,6 +131,18 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     """Serve HTTPS directly: browsers give the camera only to secure origins."""
+
+    @model_validator(mode="after")
+    def _turn_complete(self) -> Settings:
+        # Half a TURN configuration would hand browsers servers they cannot use.
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("HUB_TURN_URLS needs HUB_TURN_SECRET (coturn's static-auth-secret)")
+        if self.turn_secret is not None and len(self.turn_secret) < 16:
+            raise ValueError("HUB_TURN_SECRET must be at least 16 characters")
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"HUB_TURN_URLS: {url!r} is not a turn: or turns: URL")
+        return self
 
     def private_data_dir(self) -> Path:
         """The data dir, created readable by the hub's user only (it holds the token

@@ -21,6 +21,7 @@ from hub.limits import TokenBucket
 from hub.messages import (
     INCOMING,
     Answer,
+    AudioOnly,
     Candidate,
     Chat,
     Hand,
@@ -87,6 +88,7 @@ class Connection:
             "unpublish": self._unpublish,
             "mute": self._mute,
             "hand": self._hand,
+            "audio_only": self._audio_only,
             "chat": self._chat,
             "moderate": self._moderate,
             "ping": self._ping,
@@ -267,7 +269,7 @@ class Connection:
                 participant=participant.info(),
                 participants=[p.info() for p in room.participants.values() if p is not participant],
                 stage=[p.sid for p in room.stage],
-                ice_servers=self.hub.ice_servers_for_clients(),
+                ice_servers=self.hub.ice_servers_for_clients(participant.identity),
                 quality=participant.uplink.level,
                 microphone=participant.uplink.microphone,
                 media=room.media.message_for(participant.grant.can_moderate),
@@ -314,6 +316,13 @@ class Connection:
 
     async def _hand(self, message: Hand) -> None:
         self._in_room().set_hand(self._joined(), message.raised)
+
+    async def _audio_only(self, message: AudioOnly) -> None:
+        """A weak link's station: the hub sends it no video at all while on."""
+        subscriber = self._joined().subscriber
+        if subscriber is None:
+            raise HubError("bad_message", "no subscriber connection")
+        subscriber.hold_video(message.on)
 
     async def _chat(self, message: Chat) -> None:
         participant = self._joined()

@@ -20,6 +20,7 @@ from hub.peers import SdpError, parse_sdp
 from hub.room import Participant, ParticipantKind, Room
 from hub.service import RESOURCE_KEY, Hub
 from hub.tokens import Grant, Role, Source, grant_for_role
+from hub.turn import link_headers
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +107,15 @@ def whip_router(hub: Hub) -> APIRouter:
         participant.resource = key
         participant.resource_needs_token = with_token
         await hub.save_resource(participant)
-        return Response(
+        response = Response(
             answer,
             status_code=201,
             media_type="application/sdp",
             headers={"Location": f"/{kind}/{room.name}/{key}"},
         )
+        for link in link_headers(hub.ice_servers_for_clients(participant.identity)):
+            response.headers.append("Link", link)
+        return response
 
     async def guarded(
         kind: ParticipantKind,

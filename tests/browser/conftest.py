@@ -49,19 +49,27 @@ CHROMIUM_ARGS = [
 class HubProcess:
     """The real hub in a subprocess; ``restart()`` keeps its port and data dir."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.env = env or {}
         """Set in the hub's environment besides what the tests set."""
+        self.host = host
+        """Where it listens and gathers ICE candidates (tests/netlab.py's address)."""
         self.port = free_port()
         self.data_dir = data_dir
         self.secret = secrets.token_urlsafe(24)[:32]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
         env = dict(os.environ)
-        env["HUB_ICE_GATHER_ADDRESSES"] = json.dumps(["127.0.0.1"])
+        env["HUB_ICE_GATHER_ADDRESSES"] = json.dumps([self.host])
         env["HUB_SECRET"] = self.secret
         env |= self.env
         log = self.log_path.open("ab")
@@ -72,7 +80,7 @@ class HubProcess:
                 "hub",
                 "serve",
                 "--host",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 str(self.port),
                 "--data-dir",
@@ -175,17 +183,22 @@ class Browsers:
         label: str,
         width: int = 1280,
         height: int = 800,
+        executable: str | None = None,
+        args: list[str] | None = None,
         *,
         ignore_https_errors: bool = False,
     ) -> Any:
-        """``ignore_https_errors``: for a test's own self-signed certificate (nginx)."""
+        """``executable`` (default: the Chromium found) and ``args`` replace
+        :data:`CHROMIUM_ARGS`' defaults where they say so: a station in a network
+        namespace runs through a wrapper, on the lab's address. ``ignore_https_errors``:
+        for a test's own self-signed certificate (nginx)."""
         if len(self.contexts) >= self.MAX_CONTEXTS:
             raise AssertionError("at most four browser contexts at once")
         context = self.playwright.chromium.launch_persistent_context(
             str(self.tmp_path / f"profile-{label}"),
-            executable_path=self.chromium_path,
+            executable_path=executable or self.chromium_path,
             headless=True,
-            args=CHROMIUM_ARGS,
+            args=args or CHROMIUM_ARGS,
             viewport={"width": width, "height": height},
             ignore_https_errors=ignore_https_errors,
         )

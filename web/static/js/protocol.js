@@ -270,6 +270,8 @@ export class HubClient {
         this.view = null;
         /** @type {RTCIceServer[]} */
         this.iceServers = [];
+        /** Audio-only mode (kept across reconnects): the hub sends us no video. */
+        this.audioOnly = false;
         /** @type {Map<string, RemoteTrack>} received tracks by subscriber mid */
         this.remoteTracks = new Map();
         /** @type {Map<Source, MediaStreamTrack>} what we publish (kept across reconnects) */
@@ -738,8 +740,9 @@ export class HubClient {
                 if (this.isMuted(source)) this._send({ type: "mute", source, muted: true });
             }
         }
-        // A raised hand survives a network drop too.
+        // A raised hand survives a network drop too, and so does audio-only mode.
         if (handWasRaised && this.self && !this.self.hand_raised) this.raiseHand(true);
+        if (this.audioOnly) this.setAudioOnly(true);
     }
 
     /**
@@ -1034,6 +1037,15 @@ export class HubClient {
     }
 
     // ---- room actions -----------------------------------------------------------------
+
+    /**
+     * Audio-only mode for a weak link: while on, the hub sends us no video at all.
+     * @param {boolean} on
+     */
+    setAudioOnly(on) {
+        this.audioOnly = on;
+        return this._send({ type: "audio_only", on });
+    }
 
     /** @param {boolean} raised */
     raiseHand(raised) {

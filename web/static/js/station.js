@@ -204,14 +204,14 @@ handButton.addEventListener("click", () => {
 });
 
 /**
- * Audio-only mode for weak links. The hub has no message to stop sending us
- * video (see the report), so this mode (1) stops publishing our camera, which
- * frees the uplink, and (2) detaches every received video from the page so the
- * browser does not render it. Received video still crosses the downlink.
+ * Audio-only mode for weak links: (1) the hub stops sending us any video, which
+ * frees the downlink for sound, (2) we stop publishing our camera, which frees the
+ * uplink, and (3) the page shows no video.
  */
 audioOnlyButton.addEventListener("click", async () => {
     if (!client) return;
     audioOnly = !audioOnly;
+    client.setAudioOnly(audioOnly);
     renderControls();
     renderStage();
     if (audioOnly) {

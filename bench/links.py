@@ -1,0 +1,262 @@
+"""``python -m bench.links --json``: what a Chromium station gets from the hub over
+village links (issue 15), profile by profile.
+
+A real hub (``python -m hub serve``) on the lab's address (tests/netlab.py), coturn
+on the same address (deploy/turnserver.conf), the lecturer's console in Chromium on
+the hub's side, unshaped. For each profile a Chromium station joins from its own
+network namespace behind that link, is given ``--warmup`` seconds, then is measured
+for ``--seconds``: the frame size it decodes (the layer), frames per second,
+``freezeCount``, seconds in which no new frame was decoded, the share of audio
+samples concealed, what the hub resent and forwarded meanwhile (``/metrics``), and
+the hub process's CPU. ``--source DIR`` runs the hub of another checkout (to set
+two commits side by side: the bench itself, the lab and the browsers stay this
+checkout's). Needs root (network namespaces); prints one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.fanout import ROOM, HubProcess, cpu_seconds
+from hub.turn import turn_ice_server
+from tests.browser.conftest import CHROMIUM_ARGS
+from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, available, netlab
+from tests.test_turn import SECRET, coturn
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES: dict[str, Link] = {
+    "unshaped": Link(),
+    "2 Mbps": Link(rate_kbit=2000),
+    "700 kbps": Link(rate_kbit=700),
+    "5 % loss": Link(loss=0.05),
+    "10 % loss + 300 ms": Link(loss=0.10, rtt_ms=300),
+    "UDP blocked, TURN/TCP": Link(block_udp=True),
+}
+
+STATION_JS = """
+async () => {
+  const c = window.practiceHub && window.practiceHub.client;
+  if (!c || !c.subscriber) return null;
+  const report = await c.subscriber.getStats();
+  const out = {frames: 0, freezes: 0, width: 0, height: 0, samples: 0, concealed: 0,
+               relay: null};
+  for (const s of report.values()) {
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      const pair = report.get(s.selectedCandidatePairId);
+      const local = pair && report.get(pair.localCandidateId);
+      if (local) out.relay = local.candidateType === 'relay' ? local.relayProtocol : null;
+    }
+    if (s.type !== 'inbound-rtp') continue;
+    const remote = s.mid !== undefined ? c.remoteTracks.get(s.mid) : undefined;
+    const source = remote ? remote.info.source : null;
+    if (s.kind === 'video' && source === 'camera') {
+      out.frames += s.framesDecoded ?? 0;
+      out.freezes += s.freezeCount ?? 0;
+      out.width = s.frameWidth ?? out.width;
+      out.height = s.frameHeight ?? out.height;
+    } else if (s.kind === 'audio' && source === 'microphone') {
+      out.samples += s.totalSamplesReceived ?? 0;
+      out.concealed += s.concealedSamples ?? 0;
+    }
+  }
+  return out;
+}
+"""
+
+
+@dataclass
+class Figures:
+    """What one station got over ``seconds``."""
+
+    layer: str
+    """The frame size it decoded last (``WxH``); simulcast is not yet here: one layer."""
+    fps: float
+    freezes: int
+    """``freezeCount`` (Chromium's own count of long gaps between frames)."""
+    stalled_seconds: int
+    """Seconds with no new frame decoded (a stream below 1 fps shows no freezes)."""
+    audio_concealed_pct: float
+    relay: str | None
+    """The TURN transport its connection went through, or None when direct."""
+
+
+def station_figures(page: Any, seconds: int) -> Figures:
+    """Read the station's subscriber statistics once a second for ``seconds``."""
+    first = last = page.evaluate(STATION_JS)
+    stalled = 0
+    start = time.monotonic()
+    for second in range(1, seconds + 1):
+        time.sleep(max(0.0, start + second - time.monotonic()))
+        now = page.evaluate(STATION_JS)
+        if now["frames"] <= last["frames"]:
+            stalled += 1
+        last = now
+    samples = last["samples"] - first["samples"]
+    concealed = last["concealed"] - first["concealed"]
+    return Figures(
+        layer=f"{last['width']}x{last['height']}",
+        fps=round((last["frames"] - first["frames"]) / (time.monotonic() - start), 1),
+        freezes=last["freezes"] - first["freezes"],
+        stalled_seconds=stalled,
+        audio_concealed_pct=round(100 * concealed / samples, 2) if samples else 100.0,
+        relay=last["relay"],
+    )
+
+
+def chromium_args(base_url: str, *extra: str) -> list[str]:
+    """The tests' Chromium flags for pages that reach the hub on the lab's address:
+    every other name resolves to nothing, and the hub's plain-HTTP origin counts as
+    secure (the camera is given only to secure origins)."""
+    kept = [arg for arg in CHROMIUM_ARGS if not arg.startswith("--host-resolver-rules")]
+    return [
+        *kept,
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"
+        f" , EXCLUDE {HUB_ADDRESS}",
+        f"--unsafely-treat-insecure-origin-as-secure={base_url}",
+        *extra,
+    ]
+
+
+def _counter(metrics: str, name: str) -> float:
+    match = re.search(rf"^practicehub_{name}_total (\S+)$", metrics, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+class Bench:
+    """The hub, coturn and the lecturer, shared by every profile."""
+
+    def __init__(self, workdir: Path, lab: Netlab, playwright: Any, source: Path) -> None:
+        self.workdir = workdir
+        self.lab = lab
+        self.playwright = playwright
+        self.chromium = "/usr/bin/chromium"
+        (workdir / "turn").mkdir()
+        (workdir / "hub").mkdir()
+        self.turn = coturn(workdir / "turn", address=HUB_ADDRESS)
+        turn = self.turn.__enter__()
+        # A hub without HUB_TURN_* (an older checkout) takes the same server as a
+        # fixed ICE server with one credential made here.
+        server = turn_ice_server(turn.urls("tcp"), SECRET, "bench", 3600, time.time())
+        self.hub = HubProcess(
+            workdir / "hub",
+            source=source,
+            settings={"HUB_ICE_SERVERS": json.dumps([server])},
+            host=HUB_ADDRESS,
+        )
+        self.hub.wait_healthy(30)
+        self.contexts: list[Any] = []
+        console = self.open(f"{self.hub.base}/console#token={self.hub.token('C', 'center')}")
+        console.wait_for_function("() => window.practiceHub?.client?.state === 'joined'")
+        console.click("#golive")
+
+    def open(self, url: str, station: Station | None = None) -> Any:
+        label = station.netns if station else "console"
+        context = self.playwright.chromium.launch_persistent_context(
+            str(self.workdir / f"profile-{label}"),
+            executable_path=station.chromium(self.workdir, self.chromium)
+            if station
+            else self.chromium,
+            headless=True,
+            args=chromium_args(self.hub.base),
+        )
+        self.contexts.append(context)
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(30000)
+        page.goto(url)
+        return page
+
+    def profile(self, name: str, link: Link, warmup: int, seconds: int) -> dict[str, Any]:
+        station = self.lab.station(link)
+        n = len(self.lab.stations)
+        token = self.hub.token(f"I01-S{n:03d}", "station")
+        page = self.open(f"{self.hub.base}/station#token={token}", station)
+        try:
+            page.wait_for_function(
+                "() => window.practiceHub?.client?.state === 'joined'", timeout=30000
+            )
+            time.sleep(warmup)
+            before = self.hub.metrics()
+            cpu = cpu_seconds(self.hub.process.pid)
+            start = time.monotonic()
+            figures = station_figures(page, seconds)
+            hub_cpu = (cpu_seconds(self.hub.process.pid) - cpu) / (time.monotonic() - start)
+            after = self.hub.metrics()
+            return {
+                "profile": name,
+                "link": asdict(link),
+                **asdict(figures),
+                "retransmissions": int(
+                    _counter(after, "retransmissions") - _counter(before, "retransmissions")
+                ),
+                "packets_forwarded": int(
+                    _counter(after, "packets_forwarded") - _counter(before, "packets_forwarded")
+                ),
+                "hub_cpu_pct": round(100 * hub_cpu, 1),
+            }
+        finally:
+            page.context.close()
+            self.contexts.remove(page.context)
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+        self.hub.stop()
+        self.turn.__exit__(None, None, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--source", type=Path, default=ROOT, help="the hub's checkout")
+    parser.add_argument("--profile", action="append", choices=list(PROFILES), default=None)
+    args = parser.parse_args()
+    reason = available()
+    if reason is not None:
+        sys.exit(reason)
+    from playwright.sync_api import sync_playwright
+
+    source = args.source.resolve()
+    commit = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, netlab() as lab, sync_playwright() as pw:
+        bench = Bench(Path(tmp), lab, pw, source)
+        try:
+            for name in args.profile or list(PROFILES):
+                result = bench.profile(name, PROFILES[name], args.warmup, args.seconds)
+                results.append(result)
+                if not args.json:
+                    print(json.dumps(result), flush=True)
+        finally:
+            bench.close()
+    print(
+        json.dumps(
+            {
+                "room": ROOM,
+                "source": str(source),
+                "commit": commit,
+                "seconds": args.seconds,
+                "simulcast": "not yet",
+                "profiles": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Audio first: when a subscriber's link cannot carry a video track, the video yields.
+
+Pure logic, with the clock passed in. A down track feeds it each estimate the
+subscriber sends (REMB, bits/s, its part for this track) and the rate the track
+sends; it answers whether the video should be held. Held, the link carries the
+subscriber's audio alone instead of a video it cannot decode in time and the audio
+lost with it. Nothing measures the link while the video is held (an estimate follows
+what arrives), so it is tried again after a back-off, longer each time it yields
+again soon after.
+"""
+
+from __future__ import annotations
+
+YIELD_SHARE = 0.5
+"""Video yields when the estimate stays below this share of what it sends: a link
+that carries half of a stream delivers none of its frames in time."""
+YIELD_AFTER = 3.0
+"""Seconds the estimate must stay that low: a dip is not a link."""
+MIN_MEDIA_BPS = 100_000
+"""Below this a video track never yields (a thumbnail costs about what audio does)."""
+RETRY_AFTER = 8.0
+"""Seconds held before the video is tried again, the first time."""
+MAX_RETRY_AFTER = 64.0
+STAYED_UP = 30.0
+"""Seconds a retried video must last for the back-off to start over."""
+
+
+class VideoYield:
+    """One video down track's decision: held, or not."""
+
+    __slots__ = ("_low_since", "_resumed_at", "_yielded_at", "held", "retry_after")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._low_since: float | None = None
+        self._yielded_at = 0.0
+        self._resumed_at: float | None = None
+        self.retry_after = RETRY_AFTER
+        """Seconds the video stays held once it yields."""
+
+    def update(self, estimate_bps: float | None, media_bps: float, now: float) -> bool:
+        """Whether the video should be held now, after this estimate (None: no new one)."""
+        if self.held:
+            if now - self._yielded_at >= self.retry_after:
+                self.held = False
+                self._resumed_at = now
+                self._low_since = None
+            return self.held
+        if (
+            self._resumed_at is not None
+            and now - self._resumed_at >= STAYED_UP
+            and self.retry_after > RETRY_AFTER
+        ):
+            self.retry_after = RETRY_AFTER
+        if estimate_bps is None:
+            return False
+        if media_bps < MIN_MEDIA_BPS or estimate_bps >= YIELD_SHARE * media_bps:
+            self._low_since = None
+            return False
+        if self._low_since is None:
+            self._low_since = now
+        if now - self._low_since < YIELD_AFTER:
+            return False
+        self.held = True
+        if self._resumed_at is not None and now - self._resumed_at < STAYED_UP:
+            self.retry_after = min(MAX_RETRY_AFTER, self.retry_after * 2)
+        self._yielded_at = now
+        self._low_since = None
+        return True
