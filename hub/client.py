@@ -75,8 +75,9 @@ class HubClient:
         (no RTCP reports, no NACKs), as a load generator's many subscribers need."""
         self.ice_servers = ice_servers or []
         self.udp_mux = udp_mux
-        """Where its connections send from: one UDP port for both (a site's NAT
-        mapping), or a port each when None."""
+        """Where its connections send from: a port of the caller's choosing (a test
+        standing in for a site's NAT mapping), or a port each when None. The hub tells
+        its connections apart by that address: one connection per such port."""
         self.on_rtp = on_rtp
         self.on_datagram = on_datagram
         """With ``decode=False``: instead of ``on_rtp``, each received media datagram
