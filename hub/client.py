@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -66,9 +67,12 @@ class HubClient:
         udp_mux: UdpMux | None = None,
         on_rtp: Callable[[ReceivedTrack, RtpPacket], None] | None = None,
         on_datagram: Callable[[ReceivedTrack, bytes], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.token = token
+        self.tls = tls
+        """For ``wss://`` with a certificate the system does not trust (a test's own)."""
         self.decode = decode
         self.lightweight = lightweight
         """With ``decode=False``: count packets with nothing of aiortc's receive path
@@ -103,7 +107,8 @@ class HubClient:
         """Join; a ``redirect`` (the room is held by another node of a cluster, and
         the URL named it: ``/ws?room=R``) is followed, a few times at most."""
         for _ in range(MAX_REDIRECTS + 1):
-            self._ws = await websockets.connect(self.url, max_size=2**22)
+            secure = self.tls if self.url.startswith("wss:") else None
+            self._ws = await websockets.connect(self.url, max_size=2**22, ssl=secure)
             reader = self._tasks.spawn(self._read(), name="read")
             with contextlib.suppress(websockets.ConnectionClosedOK):  # redirected at once
                 await self.send({"type": "join", "token": self.token})

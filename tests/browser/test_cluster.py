@@ -2,20 +2,25 @@
 ports and paths), sharing the real Redis, a real PostgreSQL database and one media
 directory, with real Chromium stations (issue 16).
 
-- Everyone joining a room through nginx lands on the room's node; a browser whose first
-  request lands on another node (straight at it, bypassing nginx) is sent to the room's
-  node and decodes the lecturer there.
+- Everyone joining a room through nginx (the console, three stations, a WHIP ingest)
+  lands on the room's node; a browser whose first request lands on another node
+  (straight at it, bypassing nginx) is sent to the room's node and decodes the
+  lecturer there.
 - SIGKILL the room's node mid-lecture, recording and household live on: a live node
   takes the room over with its state, the stations decode again and the household plays
   again by themselves, and the library holds one item of the lecture from before and
   after the kill.
+- The node processing that recording's library job dies too: another node takes the
+  job when its lease runs out and finishes it, exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,12 +39,15 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import VideoStreamTrack
 
 from bench.households import NGINX, Nginx
+from hub.client import HubClient
 from hub.peers import make_peer_connection
 from tests.browser.conftest import ROOT, Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, client_state, sid_of
 from tests.browser.test_e2e import joined
 from tests.browser.test_restart import assert_one_library_item, household_time, playing
 from tests.conftest import missing_service
+from tests.helpers import first_track
+from tests.test_forwarding_e2e import decode_frames
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(480)]
 
@@ -150,39 +158,57 @@ def create_admin(cluster: Cluster) -> None:
     )
 
 
-class WhipIngest:
-    """An aiortc WHIP publisher in a thread of its own (the test's Playwright owns this
-    thread's event loop), through nginx: POST the offer, keep the session."""
+class Beside:
+    """An event loop in a thread of its own, for the aiortc clients of this test (the
+    test's Playwright owns this thread's loop): a WHIP ingest and a station, both
+    through nginx, verifying its certificate."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url
-        self.token = token
-        self.status: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+    def __init__(self, nginx: Nginx) -> None:
+        self.nginx = nginx
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
+        self._closing: list[Any] = []
 
-    async def _run(self) -> None:
+    def run(self, coroutine: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _whip(self, token: str) -> int:
         pc = make_peer_connection([])
+        self._closing.append(pc)
         pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        async with httpx.AsyncClient(verify=False, follow_redirects=True) as http:
+        async with httpx.AsyncClient(verify=self.nginx.client_context()) as http:
             answer = await http.post(
-                self.url,
+                f"{self.nginx.base}/whip/{ROOM}",
                 content=pc.localDescription.sdp,
-                headers={
-                    "Content-Type": "application/sdp",
-                    "Authorization": f"Bearer {self.token}",
-                },
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
             )
-        self.status = answer.status_code
         if answer.status_code == 201:
             await pc.setRemoteDescription(RTCSessionDescription(answer.text, "answer"))
-        await asyncio.to_thread(self._stop.wait)
-        await pc.close()
+        return answer.status_code
 
-    def stop(self) -> None:
-        self._stop.set()
+    def whip(self, token: str) -> int:
+        """An ingest's WHIP session; its status code."""
+        return int(self.run(self._whip(token)))
+
+    async def _station(self, token: str) -> int:
+        url = self.nginx.base.replace("https:", "wss:") + f"/ws?room={ROOM}"
+        station = HubClient(url, token, tls=self.nginx.client_context())
+        self._closing.append(station)
+        await station.connect()
+        track = await first_track(station, "camera")
+        return len(await decode_frames(track.track, 5, timeout=30))
+
+    def station(self, token: str) -> int:
+        """A station joined through nginx; the stage's frames it decoded."""
+        return int(self.run(self._station(token)))
+
+    def close(self) -> None:
+        for each in self._closing:
+            with contextlib.suppress(Exception):
+                self.run(each.close(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
 
@@ -219,11 +245,14 @@ def test_a_county_lecture_holds_together_across_three_nodes(
         + hub.token(ROOM, "I01-S002", "station"),
         "station2",
     )
-    ingest = WhipIngest(f"{base}/whip/{ROOM}", hub.token(ROOM, "ENCODER-1", "ingest"))
+    beside = Beside(cluster.nginx)
     try:
+        assert beside.whip(hub.token(ROOM, "ENCODER-1", "ingest")) == 201
+        for site in ("I01-S003", "I01-S004"):  # two more stations, aiortc ones
+            assert beside.station(hub.token(ROOM, site, "station")) == 5
         for page in (station, straight):
             poll(Progress(page, "video", lecturer, "camera", "framesDecoded"), timeout=40)
-        want = {"CENTER-01", "I01-S001", "I01-S002", "ENCODER-1"}
+        want = {"CENTER-01", "I01-S001", "I01-S002", "I01-S003", "I01-S004", "ENCODER-1"}
 
         def all_on_the_owner() -> str | None:
             present = cluster.present()
@@ -276,6 +305,54 @@ def test_a_county_lecture_holds_together_across_three_nodes(
         time.sleep(10)  # the lecture after
         assert cluster.api("DELETE", "recording")["recording"] is False
     finally:
-        ingest.stop()
+        beside.close()
 
+    # The recording's library job: the node processing it dies; another finishes it, once.
+    item, node = poll_value(lambda: processing(cluster), timeout=90, interval=0.05)
+    cluster.nodes[node].kill()
+    print(f"{node}, processing item {item}, killed")
     assert_one_library_item(base, ADMIN, ROOM, verify=False)
+    assert job_of(cluster, item) == ("done", 2)  # the dead node's attempt, then one more
+
+
+def processing(cluster: Cluster) -> tuple[str, str] | None:
+    """The library item an ffmpeg of a live node is processing, and that node."""
+    library = f"{cluster.env['HUB_MEDIA_DIR']}/library/"
+    nodes = {hub.proc.pid: node for node, hub in cluster.nodes.items() if hub.proc}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        item = re.search(re.escape(library) + r"([0-9a-f]{32})", cmdline)
+        if "ffmpeg" in cmdline and item is not None and parent in nodes:
+            return item[1], nodes[parent]
+    return None
+
+
+def job_of(cluster: Cluster, item: str) -> tuple[str, int]:
+    import psycopg
+
+    url = cluster.env["HUB_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT status, attempts FROM library_jobs WHERE item_id = %s", (item,)
+        ).fetchall()
+    assert len(rows) == 1, rows
+    return str(rows[0][0]), int(rows[0][1])
+
+
+def poll_value(find: Any, timeout: float, interval: float) -> Any:
+    """What ``find`` returns first that is not None."""
+    found: list[Any] = []
+
+    def check() -> str | None:
+        value = find()
+        if value is None:
+            return "not yet"
+        found.append(value)
+        return None
+
+    poll(check, timeout=timeout, interval=interval)
+    return found[0]

@@ -239,6 +239,8 @@ export class HubClient {
         /** @type {string | null} where a `redirect` sends the next connection (once) */
         this._redirectTo = null;
         this._redirects = 0;
+        /** the current connection is one a `redirect` sent us to */
+        this._redirected = false;
         this.backoff = options.backoff || ((n) => backoffDelay(n));
         this.pingIntervalMs = options.pingIntervalMs || 5000;
         this.silenceTimeoutMs = options.silenceTimeoutMs || 15000;
@@ -404,6 +406,7 @@ export class HubClient {
         let ws;
         const url = this._redirectTo || this.url;
         if (!this._redirectTo) this._redirects = 0; // a fresh start from the home URL
+        this._redirected = !!this._redirectTo;
         this._redirectTo = null;
         try {
             ws = new WebSocket(url);
@@ -466,6 +469,9 @@ export class HubClient {
         }
         this._closePeerConnections();
         this._setState("reconnecting");
+        // A node we were sent to that fails is likely one that just died: its rooms move
+        // to a live node within seconds, so ask again soon instead of backing off far.
+        if (this._redirected) this._attempt = Math.min(this._attempt, 1);
         const delay = immediately ? 0 : this.backoff(this._attempt++);
         console.info(`practice-hub: connection lost (${why}); retrying in ${delay} ms`);
         this._retryTimer = setTimeout(() => this._connect(), delay);
