@@ -59,9 +59,12 @@ class BenchError(RuntimeError):
 # --- nginx, as deploy/ configures it -------------------------------------------------------
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (PEM files in ``directory``)."""
-    from ipaddress import IPv4Address
+def self_signed(
+    directory: Path, address: str = "127.0.0.1", stem: str = "hub"
+) -> tuple[Path, Path]:
+    """A self-signed certificate for ``address`` (as an IP name; a CA, so clients can
+    trust it as its own root) and its key: ``stem``.crt and .key (PEM) in ``directory``."""
+    from ipaddress import ip_address
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -69,7 +72,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
     now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -79,12 +82,11 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address(address))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = directory / "hub.crt", directory / "hub.key"
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(

@@ -10,8 +10,6 @@ all of it stays on 127.0.0.1 (coturn needs ``allow-loopback-peers`` for that).
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import shutil
 import socket
 import subprocess
@@ -31,12 +29,9 @@ from aiortc import (
     RTCIceTransportPolicy,
     RTCPeerConnection,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from bench.households import self_signed
 from hub.client import HubClient
 from hub.settings import Settings
 from hub.turn import link_headers, turn_credentials, turn_ice_server
@@ -65,42 +60,10 @@ class Turn:
         return [f"turn:{self.address}:{self.port}?transport={transport}"]
 
 
-def self_signed(address: str, workdir: Path) -> tuple[Path, Path]:
-    """A certificate for ``address`` (as an IP name) and its key, written as PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = workdir / "turn.crt", workdir / "turn.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def deploy_config(address: str, port: int, tls_port: int, workdir: Path) -> tuple[str, Path]:
     """The deploy config moved to ``address`` (the hub's and the relay's), the test's
     ports, secret and files; and the certificate it serves."""
-    cert, key = self_signed(address, workdir)
+    cert, key = self_signed(workdir, address, "turn")
     replaced = {
         "listening-port",
         "tls-listening-port",
