@@ -68,9 +68,13 @@ class Hub:
         self._room_locks: dict[RoomName, asyncio.Lock] = {}
         self._unsaved: set[RoomName] = set()
         """Rooms whose state changed since it was last written to the Store."""
+        self.nodes: dict[NodeID, dict[str, Any]] = {}
+        """The cluster's live nodes and their heartbeat info, as of this node's last
+        heartbeat."""
         self.node_urls: list[str] = []
-        """Where the cluster's live nodes are reached (HUB_NODE_URL), as of the last
-        heartbeat: the pages may follow a redirect there."""
+        """Where the other live nodes are reached (HUB_NODE_URL): the pages may follow a
+        redirect there. Kept with ``nodes``, not derived per request: every answer's
+        CSP names them."""
         self.on_recorded: Recorded | None = None
         """Set by the app: hands a finished recording to the library."""
 
@@ -98,8 +102,9 @@ class Hub:
         """Open again the rooms whose state outlived their node (this hub before a
         restart, or a dead node of the cluster): stage, hands, mutes, removals as they
         were; live HLS, restreams and the recording (a new part) resume at once. Clients
-        rejoin by themselves. ``orphans_only``: only rooms of other nodes, now dead."""
-        alive = await self.store.nodes()
+        rejoin by themselves. ``orphans_only``: only rooms of other nodes, now dead.
+        Which nodes live is as the last heartbeat found."""
+        alive = self.nodes
         restored: list[RoomName] = []
         for key, doc in (await self.store.scan(STATE_KEY)).items():
             name = RoomName(key.removeprefix(STATE_KEY))
@@ -309,9 +314,9 @@ class Hub:
             },
             HEARTBEAT_INTERVAL * 3,
         )
-        nodes = await self.store.nodes()
+        self.nodes = await self.store.nodes()
         self.node_urls = sorted(
-            {str(i["url"]) for n, i in nodes.items() if n != self.node_id and i.get("url")}
+            {str(i["url"]) for n, i in self.nodes.items() if n != self.node_id and i.get("url")}
         )
         for room in list(self.rooms.values()):
             # Claim again: a restarted Redis forgets which node holds which room; if
