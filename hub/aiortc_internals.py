@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import importlib.metadata
 import inspect
 import logging
@@ -29,11 +28,13 @@ from typing import Any
 import aioice.candidate
 import aioice.ice
 import aioice.stun
+import aiortc.rate
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import CODECS, is_rtx
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcconfiguration import RTCConfiguration
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
@@ -196,6 +197,11 @@ async def check_internals() -> None:
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
         if not any(c.mimeType.lower() == "audio/opus" for c in CODECS.get("audio", [])):
             raise InternalsChanged("aiortc.codecs.CODECS has no Opus to set FEC on")
+        _require(JitterBuffer(16, 4, False), ("_capacity", "_prefetch", "_is_video"))
+        counter = aiortc.rate.RateCounter(10)
+        for name in ("_window_size", "_origin_index", "_origin_ms", "_scale", "_total"):
+            if not hasattr(counter, name):
+                raise InternalsChanged(f"aiortc's RateCounter has no {name}")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
     finally:
@@ -524,6 +530,55 @@ def install_srtp_receiver() -> None:
     RTCDtlsTransport._setup_srtp = _setup_srtp  # type: ignore[method-assign]
 
 
+# --- receiving: a cheaper receive-side rate counter -----------------------------
+
+
+def _rate_counter_reset(self: aiortc.rate.RateCounter) -> None:
+    # Two flat lists instead of a thousand bucket objects: aiortc builds one per
+    # video receiver, the hub's send-only slots included, ~1.5 ms each on this
+    # machine: a tenth of the hub during a county's join storm.
+    self._counts = [0] * self._window_size  # type: ignore[attr-defined]
+    self._values = [0] * self._window_size  # type: ignore[attr-defined]
+    self._origin_index = 0
+    self._origin_ms = None
+    self._total = aiortc.rate.RateBucket()
+
+
+def _rate_counter_add(self: aiortc.rate.RateCounter, value: int, now_ms: int) -> None:
+    if self._origin_ms is None:
+        self._origin_ms = now_ms
+    else:
+        self._erase_old(now_ms)
+    index = (self._origin_index + now_ms - self._origin_ms) % self._window_size
+    self._counts[index] += 1  # type: ignore[attr-defined]
+    self._values[index] += value  # type: ignore[attr-defined]
+    self._total.count += 1
+    self._total.value += value
+
+
+def _rate_counter_erase_old(self: aiortc.rate.RateCounter, now_ms: int) -> None:
+    assert self._origin_ms is not None
+    counts: list[int] = self._counts  # type: ignore[attr-defined]
+    values: list[int] = self._values  # type: ignore[attr-defined]
+    new_origin_ms = now_ms - self._window_size + 1
+    while self._origin_ms < new_origin_ms:
+        index = self._origin_index
+        self._total.count -= counts[index]
+        self._total.value -= values[index]
+        counts[index] = values[index] = 0
+        self._origin_index = (index + 1) % self._window_size
+        self._origin_ms += 1
+
+
+def install_flat_rate_counter() -> None:
+    """aiortc's ``RateCounter`` (receive-side bandwidth estimate), same figures, in
+    two flat lists (idempotent)."""
+    counter = aiortc.rate.RateCounter
+    counter.reset = _rate_counter_reset  # type: ignore[method-assign]
+    counter.add = _rate_counter_add  # type: ignore[method-assign]
+    counter._erase_old = _rate_counter_erase_old  # type: ignore[method-assign]
+
+
 # --- receiving: taps that keep frames away from the decoder ---------------------
 
 
@@ -618,23 +673,24 @@ class _JitterTap:
     while someone wants them (a recorder, live HLS). Forwarding needs packets only;
     frames assembled for nobody are work thrown away (a few percent of receiving)."""
 
-    __slots__ = ("_buffer", "_empty", "wanted")
+    __slots__ = ("_buffer", "wanted")
 
-    def __init__(self, buffer: Any, wanted: bool) -> None:
-        self._empty = copy.deepcopy(buffer)
+    def __init__(self, buffer: JitterBuffer, wanted: bool) -> None:
         self._buffer = buffer
         self.wanted = wanted
 
     def add(self, packet: RtpPacket) -> tuple[bool, Any]:
         if not self.wanted:
             return False, None
-        result: tuple[bool, Any] = self._buffer.add(packet)
-        return result
+        return self._buffer.add(packet)
 
     def want(self, wanted: bool) -> None:
         if wanted and not self.wanted:
-            # What was buffered before the gap can never complete a frame.
-            self._buffer = copy.deepcopy(self._empty)
+            # What was buffered before the gap can never complete a frame. A new empty
+            # buffer, not a copy kept of the first: copying 512 slots for every
+            # receiver was 4 % of the hub in a join storm.
+            old = self._buffer
+            self._buffer = JitterBuffer(old._capacity, old._prefetch, old._is_video)
         self.wanted = wanted
 
 
@@ -934,6 +990,20 @@ VIDEO_REPORT_INTERVAL = 1.0
 AUDIO_REPORT_INTERVAL = 5.0
 """Mean seconds between Sender Reports, libwebrtc's (aiortc sends one a second for
 every sender, audio too, each a chain of coroutines and allocations)."""
+
+
+def hear_keyframe_requests(sender: RTCRtpSender, heard: Callable[[], None]) -> None:
+    """Call ``heard`` whenever the remote side asks ``sender`` for a keyframe (PLI),
+    besides what aiortc does: a track that replays encoded frames, which aiortc
+    cannot make a keyframe of, picks one itself."""
+    _require(sender, _SENDER_ATTRS)
+    send_keyframe = sender._send_keyframe
+
+    def keyframe() -> None:
+        heard()
+        send_keyframe()
+
+    setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
 
 
 class SenderHook:

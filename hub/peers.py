@@ -33,6 +33,7 @@ from av.frame import Frame
 
 from hub.aiortc_internals import (
     SenderHook,
+    install_flat_rate_counter,
     install_srtp_receiver,
     negotiated_codecs,
     negotiated_header_extensions,
@@ -122,6 +123,7 @@ def make_peer_connection(
     """A peer connection on ``udp_mux``'s shared port when given, else on sockets of
     its own."""
     install_srtp_receiver()
+    install_flat_rate_counter()
     # ICE servers always explicit: aiortc's default is a public STUN server the
     # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
     # of one kind added before negotiation keeps a transport that bundling discards.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
+import random
 import re
 import struct
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
+import aiortc.rate
 import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
@@ -25,6 +28,7 @@ from hub.aiortc_internals import (
     accept_offered_payload_types,
     check_internals,
     install_datagram_path,
+    install_flat_rate_counter,
     install_h264_profiles,
     keep_consent_while_heard,
     restrict_host_addresses,
@@ -258,3 +262,26 @@ async def test_no_consent_checks_to_a_peer_that_is_heard() -> None:
         await peer.close()
         await hub_side.close()
         keep_consent_while_heard(Settings().peer_silence_timeout)
+
+
+def test_the_flat_rate_counter_gives_aiortcs_figures() -> None:
+    """The hub's RateCounter (two flat lists) against a fresh, unpatched copy of
+    aiortc's, on the same arrivals: every rate equal."""
+    spec = importlib.util.find_spec("aiortc.rate")
+    assert spec is not None and spec.loader is not None
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    install_flat_rate_counter()
+    ours, theirs = aiortc.rate.RateCounter(1000, 8000), original.RateCounter(1000, 8000)
+    assert ours.reset.__func__ is not theirs.reset.__func__  # type: ignore[attr-defined]
+    rng = random.Random(15)
+    now = 5_000
+    for _ in range(5_000):
+        now += rng.choice((0, 0, 1, 3, 20, 400, 1_500))
+        size = rng.randrange(40, 1_300)
+        ours.add(size, now)
+        theirs.add(size, now)
+        assert ours.rate(now) == theirs.rate(now)
+        if rng.random() < 0.001:
+            ours.reset()
+            theirs.reset()
