@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from hub.policy import MicrophoneLevel, QualityLevel
 from hub.tokens import Source
@@ -148,9 +156,13 @@ class Outgoing(BaseModel):
     """A message the hub sends (each has its own type below)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _json: str | None = PrivateAttr(default=None)
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True)
+        # Made once: a message broadcast to a room is written to every member's socket.
+        if self._json is None:
+            self._json = self.model_dump_json(by_alias=True)
+        return self._json
 
 
 class PublicationInfo(Outgoing):

@@ -267,7 +267,11 @@ class Connection:
             m.Joined(
                 room=room.name,
                 participant=participant.info(),
-                participants=[p.info() for p in room.participants.values() if p is not participant],
+                participants=[
+                    p.info()
+                    for p in room.participants.values()
+                    if p is not participant and room.sees(participant, p)
+                ],
                 stage=[p.sid for p in room.stage],
                 ice_servers=self.hub.ice_servers_for_clients(participant.identity),
                 quality=participant.uplink.level,
