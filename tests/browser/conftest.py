@@ -150,17 +150,29 @@ class HubProcess:
         return TokenSigner(self.secret).issue(grant)
 
 
-@pytest.fixture
-def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+def _serve(
+    tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str] | None = None
+) -> Iterator[HubProcess]:
     if not (ROOT / "hub" / "__main__.py").exists():
         pytest.fail("hub/__main__.py missing: `python -m hub serve` cannot start the hub")
-    process = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log")
+    process = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log", env=env)
     process.start()
     yield process
     process.stop()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         sys.stderr.write(f"\n--- hub log tail ---\n{process.log_tail()}\n")
+
+
+@pytest.fixture
+def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+    yield from _serve(tmp_path, request)
+
+
+@pytest.fixture
+def shared_hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+    """The hub with every peer connection's media on one UDP port (``HUB_UDP_PORT``)."""
+    yield from _serve(tmp_path, request, {"HUB_UDP_PORT": str(free_port())})
 
 
 @pytest.hookimpl(hookwrapper=True)
