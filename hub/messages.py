@@ -50,6 +50,12 @@ class Answer(_Message):
     sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
 
 
+class RestartIce(_Message):
+    """The subscriber connection's path changed: the hub offers new ICE credentials."""
+
+    type: Literal["restart_ice"]
+
+
 class CandidateBody(_Message):
     candidate: Annotated[StrictStr, Field(max_length=1024)]
     sdpMid: StrictStr | None = None
@@ -134,6 +140,7 @@ INCOMING: dict[str, type[_Message]] = {
     "join": Join,
     "offer": Offer,
     "answer": Answer,
+    "restart_ice": RestartIce,
     "candidate": Candidate,
     "unpublish": Unpublish,
     "mute": Mute,

@@ -15,7 +15,9 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
+import aioice.utils
 import aiortc.rate
+import aiortc.rtcicetransport
 import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
@@ -23,6 +25,7 @@ from aiortc.rtp import RtpPacket
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
+    InternalsChanged,
     ReceiverTap,
     _Heard,
     accept_offered_payload_types,
@@ -41,6 +44,40 @@ from tests.test_fuzz import stun_garbage
 
 async def test_pinned_internals_are_all_there() -> None:
     await check_internals()
+
+
+@pytest.mark.parametrize(
+    "owner, name",
+    [
+        (aioice.ice.Connection, "_check_list_maybe_complete"),
+        (aioice.ice.Connection, "_check_periodic"),
+        (aioice.ice.Connection, "_unfreeze_initial"),
+        (aioice.ice, "ICE_COMPLETED"),
+        (aioice.utils, "random_string"),
+        (aiortc.rtcicetransport, "candidate_to_aioice"),
+    ],
+)
+async def test_what_ice_restart_relies_on_is_checked(
+    owner: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(InternalsChanged, match=name):
+        await check_internals()
+
+
+async def test_what_ice_restart_relies_on_of_a_connection_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attributes a connection gets in ``__init__`` (here one it no longer would)."""
+    init = aioice.ice.Connection.__init__
+
+    def without_nominating(self: aioice.ice.Connection, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        del self._nominating
+
+    monkeypatch.setattr(aioice.ice.Connection, "__init__", without_nominating)
+    with pytest.raises(InternalsChanged, match="_nominating"):
+        await check_internals()
 
 
 def test_pyproject_pins_the_same_versions() -> None:
