@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import importlib.metadata
 import inspect
 import logging
@@ -37,7 +38,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransc
 from aiortc.codecs import CODECS, is_rtx
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcconfiguration import RTCConfiguration
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile, State
 from aiortc.rtcicetransport import (
     RTCIceCandidate,
     RTCIceParameters,
@@ -64,6 +65,7 @@ from aiortc.rtp import (
     pack_remb_fci,
     unpack_remb_fci,
 )
+from OpenSSL import SSL
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
@@ -206,6 +208,7 @@ async def check_internals() -> None:
         if not any(c.mimeType.lower() == "audio/opus" for c in CODECS.get("audio", [])):
             raise InternalsChanged("aiortc.codecs.CODECS has no Opus to set FEC on")
         _require(JitterBuffer(16, 4, False), ("_capacity", "_prefetch", "_is_video"))
+        _require(RTCCertificate, ("_create_ssl_context", "generateCertificate", "expires"))
         counter = aiortc.rate.RateCounter(10)
         for name in ("_window_size", "_origin_index", "_origin_ms", "_scale", "_total"):
             if not hasattr(counter, name):
@@ -709,6 +712,45 @@ def install_srtp_receiver() -> None:
     """Every DTLS transport made from now on unprotects through :class:`_Unprotector`
     (idempotent; the hub and its clients install it with their first connection)."""
     RTCDtlsTransport._setup_srtp = _setup_srtp  # type: ignore[method-assign]
+
+
+# --- DTLS: one certificate for the process ---------------------------------------
+
+_CERTIFICATE_MARGIN = datetime.timedelta(days=1)
+"""A certificate this close to its end (aiortc makes them for 30 days) is replaced."""
+_original_generate_certificate = RTCCertificate.generateCertificate.__func__  # type: ignore[attr-defined]
+_original_create_ssl_context = RTCCertificate._create_ssl_context
+_shared: list[RTCCertificate] = []
+_contexts: dict[tuple[int, tuple[bytes, ...]], SSL.Context] = {}
+
+
+def _shared_certificate(cls: type[RTCCertificate]) -> RTCCertificate:
+    now = datetime.datetime.now(datetime.UTC)
+    if not _shared or _shared[0].expires - now < _CERTIFICATE_MARGIN:
+        _shared[:] = [_original_generate_certificate(cls)]
+        _contexts.clear()
+    return _shared[0]
+
+
+def _shared_ssl_context(
+    self: RTCCertificate, srtp_profiles: list[SRTPProtectionProfile]
+) -> SSL.Context:
+    key = (id(self), tuple(p.openssl_profile for p in srtp_profiles))
+    context = _contexts.get(key) if self in _shared else None
+    if context is None:
+        context = _original_create_ssl_context(self, srtp_profiles)
+        if self in _shared:
+            _contexts[key] = context
+    return context
+
+
+def install_shared_certificate() -> None:
+    """Every connection of this process presents one DTLS certificate, set up once
+    (idempotent), as Janus and mediasoup do: aiortc made an EC key pair and a
+    certificate per connection and an SSL context per handshake, a few percent of
+    the hub in a join storm. The fingerprint in each SDP still authenticates it."""
+    RTCCertificate.generateCertificate = classmethod(_shared_certificate)  # type: ignore[assignment]
+    RTCCertificate._create_ssl_context = _shared_ssl_context  # type: ignore[method-assign]
 
 
 # --- receiving: a cheaper receive-side rate counter -----------------------------

@@ -34,6 +34,7 @@ from av.frame import Frame
 from hub.aiortc_internals import (
     SenderHook,
     install_flat_rate_counter,
+    install_shared_certificate,
     install_srtp_receiver,
     negotiated_codecs,
     negotiated_header_extensions,
@@ -204,6 +205,7 @@ def make_peer_connection(
     its own."""
     install_srtp_receiver()
     install_flat_rate_counter()
+    install_shared_certificate()
     # ICE servers always explicit: aiortc's default is a public STUN server the
     # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
     # of one kind added before negotiation keeps a transport that bundling discards.

@@ -322,3 +322,33 @@ def test_the_flat_rate_counter_gives_aiortcs_figures() -> None:
         if rng.random() < 0.001:
             ours.reset()
             theirs.reset()
+
+
+async def test_every_connection_presents_one_certificate_and_still_connects() -> None:
+    """One DTLS certificate for the process: the same fingerprint in every offer, and
+    two connections holding it handshake and carry media."""
+    first, second = make_peer_connection([]), make_peer_connection([])
+    try:
+        first.addTransceiver("audio", direction="sendonly")
+        second.addTransceiver("audio", direction="recvonly")
+        await first.setLocalDescription(await first.createOffer())
+
+        def fingerprint(sdp: str) -> str:
+            found = re.search(r"a=fingerprint:(.+)", sdp)
+            assert found is not None
+            return found[1]
+
+        await second.setRemoteDescription(first.localDescription)
+        await second.setLocalDescription(await second.createAnswer())
+        assert fingerprint(first.localDescription.sdp) == fingerprint(second.localDescription.sdp)
+        await first.setRemoteDescription(second.localDescription)
+        await wait_until(
+            lambda: (
+                None
+                if first.connectionState == second.connectionState == "connected"
+                else f"{first.connectionState} / {second.connectionState}"
+            )
+        )
+    finally:
+        await first.close()
+        await second.close()
