@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import fractions
+import math
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,45 @@ class SrtpWire:
         self.srtp_socket.close()
         self._out.close()
         self._in.close()
+
+
+TONE_RATE = 8_000
+"""Decoded sound is resampled to this rate before looking for tones (under 4 kHz)."""
+
+
+def tone_share(samples: Sequence[int], frequency: float, rate: int = TONE_RATE) -> float:
+    """The share of ``samples``' power at ``frequency`` (Goertzel: one bin of a DFT):
+    about 1 for that tone alone, 1/2 for it beside another as loud, 0 without it."""
+    coefficient = 2 * math.cos(2 * math.pi * frequency / rate)
+    s1 = s2 = 0.0
+    energy = 0.0
+    for x in samples:
+        s1, s2 = x + coefficient * s1 - s2, s1
+        energy += x * x
+    if energy == 0:
+        return 0.0
+    power = s1 * s1 + s2 * s2 - coefficient * s1 * s2
+    return power / (len(samples) * energy / 2)
+
+
+def tones_over_time(
+    path: Path, frequencies: Sequence[int], window: float = 0.5, floor: float = 0.1
+) -> list[tuple[float, set[int]]]:
+    """(start in seconds, the tones heard) of each ``window`` of ``path``'s decoded
+    sound; a tone is heard when it holds more than ``floor`` of the window's power."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=TONE_RATE)
+    samples = array.array("h")
+    start: float | None = None
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            if start is None:
+                start = float(frame.time or 0.0)
+            for chunk in resampler.resample(frame):
+                samples.frombytes(bytes(chunk.planes[0])[: chunk.samples * 2])
+    size = round(window * TONE_RATE)
+    result = []
+    for offset in range(0, len(samples) - size + 1, size):
+        piece = samples[offset : offset + size]
+        heard = {f for f in frequencies if tone_share(piece, f) > floor}
+        result.append(((start or 0.0) + offset / TONE_RATE, heard))
+    return result
