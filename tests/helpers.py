@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fractions
 import math
 import os
@@ -18,8 +19,14 @@ from typing import Any
 import av
 import pylibsrtp
 import pytest
-from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import (
+    AudioStreamTrack,
+    MediaStreamError,
+    MediaStreamTrack,
+    VideoStreamTrack,
+)
+from av import AudioFrame, VideoFrame
+from av.frame import Frame
 from pylibsrtp import Policy, Session
 
 from hub.aiortc_internals import aim_srtp_socket
@@ -188,9 +195,71 @@ def tones_over_time(
             for chunk in resampler.resample(frame):
                 samples.frombytes(bytes(chunk.planes[0])[: chunk.samples * 2])
     size = round(window * TONE_RATE)
-    result = []
-    for offset in range(0, len(samples) - size + 1, size):
-        piece = samples[offset : offset + size]
-        heard = {f for f in frequencies if tone_share(piece, f) > floor}
-        result.append(((start or 0.0) + offset / TONE_RATE, heard))
-    return result
+    return [
+        (
+            (start or 0.0) + offset / TONE_RATE,
+            tones_in(samples[offset : offset + size], frequencies, floor),
+        )
+        for offset in range(0, len(samples) - size + 1, size)
+    ]
+
+
+def tones_in(samples: Sequence[int], frequencies: Sequence[int], floor: float = 0.1) -> set[int]:
+    """The ``frequencies`` that hold more than ``floor`` of the power of ``samples``
+    (at :data:`TONE_RATE`)."""
+    return {f for f in frequencies if tone_share(samples, f) > floor}
+
+
+class ToneTrack(AudioStreamTrack):
+    """A microphone saying a sine tone of ``frequency`` Hz while ``speaking``, silent
+    otherwise; aiortc's sender reports its audio level in each packet, as browsers do."""
+
+    def __init__(self, frequency: int, amplitude: int = 8_000) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self.speaking = True
+        self._sent = 0
+
+    async def recv(self) -> Frame:
+        frame = await super().recv()
+        assert isinstance(frame, AudioFrame)
+        if self.speaking:
+            step = 2 * math.pi * self.frequency / frame.sample_rate
+            tone = array.array(
+                "h",
+                (
+                    round(self.amplitude * math.sin(step * (self._sent + n)))
+                    for n in range(frame.samples)
+                ),
+            )
+            frame.planes[0].update(tone.tobytes())
+        self._sent += frame.samples
+        return frame
+
+
+class HeardSound:
+    """Decodes what an aiortc receiver gets of an audio track, at :data:`TONE_RATE` mono,
+    so a test can ask which tones it heard lately."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.samples = array.array("h")
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=TONE_RATE)
+        self._task = asyncio.create_task(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                assert isinstance(frame, AudioFrame)
+                for chunk in self._resampler.resample(frame):
+                    self.samples.frombytes(bytes(chunk.planes[0])[: chunk.samples * 2])
+
+    def tones(self, frequencies: Sequence[int], seconds: float = 0.5) -> set[int]:
+        """The tones of the last ``seconds``."""
+        return tones_in(self.samples[-round(seconds * TONE_RATE) :], frequencies)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
