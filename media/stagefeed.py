@@ -58,7 +58,8 @@ OPUS_SILENCE = bytes([0xF8, 0xFF, 0xFE])
 """One 20 ms CELT frame of silence."""
 OPUS_FRAME = 960
 SILENCE_AFTER = 0.25
-"""Seconds of audio missing behind the video before silence is inserted."""
+"""Seconds a voice's audio may lag behind the video (or another voice) before
+silence is inserted for it."""
 VOICES = 4
 """Audio slots of the room's ffmpeg: the lecturer and three stations on stage heard
 at once (a stage rarely holds more speakers; the first in stage order are heard). An
@@ -368,13 +369,16 @@ class StageFeed:
         pts = self._clock("audio", slot, item.track_id).pts(item.frame)
         if pts < self._audio_next[slot] - OPUS_FRAME // 2:
             return  # silence already covers this time
-        # Silence up to it (a voice that starts or resumes), the empty slots as far.
+        # Silence up to it (a voice that starts or resumes); amix waits for every
+        # slot, so the empty ones get silence as far, and a voice that sends nothing
+        # (muted) as far as the video rule would, counting from this voice.
         self._fill_silence(slot, pts - OPUS_FRAME)
         self._container.mux(make_packet(self._audio_streams[slot], item.frame, pts))
         self._audio_next[slot] = pts + OPUS_FRAME
-        for empty, voice in enumerate(item.voices):
-            if voice is None:
-                self._fill_silence(empty, pts)
+        quiet = pts - round(SILENCE_AFTER * 48_000)
+        for other, voice in enumerate(item.voices):
+            if other != slot:
+                self._fill_silence(other, pts if voice is None else quiet)
 
     def _fill_silence(self, slot: int, limit: int) -> None:
         """Silence in ``slot`` from where it stands to ``limit`` (48 kHz pts)."""

@@ -222,3 +222,28 @@ async def test_every_voice_on_stage_is_heard_and_one_sent_back_is_not(tmp_path: 
     with av.open(str(played)) as container:
         # The picture stayed the lecturer's camera throughout.
         assert container.streams.video[0].codec_context.width == 320
+
+
+async def test_a_voice_on_stage_that_sends_nothing_does_not_hold_the_others(
+    tmp_path: Path,
+) -> None:
+    packager = HlsPackager(tmp_path)
+    lecturer = make_clip("H264", 2.0, gop=30, tone=440)
+    muted = make_clip("H264", 2.0, gop=30, participant="st-042", tone=1000)
+    for track in (lecturer.video, lecturer.audio, muted.audio):
+        packager.add_track(track)
+    packager.on_stage_change(["center", "st-042"], time.time())
+    stream = interleave(
+        [(lecturer.video.track_id, lecturer.video_frames),
+         (lecturer.audio.track_id, lecturer.audio_frames)]
+    )  # fmt: skip
+    try:
+        await play(packager, stream, loops=2)
+    finally:
+        await packager.close()
+    played = tmp_path / "played.mp4"
+    names = ["init0.mp4", *(str(s.name) for s in packager.state.segments)]
+    played.write_bytes(b"".join((tmp_path / name).read_bytes() for name in names))
+    heard = tones_over_time(played, (440, 1000))
+    # The lecturer throughout (the last window may be cut short by the end).
+    assert len(heard) >= 6 and all(tones == {440} for _, tones in heard[:-1]), heard
