@@ -200,6 +200,56 @@ async def test_households_hear_every_voice_on_stage_live(
         await center.close()
 
 
+async def test_the_library_item_hears_a_station_while_it_was_on_stage(
+    hub_server: RunningHub,
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("lib-voices", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("lib-voices", "S1", "station"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('lib-voices', 'C', 'center')}"}
+    sid = ""
+
+    async def stage(on: bool) -> None:
+        await center.send({"type": "moderate", "action": "stage", "participant": sid,
+                           "on_stage": on})  # fmt: skip
+        size = 2 if on else 1
+        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == size)
+
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(440)})
+        await station.connect()
+        await station.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(1000)})
+        sid = station.joined["participant"]["sid"]
+        await stage(True)
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            url = "/api/rooms/lib-voices/recording"
+            assert (await http.post(url, headers=moderator)).status_code == 201
+            await asyncio.sleep(4)
+            await stage(False)
+            await asyncio.sleep(4)
+            assert (await http.delete(url, headers=moderator)).status_code == 200
+    finally:
+        await station.close()
+        await center.close()
+    library = hub_server.hub.on_recorded.__self__  # type: ignore[union-attr]
+    item_id = await library.latest_item("lib-voices")
+    assert item_id is not None
+
+    async def processed() -> str | None:
+        job = await library.jobs.latest_for_item(item_id)
+        return None if job.status == "done" else f"{job.status} {job.progress} {job.error}"
+
+    await wait_until(processed, timeout=60, interval=0.5)
+    heard = tones_over_time(library.library.item_dir(item_id) / "video.mp4", (440, 1000))
+    # Sent back about 4 s in (the hub's stage change and the recording's start are a
+    # message apart): both voices before, the lecturer's alone after.
+    before = [tones for at, tones in heard if at < 3.0]
+    after = [tones for at, tones in heard if at >= 5.0]
+    assert len(before) >= 4 and 2 * before.count({440, 1000}) >= len(before), heard
+    assert len(after) >= 4 and all(1000 not in tones for tones in after), heard
+    assert 2 * after.count({440}) >= len(after), heard
+
+
 async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub) -> None:
     async with lecturing(hub_server, "lib") as moderator:
         async with httpx.AsyncClient(base_url=hub_server.base) as http:
