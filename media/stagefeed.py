@@ -64,7 +64,8 @@ VOICES = 4
 """Audio slots of the room's ffmpeg: the lecturer and three stations on stage heard
 at once (a stage rarely holds more speakers; the first in stage order are heard). An
 idle slot costs ffmpeg an Opus decode of 3-byte silence frames and the worker 50
-tiny packets a second."""
+tiny packets a second: with H.264 copied, ffmpeg took 2.5 % of a core instead of
+2.1 % with one audio input (10 s, two runs each)."""
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
 
@@ -80,8 +81,8 @@ class _Item:
     slot: int = 0
     """The audio slot (audio only)."""
     voices: tuple[str | None, ...] = ()
-    """The slots' tracks when it was queued (audio only): empty slots get silence
-    as far as a voice got."""
+    """The slots' tracks when it was queued (audio only): the other slots get
+    silence up to this voice (see :meth:`StageFeed._mux_audio`)."""
 
 
 def assign_slots(slots: tuple[str | None, ...], voices: Sequence[str]) -> tuple[str | None, ...]:
