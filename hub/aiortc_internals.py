@@ -36,7 +36,7 @@ import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import CODECS, is_rtx
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcconfiguration import RTCConfiguration
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile, State
 from aiortc.rtcicetransport import (
@@ -894,17 +894,31 @@ def _install_receiver_threading() -> None:
 class _JitterTap:
     """Stands where the receiver keeps its jitter buffer: frames are assembled only
     while someone wants them (a recorder, live HLS). Forwarding needs packets only;
-    frames assembled for nobody are work thrown away (a few percent of receiving)."""
+    frames assembled for nobody are work thrown away (a few percent of receiving).
 
-    __slots__ = ("_buffer", "wanted")
+    An Opus packet is a whole frame: audio skips aiortc's buffer, which holds 16
+    packets, waits on a lost one until it overflows and then drops all it holds (on
+    a loaded hub, live HLS lost seconds of each voice that way). A packet older than
+    the last one passed is dropped: the receiver would take it for a timestamp wrap."""
 
-    def __init__(self, buffer: JitterBuffer, wanted: bool) -> None:
+    __slots__ = ("_audio", "_buffer", "_last", "wanted")
+
+    def __init__(self, buffer: JitterBuffer, wanted: bool, *, audio: bool) -> None:
         self._buffer = buffer
+        self._audio = audio
+        self._last: int | None = None
+        """The sequence number of the last audio packet passed."""
         self.wanted = wanted
 
     def add(self, packet: RtpPacket) -> tuple[bool, Any]:
         if not self.wanted:
             return False, None
+        if self._audio:
+            seq = packet.sequence_number
+            if self._last is not None and not 0 < (seq - self._last) & 0xFFFF < 0x8000:
+                return False, None
+            self._last = seq
+            return False, JitterFrame(packet._data, packet.timestamp)  # type: ignore[attr-defined]
         return self._buffer.add(packet)
 
     def want(self, wanted: bool) -> None:
@@ -1002,7 +1016,9 @@ class ReceiverTap:
             receiver.track._queue,  # type: ignore[attr-defined]
             on_frame,
         )
-        self._jitter = _JitterTap(getattr(receiver, jitter), on_frame is not None)
+        self._jitter = _JitterTap(
+            getattr(receiver, jitter), on_frame is not None, audio=receiver.track.kind == "audio"
+        )
         setattr(receiver, nack, self._packets)
         setattr(receiver, decoder_queue, self._frames)
         setattr(receiver, jitter, self._jitter)

@@ -31,6 +31,7 @@ from aiortc.sdp import (
 from av import Packet
 from av.frame import Frame
 
+from hub import policy
 from hub.aiortc_internals import (
     SenderHook,
     install_flat_rate_counter,
@@ -620,13 +621,20 @@ class WhepPeer(SendingPeer):
             raise HubError("bad_sdp", f"offer refused: {exc}") from None
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
-        self.follow(room.program())
+        self.follow(room.program(), room.floor.holder)
         return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
 
-    def follow(self, program: tuple[Publication | None, list[Publication]]) -> None:
-        """Point each slot at the program: the picture, then the voices in order."""
+    def follow(
+        self, program: tuple[Publication | None, list[Publication]], floor: PublicationID | None
+    ) -> None:
+        """Point each slot at the program: the picture, then the voices in order; with
+        fewer audio slots than voices, the one holding the ``floor`` (the current
+        speaker) first."""
         video, microphones = program
-        voices = iter(microphones)
+        by_id = {voice.id: voice for voice in microphones}
+        tracks = sum(1 for slot in self.slots if slot.down.kind == "audio")
+        heard = policy.voices_heard(list(by_id), tracks, floor)
+        voices = iter(by_id[voice] for voice in heard)
         for slot in self.slots:
             target = video if slot.down.kind == "video" else next(voices, None)
             if slot.publication is target:

@@ -142,3 +142,49 @@ def program(stage: Sequence[Member]) -> Program:
         key=lambda pair: pair[0],
     )
     return media.program.program([t for _, t in tracks], [m.sid for m in stage])
+
+
+FLOOR_HOLD = 1.0
+"""Seconds a stage voice must stay the loudest before it takes the floor: a word of
+assent or a cough from another does not move a one-track viewer's sound."""
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """The stage voice a viewer with fewer audio tracks than stage voices hears first:
+    the current speaker, switched with hysteresis (:func:`next_floor`)."""
+
+    holder: PublicationID | None = None
+    challenger: PublicationID | None = None
+    """The loudest voice other than the holder, speaking since ``since``."""
+    since: float = 0.0
+
+
+def next_floor(
+    floor: Floor, voices: Sequence[PublicationID], speaking: Mapping[PublicationID, int], now: float
+) -> Floor:
+    """The floor after one look at who speaks: ``voices`` are the program's (stage
+    order), ``speaking`` the audio level (0 loudest … 127 silent) of those speaking.
+    The floor starts with the lecturer's voice (the first) and passes to another
+    once that one has been the loudest for :data:`FLOOR_HOLD` seconds; silence keeps
+    it where it is."""
+    holder = floor.holder if floor.holder in voices else next(iter(voices), None)
+    talking = [v for v in voices if v in speaking]
+    loudest = min(talking, key=lambda v: speaking[v], default=None)
+    if loudest is None or loudest == holder:
+        return Floor(holder)
+    if loudest != floor.challenger:
+        return Floor(holder, loudest, now)
+    if now - floor.since >= FLOOR_HOLD:
+        return Floor(loudest)
+    return Floor(holder, loudest, floor.since)
+
+
+def voices_heard(
+    voices: Sequence[PublicationID], tracks: int, holder: PublicationID | None
+) -> list[PublicationID]:
+    """The voices a viewer with ``tracks`` audio tracks hears, in its tracks' order:
+    every voice in stage order when they fit, else the floor's holder first."""
+    if len(voices) > tracks and holder is not None and holder in voices:
+        voices = [holder, *(v for v in voices if v != holder)]
+    return list(voices[:tracks])

@@ -324,6 +324,8 @@ class Room:
         self.tasks = TaskOwner(f"room {name}")
         self._update_pending = False
         self._speakers: list[ParticipantID] = []
+        self.floor = policy.Floor()
+        """The stage voice WHEP viewers with a single audio track hear (the speaker)."""
         self._viewers_published = 0
         self._empty_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -735,11 +737,14 @@ class Room:
             if participant.subscriber is not None
         ]
         self._apply_uplinks(members)
-        program = self.program()
-        for participant in participants:
-            if participant.whep is not None:
-                participant.whep.follow(program)
+        self._follow_program()
         await asyncio.gather(*updates)
+
+    def _follow_program(self) -> None:
+        program = self.program()
+        for participant in self.participants.values():
+            if participant.whep is not None:
+                participant.whep.follow(program, self.floor.holder)
 
     def _apply_uplinks(self, members: list[policy.Member]) -> None:
         """Tell each participant how to send, when that changed; a camera that
@@ -818,6 +823,7 @@ class Room:
             await asyncio.sleep(0.3)
             now = time.monotonic()
             levels: list[tuple[int, ParticipantID]] = []
+            speaking: dict[PublicationID, int] = {}
             for participant in self.participants.values():
                 microphone = participant.publication_by_source(Source.MICROPHONE)
                 if microphone is None or microphone.muted:
@@ -825,12 +831,26 @@ class Room:
                 up = microphone.up
                 if now - up.audio_level_at < 0.6 and up.audio_level <= SPEAKING_LEVEL:
                     levels.append((up.audio_level, participant.sid))
+                    speaking[microphone.id] = up.audio_level
+            self._pass_floor(speaking, now)
             speakers = [sid for _, sid in sorted(levels)]
             if speakers != self._speakers:
                 self._speakers = speakers
                 self.broadcast(m.Speakers(speakers=list[str](speakers)))
                 identities = [self.participants[s].identity for s in speakers]
                 self._on_event("speakers", {"room": self.name, "speakers": identities})
+
+    def _pass_floor(self, speaking: dict[PublicationID, int], now: float) -> None:
+        """Move the floor to the current speaker (:func:`hub.policy.next_floor`); the
+        WHEP viewers that hear it follow when it moves."""
+        if not any(p.whep is not None for p in self.participants.values()):
+            return
+        _, voices = self.program()
+        floor = policy.next_floor(self.floor, [v.id for v in voices], speaking, now)
+        moved = floor.holder != self.floor.holder
+        self.floor = floor
+        if moved:
+            self._follow_program()
 
     async def _stall_loop(self) -> None:
         """Tell the room when a track on stage stops arriving and when it is back; a

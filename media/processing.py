@@ -1,14 +1,17 @@
 """Offline library processing with ffmpeg: a Recording directory or an uploaded file
 becomes HLS VOD + a faststart MP4 + a JPEG poster in ``<library_dir>/<item_id>/``.
 
-H.264 video is remuxed (``-c:v copy``); only VP8 (or, for uploads, any other video) is
-transcoded. Audio becomes AAC (microphones in mono): for a recording, that audio encode is
-most of the processing time.
+A recording shows its program over time, by the rule households see live
+(:mod:`media.program`; see :func:`program_timeline`): the screen share on stage while
+there is one, else the lecturer's camera, and every voice on stage mixed. A picture
+that never changes (the plain lecture) is remuxed (``-c:v copy``) unless it is VP8;
+one that changes is transcoded once onto a :data:`CANVAS`. Audio becomes AAC
+(microphones in mono): for a remuxed recording, that audio encode is most of the
+processing time, and mixing several voices adds little to it.
 
-The program of a recording is its lecturer, by the rule households see live
-(:mod:`media.program`): see :func:`choose_lecturer`.
 The optional ``composite`` layout transcodes once, with ffmpeg's filter graph, into the
-lecturer large and the screen share or a station on stage beside it.
+lecturer (:func:`choose_lecturer`) large and the screen share or a station on stage
+beside it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import ffmpeg
 import imageio_ffmpeg
 
 from media.frames import Codec, Kind, Source
-from media.program import lecturer
+from media.program import lecturer, program
 
 Layout = Literal["lecturer", "composite"]
 JobKind = Literal["recording", "upload"]
@@ -314,15 +317,71 @@ def _longest(tracks: Sequence[Track]) -> Track | None:
     return max(tracks, key=lambda t: t.end - t.start, default=None)
 
 
-def program_tracks(recording: Recording, lecturer: str) -> tuple[Track, Track | None]:
-    """The lecturer's camera (else screen) video and microphone (None when silent)."""
-    mine = [t for t in recording.tracks if t.participant == lecturer]
-    video = _longest([t for t in mine if t.source == "camera" and t.kind == "video"]) or _longest(
-        [t for t in mine if t.kind == "video"]
-    )
+def lecturer_video(recording: Recording, lecturer: str) -> Track:
+    """The lecturer's camera (else screen) video, the composite's main picture."""
+    mine = [t for t in recording.tracks if t.participant == lecturer and t.kind == "video"]
+    video = _longest([t for t in mine if t.source == "camera"]) or _longest(mine)
     if video is None:
         raise ProcessingError(f"{lecturer} has no video track")
-    return video, _longest([t for t in mine if t.kind == "audio"])
+    return video
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpan:
+    """A stretch of a recording's program that does not change."""
+
+    start: float
+    end: float
+    """``time.time()``, like the manifest's."""
+    video: Track | None
+    voices: tuple[Track, ...]
+
+
+def program_timeline(recording: Recording) -> list[ProgramSpan]:
+    """The program (:func:`media.program.program`) over the recording: it changes only
+    where a track starts or ends or the stage changes. Before the first stage entry no
+    stage is known (everyone counts, as the rule says)."""
+    tracks = sorted(recording.tracks, key=lambda t: t.start)
+    end = recording.ended_at
+    points = sorted(
+        {end}
+        | {t.start for t in tracks if t.start < end}
+        | {t.end for t in tracks if t.end < end}
+        | {s.at for s in recording.stage if s.at < end}
+    )
+    spans: list[ProgramSpan] = []
+    for a, b in itertools.pairwise(points):
+        mid = (a + b) / 2
+        running = [t for t in tracks if t.start <= mid < t.end]
+        stages = [s.stage for s in recording.stage if s.at <= mid]
+        chosen = program(running, stages[-1] if stages else [])
+        by_id = {t.track_id: t for t in running}
+        video = by_id[chosen.video] if chosen.video is not None else None
+        voices = tuple(by_id[v] for v in chosen.audio)
+        if spans and spans[-1].end == a and (spans[-1].video, spans[-1].voices) == (video, voices):
+            spans[-1] = ProgramSpan(spans[-1].start, b, video, voices)
+        elif running:
+            spans.append(ProgramSpan(a, b, video, voices))
+    return spans
+
+
+def heard(
+    spans: Sequence[ProgramSpan], t0: float, duration: float
+) -> dict[Track, list[tuple[float, float]]]:
+    """For each voice of ``spans``, the seconds from ``t0`` it is heard, within
+    ``[0, duration]``, adjoining stretches joined."""
+    voices: dict[Track, list[tuple[float, float]]] = {}
+    for span in spans:
+        a, b = max(span.start - t0, 0.0), min(span.end - t0, duration)
+        if b <= a:
+            continue
+        for voice in span.voices:
+            stretches = voices.setdefault(voice, [])
+            if stretches and stretches[-1][1] == a:
+                stretches[-1] = (stretches[-1][0], b)
+            else:
+                stretches.append((a, b))
+    return voices
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +500,17 @@ def _fit(stream: Any, size: tuple[int, int]) -> Any:
     )
 
 
+def _canvas(duration: float) -> Any:
+    w, h = CANVAS
+    return ffmpeg.input(f"color=c=black:s={w}x{h}:r=25:d={duration:.3f}", f="lavfi")
+
+
+def _placed_video(track: Track, t0: float) -> Any:
+    """A track's video moved onto the program's clock, which starts at ``t0``."""
+    offset = track.start - t0
+    return ffmpeg.input(str(track.file))["v:0"].filter("setpts", f"PTS-STARTPTS+({offset:.3f})/TB")
+
+
 def _aligned_audio(track: Track, t0: float) -> Any:
     """A track's audio moved onto the program's clock, which starts at ``t0``."""
     audio = ffmpeg.input(str(track.file))["a:0"].filter("asetpts", "PTS-STARTPTS")
@@ -452,8 +522,25 @@ def _aligned_audio(track: Track, t0: float) -> Any:
     return audio
 
 
-def _between(intervals: Sequence[Beside]) -> str:
-    return "+".join(f"between(t,{b.start:.3f},{b.end:.3f})" for b in intervals) or "0"
+def _between(intervals: Iterable[tuple[float, float]]) -> str:
+    return "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in intervals) or "0"
+
+
+def _times(timeline: Iterable[Beside]) -> list[tuple[float, float]]:
+    return [(b.start, b.end) for b in timeline]
+
+
+def _program_sound(spans: Sequence[ProgramSpan], t0: float, duration: float) -> Any | None:
+    """Every voice of the program on the clock that starts at ``t0``, each heard only
+    while it is in the program (a station sent back is not), mixed; None when silent."""
+    sounds = [
+        _aligned_audio(voice, t0).filter("volume", 0, enable=f"not({_between(stretches)})")
+        for voice, stretches in heard(spans, t0, duration).items()
+    ]
+    if len(sounds) <= 1:
+        return sounds[0] if sounds else None
+    # normalize=0: each voice at its own level, as live.
+    return ffmpeg.filter(sounds, "amix", inputs=len(sounds), duration="longest", normalize=0)
 
 
 X264 = {
@@ -589,39 +676,71 @@ class Processor:
         self, directory: Path, layout: Layout, mp4: Path, progress: Progress
     ) -> None:
         recording = await asyncio.to_thread(load_recording, directory)
-        lecturer = choose_lecturer(recording)
-        video, mic = program_tracks(recording, lecturer)
-        info = await asyncio.to_thread(probe, video.file)
-        duration = await asyncio.to_thread(media_span, video.file)
+        spans = program_timeline(recording)
         if layout == "composite":
-            out = self._composite(recording, video, duration, mp4)
+            video = lecturer_video(recording, choose_lecturer(recording))
+            duration = await asyncio.to_thread(media_span, video.file)
+            out = self._composite(recording, spans, video, duration, mp4)
+            await run_ffmpeg(out, duration=duration, progress=progress)
+            return
+        pictures = [span for span in spans if span.video is not None]
+        if not pictures:
+            raise ProcessingError("the recording has no video track")
+        if len({span.video for span in pictures}) == 1:
+            # One picture throughout (the plain lecture): remuxed when it can be. The
+            # probe decides, not the manifest: the file is what gets muxed.
+            picture = pictures[0].video
+            assert picture is not None
+            info = await asyncio.to_thread(probe, picture.file)
+            t0, duration = picture.start, await asyncio.to_thread(media_span, picture.file)
+            stream, codec = _program_video(ffmpeg.input(str(picture.file))["v:0"], info)
         else:
-            # The probe decides, not the manifest: the file is what gets muxed.
-            stream, codec = _program_video(ffmpeg.input(str(video.file))["v:0"], info)
-            streams = [stream]
-            if mic is not None:
-                streams.append(_aligned_audio(mic, video.start))
-                codec |= MICROPHONE_AAC
-            # Cut at the video's end: a microphone that ran on would freeze the last frame.
-            out = ffmpeg.output(
-                *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec
-            )
+            t0, duration = pictures[0].start, pictures[-1].end - pictures[0].start
+            stream, codec = self._switching(pictures, t0, duration), dict(X264)
+        streams = [stream]
+        sound = _program_sound(spans, t0, duration)
+        if sound is not None:
+            streams.append(sound)
+            codec |= MICROPHONE_AAC
+        # Cut at the picture's end: a microphone that ran on would freeze the last frame.
+        out = ffmpeg.output(*streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec)
         await run_ffmpeg(out, duration=duration, progress=progress)
 
-    def _composite(self, recording: Recording, lecturer: Track, duration: float, mp4: Path) -> Any:
-        """Lecturer large; while something is beside them, side by side (2/3 + 1/3).
+    def _switching(self, pictures: Sequence[ProgramSpan], t0: float, duration: float) -> Any:
+        """A picture that changes over time: each source on the canvas while it is
+        the program's, black where none is."""
+        out = _canvas(duration)
+        shown: dict[Track, list[tuple[float, float]]] = {}
+        for span in pictures:
+            assert span.video is not None
+            shown.setdefault(span.video, []).append((span.start - t0, span.end - t0))
+        for track, stretches in shown.items():
+            out = out.overlay(
+                _fit(_placed_video(track, t0), CANVAS),
+                enable=_between(stretches),
+                eof_action="pass",
+            )
+        return out
 
-        The sound mixes the lecturer's microphone with those of the participants shown,
-        each heard only while shown.
+    def _composite(
+        self,
+        recording: Recording,
+        spans: Sequence[ProgramSpan],
+        lecturer: Track,
+        duration: float,
+        mp4: Path,
+    ) -> Any:
+        """Lecturer large; while something is beside them, side by side (2/3 + 1/3).
+        The sound is the program's: every voice on stage, each while on stage.
         """
         timeline = beside_timeline(recording, lecturer, duration)
-        w, h = CANVAS
-        canvas = ffmpeg.input(f"color=c=black:s={w}x{h}:r=25:d={duration:.3f}", f="lavfi")
+        h = CANVAS[1]
+        canvas = _canvas(duration)
         camera = ffmpeg.input(str(lecturer.file))["v:0"].filter("setpts", "PTS-STARTPTS")
         if timeline:
             split = camera.split()
             full, small = split[0], split[1]
-            beside = _between(timeline)
+            beside = _between(_times(timeline))
             out = canvas.overlay(_fit(full, CANVAS), enable=f"not({beside})", eof_action="pass")
             main_h = SIDE_BY_SIDE_MAIN[1]
             out = out.overlay(
@@ -635,38 +754,18 @@ class Processor:
             out = canvas.overlay(_fit(camera, CANVAS), eof_action="pass")
         shown = list(dict.fromkeys(b.track for b in timeline))
         for track in shown:
-            offset = track.start - lecturer.start
-            other = ffmpeg.input(str(track.file))["v:0"].filter(
-                "setpts", f"PTS-STARTPTS+{offset:.3f}/TB"
-            )
             out = out.overlay(
-                _fit(other, SIDE_BY_SIDE_SIDE),
+                _fit(_placed_video(track, lecturer.start), SIDE_BY_SIDE_SIDE),
                 x=SIDE_BY_SIDE_MAIN[0],
                 y=(h - SIDE_BY_SIDE_SIDE[1]) // 2,
-                enable=_between([b for b in timeline if b.track == track]),
+                enable=_between(_times(b for b in timeline if b.track == track)),
                 eof_action="pass",
             )
-        speakers = {lecturer.participant} | {t.participant for t in shown}
-        mics = [t for t in recording.tracks if t.kind == "audio" and t.participant in speakers]
         streams = [out]
         codec: dict[str, Any] = dict(X264)
-        if mics:
-            audio = []
-            for mic in mics:
-                sound = _aligned_audio(mic, lecturer.start)
-                if mic.participant != lecturer.participant:
-                    # Heard only while seen: a station off stage stays out of the program.
-                    seen = _between([b for b in timeline if b.track.participant == mic.participant])
-                    sound = sound.filter("volume", 0, enable=f"not({seen})")
-                audio.append(sound)
-            mixed = (
-                audio[0]
-                if len(audio) == 1
-                else ffmpeg.filter(
-                    audio, "amix", inputs=len(audio), duration="longest", normalize=0
-                )
-            )
-            streams.append(mixed)
+        sound = _program_sound(spans, lecturer.start, duration)
+        if sound is not None:
+            streams.append(sound)
             codec |= MICROPHONE_AAC
         return ffmpeg.output(
             *streams, str(mp4), t=f"{duration:.3f}", movflags="+faststart", **codec

@@ -8,8 +8,12 @@ It lives in ``media/`` because ``media/`` never imports ``hub/``.
 - Picture: the screen share most recently started by anyone on stage; without one,
   the camera of the lecturer: the first participant on stage (in stage order) with a
   camera. With no stage, the participants count in the order their tracks started.
-- Sound: every microphone on stage, in stage order (the lecturer's first: a consumer
-  with a single audio track takes that one).
+- Sound: every microphone on stage, in stage order (the lecturer's first). Every
+  consumer hears them all: live HLS and the restream mix them in the room's ffmpeg
+  (:mod:`media.stagefeed`), the library over the recording's stage timeline
+  (:func:`media.processing.program_timeline`), a WHEP viewer on its audio m-lines;
+  one with fewer m-lines than voices hears the current speaker first (the floor of
+  ``hub/policy.py``, which moves with hysteresis, not on every packet).
 """
 
 from __future__ import annotations

@@ -95,10 +95,14 @@ def encode_video(
 
 
 def encode_opus(
-    seconds: float, *, start_ts: int = 7_654_321, start_arrival: float = 0.0
+    seconds: float,
+    *,
+    start_ts: int = 7_654_321,
+    start_arrival: float = 0.0,
+    frequency: int = 440,
 ) -> list[EncodedFrame]:
     """Encode ``seconds`` of a sine tone as 20 ms Opus packets."""
-    source = av.open(f"sine=frequency=440:sample_rate={AUDIO_CLOCK}", format="lavfi")
+    source = av.open(f"sine=frequency={frequency}:sample_rate={AUDIO_CLOCK}", format="lavfi")
     encoder = av.CodecContext.create("libopus", "w")
     encoder.sample_rate = AUDIO_CLOCK
     encoder.layout = "mono"
@@ -144,8 +148,10 @@ def make_clip(
     video_source: Literal["camera", "screen"] = "camera",
     gop: int = 30,
     size: tuple[int, int] = (320, 180),
+    tone: int = 440,
 ) -> Clip:
-    """A camera (or screen) plus microphone publication of one participant."""
+    """A camera (or screen) plus microphone publication of one participant; the
+    microphone sends a sine tone of ``tone`` Hz."""
     video = TrackInfo(
         track_id=f"{participant}-{video_source}",
         kind="video",
@@ -166,7 +172,7 @@ def make_clip(
         video=video,
         audio=audio,
         video_frames=encode_video(video_codec, seconds, gop=gop, size=size),
-        audio_frames=encode_opus(seconds),
+        audio_frames=encode_opus(seconds, frequency=tone),
     )
 
 

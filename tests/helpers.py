@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
 import fractions
+import math
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,14 @@ from typing import Any
 import av
 import pylibsrtp
 import pytest
-from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import (
+    AudioStreamTrack,
+    MediaStreamError,
+    MediaStreamTrack,
+    VideoStreamTrack,
+)
+from av import AudioFrame, VideoFrame
+from av.frame import Frame
 from pylibsrtp import Policy, Session
 
 from hub.aiortc_internals import aim_srtp_socket
@@ -150,3 +159,107 @@ class SrtpWire:
         self.srtp_socket.close()
         self._out.close()
         self._in.close()
+
+
+TONE_RATE = 8_000
+"""Decoded sound is resampled to this rate before looking for tones (under 4 kHz)."""
+
+
+def tone_share(samples: Sequence[int], frequency: float, rate: int = TONE_RATE) -> float:
+    """The share of ``samples``' power at ``frequency`` (Goertzel: one bin of a DFT):
+    about 1 for that tone alone, 1/2 for it beside another as loud, 0 without it."""
+    coefficient = 2 * math.cos(2 * math.pi * frequency / rate)
+    s1 = s2 = 0.0
+    energy = 0.0
+    for x in samples:
+        s1, s2 = x + coefficient * s1 - s2, s1
+        energy += x * x
+    if energy == 0:
+        return 0.0
+    power = s1 * s1 + s2 * s2 - coefficient * s1 * s2
+    return power / (len(samples) * energy / 2)
+
+
+def tones_over_time(
+    path: Path, frequencies: Sequence[int], window: float = 0.5, floor: float = 0.1
+) -> list[tuple[float, set[int]]]:
+    """(start in seconds, the tones heard) of each ``window`` of ``path``'s decoded
+    sound; a tone is heard when it holds more than ``floor`` of the window's power."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=TONE_RATE)
+    samples = array.array("h")
+    start: float | None = None
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            if start is None:
+                start = float(frame.time or 0.0)
+            for chunk in resampler.resample(frame):
+                samples.frombytes(bytes(chunk.planes[0])[: chunk.samples * 2])
+    size = round(window * TONE_RATE)
+    return [
+        (
+            (start or 0.0) + offset / TONE_RATE,
+            tones_in(samples[offset : offset + size], frequencies, floor),
+        )
+        for offset in range(0, len(samples) - size + 1, size)
+    ]
+
+
+def tones_in(samples: Sequence[int], frequencies: Sequence[int], floor: float = 0.1) -> set[int]:
+    """The ``frequencies`` that hold more than ``floor`` of the power of ``samples``
+    (at :data:`TONE_RATE`)."""
+    return {f for f in frequencies if tone_share(samples, f) > floor}
+
+
+class ToneTrack(AudioStreamTrack):
+    """A microphone saying a sine tone of ``frequency`` Hz while ``speaking``, silent
+    otherwise; aiortc's sender reports its audio level in each packet, as browsers do."""
+
+    def __init__(self, frequency: int, amplitude: int = 8_000) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self.speaking = True
+        self._sent = 0
+
+    async def recv(self) -> Frame:
+        frame = await super().recv()
+        assert isinstance(frame, AudioFrame)
+        if self.speaking:
+            step = 2 * math.pi * self.frequency / frame.sample_rate
+            tone = array.array(
+                "h",
+                (
+                    round(self.amplitude * math.sin(step * (self._sent + n)))
+                    for n in range(frame.samples)
+                ),
+            )
+            frame.planes[0].update(tone.tobytes())
+        self._sent += frame.samples
+        return frame
+
+
+class HeardSound:
+    """Decodes what an aiortc receiver gets of an audio track, at :data:`TONE_RATE` mono,
+    so a test can ask which tones it heard lately."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.samples = array.array("h")
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=TONE_RATE)
+        self._task = asyncio.create_task(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                assert isinstance(frame, AudioFrame)
+                for chunk in self._resampler.resample(frame):
+                    self.samples.frombytes(bytes(chunk.planes[0])[: chunk.samples * 2])
+
+    def tones(self, frequencies: Sequence[int], seconds: float = 0.5) -> set[int]:
+        """The tones of the last ``seconds``."""
+        return tones_in(self.samples[-round(seconds * TONE_RATE) :], frequencies)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -140,3 +140,55 @@ def test_program_follows_the_one_rule() -> None:
         "center.screen", ("center.microphone", "s2.microphone")
     )
     assert policy.program([]) == Program(None, ())
+
+
+A, B, C = PublicationID("a"), PublicationID("b"), PublicationID("c")
+HOLD = policy.FLOOR_HOLD
+
+
+@pytest.mark.parametrize(
+    ("floor", "voices", "speaking", "now", "expected"),
+    [
+        # Nobody has it yet: the lecturer's voice (the first), even while silent.
+        (policy.Floor(), [A, B], {}, 0.0, policy.Floor(A)),
+        (policy.Floor(), [A, B], {B: 20}, 0.0, policy.Floor(A, B, 0.0)),
+        # Another voice must stay the loudest for FLOOR_HOLD seconds to take it.
+        (policy.Floor(A, B, 0.0), [A, B], {B: 20}, HOLD / 2, policy.Floor(A, B, 0.0)),
+        (policy.Floor(A, B, 0.0), [A, B], {A: 40, B: 20}, HOLD, policy.Floor(B)),
+        # The holder speaking up again (or silence) resets the challenge.
+        (policy.Floor(A, B, 0.0), [A, B], {A: 10, B: 20}, HOLD, policy.Floor(A)),
+        (policy.Floor(A, B, 0.0), [A, B], {}, HOLD, policy.Floor(A)),
+        # A third voice louder than the challenger starts its own challenge.
+        (policy.Floor(A, B, 0.0), [A, B, C], {B: 30, C: 20}, HOLD, policy.Floor(A, C, HOLD)),
+        # Off stage, a voice is not a challenger; a holder sent back loses the floor.
+        (policy.Floor(A), [A], {C: 0}, 5.0, policy.Floor(A)),
+        (policy.Floor(B), [A], {}, 5.0, policy.Floor(A)),
+        (policy.Floor(A), [], {}, 5.0, policy.Floor()),
+    ],
+)  # fmt: skip
+def test_the_floor_passes_to_a_voice_that_keeps_speaking(
+    floor: policy.Floor,
+    voices: list[PublicationID],
+    speaking: dict[PublicationID, int],
+    now: float,
+    expected: policy.Floor,
+) -> None:
+    assert policy.next_floor(floor, voices, speaking, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("voices", "tracks", "holder", "expected"),
+    [
+        ([A, B], 1, A, [A]),
+        ([A, B], 1, B, [B]),
+        # Enough tracks: every voice in stage order, whoever holds the floor.
+        ([A, B], 2, B, [A, B]),
+        ([A, B, C], 2, C, [C, A]),
+        ([A, B], 1, None, [A]),
+        ([], 1, None, []),
+    ],
+)
+def test_voices_heard(
+    voices: list[PublicationID], tracks: int, holder: PublicationID | None, expected: list[str]
+) -> None:
+    assert policy.voices_heard(voices, tracks, holder) == expected

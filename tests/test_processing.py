@@ -29,23 +29,27 @@ from media.frames import EncodedFrame, Kind, Source
 from media.jobs import JobRunner, JobStatus
 from media.library import ItemStatus, Library, Theme, create_tables, jobs_table
 from media.processing import (
+    CANVAS,
     NICENESS,
     Beside,
     MediaInfo,
     ProcessingError,
     Processor,
+    ProgramSpan,
     Recording,
     StageChange,
     Track,
     beside_timeline,
     choose_lecturer,
+    heard,
     load_recording,
+    program_timeline,
     run_ffmpeg,
     stage_intervals,
 )
 from media.recorder import Recorder
 from media.testing import interleave, make_clip, play
-from tests.helpers import wait_until
+from tests.helpers import tones_over_time, wait_until
 
 T0 = 1_700_000_000.0
 SECONDS = 4.0
@@ -81,8 +85,9 @@ def make_audio_file(path: Path, seconds: float = SECONDS) -> Path:
 
 
 def make_recording(directory: Path, video_codec: str = "H264") -> Path:
-    """A Recording directory: the center lectures (camera + microphone from T0), station
-    st01 shares its screen from T0+1 and is on stage from T0+2."""
+    """A Recording directory: the center lectures (camera + microphone from T0) alone on
+    stage; station st01, off stage, shares its screen from T0+1 (the composite shows
+    it beside the lecturer, the program does not)."""
     directory.mkdir(parents=True, exist_ok=True)
     ext = "mkv" if video_codec == "H264" else "webm"
     make_video(directory / f"camera.{ext}", video_codec)
@@ -108,10 +113,7 @@ def make_recording(directory: Path, video_codec: str = "H264") -> Path:
             track("a1", "audio", "opus", "microphone", "center", "mic.mkv", 0.2),
             track("s1", "video", "VP8", "screen", "st01", "screen.webm", 1),
         ],
-        "stage": [
-            {"at": T0, "stage": ["center"]},
-            {"at": T0 + 2, "stage": ["center", "st01"]},
-        ],
+        "stage": [{"at": T0, "stage": ["center"]}],
     }
     (directory / "recording.json").write_text(json.dumps(manifest))
     return directory
@@ -231,6 +233,44 @@ def test_choose_lecturer(stage: list[tuple[float, list[str]]], expected: str) ->
         stage,
     )
     assert choose_lecturer(r) == expected
+
+
+def test_the_program_follows_the_stage_over_a_recording() -> None:
+    r = rec(
+        [
+            ("a", "video", "camera", 0, 100),
+            ("a", "audio", "microphone", 0, 100),
+            ("b", "video", "camera", 0, 100),
+            ("b", "audio", "microphone", 0, 100),
+            ("b", "video", "screen", 30, 50),
+            ("c", "audio", "microphone", 0, 100),
+        ],
+        [(0, ["a"]), (20, ["a", "b"]), (40, ["a"]), (60, ["a", "b"]), (70, ["a"])],
+    )
+    a_cam, a_mic, _, b_mic, b_screen, _ = r.tracks
+    # b's voice while b is on stage, b's screen while both run; c never (off stage).
+    assert program_timeline(r) == [
+        ProgramSpan(0, 20, a_cam, (a_mic,)),
+        ProgramSpan(20, 30, a_cam, (a_mic, b_mic)),
+        ProgramSpan(30, 40, b_screen, (a_mic, b_mic)),
+        ProgramSpan(40, 60, a_cam, (a_mic,)),
+        ProgramSpan(60, 70, a_cam, (a_mic, b_mic)),
+        ProgramSpan(70, 100, a_cam, (a_mic,)),
+    ]
+    assert heard(program_timeline(r), 10, 80) == {
+        a_mic: [(0, 80)],
+        b_mic: [(10, 30), (50, 60)],
+    }
+
+
+def test_a_plain_lecture_is_one_program_span() -> None:
+    r = rec([("a", "video", "camera", 5, 100), ("a", "audio", "microphone", 6, 90)], [(0, ["a"])])
+    camera, mic = r.tracks
+    assert program_timeline(r) == [
+        ProgramSpan(5, 6, camera, ()),
+        ProgramSpan(6, 90, camera, (mic,)),
+        ProgramSpan(90, 100, camera, ()),
+    ]
 
 
 def test_beside_timeline_prefers_a_screen_then_a_station_on_stage() -> None:
@@ -421,7 +461,7 @@ def loudness(path: Path, start: float, end: float) -> float:
     return total / max(count, 1)
 
 
-async def test_composite_hears_a_station_only_while_it_is_shown(
+async def test_composite_hears_a_station_only_while_it_is_on_stage(
     tmp_path: Path, h264_recording: Path
 ) -> None:
     recording = tmp_path / "rec"
@@ -436,11 +476,13 @@ async def test_composite_hears_a_station_only_while_it_is_shown(
         {**manifest["tracks"][1], "track_id": "a2", "participant": "st01", "start": T0,
          "file": "st01-mic.mkv"}
     )  # fmt: skip
+    manifest["stage"].append({"at": T0 + 2, "stage": ["center", "st01"]})
     (recording / "recording.json").write_text(json.dumps(manifest))
     out, _ = await process(tmp_path, recording, layout="composite")
-    # st01's screen is shown from t=1: its microphone is muted before, heard after.
-    assert loudness(out / "video.mp4", 0.1, 0.9) < 0.001
-    assert loudness(out / "video.mp4", 1.5, 3.5) > 0.05
+    # st01's screen is shown from t=1, but its voice is the program's (heard) only from
+    # when it is on stage, t=2.
+    assert loudness(out / "video.mp4", 0.1, 1.9) < 0.001
+    assert loudness(out / "video.mp4", 2.3, 3.5) > 0.05
 
 
 # --- a recording made by the real Recorder -------------------------------------------
@@ -455,8 +497,8 @@ class RecorderOutput:
 
 
 async def record_with_the_recorder(directory: Path) -> RecorderOutput:
-    """Station st01 shares its screen from 0 s; the center's camera and microphone join at
-    1 s and the center holds the stage from then on: the lecturer's files start late."""
+    """Station st01, off stage, shares its screen from 0 s; the center holds the stage,
+    its camera and microphone join at 1 s: the lecturer's files start late."""
     center = make_clip("H264", 3.0)
     station = make_clip("VP8", 4.0, participant="st01", video_source="screen")
 
@@ -474,9 +516,7 @@ async def record_with_the_recorder(directory: Path) -> RecorderOutput:
     recorder = Recorder(directory / "finished")
     for track in (station.video, station.audio, center.video, center.audio):
         recorder.add_track(track)
-    now = time.time()
-    recorder.on_stage_change(["st01"], now)
-    recorder.on_stage_change(["center"], now + 1.0)
+    recorder.on_stage_change(["center"], time.time())
     await play(recorder, stream)  # real time: the manifest's start and end are wall clock
     await asyncio.sleep(0.3)  # the recorder's thread writes what it was given
     shutil.copytree(directory / "finished", directory / "crashed")
@@ -527,6 +567,61 @@ async def test_a_recording_cut_short_by_a_crash_is_still_processed(
     assert abs(duration - len(written) / 30) <= 0.5  # make_clip's 30 fps
     with av.open(str(out / "index.m3u8")) as hls:
         assert sum(1 for _ in hls.decode(video=0)) == len(written)
+
+
+async def record_a_screen_share_on_stage(directory: Path) -> Path:
+    """The center lectures for 6 s (a 4:3 camera, a 440 Hz voice); station st01 (a 16:9
+    screen share, a 1 kHz voice) publishes from 1 s to 5 s and is on stage from 2 s to
+    4 s. Recorded by the real Recorder in real time."""
+    center = make_clip("H264", 6.0, size=(320, 240), tone=440)
+    station = make_clip(
+        "H264", 4.0, participant="st01", video_source="screen", size=(640, 360), tone=1000
+    )
+    late = [
+        (track.track_id, [replace(f, arrival=f.arrival + 1.0) for f in frames])
+        for track, frames in ((station.video, station.video_frames),
+                              (station.audio, station.audio_frames))
+    ]  # fmt: skip
+    stream = interleave(
+        [(center.video.track_id, center.video_frames),
+         (center.audio.track_id, center.audio_frames), *late]
+    )  # fmt: skip
+    recorder = Recorder(directory)
+    for track in (center.video, center.audio, station.video, station.audio):
+        recorder.add_track(track)
+    now = time.time()  # play() starts its clock now: stage times on the same clock
+    recorder.on_stage_change(["center"], now)
+    recorder.on_stage_change(["center", "st01"], now + 2.0)
+    recorder.on_stage_change(["center"], now + 4.0)
+    await play(recorder, stream)
+    await recorder.close()
+    return directory
+
+
+async def test_the_library_item_follows_the_program_picture_and_voices(tmp_path: Path) -> None:
+    recording = await record_a_screen_share_on_stage(tmp_path / "rec")
+    out, duration = await process(tmp_path, recording)
+    assert abs(duration - 6.0) <= 0.5
+    with av.open(str(out / "video.mp4")) as mp4:
+        stream = mp4.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == CANVAS
+        # The 4:3 camera leaves black bars left and right of the 16:9 canvas; the
+        # screen fills it (testsrc's right-hand bar is white).
+        right_bar = [
+            (float(f.time), mean_luma(f, 1180, 1280, 300, 420))
+            for f in mp4.decode(stream)
+            if f.time is not None and round(f.time * 25) % 12 == 0
+        ]
+    camera = [t for t, luma in right_bar if luma < 5]
+    screen = [t for t, luma in right_bar if luma > 30]
+    assert len(camera) + len(screen) == len(right_bar), right_bar
+    assert screen and 1.9 <= min(screen) and max(screen) <= 4.1, right_bar
+    assert min(camera) < 1.0 and max(camera) > 5.0, right_bar
+    tones = tones_over_time(out / "video.mp4", (440, 1000))
+    on_stage = [h for t, h in tones if 2.2 <= t <= 3.5]
+    off_stage = [h for t, h in tones if t <= 1.5 or 4.3 <= t <= 5.5]
+    assert len(on_stage) >= 2 and all(h == {440, 1000} for h in on_stage), tones
+    assert len(off_stage) >= 4 and all(h == {440} for h in off_stage), tones
 
 
 # --- uploads ----------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The one program rule (media/program.py), as a table: what WHEP viewers, live HLS,
-the restream and the library show of a stage."""
+the restream and the library show and play of a stage. How each consumer follows it
+over time: tests/test_stagefeed.py and tests/test_room_media.py (live HLS hears every
+stage voice), tests/test_processing.py (the library's program timeline),
+tests/test_policy.py and tests/test_whip.py (a one-track WHEP viewer's floor)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,12 @@ OFF_MIC = track("st-007", "microphone")
         # The latest screen share wins.
         ([CAM, ST_SCREEN, SCREEN], ["center", "st-042"], Program("center-screen", ())),
         ([CAM, SCREEN, ST_SCREEN], ["center", "st-042"], Program("st-042-screen", ())),
+        # A station called on stage to speak (a microphone only) is heard, the
+        # lecturer still seen; voices go in stage order, whoever published first.
+        ([ST_MIC, CAM, MIC], ["center", "st-042"],
+         Program("center-camera", ("center-microphone", "st-042-microphone"))),
+        # Sent back, it is no longer heard.
+        ([ST_MIC, CAM, MIC], ["center"], Program("center-camera", ("center-microphone",))),
         # Off stage: neither its screen nor its voice.
         ([CAM, MIC, ST_SCREEN, OFF_MIC], ["center"],
          Program("center-camera", ("center-microphone",))),

@@ -16,7 +16,7 @@ import pytest
 from media.muxing import ffmpeg_exe
 from media.restream import Restreamer, TargetState, hide_key
 from media.testing import VideoCodec, ffmpeg_children, interleave, make_clip, play
-from tests.helpers import wait_until
+from tests.helpers import tones_over_time, wait_until
 from tests.hubserver import free_port
 
 Receiver = Callable[[int, Path], subprocess.Popen[bytes]]
@@ -98,6 +98,36 @@ async def test_the_stage_reaches_an_rtmp_receiver(tmp_path: Path, receiver: Rece
     assert codecs == {"video": "h264", "audio": "aac"}
     assert span >= 2.0
     assert restreamer.processes_started == 1 and not restreamer.transcoding
+
+
+async def test_the_restream_carries_every_voice_on_stage(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    port, out = free_port(), tmp_path / "out.flv"
+    listening = receiver(port, out)
+    restreamer = Restreamer(video_size=(320, 180))
+    lecturer = make_clip("H264", 2.0, gop=30, tone=440)
+    station = make_clip("H264", 2.0, gop=30, participant="st-042", tone=1000)
+    for track in (lecturer.video, lecturer.audio, station.audio):
+        restreamer.add_track(track)
+    restreamer.on_stage_change(["center", "st-042"], time.time())
+    stream = interleave(
+        [(lecturer.video.track_id, lecturer.video_frames),
+         (lecturer.audio.track_id, lecturer.audio_frames),
+         (station.audio.track_id, station.audio_frames)]
+    )  # fmt: skip
+    task = asyncio.create_task(play(restreamer, stream, loops=3))
+    try:
+        target = restreamer.start_target(f"rtmp://127.0.0.1:{port}/live/test")
+        await wait_until(state_is(restreamer, target, "live"), 15)
+        await asyncio.wait_for(task, 15)
+        await restreamer.stop_target(target)
+    finally:
+        task.cancel()
+        await restreamer.close()
+    await wait_exit(listening)
+    heard = tones_over_time(out, (440, 1000))
+    assert len(heard) >= 3 and all(tones == {440, 1000} for _, tones in heard[:-1]), heard
 
 
 async def test_a_dropped_receiver_is_reconnected(tmp_path: Path, receiver: Receiver) -> None:

@@ -15,11 +15,11 @@ import httpx
 import imageio_ffmpeg
 import pytest
 from aiortc import RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from hub.client import HubClient
 from hub.ids import RoomName
-from tests.helpers import NoisyVideo, small_disk, wait_until
+from tests.helpers import NoisyVideo, ToneTrack, small_disk, tones_over_time, wait_until
 from tests.hubserver import RunningHub, free_port, running_hub
 from tests.test_whip import whep_view
 
@@ -139,6 +139,115 @@ async def test_live_for_households_serves_hls_and_opens_whep(hub_server: Running
         async with httpx.AsyncClient(base_url=hub_server.base) as http:
             stopped = await http.delete("/api/rooms/live/live", headers=moderator)
             assert stopped.json()["live"] is False
+
+
+async def play_sound(url: str, seconds: float, wav: Path) -> list[tuple[float, set[int]]]:
+    """The real ffmpeg plays ``seconds`` of a live playlist into ``wav``: the tones of
+    the lecturer (440 Hz) and the station (1 kHz) heard in each half second."""
+    player = await asyncio.create_subprocess_exec(
+        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", url,
+        "-t", str(seconds), "-vn", "-ac", "1", str(wav),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, errors = await asyncio.wait_for(player.communicate(), 60)
+    assert player.returncode == 0, errors
+    return tones_over_time(wav, (440, 1000))
+
+
+async def test_households_hear_every_voice_on_stage_live(
+    hub_server: RunningHub, tmp_path: Path
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("voices", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("voices", "S1", "station"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('voices', 'C', 'center')}"}
+    url = f"{hub_server.base}/live/voices/index.m3u8"
+    try:
+        await center.connect()
+        # Plain pictures: cheap to encode, so the two publishers leave the hub the CPU.
+        await center.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(440)})
+        await station.connect()
+        await station.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(1000)})
+
+        async def stage(on: bool) -> None:
+            sid = station.joined["participant"]["sid"]
+            await center.send({"type": "moderate", "action": "stage", "participant": sid,
+                               "on_stage": on})  # fmt: skip
+            size = 2 if on else 1
+            await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == size)
+
+        await stage(True)
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            assert (await http.post("/api/rooms/voices/live", headers=moderator)).status_code == 201
+
+            async def playable() -> str | None:
+                response = await http.get("/live/voices/index.m3u8")
+                return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+            await wait_until(playable, timeout=30, interval=0.5)
+            both = await play_sound(url, 3, tmp_path / "both.wav")
+            # Most windows: on a loaded machine a voice loses packets (UDP drops) now and then.
+            assert len(both) >= 4 and 2 * sum(t == {440, 1000} for _, t in both) >= len(both), both
+            await stage(False)
+            # ffmpeg starts three segments behind the live edge: past the change.
+            await asyncio.sleep(5)
+            alone = await play_sound(url, 3, tmp_path / "alone.wav")
+            assert len(alone) >= 4 and all(1000 not in t for _, t in alone), alone
+            assert 2 * sum(t == {440} for _, t in alone) >= len(alone), alone
+        live = hub_server.hub.rooms[RoomName("voices")].media.live
+        assert live is not None and live.processes_started == 1  # one ffmpeg throughout
+    finally:
+        await station.close()
+        await center.close()
+
+
+async def test_the_library_item_hears_a_station_while_it_was_on_stage(
+    hub_server: RunningHub,
+) -> None:
+    center = HubClient(hub_server.ws, hub_server.token("lib-voices", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("lib-voices", "S1", "station"))
+    moderator = {"Authorization": f"Bearer {hub_server.token('lib-voices', 'C', 'center')}"}
+    sid = ""
+
+    async def stage(on: bool) -> None:
+        await center.send({"type": "moderate", "action": "stage", "participant": sid,
+                           "on_stage": on})  # fmt: skip
+        size = 2 if on else 1
+        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == size)
+
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(440)})
+        await station.connect()
+        await station.publish({"camera": VideoStreamTrack(), "microphone": ToneTrack(1000)})
+        sid = station.joined["participant"]["sid"]
+        await stage(True)
+        async with httpx.AsyncClient(base_url=hub_server.base) as http:
+            url = "/api/rooms/lib-voices/recording"
+            assert (await http.post(url, headers=moderator)).status_code == 201
+            await asyncio.sleep(4)
+            await stage(False)
+            await asyncio.sleep(4)
+            assert (await http.delete(url, headers=moderator)).status_code == 200
+    finally:
+        await station.close()
+        await center.close()
+    library = hub_server.hub.on_recorded.__self__  # type: ignore[union-attr]
+    item_id = await library.latest_item("lib-voices")
+    assert item_id is not None
+
+    async def processed() -> str | None:
+        job = await library.jobs.latest_for_item(item_id)
+        return None if job.status == "done" else f"{job.status} {job.progress} {job.error}"
+
+    await wait_until(processed, timeout=60, interval=0.5)
+    heard = tones_over_time(library.library.item_dir(item_id) / "video.mp4", (440, 1000))
+    # Sent back about 4 s in (the hub's stage change and the recording's start are a
+    # message apart): both voices before, the lecturer's alone after.
+    before = [tones for at, tones in heard if at < 3.0]
+    after = [tones for at, tones in heard if at >= 5.0]
+    assert len(before) >= 4 and 2 * before.count({440, 1000}) >= len(before), heard
+    assert len(after) >= 4 and all(1000 not in tones for tones in after), heard
+    assert 2 * after.count({440}) >= len(after), heard
 
 
 async def test_a_stopped_recording_becomes_a_library_item(hub_server: RunningHub) -> None:

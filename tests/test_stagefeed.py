@@ -7,11 +7,32 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 
 from media.hls import HlsPackager
-from media.stagefeed import MAX_RESTARTS
+from media.stagefeed import MAX_RESTARTS, assign_slots
 from media.testing import Clip, interleave, make_clip, play
-from tests.helpers import wait_until
+from tests.helpers import tones_over_time, wait_until
+
+
+@pytest.mark.parametrize(
+    ("slots", "voices", "expected"),
+    [
+        ((None, None, None), ["a"], ("a", None, None)),
+        # A station called on stage takes a free slot; the lecturer keeps its own.
+        (("a", None, None), ["a", "b"], ("a", "b", None)),
+        # Sent back, it frees its slot; the others stay where they are.
+        (("a", "b", "c"), ["a", "c"], ("a", None, "c")),
+        ((None, "b", None), ["a", "b", "c"], ("a", "b", "c")),
+        # More voices than slots: the last in stage order are left out.
+        (("a", None), ["a", "b", "c"], ("a", "b")),
+        (("a", "b"), [], (None, None)),
+    ],
+)
+def test_voices_keep_their_slots(
+    slots: tuple[str | None, ...], voices: list[str], expected: tuple[str | None, ...]
+) -> None:
+    assert assign_slots(slots, voices) == expected
 
 
 def picture_sizes(directory: Path, segments: list[str]) -> list[tuple[int, int]]:
@@ -160,3 +181,69 @@ async def test_a_source_with_another_codec_starts_a_new_epoch(tmp_path: Path) ->
         with av.open(str(path)) as container:
             assert container.streams.video[0].codec_context.name == "h264"
             assert {(f.width, f.height) for f in container.decode(video=0)} == {size}
+
+
+async def test_every_voice_on_stage_is_heard_and_one_sent_back_is_not(tmp_path: Path) -> None:
+    packager = HlsPackager(tmp_path)
+    lecturer = make_clip("H264", 2.0, gop=30, tone=440)
+    station = make_clip("H264", 2.0, gop=30, participant="st-042", tone=1000)
+    for track in (lecturer.video, lecturer.audio, station.video, station.audio):
+        packager.add_track(track)
+    packager.on_stage_change(["center", "st-042"], time.time())
+    stream = interleave(
+        [(track.track_id, frames) for track, frames in (
+            (lecturer.video, lecturer.video_frames), (lecturer.audio, lecturer.audio_frames),
+            (station.video, station.video_frames), (station.audio, station.audio_frames),
+        )]
+    )  # fmt: skip
+    feeding = asyncio.create_task(play(packager, stream, loops=4))
+    try:
+        await asyncio.sleep(4.0)
+        # Sent back, it still publishes (its frames still come): the rule leaves it out.
+        packager.on_stage_change(["center"], time.time())
+        await asyncio.wait_for(feeding, 10)
+    finally:
+        feeding.cancel()
+        await packager.close()
+    played = tmp_path / "played.mp4"
+    played.write_bytes(
+        b"".join(
+            (tmp_path / name).read_bytes()
+            for name in ["init0.mp4", *(str(s.name) for s in packager.state.segments)]
+        )
+    )
+    heard = tones_over_time(played, (440, 1000))
+    both = [at for at, tones in heard if tones == {440, 1000}]
+    alone = [at for at, tones in heard if tones == {440}]
+    assert packager.processes_started == 1
+    # Both voices while both are on stage, the lecturer's alone after (to the end).
+    assert both and alone and max(both) < 4.0 <= min(alone), heard
+    assert all(tones == {440} for at, tones in heard if at >= 4.5), heard
+    with av.open(str(played)) as container:
+        # The picture stayed the lecturer's camera throughout.
+        assert container.streams.video[0].codec_context.width == 320
+
+
+async def test_a_voice_on_stage_that_sends_nothing_does_not_hold_the_others(
+    tmp_path: Path,
+) -> None:
+    packager = HlsPackager(tmp_path)
+    lecturer = make_clip("H264", 2.0, gop=30, tone=440)
+    muted = make_clip("H264", 2.0, gop=30, participant="st-042", tone=1000)
+    for track in (lecturer.video, lecturer.audio, muted.audio):
+        packager.add_track(track)
+    packager.on_stage_change(["center", "st-042"], time.time())
+    stream = interleave(
+        [(lecturer.video.track_id, lecturer.video_frames),
+         (lecturer.audio.track_id, lecturer.audio_frames)]
+    )  # fmt: skip
+    try:
+        await play(packager, stream, loops=2)
+    finally:
+        await packager.close()
+    played = tmp_path / "played.mp4"
+    names = ["init0.mp4", *(str(s.name) for s in packager.state.segments)]
+    played.write_bytes(b"".join((tmp_path / name).read_bytes() for name in names))
+    heard = tones_over_time(played, (440, 1000))
+    # The lecturer throughout (the last window may be cut short by the end).
+    assert len(heard) >= 6 and all(tones == {440} for _, tones in heard[:-1]), heard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from hub.client import HubClient
 from hub.ids import RoomName
 from hub.peers import make_peer_connection
-from tests.helpers import first_track, wait_until
+from tests.helpers import HeardSound, ToneTrack, first_track, wait_until
 from tests.hubserver import RunningHub, running_hub
 from tests.test_forwarding_e2e import decode_frames
 
@@ -343,6 +343,70 @@ async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> N
 
         await wait_until(voices, timeout=15)
     finally:
+        await pc.close()
+        await station.close()
+        await center.close()
+
+
+async def test_a_one_track_whep_viewer_hears_the_current_speaker(hub_server: RunningHub) -> None:
+    from aiortc.mediastreams import VideoStreamTrack
+
+    center = HubClient(hub_server.ws, hub_server.token("speaker", "C", "center"))
+    station = HubClient(hub_server.ws, hub_server.token("speaker", "S1", "station"))
+    lecturer_voice, station_voice = ToneTrack(440), ToneTrack(1000)
+    station_voice.speaking = False
+    pc = make_peer_connection([])
+    heard: list[HeardSound] = []
+    pc.on("track", lambda track: heard.append(HeardSound(track)) if track.kind == "audio" else None)
+    try:
+        await center.connect()
+        await center.publish({"camera": VideoStreamTrack(), "microphone": lecturer_voice})
+        await station.connect()
+        await station.publish({"camera": VideoStreamTrack(), "microphone": station_voice})
+        await center.send(
+            {
+                "type": "moderate",
+                "action": "stage",
+                "participant": station.joined["participant"]["sid"],
+                "on_stage": True,
+            }
+        )
+        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == 2)
+        # One video and one audio m-line, as most WHEP players offer.
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{hub_server.base}/whep/speaker",
+                content=pc.localDescription.sdp,
+                headers={
+                    "Content-Type": "application/sdp",
+                    **bearer(hub_server.token("speaker", "V", "viewer")),
+                },
+            )
+        assert response.status_code == 201, response.text
+        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+        await wait_until(lambda: None if heard else "no audio track", timeout=10)
+        sound = heard[0]
+
+        def hears(tones: set[int]) -> Callable[[], str | None]:
+            def check() -> str | None:
+                now = sound.tones((440, 1000))
+                return None if now == tones else f"hears {now or 'nothing'}, not {tones}"
+
+            return check
+
+        await wait_until(hears({440}), timeout=15)
+        # The lecturer falls silent and the station speaks: it takes the one track.
+        lecturer_voice.speaking, station_voice.speaking = False, True
+        await wait_until(hears({1000}), timeout=10)
+        # And back, once the lecturer speaks again and the station is quiet.
+        lecturer_voice.speaking, station_voice.speaking = True, False
+        await wait_until(hears({440}), timeout=10)
+    finally:
+        for each in heard:
+            await each.close()
         await pc.close()
         await station.close()
         await center.close()
