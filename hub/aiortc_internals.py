@@ -776,8 +776,9 @@ class ReceiverTap:
         Janus does; the browser's loss-based control still backs off on loss."""
         setattr(self._receiver, _RECEIVER_ATTRS[3], None)
 
-    async def send_remb(self, bitrate: int, media_ssrc: int) -> None:
-        """Send a REMB announcing ``bitrate`` bits/s for ``media_ssrc``."""
+    async def send_remb(self, bitrate: int, media_ssrcs: list[int]) -> None:
+        """Send a REMB announcing ``bitrate`` bits/s for ``media_ssrcs`` together
+        (a simulcast sender shares it among its layers)."""
         rtcp_ssrc = getattr(self._receiver, _RECEIVER_ATTRS[4])
         if rtcp_ssrc is None:
             return
@@ -785,7 +786,7 @@ class ReceiverTap:
             fmt=RTCP_PSFB_APP,
             ssrc=rtcp_ssrc,
             media_ssrc=0,
-            fci=pack_remb_fci(bitrate, [media_ssrc]),
+            fci=pack_remb_fci(bitrate, media_ssrcs),
         )
         await self._receiver._send_rtcp(packet)
 

@@ -123,40 +123,54 @@ class KeyframeRequester:
 FrameConsumer = Callable[[str, bytes, int, bool, float], None]
 """Receives (codec, frame, unwrapped RTP timestamp, keyframe, arrival time.time())."""
 
+_FANOUT_START_GAP = 3000
+"""What :func:`hub.fastpath.fanout` adds to a video slot's clock when it starts anew."""
+_MIN_LAYER_GAP = 1 / 30
+"""Seconds a layer move advances the clock at least: a receiver drops a keyframe
+whose timestamp is not ahead of the last frame it decoded (libwebrtc's frame buffer),
+and a lower layer's keyframe can be of the very picture last sent from the higher one."""
 
-class UpTrack:
-    """One track received from a publisher, fanned out to its subscriptions."""
+
+class Layer:
+    """One encoding of an up track: a simulcast layer (its rid), or the whole track.
+
+    Each has its own SSRC, sequence numbers, clock and keyframes, so its own packet
+    history, keyframe requests and down tracks; a down track moves from one layer to
+    another only at a keyframe of the target (see :meth:`Subscription.move`)."""
+
+    __slots__ = (
+        "_last_arrival",
+        "downs",
+        "history",
+        "incoming",
+        "keyframes",
+        "media_ssrc",
+        "packets_received",
+        "rid",
+        "up",
+    )
 
     def __init__(
-        self,
-        kind: str,
-        codec: CodecInfo,
-        stats: ForwardingStats,
-        request_keyframe: Callable[[], None],
+        self, up: UpTrack, rid: str | None, request_keyframe: Callable[[Layer], None]
     ) -> None:
-        self.kind = kind
-        self.codec = codec
-        self.stats = stats
+        self.up = up
+        self.rid = rid
         self.history: PacketHistory | None = None
-        """Kept only while someone receives the track (a subscription): of 190 stations
+        """Kept only while someone receives the layer (a subscription): of 190 stations
         off stage nobody receives most, and a full history is ~2 MB of video."""
-        self.keyframes = KeyframeRequester(request_keyframe, stats)
-        self.subscriptions: list[Subscription] = []
+        self.keyframes = KeyframeRequester(lambda: request_keyframe(self), up.stats)
         self.downs: list[DownTrackCore] = []
-        """The subscriptions' down tracks that are not held: what fanout() takes."""
-        self.frame_consumers: list[FrameConsumer] = []
+        """The down tracks sending this layer, not held: what fanout() takes."""
+        self.incoming: list[Subscription] = []
+        """Subscriptions moving here at this layer's next keyframe."""
         self.media_ssrc: int | None = None
-        self.muted = False
-        self.audio_level: int = 127
-        """Last audio level the publisher reported (0 loudest … 127 silence)."""
-        self.audio_level_at = 0.0
-        self.bytes_received = 0
         self.packets_received = 0
-        self.closed = False
+        self._last_arrival = 0.0
 
     def on_rtp(self, packet: RtpPacket) -> None:
-        """Called for each media packet the publisher sends (after RTX unwrapping)."""
-        if self.closed:
+        """Called for each media packet of this layer (after RTX unwrapping)."""
+        up = self.up
+        if up.closed:
             return
         payload = packet.payload
         seq = packet.sequence_number
@@ -164,30 +178,123 @@ class UpTrack:
         marker = packet.marker
         self.media_ssrc = packet.ssrc
         self.packets_received += 1
-        self.bytes_received += len(payload)
-        stats = self.stats
+        up.packets_received += 1
+        up.bytes_received += len(payload)
+        stats = up.stats
         stats.packets_received += 1
         level = packet.extensions.audio_level
         if level is not None:
-            self.audio_level = level[1]
-            self.audio_level_at = time.monotonic()
+            up.audio_level = level[1]
+            up.audio_level_at = time.monotonic()
         history = self.history
         if history is not None:
             history.add(seq, timestamp, marker, payload)
-        if self.muted or not self.downs:
+        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
+        if keyframe and self.incoming:
+            self._take_incoming()
+        if up.muted or not self.downs:
+            self._last_arrival = time.monotonic()
             return
-        keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
         ntp = _ntp_now()
         sent, plain, wants_keyframe = fanout(
             self.downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
         )
+        self._last_arrival = time.monotonic()
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
         if wants_keyframe:
             self.keyframes.request()  # a subscription waits to start
 
+    def _take_incoming(self) -> None:
+        """A keyframe of this layer arrived: the subscriptions waiting for one move
+        here before it is sent, and continue their clock by the time that passed
+        since their old layer's last packet (layers' RTP clocks differ: only time
+        relates them)."""
+        now = time.monotonic()
+        clock_rate = self.up.codec.clock_rate
+        for subscription in self.incoming:
+            old = subscription.layer
+            down = subscription.down
+            if not down.held:
+                old.downs.remove(down)
+                self.downs.append(down)
+            if down.started:
+                elapsed = max(now - old._last_arrival, _MIN_LAYER_GAP)
+                advance = round(elapsed * clock_rate) - _FANOUT_START_GAP
+                down.last_timestamp = (down.last_timestamp + advance) & 0xFFFFFFFF
+                down.started = False
+            subscription.layer = self
+            old.release()
+        self.incoming.clear()
+
+    def hold(self) -> None:
+        """Someone receives this layer: keep its history."""
+        if self.history is None:
+            self.history = PacketHistory()
+
+    def release(self) -> None:
+        """Drop the history once nobody receives this layer or moves to it."""
+        if not self.incoming and not any(s.layer is self for s in self.up.subscriptions):
+            self.history = None
+
+
+class UpTrack:
+    """One track received from a publisher, fanned out to its subscriptions.
+
+    Its :attr:`layers` are the simulcast encodings, lowest first, or one layer for a
+    track sent once; packets reach a layer through its :meth:`Layer.on_rtp`."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: CodecInfo,
+        stats: ForwardingStats,
+        request_keyframe: Callable[[Layer], None],
+        rids: tuple[str, ...] = (),
+    ) -> None:
+        """``request_keyframe`` asks the publisher for a keyframe of one layer (its
+        ``media_ssrc``, once known); ``rids`` names the simulcast layers, lowest first."""
+        self.kind = kind
+        self.codec = codec
+        self.stats = stats
+        self.closed = False
+        self.layers = [Layer(self, rid, request_keyframe) for rid in rids or (None,)]
+        self.subscriptions: list[Subscription] = []
+        self.frame_consumers: list[FrameConsumer] = []
+        self.muted = False
+        self.audio_level: int = 127
+        """Last audio level the publisher reported (0 loudest … 127 silence)."""
+        self.audio_level_at = 0.0
+        self.bytes_received = 0
+        self.packets_received = 0
+
+    @property
+    def top(self) -> Layer:
+        """The highest layer: what a track sent once is, and what sinks take."""
+        return self.layers[-1]
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def on_rtp(self, packet: RtpPacket) -> None:
+        """A packet of a track sent once (its only layer)."""
+        self.layers[0].on_rtp(packet)
+
+    def media_ssrcs(self) -> list[int]:
+        """The SSRCs the layers arrived on so far."""
+        return [layer.media_ssrc for layer in self.layers if layer.media_ssrc is not None]
+
+    def request_keyframe(self) -> None:
+        """Ask for a keyframe of every layer someone receives (a camera resumed or
+        changed size, a stalled track flows again), coalesced per layer."""
+        for layer in self.layers:
+            if layer.downs or layer.incoming or (layer is self.top and self.frame_consumers):
+                layer.keyframes.request()
+
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
-        """Complete encoded frames, for sinks (recorder, live HLS); never decoded."""
+        """Complete encoded frames of the top layer, for sinks (recorder, live HLS);
+        never decoded."""
         if self.closed or self.muted or not self.frame_consumers:
             return
         keyframe = self.kind == "video" and frame_is_keyframe(codec, data)
@@ -198,7 +305,8 @@ class UpTrack:
 
     def close(self) -> None:
         self.closed = True
-        self.keyframes.close()
+        for layer in self.layers:
+            layer.keyframes.close()
         for subscription in list(self.subscriptions):
             subscription.close()
 
@@ -312,14 +420,14 @@ class DownTrack(DownTrackCore):
         subscription = self.subscription
         if subscription is None or subscription.closed:
             return
-        up = subscription.up
+        layer = subscription.layer
         if held:
-            up.downs.remove(self)
+            layer.downs.remove(self)
         else:
             self.started = False
-            up.downs.append(self)
-            if up.kind == "video":
-                up.keyframes.request()
+            layer.downs.append(self)
+            if self.video:
+                layer.keyframes.request()
 
     def on_feedback(self, rtt: float | None, estimate_bps: int | None, lost: float | None) -> None:
         """The subscriber's receiver report (round trip, seconds; fraction lost) or its
@@ -336,40 +444,65 @@ class DownTrack(DownTrackCore):
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""
         if self.subscription is not None:
-            self.subscription.up.keyframes.request()
+            self.subscription.layer.keyframes.request()
 
 
 class Subscription:
-    """One subscriber receiving one up track through one down track.
+    """One subscriber receiving one up track through one down track, from one of
+    its layers at a time.
 
     The rewriting itself (start at a keyframe, sequence and timestamp offsets) runs
     in :func:`hub.fastpath.fanout`, on the down track's :class:`DownTrackCore`."""
 
-    __slots__ = ("closed", "down", "up")
+    __slots__ = ("closed", "down", "layer", "up")
 
-    def __init__(self, up: UpTrack, down: DownTrack) -> None:
+    def __init__(self, up: UpTrack, down: DownTrack, layer: int | None = None) -> None:
+        """Starts on layer ``layer`` (an index of ``up.layers``), by default the top."""
         if down.subscription is not None:
             down.subscription.close()
         self.up = up
         self.down = down
+        self.layer = up.layers[-1 if layer is None else layer]
         self.closed = False
         down.started = False
         down.subscription = self
         up.subscriptions.append(self)
-        if up.history is None:
-            up.history = PacketHistory()
+        self.layer.hold()
         if down.held:
             return
-        up.downs.append(down)
+        self.layer.downs.append(down)
         if up.kind == "video":
-            up.keyframes.request()
+            self.layer.keyframes.request()
+
+    @property
+    def target(self) -> Layer:
+        """The layer this subscription sends, or is moving to."""
+        return next((layer for layer in self.up.layers if self in layer.incoming), self.layer)
+
+    def move(self, index: int) -> None:
+        """Send layer ``index`` from its next keyframe on (asked for now); until then
+        the current layer goes on, so the subscriber never waits on nothing."""
+        if self.closed:
+            return
+        target = self.up.layers[index]
+        for layer in self.up.layers:
+            if self in layer.incoming:
+                layer.incoming.remove(self)
+                layer.release()
+        if target is self.layer:
+            return
+        target.hold()
+        target.incoming.append(self)
+        target.keyframes.request()
 
     def retransmit(self, out_seq: int) -> None:
         down = self.down
         if self.closed or not down.started:
             return
         seq = (out_seq - down.seq_offset) & 0xFFFF
-        history = self.up.history
+        if (seq - down.first_seq) & 0x8000:
+            return  # sent before a move: of another layer (or publication)
+        history = self.layer.history
         entry = history.get(seq) if history is not None else None
         if entry is None:
             return
@@ -386,7 +519,7 @@ class Subscription:
             return
         down.stats.retransmissions_declined += 1
         if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
-            self.up.keyframes.request()  # a keyframe repairs what resends cannot
+            self.layer.keyframes.request()  # a keyframe repairs what resends cannot
 
     def close(self) -> None:
         if self.closed:
@@ -396,9 +529,11 @@ class Subscription:
         if self in up.subscriptions:
             up.subscriptions.remove(self)
             if not self.down.held:
-                up.downs.remove(self.down)
-            if not up.subscriptions:
-                up.history = None
+                self.layer.downs.remove(self.down)
+            for layer in up.layers:
+                if self in layer.incoming:
+                    layer.incoming.remove(self)
+                layer.release()
         if self.down.subscription is self:
             self.down.subscription = None
 

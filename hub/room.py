@@ -23,7 +23,7 @@ from hub import messages as m
 from hub import policy
 from hub.aiortc_internals import ReceiverTap, report_downstream_loss
 from hub.errors import HubError
-from hub.forwarding import CodecInfo, ForwardingStats, UpTrack, downstream_loss
+from hub.forwarding import CodecInfo, ForwardingStats, Layer, UpTrack, downstream_loss
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.limits import RoomLimits
 from hub.peers import PublisherPeer, SubscriberPeer, WhepPeer, make_peer_connection
@@ -204,9 +204,9 @@ class Participant:
         up: UpTrack
         tap: ReceiverTap
 
-        def request_keyframe() -> None:
-            if up.media_ssrc is not None:
-                room.tasks.spawn(tap.request_keyframe(up.media_ssrc), name="pli")
+        def request_keyframe(layer: Layer) -> None:
+            if layer.media_ssrc is not None:
+                room.tasks.spawn(tap.request_keyframe(layer.media_ssrc), name="pli")
 
         def send_nack(nack: Coroutine[Any, Any, None]) -> None:
             if room.tasks.closed:
@@ -723,7 +723,7 @@ class Room:
             participant.send(m.Quality(level=uplink.level, microphone=uplink.microphone))
             for publication in participant.publications.values():
                 if publication.kind == "video":
-                    publication.up.keyframes.request()
+                    publication.up.request_keyframe()
 
     async def _update_one(self, participant: Participant, desired: list[Publication]) -> None:
         assert participant.subscriber is not None
@@ -763,7 +763,7 @@ class Room:
         consumer = _SinkFeed(sink, publication.id, publication.up.codec)
         publication.up.frame_consumers.append(consumer)
         publication.tap.set_frame_callback(publication.up.on_frame)
-        publication.up.keyframes.request()
+        publication.up.top.keyframes.request()
 
     def _sinks_remove(self, publication: Publication) -> None:
         feeds = [c for c in publication.up.frame_consumers if isinstance(c, _SinkFeed)]
@@ -824,7 +824,7 @@ class Room:
                             "stalled" if publication.flow.stalled else "flows again",
                         )
                         if not publication.flow.stalled and up.kind == "video":
-                            up.keyframes.request()
+                            up.request_keyframe()
                 if changed:
                     self.on_participant_changed(participant)
 
@@ -835,9 +835,9 @@ class Room:
             await asyncio.sleep(1.0)
             for participant in list(self.participants.values()):
                 for publication in list(participant.publications.values()):
-                    ssrc = publication.up.media_ssrc
-                    if publication.kind == "video" and ssrc is not None:
-                        await publication.tap.send_remb(VIDEO_CEILING_BPS, ssrc)
+                    ssrcs = publication.up.media_ssrcs()
+                    if publication.kind == "video" and ssrcs:
+                        await publication.tap.send_remb(VIDEO_CEILING_BPS, ssrcs)
 
     async def _stats_loop(self) -> None:
         interval = 2.0
