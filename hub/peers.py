@@ -107,6 +107,44 @@ def parse_sdp(sdp: str, max_media: int | None = None) -> list[OfferedMedia]:
     return media
 
 
+_SIMULCAST_SEND = re.compile(r"^a=simulcast:send (\S+)$")
+
+
+def offered_layers(sdp: str) -> dict[str, tuple[str, ...]]:
+    """Each simulcast m-line's rids (``a=simulcast:send``), by mid, lowest first: the
+    order of the sender's encodings, as the console lists them (and mediasoup's and
+    LiveKit's clients do). A paused rid (``~``) is a layer still; of alternatives
+    (``,``) the first is taken."""
+    layers: dict[str, tuple[str, ...]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        mid = next((line[6:] for line in lines if line.startswith("a=mid:")), None)
+        for line in lines:
+            match = _SIMULCAST_SEND.match(line)
+            if mid is not None and match is not None:
+                rids = tuple(s.split(",")[0].lstrip("~") for s in match.group(1).split(";"))
+                if len(rids) > 1:
+                    layers[mid] = rids
+    return layers
+
+
+def answer_layers(sdp: str, layers: dict[str, tuple[str, ...]]) -> str:
+    """The answer that receives the offer's simulcast: ``a=rid:… recv`` and
+    ``a=simulcast:recv`` in each such m-line (RFC 8853), which aiortc does not write;
+    without them the sender sends one layer."""
+    sections = sdp.split("\r\nm=")
+    for i, section in enumerate(sections[1:], start=1):
+        lines = section.split("\r\n")
+        mid = next((line[6:] for line in lines if line.startswith("a=mid:")), None)
+        rids = layers.get(mid) if mid is not None else None
+        if not rids:
+            continue
+        at = next(j for j, line in enumerate(lines) if line.startswith("a=mid:")) + 1
+        extra = [f"a=rid:{rid} recv" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}"]
+        sections[i] = "\r\n".join(lines[:at] + extra + lines[at:])
+    return "\r\nm=".join(sections)
+
+
 async def close_peer(pc: RTCPeerConnection) -> None:
     """Close without trusting aiortc to: after some refused offers its ``close()``
     raises half-way and a second call would wait forever."""
@@ -555,9 +593,15 @@ class PublisherPeer:
             except Exception as exc:
                 await self._recover()
                 raise HubError("bad_sdp", f"offer refused: {type(exc).__name__}: {exc}") from None
-            self._apply(sending, sources)
+            layers = {
+                mid: rids
+                for mid, rids in offered_layers(sdp).items()
+                if any(m.mid == mid and m.kind == "video" for m in sending)
+            }
+            self._apply(sending, sources, layers)
             room = self.participant.room
-            return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
+            answered = answer_layers(self.pc.localDescription.sdp, layers)
+            return announce(answered, room.announce_address, room.gather_first)
 
     async def _recover(self) -> None:
         """aiortc may keep half of a refused offer; start afresh while that is cheap."""
@@ -581,7 +625,12 @@ class PublisherPeer:
                 raise HubError("bad_message", f"two m-lines publish {source.value}")
             seen.add(source)
 
-    def _apply(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
+    def _apply(
+        self,
+        sending: list[OfferedMedia],
+        sources: dict[str, Source],
+        layers: dict[str, tuple[str, ...]],
+    ) -> None:
         participant = self.participant
         sending_mids = {m.mid for m in sending}
         for gone in [mid for mid in self.by_mid if mid not in sending_mids]:
@@ -593,7 +642,9 @@ class PublisherPeer:
             codec = codec_info(transceiver)
             if codec is None:
                 continue
-            self.by_mid[mid] = participant.publish(sources[mid], transceiver, codec)
+            self.by_mid[mid] = participant.publish(
+                sources[mid], transceiver, codec, layers.get(mid, ())
+            )
 
     def forget(self, publication: Publication) -> None:
         for mid, known in list(self.by_mid.items()):

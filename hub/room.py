@@ -195,8 +195,13 @@ class Participant:
         return next((p for p in self.publications.values() if p.source == source), None)
 
     def publish(
-        self, source: Source, transceiver: RTCRtpTransceiver, codec: CodecInfo
+        self,
+        source: Source,
+        transceiver: RTCRtpTransceiver,
+        codec: CodecInfo,
+        rids: tuple[str, ...] = (),
     ) -> Publication:
+        """``rids``: the simulcast layers it is sent in, lowest first (none: sent once)."""
         old = self.publication_by_source(source)
         if old is not None:
             self.unpublish(old)
@@ -214,8 +219,9 @@ class Participant:
             else:
                 room.tasks.spawn(nack, name="nack")
 
-        up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe)
-        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack)
+        up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe, rids)
+        layers = [(layer.rid, layer.on_rtp) for layer in up.layers if layer.rid is not None]
+        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack, layers=layers)
         if up.kind == "video":
             tap.announce_bandwidth()
         else:

@@ -7,7 +7,15 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from hub.aiortc_internals import install_h264_profiles
 from hub.forwarding import CodecInfo
-from hub.peers import SdpError, announce, carry_rank, parse_sdp, preferences_for
+from hub.peers import (
+    SdpError,
+    announce,
+    answer_layers,
+    carry_rank,
+    offered_layers,
+    parse_sdp,
+    preferences_for,
+)
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -128,3 +136,27 @@ def test_a_bundle_naming_an_m_line_that_is_not_there_is_refused(
 def test_a_bundle_of_every_m_line_passes() -> None:
     lines = "".join(M_LINE.format(kind=k, mid=m) for k, m in (("video", "0"), ("audio", "1")))
     assert [m.mid for m in parse_sdp(OFFER_HEAD + "a=group:BUNDLE 0 1\r\n" + lines)] == ["0", "1"]
+
+
+SIMULCAST_OFFER_TAIL = (
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"
+    "a=mid:1\r\n"
+    "a=sendonly\r\n"
+    "a=rid:l send\r\n"
+    "a=rid:m send\r\n"
+    "a=rid:h send\r\n"
+    "a=simulcast:send l;~m;h,x\r\n"
+)
+
+
+def test_offered_layers_reads_simulcast_lowest_first_and_answer_layers_receives_them() -> None:
+    offer = "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n" + SIMULCAST_OFFER_TAIL
+    assert offered_layers(offer) == {"1": ("l", "m", "h")}
+    answer = (
+        "v=0\r\ns=-\r\nm=audio 9 x 111\r\na=mid:0\r\nm=video 9 x 96\r\na=mid:1\r\na=recvonly\r\n"
+    )
+    answered = answer_layers(answer, offered_layers(offer))
+    video = answered.split("m=video")[1]
+    assert "a=rid:l recv\r\na=rid:m recv\r\na=rid:h recv\r\na=simulcast:recv l;m;h\r\n" in video
+    assert "a=rid" not in answered.split("m=video")[0]
+    assert answer_layers(answer, {}) == answer

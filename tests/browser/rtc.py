@@ -41,7 +41,7 @@ async () => {
   for (const s of report.values()) {
     if (s.type !== 'outbound-rtp') continue;
     out.push({
-      kind: s.kind, mid: s.mid ?? null, source: byMid[s.mid] ?? null,
+      kind: s.kind, mid: s.mid ?? null, source: byMid[s.mid] ?? null, rid: s.rid ?? null,
       framesEncoded: s.framesEncoded ?? 0, packetsSent: s.packetsSent ?? 0,
       frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
     });
@@ -67,6 +67,7 @@ class Outbound(TypedDict):
     kind: str
     mid: str | None
     source: str | None
+    rid: str | None
     framesEncoded: int
     packetsSent: int
     frameWidth: int

@@ -153,6 +153,35 @@ export function cameraEncoding(level, captureWidth) {
 }
 
 /**
+ * The console's camera in three layers (simulcast), lowest first as the hub reads
+ * them: each station receives the one its link and its view take (PROTOCOL.md,
+ * "Layers"). `width` is the layer's width from a 1280-wide capture.
+ */
+export const CAMERA_LAYERS = [
+    { rid: "l", width: 320, maxBitrate: 150_000 },
+    { rid: "m", width: 640, maxBitrate: 500_000 },
+    { rid: "h", width: 1280, maxBitrate: 1_500_000 },
+];
+
+/**
+ * The encodings of a simulcast camera at a quality level: every layer on stage,
+ * the lowest alone as a thumbnail, none while paused.
+ * @param {QualityLevel} level
+ * @param {number | undefined} captureWidth
+ * @returns {RTCRtpEncodingParameters[]}
+ */
+export function cameraLayers(level, captureWidth) {
+    const width = captureWidth || CAMERA_CAPTURE.width;
+    return CAMERA_LAYERS.map((layer, index) => ({
+        rid: layer.rid,
+        active: level === "stage" || (level === "thumbnail" && index === 0),
+        scaleResolutionDownBy: Math.max(1, width / layer.width),
+        maxFramerate: STAGE.maxFramerate,
+        maxBitrate: layer.maxBitrate,
+    }));
+}
+
+/**
  * Reconnection delay for the n-th consecutive attempt (0-based), in ms:
  * 250, 500, 1000, 2000, then 3000 at most, with ±20 % jitter so that 190
  * stations do not all come back in the same instant. Kept short so that a
@@ -232,9 +261,11 @@ export class HubClient {
      * @param {number} [options.pingIntervalMs]
      * @param {number} [options.silenceTimeoutMs]
      * @param {number} [options.stallTimeoutMs]  a peer connection "disconnected" this long is rebuilt
+     * @param {boolean} [options.simulcast]     send the camera in three layers (the console)
      */
     constructor(options) {
         this.token = options.token;
+        this.simulcast = !!options.simulcast;
         this.url = options.url || defaultSignalingUrl(roomOfToken(options.token));
         /** @type {string | null} where a `redirect` sends the next connection (once) */
         this._redirectTo = null;
@@ -842,7 +873,10 @@ export class HubClient {
         /** @type {RTCRtpEncodingParameters[] | undefined} */
         let sendEncodings;
         if (source === "camera") {
-            sendEncodings = [cameraEncoding(this.quality, track.getSettings().width)];
+            const width = track.getSettings().width;
+            sendEncodings = this.simulcast
+                ? cameraLayers(this.quality, width)
+                : [cameraEncoding(this.quality, width)];
         } else if (source === "screen") {
             sendEncodings = [{ maxBitrate: STAGE.maxBitrate, maxFramerate: 15 }];
         }
@@ -962,7 +996,14 @@ export class HubClient {
         const sender = transceiver.sender;
         const params = sender.getParameters();
         if (!params.encodings || params.encodings.length === 0) return;
-        Object.assign(params.encodings[0], cameraEncoding(this.quality, track.getSettings().width));
+        const width = track.getSettings().width;
+        if (params.encodings.length > 1) {
+            // The layers keep their rids (fixed at negotiation); the rest follows the level.
+            const layers = cameraLayers(this.quality, width);
+            params.encodings.forEach((encoding, i) => Object.assign(encoding, layers[i], { rid: encoding.rid }));
+        } else {
+            Object.assign(params.encodings[0], cameraEncoding(this.quality, width));
+        }
         // A thumbnail keeps its size and gives up frames when the link is short;
         // on stage the browser may lower the size to keep the frame rate. Changing
         // the preference also clears the browser's earlier size reductions, so a

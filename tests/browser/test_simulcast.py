@@ -1,0 +1,54 @@
+"""Simulcast from the console, in real Chromium against the real hub: the console
+sends its camera in three layers, the hub reads them by rid, and each subscriber
+receives one of them as one continuous stream (decoded frame sizes by getStats)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Browsers, HubProcess, poll
+from tests.browser.rtc import Progress, inbound, outbound, sid_of
+from tests.browser.test_e2e import open_console, open_station
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+LAYER_SIZES = {"l": (320, 180), "m": (640, 360), "h": (1280, 720)}
+
+
+def layers_sent(page: Any) -> dict[str, tuple[int, int, int]]:
+    """rid → (width, height, packets sent) of the console's camera."""
+    return {
+        str(r["rid"]): (r["frameWidth"], r["frameHeight"], r["packetsSent"])
+        for r in outbound(page)
+        if r["source"] == "camera" and r["rid"]
+    }
+
+
+def received_size(page: Any, sender: str) -> tuple[int, int]:
+    rows = [r for r in inbound(page) if r["participant"] == sender and r["source"] == "camera"]
+    return (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
+
+
+def test_the_console_sends_three_layers_and_a_station_decodes_the_top(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-top"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+
+    def all_layers() -> str | None:
+        sent = layers_sent(console)
+        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+    poll(all_layers, timeout=30)
+    station = open_station(hub, browsers, room, 1)
+    poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
+
+    def top() -> str | None:
+        size = received_size(station, center)
+        return None if size == LAYER_SIZES["h"] else f"station decodes {size}"
+
+    poll(top, timeout=20)
