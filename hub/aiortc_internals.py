@@ -1128,6 +1128,9 @@ class SenderHook:
         self._sender = sender
         self._report = report
         self._writer: RtpWriter | None = None
+        self.remb_bps: int | None = None
+        """The whole of the last REMB naming this sender: the subscriber's estimate
+        of its link, for every stream it receives."""
         # Instance attributes shadow the methods aiortc calls on NACK and PLI, and
         # the RTCP loop that ``sender.send()`` starts.
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
@@ -1154,6 +1157,7 @@ class SenderHook:
                 except ValueError:
                     return
                 if self.ssrc in ssrcs:
+                    self.remb_bps = bitrate
                     feedback(None, bitrate // len(ssrcs), None)
 
         setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010

@@ -139,7 +139,11 @@ class Layer:
     another only at a keyframe of the target (see :meth:`Subscription.move`)."""
 
     __slots__ = (
+        "_bytes_measured",
+        "_highest_seq",
         "_last_arrival",
+        "bitrate_bps",
+        "bytes_received",
         "downs",
         "history",
         "incoming",
@@ -165,6 +169,11 @@ class Layer:
         """Subscriptions moving here at this layer's next keyframe."""
         self.media_ssrc: int | None = None
         self.packets_received = 0
+        self.bytes_received = 0
+        self.bitrate_bps: float | None = None
+        """What it carried over the last :meth:`UpTrack.measure`; None: nothing arrived."""
+        self._bytes_measured = 0
+        self._highest_seq = -1
         self._last_arrival = 0.0
 
     def on_rtp(self, packet: RtpPacket) -> None:
@@ -178,6 +187,11 @@ class Layer:
         marker = packet.marker
         self.media_ssrc = packet.ssrc
         self.packets_received += 1
+        if self._highest_seq < 0 or not (seq - self._highest_seq) & 0x8000:
+            # New, not a repair or a sender's probe (RTX of what it sent): the rate
+            # layer choice weighs is the layer's own.
+            self._highest_seq = seq
+            self.bytes_received += len(payload)
         up.packets_received += 1
         up.bytes_received += len(payload)
         stats = up.stats
@@ -281,6 +295,14 @@ class UpTrack:
         """A packet of a track sent once (its only layer)."""
         self.layers[0].on_rtp(packet)
 
+    def measure(self, interval: float) -> None:
+        """Each layer's bit rate over the last ``interval`` seconds (what layer
+        choice weighs against each subscriber's estimate)."""
+        for layer in self.layers:
+            sent = layer.bytes_received - layer._bytes_measured
+            layer._bytes_measured = layer.bytes_received
+            layer.bitrate_bps = sent * 8 / interval if sent else None
+
     def media_ssrcs(self) -> list[int]:
         """The SSRCs the layers arrived on so far."""
         return [layer.media_ssrc for layer in self.layers if layer.media_ssrc is not None]
@@ -328,6 +350,7 @@ class DownTrack(DownTrackCore):
         "held",
         "kind",
         "lost",
+        "on_estimate",
         "rtx_payload_type",
         "rtx_ssrc",
         "stats",
@@ -351,6 +374,8 @@ class DownTrack(DownTrackCore):
         """Sends nothing: either of the two."""
         self.lost = 0.0
         """Fraction of this track the subscriber last reported lost."""
+        self.on_estimate: Callable[[], None] | None = None
+        """Called after each new estimate (REMB): the layer may have to change."""
 
     def configure(
         self,
@@ -438,8 +463,12 @@ class DownTrack(DownTrackCore):
             self.lost = lost
         if estimate_bps is not None:
             self.budget.estimate_bps = estimate_bps
-            if self.video:
-                self._fit(estimate_bps)
+            if self.on_estimate is not None:
+                self.on_estimate()
+            subscription = self.subscription
+            lowest = subscription is None or subscription.target is subscription.up.layers[0]
+            if self.video and lowest:
+                self._fit(estimate_bps)  # with layers, a lower one is tried first
 
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""

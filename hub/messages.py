@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from hub.policy import MicrophoneLevel, QualityLevel
+from hub.policy import LayerCap, MicrophoneLevel, QualityLevel
 from hub.tokens import Source
 
 MAX_SDP_BYTES = 64 * 1024
@@ -75,6 +75,11 @@ class AudioOnly(_Message):
     on: StrictBool
 
 
+class VideoCap(_Message):
+    type: Literal["video_cap"]
+    cap: LayerCap
+
+
 class Chat(_Message):
     type: Literal["chat"]
     text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
@@ -131,6 +136,7 @@ INCOMING: dict[str, type[_Message]] = {
     "mute": Mute,
     "hand": Hand,
     "audio_only": AudioOnly,
+    "video_cap": VideoCap,
     "chat": Chat,
     "moderate": Moderate,
     "ping": Ping,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from aiortc.sdp import (
 from av import Packet
 from av.frame import Frame
 
+from hub import policy
 from hub.aiortc_internals import (
     SenderHook,
     install_srtp_receiver,
@@ -346,20 +348,100 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
     return SendParameters(chosen.payloadType, rtx, abs_id)
 
 
+UP_AFTER = 8.0
+"""Seconds a simulcast subscription stays on a layer before the next one up is tried."""
+MAX_UP_AFTER = 64.0
+STAYED_UP = 20.0
+"""A layer that fell back sooner than this after a move up waits twice as long to be
+tried again (at most :data:`MAX_UP_AFTER`)."""
+UP_GRACE = 10.0
+"""Seconds after a move up during which only a falling estimate moves back down."""
+
+
 class Slot:
     """One sending transceiver of a subscriber connection and what it carries."""
 
-    def __init__(self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack) -> None:
+    def __init__(
+        self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack, peer: SendingPeer
+    ) -> None:
         self.transceiver = transceiver
         self.hook = hook
         self.down = down
+        self.peer = peer
         self.publication: Publication | None = None
         self.subscription: Subscription | None = None
+        self._steady_since = time.monotonic()
+        """Since when its layer has stayed (a layer up is tried after ``_up_after``)."""
+        self._up_after = UP_AFTER
+        self._up_at = 0.0
+        self._probe: tuple[float, float] | None = None
+        """(when, the estimate then) of the last move up, while it is on trial."""
 
     def bind(self, publication: Publication) -> None:
         self.unbind()
         self.publication = publication
-        self.subscription = Subscription(publication.up, self.down)
+        top = len(publication.up.layers) - 1
+        self.subscription = Subscription(publication.up, self.down, self._layer(publication, top))
+
+    def _layer(
+        self, publication: Publication, current: int, try_up: bool = False, link: bool = True
+    ) -> int:
+        """The policy's layer; with ``link`` false, as if the link carried anything."""
+        rates = [layer.bitrate_bps for layer in publication.up.layers]
+        shows = self.peer.shows.get(publication.id, "stage")
+        estimate = self._estimate(rates[current]) if link else None
+        return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up)
+
+    def _estimate(self, current_bps: float | None) -> float | None:
+        """What the subscriber's estimate leaves for this video: the whole REMB less
+        what its other slots send. For a while after a move up the estimate lags what
+        now arrives (it grows a few percent a second): unless it falls (congestion),
+        the current layer is taken to fit until then."""
+        total = self.hook.remb_bps
+        if total is None:
+            return None
+        others = sum(s.down.budget.media_bps for s in self.peer.slots if s is not self)
+        estimate = max(0.0, total - others)
+        probe = self._probe
+        if probe is not None:
+            since, at_move = probe
+            if time.monotonic() - since > UP_GRACE or estimate < at_move:
+                self._probe = None
+            elif current_bps is not None:
+                estimate = max(estimate, current_bps)
+        return estimate
+
+    def follow_layer(self) -> None:
+        """Move to the layer the policy now chooses (a simulcast publication only)."""
+        subscription = self.subscription
+        publication = self.publication
+        if subscription is None or publication is None or not subscription.up.simulcast:
+            return
+        layers = subscription.up.layers
+        current = layers.index(subscription.target)
+        now = time.monotonic()
+        index = self._layer(publication, current, now - self._steady_since >= self._up_after)
+        if index == current:
+            return
+        if index > current:
+            estimate = self._estimate(None)
+            self._probe = (now, estimate) if estimate is not None else None
+            self._up_at = now
+        elif self._layer(publication, current, link=False) > index:
+            # The link fell short: a layer that just failed waits longer to be tried.
+            recent = now - self._up_at < STAYED_UP
+            self._up_after = min(MAX_UP_AFTER, self._up_after * 2) if recent else UP_AFTER
+            self._probe = None
+        self._steady_since = now
+        logger.info(
+            "%s: layer %s → %s (estimate %s, layers %s)",
+            publication.id,
+            subscription.target.rid,
+            layers[index].rid,
+            self.hook.remb_bps,
+            [layer.bitrate_bps for layer in layers],
+        )
+        subscription.move(index)
 
     def configure(self, publication: Publication) -> bool:
         """Set the payload types for ``publication``'s codec; False if not negotiated."""
@@ -390,6 +472,10 @@ class SendingPeer:
         self.slots: list[Slot] = []
         self.video_held = False
         """Audio-only mode: no video is sent on this connection."""
+        self.cap: policy.LayerCap = "auto"
+        """The subscriber's own cap on simulcast layers (``video_cap``)."""
+        self.shows: dict[PublicationID, policy.Shows] = {}
+        """How it shows each publication's video, as the room last said (else: stage)."""
 
     def add_slot(self, kind: str) -> Slot:
         transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
@@ -403,9 +489,20 @@ class SendingPeer:
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
         down.hold(kind == "video" and self.video_held)
-        slot = Slot(transceiver, hook, down)
+        slot = Slot(transceiver, hook, down, self)
+        down.on_estimate = slot.follow_layer
         self.slots.append(slot)
         return slot
+
+    def follow_layers(self) -> None:
+        """Every slot to the layer the policy chooses now (a cap, a view, the layers'
+        rates or the subscriber's estimate changed)."""
+        for slot in self.slots:
+            slot.follow_layer()
+
+    def set_cap(self, cap: policy.LayerCap) -> None:
+        self.cap = cap
+        self.follow_layers()
 
     def hold_video(self, held: bool) -> None:
         """Audio-only mode on (``held``) or off: every video slot, and any added later."""

@@ -706,6 +706,11 @@ class Room:
         members = [self._member(p) for p in participants]
         by_id = {pub.id: pub for p in participants for pub in p.publications.values()}
         received = policy.receives(members, self.views)
+        shows = {pub.id: policy.shows(member) for member in members for pub in member.publications}
+        for participant in participants:
+            if participant.subscriber is not None:
+                participant.subscriber.shows = shows
+                participant.subscriber.follow_layers()  # a sender came on or left the stage
         updates = [
             self._update_one(participant, [by_id[i] for i in received[participant.sid]])
             for participant in participants
@@ -851,6 +856,10 @@ class Room:
             await asyncio.sleep(interval)
             for participant in list(self.participants.values()):
                 self._measure(participant, interval)
+            for participant in list(self.participants.values()):
+                peer = participant.subscriber or participant.whep
+                if peer is not None:
+                    peer.follow_layers()  # the layers' rates moved on
             viewers = self.media.household_viewers()
             if viewers != self._viewers_published:
                 self._viewers_published = viewers
@@ -871,6 +880,8 @@ class Room:
                 )
 
     def _measure(self, participant: Participant, interval: float) -> None:
+        for publication in participant.publications.values():
+            publication.up.measure(interval)
         received = sum(p.up.bytes_received for p in participant.publications.values())
         participant.link.bitrate_kbps = max(
             0.0, (received - participant._bytes_at_last_stats) * 8 / 1000 / interval

@@ -24,6 +24,7 @@ async () => {
       frameWidth: s.frameWidth ?? 0,
       frameHeight: s.frameHeight ?? 0,
       samples: s.totalSamplesReceived ?? 0,
+      freezeCount: s.freezeCount ?? 0,
     });
   }
   return out;
@@ -61,6 +62,7 @@ class Inbound(TypedDict):
     frameWidth: int
     frameHeight: int
     samples: int
+    freezeCount: int
 
 
 class Outbound(TypedDict):

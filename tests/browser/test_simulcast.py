@@ -4,12 +4,13 @@ receives one of them as one continuous stream (decoded frame sizes by getStats).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
-from tests.browser.rtc import Progress, inbound, outbound, sid_of
+from tests.browser.rtc import Progress, counter, inbound, outbound, sid_of
 from tests.browser.test_e2e import open_console, open_station
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -52,3 +53,34 @@ def test_the_console_sends_three_layers_and_a_station_decodes_the_top(
         return None if size == LAYER_SIZES["h"] else f"station decodes {size}"
 
     poll(top, timeout=20)
+
+
+def test_each_station_receives_the_layer_its_cap_allows_and_moves_without_a_freeze(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-caps"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    capped = open_station(hub, browsers, room, 1)
+    auto = open_station(hub, browsers, room, 2)
+    capped.select_option("#video-cap", "low")  # 流畅
+    for station in (capped, auto):
+        poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
+
+    def sizes(low: tuple[int, int], full: tuple[int, int]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            got = (received_size(capped, center), received_size(auto, center))
+            return None if got == (low, full) else f"capped and auto stations decode {got}"
+
+        return check
+
+    poll(sizes(LAYER_SIZES["l"], LAYER_SIZES["h"]), timeout=20)
+    before = counter(capped, "video", center, "camera", "freezeCount") or 0
+    capped.select_option("#video-cap", "mid")  # 标清
+    took = poll(sizes(LAYER_SIZES["m"], LAYER_SIZES["h"]), timeout=10)
+    capped.select_option("#video-cap", "auto")
+    took_up = poll(sizes(LAYER_SIZES["h"], LAYER_SIZES["h"]), timeout=10)
+    poll(Progress(capped, "video", center, "camera", "framesDecoded"), timeout=10)
+    after = counter(capped, "video", center, "camera", "freezeCount") or 0
+    assert after == before, f"{after - before} freezes across two layer moves"
+    print(f"layer moves took {took:.1f} s (l→m) and {took_up:.1f} s (m→h)")

@@ -11,6 +11,7 @@
 /** @typedef {'camera' | 'microphone' | 'screen'} Source */
 /** @typedef {'thumbnail' | 'stage' | 'paused'} QualityLevel  how to send the camera (`quality`) */
 /** @typedef {'on' | 'paused'} MicrophoneLevel  how to send the microphone (`quality`) */
+/** @typedef {'low' | 'mid' | 'high' | 'auto'} VideoCap  our cap on simulcast layers (`video_cap`) */
 /** @typedef {'new' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ClientState */
 
 /**
@@ -305,6 +306,8 @@ export class HubClient {
         this.iceServers = [];
         /** Audio-only mode (kept across reconnects): the hub sends us no video. */
         this.audioOnly = false;
+        /** @type {VideoCap} our cap on simulcast layers (kept across reconnects) */
+        this.videoCap = "auto";
         /** @type {Map<string, RemoteTrack>} received tracks by subscriber mid */
         this.remoteTracks = new Map();
         /** @type {Map<Source, MediaStreamTrack>} what we publish (kept across reconnects) */
@@ -780,6 +783,7 @@ export class HubClient {
         // A raised hand survives a network drop too, and so does audio-only mode.
         if (handWasRaised && this.self && !this.self.hand_raised) this.raiseHand(true);
         if (this.audioOnly) this.setAudioOnly(true);
+        if (this.videoCap !== "auto") this.setVideoCap(this.videoCap);
     }
 
     /**
@@ -1092,6 +1096,15 @@ export class HubClient {
     setAudioOnly(on) {
         this.audioOnly = on;
         return this._send({ type: "audio_only", on });
+    }
+
+    /**
+     * Caps the layers of simulcast video the hub sends us (流畅 / 标清 / 高清 / 自动).
+     * @param {VideoCap} cap
+     */
+    setVideoCap(cap) {
+        this.videoCap = cap;
+        return this._send({ type: "video_cap", cap });
     }
 
     /** @param {boolean} raised */
