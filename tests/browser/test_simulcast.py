@@ -4,9 +4,12 @@ receives one of them as one continuous stream (decoded frame sizes by getStats).
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import av
 import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
@@ -84,3 +87,37 @@ def test_each_station_receives_the_layer_its_cap_allows_and_moves_without_a_free
     after = counter(capped, "video", center, "camera", "freezeCount") or 0
     assert after == before, f"{after - before} freezes across two layer moves"
     print(f"layer moves took {took:.1f} s (l→m) and {took_up:.1f} s (m→h)")
+
+
+def media_request(hub: HubProcess, room: str, what: str, method: str) -> None:
+    request = urllib.request.Request(
+        f"{hub.base_url}/api/rooms/{room}/{what}",
+        method=method,
+        headers={"Authorization": f"Bearer {hub.token(room, 'CENTER-01', 'center')}"},
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.status in (200, 201)
+
+
+def test_the_recording_takes_the_top_layer_while_a_station_is_capped_low(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-record"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    station = open_station(hub, browsers, room, 1)
+    station.select_option("#video-cap", "low")
+
+    def low() -> str | None:
+        size = received_size(station, center)
+        return None if size == LAYER_SIZES["l"] else f"station decodes {size}"
+
+    poll(low, timeout=30)
+    media_request(hub, room, "recording", "POST")
+    time.sleep(4)
+    media_request(hub, room, "recording", "DELETE")
+    files = [p for p in hub.data_dir.rglob("*-camera-*.webm") if p.stat().st_size > 0]
+    assert files, f"no camera recording under {hub.data_dir}"
+    with av.open(str(files[0])) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.width, frame.height) == LAYER_SIZES["h"]
