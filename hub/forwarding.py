@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiortc.rtp import RtpPacket
 
-from hub.codecs import frame_is_keyframe, keyframe_start
+from hub.codecs import VP8, frame_is_keyframe, keyframe_start, vp8_picture_ids
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
 from hub.retransmission import RetransmitBudget, Verdict
 from hub.video_yield import VideoYield
@@ -131,6 +131,50 @@ whose timestamp is not ahead of the last frame it decoded (libwebrtc's frame buf
 and a lower layer's keyframe can be of the very picture last sent from the higher one."""
 
 
+class Vp8Numbering:
+    """One numbering of VP8 PictureIDs and TL0PICIDXs for all layers of an up track.
+
+    Each simulcast layer numbers its pictures on its own, from a random start: a
+    subscriber moved from one to another saw them jump, backwards as often as not,
+    and libwebrtc drops a keyframe whose PictureID is behind the last it decoded (a
+    freeze until the numbers catch up, or the next keyframe). Here every layer's
+    numbers are shifted so that each of its keyframes comes right after the highest
+    number any layer has had: a subscriber sees them only move forward, and a jump
+    only at a keyframe. Rewritten once as packets arrive, not per subscriber."""
+
+    __slots__ = ("_offsets", "_picture_head", "_tl0_head")
+
+    def __init__(self, layers: int) -> None:
+        self._offsets = [(0, 0)] * layers
+        """Per layer: (PictureID shift, TL0PICIDX shift) since its last keyframe."""
+        self._picture_head = -1
+        self._tl0_head = -1
+
+    def rewrite(self, index: int, payload: bytes, keyframe: bool) -> bytes:
+        picture_at, picture, tl0_at = vp8_picture_ids(payload)
+        if picture_at < 0:
+            return payload
+        tl0 = payload[tl0_at] if tl0_at >= 0 else 0
+        if keyframe:
+            self._offsets[index] = (
+                (self._picture_head + 1 - picture) & 0x7FFF,
+                (self._tl0_head + 1 - tl0) & 0xFF,
+            )
+        picture_shift, tl0_shift = self._offsets[index]
+        out = (picture + picture_shift) & 0x7FFF
+        if self._picture_head < 0 or not (out - self._picture_head) & 0x4000:
+            self._picture_head = out
+        rewritten = bytearray(payload)
+        rewritten[picture_at] = 0x80 | out >> 8
+        rewritten[picture_at + 1] = out & 0xFF
+        if tl0_at >= 0:
+            out_tl0 = (tl0 + tl0_shift) & 0xFF
+            if self._tl0_head < 0 or not (out_tl0 - self._tl0_head) & 0x80:
+                self._tl0_head = out_tl0
+            rewritten[tl0_at] = out_tl0
+        return bytes(rewritten)
+
+
 class Layer:
     """One encoding of an up track: a simulcast layer (its rid), or the whole track.
 
@@ -141,28 +185,28 @@ class Layer:
     __slots__ = (
         "_bytes_measured",
         "_highest_seq",
+        "_keyframe",
         "_last_arrival",
         "bitrate_bps",
         "bytes_received",
         "downs",
         "history",
         "incoming",
-        "keyframes",
+        "index",
         "media_ssrc",
         "packets_received",
         "rid",
         "up",
     )
 
-    def __init__(
-        self, up: UpTrack, rid: str | None, request_keyframe: Callable[[Layer], None]
-    ) -> None:
+    def __init__(self, up: UpTrack, index: int, rid: str | None) -> None:
         self.up = up
+        self.index = index
+        """Its place in ``up.layers`` (0: the lowest)."""
         self.rid = rid
         self.history: PacketHistory | None = None
         """Kept only while someone receives the layer (a subscription): of 190 stations
         off stage nobody receives most, and a full history is ~2 MB of video."""
-        self.keyframes = KeyframeRequester(lambda: request_keyframe(self), up.stats)
         self.downs: list[DownTrackCore] = []
         """The down tracks sending this layer, not held: what fanout() takes."""
         self.incoming: list[Subscription] = []
@@ -174,6 +218,9 @@ class Layer:
         """What it carried over the last :meth:`UpTrack.measure`; None: nothing arrived."""
         self._bytes_measured = 0
         self._highest_seq = -1
+        self._keyframe: tuple[int, int, int | None] | None = None
+        """(first sequence number, timestamp, last sequence number once seen) of a
+        keyframe arriving for a move here."""
         self._last_arrival = 0.0
 
     def on_rtp(self, packet: RtpPacket) -> None:
@@ -187,11 +234,15 @@ class Layer:
         marker = packet.marker
         self.media_ssrc = packet.ssrc
         self.packets_received += 1
-        if self._highest_seq < 0 or not (seq - self._highest_seq) & 0x8000:
-            # New, not a repair or a sender's probe (RTX of what it sent): the rate
-            # layer choice weighs is the layer's own.
+        new = self._highest_seq < 0 or not (seq - self._highest_seq) & 0x8000
+        if new:
+            # Not a repair or a sender's probe (RTX of what it sent): the rate layer
+            # choice weighs is the layer's own.
             self._highest_seq = seq
             self.bytes_received += len(payload)
+        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
+        if up.vp8 is not None:
+            payload = up.vp8.rewrite(self.index, payload, keyframe and new)
         up.packets_received += 1
         up.bytes_received += len(payload)
         stats = up.stats
@@ -203,35 +254,71 @@ class Layer:
         history = self.history
         if history is not None:
             history.add(seq, timestamp, marker, payload)
-        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
-        if keyframe and self.incoming:
-            self._take_incoming()
-        if up.muted or not self.downs:
+        downs = self.downs
+        if self.incoming:
+            moved = self._watch_keyframe(seq, timestamp, marker, keyframe and new, new)
+            if moved:
+                downs = [down for down in downs if down not in moved]
+        if up.muted or not downs:
             self._last_arrival = time.monotonic()
             return
         ntp = _ntp_now()
         sent, plain, wants_keyframe = fanout(
-            self.downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
+            downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
         )
         self._last_arrival = time.monotonic()
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
         if wants_keyframe:
-            self.keyframes.request()  # a subscription waits to start
+            self.request_keyframe()  # a subscription waits to start
 
-    def _take_incoming(self) -> None:
-        """A keyframe of this layer arrived: the subscriptions waiting for one move
-        here before it is sent, and continue their clock by the time that passed
-        since their old layer's last packet (layers' RTP clocks differ: only time
-        relates them)."""
+    def _watch_keyframe(
+        self, seq: int, timestamp: int, marker: int, keyframe: bool, new: bool
+    ) -> list[DownTrackCore]:
+        """Subscriptions wait to move here: once a keyframe of this layer is whole in
+        the history (its marker packet, nothing missing), they move, and are sent it
+        (the down tracks returned have had the current packet). Until then their old
+        layer goes on: a keyframe takes a while to arrive (tens of packets, paced by
+        the sender), and a switch at its first packet froze the picture that long."""
+        if keyframe:
+            self._keyframe = (seq, timestamp, None)
+        if self._keyframe is None:
+            return []
+        first, keyframe_ts, last = self._keyframe
+        history = self.history
+        if timestamp != keyframe_ts:
+            if new:  # the next frame began before it was whole: another keyframe
+                self._keyframe = None
+                self.request_keyframe()
+            return []  # else a repair of an older frame, or a sender's probe
+        if history is None:
+            return []
+        if marker:
+            last = seq
+            self._keyframe = (first, keyframe_ts, last)
+        if last is None:
+            return []
+        count = ((last - first) & 0xFFFF) + 1
+        if any(history.get((first + i) & 0xFFFF) is None for i in range(count)):
+            return []  # a packet still missing: its repair may come in time
+        self._keyframe = None
+        return self._take_incoming(first, count)
+
+    def _take_incoming(self, first: int, count: int) -> list[DownTrackCore]:
+        """This layer's keyframe of ``count`` packets from ``first`` is whole: the
+        subscriptions waiting move here and are sent it, continuing their clock by
+        the time that passed since their old layer's last packet (layers' RTP clocks
+        differ: only time relates them). Returns the down tracks sent it."""
         now = time.monotonic()
         clock_rate = self.up.codec.clock_rate
+        moved: list[DownTrackCore] = []
         for subscription in self.incoming:
             old = subscription.layer
             down = subscription.down
             if not down.held:
                 old.downs.remove(down)
                 self.downs.append(down)
+                moved.append(down)
             if down.started:
                 elapsed = max(now - old._last_arrival, _MIN_LAYER_GAP)
                 advance = round(elapsed * clock_rate) - _FANOUT_START_GAP
@@ -240,6 +327,28 @@ class Layer:
             subscription.layer = self
             old.release()
         self.incoming.clear()
+        history = self.history
+        if not moved or history is None or self.up.muted:
+            return []
+        stats = self.up.stats
+        for i in range(count):
+            entry = history.get((first + i) & 0xFFFF)
+            assert entry is not None  # checked whole by _watch_keyframe
+            seq, timestamp, marker, payload = entry
+            ntp = _ntp_now()
+            sent, plain, _ = fanout(
+                moved, seq, timestamp, marker, payload, i == 0, ntp, _abs_send_time(ntp)
+            )
+            stats.packets_forwarded += sent
+            stats.bytes_forwarded += plain
+        return moved
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe of this layer (coalesced per up track)."""
+        up = self.up
+        if self not in up._keyframes_wanted:
+            up._keyframes_wanted.append(self)
+        up.keyframes.request()
 
     def hold(self) -> None:
         """Someone receives this layer: keep its history."""
@@ -272,7 +381,15 @@ class UpTrack:
         self.codec = codec
         self.stats = stats
         self.closed = False
-        self.layers = [Layer(self, rid, request_keyframe) for rid in rids or (None,)]
+        self.layers = [Layer(self, index, rid) for index, rid in enumerate(rids or (None,))]
+        self._request_keyframe = request_keyframe
+        self._keyframes_wanted: list[Layer] = []
+        self.keyframes = KeyframeRequester(self._send_plis, stats)
+        """One for all layers: libwebrtc makes every layer's keyframe at once and
+        drops a request within 300 ms of the one before, whichever layer it names
+        (a top layer asked for right after another went unanswered)."""
+        self.vp8 = Vp8Numbering(len(rids)) if len(rids) > 1 and codec.name == VP8 else None
+        """Simulcast VP8 only: its layers' picture numbers made one."""
         self.subscriptions: list[Subscription] = []
         self.frame_consumers: list[FrameConsumer] = []
         self.muted = False
@@ -281,6 +398,11 @@ class UpTrack:
         self.audio_level_at = 0.0
         self.bytes_received = 0
         self.packets_received = 0
+
+    def _send_plis(self) -> None:
+        wanted, self._keyframes_wanted = self._keyframes_wanted, []
+        for layer in wanted:
+            self._request_keyframe(layer)
 
     @property
     def top(self) -> Layer:
@@ -312,7 +434,7 @@ class UpTrack:
         changed size, a stalled track flows again), coalesced per layer."""
         for layer in self.layers:
             if layer.downs or layer.incoming or (layer is self.top and self.frame_consumers):
-                layer.keyframes.request()
+                layer.request_keyframe()
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
         """Complete encoded frames of the top layer, for sinks (recorder, live HLS);
@@ -327,8 +449,7 @@ class UpTrack:
 
     def close(self) -> None:
         self.closed = True
-        for layer in self.layers:
-            layer.keyframes.close()
+        self.keyframes.close()
         for subscription in list(self.subscriptions):
             subscription.close()
 
@@ -452,7 +573,7 @@ class DownTrack(DownTrackCore):
             self.started = False
             layer.downs.append(self)
             if self.video:
-                layer.keyframes.request()
+                layer.request_keyframe()
 
     def on_feedback(self, rtt: float | None, estimate_bps: int | None, lost: float | None) -> None:
         """The subscriber's receiver report (round trip, seconds; fraction lost) or its
@@ -473,7 +594,7 @@ class DownTrack(DownTrackCore):
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""
         if self.subscription is not None:
-            self.subscription.layer.keyframes.request()
+            self.subscription.layer.request_keyframe()
 
 
 class Subscription:
@@ -501,7 +622,7 @@ class Subscription:
             return
         self.layer.downs.append(down)
         if up.kind == "video":
-            self.layer.keyframes.request()
+            self.layer.request_keyframe()
 
     @property
     def target(self) -> Layer:
@@ -522,7 +643,7 @@ class Subscription:
             return
         target.hold()
         target.incoming.append(self)
-        target.keyframes.request()
+        target.request_keyframe()
 
     def retransmit(self, out_seq: int) -> None:
         down = self.down
@@ -548,7 +669,7 @@ class Subscription:
             return
         down.stats.retransmissions_declined += 1
         if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
-            self.layer.keyframes.request()  # a keyframe repairs what resends cannot
+            self.layer.request_keyframe()  # a keyframe repairs what resends cannot
 
     def close(self) -> None:
         if self.closed:

@@ -354,8 +354,9 @@ MAX_UP_AFTER = 64.0
 STAYED_UP = 20.0
 """A layer that fell back sooner than this after a move up waits twice as long to be
 tried again (at most :data:`MAX_UP_AFTER`)."""
-UP_GRACE = 10.0
-"""Seconds after a move up during which only a falling estimate moves back down."""
+REMB_FALL = 0.95
+"""An estimate under this share of the one before has fallen: the link is congested
+(libwebrtc's receiver cuts its estimate to 0.85 of what arrives on overuse)."""
 
 
 class Slot:
@@ -374,71 +375,80 @@ class Slot:
         """Since when its layer has stayed (a layer up is tried after ``_up_after``)."""
         self._up_after = UP_AFTER
         self._up_at = 0.0
-        self._probe: tuple[float, float] | None = None
-        """(when, the estimate then) of the last move up, while it is on trial."""
+        self._remb_seen: int | None = None
 
     def bind(self, publication: Publication) -> None:
         self.unbind()
         self.publication = publication
+        # What it shows and its cap choose; the link corrects that once it speaks.
         top = len(publication.up.layers) - 1
-        self.subscription = Subscription(publication.up, self.down, self._layer(publication, top))
+        self.subscription = Subscription(
+            publication.up, self.down, self._layer(publication, top, None)
+        )
+        self._steady_since = time.monotonic()
 
     def _layer(
-        self, publication: Publication, current: int, try_up: bool = False, link: bool = True
+        self,
+        publication: Publication,
+        current: int,
+        estimate: float | None,
+        try_up: bool = False,
     ) -> int:
-        """The policy's layer; with ``link`` false, as if the link carried anything."""
         rates = [layer.bitrate_bps for layer in publication.up.layers]
         shows = self.peer.shows.get(publication.id, "stage")
-        estimate = self._estimate(rates[current]) if link else None
         return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up)
 
     def _estimate(self, current_bps: float | None) -> float | None:
-        """What the subscriber's estimate leaves for this video: the whole REMB less
-        what its other slots send. For a while after a move up the estimate lags what
-        now arrives (it grows a few percent a second): unless it falls (congestion),
-        the current layer is taken to fit until then."""
+        """What the subscriber's estimate (REMB) leaves for this video: the whole less
+        what its other slots send. A receiver's estimate lags what arrives while it
+        grows (a few percent a second, libwebrtc's): only when it falls (the link
+        congested) does it say the current layer does not fit."""
         total = self.hook.remb_bps
+        seen, self._remb_seen = self._remb_seen, total
         if total is None:
             return None
-        others = sum(s.down.budget.media_bps for s in self.peer.slots if s is not self)
+        now = time.monotonic()
+        others = 0.0
+        for slot in self.peer.slots:
+            if slot is not self:
+                slot.down.budget.note_media(slot.down.bytes_sent, now)
+                others += slot.down.budget.media_bps
         estimate = max(0.0, total - others)
-        probe = self._probe
-        if probe is not None:
-            since, at_move = probe
-            if time.monotonic() - since > UP_GRACE or estimate < at_move:
-                self._probe = None
-            elif current_bps is not None:
-                estimate = max(estimate, current_bps)
-        return estimate
+        falling = seen is not None and total < seen * REMB_FALL
+        return estimate if falling or current_bps is None else max(estimate, current_bps)
 
-    def follow_layer(self) -> None:
-        """Move to the layer the policy now chooses (a simulcast publication only)."""
+    def follow_layer(self, fresh: bool = False) -> None:
+        """Move to the layer the policy now chooses (a simulcast publication only).
+        ``fresh``: the subscriber's cap or view changed, and what its link showed
+        under the old one says nothing of the new (it grows only with what arrives):
+        they choose, as at the start, and the link corrects that if it falls short."""
         subscription = self.subscription
         publication = self.publication
         if subscription is None or publication is None or not subscription.up.simulcast:
             return
         layers = subscription.up.layers
-        current = layers.index(subscription.target)
+        current = subscription.target.index
+        estimate = None if fresh else self._estimate(layers[current].bitrate_bps)
         now = time.monotonic()
-        index = self._layer(publication, current, now - self._steady_since >= self._up_after)
+        try_up = now - self._steady_since >= self._up_after
+        index = self._layer(publication, current, estimate, try_up)
         if index == current:
+            if subscription.target is not subscription.layer:
+                subscription.target.request_keyframe()  # still waiting: ask again
             return
         if index > current:
-            estimate = self._estimate(None)
-            self._probe = (now, estimate) if estimate is not None else None
             self._up_at = now
-        elif self._layer(publication, current, link=False) > index:
+        elif self._layer(publication, current, None) > index:
             # The link fell short: a layer that just failed waits longer to be tried.
             recent = now - self._up_at < STAYED_UP
             self._up_after = min(MAX_UP_AFTER, self._up_after * 2) if recent else UP_AFTER
-            self._probe = None
         self._steady_since = now
-        logger.info(
+        logger.debug(
             "%s: layer %s → %s (estimate %s, layers %s)",
             publication.id,
             subscription.target.rid,
             layers[index].rid,
-            self.hook.remb_bps,
+            estimate,
             [layer.bitrate_bps for layer in layers],
         )
         subscription.move(index)
@@ -494,15 +504,22 @@ class SendingPeer:
         self.slots.append(slot)
         return slot
 
-    def follow_layers(self) -> None:
-        """Every slot to the layer the policy chooses now (a cap, a view, the layers'
-        rates or the subscriber's estimate changed)."""
+    def follow_layers(self, fresh: bool = False) -> None:
+        """Every slot to the layer the policy chooses now (the layers' rates or the
+        subscriber's estimate changed; ``fresh``: its cap or view, see
+        :meth:`Slot.follow_layer`)."""
         for slot in self.slots:
-            slot.follow_layer()
+            slot.follow_layer(fresh)
 
     def set_cap(self, cap: policy.LayerCap) -> None:
         self.cap = cap
-        self.follow_layers()
+        self.follow_layers(fresh=True)
+
+    def set_shows(self, shows: dict[PublicationID, policy.Shows]) -> None:
+        """How the room now says each video is shown (the stage changed, or a view)."""
+        fresh = shows != self.shows
+        self.shows = shows
+        self.follow_layers(fresh)
 
     def hold_video(self, held: bool) -> None:
         """Audio-only mode on (``held``) or off: every video slot, and any added later."""

@@ -709,8 +709,7 @@ class Room:
         shows = {pub.id: policy.shows(member) for member in members for pub in member.publications}
         for participant in participants:
             if participant.subscriber is not None:
-                participant.subscriber.shows = shows
-                participant.subscriber.follow_layers()  # a sender came on or left the stage
+                participant.subscriber.set_shows(shows)
         updates = [
             self._update_one(participant, [by_id[i] for i in received[participant.sid]])
             for participant in participants
@@ -774,7 +773,7 @@ class Room:
         consumer = _SinkFeed(sink, publication.id, publication.up.codec)
         publication.up.frame_consumers.append(consumer)
         publication.tap.set_frame_callback(publication.up.on_frame)
-        publication.up.top.keyframes.request()
+        publication.up.top.request_keyframe()
 
     def _sinks_remove(self, publication: Publication) -> None:
         feeds = [c for c in publication.up.frame_consumers if isinstance(c, _SinkFeed)]

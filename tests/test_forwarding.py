@@ -165,7 +165,7 @@ async def test_a_nack_for_stale_media_asks_for_a_keyframe_instead() -> None:
     recent = RtpPacket.parse(wire.sent[50]).sequence_number
     wire.sent.clear()
     plis.clear()
-    up.top.keyframes._last = -1.0  # the subscription's own request is long past
+    up.keyframes._last = -1.0  # the subscription's own request is long past
     await down.on_nack(stale)
     assert wire.sent == [] and plis == [1]
     await down.on_nack(recent)
@@ -237,7 +237,7 @@ async def test_subscriber_pli_reaches_the_publisher_coalesced() -> None:
     up, down, _ = make_pair(stats, plis)
     Subscription(up, down)
     plis.clear()
-    up.top.keyframes._last = -1.0  # the subscription's own request is long past
+    up.keyframes._last = -1.0  # the subscription's own request is long past
     for _ in range(20):
         down.on_pli()
     assert len(plis) == 1
@@ -292,7 +292,7 @@ async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() ->
     down.hold(True)  # audio-only mode
     up.on_rtp(packet(2, 3000, VP8_DELTA, marker=1))
     assert len(wire.sent) == 1 and down not in up.top.downs
-    up.top.keyframes._last = -1.0
+    up.keyframes._last = -1.0
     plis.clear()
     down.hold(False)
     assert plis == [1]  # let go: the publisher is asked for a keyframe

@@ -68,7 +68,9 @@ async def test_a_subscription_moves_to_another_layer_at_its_keyframe_in_one_stre
     all_frames(sources, key=True)
     all_frames(sources)
     subscription.move(2)
-    assert asked[-1] == "h" and subscription.target is up.layers[2]
+    assert subscription.target is up.layers[2]
+    await asyncio.sleep(0.6)  # requests are coalesced per up track: the next one
+    assert asked == ["l", "h"]
     all_frames(sources)  # no keyframe of h yet: l goes on
     await asyncio.sleep(0.1)
     sources[2].frame(key=True)
@@ -145,3 +147,93 @@ async def test_a_track_sent_once_is_one_layer() -> None:
     up = UpTrack("video", VP8, stats, lambda layer: None)
     assert len(up.layers) == 1 and up.top is up.layers[0] and not up.simulcast
     assert up.layers[0].rid is None
+
+
+def packet(ssrc: int, seq: int, ts: int, payload: bytes, marker: int) -> RtpPacket:
+    p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=marker, ssrc=ssrc)
+    p.payload = payload
+    return p
+
+
+async def test_the_old_layer_goes_on_until_the_new_ones_keyframe_is_whole() -> None:
+    up, _, down, wire, sources = setup()
+    subscription = Subscription(up, down, layer=0)
+    sources[0].frame(key=True)
+    subscription.move(2)
+    high = up.layers[2]
+    high.on_rtp(packet(333, 10, 9000, KEY + b"\x02", 0))  # the keyframe begins
+    sources[0].frame()  # meanwhile a frame of l: still sent
+    high.on_rtp(packet(333, 12, 9000, DELTA + b"\x02", 1))  # its end, 11 missing
+    sources[0].frame()  # incomplete: l goes on
+    assert subscription.layer is up.layers[0]
+    high.on_rtp(packet(333, 11, 9000, DELTA + b"\x02", 0))  # repaired (RTX): whole
+    assert subscription.layer is high
+    high.on_rtp(packet(333, 13, 12000, DELTA + b"\x02", 1))
+    sources[0].frame()
+    out = [RtpPacket.parse(data) for data in wire.sent]
+    assert [p.payload[-1] for p in out] == [0] * 6 + [2] * 4
+    seqs = [p.sequence_number for p in out]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    assert [p.marker for p in out[6:]] == [0, 0, 1, 1]  # the keyframe in order, once
+    assert out[6].payload[:5] == KEY
+
+
+async def test_a_keyframe_not_whole_before_the_next_frame_waits_for_another() -> None:
+    up, asked, down, wire, sources = setup()
+    subscription = Subscription(up, down, layer=0)
+    sources[0].frame(key=True)
+    subscription.move(2)
+    high = up.layers[2]
+    up.keyframes._last = -1.0
+    asked.clear()
+    high.on_rtp(packet(333, 10, 9000, KEY + b"\x02", 0))
+    high.on_rtp(packet(333, 12, 12000, DELTA + b"\x02", 1))  # 11, its end, lost
+    assert subscription.layer is up.layers[0] and asked == ["h"]
+    high.on_rtp(packet(333, 13, 15000, KEY + b"\x02", 1))  # a keyframe of one packet
+    assert subscription.layer is high
+    assert RtpPacket.parse(wire.sent[-1]).payload[:5] == KEY
+
+
+def vp8(picture: int, tl0: int, key: bool) -> bytes:
+    """A VP8 payload descriptor as Chromium writes it (X, I with 15 bits, L), then
+    the payload header's first byte (P bit clear: a key frame)."""
+    return bytes([0x90, 0xC0, 0x80 | picture >> 8, picture & 0xFF, tl0, 0x00 if key else 0x01])
+
+
+def read_ids(payload: bytes) -> tuple[int, int]:
+    return ((payload[2] & 0x7F) << 8) | payload[3], payload[4]
+
+
+async def test_vp8_picture_numbers_only_move_forward_across_a_move() -> None:
+    up, _, down, wire, _ = setup()
+    low, high = up.layers[0], up.layers[2]
+    subscription = Subscription(up, down, layer=0)
+    state = {"l": (5000, 100, 60000), "h": (100, 3, 1000)}  # picture, tl0, seq: h behind
+
+    def frame(layer: Layer, rid: str, key: bool = False) -> None:
+        picture, tl0, seq = state[rid]
+        continuation = bytes([0x80, 0xC0, 0x80 | picture >> 8, picture & 0xFF, tl0, 0])
+        for marker in (0, 1):
+            payload = continuation if marker else vp8(picture, tl0, key)
+            layer.on_rtp(packet(7 if rid == "l" else 9, seq, picture * 3000, payload, marker))
+            seq = (seq + 1) & 0xFFFF
+        state[rid] = ((picture + 1) & 0x7FFF, (tl0 + 1) & 0xFF, seq)
+
+    frame(low, "l", key=True)
+    frame(high, "h", key=True)
+    for _ in range(3):
+        frame(low, "l")
+        frame(high, "h")
+    subscription.move(2)
+    frame(high, "h", key=True)
+    for _ in range(3):
+        frame(low, "l")
+        frame(high, "h")
+    out = [RtpPacket.parse(data) for data in wire.sent]
+    ids = [read_ids(p.payload) for p in out if p.marker == 0]
+    pictures = [picture for picture, _ in ids]
+    tl0s = [tl0 for _, tl0 in ids]
+    assert len(ids) == 8  # 4 frames of l, then 4 of h
+    assert all(0 < (b - a) & 0x7FFF < 0x4000 for a, b in itertools.pairwise(pictures))
+    assert all(0 < (b - a) & 0xFF < 0x80 for a, b in itertools.pairwise(tl0s))
+    assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pictures[4:]))

@@ -25,6 +25,7 @@ async () => {
       frameHeight: s.frameHeight ?? 0,
       samples: s.totalSamplesReceived ?? 0,
       freezeCount: s.freezeCount ?? 0,
+      freezeSeconds: s.totalFreezesDuration ?? 0,
     });
   }
   return out;
@@ -63,6 +64,7 @@ class Inbound(TypedDict):
     frameHeight: int
     samples: int
     freezeCount: int
+    freezeSeconds: float
 
 
 class Outbound(TypedDict):
