@@ -80,6 +80,13 @@ class VideoCap(_Message):
     cap: LayerCap
 
 
+class VideoCapPatch(BaseModel):
+    """The body of a WHEP viewer's ``PATCH`` (``application/json``) on its session."""
+
+    model_config = ConfigDict(extra="forbid")
+    video_cap: LayerCap
+
+
 class Chat(_Message):
     type: Literal["chat"]
     text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, counter, inbound, outbound, sid_of
-from tests.browser.test_e2e import open_console, open_station
+from tests.browser.test_e2e import open_console, open_station, open_viewer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -156,3 +156,33 @@ def test_the_recording_takes_the_top_layer_while_a_station_is_capped_low(
     with av.open(str(files[0])) as container:
         frame = next(container.decode(video=0))
         assert (frame.width, frame.height) == LAYER_SIZES["h"]
+
+
+def test_a_household_viewer_caps_its_picture_to_the_low_layer(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-watch"
+    console = open_console(hub, browsers, room)
+    viewer = open_viewer(hub, browsers, console, room)
+
+    def decoded(size: tuple[int, int]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            got = viewer.evaluate(
+                """async () => {
+                    const s = window.practiceHub.session;
+                    if (!s || !s.pc) return null;
+                    for (const r of (await s.pc.getStats()).values())
+                        if (r.type === 'inbound-rtp' && r.kind === 'video')
+                            return [r.frameWidth || 0, r.frameHeight || 0];
+                    return null;
+                }"""
+            )
+            return None if got == list(size) else f"viewer decodes {got}"
+
+        return check
+
+    poll(decoded(LAYER_SIZES["h"]), timeout=30)  # the stage's picture: the top layer
+    viewer.select_option("#video-cap", "low")  # 流畅
+    poll(decoded(LAYER_SIZES["l"]), timeout=10)
+    viewer.select_option("#video-cap", "auto")
+    poll(decoded(LAYER_SIZES["h"]), timeout=10)

@@ -1355,6 +1355,24 @@ export class WhepSession {
     }
 
     /**
+     * Caps the layers of simulcast video the hub sends this session (`video_cap`).
+     * @param {VideoCap} cap
+     * @returns {Promise<boolean>} whether the hub took it
+     */
+    async setVideoCap(cap) {
+        if (!this.resource) return false;
+        /** @type {Record<string, string>} */
+        const headers = { "Content-Type": "application/json" };
+        if (this.token) headers.Authorization = `Bearer ${this.token}`;
+        const response = await fetch(this.resource, {
+            method: "PATCH",
+            headers,
+            body: JSON.stringify({ video_cap: cap }),
+        });
+        return response.status === 204;
+    }
+
+    /**
      * Ends the session (DELETE on the resource, with the token it was opened
      * with: the hub lets only that identity end it); safe to call twice.
      */
