@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from hub.aiortc_internals import install_h264_profiles
-from hub.forwarding import CodecInfo
+from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
+from hub.ids import PublicationID
 from hub.peers import (
     SdpError,
+    SendingPeer,
     announce,
     answer_layers,
     carry_rank,
+    make_peer_connection,
     offered_layers,
     parse_sdp,
     preferences_for,
@@ -160,3 +165,46 @@ def test_offered_layers_reads_simulcast_lowest_first_and_answer_layers_receives_
     assert "a=rid:l recv\r\na=rid:m recv\r\na=rid:h recv\r\na=simulcast:recv l;m;h\r\n" in video
     assert "a=rid" not in answered.split("m=video")[0]
     assert answer_layers(answer, {}) == answer
+
+
+@dataclass
+class _Published:
+    """What a slot reads of a publication: its id and its up track."""
+
+    id: PublicationID
+    up: UpTrack
+
+
+async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None:
+    stats = ForwardingStats()
+    peer = SendingPeer(make_peer_connection([]), stats)
+    try:
+        slot = peer.add_slot("video")
+        codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+        up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
+        for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
+            layer.bitrate_bps = rate
+        published = _Published(PublicationID("PUB_simulcast"), up)
+        slot.bind(published)  # type: ignore[arg-type]
+        assert slot.subscription is not None
+        target = lambda: slot.subscription.target.rid  # noqa: E731
+        assert target() == "h"  # the stage's picture, nothing heard of the link yet
+        slot.hook.remb_bps = 1_000_000
+        slot.follow_layer()
+        assert target() == "h"  # below what h needs, but not falling: still growing
+        slot.hook.remb_bps = 800_000
+        slot.follow_layer()
+        assert target() == "m"  # falling: down at once to what fits
+        slot.follow_layer()
+        assert target() == "m"
+        slot._steady_since -= 9  # eight seconds on m without a shortfall: h is tried
+        slot.follow_layer()
+        assert target() == "h"
+        peer.set_cap("low")  # 流畅
+        assert target() == "l"
+        peer.set_cap("auto")  # chosen afresh: the link corrects it if it falls short
+        assert target() == "h"
+        peer.set_shows({published.id: "tile"})
+        assert target() == "l"
+    finally:
+        await peer.close()
