@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aioice.candidate
@@ -35,7 +35,7 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
-from aiortc.codecs import CODECS, is_rtx
+from aiortc.codecs import CODECS, HEADER_EXTENSIONS, depayload, is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcconfiguration import RTCConfiguration
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile, State
@@ -50,7 +50,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics, TimestampMapper
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
@@ -64,6 +64,7 @@ from aiortc.rtp import (
     is_rtcp,
     pack_remb_fci,
     unpack_remb_fci,
+    unwrap_rtx,
 )
 from OpenSSL import SSL
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
@@ -215,6 +216,7 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"aiortc's RateCounter has no {name}")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
+        _check_simulcast_internals(pc)
     finally:
         await pc.close()
 
@@ -280,6 +282,40 @@ def accept_offered_payload_types() -> None:
     (H.264 High 4:4:4 Predictive, AV1) from 35 to 63, which RFC 3551 leaves unassigned,
     once 96-127 are used up."""
     aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = DYNAMIC_PAYLOAD_TYPES  # type: ignore[assignment]
+
+
+# --- simulcast: negotiated in the SDP, routed by rid --------------------------
+
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+_SIMULCAST_EXTENSIONS = ((10, RID_URI), (11, REPAIRED_RID_URI))
+"""Ids for the hub's own offers; an answer takes the offer's (aiortc: 1 mid, 3
+abs-send-time)."""
+
+
+def install_simulcast_extensions() -> None:
+    """Negotiate the rid header extensions for video (idempotent): a simulcast sender
+    names each layer's packets by them (its SSRCs are not in the SDP), and without
+    them Chromium sends one layer. aiortc's parser reads them once negotiated."""
+    video = HEADER_EXTENSIONS["video"]
+    present = {e.uri for e in video}
+    for ext_id, uri in _SIMULCAST_EXTENSIONS:
+        if uri not in present:
+            video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+def _check_simulcast_internals(pc: RTCPeerConnection) -> None:
+    """What :class:`ReceiverTap` with layers relies on."""
+    if not isinstance(HEADER_EXTENSIONS.get("video"), list):
+        raise InternalsChanged("aiortc.codecs.HEADER_EXTENSIONS changed shape")
+    for name in ("rtp_stream_id", "repaired_rtp_stream_id", "mid"):
+        if not hasattr(aiortc.rtp.HeaderExtensions(), name):
+            raise InternalsChanged(f"aiortc's RTP parser no longer reads {name}")
+    for transceiver in pc.getTransceivers():
+        _require(transceiver.receiver, ("_handle_rtp_packet",))
+        _require(transceiver.receiver.transport._rtp_router, ("mid_table", "route_rtp"))
+    _require(NackGenerator(), ("add", "missing"))
+    _require(TimestampMapper(), ("map",))
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
@@ -991,6 +1027,7 @@ class ReceiverTap:
         *,
         bypass: bool = False,
         spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
+        layers: Sequence[tuple[str, Callable[[RtpPacket], None]]] = (),
     ) -> None:
         """With ``bypass`` every packet goes straight to ``on_rtp`` and nothing else:
         no statistics, no RTCP reports, no NACKs, no RTX unwrapping, no frames. For
@@ -998,7 +1035,12 @@ class ReceiverTap:
 
         With ``spawn`` (which runs a coroutine as a task someone owns) the receiver's
         media takes the direct path (:class:`_DirectReceive`), and its NACKs are sent
-        through ``spawn``."""
+        through ``spawn``.
+
+        With ``layers`` (simulcast: each rid and what takes its packets, lowest first;
+        needs ``spawn``) the receiver's packets, on either path, go to the layer their
+        rid names (:meth:`_on_layer_packet`), not to ``on_rtp``; frames are those of
+        the last (top) layer."""
         _require(receiver, _RECEIVER_ATTRS)
         if bypass:
 
@@ -1029,13 +1071,92 @@ class ReceiverTap:
             self._codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RECEIVER_ATTRS[8])
             self._streams: dict[int, StreamStatistics] = getattr(receiver, _RECEIVER_ATTRS[9])
             self._active: dict[int, Any] = getattr(receiver, _RECEIVER_ATTRS[10])
-            _DirectReceive.of(receiver.transport).taps[receiver] = self
+            direct = _DirectReceive.of(receiver.transport)
+            direct.taps[receiver] = self
+            if layers:
+                self._init_layers(layers)
+                direct.spawn = spawn
+        self.layered = bool(layers)
+
+    def _init_layers(self, layers: Sequence[tuple[str, Callable[[RtpPacket], None]]]) -> None:
+        """aiortc's receiver keeps one stream's state (NACKs, RTX, frames), which
+        layers would mix: each layer gets its own here, and the receiver's packet
+        handler is replaced so that aiortc's path also ends in :meth:`_on_layer_packet`."""
+        self._rids = {rid: index for index, (rid, _) in enumerate(layers)}
+        self._layer_rtp = [on_rtp for _, on_rtp in layers]
+        self._layer_nacks = [NackGenerator() for _ in layers]
+        self._layer_ssrcs: list[int | None] = [None] * len(layers)
+        """Each layer's media SSRC, once its first packet named it."""
+        self._layer_of: dict[int, int] = {}
+        """SSRC (media or RTX) → layer: Chromium names them only in the first packets."""
+        self._timestamps = TimestampMapper()
+
+        async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+            self._on_layer_packet(packet)
+
+        setattr(self._receiver, "_handle_rtp_packet", handle)  # noqa: B010
+
+    def _on_layer_packet(self, packet: RtpPacket) -> None:
+        """A simulcast packet, plain: to its layer, RTX unwrapped (RFC 4588, the
+        layer named by repaired-rtp-stream-id), with its layer's NACKs, and the
+        receiver's statistics (one receiver report per SSRC)."""
+        receiver = self._receiver
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None or not receiver._enabled:
+            return
+        ssrc = packet.ssrc
+        index = self._layer_of.get(ssrc)
+        if index is None:
+            extensions = packet.extensions
+            rid = extensions.rtp_stream_id or extensions.repaired_rtp_stream_id
+            index = self._rids.get(rid) if rid is not None else None
+            if index is None:
+                return  # a stream not (yet) named: nothing to put it in
+            self._layer_of[ssrc] = index
+        self._active[ssrc] = clock.current_datetime()
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if is_rtx(codec):
+            media_ssrc = self._layer_ssrcs[index]
+            apt = codec.parameters.get("apt")
+            if media_ssrc is None or len(packet.payload) < 2 or not isinstance(apt, int):
+                return  # padding (bandwidth probes), or a repair of nothing seen
+            codec = self._codecs.get(apt, codec)
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
+        else:
+            self._layer_ssrcs[index] = ssrc
+        self._layer_rtp[index](packet)
+        nack = self._layer_nacks[index]
+        if nack.add(packet):
+            self._spawn(receiver._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
+        if index == len(self._layer_rtp) - 1 and self._jitter.wanted:
+            self._assemble(codec, packet)
+
+    def _assemble(self, codec: RTCRtpCodecParameters, packet: RtpPacket) -> None:
+        """Frames of the top layer for the sinks, as aiortc's path makes them."""
+        on_frame = self._frames.on_frame
+        if on_frame is None:
+            return
+        try:
+            packet._data = depayload(codec, packet.payload) if packet.payload else b""  # type: ignore[attr-defined]
+        except ValueError:
+            return
+        _, frame = self._jitter.add(packet)
+        if frame is not None:
+            on_frame(codec.name, frame.data, self._timestamps.map(frame.timestamp))
 
     def receive(self, data: bytes, dtls: RTCDtlsTransport) -> bool:
         """One SRTP datagram routed to this receiver, still encrypted. Does what
         aiortc's receive path would, short of depayloading and assembling frames, and
         returns True; or returns False, having done nothing, when aiortc must."""
         receiver = self._receiver
+        if self.layered:
+            packet = self._open(data, dtls)
+            if packet is not None:
+                self._on_layer_packet(packet)
+            return True
         payload_type = data[1] & 0x7F
         codec = self._codecs.get(payload_type)
         if (
@@ -1047,23 +1168,26 @@ class ReceiverTap:
             or receiver not in dtls._rtp_router.payload_type_table.get(payload_type, ())
         ):
             return False
-        try:
-            plain = dtls._rx_srtp.unprotect(data)
-            packet = RtpPacket.parse(plain, dtls._rtp_header_extensions_map)
-        except (pylibsrtp.Error, ValueError):
+        packet = self._open(data, dtls)
+        if packet is None:
             return True  # refused or malformed: aiortc drops it too
-        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
-        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
         ssrc = packet.ssrc
         self._active[ssrc] = clock.current_datetime()
         stream = self._streams.get(ssrc)
         if stream is None:
             stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)  # what the receiver reports are made of
-        self.packets_direct += 1
         if self._packets.add(packet):
             self._spawn(receiver._send_rtcp_nack(ssrc, sorted(self._packets.missing)))
         return True
+
+    def _open(self, data: bytes, dtls: RTCDtlsTransport) -> RtpPacket | None:
+        """Unprotect and parse one SRTP datagram, counted as aiortc would; None when
+        refused or malformed."""
+        packet = _open_rtp(data, dtls)
+        if packet is not None:
+            self.packets_direct += 1
+        return packet
 
     def announce_bandwidth(self) -> None:
         """Stop aiortc's own receive-side estimate: it ramps a browser up over tens of
@@ -1071,8 +1195,9 @@ class ReceiverTap:
         Janus does; the browser's loss-based control still backs off on loss."""
         setattr(self._receiver, _RECEIVER_ATTRS[3], None)
 
-    async def send_remb(self, bitrate: int, media_ssrc: int) -> None:
-        """Send a REMB announcing ``bitrate`` bits/s for ``media_ssrc``."""
+    async def send_remb(self, bitrate: int, media_ssrcs: list[int]) -> None:
+        """Send a REMB announcing ``bitrate`` bits/s for ``media_ssrcs`` together
+        (a simulcast sender shares it among its layers)."""
         rtcp_ssrc = getattr(self._receiver, _RECEIVER_ATTRS[4])
         if rtcp_ssrc is None:
             return
@@ -1080,7 +1205,7 @@ class ReceiverTap:
             fmt=RTCP_PSFB_APP,
             ssrc=rtcp_ssrc,
             media_ssrc=0,
-            fci=pack_remb_fci(bitrate, [media_ssrc]),
+            fci=pack_remb_fci(bitrate, media_ssrcs),
         )
         await self._receiver._send_rtcp(packet)
 
@@ -1091,6 +1216,17 @@ class ReceiverTap:
     async def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI to the publisher for ``media_ssrc``."""
         await self._receiver._send_rtcp_pli(media_ssrc)
+
+
+def _open_rtp(data: bytes, dtls: RTCDtlsTransport) -> RtpPacket | None:
+    try:
+        plain = dtls._rx_srtp.unprotect(data)
+        packet = RtpPacket.parse(plain, dtls._rtp_header_extensions_map)
+    except (pylibsrtp.Error, ValueError):
+        return None
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    return packet
 
 
 class DatagramCounter:
@@ -1119,13 +1255,17 @@ class _DirectReceive:
     Whatever a tap declines (RTX, frames wanted, unknown SSRC) takes aiortc's path,
     still encrypted, as do DTLS, STUN and RTCP."""
 
-    __slots__ = ("_dtls", "_queue", "taps")
+    __slots__ = ("_dtls", "_queue", "spawn", "taps")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
         connection = dtls.transport._connection
         self._queue: asyncio.Queue[Any] = connection._queue
         self.taps: dict[object, ReceiverTap | DatagramCounter] = {}
+        self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
+        """Set once some tap takes layers: SSRCs the SDP did not name are then routed
+        by mid here, and a packet for a receiver without layers goes on to aiortc's
+        handler as a task of this owner."""
 
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> _DirectReceive:
@@ -1148,8 +1288,36 @@ class _DirectReceive:
         ):
             return False
         receiver = self._dtls._rtp_router.ssrc_table.get(int.from_bytes(data[8:12], "big"))
+        if receiver is None and self.spawn is not None:
+            self._route_new_ssrc(data, self.spawn)
+            return True
         tap = self.taps.get(receiver) if receiver is not None else None
         return tap is not None and tap.receive(data, self._dtls)
+
+    def _route_new_ssrc(
+        self, data: bytes, spawn: Callable[[Coroutine[Any, Any, None]], object]
+    ) -> None:
+        """A stream the SDP did not name: aiortc would route it by payload type alone,
+        which fails once two m-lines share one (camera and screen share). Its mid
+        header extension names the receiver; the SSRC is learnt for the next packets."""
+        dtls = self._dtls
+        packet = _open_rtp(data, dtls)
+        if packet is None:
+            return
+        router = dtls._rtp_router
+        mid = packet.extensions.mid
+        receiver = router.mid_table.get(mid) if mid is not None else None
+        if receiver is None:
+            receiver = router.route_rtp(packet)
+        if receiver is None:
+            return
+        router.ssrc_table[packet.ssrc] = receiver
+        tap = self.taps.get(receiver)
+        if isinstance(tap, ReceiverTap) and tap.layered:
+            tap.packets_direct += 1
+            tap._on_layer_packet(packet)
+        else:
+            spawn(receiver._handle_rtp_packet(packet, arrival_time_ms=clock.current_ms()))
 
 
 _original_datagram_received = aioice.ice.StunProtocol.datagram_received
@@ -1269,6 +1437,9 @@ class SenderHook:
         self._sender = sender
         self._report = report
         self._writer: RtpWriter | None = None
+        self.remb_bps: int | None = None
+        """The whole of the last REMB naming this sender: the subscriber's estimate
+        of its link, for every stream it receives."""
         # Instance attributes shadow the methods aiortc calls on NACK and PLI, and
         # the RTCP loop that ``sender.send()`` starts.
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
@@ -1295,6 +1466,7 @@ class SenderHook:
                 except ValueError:
                     return
                 if self.ssrc in ssrcs:
+                    self.remb_bps = bitrate
                     feedback(None, bitrate // len(ssrcs), None)
 
         setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010

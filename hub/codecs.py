@@ -39,6 +39,31 @@ def vp8_keyframe_start(payload: bytes) -> bool:
     return len(payload) > offset and not payload[offset] & 0x01
 
 
+def vp8_picture_ids(payload: bytes) -> tuple[int, int, int]:
+    """Where a VP8 payload descriptor (RFC 7741) keeps its 15-bit PictureID and its
+    TL0PICIDX: (offset of the PictureID, or -1 if it has none of 15 bits; its value;
+    offset of the TL0PICIDX, or -1)."""
+    if len(payload) < 2 or not payload[0] & 0x80:
+        return -1, 0, -1
+    ext = payload[1]
+    offset = 2
+    picture = -1
+    value = 0
+    if ext & 0x80:  # I
+        if len(payload) < offset + 1:
+            return -1, 0, -1
+        if payload[offset] & 0x80:  # M: 15 bits
+            if len(payload) < offset + 2:
+                return -1, 0, -1
+            picture = offset
+            value = ((payload[offset] & 0x7F) << 8) | payload[offset + 1]
+            offset += 2
+        else:
+            offset += 1
+    tl0 = offset if ext & 0x40 and len(payload) > offset else -1  # L
+    return picture, value, tl0
+
+
 def h264_keyframe_start(payload: bytes) -> bool:
     """True for a packet that starts a decodable point: an SPS, or the start of an IDR."""
     if len(payload) < 1:

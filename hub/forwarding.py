@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiortc.rtp import RtpPacket
 
-from hub.codecs import frame_is_keyframe, keyframe_start
+from hub.codecs import VP8, frame_is_keyframe, keyframe_start, vp8_picture_ids
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
 from hub.retransmission import RetransmitBudget, Verdict
 from hub.video_yield import VideoYield
@@ -123,40 +123,110 @@ class KeyframeRequester:
 FrameConsumer = Callable[[str, bytes, int, bool, float], None]
 """Receives (codec, frame, unwrapped RTP timestamp, keyframe, arrival time.time())."""
 
+_FANOUT_START_GAP = 3000
+"""What :func:`hub.fastpath.fanout` adds to a video slot's clock when it starts anew."""
+_MIN_LAYER_GAP = 1 / 30
+"""Seconds a layer move advances the clock at least: a receiver drops a keyframe
+whose timestamp is not ahead of the last frame it decoded (libwebrtc's frame buffer),
+and a lower layer's keyframe can be of the very picture last sent from the higher one."""
 
-class UpTrack:
-    """One track received from a publisher, fanned out to its subscriptions."""
 
-    def __init__(
-        self,
-        kind: str,
-        codec: CodecInfo,
-        stats: ForwardingStats,
-        request_keyframe: Callable[[], None],
-    ) -> None:
-        self.kind = kind
-        self.codec = codec
-        self.stats = stats
+class Vp8Numbering:
+    """One numbering of VP8 PictureIDs and TL0PICIDXs for all layers of an up track.
+
+    Each simulcast layer numbers its pictures on its own, from a random start: a
+    subscriber moved from one to another saw them jump, backwards as often as not,
+    and libwebrtc drops a keyframe whose PictureID is behind the last it decoded (a
+    freeze until the numbers catch up, or the next keyframe). Here every layer's
+    numbers are shifted so that each of its keyframes comes right after the highest
+    number any layer has had: a subscriber sees them only move forward, and a jump
+    only at a keyframe. Rewritten once as packets arrive, not per subscriber."""
+
+    __slots__ = ("_offsets", "_picture_head", "_tl0_head")
+
+    def __init__(self, layers: int) -> None:
+        self._offsets = [(0, 0)] * layers
+        """Per layer: (PictureID shift, TL0PICIDX shift) since its last keyframe."""
+        self._picture_head = -1
+        self._tl0_head = -1
+
+    def rewrite(self, index: int, payload: bytes, keyframe: bool) -> bytes:
+        picture_at, picture, tl0_at = vp8_picture_ids(payload)
+        if picture_at < 0:
+            return payload
+        tl0 = payload[tl0_at] if tl0_at >= 0 else 0
+        if keyframe:
+            self._offsets[index] = (
+                (self._picture_head + 1 - picture) & 0x7FFF,
+                (self._tl0_head + 1 - tl0) & 0xFF,
+            )
+        picture_shift, tl0_shift = self._offsets[index]
+        out = (picture + picture_shift) & 0x7FFF
+        if self._picture_head < 0 or not (out - self._picture_head) & 0x4000:
+            self._picture_head = out
+        rewritten = bytearray(payload)
+        rewritten[picture_at] = 0x80 | out >> 8
+        rewritten[picture_at + 1] = out & 0xFF
+        if tl0_at >= 0:
+            out_tl0 = (tl0 + tl0_shift) & 0xFF
+            if self._tl0_head < 0 or not (out_tl0 - self._tl0_head) & 0x80:
+                self._tl0_head = out_tl0
+            rewritten[tl0_at] = out_tl0
+        return bytes(rewritten)
+
+
+class Layer:
+    """One encoding of an up track: a simulcast layer (its rid), or the whole track.
+
+    Each has its own SSRC, sequence numbers, clock and keyframes, so its own packet
+    history, keyframe requests and down tracks; a down track moves from one layer to
+    another only at a keyframe of the target (see :meth:`Subscription.move`)."""
+
+    __slots__ = (
+        "_bytes_measured",
+        "_highest_seq",
+        "_keyframe",
+        "_last_arrival",
+        "bitrate_bps",
+        "bytes_received",
+        "downs",
+        "history",
+        "incoming",
+        "index",
+        "media_ssrc",
+        "packets_received",
+        "rid",
+        "up",
+    )
+
+    def __init__(self, up: UpTrack, index: int, rid: str | None) -> None:
+        self.up = up
+        self.index = index
+        """Its place in ``up.layers`` (0: the lowest)."""
+        self.rid = rid
         self.history: PacketHistory | None = None
-        """Kept only while someone receives the track (a subscription): of 190 stations
+        """Kept only while someone receives the layer (a subscription): of 190 stations
         off stage nobody receives most, and a full history is ~2 MB of video."""
-        self.keyframes = KeyframeRequester(request_keyframe, stats)
-        self.subscriptions: list[Subscription] = []
         self.downs: list[DownTrackCore] = []
-        """The subscriptions' down tracks that are not held: what fanout() takes."""
-        self.frame_consumers: list[FrameConsumer] = []
+        """The down tracks sending this layer, not held: what fanout() takes."""
+        self.incoming: list[Subscription] = []
+        """Subscriptions moving here at this layer's next keyframe."""
         self.media_ssrc: int | None = None
-        self.muted = False
-        self.audio_level: int = 127
-        """Last audio level the publisher reported (0 loudest … 127 silence)."""
-        self.audio_level_at = 0.0
-        self.bytes_received = 0
         self.packets_received = 0
-        self.closed = False
+        self.bytes_received = 0
+        self.bitrate_bps: float | None = None
+        """What it carried over the last :meth:`UpTrack.measure`; None: nothing arrived."""
+        self._bytes_measured = 0
+        self._highest_seq = -1
+        self._keyframe: tuple[int, int, int | None] | None = None
+        """(first sequence number, timestamp, last sequence number once seen) of a
+        keyframe arriving for a move here."""
+        self._last_arrival = 0.0
 
     def on_rtp(self, packet: RtpPacket) -> None:
-        """Called for each media packet the publisher sends (after RTX unwrapping)."""
-        if self.closed:
+        """Called for each media packet of this layer (after RTX unwrapping)."""
+        up = self.up
+        if up.closed:
             return
         payload = packet.payload
         seq = packet.sequence_number
@@ -164,30 +234,211 @@ class UpTrack:
         marker = packet.marker
         self.media_ssrc = packet.ssrc
         self.packets_received += 1
-        self.bytes_received += len(payload)
-        stats = self.stats
+        new = self._highest_seq < 0 or not (seq - self._highest_seq) & 0x8000
+        if new:
+            # Not a repair or a sender's probe (RTX of what it sent): the rate layer
+            # choice weighs is the layer's own.
+            self._highest_seq = seq
+            self.bytes_received += len(payload)
+        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
+        if up.vp8 is not None:
+            payload = up.vp8.rewrite(self.index, payload, keyframe and new)
+        up.packets_received += 1
+        up.bytes_received += len(payload)
+        stats = up.stats
         stats.packets_received += 1
         level = packet.extensions.audio_level
         if level is not None:
-            self.audio_level = level[1]
-            self.audio_level_at = time.monotonic()
+            up.audio_level = level[1]
+            up.audio_level_at = time.monotonic()
         history = self.history
         if history is not None:
             history.add(seq, timestamp, marker, payload)
-        if self.muted or not self.downs:
+        downs = self.downs
+        if self.incoming:
+            moved = self._watch_keyframe(seq, timestamp, marker, keyframe and new, new)
+            if moved:
+                downs = [down for down in downs if down not in moved]
+        if up.muted or not downs:
+            self._last_arrival = time.monotonic()
             return
-        keyframe = self.kind == "video" and keyframe_start(self.codec.name, payload)
         ntp = _ntp_now()
         sent, plain, wants_keyframe = fanout(
-            self.downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
+            downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
         )
+        self._last_arrival = time.monotonic()
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
         if wants_keyframe:
-            self.keyframes.request()  # a subscription waits to start
+            self.request_keyframe()  # a subscription waits to start
+
+    def _watch_keyframe(
+        self, seq: int, timestamp: int, marker: int, keyframe: bool, new: bool
+    ) -> list[DownTrackCore]:
+        """Subscriptions wait to move here: once a keyframe of this layer is whole in
+        the history (its marker packet, nothing missing), they move, and are sent it
+        (the down tracks returned have had the current packet). Until then their old
+        layer goes on: a keyframe takes a while to arrive (tens of packets, paced by
+        the sender), and a switch at its first packet froze the picture that long."""
+        if keyframe:
+            self._keyframe = (seq, timestamp, None)
+        if self._keyframe is None:
+            return []
+        first, keyframe_ts, last = self._keyframe
+        history = self.history
+        if timestamp != keyframe_ts:
+            if new:  # the next frame began before it was whole: another keyframe
+                self._keyframe = None
+                self.request_keyframe()
+            return []  # else a repair of an older frame, or a sender's probe
+        if history is None:
+            return []
+        if marker:
+            last = seq
+            self._keyframe = (first, keyframe_ts, last)
+        if last is None:
+            return []
+        count = ((last - first) & 0xFFFF) + 1
+        if any(history.get((first + i) & 0xFFFF) is None for i in range(count)):
+            return []  # a packet still missing: its repair may come in time
+        self._keyframe = None
+        return self._take_incoming(first, count)
+
+    def _take_incoming(self, first: int, count: int) -> list[DownTrackCore]:
+        """This layer's keyframe of ``count`` packets from ``first`` is whole: the
+        subscriptions waiting move here and are sent it, continuing their clock by
+        the time that passed since their old layer's last packet (layers' RTP clocks
+        differ: only time relates them). Returns the down tracks sent it."""
+        now = time.monotonic()
+        clock_rate = self.up.codec.clock_rate
+        moved: list[DownTrackCore] = []
+        for subscription in self.incoming:
+            old = subscription.layer
+            down = subscription.down
+            if not down.held:
+                old.downs.remove(down)
+                self.downs.append(down)
+                moved.append(down)
+            if down.started:
+                elapsed = max(now - old._last_arrival, _MIN_LAYER_GAP)
+                advance = round(elapsed * clock_rate) - _FANOUT_START_GAP
+                down.last_timestamp = (down.last_timestamp + advance) & 0xFFFFFFFF
+                down.started = False
+            subscription.layer = self
+            old.release()
+        self.incoming.clear()
+        history = self.history
+        if not moved or history is None or self.up.muted:
+            return []
+        stats = self.up.stats
+        for i in range(count):
+            entry = history.get((first + i) & 0xFFFF)
+            assert entry is not None  # checked whole by _watch_keyframe
+            seq, timestamp, marker, payload = entry
+            ntp = _ntp_now()
+            sent, plain, _ = fanout(
+                moved, seq, timestamp, marker, payload, i == 0, ntp, _abs_send_time(ntp)
+            )
+            stats.packets_forwarded += sent
+            stats.bytes_forwarded += plain
+        return moved
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe of this layer (coalesced per up track)."""
+        up = self.up
+        if self not in up._keyframes_wanted:
+            up._keyframes_wanted.append(self)
+        up.keyframes.request()
+
+    def hold(self) -> None:
+        """Someone receives this layer: keep its history."""
+        if self.history is None:
+            self.history = PacketHistory()
+
+    def release(self) -> None:
+        """Drop the history once nobody receives this layer or moves to it."""
+        if not self.incoming and not any(s.layer is self for s in self.up.subscriptions):
+            self.history = None
+
+
+class UpTrack:
+    """One track received from a publisher, fanned out to its subscriptions.
+
+    Its :attr:`layers` are the simulcast encodings, lowest first, or one layer for a
+    track sent once; packets reach a layer through its :meth:`Layer.on_rtp`."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: CodecInfo,
+        stats: ForwardingStats,
+        request_keyframe: Callable[[Layer], None],
+        rids: tuple[str, ...] = (),
+    ) -> None:
+        """``request_keyframe`` asks the publisher for a keyframe of one layer (its
+        ``media_ssrc``, once known); ``rids`` names the simulcast layers, lowest first."""
+        self.kind = kind
+        self.codec = codec
+        self.stats = stats
+        self.closed = False
+        self.layers = [Layer(self, index, rid) for index, rid in enumerate(rids or (None,))]
+        self._request_keyframe = request_keyframe
+        self._keyframes_wanted: list[Layer] = []
+        self.keyframes = KeyframeRequester(self._send_plis, stats)
+        """One for all layers: libwebrtc makes every layer's keyframe at once and
+        drops a request within 300 ms of the one before, whichever layer it names
+        (a top layer asked for right after another went unanswered)."""
+        self.vp8 = Vp8Numbering(len(rids)) if len(rids) > 1 and codec.name == VP8 else None
+        """Simulcast VP8 only: its layers' picture numbers made one."""
+        self.subscriptions: list[Subscription] = []
+        self.frame_consumers: list[FrameConsumer] = []
+        self.muted = False
+        self.audio_level: int = 127
+        """Last audio level the publisher reported (0 loudest … 127 silence)."""
+        self.audio_level_at = 0.0
+        self.bytes_received = 0
+        self.packets_received = 0
+
+    def _send_plis(self) -> None:
+        wanted, self._keyframes_wanted = self._keyframes_wanted, []
+        for layer in wanted:
+            self._request_keyframe(layer)
+
+    @property
+    def top(self) -> Layer:
+        """The highest layer: what a track sent once is, and what sinks take."""
+        return self.layers[-1]
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def on_rtp(self, packet: RtpPacket) -> None:
+        """A packet of a track sent once (its only layer)."""
+        self.layers[0].on_rtp(packet)
+
+    def measure(self, interval: float) -> None:
+        """Each layer's bit rate over the last ``interval`` seconds (what layer
+        choice weighs against each subscriber's estimate)."""
+        for layer in self.layers:
+            sent = layer.bytes_received - layer._bytes_measured
+            layer._bytes_measured = layer.bytes_received
+            layer.bitrate_bps = sent * 8 / interval if sent else None
+
+    def media_ssrcs(self) -> list[int]:
+        """The SSRCs the layers arrived on so far."""
+        return [layer.media_ssrc for layer in self.layers if layer.media_ssrc is not None]
+
+    def request_keyframe(self) -> None:
+        """Ask for a keyframe of every layer someone receives (a camera resumed or
+        changed size, a stalled track flows again), coalesced per layer."""
+        for layer in self.layers:
+            if layer.downs or layer.incoming or (layer is self.top and self.frame_consumers):
+                layer.request_keyframe()
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:
-        """Complete encoded frames, for sinks (recorder, live HLS); never decoded."""
+        """Complete encoded frames of the top layer, for sinks (recorder, live HLS);
+        never decoded."""
         if self.closed or self.muted or not self.frame_consumers:
             return
         keyframe = self.kind == "video" and frame_is_keyframe(codec, data)
@@ -220,6 +471,7 @@ class DownTrack(DownTrackCore):
         "held",
         "kind",
         "lost",
+        "on_estimate",
         "rtx_payload_type",
         "rtx_ssrc",
         "stats",
@@ -243,6 +495,8 @@ class DownTrack(DownTrackCore):
         """Sends nothing: either of the two."""
         self.lost = 0.0
         """Fraction of this track the subscriber last reported lost."""
+        self.on_estimate: Callable[[], None] | None = None
+        """Called after each new estimate (REMB): the layer may have to change."""
 
     def configure(
         self,
@@ -312,14 +566,14 @@ class DownTrack(DownTrackCore):
         subscription = self.subscription
         if subscription is None or subscription.closed:
             return
-        up = subscription.up
+        layer = subscription.layer
         if held:
-            up.downs.remove(self)
+            layer.downs.remove(self)
         else:
             self.started = False
-            up.downs.append(self)
-            if up.kind == "video":
-                up.keyframes.request()
+            layer.downs.append(self)
+            if self.video:
+                layer.request_keyframe()
 
     def on_feedback(self, rtt: float | None, estimate_bps: int | None, lost: float | None) -> None:
         """The subscriber's receiver report (round trip, seconds; fraction lost) or its
@@ -330,46 +584,75 @@ class DownTrack(DownTrackCore):
             self.lost = lost
         if estimate_bps is not None:
             self.budget.estimate_bps = estimate_bps
-            if self.video:
-                self._fit(estimate_bps)
+            if self.on_estimate is not None:
+                self.on_estimate()
+            subscription = self.subscription
+            lowest = subscription is None or subscription.target is subscription.up.layers[0]
+            if self.video and lowest:
+                self._fit(estimate_bps)  # with layers, a lower one is tried first
 
     def on_pli(self) -> None:
         """The subscriber asked for a keyframe: pass it on to the publisher, coalesced."""
         if self.subscription is not None:
-            self.subscription.up.keyframes.request()
+            self.subscription.layer.request_keyframe()
 
 
 class Subscription:
-    """One subscriber receiving one up track through one down track.
+    """One subscriber receiving one up track through one down track, from one of
+    its layers at a time.
 
     The rewriting itself (start at a keyframe, sequence and timestamp offsets) runs
     in :func:`hub.fastpath.fanout`, on the down track's :class:`DownTrackCore`."""
 
-    __slots__ = ("closed", "down", "up")
+    __slots__ = ("closed", "down", "layer", "up")
 
-    def __init__(self, up: UpTrack, down: DownTrack) -> None:
+    def __init__(self, up: UpTrack, down: DownTrack, layer: int | None = None) -> None:
+        """Starts on layer ``layer`` (an index of ``up.layers``), by default the top."""
         if down.subscription is not None:
             down.subscription.close()
         self.up = up
         self.down = down
+        self.layer = up.layers[-1 if layer is None else layer]
         self.closed = False
         down.started = False
         down.subscription = self
         up.subscriptions.append(self)
-        if up.history is None:
-            up.history = PacketHistory()
+        self.layer.hold()
         if down.held:
             return
-        up.downs.append(down)
+        self.layer.downs.append(down)
         if up.kind == "video":
-            up.keyframes.request()
+            self.layer.request_keyframe()
+
+    @property
+    def target(self) -> Layer:
+        """The layer this subscription sends, or is moving to."""
+        return next((layer for layer in self.up.layers if self in layer.incoming), self.layer)
+
+    def move(self, index: int) -> None:
+        """Send layer ``index`` from its next keyframe on (asked for now); until then
+        the current layer goes on, so the subscriber never waits on nothing."""
+        if self.closed:
+            return
+        target = self.up.layers[index]
+        for layer in self.up.layers:
+            if self in layer.incoming:
+                layer.incoming.remove(self)
+                layer.release()
+        if target is self.layer:
+            return
+        target.hold()
+        target.incoming.append(self)
+        target.request_keyframe()
 
     def retransmit(self, out_seq: int) -> None:
         down = self.down
         if self.closed or not down.started:
             return
         seq = (out_seq - down.seq_offset) & 0xFFFF
-        history = self.up.history
+        if (seq - down.first_seq) & 0x8000:
+            return  # sent before a move: of another layer (or publication)
+        history = self.layer.history
         entry = history.get(seq) if history is not None else None
         if entry is None:
             return
@@ -386,7 +669,7 @@ class Subscription:
             return
         down.stats.retransmissions_declined += 1
         if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
-            self.up.keyframes.request()  # a keyframe repairs what resends cannot
+            self.layer.request_keyframe()  # a keyframe repairs what resends cannot
 
     def close(self) -> None:
         if self.closed:
@@ -396,9 +679,11 @@ class Subscription:
         if self in up.subscriptions:
             up.subscriptions.remove(self)
             if not self.down.held:
-                up.downs.remove(self.down)
-            if not up.subscriptions:
-                up.history = None
+                self.layer.downs.remove(self.down)
+            for layer in up.layers:
+                if self in layer.incoming:
+                    layer.incoming.remove(self)
+                layer.release()
         if self.down.subscription is self:
             self.down.subscription = None
 

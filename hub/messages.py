@@ -19,7 +19,7 @@ from pydantic import (
     StrictStr,
 )
 
-from hub.policy import MicrophoneLevel, QualityLevel
+from hub.policy import LayerCap, MicrophoneLevel, QualityLevel
 from hub.tokens import Source
 
 MAX_SDP_BYTES = 64 * 1024
@@ -89,6 +89,18 @@ class AudioOnly(_Message):
     on: StrictBool
 
 
+class VideoCap(_Message):
+    type: Literal["video_cap"]
+    cap: LayerCap
+
+
+class VideoCapPatch(BaseModel):
+    """The body of a WHEP viewer's ``PATCH`` (``application/json``) on its session."""
+
+    model_config = ConfigDict(extra="forbid")
+    video_cap: LayerCap
+
+
 class Chat(_Message):
     type: Literal["chat"]
     text: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
@@ -146,6 +158,7 @@ INCOMING: dict[str, type[_Message]] = {
     "mute": Mute,
     "hand": Hand,
     "audio_only": AudioOnly,
+    "video_cap": VideoCap,
     "chat": Chat,
     "moderate": Moderate,
     "ping": Ping,

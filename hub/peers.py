@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -188,6 +189,44 @@ def offer_ice_restart(pc: RTCPeerConnection) -> None:
         renew_local_ice(pc)
     except ValueError as exc:
         raise SdpError(str(exc)) from None
+
+
+_SIMULCAST_SEND = re.compile(r"^a=simulcast:send (\S+)$")
+
+
+def offered_layers(sdp: str) -> dict[str, tuple[str, ...]]:
+    """Each simulcast m-line's rids (``a=simulcast:send``), by mid, lowest first: the
+    order of the sender's encodings, as the console lists them (and mediasoup's and
+    LiveKit's clients do). A paused rid (``~``) is a layer still; of alternatives
+    (``,``) the first is taken."""
+    layers: dict[str, tuple[str, ...]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        mid = next((line[6:] for line in lines if line.startswith("a=mid:")), None)
+        for line in lines:
+            match = _SIMULCAST_SEND.match(line)
+            if mid is not None and match is not None:
+                rids = tuple(s.split(",")[0].lstrip("~") for s in match.group(1).split(";"))
+                if len(rids) > 1:
+                    layers[mid] = rids
+    return layers
+
+
+def answer_layers(sdp: str, layers: dict[str, tuple[str, ...]]) -> str:
+    """The answer that receives the offer's simulcast: ``a=rid:… recv`` and
+    ``a=simulcast:recv`` in each such m-line (RFC 8853), which aiortc does not write;
+    without them the sender sends one layer."""
+    sections = sdp.split("\r\nm=")
+    for i, section in enumerate(sections[1:], start=1):
+        lines = section.split("\r\n")
+        mid = next((line[6:] for line in lines if line.startswith("a=mid:")), None)
+        rids = layers.get(mid) if mid is not None else None
+        if not rids:
+            continue
+        at = next(j for j, line in enumerate(lines) if line.startswith("a=mid:")) + 1
+        extra = [f"a=rid:{rid} recv" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}"]
+        sections[i] = "\r\n".join(lines[:at] + extra + lines[at:])
+    return "\r\nm=".join(sections)
 
 
 async def close_peer(pc: RTCPeerConnection) -> None:
@@ -393,20 +432,110 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
     return SendParameters(chosen.payloadType, rtx, abs_id)
 
 
+UP_AFTER = 8.0
+"""Seconds a simulcast subscription stays on a layer before the next one up is tried."""
+MAX_UP_AFTER = 64.0
+STAYED_UP = 20.0
+"""A layer that fell back sooner than this after a move up waits twice as long to be
+tried again (at most :data:`MAX_UP_AFTER`)."""
+REMB_FALL = 0.95
+"""An estimate under this share of the one before has fallen: the link is congested
+(libwebrtc's receiver cuts its estimate to 0.85 of what arrives on overuse)."""
+
+
 class Slot:
     """One sending transceiver of a subscriber connection and what it carries."""
 
-    def __init__(self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack) -> None:
+    def __init__(
+        self, transceiver: RTCRtpTransceiver, hook: SenderHook, down: DownTrack, peer: SendingPeer
+    ) -> None:
         self.transceiver = transceiver
         self.hook = hook
         self.down = down
+        self.peer = peer
         self.publication: Publication | None = None
         self.subscription: Subscription | None = None
+        self._steady_since = time.monotonic()
+        """Since when its layer has stayed (a layer up is tried after ``_up_after``)."""
+        self._up_after = UP_AFTER
+        self._up_at = 0.0
+        self._remb_seen: int | None = None
 
     def bind(self, publication: Publication) -> None:
         self.unbind()
         self.publication = publication
-        self.subscription = Subscription(publication.up, self.down)
+        # What it shows and its cap choose; the link corrects that once it speaks.
+        top = len(publication.up.layers) - 1
+        self.subscription = Subscription(
+            publication.up, self.down, self._layer(publication, top, None)
+        )
+        self._steady_since = time.monotonic()
+
+    def _layer(
+        self,
+        publication: Publication,
+        current: int,
+        estimate: float | None,
+        try_up: bool = False,
+    ) -> int:
+        rates = [layer.bitrate_bps for layer in publication.up.layers]
+        shows = self.peer.shows.get(publication.id, "stage")
+        return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up)
+
+    def _estimate(self, current_bps: float | None) -> float | None:
+        """What the subscriber's estimate (REMB) leaves for this video: the whole less
+        what its other slots send. A receiver's estimate lags what arrives while it
+        grows (a few percent a second, libwebrtc's): only when it falls (the link
+        congested) does it say the current layer does not fit."""
+        total = self.hook.remb_bps
+        seen, self._remb_seen = self._remb_seen, total
+        if total is None:
+            return None
+        now = time.monotonic()
+        others = 0.0
+        for slot in self.peer.slots:
+            if slot is not self:
+                slot.down.budget.note_media(slot.down.bytes_sent, now)
+                others += slot.down.budget.media_bps
+        estimate = max(0.0, total - others)
+        falling = seen is not None and total < seen * REMB_FALL
+        return estimate if falling or current_bps is None else max(estimate, current_bps)
+
+    def follow_layer(self, fresh: bool = False) -> None:
+        """Move to the layer the policy now chooses (a simulcast publication only).
+        ``fresh``: the subscriber's cap or view changed, and what its link showed
+        under the old one says nothing of the new (it grows only with what arrives):
+        they choose, as at the start, and the link corrects that if it falls short."""
+        subscription = self.subscription
+        publication = self.publication
+        if subscription is None or publication is None or not subscription.up.simulcast:
+            return
+        layers = subscription.up.layers
+        current = subscription.target.index
+        estimate = None if fresh else self._estimate(layers[current].bitrate_bps)
+        now = time.monotonic()
+        try_up = now - self._steady_since >= self._up_after
+        index = self._layer(publication, current, estimate, try_up)
+        if index == current:
+            if subscription.target is not subscription.layer:
+                subscription.target.request_keyframe()  # still waiting: ask again
+            return
+        if index > current:
+            self._up_at = now
+        elif self._layer(publication, current, None) > index:
+            # The link fell short: a layer that just failed waits longer to be tried.
+            recent = now - self._up_at < STAYED_UP
+            self._up_after = min(MAX_UP_AFTER, self._up_after * 2) if recent else UP_AFTER
+        self._steady_since = now
+        logger.debug(
+            "%s: layer %s → %s (estimate %s, layers %s)",
+            publication.id,
+            subscription.target.rid,
+            layers[index].rid,
+            estimate,
+            [layer.bitrate_bps for layer in layers],
+        )
+        subscription.move(index)
 
     def configure(self, publication: Publication) -> bool:
         """Set the payload types for ``publication``'s codec; False if not negotiated."""
@@ -437,6 +566,10 @@ class SendingPeer:
         self.slots: list[Slot] = []
         self.video_held = False
         """Audio-only mode: no video is sent on this connection."""
+        self.cap: policy.LayerCap = "auto"
+        """The subscriber's own cap on simulcast layers (``video_cap``)."""
+        self.shows: dict[PublicationID, policy.Shows] = {}
+        """How it shows each publication's video, as the room last said (else: stage)."""
 
     def add_slot(self, kind: str) -> Slot:
         transceiver = self.pc.addTransceiver(ParkedTrack(kind), direction="sendonly")
@@ -450,9 +583,27 @@ class SendingPeer:
         )
         down = DownTrack(kind, hook.ssrc, hook.rtx_ssrc, self.stats)
         down.hold(kind == "video" and self.video_held)
-        slot = Slot(transceiver, hook, down)
+        slot = Slot(transceiver, hook, down, self)
+        down.on_estimate = slot.follow_layer
         self.slots.append(slot)
         return slot
+
+    def follow_layers(self, fresh: bool = False) -> None:
+        """Every slot to the layer the policy chooses now (the layers' rates or the
+        subscriber's estimate changed; ``fresh``: its cap or view, see
+        :meth:`Slot.follow_layer`)."""
+        for slot in self.slots:
+            slot.follow_layer(fresh)
+
+    def set_cap(self, cap: policy.LayerCap) -> None:
+        self.cap = cap
+        self.follow_layers(fresh=True)
+
+    def set_shows(self, shows: dict[PublicationID, policy.Shows]) -> None:
+        """How the room now says each video is shown (the stage changed, or a view)."""
+        fresh = shows != self.shows
+        self.shows = shows
+        self.follow_layers(fresh)
 
     def hold_video(self, held: bool) -> None:
         """Audio-only mode on (``held``) or off: every video slot, and any added later."""
@@ -668,9 +819,15 @@ class PublisherPeer:
             except Exception as exc:
                 await self._recover()
                 raise HubError("bad_sdp", f"offer refused: {type(exc).__name__}: {exc}") from None
-            self._apply(sending, sources)
+            layers = {
+                mid: rids
+                for mid, rids in offered_layers(sdp).items()
+                if any(m.mid == mid and m.kind == "video" for m in sending)
+            }
+            self._apply(sending, sources, layers)
             room = self.participant.room
-            return announce(self.pc.localDescription.sdp, room.announce_address, room.gather_first)
+            answered = answer_layers(self.pc.localDescription.sdp, layers)
+            return announce(answered, room.announce_address, room.gather_first)
 
     async def _recover(self) -> None:
         """aiortc may keep half of a refused offer; start afresh while that is cheap."""
@@ -694,7 +851,12 @@ class PublisherPeer:
                 raise HubError("bad_message", f"two m-lines publish {source.value}")
             seen.add(source)
 
-    def _apply(self, sending: list[OfferedMedia], sources: dict[str, Source]) -> None:
+    def _apply(
+        self,
+        sending: list[OfferedMedia],
+        sources: dict[str, Source],
+        layers: dict[str, tuple[str, ...]],
+    ) -> None:
         participant = self.participant
         sending_mids = {m.mid for m in sending}
         for gone in [mid for mid in self.by_mid if mid not in sending_mids]:
@@ -706,7 +868,9 @@ class PublisherPeer:
             codec = codec_info(transceiver)
             if codec is None:
                 continue
-            self.by_mid[mid] = participant.publish(sources[mid], transceiver, codec)
+            self.by_mid[mid] = participant.publish(
+                sources[mid], transceiver, codec, layers.get(mid, ())
+            )
 
     def forget(self, publication: Publication) -> None:
         for mid, known in list(self.by_mid.items()):

@@ -126,6 +126,64 @@ def uplinks(
     return result
 
 
+LayerCap = Literal["low", "mid", "high", "auto"]
+"""A subscriber's own cap on the layers it receives (流畅 / 标清 / 高清 / 自动)."""
+Shows = Literal["stage", "tile"]
+"""How big a subscriber shows a video: the stage's picture, or a tile of a wall."""
+
+UP_MARGIN = 1.25
+"""A higher layer is taken on the estimate only when it carries it with this to spare."""
+_CAP_INDEX = {"low": 0, "mid": 1}
+
+
+def shows(sender: Member) -> Shows:
+    """How a subscriber shows a sender's video: the stage's as the big picture,
+    anyone else's as a tile of a console's wall (the only other way it is received)."""
+    return "stage" if sender.on_stage else "tile"
+
+
+def layer_for(
+    rates: Sequence[float | None],
+    current: int,
+    shows: Shows,
+    cap: LayerCap,
+    estimate_bps: float | None,
+    try_up: bool = False,
+) -> int:
+    """Which simulcast layer (an index of ``rates``, lowest first) a subscription
+    sends. ``rates`` are the layers' measured bits/s, None for one not arriving
+    (paused by its sender, or not yet seen); ``current`` the layer it sends now;
+    ``estimate_bps`` what the subscriber's own estimate (REMB) leaves for this video.
+
+    The highest arriving layer within what it shows (a tile: the lowest) and its cap,
+    that its link carries: the current layer and those below at their rate (down at
+    once), a higher one with :data:`UP_MARGIN` to spare. A receiver's estimate grows
+    only with what it receives (libwebrtc's: at most 1.5 times), so it rarely shows
+    room for a layer three times the size: with ``try_up`` (the link carried the
+    current layer for a while) the next layer up is tried all the same. No arriving
+    layer fits: the lowest arriving one (its video may still yield); none known to
+    arrive (nothing measured yet): the highest within what it shows and its cap.
+    Recording, live HLS and restream do not ask: they take the top."""
+    top = len(rates) - 1
+    limit = top if shows == "stage" else 0
+    limit = min(limit, _CAP_INDEX.get(cap, top))
+    arriving = [i for i, rate in enumerate(rates) if rate is not None and i <= limit]
+    if not arriving:
+        lowest = next((i for i, rate in enumerate(rates) if rate is not None), None)
+        return limit if lowest is None else lowest
+    if estimate_bps is None:
+        return arriving[-1]
+    fitting = [
+        i
+        for i in arriving
+        if (rates[i] or 0.0) * (UP_MARGIN if i > current else 1.0) <= estimate_bps
+    ]
+    chosen = fitting[-1] if fitting else arriving[0]
+    if try_up and chosen == current:
+        chosen = next((i for i in arriving if i > current), current)
+    return chosen
+
+
 @dataclass(frozen=True, slots=True)
 class _Track:
     track_id: str

@@ -23,7 +23,7 @@ from hub import messages as m
 from hub import policy
 from hub.aiortc_internals import ReceiverTap, report_downstream_loss
 from hub.errors import HubError
-from hub.forwarding import CodecInfo, ForwardingStats, UpTrack, downstream_loss
+from hub.forwarding import CodecInfo, ForwardingStats, Layer, UpTrack, downstream_loss
 from hub.ids import ParticipantID, ParticipantIdentity, PublicationID, RoomName
 from hub.limits import RoomLimits
 from hub.peers import PublisherPeer, SubscriberPeer, WhepPeer, make_peer_connection
@@ -199,8 +199,13 @@ class Participant:
         return next((p for p in self.publications.values() if p.source == source), None)
 
     def publish(
-        self, source: Source, transceiver: RTCRtpTransceiver, codec: CodecInfo
+        self,
+        source: Source,
+        transceiver: RTCRtpTransceiver,
+        codec: CodecInfo,
+        rids: tuple[str, ...] = (),
     ) -> Publication:
+        """``rids``: the simulcast layers it is sent in, lowest first (none: sent once)."""
         old = self.publication_by_source(source)
         if old is not None:
             self.unpublish(old)
@@ -208,9 +213,9 @@ class Participant:
         up: UpTrack
         tap: ReceiverTap
 
-        def request_keyframe() -> None:
-            if up.media_ssrc is not None:
-                room.tasks.spawn(tap.request_keyframe(up.media_ssrc), name="pli")
+        def request_keyframe(layer: Layer) -> None:
+            if layer.media_ssrc is not None:
+                room.tasks.spawn(tap.request_keyframe(layer.media_ssrc), name="pli")
 
         def send_nack(nack: Coroutine[Any, Any, None]) -> None:
             if room.tasks.closed:
@@ -218,8 +223,9 @@ class Participant:
             else:
                 room.tasks.spawn(nack, name="nack")
 
-        up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe)
-        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack)
+        up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe, rids)
+        layers = [(layer.rid, layer.on_rtp) for layer in up.layers if layer.rid is not None]
+        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack, layers=layers)
         if up.kind == "video":
             tap.announce_bandwidth()
         else:
@@ -731,6 +737,10 @@ class Room:
         members = [self._member(p) for p in participants]
         by_id = {pub.id: pub for p in participants for pub in p.publications.values()}
         received = policy.receives(members, self.views)
+        shows = {pub.id: policy.shows(member) for member in members for pub in member.publications}
+        for participant in participants:
+            if participant.subscriber is not None:
+                participant.subscriber.set_shows(shows)
         updates = [
             self._update_one(participant, [by_id[i] for i in received[participant.sid]])
             for participant in participants
@@ -757,7 +767,7 @@ class Room:
             participant.send(m.Quality(level=uplink.level, microphone=uplink.microphone))
             for publication in participant.publications.values():
                 if publication.kind == "video":
-                    publication.up.keyframes.request()
+                    publication.up.request_keyframe()
 
     async def _update_one(self, participant: Participant, desired: list[Publication]) -> None:
         assert participant.subscriber is not None
@@ -797,7 +807,7 @@ class Room:
         consumer = _SinkFeed(sink, publication.id, publication.up.codec)
         publication.up.frame_consumers.append(consumer)
         publication.tap.set_frame_callback(publication.up.on_frame)
-        publication.up.keyframes.request()
+        publication.up.top.request_keyframe()
 
     def _sinks_remove(self, publication: Publication) -> None:
         feeds = [c for c in publication.up.frame_consumers if isinstance(c, _SinkFeed)]
@@ -873,7 +883,7 @@ class Room:
                             "stalled" if publication.flow.stalled else "flows again",
                         )
                         if not publication.flow.stalled and up.kind == "video":
-                            up.keyframes.request()
+                            up.request_keyframe()
                 if changed:
                     self.on_participant_changed(participant)
 
@@ -884,9 +894,9 @@ class Room:
             await asyncio.sleep(1.0)
             for participant in list(self.participants.values()):
                 for publication in list(participant.publications.values()):
-                    ssrc = publication.up.media_ssrc
-                    if publication.kind == "video" and ssrc is not None:
-                        await publication.tap.send_remb(VIDEO_CEILING_BPS, ssrc)
+                    ssrcs = publication.up.media_ssrcs()
+                    if publication.kind == "video" and ssrcs:
+                        await publication.tap.send_remb(VIDEO_CEILING_BPS, ssrcs)
 
     async def _stats_loop(self) -> None:
         interval = 2.0
@@ -894,6 +904,10 @@ class Room:
             await asyncio.sleep(interval)
             for participant in list(self.participants.values()):
                 self._measure(participant, interval)
+            for participant in list(self.participants.values()):
+                peer = participant.subscriber or participant.whep
+                if peer is not None:
+                    peer.follow_layers()  # the layers' rates moved on
             viewers = self.media.household_viewers()
             if viewers != self._viewers_published:
                 self._viewers_published = viewers
@@ -914,6 +928,8 @@ class Room:
                 )
 
     def _measure(self, participant: Participant, interval: float) -> None:
+        for publication in participant.publications.values():
+            publication.up.measure(interval)
         received = sum(p.up.bytes_received for p in participant.publications.values())
         participant.link.bitrate_kbps = max(
             0.0, (received - participant._bytes_at_last_stats) * 8 / 1000 / interval

@@ -68,7 +68,7 @@ class RoomMedia:
         for participant in self.room.participants.values():
             for publication in participant.publications.values():
                 if publication.id == track_id:
-                    publication.up.keyframes.request()
+                    publication.up.top.request_keyframe()  # sinks take the top layer
 
     def _failed(self, what: str) -> Callable[[str], None]:
         def report(message: str) -> None:

@@ -35,6 +35,7 @@ from hub.messages import (
     RollCallAck,
     RollCallMessage,
     Unpublish,
+    VideoCap,
     View,
 )
 from hub.peers import SdpError
@@ -91,6 +92,7 @@ class Connection:
             "mute": self._mute,
             "hand": self._hand,
             "audio_only": self._audio_only,
+            "video_cap": self._video_cap,
             "chat": self._chat,
             "moderate": self._moderate,
             "ping": self._ping,
@@ -335,6 +337,13 @@ class Connection:
         if subscriber is None:
             raise HubError("bad_message", "no subscriber connection")
         subscriber.hold_video(message.on)
+
+    async def _video_cap(self, message: VideoCap) -> None:
+        """The subscriber's own cap on the layers of simulcast video it receives."""
+        subscriber = self._joined().subscriber
+        if subscriber is None:
+            raise HubError("bad_message", "no subscriber connection")
+        subscriber.set_cap(message.cap)
 
     async def _chat(self, message: Chat) -> None:
         participant = self._joined()

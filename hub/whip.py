@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
 
 from hub.errors import HubError
 from hub.ids import ParticipantIdentity, RoomName
 from hub.limits import AddressBuckets
-from hub.messages import MAX_SDP_BYTES
+from hub.messages import MAX_SDP_BYTES, VideoCapPatch
 from hub.peers import SdpError, parse_sdp
 from hub.room import Participant, ParticipantKind, Room
 from hub.service import RESOURCE_KEY, Hub
@@ -246,11 +247,25 @@ def whip_router(hub: Hub) -> APIRouter:
 
     async def trickle(kind: ParticipantKind, room: str, key: str, request: Request) -> Response:
         try:
-            await owned(kind, room, key, request)
+            found = await owned(kind, room, key, request)
         except _HttpError as exc:
             return _problem(exc.status, exc.reason)
+        if kind == "whep" and request.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            return await video_cap(found, request)
         # The hub's answer carries all its candidates; trickle is not needed.
         return _problem(405, "trickle ICE is not supported; all candidates are in the SDP")
+
+    async def video_cap(found: _Resource, request: Request) -> Response:
+        """A WHEP viewer's own cap on simulcast layers (``video_cap`` of PROTOCOL.md)."""
+        try:
+            body = VideoCapPatch.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return _problem(400, f"bad video_cap: {exc.errors()[0]['msg']}")
+        assert found.participant.whep is not None
+        found.participant.whep.set_cap(body.video_cap)
+        return Response(status_code=204)
 
     @router.delete("/whip/{room}/{resource}")
     async def whip_delete(room: str, resource: str, request: Request) -> Response:

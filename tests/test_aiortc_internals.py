@@ -19,13 +19,18 @@ import aioice.stun
 import aioice.utils
 import aiortc.rate
 import aiortc.rtcicetransport
+import aiortc.rtp
 import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.rtcrtpparameters import RTCRtpParameters
 from aiortc.rtp import RtpPacket, is_rtcp
 
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
+    REPAIRED_RID_URI,
+    RID_URI,
     InternalsChanged,
     ReceiverTap,
     _Heard,
@@ -35,7 +40,9 @@ from hub.aiortc_internals import (
     install_datagram_path,
     install_flat_rate_counter,
     install_h264_profiles,
+    install_simulcast_extensions,
     keep_consent_while_heard,
+    negotiated_header_extensions,
     restrict_host_addresses,
 )
 from hub.peers import make_peer_connection
@@ -129,6 +136,41 @@ async def test_an_answer_keeps_a_payload_type_offered_below_96() -> None:
             in answer
         )
         assert "a=fmtp:42 apt=41" in answer
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+async def test_the_rid_extensions_are_negotiated_and_parsed() -> None:
+    """Simulcast senders name their layers' packets by rid (their SSRCs are not in
+    the SDP): aiortc must answer the rid header extensions and its parser read them."""
+    install_simulcast_extensions()
+    install_simulcast_extensions()  # idempotent
+    assert [e.uri for e in HEADER_EXTENSIONS["video"]].count(RID_URI) == 1
+    offerer, answerer = make_peer_connection([]), make_peer_connection([])
+    try:
+        offerer.addTransceiver("video", direction="sendonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        offer = offerer.localDescription.sdp
+        # The ids Chromium gives them, not the hub's own.
+        offer = offer.replace(f"a=extmap:10 {RID_URI}", f"a=extmap:12 {RID_URI}")
+        offer = offer.replace(f"a=extmap:11 {REPAIRED_RID_URI}", f"a=extmap:13 {REPAIRED_RID_URI}")
+        answerer.addTransceiver("video", direction="recvonly")
+        await answerer.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        answer = answerer.localDescription.sdp
+        assert f"a=extmap:12 {RID_URI}" in answer and f"a=extmap:13 {REPAIRED_RID_URI}" in answer
+        extensions = negotiated_header_extensions(answerer.getTransceivers()[0])
+        ids = aiortc.rtp.HeaderExtensionsMap()
+        ids.configure(RTCRtpParameters(headerExtensions=extensions))
+        packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=2, ssrc=3)
+        packet.extensions.mid = "0"
+        packet.extensions.rtp_stream_id = "h"
+        parsed = RtpPacket.parse(packet.serialize(ids), ids)
+        assert (parsed.extensions.mid, parsed.extensions.rtp_stream_id) == ("0", "h")
+        repair = RtpPacket(payload_type=97, sequence_number=1, timestamp=2, ssrc=4)
+        repair.extensions.repaired_rtp_stream_id = "m"
+        assert RtpPacket.parse(repair.serialize(ids), ids).extensions.repaired_rtp_stream_id == "m"
     finally:
         await offerer.close()
         await answerer.close()

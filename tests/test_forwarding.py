@@ -36,7 +36,7 @@ def packet(seq: int, ts: int, payload: bytes, marker: int = 0) -> RtpPacket:
 def make_pair(
     stats: ForwardingStats, plis: list[int], abs_id: int | None = None
 ) -> tuple[UpTrack, DownTrack, SrtpWire]:
-    up = UpTrack("video", VP8, stats, lambda: plis.append(1))
+    up = UpTrack("video", VP8, stats, lambda layer: plis.append(1))
     down = DownTrack("video", 0xABCDEF01, 0x01020304, stats)
     wire = SrtpWire()
     down.configure(
@@ -109,7 +109,7 @@ async def test_a_new_publication_on_the_same_slot_continues_sequence_and_clock()
     up, down, wire = make_pair(stats, [])
     first = Subscription(up, down)
     up.on_rtp(packet(100, 9000, VP8_KEY, marker=1))
-    other = UpTrack("video", VP8, stats, lambda: None)
+    other = UpTrack("video", VP8, stats, lambda layer: None)
     Subscription(other, down)  # replaces the first on this slot
     assert first.closed and first not in up.subscriptions
     other.on_rtp(packet(40000, 123456, VP8_KEY, marker=1))
@@ -275,12 +275,12 @@ async def test_history_is_kept_only_while_someone_receives() -> None:
     stats = ForwardingStats()
     up, down, _ = make_pair(stats, [])
     up.on_rtp(packet(1, 3000, VP8_KEY, marker=1))
-    assert up.history is None  # nobody receives it: nothing kept
+    assert up.top.history is None  # nobody receives it: nothing kept
     subscription = Subscription(up, down)
     up.on_rtp(packet(2, 6000, VP8_DELTA, marker=1))
-    assert up.history is not None and up.history.get(2) is not None
+    assert up.top.history is not None and up.top.history.get(2) is not None
     subscription.close()
-    assert up.history is None
+    assert up.top.history is None
 
 
 async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() -> None:
@@ -291,7 +291,7 @@ async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() ->
     up.on_rtp(packet(1, 0, VP8_KEY, marker=1))
     down.hold(True)  # audio-only mode
     up.on_rtp(packet(2, 3000, VP8_DELTA, marker=1))
-    assert len(wire.sent) == 1 and down not in up.downs
+    assert len(wire.sent) == 1 and down not in up.top.downs
     up.keyframes._last = -1.0
     plis.clear()
     down.hold(False)
@@ -302,6 +302,6 @@ async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() ->
     assert len(wire.sent) == 2
     down.hold(True)
     subscription.close()  # closing a held subscription leaves the fan-out as it was
-    assert up.downs == [] and up.subscriptions == []
+    assert up.top.downs == [] and up.subscriptions == []
     Subscription(up, down)  # a new publication on a held slot stays held
-    assert up.downs == []
+    assert up.top.downs == []

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from hub.aiortc_internals import install_h264_profiles
-from hub.forwarding import CodecInfo
-from hub.peers import SdpError, announce, carry_rank, parse_sdp, preferences_for
+from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
+from hub.ids import PublicationID
+from hub.peers import (
+    SdpError,
+    SendingPeer,
+    announce,
+    answer_layers,
+    carry_rank,
+    make_peer_connection,
+    offered_layers,
+    parse_sdp,
+    preferences_for,
+)
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -128,3 +141,70 @@ def test_a_bundle_naming_an_m_line_that_is_not_there_is_refused(
 def test_a_bundle_of_every_m_line_passes() -> None:
     lines = "".join(M_LINE.format(kind=k, mid=m) for k, m in (("video", "0"), ("audio", "1")))
     assert [m.mid for m in parse_sdp(OFFER_HEAD + "a=group:BUNDLE 0 1\r\n" + lines)] == ["0", "1"]
+
+
+SIMULCAST_OFFER_TAIL = (
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"
+    "a=mid:1\r\n"
+    "a=sendonly\r\n"
+    "a=rid:l send\r\n"
+    "a=rid:m send\r\n"
+    "a=rid:h send\r\n"
+    "a=simulcast:send l;~m;h,x\r\n"
+)
+
+
+def test_offered_layers_reads_simulcast_lowest_first_and_answer_layers_receives_them() -> None:
+    offer = "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n" + SIMULCAST_OFFER_TAIL
+    assert offered_layers(offer) == {"1": ("l", "m", "h")}
+    answer = (
+        "v=0\r\ns=-\r\nm=audio 9 x 111\r\na=mid:0\r\nm=video 9 x 96\r\na=mid:1\r\na=recvonly\r\n"
+    )
+    answered = answer_layers(answer, offered_layers(offer))
+    video = answered.split("m=video")[1]
+    assert "a=rid:l recv\r\na=rid:m recv\r\na=rid:h recv\r\na=simulcast:recv l;m;h\r\n" in video
+    assert "a=rid" not in answered.split("m=video")[0]
+    assert answer_layers(answer, {}) == answer
+
+
+@dataclass
+class _Published:
+    """What a slot reads of a publication: its id and its up track."""
+
+    id: PublicationID
+    up: UpTrack
+
+
+async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None:
+    stats = ForwardingStats()
+    peer = SendingPeer(make_peer_connection([]), stats)
+    try:
+        slot = peer.add_slot("video")
+        codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+        up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
+        for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
+            layer.bitrate_bps = rate
+        published = _Published(PublicationID("PUB_simulcast"), up)
+        slot.bind(published)  # type: ignore[arg-type]
+        assert slot.subscription is not None
+        target = lambda: slot.subscription.target.rid  # noqa: E731
+        assert target() == "h"  # the stage's picture, nothing heard of the link yet
+        slot.hook.remb_bps = 1_000_000
+        slot.follow_layer()
+        assert target() == "h"  # below what h needs, but not falling: still growing
+        slot.hook.remb_bps = 800_000
+        slot.follow_layer()
+        assert target() == "m"  # falling: down at once to what fits
+        slot.follow_layer()
+        assert target() == "m"
+        slot._steady_since -= 9  # eight seconds on m without a shortfall: h is tried
+        slot.follow_layer()
+        assert target() == "h"
+        peer.set_cap("low")  # 流畅
+        assert target() == "l"
+        peer.set_cap("auto")  # chosen afresh: the link corrects it if it falls short
+        assert target() == "h"
+        peer.set_shows({published.id: "tile"})
+        assert target() == "l"
+    finally:
+        await peer.close()

@@ -192,3 +192,53 @@ def test_voices_heard(
     voices: list[PublicationID], tracks: int, holder: PublicationID | None, expected: list[str]
 ) -> None:
     assert policy.voices_heard(voices, tracks, holder) == expected
+
+
+THREE = (150_000.0, 500_000.0, 1_500_000.0)
+
+
+@pytest.mark.parametrize(
+    ("rates", "current", "shows", "cap", "estimate", "try_up", "expected"),
+    [
+        # what it shows: the stage the top, a tile the lowest
+        (THREE, 0, "stage", "auto", None, False, 2),
+        (THREE, 2, "tile", "auto", None, False, 0),
+        # the subscriber's own cap
+        (THREE, 2, "stage", "low", None, False, 0),
+        (THREE, 2, "stage", "mid", None, False, 1),
+        (THREE, 0, "stage", "high", None, False, 2),
+        (THREE, 2, "tile", "high", None, False, 0),  # a cap never raises a tile
+        # its link: down at once to what fits, up only with a margin to spare
+        (THREE, 2, "stage", "auto", 1_400_000, False, 1),
+        (THREE, 2, "stage", "auto", 400_000, False, 0),
+        (THREE, 2, "stage", "auto", 1_500_000, False, 2),  # just fits what it gets
+        (THREE, 1, "stage", "auto", 1_600_000, False, 1),  # not enough to spare
+        (THREE, 1, "stage", "auto", 1_900_000, False, 2),
+        (THREE, 0, "stage", "auto", 700_000, False, 1),
+        (THREE, 1, "stage", "auto", 100_000, False, 0),  # nothing fits: the lowest
+        (THREE, 1, "stage", "low", 5_000_000, False, 0),
+        # a link that carried its layer a while tries the next one up, one at a time
+        (THREE, 0, "stage", "auto", 200_000, True, 1),
+        (THREE, 1, "stage", "auto", 600_000, True, 2),
+        (THREE, 1, "stage", "mid", 600_000, True, 1),  # never over the cap
+        (THREE, 2, "stage", "auto", 600_000, True, 1),  # a shortfall still moves down
+        # layers not arriving (paused by the sender, or not seen yet)
+        ((150_000.0, 500_000.0, None), 1, "stage", "auto", None, False, 1),
+        ((150_000.0, None, 1_500_000.0), 0, "stage", "auto", 200_000, True, 2),
+        ((None, 500_000.0, 1_500_000.0), 2, "tile", "auto", None, False, 1),
+        ((None, None, None), 2, "stage", "low", None, False, 0),  # nothing measured yet
+        ((None, None, None), 0, "stage", "auto", None, False, 2),
+        # one layer (a track sent once) is always itself
+        ((800_000.0,), 0, "tile", "low", 10_000, True, 0),
+    ],
+)
+def test_layer_for(
+    rates: tuple[float | None, ...],
+    current: int,
+    shows: policy.Shows,
+    cap: policy.LayerCap,
+    estimate: float | None,
+    try_up: bool,
+    expected: int,
+) -> None:
+    assert policy.layer_for(rates, current, shows, cap, estimate, try_up) == expected

@@ -100,8 +100,8 @@ async def test_a_lossy_publisher_uplink_is_repaired_by_the_hubs_nacks(
         assert lecturer is not None
         camera = next(iter(lecturer.publications.values()))
         up = camera.up
-        assert up.media_ssrc is not None
-        lossy = LossyLink(up.media_ssrc)
+        assert up.top.media_ssrc is not None
+        lossy = LossyLink(up.top.media_ssrc)
         assert center.publisher is not None
         drop_sent(center.publisher, lossy.lost)
         received, direct = up.packets_received, camera.tap.packets_direct
@@ -111,7 +111,7 @@ async def test_a_lossy_publisher_uplink_is_repaired_by_the_hubs_nacks(
         assert up.packets_received - received < 2000  # all still in the history
         # Each packet lost on the way in reached the hub after all, resent after its
         # NACK: its history, which answers the stations' NACKs, is whole.
-        history = up.history
+        history = up.top.history
         assert history is not None
         assert [seq for seq in lossy.dropped[:-2] if history.get(seq) is None] == []
         # And the rest came the direct way.

@@ -24,6 +24,8 @@ async () => {
       frameWidth: s.frameWidth ?? 0,
       frameHeight: s.frameHeight ?? 0,
       samples: s.totalSamplesReceived ?? 0,
+      freezeCount: s.freezeCount ?? 0,
+      freezeSeconds: s.totalFreezesDuration ?? 0,
     });
   }
   return out;
@@ -41,7 +43,7 @@ async () => {
   for (const s of report.values()) {
     if (s.type !== 'outbound-rtp') continue;
     out.push({
-      kind: s.kind, mid: s.mid ?? null, source: byMid[s.mid] ?? null,
+      kind: s.kind, mid: s.mid ?? null, source: byMid[s.mid] ?? null, rid: s.rid ?? null,
       framesEncoded: s.framesEncoded ?? 0, packetsSent: s.packetsSent ?? 0,
       frameWidth: s.frameWidth ?? 0, frameHeight: s.frameHeight ?? 0,
     });
@@ -61,12 +63,15 @@ class Inbound(TypedDict):
     frameWidth: int
     frameHeight: int
     samples: int
+    freezeCount: int
+    freezeSeconds: float
 
 
 class Outbound(TypedDict):
     kind: str
     mid: str | None
     source: str | None
+    rid: str | None
     framesEncoded: int
     packetsSent: int
     frameWidth: int

@@ -824,7 +824,7 @@ async function start(joinToken) {
     token = joinToken;
     byId("token-form").hidden = true;
     byId("app").hidden = false;
-    client = new HubClient({ token });
+    client = new HubClient({ token, simulcast: true });
     exposed.client = client;
     client.on("state", (state) => showState(statusNode, state));
     client.on("participants", renderWall);

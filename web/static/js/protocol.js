@@ -11,6 +11,7 @@
 /** @typedef {'camera' | 'microphone' | 'screen'} Source */
 /** @typedef {'thumbnail' | 'stage' | 'paused'} QualityLevel  how to send the camera (`quality`) */
 /** @typedef {'on' | 'paused'} MicrophoneLevel  how to send the microphone (`quality`) */
+/** @typedef {'low' | 'mid' | 'high' | 'auto'} VideoCap  our cap on simulcast layers (`video_cap`) */
 /** @typedef {'new' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ClientState */
 
 /**
@@ -153,6 +154,35 @@ export function cameraEncoding(level, captureWidth) {
 }
 
 /**
+ * The console's camera in three layers (simulcast), lowest first as the hub reads
+ * them: each station receives the one its link and its view take (PROTOCOL.md,
+ * "Layers"). `width` is the layer's width from a 1280-wide capture.
+ */
+export const CAMERA_LAYERS = [
+    { rid: "l", width: 320, maxBitrate: 150_000 },
+    { rid: "m", width: 640, maxBitrate: 500_000 },
+    { rid: "h", width: 1280, maxBitrate: 1_500_000 },
+];
+
+/**
+ * The encodings of a simulcast camera at a quality level: every layer on stage,
+ * the lowest alone as a thumbnail, none while paused.
+ * @param {QualityLevel} level
+ * @param {number | undefined} captureWidth
+ * @returns {RTCRtpEncodingParameters[]}
+ */
+export function cameraLayers(level, captureWidth) {
+    const width = captureWidth || CAMERA_CAPTURE.width;
+    return CAMERA_LAYERS.map((layer, index) => ({
+        rid: layer.rid,
+        active: level === "stage" || (level === "thumbnail" && index === 0),
+        scaleResolutionDownBy: Math.max(1, width / layer.width),
+        maxFramerate: STAGE.maxFramerate,
+        maxBitrate: layer.maxBitrate,
+    }));
+}
+
+/**
  * Reconnection delay for the n-th consecutive attempt (0-based), in ms:
  * 250, 500, 1000, 2000, then 3000 at most, with ±20 % jitter so that 190
  * stations do not all come back in the same instant. Kept short so that a
@@ -233,9 +263,11 @@ export class HubClient {
      * @param {number} [options.silenceTimeoutMs]
      * @param {number} [options.stallTimeoutMs]  a peer connection "disconnected" this long is rebuilt
      * @param {number} [options.iceRestartAfterMs]  ICE "disconnected" this long restarts ICE first
+     * @param {boolean} [options.simulcast]     send the camera in three layers (the console)
      */
     constructor(options) {
         this.token = options.token;
+        this.simulcast = !!options.simulcast;
         this.url = options.url || defaultSignalingUrl(roomOfToken(options.token));
         /** @type {string | null} where a `redirect` sends the next connection (once) */
         this._redirectTo = null;
@@ -276,6 +308,8 @@ export class HubClient {
         this.iceServers = [];
         /** Audio-only mode (kept across reconnects): the hub sends us no video. */
         this.audioOnly = false;
+        /** @type {VideoCap} our cap on simulcast layers (kept across reconnects) */
+        this.videoCap = "auto";
         /** @type {Map<string, RemoteTrack>} received tracks by subscriber mid */
         this.remoteTracks = new Map();
         /** @type {Map<Source, MediaStreamTrack>} what we publish (kept across reconnects) */
@@ -752,6 +786,7 @@ export class HubClient {
         // A raised hand survives a network drop too, and so does audio-only mode.
         if (handWasRaised && this.self && !this.self.hand_raised) this.raiseHand(true);
         if (this.audioOnly) this.setAudioOnly(true);
+        if (this.videoCap !== "auto") this.setVideoCap(this.videoCap);
     }
 
     /**
@@ -887,7 +922,10 @@ export class HubClient {
         /** @type {RTCRtpEncodingParameters[] | undefined} */
         let sendEncodings;
         if (source === "camera") {
-            sendEncodings = [cameraEncoding(this.quality, track.getSettings().width)];
+            const width = track.getSettings().width;
+            sendEncodings = this.simulcast
+                ? cameraLayers(this.quality, width)
+                : [cameraEncoding(this.quality, width)];
         } else if (source === "screen") {
             sendEncodings = [{ maxBitrate: STAGE.maxBitrate, maxFramerate: 15 }];
         }
@@ -1007,7 +1045,14 @@ export class HubClient {
         const sender = transceiver.sender;
         const params = sender.getParameters();
         if (!params.encodings || params.encodings.length === 0) return;
-        Object.assign(params.encodings[0], cameraEncoding(this.quality, track.getSettings().width));
+        const width = track.getSettings().width;
+        if (params.encodings.length > 1) {
+            // The layers keep their rids (fixed at negotiation); the rest follows the level.
+            const layers = cameraLayers(this.quality, width);
+            params.encodings.forEach((encoding, i) => Object.assign(encoding, layers[i], { rid: encoding.rid }));
+        } else {
+            Object.assign(params.encodings[0], cameraEncoding(this.quality, width));
+        }
         // A thumbnail keeps its size and gives up frames when the link is short;
         // on stage the browser may lower the size to keep the frame rate. Changing
         // the preference also clears the browser's earlier size reductions, so a
@@ -1096,6 +1141,15 @@ export class HubClient {
     setAudioOnly(on) {
         this.audioOnly = on;
         return this._send({ type: "audio_only", on });
+    }
+
+    /**
+     * Caps the layers of simulcast video the hub sends us (流畅 / 标清 / 高清 / 自动).
+     * @param {VideoCap} cap
+     */
+    setVideoCap(cap) {
+        this.videoCap = cap;
+        return this._send({ type: "video_cap", cap });
     }
 
     /** @param {boolean} raised */
@@ -1343,6 +1397,24 @@ export class WhepSession {
         const location = response.headers.get("Location");
         this.resource = location ? new URL(location, new URL(this.endpoint, globalThis.location.href)).href : null;
         await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    }
+
+    /**
+     * Caps the layers of simulcast video the hub sends this session (`video_cap`).
+     * @param {VideoCap} cap
+     * @returns {Promise<boolean>} whether the hub took it
+     */
+    async setVideoCap(cap) {
+        if (!this.resource) return false;
+        /** @type {Record<string, string>} */
+        const headers = { "Content-Type": "application/json" };
+        if (this.token) headers.Authorization = `Bearer ${this.token}`;
+        const response = await fetch(this.resource, {
+            method: "PATCH",
+            headers,
+            body: JSON.stringify({ video_cap: cap }),
+        });
+        return response.status === 204;
     }
 
     /**

@@ -36,6 +36,7 @@ const handButton = /** @type {HTMLButtonElement} */ (byId("hand"));
 const micButton = /** @type {HTMLButtonElement} */ (byId("mic"));
 const camButton = /** @type {HTMLButtonElement} */ (byId("cam"));
 const audioOnlyButton = /** @type {HTMLButtonElement} */ (byId("audio-only"));
+const videoCapSelect = /** @type {HTMLSelectElement} */ (byId("video-cap"));
 const chatLog = byId("chat-log");
 const audioSink = new AudioSink(byId("audio"));
 const enableSound = /** @type {HTMLButtonElement} */ (byId("enable-sound"));
@@ -201,6 +202,13 @@ handButton.addEventListener("click", () => {
     client.raiseHand(handRaised);
     audioSink.resume();
     renderControls();
+});
+
+/** The station's own cap on the lecturer's picture (the hub's simulcast layers). */
+videoCapSelect.addEventListener("change", () => {
+    if (!client) return;
+    const cap = videoCapSelect.value;
+    if (cap === "low" || cap === "mid" || cap === "high" || cap === "auto") client.setVideoCap(cap);
 });
 
 /**

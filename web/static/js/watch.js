@@ -15,6 +15,9 @@ initI18n();
 const player = /** @type {HTMLVideoElement} */ (byId("player"));
 const statusNode = byId("status");
 const unmuteButton = /** @type {HTMLButtonElement} */ (byId("unmute"));
+const videoCapSelect = /** @type {HTMLSelectElement} */ (byId("video-cap"));
+/** @type {import("./protocol.js").VideoCap} the household's own cap (kept across sessions) */
+let videoCap = "auto";
 const room = decodeURIComponent(location.pathname.replace(/^\/watch\//, "").replace(/\/$/, ""));
 /** A private viewer link's token (its fragment), taken out of the address at once. */
 const viewerToken = takeToken(room);
@@ -206,6 +209,7 @@ async function connect() {
         if (pcState === "connected") {
             state.attempts = 0;
             setMode("webrtc");
+            if (videoCap !== "auto") session.setVideoCap(videoCap);
         } else if (pcState === "failed" || pcState === "closed") {
             setMode("retry");
             scheduleRetry();
@@ -264,3 +268,12 @@ window.addEventListener("pagehide", () => {
 onLangChange(renderStatus);
 renderStatus();
 void connect();
+
+/** The household's cap on the lecturer's picture (the hub's simulcast layers); live
+ * HLS has one quality and ignores it. */
+videoCapSelect.addEventListener("change", () => {
+    const cap = videoCapSelect.value;
+    if (cap !== "low" && cap !== "mid" && cap !== "high" && cap !== "auto") return;
+    videoCap = cap;
+    if (state.session) state.session.setVideoCap(cap);
+});

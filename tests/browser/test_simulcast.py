@@ -1,0 +1,188 @@
+"""Simulcast from the console, in real Chromium against the real hub: the console
+sends its camera in three layers, the hub reads them by rid, and each subscriber
+receives one of them as one continuous stream (decoded frame sizes by getStats)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import av
+import pytest
+
+from tests.browser.conftest import Browsers, HubProcess, poll
+from tests.browser.rtc import Progress, counter, inbound, outbound, sid_of
+from tests.browser.test_e2e import open_console, open_station, open_viewer
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+LAYER_SIZES = {"l": (320, 180), "m": (640, 360), "h": (1280, 720)}
+
+
+def layers_sent(page: Any) -> dict[str, tuple[int, int, int]]:
+    """rid → (width, height, packets sent) of the console's camera."""
+    return {
+        str(r["rid"]): (r["frameWidth"], r["frameHeight"], r["packetsSent"])
+        for r in outbound(page)
+        if r["source"] == "camera" and r["rid"]
+    }
+
+
+def received_size(page: Any, sender: str) -> tuple[int, int]:
+    rows = [r for r in inbound(page) if r["participant"] == sender and r["source"] == "camera"]
+    return (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
+
+
+def test_the_console_sends_three_layers_and_a_station_decodes_the_top(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-top"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+
+    def all_layers() -> str | None:
+        sent = layers_sent(console)
+        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+    poll(all_layers, timeout=30)
+    station = open_station(hub, browsers, room, 1)
+    poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
+
+    def top() -> str | None:
+        size = received_size(station, center)
+        return None if size == LAYER_SIZES["h"] else f"station decodes {size}"
+
+    poll(top, timeout=20)
+
+
+def test_each_station_receives_the_layer_its_cap_allows_and_moves_without_a_freeze(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-caps"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    capped = open_station(hub, browsers, room, 1)
+    auto = open_station(hub, browsers, room, 2)
+    capped.select_option("#video-cap", "low")  # 流畅
+    for station in (capped, auto):
+        poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
+
+    def sizes(low: tuple[int, int], full: tuple[int, int]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            got = (received_size(capped, center), received_size(auto, center))
+            return None if got == (low, full) else f"capped and auto stations decode {got}"
+
+        return check
+
+    poll(sizes(LAYER_SIZES["l"], LAYER_SIZES["h"]), timeout=20)
+    watch = Stalls(capped, center)
+    capped.select_option("#video-cap", "mid")  # 标清
+    took = poll(watch.until(sizes(LAYER_SIZES["m"], LAYER_SIZES["h"])), timeout=10, interval=0.1)
+    capped.select_option("#video-cap", "auto")
+    took_up = poll(watch.until(sizes(LAYER_SIZES["h"], LAYER_SIZES["h"])), timeout=10, interval=0.1)
+    poll(watch.until(lambda: None if watch.samples > 40 else "watching"), timeout=10, interval=0.1)
+    print(
+        f"layer moves took {took:.1f} s (l→m) and {took_up:.1f} s (m→h); longest time "
+        f"without a new frame {watch.longest:.2f} s; freezes by getStats {watch.freezes()}"
+    )
+    assert watch.longest < 1.0, f"no new frame for {watch.longest:.2f} s across the moves"
+
+
+class Stalls:
+    """Samples a station's frames decoded from ``sender``: the longest time with no new
+    frame (a stream stuck below 1 fps shows no freezes in getStats)."""
+
+    def __init__(self, page: Any, sender: str) -> None:
+        self.page = page
+        self.sender = sender
+        self.samples = 0
+        self.longest = 0.0
+        self._frames = -1
+        self._since = time.monotonic()
+
+    def sample(self) -> None:
+        frames = counter(self.page, "video", self.sender, "camera", "framesDecoded") or 0
+        now = time.monotonic()
+        if frames != self._frames:
+            self._frames, self._since = frames, now
+        self.longest = max(self.longest, now - self._since)
+        self.samples += 1
+
+    def until(self, check: Callable[[], str | None]) -> Callable[[], str | None]:
+        def sampled() -> str | None:
+            self.sample()
+            return check()
+
+        return sampled
+
+    def freezes(self) -> tuple[int, float]:
+        rows = [r for r in inbound(self.page) if r["participant"] == self.sender]
+        video = [r for r in rows if r["kind"] == "video"]
+        return (video[0]["freezeCount"], video[0]["freezeSeconds"]) if video else (0, 0.0)
+
+
+def media_request(hub: HubProcess, room: str, what: str, method: str) -> None:
+    request = urllib.request.Request(
+        f"{hub.base_url}/api/rooms/{room}/{what}",
+        method=method,
+        headers={"Authorization": f"Bearer {hub.token(room, 'CENTER-01', 'center')}"},
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.status in (200, 201)
+
+
+def test_the_recording_takes_the_top_layer_while_a_station_is_capped_low(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-record"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    station = open_station(hub, browsers, room, 1)
+    station.select_option("#video-cap", "low")
+
+    def low() -> str | None:
+        size = received_size(station, center)
+        return None if size == LAYER_SIZES["l"] else f"station decodes {size}"
+
+    poll(low, timeout=30)
+    media_request(hub, room, "recording", "POST")
+    time.sleep(4)
+    media_request(hub, room, "recording", "DELETE")
+    files = [p for p in hub.data_dir.rglob("*-camera-*.webm") if p.stat().st_size > 0]
+    assert files, f"no camera recording under {hub.data_dir}"
+    with av.open(str(files[0])) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.width, frame.height) == LAYER_SIZES["h"]
+
+
+def test_a_household_viewer_caps_its_picture_to_the_low_layer(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-watch"
+    console = open_console(hub, browsers, room)
+    viewer = open_viewer(hub, browsers, console, room)
+
+    def decoded(size: tuple[int, int]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            got = viewer.evaluate(
+                """async () => {
+                    const s = window.practiceHub.session;
+                    if (!s || !s.pc) return null;
+                    for (const r of (await s.pc.getStats()).values())
+                        if (r.type === 'inbound-rtp' && r.kind === 'video')
+                            return [r.frameWidth || 0, r.frameHeight || 0];
+                    return null;
+                }"""
+            )
+            return None if got == list(size) else f"viewer decodes {got}"
+
+        return check
+
+    poll(decoded(LAYER_SIZES["h"]), timeout=30)  # the stage's picture: the top layer
+    viewer.select_option("#video-cap", "low")  # 流畅
+    poll(decoded(LAYER_SIZES["l"]), timeout=10)
+    viewer.select_option("#video-cap", "auto")
+    poll(decoded(LAYER_SIZES["h"]), timeout=10)
