@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import imageio_ffmpeg
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from hub.client import HubClient
@@ -294,26 +294,39 @@ async def test_whip_grants_are_enforced(hub_server: RunningHub) -> None:
             assert response.status_code == status, (path, response.text)
 
 
+async def lecturer_and_station_on_stage(
+    center: HubClient,
+    center_voice: MediaStreamTrack,
+    station: HubClient,
+    station_voice: MediaStreamTrack,
+) -> None:
+    """The center and a station join, each with a camera and the given voice, and the
+    center calls the station on stage."""
+    from aiortc.mediastreams import VideoStreamTrack
+
+    await center.connect()
+    await center.publish({"camera": VideoStreamTrack(), "microphone": center_voice})
+    await station.connect()
+    await station.publish({"camera": VideoStreamTrack(), "microphone": station_voice})
+    await center.send(
+        {
+            "type": "moderate",
+            "action": "stage",
+            "participant": station.joined["participant"]["sid"],
+            "on_stage": True,
+        }
+    )
+    await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == 2)
+
+
 async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> None:
-    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+    from aiortc.mediastreams import AudioStreamTrack
 
     center = HubClient(hub_server.ws, hub_server.token("voices", "C", "center"))
     station = HubClient(hub_server.ws, hub_server.token("voices", "S1", "station"))
     pc = make_peer_connection([])
     try:
-        await center.connect()
-        await center.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
-        await station.connect()
-        await station.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
-        await center.send(
-            {
-                "type": "moderate",
-                "action": "stage",
-                "participant": station.joined["participant"]["sid"],
-                "on_stage": True,
-            }
-        )
-        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == 2)
+        await lecturer_and_station_on_stage(center, AudioStreamTrack(), station, AudioStreamTrack())
         pc.addTransceiver("video", direction="recvonly")
         for _ in range(3):
             pc.addTransceiver("audio", direction="recvonly")
@@ -349,7 +362,6 @@ async def test_whep_hears_every_microphone_on_stage(hub_server: RunningHub) -> N
 
 
 async def test_a_one_track_whep_viewer_hears_the_current_speaker(hub_server: RunningHub) -> None:
-    from aiortc.mediastreams import VideoStreamTrack
 
     center = HubClient(hub_server.ws, hub_server.token("speaker", "C", "center"))
     station = HubClient(hub_server.ws, hub_server.token("speaker", "S1", "station"))
@@ -359,19 +371,7 @@ async def test_a_one_track_whep_viewer_hears_the_current_speaker(hub_server: Run
     heard: list[HeardSound] = []
     pc.on("track", lambda track: heard.append(HeardSound(track)) if track.kind == "audio" else None)
     try:
-        await center.connect()
-        await center.publish({"camera": VideoStreamTrack(), "microphone": lecturer_voice})
-        await station.connect()
-        await station.publish({"camera": VideoStreamTrack(), "microphone": station_voice})
-        await center.send(
-            {
-                "type": "moderate",
-                "action": "stage",
-                "participant": station.joined["participant"]["sid"],
-                "on_stage": True,
-            }
-        )
-        await center.wait_for(lambda m: m["type"] == "stage" and len(m["stage"]) == 2)
+        await lecturer_and_station_on_stage(center, lecturer_voice, station, station_voice)
         # One video and one audio m-line, as most WHEP players offer.
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
