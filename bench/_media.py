@@ -17,7 +17,7 @@ import time
 import zlib
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,20 @@ THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS = 320, 180, 15
 THUMB_BITRATE = 150_000
 """A station's camera as a thumbnail: what it sends while off stage."""
 
-_MAGIC = b"PHBCLIP1"
+_MAGIC = b"PHBCLIP2"
 _LENGTH = struct.Struct("!I")
 
 
 @dataclass(frozen=True)
 class Clip:
     video: list[bytes]
-    """VP8 frames at the clip's rate, a keyframe every second (aiortc's packet path
-    cannot force one on a PLI)."""
+    """VP8 frames at the clip's rate, a keyframe every second."""
     audio: list[bytes]
     """Opus packets of 20 ms."""
+    keyframes: list[bytes] = field(default_factory=list)
+    """Each video frame again, encoded as a keyframe: what a replaying track sends in
+    a frame's place when asked for a keyframe, as a browser's encoder answers a PLI
+    (empty: it cannot, and viewers wait for the clip's next keyframe)."""
 
     def frame_keys(self) -> dict[bytes, int]:
         """Frame key → index in the clip; a key two frames share is left out."""
@@ -64,9 +67,12 @@ class Clip:
 def load_clip() -> Clip:
     """The lecturer's clip, encoded on first use and cached in the temp directory."""
     return _cached(
-        f"clip-v1-{VIDEO_BITRATE}",
+        f"clip-v2-{VIDEO_BITRATE}",
         lambda: Clip(
-            video=_encode_video(WIDTH, HEIGHT, FPS, VIDEO_BITRATE), audio=_encode_audio(tone=True)
+            video=_encode_video(WIDTH, HEIGHT, FPS, VIDEO_BITRATE),
+            audio=_encode_audio(tone=True),
+            # A keyframe costs several frames' bits, as libwebrtc's does.
+            keyframes=_encode_video(WIDTH, HEIGHT, FPS, 4 * VIDEO_BITRATE, gop=1),
         ),
     )
 
@@ -98,8 +104,8 @@ def _cached(name: str, encode: Callable[[], Clip]) -> Clip:
 
 
 def _write(clip: Clip) -> bytes:
-    parts = [_MAGIC, _LENGTH.pack(len(clip.video)), _LENGTH.pack(len(clip.audio))]
-    for payload in (*clip.video, *clip.audio):
+    parts = [_MAGIC, *(_LENGTH.pack(len(p)) for p in (clip.video, clip.audio, clip.keyframes))]
+    for payload in (*clip.video, *clip.audio, *clip.keyframes):
         parts += [_LENGTH.pack(len(payload)), payload]
     return b"".join(parts)
 
@@ -108,35 +114,37 @@ def _read(data: bytes) -> Clip:
     if not data.startswith(_MAGIC):
         raise ValueError("not a clip")
     pos = len(_MAGIC)
-    (videos,) = _LENGTH.unpack_from(data, pos)
-    (audios,) = _LENGTH.unpack_from(data, pos + 4)
-    pos += 8
+    videos, audios, keyframes = (_LENGTH.unpack_from(data, pos + 4 * k)[0] for k in range(3))
+    pos += 12
     payloads: list[bytes] = []
-    for _ in range(videos + audios):
+    for _ in range(videos + audios + keyframes):
         (size,) = _LENGTH.unpack_from(data, pos)
         payloads.append(data[pos + 4 : pos + 4 + size])
         pos += 4 + size
     if pos != len(data) or any(not p for p in payloads):
         raise ValueError("truncated clip")
-    return Clip(video=payloads[:videos], audio=payloads[videos:])
+    audio_end = videos + audios
+    return Clip(payloads[:videos], payloads[videos:audio_end], payloads[audio_end:])
 
 
-def _encode_video(width: int, height: int, fps: int, bitrate: int) -> list[bytes]:
+def _encode_video(width: int, height: int, fps: int, bitrate: int, gop: int = 0) -> list[bytes]:
     """A blocky noise texture panning diagonally: motion the encoder can follow,
-    detail enough to spend the bitrate. A keyframe every second."""
+    detail enough to spend the bitrate. A keyframe every ``gop`` frames (every
+    second by default)."""
+    gop = gop or fps
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height
     codec.pix_fmt = "yuv420p"
     codec.time_base = fractions.Fraction(1, fps)
     codec.framerate = fractions.Fraction(fps)
     codec.bit_rate = bitrate
-    codec.gop_size = fps
+    codec.gop_size = gop
     codec.options = {
         "deadline": "realtime",
         "cpu-used": "8",
         "lag-in-frames": "0",
         "auto-alt-ref": "0",
-        "keyint_min": str(fps),
+        "keyint_min": str(gop),
         "minrate": str(bitrate),
         "maxrate": str(bitrate),
     }
@@ -187,10 +195,19 @@ def _encode_audio(tone: bool) -> list[bytes]:
 class PacedTrack(MediaStreamTrack):
     """Replays encoded payloads in a loop at their real-time pace, as ``av.Packet``s."""
 
-    def __init__(self, kind: str, payloads: list[bytes], clock_rate: int, step: int) -> None:
+    def __init__(
+        self,
+        kind: str,
+        payloads: list[bytes],
+        clock_rate: int,
+        step: int,
+        keyframes: list[bytes] | None = None,
+    ) -> None:
         super().__init__()
         self.kind = kind
         self._payloads = payloads
+        self._keyframes = keyframes or []
+        self._keyframe_wanted = False
         self._step = step
         self._interval = step / clock_rate
         self._time_base = fractions.Fraction(1, clock_rate)
@@ -207,17 +224,27 @@ class PacedTrack(MediaStreamTrack):
         if due > now:
             await asyncio.sleep(due - now)
         position = self._index % len(self._payloads)
-        packet = av.Packet(self._payloads[position])
+        if self._keyframe_wanted:
+            self._keyframe_wanted = False
+            payload = self._keyframes[position % len(self._keyframes)]
+        else:
+            payload = self._payloads[position]
+        packet = av.Packet(payload)
         packet.pts = self._index * self._step
         packet.time_base = self._time_base
         self._index += 1
         return packet
 
+    def request_keyframe(self) -> None:
+        """The next frame goes out as a keyframe (if the clip has them)."""
+        self._keyframe_wanted = bool(self._keyframes)
+
 
 def clip_tracks(clip: Clip) -> tuple[PacedTrack, PacedTrack]:
-    """A (video, audio) pair replaying ``clip``."""
+    """A (video, audio) pair replaying ``clip``; the video can answer keyframe
+    requests where the clip has keyframes (``PacedTrack.request_keyframe``)."""
     return (
-        PacedTrack("video", clip.video, 90000, 90000 // FPS),
+        PacedTrack("video", clip.video, 90000, 90000 // FPS, clip.keyframes),
         PacedTrack("audio", clip.audio, 48000, AUDIO_FRAME),
     )
 

@@ -50,7 +50,13 @@ from bench._media import (
     load_thumbnail_clip,
     vp8_frame_start,
 )
-from hub.aiortc_internals import ReceiverTap, RtpPacer, raw_sending, restrict_host_addresses
+from hub.aiortc_internals import (
+    ReceiverTap,
+    RtpPacer,
+    hear_keyframe_requests,
+    raw_sending,
+    restrict_host_addresses,
+)
 from hub.client import HubClient, ReceivedTrack
 from hub.peers import ParkedTrack
 
@@ -207,7 +213,9 @@ class Publisher:
         self.pacing_bps = pacing_factor * bitrate_bps(self.clip.video, FPS) or None
         return self.clip.frame_keys(), self.pacing_bps
 
-    async def publish(self, ws_url: str, token: str) -> None:
+    async def publish(self, ws_url: str, token: str, keyframes_on_request: bool = False) -> None:
+        """Publish the clip through the hub; with ``keyframes_on_request`` its video
+        answers the hub's keyframe requests as a browser's encoder does."""
         self.client = HubClient(ws_url, token, decode=False)
         await self.client.connect()
         video, audio = clip_tracks(self.clip)
@@ -215,6 +223,11 @@ class Publisher:
         await self.client.publish(
             {"camera": video, "microphone": audio}, pacing_bps=self.pacing_bps, on_send=log
         )
+        if keyframes_on_request:
+            assert self.client.publisher is not None
+            for sender in self.client.publisher.getSenders():
+                if sender.track is video:
+                    hear_keyframe_requests(sender, video.request_keyframe)
 
     async def unpublish(self) -> None:
         if self.client is not None:
@@ -505,6 +518,10 @@ class Station:
         self.started_at = 0.0
         self.join_at = math.nan
         self.first_frame_at: float | None = None
+        self.joined_at: float | None = None
+        """When the hub's ``joined`` came (the websocket and the token done)."""
+        self.first_media_at: float | None = None
+        """When the first media datagram came (the subscriber's DTLS done)."""
         self.lecturer_frames = 0
         self.error: str | None = None
         self.attempts = 1
@@ -514,6 +531,8 @@ class Station:
         self._readers: dict[str, asyncio.Task[None]] = {}
 
     def _on_datagram(self, received: ReceivedTrack, data: bytes) -> None:
+        if self.first_media_at is None:
+            self.first_media_at = time.monotonic()
         # The marker bit ends a video frame; SRTP leaves it in the clear.
         if data[1] & 0x80 and received.info.get("participant") == self.lecturer:
             if received.track.kind == "video":
@@ -549,6 +568,7 @@ class Station:
 
     async def _join_once(self) -> None:
         joined = await self.client.connect(timeout=60)
+        self.joined_at = time.monotonic()
         self.lecturer = next(
             (p["sid"] for p in joined["participants"] if p["identity"] == self.lecturer_identity),
             None,
@@ -609,7 +629,11 @@ class Station:
         except MediaStreamError:
             pass
 
-    def status(self) -> tuple[bool, float, float | None, int, bool, str | None, str, int]:
+    def status(
+        self,
+    ) -> tuple[
+        bool, float, float | None, int, bool, str | None, str, int, float | None, float | None
+    ]:
         return (
             self.joined,
             self.join_at,
@@ -619,6 +643,8 @@ class Station:
             self.error,
             f"{'probe' if self.probe else 'station'} tracks={len(self.client.received)}",
             self.attempts,
+            self.joined_at,
+            self.first_media_at,
         )
 
     async def close(self) -> None:

@@ -143,7 +143,10 @@ class County:
         )
         progress("clips loaded")
         hub.wait_healthy(30)
-        lecturer.call("publish", hub.ws, self.token(hub, LECTURER, Role.CENTER, subscribe=False))
+        # The lecturer answers keyframe requests, as the console's browser does.
+        lecturer.call(
+            "publish", hub.ws, self.token(hub, LECTURER, Role.CENTER, subscribe=False), True
+        )
         console.call("join", hub.ws, self.token(hub, CONSOLE, Role.CENTER, self.console))
         progress("lecturer and console in")
         time.sleep(2)
@@ -226,6 +229,11 @@ class County:
         everyone_end = [s for status in stations1 for s in status["stations"]]
         joined = [s for s in everyone_end if s[0]]
         join_times = [s[2] - s[1] for s in everyone_end if s[2] is not None]
+
+        def phase(at: int) -> float | None:
+            times = [s[at] - s[1] for s in everyone_end if s[at] is not None]
+            return round(percentile(times, 95), 2) if times else None
+
         errors = sorted({s[5] for s in everyone_end if s[5]})
         console_seconds = console1["at"] - console0["at"]
         self.result |= {
@@ -234,6 +242,10 @@ class County:
             if len(join_times) == self.n
             else None,
             "join_p50_s": round(percentile(join_times, 50), 2),
+            # Where a join's time goes: to the hub's ``joined``, to the first media
+            # datagram (the subscriber's DTLS done), to the first lecturer frame.
+            "join_joined_p95_s": phase(8),
+            "join_first_media_p95_s": phase(9),
             "hub_cpu_percent": round((cpu1 - cpu0) / window * 100, 1),
             "hub_rss_mb": round(rss_mb(hub.process.pid), 1),
             "lecturer_fps_min": round(min(fps), 2),

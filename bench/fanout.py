@@ -190,6 +190,7 @@ class HubProcess:
         self.base = f"http://{host}:{self.port}"
         self.ws = f"ws://{host}:{self.port}/ws"
         self.log_path = data_dir / "hub.log"
+        self.profiled = profile is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env |= {"HUB_SECRET": self.secret, "HUB_ICE_GATHER_ADDRESSES": json.dumps([host])}
         env["HUB_FASTPATH"] = fastpath
@@ -252,9 +253,12 @@ class HubProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            # uvicorn re-raises the signal it stopped on: SIGTERM would kill cProfile
+            # before it writes, a KeyboardInterrupt lets it.
+            self.process.send_signal(signal.SIGINT if self.profiled else signal.SIGTERM)
             try:
-                self.process.wait(5)
+                # Stopping hundreds of connections, then writing a profile, takes a while.
+                self.process.wait(60 if self.profiled else 5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
+import datetime
 import importlib.metadata
 import inspect
 import logging
@@ -29,13 +29,22 @@ from typing import Any
 import aioice.candidate
 import aioice.ice
 import aioice.stun
+import aioice.utils
+import aiortc.rate
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, clock
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS, depayload, is_rtx
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcconfiguration import RTCConfiguration
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile, State
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceParameters,
+    RTCIceTransport,
+    candidate_to_aioice,
+)
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
     RTCRtpCodecParameters,
@@ -57,6 +66,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
     unwrap_rtx,
 )
+from OpenSSL import SSL
 from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
@@ -180,6 +190,7 @@ async def check_internals() -> None:
         if not isinstance(getattr(aioice.ice, "CONSENT_INTERVAL", None), int | float):
             raise InternalsChanged("aioice.ice.CONSENT_INTERVAL is gone")
         _check_udp_mux_internals(pc)
+        _check_ice_restart_internals(pc)
         libsrtp_context_address(Session(policy=None))
         for function in (
             "srtp_protect",
@@ -197,6 +208,12 @@ async def check_internals() -> None:
             raise InternalsChanged("aiortc.codecs.CODECS changed shape")
         if not any(c.mimeType.lower() == "audio/opus" for c in CODECS.get("audio", [])):
             raise InternalsChanged("aiortc.codecs.CODECS has no Opus to set FEC on")
+        _require(JitterBuffer(16, 4, False), ("_capacity", "_prefetch", "_is_video"))
+        _require(RTCCertificate, ("_create_ssl_context", "generateCertificate", "expires"))
+        counter = aiortc.rate.RateCounter(10)
+        for name in ("_window_size", "_origin_index", "_origin_ms", "_scale", "_total"):
+            if not hasattr(counter, name):
+                raise InternalsChanged(f"aiortc's RateCounter has no {name}")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
         _check_simulcast_internals(pc)
@@ -387,8 +404,6 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
 
     async def query_consent(self: aioice.ice.Connection) -> None:
         heard = _Heard.of(self)
-        assert self.remote_password is not None  # connect() has it before it starts this
-        key = self.remote_password.encode("utf8")
         last_count, last_heard = heard.count, time.monotonic()
         while True:
             await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
@@ -398,6 +413,9 @@ def keep_consent_while_heard(silence_timeout: float) -> None:
                 # ~76 STUN transactions a second for nothing.
                 last_count, last_heard = heard.count, time.monotonic()
                 continue
+            # Read each time: an ICE restart changes the password.
+            assert self.remote_password is not None  # connect() had it before starting this
+            key = self.remote_password.encode("utf8")
             for pair in list(self._nominated.values()):
                 check = self.build_request(pair, nominate=False)
                 with contextlib.suppress(aioice.stun.TransactionError):
@@ -447,13 +465,17 @@ def host_addresses() -> list[str]:
     return addresses
 
 
-def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
-    """The aioice connections of ``pc``'s ICE transports (one under max-bundle)."""
+def _ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
+    """``pc``'s ICE transports (one under max-bundle)."""
     transports = [t.receiver.transport for t in pc.getTransceivers()]
     if pc.sctp is not None:
         transports.append(pc.sctp.transport)
-    found = {id(c): c for c in (dtls.transport._connection for dtls in transports)}
-    return list(found.values())
+    return list({id(dtls.transport): dtls.transport for dtls in transports}.values())
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[aioice.ice.Connection]:
+    """The aioice connections of ``pc``'s ICE transports."""
+    return [transport._connection for transport in _ice_transports(pc)]
 
 
 def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux) -> None:
@@ -514,6 +536,174 @@ def install_udp_mux() -> None:
     aioice.ice.Connection.check_incoming = _check_incoming  # type: ignore[method-assign]
 
 
+# --- ICE restart (RFC 8445 section 9) ----------------------------------------
+#
+# aiortc starts an ICE transport once and ignores new credentials in a later
+# description. A restart here keeps the connection's sockets (or its endpoints on
+# the shared port), its DTLS transport and SRTP sessions: only the credentials, the
+# remote candidates and the check list are new, and media keeps using the pair
+# nominated before until a new one is nominated.
+
+_ICE_RESTART_CONNECTION_ATTRS = (
+    "_local_username",
+    "_local_password",
+    "_protocols",
+    "_check_list",
+    "_check_list_done",
+    "_check_list_state",
+    "_nominated",
+    "_nominating",
+    "_remote_candidates",
+    "_remote_candidates_end",
+    "_closing",
+)
+_ICE_RESTART_CONNECTION_METHODS = (
+    "_check_list_maybe_complete",
+    "_check_periodic",
+    "_unfreeze_initial",
+    "sort_check_list",
+    "add_remote_candidate",
+)
+
+
+def _check_ice_restart_internals(pc: RTCPeerConnection) -> None:
+    """What :func:`renew_local_ice` and :func:`restart_ice_checks` rely on (``pc``
+    has transceivers)."""
+    for transport in _ice_transports(pc):
+        _require(transport._connection, _ICE_RESTART_CONNECTION_ATTRS)
+        _require(transport.iceGatherer, ("_remote_candidates_end",))
+    for method in _ICE_RESTART_CONNECTION_METHODS:
+        if not callable(getattr(aioice.ice.Connection, method, None)):
+            raise InternalsChanged(f"aioice.ice.Connection.{method} is gone")
+    if not callable(getattr(aioice.utils, "random_string", None)):
+        raise InternalsChanged("aioice.utils.random_string is gone")
+    if not isinstance(getattr(aioice.ice, "ICE_COMPLETED", None), int):
+        raise InternalsChanged("aioice.ice.ICE_COMPLETED is gone")
+    if not callable(getattr(aiortc.rtcicetransport, "candidate_to_aioice", None)):
+        raise InternalsChanged("aiortc.rtcicetransport.candidate_to_aioice is gone")
+
+
+def _restartable(connection: aioice.ice.Connection) -> None:
+    if connection._closing or not connection._nominated:
+        raise ValueError("ICE restart of a connection that is not connected")
+
+
+def remote_ice_changed(pc: RTCPeerConnection, parameters: RTCIceParameters) -> bool:
+    """Whether a remote description with these ICE parameters restarts ICE (RFC 8839
+    section 4.4.1.1.1: new credentials); ValueError when ``pc`` cannot restart (it has
+    not connected, or has closed)."""
+    changed = False
+    for connection in _ice_connections(pc):
+        if connection.remote_username not in (None, parameters.usernameFragment):
+            _restartable(connection)
+            changed = True
+    return changed
+
+
+def renew_local_ice(pc: RTCPeerConnection) -> None:
+    """New local ICE credentials for ``pc``, which its next local description carries.
+    On the shared port the new username fragment maps to the connection's endpoints
+    and the old one to nobody: requests naming it are dropped from now on."""
+    for connection in _ice_connections(pc):
+        _restartable(connection)
+        mux: UdpMux | None = getattr(connection, "_hub_mux", None)
+        ufrag = mux.new_ufrag() if mux is not None else aioice.utils.random_string(4)
+        connection._local_username = ufrag
+        connection._local_password = aioice.utils.random_string(22)
+        for protocol in connection._protocols:
+            transport = getattr(protocol, "transport", None)
+            if isinstance(transport, Endpoint):
+                transport.rename(ufrag)
+
+
+async def restart_ice_checks(
+    pc: RTCPeerConnection,
+    parameters: RTCIceParameters,
+    candidates: list[RTCIceCandidate],
+    complete: bool,
+) -> None:
+    """Check again against the peer's new credentials and ``candidates`` (``complete``:
+    there are no more), after :func:`renew_local_ice`. Returns once checks have
+    started; a new pair is nominated in the background, and media moves to it then."""
+    install_ice_restart()
+    for transport in _ice_transports(pc):
+        connection = transport._connection
+        _restartable(connection)
+        running: asyncio.Task[None] | None = getattr(connection, "_hub_recheck", None)
+        if running is not None:
+            running.cancel()
+        for pair in connection._check_list:
+            if pair.task is not None:
+                pair.task.cancel()
+        setattr(connection, "_hub_previous", dict(connection._nominated))  # noqa: B010
+        connection._check_list = []
+        connection._check_list_done = False
+        connection._check_list_state = asyncio.Queue()
+        connection._nominating = set()
+        connection._remote_candidates = []
+        connection._remote_candidates_end = False
+        transport.iceGatherer._remote_candidates_end = complete
+        connection.remote_username = parameters.usernameFragment
+        connection.remote_password = parameters.password
+        connection.remote_is_lite = parameters.iceLite
+        for candidate in candidates:
+            await connection.add_remote_candidate(candidate_to_aioice(candidate))
+        if complete:
+            await connection.add_remote_candidate(None)
+        task = asyncio.create_task(_recheck(connection), name="ice-restart")
+        setattr(connection, "_hub_recheck", task)  # noqa: B010
+
+
+async def _recheck(connection: aioice.ice.Connection) -> None:
+    """What ``Connection.connect`` does after gathering, on a connection already
+    connected: check, nominate, wait for the outcome. Ends when the connection closes."""
+    connection.sort_check_list()
+    connection._unfreeze_initial()
+    while True:  # paced as aioice paces its checks (RFC 8445's Ta, 20 ms)
+        if not connection._check_periodic():
+            break
+        await asyncio.sleep(0.02)
+    completed = await connection._check_list_state.get() == aioice.ice.ICE_COMPLETED
+    for pair in connection._check_list:
+        if pair.task is not None:
+            pair.task.cancel()
+    setattr(connection, "_hub_previous", None)  # noqa: B010
+    if completed:
+        logger.info("ICE %s: restarted", connection.local_username)
+    else:
+        # The pair nominated before carries on while it can; consent ends it if not.
+        logger.info("ICE %s: restart failed", connection.local_username)
+
+
+def ice_usernames(pc: RTCPeerConnection) -> list[tuple[str, str | None]]:
+    """The local and remote ICE username fragments each ICE connection of ``pc``
+    checks with now."""
+    return [(c.local_username, c.remote_username) for c in _ice_connections(pc)]
+
+
+def ice_restarting(pc: RTCPeerConnection) -> bool:
+    """Whether an ICE restart of ``pc`` has yet to nominate a pair (media goes on on
+    the pair nominated before)."""
+    return any(getattr(c, "_hub_previous", None) for c in _ice_connections(pc))
+
+
+_original_check_list_maybe_complete = aioice.ice.Connection._check_list_maybe_complete
+
+
+def _check_list_maybe_complete(self: aioice.ice.Connection) -> bool:
+    # While a restart runs, a pair nominated before it does not complete the new
+    # check list: only a pair of the new checks does.
+    previous: dict[int, Any] | None = getattr(self, "_hub_previous", None)
+    if previous and any(self._nominated.get(c) is p for c, p in previous.items()):
+        return False
+    return _original_check_list_maybe_complete(self)
+
+
+def install_ice_restart() -> None:
+    """Connections tell a restart's check list from the one before (idempotent)."""
+    aioice.ice.Connection._check_list_maybe_complete = _check_list_maybe_complete  # type: ignore[method-assign]
+
+
 # --- SRTP ---------------------------------------------------------------------
 
 
@@ -558,6 +748,94 @@ def install_srtp_receiver() -> None:
     """Every DTLS transport made from now on unprotects through :class:`_Unprotector`
     (idempotent; the hub and its clients install it with their first connection)."""
     RTCDtlsTransport._setup_srtp = _setup_srtp  # type: ignore[method-assign]
+
+
+# --- DTLS: one certificate for the process ---------------------------------------
+
+_CERTIFICATE_MARGIN = datetime.timedelta(days=1)
+"""A certificate this close to its end (aiortc makes them for 30 days) is replaced."""
+_original_generate_certificate = RTCCertificate.generateCertificate.__func__  # type: ignore[attr-defined]
+_original_create_ssl_context = RTCCertificate._create_ssl_context
+_shared: list[RTCCertificate] = []
+_contexts: dict[tuple[int, tuple[bytes, ...]], SSL.Context] = {}
+
+
+def _shared_certificate(cls: type[RTCCertificate]) -> RTCCertificate:
+    now = datetime.datetime.now(datetime.UTC)
+    if not _shared or _shared[0].expires - now < _CERTIFICATE_MARGIN:
+        _shared[:] = [_original_generate_certificate(cls)]
+        _contexts.clear()
+    return _shared[0]
+
+
+def _shared_ssl_context(
+    self: RTCCertificate, srtp_profiles: list[SRTPProtectionProfile]
+) -> SSL.Context:
+    key = (id(self), tuple(p.openssl_profile for p in srtp_profiles))
+    context = _contexts.get(key) if self in _shared else None
+    if context is None:
+        context = _original_create_ssl_context(self, srtp_profiles)
+        if self in _shared:
+            _contexts[key] = context
+    return context
+
+
+def install_shared_certificate() -> None:
+    """Every connection of this process presents one DTLS certificate, set up once
+    (idempotent), as Janus and mediasoup do: aiortc made an EC key pair and a
+    certificate per connection and an SSL context per handshake, a few percent of
+    the hub in a join storm. The fingerprint in each SDP still authenticates it."""
+    RTCCertificate.generateCertificate = classmethod(_shared_certificate)  # type: ignore[assignment]
+    RTCCertificate._create_ssl_context = _shared_ssl_context  # type: ignore[method-assign]
+
+
+# --- receiving: a cheaper receive-side rate counter -----------------------------
+
+
+def _rate_counter_reset(self: aiortc.rate.RateCounter) -> None:
+    # Two flat lists instead of a thousand bucket objects: aiortc builds one per
+    # video receiver, the hub's send-only slots included, ~1.5 ms each on this
+    # machine: a tenth of the hub during a county's join storm.
+    self._counts = [0] * self._window_size  # type: ignore[attr-defined]
+    self._values = [0] * self._window_size  # type: ignore[attr-defined]
+    self._origin_index = 0
+    self._origin_ms = None
+    self._total = aiortc.rate.RateBucket()
+
+
+def _rate_counter_add(self: aiortc.rate.RateCounter, value: int, now_ms: int) -> None:
+    if self._origin_ms is None:
+        self._origin_ms = now_ms
+    else:
+        self._erase_old(now_ms)
+    index = (self._origin_index + now_ms - self._origin_ms) % self._window_size
+    self._counts[index] += 1  # type: ignore[attr-defined]
+    self._values[index] += value  # type: ignore[attr-defined]
+    self._total.count += 1
+    self._total.value += value
+
+
+def _rate_counter_erase_old(self: aiortc.rate.RateCounter, now_ms: int) -> None:
+    assert self._origin_ms is not None
+    counts: list[int] = self._counts  # type: ignore[attr-defined]
+    values: list[int] = self._values  # type: ignore[attr-defined]
+    new_origin_ms = now_ms - self._window_size + 1
+    while self._origin_ms < new_origin_ms:
+        index = self._origin_index
+        self._total.count -= counts[index]
+        self._total.value -= values[index]
+        counts[index] = values[index] = 0
+        self._origin_index = (index + 1) % self._window_size
+        self._origin_ms += 1
+
+
+def install_flat_rate_counter() -> None:
+    """aiortc's ``RateCounter`` (receive-side bandwidth estimate), same figures, in
+    two flat lists (idempotent)."""
+    counter = aiortc.rate.RateCounter
+    counter.reset = _rate_counter_reset  # type: ignore[method-assign]
+    counter.add = _rate_counter_add  # type: ignore[method-assign]
+    counter._erase_old = _rate_counter_erase_old  # type: ignore[method-assign]
 
 
 # --- receiving: taps that keep frames away from the decoder ---------------------
@@ -654,23 +932,24 @@ class _JitterTap:
     while someone wants them (a recorder, live HLS). Forwarding needs packets only;
     frames assembled for nobody are work thrown away (a few percent of receiving)."""
 
-    __slots__ = ("_buffer", "_empty", "wanted")
+    __slots__ = ("_buffer", "wanted")
 
-    def __init__(self, buffer: Any, wanted: bool) -> None:
-        self._empty = copy.deepcopy(buffer)
+    def __init__(self, buffer: JitterBuffer, wanted: bool) -> None:
         self._buffer = buffer
         self.wanted = wanted
 
     def add(self, packet: RtpPacket) -> tuple[bool, Any]:
         if not self.wanted:
             return False, None
-        result: tuple[bool, Any] = self._buffer.add(packet)
-        return result
+        return self._buffer.add(packet)
 
     def want(self, wanted: bool) -> None:
         if wanted and not self.wanted:
-            # What was buffered before the gap can never complete a frame.
-            self._buffer = copy.deepcopy(self._empty)
+            # What was buffered before the gap can never complete a frame. A new empty
+            # buffer, not a copy kept of the first: copying 512 slots for every
+            # receiver was 4 % of the hub in a join storm.
+            old = self._buffer
+            self._buffer = JitterBuffer(old._capacity, old._prefetch, old._is_video)
         self.wanted = wanted
 
 
@@ -1102,6 +1381,20 @@ VIDEO_REPORT_INTERVAL = 1.0
 AUDIO_REPORT_INTERVAL = 5.0
 """Mean seconds between Sender Reports, libwebrtc's (aiortc sends one a second for
 every sender, audio too, each a chain of coroutines and allocations)."""
+
+
+def hear_keyframe_requests(sender: RTCRtpSender, heard: Callable[[], None]) -> None:
+    """Call ``heard`` whenever the remote side asks ``sender`` for a keyframe (PLI),
+    besides what aiortc does: a track that replays encoded frames, which aiortc
+    cannot make a keyframe of, picks one itself."""
+    _require(sender, _SENDER_ATTRS)
+    send_keyframe = sender._send_keyframe
+
+    def keyframe() -> None:
+        heard()
+        send_keyframe()
+
+    setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
 
 
 class SenderHook:

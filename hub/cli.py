@@ -70,6 +70,10 @@ def serve(args: argparse.Namespace) -> None:
         host=settings.host,
         port=settings.port,
         ws_max_size=256 * 1024 + 1024,
+        # Signaling messages are small; compressing each for each of 190 sockets cost
+        # the hub a few percent of a core in a join storm, and every socket a zlib
+        # context of its own (~300 KB).
+        ws_per_message_deflate=False,
         # Open event streams (dashboard, notices) must not hold up shutdown.
         timeout_graceful_shutdown=5,
         log_level="info",

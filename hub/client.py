@@ -19,13 +19,12 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtp import RtpPacket
 
 from hub.aiortc_internals import DatagramCounter, ReceiverTap, RtpPacer
-from hub.peers import make_peer_connection
+from hub.peers import make_peer_connection, offer_ice_restart, set_remote_answer, set_remote_offer
 from hub.tasks import TaskOwner
 from hub.udpmux import UdpMux
 
@@ -156,10 +155,18 @@ class HubClient:
                 transceiver.setCodecPreferences(preferences[source])
             pending.append((transceiver, source))
             self._sending[source] = (transceiver.sender, track)
-        offer = await self.publisher.createOffer()
-        await self.publisher.setLocalDescription(offer)
+        await self.publisher.setLocalDescription(await self.publisher.createOffer())
         for transceiver, source in pending:
             self._sources[str(transceiver.mid)] = source
+        await self._offer(timeout, restart_ice=False)
+        self._apply_quality()
+        if pacing_bps is not None or on_send is not None:
+            video = [t.sender for t, _ in pending if t.kind == "video"]
+            RtpPacer(pending[0][0].sender.transport, video, pacing_bps, on_send)
+
+    async def _offer(self, timeout: float, restart_ice: bool) -> None:
+        """Send the publisher connection's local offer and apply the hub's answer."""
+        assert self.publisher is not None
         self._answer = asyncio.get_running_loop().create_future()
         await self.send(
             {
@@ -170,11 +177,18 @@ class HubClient:
             }
         )
         answer = await asyncio.wait_for(self._answer, timeout)
-        await self.publisher.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        self._apply_quality()
-        if pacing_bps is not None or on_send is not None:
-            video = [t.sender for t, _ in pending if t.kind == "video"]
-            RtpPacer(pending[0][0].sender.transport, video, pacing_bps, on_send)
+        await set_remote_answer(self.publisher, answer, restart_ice)
+
+    async def restart_ice(self, timeout: float = 10.0) -> None:
+        """Restart ICE on both connections, as a browser does when its network
+        changes: the publisher offers new credentials, the hub is asked to offer new
+        ones on the subscriber connection (its answer is made as any other)."""
+        if self.publisher is not None:
+            offer_ice_restart(self.publisher)
+            await self.publisher.setLocalDescription(await self.publisher.createOffer())
+            await self._offer(timeout, restart_ice=True)
+        if self.subscriber is not None:
+            await self.send({"type": "restart_ice"})
 
     async def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0
@@ -239,9 +253,7 @@ class HubClient:
             self.subscriber = make_peer_connection(self.ice_servers, self.udp_mux)
             self.subscriber.on("track", self._on_track)
         self._on_tracks(message.get("tracks", {}))
-        await self.subscriber.setRemoteDescription(
-            RTCSessionDescription(sdp=message["sdp"], type="offer")
-        )
+        await set_remote_offer(self.subscriber, message["sdp"])
         answer = await self.subscriber.createAnswer()
         await self.subscriber.setLocalDescription(answer)
         await self.send(

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from hub.policy import LayerCap, MicrophoneLevel, QualityLevel
 from hub.tokens import Source
@@ -40,6 +48,12 @@ class Answer(_Message):
     type: Literal["answer"]
     pc: Literal["subscriber"]
     sdp: Annotated[StrictStr, Field(max_length=MAX_SDP_BYTES)]
+
+
+class RestartIce(_Message):
+    """The subscriber connection's path changed: the hub offers new ICE credentials."""
+
+    type: Literal["restart_ice"]
 
 
 class CandidateBody(_Message):
@@ -131,6 +145,7 @@ INCOMING: dict[str, type[_Message]] = {
     "join": Join,
     "offer": Offer,
     "answer": Answer,
+    "restart_ice": RestartIce,
     "candidate": Candidate,
     "unpublish": Unpublish,
     "mute": Mute,
@@ -154,9 +169,13 @@ class Outgoing(BaseModel):
     """A message the hub sends (each has its own type below)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _json: str | None = PrivateAttr(default=None)
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True)
+        # Made once: a message broadcast to a room is written to every member's socket.
+        if self._json is None:
+            self._json = self.model_dump_json(by_alias=True)
+        return self._json
 
 
 class PublicationInfo(Outgoing):

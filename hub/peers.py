@@ -20,7 +20,7 @@ from aiortc import (
     RTCRtpSender,
     RTCRtpTransceiver,
 )
-from aiortc.rtcicetransport import RTCIceCandidate
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcsessiondescription import RTCSessionDescription
 from aiortc.sdp import (
@@ -35,9 +35,14 @@ from av.frame import Frame
 from hub import policy
 from hub.aiortc_internals import (
     SenderHook,
+    install_flat_rate_counter,
+    install_shared_certificate,
     install_srtp_receiver,
     negotiated_codecs,
     negotiated_header_extensions,
+    remote_ice_changed,
+    renew_local_ice,
+    restart_ice_checks,
     use_udp_mux,
 )
 from hub.errors import HubError
@@ -147,6 +152,83 @@ def answer_layers(sdp: str, layers: dict[str, tuple[str, ...]]) -> str:
     return "\r\nm=".join(sections)
 
 
+@dataclass(frozen=True)
+class RemoteIce:
+    """The ICE part of a remote description (one transport: max-bundle)."""
+
+    parameters: RTCIceParameters
+    candidates: list[RTCIceCandidate]
+    complete: bool
+    """No more candidates will come (``a=end-of-candidates``)."""
+
+
+def remote_ice(sdp: str) -> RemoteIce:
+    """The ICE credentials and candidates of an SDP :func:`parse_sdp` accepted; every
+    m-line must carry the same credentials, as the one transport they share has."""
+    media = [m for m in SessionDescription.parse(sdp).media if m.kind in ("audio", "video")]
+    first = media[0].ice
+    assert first is not None  # parse_sdp refuses an m-line without
+    for m in media[1:]:
+        ice = m.ice
+        assert ice is not None
+        if (ice.usernameFragment, ice.password) != (first.usernameFragment, first.password):
+            raise SdpError(f"m-line {m.rtp.muxId} has other ICE credentials than the first")
+    if not first.password:
+        raise SdpError("no ICE password (a=ice-pwd)")
+    return RemoteIce(
+        parameters=first,
+        candidates=[c for m in media for c in m.ice_candidates],
+        complete=any(m.ice_candidates_complete for m in media),
+    )
+
+
+def _ice_restarts(pc: RTCPeerConnection, ice: RemoteIce) -> bool:
+    try:
+        return remote_ice_changed(pc, ice.parameters)
+    except ValueError as exc:
+        raise SdpError(str(exc)) from None
+
+
+async def _restart_checks(pc: RTCPeerConnection, ice: RemoteIce) -> None:
+    try:
+        await restart_ice_checks(pc, ice.parameters, ice.candidates, ice.complete)
+    except ValueError as exc:
+        raise SdpError(str(exc)) from None
+
+
+async def set_remote_offer(pc: RTCPeerConnection, sdp: str) -> None:
+    """Apply an offer :func:`parse_sdp` accepted. One with new ICE credentials
+    restarts ICE (RFC 8839 section 4.4.1.1.1): the answer made next carries new local
+    ones, and the checks run again while DTLS, SRTP and media go on."""
+    ice = remote_ice(sdp)
+    restarts = _ice_restarts(pc, ice)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    if restarts:
+        try:
+            renew_local_ice(pc)
+        except ValueError as exc:
+            raise SdpError(str(exc)) from None
+        await _restart_checks(pc, ice)
+
+
+async def set_remote_answer(pc: RTCPeerConnection, sdp: str, renewed: bool) -> None:
+    """Apply an answer :func:`parse_sdp` accepted; ICE checks run again when it has
+    new ICE credentials or the offer had (``renewed``: :func:`offer_ice_restart`)."""
+    ice = remote_ice(sdp)
+    restarts = _ice_restarts(pc, ice) or renewed
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+    if restarts:
+        await _restart_checks(pc, ice)
+
+
+def offer_ice_restart(pc: RTCPeerConnection) -> None:
+    """The next offer of ``pc`` restarts ICE: it carries new local credentials."""
+    try:
+        renew_local_ice(pc)
+    except ValueError as exc:
+        raise SdpError(str(exc)) from None
+
+
 async def close_peer(pc: RTCPeerConnection) -> None:
     """Close without trusting aiortc to: after some refused offers its ``close()``
     raises half-way and a second call would wait forever."""
@@ -162,6 +244,8 @@ def make_peer_connection(
     """A peer connection on ``udp_mux``'s shared port when given, else on sockets of
     its own."""
     install_srtp_receiver()
+    install_flat_rate_counter()
+    install_shared_certificate()
     # ICE servers always explicit: aiortc's default is a public STUN server the
     # intranet lacks. Max-bundle: with aiortc's default ("balanced") a second track
     # of one kind added before negotiation keeps a transport that bundling discards.
@@ -546,7 +630,23 @@ class SubscriberPeer(SendingPeer):
         self._desired: list[Publication] = []
         self.negotiating = False
         self._dirty = False
+        self._restart_ice = False
+        """The next offer restarts ICE (new local credentials)."""
+        self._ice_renewed = False
+        """The offer waiting for its answer carries new local ICE credentials."""
         self._lock = asyncio.Lock()
+
+    async def restart_ice(self) -> None:
+        """Offer new ICE credentials (the client asked: its path changed); the answer's
+        new ones start the checks again. Folded into the next offer if one is waiting."""
+        async with self._lock:
+            if self.pc.localDescription is None:
+                raise HubError("bad_message", "nothing to restart: no offer was made yet")
+            self._restart_ice = True
+            if self.negotiating:
+                self._dirty = True
+                return
+            await self._negotiate()
 
     async def update(self, desired: list[Publication]) -> None:
         self._desired = desired
@@ -579,7 +679,11 @@ class SubscriberPeer(SendingPeer):
             )
             slot.bind(publication)
             short = True
-        if short:
+        if short or self._restart_ice:
+            if self._restart_ice:
+                self._restart_ice = False
+                offer_ice_restart(self.pc)
+                self._ice_renewed = True
             self.negotiating = True
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
@@ -619,8 +723,9 @@ class SubscriberPeer(SendingPeer):
             if not self.negotiating:
                 raise HubError("bad_message", "no offer is waiting for an answer")
             parse_sdp(sdp)
+            renewed, self._ice_renewed = self._ice_renewed, False
             try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+                await set_remote_answer(self.pc, sdp, renewed)
             except Exception as exc:
                 raise HubError("bad_sdp", f"answer refused: {exc}") from None
             self.negotiating = False
@@ -684,7 +789,7 @@ class PublisherPeer:
             sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
             self._check_sources(sending, sources)
             try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                await set_remote_offer(self.pc, sdp)
                 answer = await self.pc.createAnswer()
                 await self.pc.setLocalDescription(answer)
             except Exception as exc:

@@ -118,6 +118,10 @@ class Publication:
         self.up.close()
 
 
+def _seen_by_all(participant: Participant) -> bool:
+    return participant.on_stage or participant.grant.can_moderate
+
+
 class Participant:
     """One join of one identity into a room."""
 
@@ -319,6 +323,8 @@ class Room:
         """What each moderator's console shows, once it has said (``view``)."""
         self._appeared: set[ParticipantID] = set()
         """The participants shown on stage (the sinks have their publications)."""
+        self._known_to_all: set[ParticipantID] = set()
+        """The participants every member was last told about (see :meth:`sees`)."""
         self.sinks: list[FrameSink] = []
         self.media = RoomMedia(self, media_dirs or MediaDirs.under(Path("data")), on_recorded)
         self.tasks = TaskOwner(f"room {name}")
@@ -386,7 +392,7 @@ class Room:
             self._watch_peer(participant, participant.whep.pc)
         elif kind == "whip" and participant.publisher is not None:
             self._watch_peer(participant, participant.publisher.pc)
-        self.broadcast(m.ParticipantJoined(participant=participant.info()), participant)
+        self._tell_about(participant, m.ParticipantJoined(participant=participant.info()))
         if participant.on_stage:
             self._announce_stage()
             participant.uplink = policy.Uplink("stage")
@@ -444,7 +450,7 @@ class Room:
         await participant.close()
         for publication in publications:
             self._sinks_remove(publication)
-        self.broadcast(m.ParticipantLeft(sid=participant.sid))
+        self._tell_about(participant, m.ParticipantLeft(sid=participant.sid), gone=True)
         self._on_presence(self, participant, False)
         if was_on_stage:
             self._announce_stage()
@@ -662,7 +668,30 @@ class Room:
 
     def on_participant_changed(self, participant: Participant) -> None:
         if participant.sid in self.participants:
-            self.broadcast(m.ParticipantUpdated(participant=participant.info()))
+            self._tell_about(participant, m.ParticipantUpdated(participant=participant.info()))
+
+    @staticmethod
+    def sees(viewer: Participant, other: Participant) -> bool:
+        """Whether ``viewer`` is told of ``other`` (joins, changes, leaving). Moderators
+        see everyone; the others see themselves, the moderators and the stage: a
+        village needs to know who speaks, not the other 189 villages, and a storm of
+        190 joins would otherwise send everyone everyone's, 190 times over."""
+        return viewer.grant.can_moderate or other is viewer or _seen_by_all(other)
+
+    def _tell_about(self, about: Participant, message: m.Outgoing, gone: bool = False) -> None:
+        """Send a message about ``about`` to everyone who sees it, and to everyone who
+        saw it until now (a site sent back from the stage: its last update)."""
+        was_known = about.sid in self._known_to_all
+        known = not gone and _seen_by_all(about)
+        if known:
+            self._known_to_all.add(about.sid)
+        else:
+            self._known_to_all.discard(about.sid)
+        for participant in self.participants.values():
+            if participant is about and not isinstance(message, m.ParticipantUpdated):
+                continue  # its own join and leaving it knows of
+            if known or was_known or self.sees(participant, about):
+                participant.send(message)
 
     def _member(self, participant: Participant) -> policy.Member:
         return policy.Member(

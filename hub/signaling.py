@@ -31,6 +31,7 @@ from hub.messages import (
     Mute,
     Offer,
     Ping,
+    RestartIce,
     RollCallAck,
     RollCallMessage,
     Unpublish,
@@ -85,6 +86,7 @@ class Connection:
         self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
             "offer": self._offer,
             "answer": self._answer,
+            "restart_ice": self._restart_ice,
             "candidate": self._candidate,
             "unpublish": self._unpublish,
             "mute": self._mute,
@@ -269,7 +271,11 @@ class Connection:
             m.Joined(
                 room=room.name,
                 participant=participant.info(),
-                participants=[p.info() for p in room.participants.values() if p is not participant],
+                participants=[
+                    p.info()
+                    for p in room.participants.values()
+                    if p is not participant and room.sees(participant, p)
+                ],
                 stage=[p.sid for p in room.stage],
                 ice_servers=self.hub.ice_servers_for_clients(participant.identity),
                 quality=participant.uplink.level,
@@ -292,6 +298,12 @@ class Connection:
         if participant.subscriber is None:
             raise HubError("forbidden", "this participant receives nothing")
         await participant.subscriber.on_answer(message.sdp)
+
+    async def _restart_ice(self, message: RestartIce) -> None:
+        subscriber = self._joined().subscriber
+        if subscriber is None:
+            raise HubError("forbidden", "this participant receives nothing")
+        await subscriber.restart_ice()
 
     async def _candidate(self, message: Candidate) -> None:
         participant = self._joined()

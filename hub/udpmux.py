@@ -15,6 +15,8 @@ sorts them:
   rebinding, a site reconnecting from the same address and port) follows the
   newest check. Datagrams from an address nobody learned are dropped.
 
+An ICE restart renames an endpoint: its new ufrag maps to it, the old one to
+nobody; the addresses it learned stay, so media goes on while the checks run again.
 An endpoint that closes (its connection closed) forgets its ufrag, its addresses and
 its transactions. Knows nothing of aioice: :mod:`hub.aiortc_internals` connects the two.
 """
@@ -105,6 +107,12 @@ class Endpoint(asyncio.DatagramTransport):
         if not self.closed:
             self._socket.learn(self, (addr[0], addr[1]))
 
+    def rename(self, ufrag: str) -> None:
+        """STUN requests naming ``ufrag`` are this endpoint's from now on, and those
+        naming its old one nobody's (an ICE restart's new local credentials)."""
+        if not self.closed:
+            self._socket.rename(self, ufrag)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":
             return self._socket.sock
@@ -184,6 +192,12 @@ class _MuxSocket:
             previous.addresses.discard(addr)
         self.by_address[addr] = endpoint
         endpoint.addresses.add(addr)
+
+    def rename(self, endpoint: Endpoint, ufrag: str) -> None:
+        if self.by_ufrag.get(endpoint.ufrag) is endpoint:
+            del self.by_ufrag[endpoint.ufrag]
+        endpoint.ufrag = ufrag
+        self.by_ufrag[ufrag] = endpoint
 
     def forget(self, endpoint: Endpoint) -> None:
         if self.by_ufrag.get(endpoint.ufrag) is endpoint:

@@ -72,6 +72,11 @@ class Station:
         """``command`` prefixed to run in this station's namespace."""
         return ["ip", "netns", "exec", self.netns, *command]
 
+    def cut_udp(self, cut: bool) -> None:
+        """Lose every UDP packet from now on (a path that breaks while TCP, the
+        signaling, lives), or stop doing so (back to :attr:`link`)."""
+        self.line.send_signal(signal.SIGUSR1 if cut else signal.SIGUSR2)
+
     def chromium(self, workdir: Path, chromium: str) -> str:
         """A Chromium executable (a wrapper script) that runs in this namespace."""
         path = workdir / f"chromium-{self.netns}"
@@ -218,7 +223,7 @@ def delay_line(
 ) -> None:
     """Carry packets between the station's TUN device (in ``netns``) and the hub's
     (here), losing ``loss`` of them, holding each ``delay`` seconds, and losing every
-    UDP packet when ``block_udp``. Runs until SIGTERM."""
+    UDP packet when ``block_udp`` or after SIGUSR1 until SIGUSR2. Runs until SIGTERM."""
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     away = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     _enter(away)
@@ -233,11 +238,19 @@ def delay_line(
     order = 0
     running = True
 
+    cut = False
+
     def stop(*_: object) -> None:
         nonlocal running
         running = False
 
+    def cut_udp(signum: int, _: object) -> None:
+        nonlocal cut
+        cut = signum == signal.SIGUSR1
+
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGUSR1, cut_udp)
+    signal.signal(signal.SIGUSR2, cut_udp)
     print("ready", flush=True)
     while running:
         now = time.monotonic()
@@ -258,7 +271,12 @@ def delay_line(
                     packet = os.read(fd, 65536)
                 except BlockingIOError:
                     break
-                if block_udp and len(packet) > 9 and packet[0] >> 4 == 4 and packet[9] == _UDP:
+                if (
+                    (block_udp or cut)
+                    and len(packet) > 9
+                    and packet[0] >> 4 == 4
+                    and packet[9] == _UDP
+                ):
                     continue
                 if loss and chance.random() < loss:
                     continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
+import random
 import re
 import struct
 import time
@@ -13,6 +15,9 @@ from typing import Any
 
 import aioice.ice
 import aioice.stun
+import aioice.utils
+import aiortc.rate
+import aiortc.rtcicetransport
 import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.rtp import RtpPacket
@@ -20,11 +25,13 @@ from aiortc.rtp import RtpPacket
 from hub.aiortc_internals import (
     EXTRA_H264_PROFILES,
     PINNED,
+    InternalsChanged,
     ReceiverTap,
     _Heard,
     accept_offered_payload_types,
     check_internals,
     install_datagram_path,
+    install_flat_rate_counter,
     install_h264_profiles,
     keep_consent_while_heard,
     restrict_host_addresses,
@@ -37,6 +44,40 @@ from tests.test_fuzz import stun_garbage
 
 async def test_pinned_internals_are_all_there() -> None:
     await check_internals()
+
+
+@pytest.mark.parametrize(
+    "owner, name",
+    [
+        (aioice.ice.Connection, "_check_list_maybe_complete"),
+        (aioice.ice.Connection, "_check_periodic"),
+        (aioice.ice.Connection, "_unfreeze_initial"),
+        (aioice.ice, "ICE_COMPLETED"),
+        (aioice.utils, "random_string"),
+        (aiortc.rtcicetransport, "candidate_to_aioice"),
+    ],
+)
+async def test_what_ice_restart_relies_on_is_checked(
+    owner: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(InternalsChanged, match=name):
+        await check_internals()
+
+
+async def test_what_ice_restart_relies_on_of_a_connection_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attributes a connection gets in ``__init__`` (here one it no longer would)."""
+    init = aioice.ice.Connection.__init__
+
+    def without_nominating(self: aioice.ice.Connection, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        del self._nominating
+
+    monkeypatch.setattr(aioice.ice.Connection, "__init__", without_nominating)
+    with pytest.raises(InternalsChanged, match="_nominating"):
+        await check_internals()
 
 
 def test_pyproject_pins_the_same_versions() -> None:
@@ -258,3 +299,56 @@ async def test_no_consent_checks_to_a_peer_that_is_heard() -> None:
         await peer.close()
         await hub_side.close()
         keep_consent_while_heard(Settings().peer_silence_timeout)
+
+
+def test_the_flat_rate_counter_gives_aiortcs_figures() -> None:
+    """The hub's RateCounter (two flat lists) against a fresh, unpatched copy of
+    aiortc's, on the same arrivals: every rate equal."""
+    spec = importlib.util.find_spec("aiortc.rate")
+    assert spec is not None and spec.loader is not None
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    install_flat_rate_counter()
+    ours, theirs = aiortc.rate.RateCounter(1000, 8000), original.RateCounter(1000, 8000)
+    assert ours.reset.__func__ is not theirs.reset.__func__  # type: ignore[attr-defined]
+    rng = random.Random(15)
+    now = 5_000
+    for _ in range(5_000):
+        now += rng.choice((0, 0, 1, 3, 20, 400, 1_500))
+        size = rng.randrange(40, 1_300)
+        ours.add(size, now)
+        theirs.add(size, now)
+        assert ours.rate(now) == theirs.rate(now)
+        if rng.random() < 0.001:
+            ours.reset()
+            theirs.reset()
+
+
+async def test_every_connection_presents_one_certificate_and_still_connects() -> None:
+    """One DTLS certificate for the process: the same fingerprint in every offer, and
+    two connections holding it handshake and carry media."""
+    first, second = make_peer_connection([]), make_peer_connection([])
+    try:
+        first.addTransceiver("audio", direction="sendonly")
+        second.addTransceiver("audio", direction="recvonly")
+        await first.setLocalDescription(await first.createOffer())
+
+        def fingerprint(sdp: str) -> str:
+            found = re.search(r"a=fingerprint:(.+)", sdp)
+            assert found is not None
+            return found[1]
+
+        await second.setRemoteDescription(first.localDescription)
+        await second.setLocalDescription(await second.createAnswer())
+        assert fingerprint(first.localDescription.sdp) == fingerprint(second.localDescription.sdp)
+        await first.setRemoteDescription(second.localDescription)
+        await wait_until(
+            lambda: (
+                None
+                if first.connectionState == second.connectionState == "connected"
+                else f"{first.connectionState} / {second.connectionState}"
+            )
+        )
+    finally:
+        await first.close()
+        await second.close()

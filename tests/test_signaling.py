@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -692,3 +693,69 @@ async def test_websockets_are_capped_per_address(tmp_path: Path) -> None:
         finally:
             await first.close()
             await second.close()
+
+
+async def test_a_station_is_told_of_the_stage_and_the_center_not_of_other_stations(
+    hub_server: RunningHub,
+) -> None:
+    """Moderators hear of every participant; a station of itself, the moderators and
+    whoever is on stage: a site called on stage appears to the others, and leaves
+    them with one last update when sent back."""
+    center = HubClient(hub_server.ws, hub_server.token("vis", "C", "center"))
+    first = HubClient(hub_server.ws, hub_server.token("vis", "S1", "station"))
+    second = HubClient(hub_server.ws, hub_server.token("vis", "S2", "station"))
+    clients = [center, first, second]
+    try:
+        await center.connect()
+        await first.connect()
+        await second.connect()
+        await second.publish({"microphone": AudioStreamTrack()})
+        second_sid = second.joined["participant"]["sid"]
+        center_sid = center.joined["participant"]["sid"]
+        await center.wait_for(
+            lambda m: m["type"] == "participant_updated" and m["participant"]["sid"] == second_sid
+        )
+        assert [p["sid"] for p in second.joined["participants"]] == [center_sid]
+        third = HubClient(hub_server.ws, hub_server.token("vis", "S3", "station"))
+        clients.append(third)
+        await third.connect()
+        assert [p["sid"] for p in third.joined["participants"]] == [center_sid]
+
+        def is_about(message: dict[str, Any], sid: str) -> bool:
+            return bool(message["type"].startswith("participant_")) and (
+                message.get("sid") == sid or message.get("participant", {}).get("sid") == sid
+            )
+
+        def about(client: HubClient, sid: str, start: int = 0) -> list[dict[str, Any]]:
+            return [m for m in client.messages[start:] if is_about(m, sid)]
+
+        assert not about(first, second_sid)  # neither its join nor its publication
+        assert about(center, second_sid)
+        mark = len(first.messages)
+        await center.send(
+            {"type": "moderate", "participant": second_sid, "action": "stage", "on_stage": True}
+        )
+        update = await first.wait_for(lambda m: is_about(m, second_sid), start=mark)
+        assert update["participant"]["on_stage"] and update["participant"]["publications"]
+        mark = len(first.messages)
+        await center.send(
+            {"type": "moderate", "participant": second_sid, "action": "stage", "on_stage": False}
+        )
+        last = await first.wait_for(lambda m: is_about(m, second_sid), start=mark)
+        assert last["type"] == "participant_updated" and not last["participant"]["on_stage"]
+        mark = len(first.messages)
+        await second.send({"type": "hand", "raised": True})
+        await center.wait_for(
+            lambda m: (
+                m["type"] == "participant_updated"
+                and m["participant"]["sid"] == second_sid
+                and m["participant"]["hand_raised"]
+            )
+        )
+        await second.close()
+        await center.wait_for(lambda m: m["type"] == "participant_left" and m["sid"] == second_sid)
+        await asyncio.sleep(0.2)
+        assert not about(first, second_sid, mark)  # off stage again: nothing more
+    finally:
+        for client in reversed(clients):
+            await client.close()

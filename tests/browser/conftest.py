@@ -9,12 +9,14 @@ process), at most four at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from bench.fanout import create_admin as create_admin
+from hub.aiortc_internals import drop_sent
+from hub.client import HubClient
 from tests.hubserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,17 +150,29 @@ class HubProcess:
         return TokenSigner(self.secret).issue(grant)
 
 
-@pytest.fixture
-def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+def _serve(
+    tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str] | None = None
+) -> Iterator[HubProcess]:
     if not (ROOT / "hub" / "__main__.py").exists():
         pytest.fail("hub/__main__.py missing: `python -m hub serve` cannot start the hub")
-    process = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log")
+    process = HubProcess(tmp_path / "hub-data", tmp_path / "hub.log", env=env)
     process.start()
     yield process
     process.stop()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         sys.stderr.write(f"\n--- hub log tail ---\n{process.log_tail()}\n")
+
+
+@pytest.fixture
+def hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+    yield from _serve(tmp_path, request)
+
+
+@pytest.fixture
+def shared_hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
+    """The hub with every peer connection's media on one UDP port (``HUB_UDP_PORT``)."""
+    yield from _serve(tmp_path, request, {"HUB_UDP_PORT": str(free_port())})
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -246,6 +263,38 @@ def browsers(
     if report is not None and report.failed:
         sys.stderr.write(f"\n--- browser console ---\n{b.dump_logs()}\n")
     b.close()
+
+
+class ThreadedPublisher:
+    """An aiortc publisher (camera + microphone) in its own thread and event loop:
+    sync Playwright owns this thread's loop."""
+
+    def __init__(self, ws_url: str, token: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = HubClient(ws_url, token)
+        self.dark = False
+        """While true, nothing the publisher sends leaves it (see :meth:`start`)."""
+
+    def run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self) -> None:
+        self.run(self.client.connect())
+        self.run(
+            self.client.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
+        )
+        assert self.client.publisher is not None
+        drop_sent(self.client.publisher, lambda packet: self.dark)
+
+    def close(self) -> None:
+        try:
+            self.run(self.client.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
 
 
 def screenshot(page: Any, name: str) -> None:

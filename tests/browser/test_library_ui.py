@@ -4,9 +4,7 @@ by the hub's own job runner; live HLS from a real aiortc publisher."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +14,15 @@ from urllib.parse import urlparse
 import httpx
 import imageio_ffmpeg
 import pytest
-from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from hub.client import HubClient
-from tests.browser.conftest import Browsers, HubProcess, create_admin, poll, screenshot
+from tests.browser.conftest import (
+    Browsers,
+    HubProcess,
+    ThreadedPublisher,
+    create_admin,
+    poll,
+    screenshot,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -294,34 +297,6 @@ def test_administrator_uploads_follows_processing_publishes_and_deletes(
         wait_summary(page, "没有找到节目")
         with admin_client(admin_hub) as admin:
             assert admin.get(f"/api/library/{item_id}").status_code == 404
-
-
-class ThreadedPublisher:
-    """An aiortc publisher (camera + microphone) in its own thread and event loop:
-    sync Playwright owns this thread's loop."""
-
-    def __init__(self, ws_url: str, token: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.client = HubClient(ws_url, token)
-
-    def run(self, coroutine: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def start(self) -> None:
-        self.run(self.client.connect())
-        self.run(
-            self.client.publish({"camera": VideoStreamTrack(), "microphone": AudioStreamTrack()})
-        )
-
-    def close(self) -> None:
-        try:
-            self.run(self.client.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            self.loop.close()
 
 
 def test_live_household_stream_plays_in_chromium(hub: HubProcess, browsers: Browsers) -> None:

@@ -20,6 +20,8 @@ from bench.links import chromium_args, station_figures
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, counter
 from tests.browser.test_e2e import joined, open_console, open_station
+from tests.browser.test_ice_restart import ice_of, restarted
+from tests.hubserver import free_port
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
 from tests.test_turn import SECRET, Turn, coturn
 
@@ -154,6 +156,42 @@ def test_a_station_without_udp_joins_through_turn(
     pair = page.evaluate(SELECTED_PAIR_JS)
     assert pair is not None and pair["type"] == "relay", pair
     assert pair["relayProtocol"] == ("tls" if transport == "tls" else "tcp"), pair
+
+
+def test_a_station_whose_path_breaks_restarts_ice_and_keeps_its_join(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
+) -> None:
+    """Every UDP packet between a station and the hub is lost for a while (a link that
+    flaps) while its websocket lives, on the shared port: ICE goes "disconnected", the
+    station restarts ICE (the hub's new offer comes over the websocket), and once the
+    path is back it decodes the lecturer again on the same connections, not rejoined."""
+    hub = lab_hub(tmp_path, request, {"HUB_UDP_PORT": str(free_port())})
+    console = browsers.open(
+        f"{hub.base_url}/console#token={hub.token('f', 'CENTER-01', 'center')}",
+        "console",
+        args=chromium_args(hub.base_url),
+    )
+    joined(console, "console")
+    console.click("#golive")
+    station = lab.station(Link())
+    page = open_lab_station(hub, browsers, station, "f", 1)
+    poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=40)
+    before = ice_of(page, "subscriber")
+
+    def new_offer() -> str | None:
+        now = ice_of(page, "subscriber")
+        return None if now["ufrag"] != before["ufrag"] else f"no new credentials yet: {now}"
+
+    station.cut_udp(True)
+    started = time.monotonic()
+    try:
+        poll(new_offer, timeout=20, interval=0.2)
+    finally:
+        station.cut_udp(False)
+    print(f"ICE restarted {time.monotonic() - started:.1f}s after the path broke")
+    poll(restarted(page, "subscriber", before["ufrag"]), timeout=10)
+    poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=20)
+    assert ice_of(page, "subscriber")["rejoins"] == 0
 
 
 def opus_fmtp(page: Any, pc: str) -> str:

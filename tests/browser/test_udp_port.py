@@ -3,9 +3,6 @@ port (``HUB_UDP_PORT``)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +10,6 @@ import pytest
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, sid_of
 from tests.browser.test_e2e import open_console, open_station
-from tests.hubserver import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -36,19 +32,6 @@ async () => {
   return ports;
 }
 """
-
-
-@pytest.fixture
-def shared_hub(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubProcess]:
-    process = HubProcess(
-        tmp_path / "hub-data", tmp_path / "hub.log", env={"HUB_UDP_PORT": str(free_port())}
-    )
-    process.start()
-    yield process
-    process.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        sys.stderr.write(f"\n--- hub log tail ---\n{process.log_tail()}\n")
 
 
 def on_port(page: Any, port: int, connections: int) -> Any:

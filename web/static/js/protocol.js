@@ -263,6 +263,7 @@ export class HubClient {
      * @param {number} [options.silenceTimeoutMs]
      * @param {number} [options.stallTimeoutMs]  a peer connection "disconnected" this long is rebuilt
      * @param {boolean} [options.simulcast]     send the camera in three layers (the console)
+     * @param {number} [options.iceRestartAfterMs]  ICE "disconnected" this long restarts ICE first
      */
     constructor(options) {
         this.token = options.token;
@@ -277,6 +278,7 @@ export class HubClient {
         this.pingIntervalMs = options.pingIntervalMs || 5000;
         this.silenceTimeoutMs = options.silenceTimeoutMs || 15000;
         this.stallTimeoutMs = options.stallTimeoutMs || 8000;
+        this.iceRestartAfterMs = options.iceRestartAfterMs || 2000;
 
         /** @type {ClientState} */
         this.state = "new";
@@ -519,6 +521,7 @@ export class HubClient {
         for (const slot of this._slots.values()) {
             slot.pc.onicecandidate = null;
             slot.pc.onconnectionstatechange = null;
+            slot.pc.oniceconnectionstatechange = null;
             slot.pc.close();
         }
         this._slots.clear();
@@ -800,26 +803,68 @@ export class HubClient {
             const candidate = event.candidate ? event.candidate.toJSON() : null;
             this._send({ type: "candidate", pc: name, candidate });
         };
+        // A path that breaks (a link that flaps, a phone leaving Wi-Fi) is first
+        // mended by an ICE restart, which keeps the connection and its media; if ICE
+        // is not back within stallTimeoutMs, the whole join starts over.
+        /** @type {ReturnType<typeof setTimeout> | null} */
+        let restart = null;
         /** @type {ReturnType<typeof setTimeout> | null} */
         let stalled = null;
-        pc.onconnectionstatechange = () => {
+        const connected = () => pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed";
+        const watch = () => {
             if (generation !== this._generation) return;
-            if (stalled) clearTimeout(stalled);
-            stalled = null;
-            if (pc.connectionState === "failed") {
-                this._connectionLost(generation, `${name} connection failed`);
-            } else if (pc.connectionState === "disconnected") {
-                // Usually transient; if media stays cut while signaling lives
-                // (a changed network path), start over rather than wait ~30 s
-                // for "failed".
-                stalled = setTimeout(() => {
-                    if (generation === this._generation && pc.connectionState === "disconnected") {
-                        this._connectionLost(generation, `${name} connection stalled`);
-                    }
-                }, this.stallTimeoutMs);
+            const ice = pc.iceConnectionState;
+            if (pc.connectionState === "failed" && ice !== "failed") {
+                this._connectionLost(generation, `${name} connection failed`); // DTLS, not the path
+            } else if (connected()) {
+                if (restart) clearTimeout(restart);
+                if (stalled) clearTimeout(stalled);
+                restart = stalled = null;
+            } else if (ice === "disconnected" || ice === "failed") {
+                if (!restart) {
+                    const after = ice === "failed" ? 0 : this.iceRestartAfterMs;
+                    restart = setTimeout(() => {
+                        if (generation === this._generation && !connected()) this._restartIce(name);
+                    }, after);
+                }
+                if (!stalled) {
+                    stalled = setTimeout(() => {
+                        if (generation === this._generation && !connected()) {
+                            this._connectionLost(generation, `${name} connection stalled`);
+                        }
+                    }, this.stallTimeoutMs);
+                }
             }
         };
+        pc.oniceconnectionstatechange = watch;
+        pc.onconnectionstatechange = watch;
         return pc;
+    }
+
+    /**
+     * Restarts ICE on both connections: new credentials and connectivity checks on the
+     * current network path, keeping the connections, their encryption and media.
+     */
+    restartIce() {
+        this._restartIce("publisher");
+        this._restartIce("subscriber");
+    }
+
+    /**
+     * The publisher offers new ICE credentials; the subscriber asks the hub to (it
+     * offers there).
+     * @param {'publisher' | 'subscriber'} name
+     */
+    _restartIce(name) {
+        const slot = this._slots.get(name);
+        if (!slot || !slot.described || this.state !== "joined") return;
+        console.info(`practice-hub: ${name} connection: restarting ICE`);
+        if (name === "subscriber") {
+            this._send({ type: "restart_ice" });
+            return;
+        }
+        slot.pc.restartIce();
+        this._negotiate().catch((e) => console.warn(`practice-hub: ICE restart offer failed: ${e}`));
     }
 
     /**
