@@ -77,6 +77,12 @@ class Station:
         signaling, lives), or stop doing so (back to :attr:`link`)."""
         self.line.send_signal(signal.SIGUSR1 if cut else signal.SIGUSR2)
 
+    def shape(self, rate_kbit: int) -> None:
+        """Change the link's rate, both ways, while it carries media (a village link
+        whose share drops as neighbours start watching)."""
+        for command in _tbf_commands(self, rate_kbit, "replace"):
+            _ip(command)
+
     def chromium(self, workdir: Path, chromium: str) -> str:
         """A Chromium executable (a wrapper script) that runs in this namespace."""
         path = workdir / f"chromium-{self.netns}"
@@ -184,14 +190,14 @@ def netlab(tag: str | None = None) -> Iterator[Netlab]:
         lab.close()
 
 
-def _tbf_commands(station: Station, rate_kbit: int | None) -> list[list[str]]:
+def _tbf_commands(station: Station, rate_kbit: int | None, verb: str = "add") -> list[list[str]]:
     if rate_kbit is None:
         return []
     # A village link's queue holds ~300 ms: a burst waits, a flood is lost.
     tbf = ["tbf", "rate", f"{rate_kbit}kbit", "burst", "16kb", "latency", "300ms"]
     return [
-        station.run("tc", "qdisc", "add", "dev", station.station_tun, "root", *tbf),
-        ["tc", "qdisc", "add", "dev", station.hub_tun, "root", *tbf],
+        station.run("tc", "qdisc", verb, "dev", station.station_tun, "root", *tbf),
+        ["tc", "qdisc", verb, "dev", station.hub_tun, "root", *tbf],
     ]
 
 
