@@ -440,6 +440,10 @@ STAYED_UP = 20.0
 tried again (at most :data:`MAX_UP_AFTER`)."""
 UP_GRACE = 10.0
 """Seconds after a move up during which only a falling estimate moves back down."""
+GRACE_FALL = 0.9
+"""A fall below the estimate at a move up, or below this share of the highest since,
+is congestion: libwebrtc's estimate, overused, drops to 0.85 of what arrives, which
+after a move up may still be above the estimate at the move."""
 
 
 class Slot:
@@ -459,7 +463,9 @@ class Slot:
         self._up_after = UP_AFTER
         self._up_at = 0.0
         self._probe: tuple[float, float] | None = None
-        """(when, the estimate then) of the last move up, while it is on trial."""
+        """(when, the estimate under which it fails) of the last move up, while on
+        trial: the estimate at the move, raised to :data:`GRACE_FALL` of the highest
+        since."""
 
     def bind(self, publication: Publication) -> None:
         self.unbind()
@@ -479,8 +485,8 @@ class Slot:
     def _estimate(self, current_bps: float | None) -> float | None:
         """What the subscriber's estimate leaves for this video: the whole REMB less
         what its other slots send. For a while after a move up the estimate lags what
-        now arrives (it grows a few percent a second): unless it falls (congestion),
-        the current layer is taken to fit until then."""
+        now arrives (it grows a few percent a second): unless it falls (congestion,
+        see :data:`GRACE_FALL`), the current layer is taken to fit until then."""
         total = self.hook.remb_bps
         if total is None:
             return None
@@ -488,11 +494,13 @@ class Slot:
         estimate = max(0.0, total - others)
         probe = self._probe
         if probe is not None:
-            since, at_move = probe
-            if time.monotonic() - since > UP_GRACE or estimate < at_move:
+            since, floor = probe
+            if time.monotonic() - since > UP_GRACE or estimate < floor:
                 self._probe = None
-            elif current_bps is not None:
-                estimate = max(estimate, current_bps)
+            else:
+                self._probe = (since, max(floor, estimate * GRACE_FALL))
+                if current_bps is not None:
+                    estimate = max(estimate, current_bps)
         return estimate
 
     def follow_layer(self) -> None:
