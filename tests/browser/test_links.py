@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.links import chromium_args, station_figures
+from bench.links import Figures, chromium_args, station_figures
 from tests.browser.conftest import Browsers, HubProcess, poll
-from tests.browser.rtc import Progress, counter
+from tests.browser.rtc import Progress, counter, inbound, outbound
 from tests.browser.test_e2e import joined, open_console, open_station
 from tests.browser.test_ice_restart import ice_of, restarted
+from tests.browser.test_simulcast import LAYER_SIZES, layers_sent
 from tests.hubserver import free_port
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
 from tests.test_turn import SECRET, Turn, coturn
@@ -94,23 +96,158 @@ async () => {
 }
 """
 
+# Every 50 ms: the lecturer's camera as the station decodes it (frames, width).
+WATCH_JS = """
+() => {
+  const c = window.practiceHub.client;
+  const samples = (window.linkSamples = []);
+  setInterval(async () => {
+    const report = await c.subscriber.getStats();
+    for (const s of report.values()) {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
+      const remote = c.remoteTracks.get(s.mid);
+      if (!remote || remote.info.source !== 'camera') continue;
+      samples.push([performance.now() / 1000, s.framesDecoded ?? 0, s.frameWidth ?? 0]);
+    }
+  }, 50);
+  return performance.now() / 1000;
+}
+"""
 
-def test_a_station_on_a_lossy_long_link_keeps_decoding(
-    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
-) -> None:
-    """10 % loss each way and 300 ms round trip, one layer. The lecturer is told of the
-    station's loss (its Opus encoder adds in-band FEC in proportion), and resends
-    within the budget keep the video decoding. The issue's goals (concealment under
-    5 %, at most 5 freezes in 20 s) are not reached here: concealment stays near the
-    link's loss, Chromium counts 25-36 freezes; README's link table has the figures."""
+
+def open_lecture(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, room: str
+) -> tuple[HubProcess, Any]:
+    """A hub on the lab's address and the console lecturing in it, unshaped on the
+    hub's side, its camera (1280x720) sent in its three simulcast layers."""
     hub = lab_hub(tmp_path, request, {})
     console = browsers.open(
-        f"{hub.base_url}/console#token={hub.token('l', 'CENTER-01', 'center')}",
+        f"{hub.base_url}/console#token={hub.token(room, 'CENTER-01', 'center')}",
         "console",
         args=chromium_args(hub.base_url),
     )
     joined(console, "console")
     console.click("#golive")
+
+    def three_layers() -> str | None:
+        sent = layers_sent(console)
+        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+    poll(three_layers, timeout=30)
+    return hub, console
+
+
+def layer_of(page: Any, console: Any) -> str:
+    """Which of the lecturer's layers the station decodes: the rid whose frame size,
+    as the console sends it now, is the one decoded (a loaded encoder scales layers
+    down; a size two layers share counts as the higher), else the size itself."""
+    rows = [r for r in inbound(page) if r["kind"] == "video" and r["source"] == "camera"]
+    size = (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
+    sent = layers_sent(console)
+    return next(
+        (rid for rid in ("h", "m", "l") if rid in sent and sent[rid][:2] == size),
+        f"{size[0]}x{size[1]}",
+    )
+
+
+def decodes(page: Any, console: Any, layers: str) -> Callable[[], str | None]:
+    """A check: the station decodes one of ``layers`` (rids) of the lecturer."""
+
+    def check() -> str | None:
+        got = layer_of(page, console)
+        return None if got in layers else f"the station decodes {got}, not {layers}"
+
+    return check
+
+
+def frames_encoded(console: Any) -> dict[str, int]:
+    """rid → frames the console has encoded in that layer."""
+    return {
+        str(r["rid"]): r["framesEncoded"]
+        for r in outbound(console)
+        if r["source"] == "camera" and r["rid"]
+    }
+
+
+def measure(page: Any, console: Any, seconds: int) -> tuple[Figures, str, float]:
+    """The station's figures over ``seconds``, the layer it decoded at the end, and
+    the frames per second the console encoded in that layer meanwhile (on a loaded
+    machine, fewer than the camera's 30: the most a station can decode)."""
+    before, start = frames_encoded(console), time.monotonic()
+    figures = station_figures(page, seconds)
+    after, took = frames_encoded(console), time.monotonic() - start
+    layer = layer_of(page, console)
+    sent = (after.get(layer, 0) - before.get(layer, 0)) / took
+    return figures, layer, round(sent, 1)
+
+
+def fluent(figures: Figures, sent_fps: float) -> bool:
+    """Decoding at the issue's 25 frames/s or more, or, where the loaded console
+    encodes the layer at fewer (this shared 2-core machine), at 80 % of what it
+    encodes or more: the hub cannot forward frames that were never sent."""
+    return figures.fps >= min(25.0, 0.8 * sent_fps)
+
+
+def test_a_station_on_700_kbps_takes_a_lower_layer_while_an_unshaped_one_takes_the_top(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
+) -> None:
+    """Same lecturer, same room: a station whose link carries 700 kbps receives the
+    640x360 or 320x180 layer and keeps decoding it, while a station on an unshaped
+    link receives 1280x720. Measured once the narrow station has settled (its
+    first try of the top layer, 8 s after it took a lower one, has failed)."""
+    hub, console = open_lecture(tmp_path, request, browsers, "w")
+    narrow = open_lab_station(hub, browsers, lab.station(Link(rate_kbit=700)), "w", 1)
+    wide = open_lab_station(hub, browsers, lab.station(Link()), "w", 2)
+    poll(decodes(narrow, console, "lm"), timeout=30)
+    poll(decodes(wide, console, "h"), timeout=30)
+    time.sleep(15)
+    figures, layer, sent_fps = measure(narrow, console, 20)
+    print(f"700 kbps: {figures}, layer {layer} sent at {sent_fps} fps")
+    assert layer in "lm", figures
+    assert fluent(figures, sent_fps), (figures, sent_fps)
+    assert figures.freezes < 2, figures  # under 1 per 10 s
+    assert figures.stalled_seconds == 0, figures
+    poll(decodes(wide, console, "h"), timeout=1)
+
+
+def test_a_link_that_drops_to_500_kbps_and_back_moves_the_layer_down_and_up(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
+) -> None:
+    """3 Mbps, then 500 kbps for 10 s, then 3 Mbps again: the station decodes a lower
+    layer within 3 s of the drop and the top again within 15 s of the recovery, and
+    no new frame is ever more than 1 s away (sampled every 50 ms, so a gap is
+    counted up to 50 ms longer than it was)."""
+    hub, console = open_lecture(tmp_path, request, browsers, "d")
+    station = lab.station(Link(rate_kbit=3000))
+    page = open_lab_station(hub, browsers, station, "d", 1)
+    poll(decodes(page, console, "h"), timeout=40)
+    time.sleep(3)
+    start = page.evaluate(WATCH_JS)
+    station.shape(500)
+    down = poll(decodes(page, console, "lm"), timeout=3, interval=0.1)
+    time.sleep(10 - down)
+    station.shape(3000)
+    up = poll(decodes(page, console, "h"), timeout=15, interval=0.1)
+    time.sleep(2)
+    samples: list[list[float]] = page.evaluate("() => window.linkSamples")
+    new_frames = [s for i, s in enumerate(samples) if i == 0 or s[1] != samples[i - 1][1]]
+    longest, at = max((b[0] - a[0], a[0] - start) for a, b in pairwise(new_frames))
+    print(f"down in {down:.1f} s, up in {up:.1f} s, longest gap {longest:.2f} s at {at:.1f} s")
+    assert longest <= 1.0, f"no new frame for {longest:.2f} s, {at:.1f} s after the drop"
+
+
+def test_a_station_on_a_lossy_long_link_keeps_decoding(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
+) -> None:
+    """10 % loss each way and 300 ms round trip. The lecturer is told of the
+    station's loss (its Opus encoder adds in-band FEC in proportion), and resends
+    within the budget keep the video decoding, on the layer the hub chose. The
+    issue's goals (15 frames/s, at most 5 freezes in 20 s, concealment under 5 %)
+    are not reached: three runs here decoded 7.3-10.6 frames/s of the 18-20 the
+    loaded console encoded, with 7-16 freezes and 7.0-7.5 % of audio concealed (no
+    RED yet); the bounds below only say that sound and picture go on."""
+    hub, console = open_lecture(tmp_path, request, browsers, "l")
     station = lab.station(Link(loss=0.10, rtt_ms=300))
     page = open_lab_station(hub, browsers, station, "l", 1)
     poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=40)
@@ -121,10 +258,10 @@ def test_a_station_on_a_lossy_long_link_keeps_decoding(
 
     poll(told, timeout=20)
     time.sleep(10)  # the encoder's loss estimate is smoothed over seconds
-    figures = station_figures(page, 20)
-    # Loose bounds: this 2-core machine is shared, and a loaded one decodes slower.
+    figures, layer, sent_fps = measure(page, console, 20)
+    print(f"10 % loss + 300 ms: {figures}, layer {layer} sent at {sent_fps} fps")
     assert figures.fps >= 2, figures
-    assert figures.audio_concealed_pct < 30, figures  # sound goes on
+    assert figures.audio_concealed_pct < 30, figures
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
