@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from bench.links import Figures, chromium_args, station_figures
+from bench.links import Figures, chromium_args, layer_of, measure, three_layers
 from tests.browser.conftest import Browsers, HubProcess, poll
-from tests.browser.rtc import Progress, counter, inbound, outbound
+from tests.browser.rtc import Progress, counter
 from tests.browser.test_e2e import joined, open_console, open_station
 from tests.browser.test_ice_restart import ice_of, restarted
-from tests.browser.test_simulcast import LAYER_SIZES, layers_sent
 from tests.hubserver import free_port
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, netlab
 from tests.test_turn import SECRET, Turn, coturn
@@ -128,27 +127,8 @@ def open_lecture(
     )
     joined(console, "console")
     console.click("#golive")
-
-    def three_layers() -> str | None:
-        sent = layers_sent(console)
-        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
-        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
-
-    poll(three_layers, timeout=30)
+    poll(lambda: three_layers(console), timeout=30)
     return hub, console
-
-
-def layer_of(page: Any, console: Any) -> str:
-    """Which of the lecturer's layers the station decodes: the rid whose frame size,
-    as the console sends it now, is the one decoded (a loaded encoder scales layers
-    down; a size two layers share counts as the higher), else the size itself."""
-    rows = [r for r in inbound(page) if r["kind"] == "video" and r["source"] == "camera"]
-    size = (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
-    sent = layers_sent(console)
-    return next(
-        (rid for rid in ("h", "m", "l") if rid in sent and sent[rid][:2] == size),
-        f"{size[0]}x{size[1]}",
-    )
 
 
 def decodes(page: Any, console: Any, layers: str) -> Callable[[], str | None]:
@@ -159,27 +139,6 @@ def decodes(page: Any, console: Any, layers: str) -> Callable[[], str | None]:
         return None if got in layers else f"the station decodes {got}, not {layers}"
 
     return check
-
-
-def frames_encoded(console: Any) -> dict[str, int]:
-    """rid → frames the console has encoded in that layer."""
-    return {
-        str(r["rid"]): r["framesEncoded"]
-        for r in outbound(console)
-        if r["source"] == "camera" and r["rid"]
-    }
-
-
-def measure(page: Any, console: Any, seconds: int) -> tuple[Figures, str, float]:
-    """The station's figures over ``seconds``, the layer it decoded at the end, and
-    the frames per second the console encoded in that layer meanwhile (on a loaded
-    machine, fewer than the camera's 30: the most a station can decode)."""
-    before, start = frames_encoded(console), time.monotonic()
-    figures = station_figures(page, seconds)
-    after, took = frames_encoded(console), time.monotonic() - start
-    layer = layer_of(page, console)
-    sent = (after.get(layer, 0) - before.get(layer, 0)) / took
-    return figures, layer, round(sent, 1)
 
 
 def fluent(figures: Figures, sent_fps: float) -> bool:
