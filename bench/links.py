@@ -6,11 +6,11 @@ on the same address (deploy/turnserver.conf), the lecturer's console in Chromium
 the hub's side, unshaped. For each profile a Chromium station joins from its own
 network namespace behind that link, is given ``--warmup`` seconds, then is measured
 for ``--seconds``: the layer it decodes (the console sends its camera in three
-layers, simulcast: ``rid`` l, m or h, by the frame size each layer has as sent; the
-frame size itself), the frames per second the console encoded in that layer, the
-station's frames per second, ``freezeCount``, seconds in which no new frame was decoded, the share of audio
-samples concealed, what the hub resent and forwarded meanwhile (``/metrics``), and
-the hub process's CPU. ``--source DIR`` runs the hub of another checkout (to set
+layers, simulcast: ``rid`` l, m or h when the frame size decoded is that layer's,
+as sent and as meant; the frame size itself), the frames per second the console
+encoded in that layer, the station's frames per second, ``freezeCount``, seconds in
+which no new frame was decoded, the share of audio samples concealed, what the hub
+resent and forwarded meanwhile (``/metrics``), and the hub process's CPU. ``--source DIR`` runs the hub of another checkout (to set
 two commits side by side: the bench itself, the lab and the browsers stay this
 checkout's). Needs root (network namespaces); prints one JSON object last.
 """
@@ -125,13 +125,18 @@ def three_layers(console: Any) -> str | None:
 
 def layer_of(page: Any, console: Any) -> str:
     """Which of the lecturer's layers the station decodes: the rid whose frame size,
-    as the console sends it now, is the one decoded (a loaded encoder scales layers
-    down; a size two layers share counts as the higher), else the size itself."""
+    as the console sends it now and as it is meant to be, is the one decoded, else
+    the size itself (a loaded encoder scales layers down, and a scaled layer could
+    pass for a lower one)."""
     rows = [r for r in inbound(page) if r["kind"] == "video" and r["source"] == "camera"]
     size = (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
     sent = layers_sent(console)
     return next(
-        (rid for rid in ("h", "m", "l") if rid in sent and sent[rid][:2] == size),
+        (
+            rid
+            for rid, nominal in LAYER_SIZES.items()
+            if size == nominal and rid in sent and sent[rid][:2] == size
+        ),
         f"{size[0]}x{size[1]}",
     )
 
