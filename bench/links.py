@@ -10,9 +10,10 @@ layers, simulcast: ``rid`` l, m or h when the frame size decoded is that layer's
 as sent and as meant; the frame size itself), the frames per second the console
 encoded in that layer, the station's frames per second, ``freezeCount``, seconds in
 which no new frame was decoded, the share of audio samples concealed, what the hub
-resent and forwarded meanwhile (``/metrics``), and the hub process's CPU. ``--source DIR`` runs the hub of another checkout (to set
-two commits side by side: the bench itself, the lab and the browsers stay this
-checkout's). Needs root (network namespaces); prints one JSON object last.
+resent and forwarded meanwhile (``/metrics``), and the hub process's CPU.
+``--source DIR`` runs the hub of another checkout (to set two commits side by side:
+the bench itself, the lab and the browsers stay this checkout's). Needs root
+(network namespaces); prints one JSON object last.
 """
 
 from __future__ import annotations
