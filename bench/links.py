@@ -5,12 +5,15 @@ A real hub (``python -m hub serve``) on the lab's address (tests/netlab.py), cot
 on the same address (deploy/turnserver.conf), the lecturer's console in Chromium on
 the hub's side, unshaped. For each profile a Chromium station joins from its own
 network namespace behind that link, is given ``--warmup`` seconds, then is measured
-for ``--seconds``: the frame size it decodes (the layer), frames per second,
-``freezeCount``, seconds in which no new frame was decoded, the share of audio
-samples concealed, what the hub resent and forwarded meanwhile (``/metrics``), and
-the hub process's CPU. ``--source DIR`` runs the hub of another checkout (to set
-two commits side by side: the bench itself, the lab and the browsers stay this
-checkout's). Needs root (network namespaces); prints one JSON object last.
+for ``--seconds``: the layer it decodes (the console sends its camera in three
+layers, simulcast: ``rid`` l, m or h when the frame size decoded is that layer's,
+as sent and as meant; the frame size itself), the frames per second the console
+encoded in that layer, the station's frames per second, ``freezeCount``, seconds in
+which no new frame was decoded, the share of audio samples concealed, what the hub
+resent and forwarded meanwhile (``/metrics``), and the hub process's CPU.
+``--source DIR`` runs the hub of another checkout (to set two commits side by side:
+the bench itself, the lab and the browsers stay this checkout's). Needs root
+(network namespaces); prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 from bench.fanout import ROOM, HubProcess, cpu_seconds
 from hub.turn import turn_ice_server
 from tests.browser.conftest import CHROMIUM_ARGS
+from tests.browser.rtc import inbound, outbound
+from tests.browser.test_simulcast import LAYER_SIZES, layers_sent
 from tests.netlab import HUB_ADDRESS, Link, Netlab, Station, available, netlab
 from tests.test_turn import SECRET, coturn
 
@@ -78,7 +83,7 @@ class Figures:
     """What one station got over ``seconds``."""
 
     layer: str
-    """The frame size it decoded last (``WxH``); simulcast is not yet here: one layer."""
+    """The frame size it decoded last (``WxH``)."""
     fps: float
     freezes: int
     """``freezeCount`` (Chromium's own count of long gaps between frames)."""
@@ -110,6 +115,52 @@ def station_figures(page: Any, seconds: int) -> Figures:
         audio_concealed_pct=round(100 * concealed / samples, 2) if samples else 100.0,
         relay=last["relay"],
     )
+
+
+def three_layers(console: Any) -> str | None:
+    """None once the console sends its camera in its three layers, at full size."""
+    sent = layers_sent(console)
+    sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+    return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+
+def layer_of(page: Any, console: Any) -> str:
+    """Which of the lecturer's layers the station decodes: the rid whose frame size,
+    as the console sends it now and as it is meant to be, is the one decoded, else
+    the size itself (a loaded encoder scales layers down, and a scaled layer could
+    pass for a lower one)."""
+    rows = [r for r in inbound(page) if r["kind"] == "video" and r["source"] == "camera"]
+    size = (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
+    sent = layers_sent(console)
+    return next(
+        (
+            rid
+            for rid, nominal in LAYER_SIZES.items()
+            if size == nominal and rid in sent and sent[rid][:2] == size
+        ),
+        f"{size[0]}x{size[1]}",
+    )
+
+
+def frames_encoded(console: Any) -> dict[str, int]:
+    """rid → frames the console has encoded in that layer."""
+    return {
+        str(r["rid"]): r["framesEncoded"]
+        for r in outbound(console)
+        if r["source"] == "camera" and r["rid"]
+    }
+
+
+def measure(page: Any, console: Any, seconds: int) -> tuple[Figures, str, float]:
+    """The station's figures over ``seconds``, the layer it decoded at the end, and
+    the frames per second the console encoded in that layer meanwhile (on a loaded
+    machine, fewer than the camera's 30: the most a station can decode)."""
+    before, start = frames_encoded(console), time.monotonic()
+    figures = station_figures(page, seconds)
+    after, took = frames_encoded(console), time.monotonic() - start
+    layer = layer_of(page, console)
+    sent = (after.get(layer, 0) - before.get(layer, 0)) / took
+    return figures, layer, round(sent, 1)
 
 
 def chromium_args(base_url: str, *extra: str) -> list[str]:
@@ -157,6 +208,18 @@ class Bench:
         console = self.open(f"{self.hub.base}/console#token={self.hub.token('C', 'center')}")
         console.wait_for_function("() => window.practiceHub?.client?.state === 'joined'")
         console.click("#golive")
+        self.console = console
+        self.simulcast = self._three_layers(30)
+
+    def _three_layers(self, timeout: float) -> bool:
+        """Whether the console sends three layers within ``timeout`` (an older
+        checkout's console sends one)."""
+        deadline = time.monotonic() + timeout
+        while three_layers(self.console) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def open(self, url: str, station: Station | None = None) -> Any:
         label = station.netns if station else "console"
@@ -187,13 +250,15 @@ class Bench:
             before = self.hub.metrics()
             cpu = cpu_seconds(self.hub.process.pid)
             start = time.monotonic()
-            figures = station_figures(page, seconds)
+            figures, layer, sent_fps = measure(page, self.console, seconds)
             hub_cpu = (cpu_seconds(self.hub.process.pid) - cpu) / (time.monotonic() - start)
             after = self.hub.metrics()
             return {
                 "profile": name,
                 "link": asdict(link),
                 **asdict(figures),
+                "rid": layer,
+                "rid_sent_fps": sent_fps,
                 "retransmissions": int(
                     _counter(after, "retransmissions") - _counter(before, "retransmissions")
                 ),
@@ -236,6 +301,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp, netlab() as lab, sync_playwright() as pw:
         bench = Bench(Path(tmp), lab, pw, source)
+        simulcast = bench.simulcast
         try:
             for name in args.profile or list(PROFILES):
                 result = bench.profile(name, PROFILES[name], args.warmup, args.seconds)
@@ -251,7 +317,7 @@ def main() -> None:
                 "source": str(source),
                 "commit": commit,
                 "seconds": args.seconds,
-                "simulcast": "not yet",
+                "simulcast": simulcast,
                 "profiles": results,
             }
         )

@@ -5,7 +5,7 @@ makes). Each station gets its own namespace whose only way out, its default rout
 is a TUN device; a delay line process (``python -m tests.netlab``) carries every
 packet between it and a second TUN device on the hub's side, losing, holding or
 refusing packets as the station's :class:`Link` says. The rate is the kernel's
-``tc tbf`` on both TUN devices (this kernel has no ``netem``: loss and delay are
+``tc`` (htb) on both TUN devices (this kernel has no ``netem``: loss and delay are
 the delay line's). Everything the lab makes is removed when it closes, failure or
 not: the TUN devices go with the delay line, the namespaces and the hub's device
 are deleted.
@@ -48,7 +48,7 @@ class Link:
     """One station's link to the hub; the same both ways."""
 
     rate_kbit: int | None = None
-    """tbf rate; None: as fast as the delay line goes."""
+    """Rate, each way; None: as fast as the delay line goes."""
     loss: float = 0.0
     """Share of packets lost, each way, at random."""
     rtt_ms: float = 0.0
@@ -76,6 +76,12 @@ class Station:
         """Lose every UDP packet from now on (a path that breaks while TCP, the
         signaling, lives), or stop doing so (back to :attr:`link`)."""
         self.line.send_signal(signal.SIGUSR1 if cut else signal.SIGUSR2)
+
+    def shape(self, rate_kbit: int) -> None:
+        """Change the link's rate, both ways, while it carries media (a village link
+        whose share drops as neighbours start watching)."""
+        for command in _shaping_commands(self, rate_kbit, change=True):
+            _ip(command)
 
     def chromium(self, workdir: Path, chromium: str) -> str:
         """A Chromium executable (a wrapper script) that runs in this namespace."""
@@ -146,7 +152,7 @@ class Netlab:
             [*inside, "ip", "route", "add", "default", "dev", station_tun],
             ["ip", "link", "set", hub_tun, "up"],
             ["ip", "route", "add", f"10.77.{n}.0/24", "dev", hub_tun],
-            *_tbf_commands(station, link.rate_kbit),
+            *_shaping_commands(station, link.rate_kbit),
         ):
             _ip(command)
         return station
@@ -184,15 +190,62 @@ def netlab(tag: str | None = None) -> Iterator[Netlab]:
         lab.close()
 
 
-def _tbf_commands(station: Station, rate_kbit: int | None) -> list[list[str]]:
+def _shaping_commands(
+    station: Station, rate_kbit: int | None, change: bool = False
+) -> list[list[str]]:
+    """An htb class at the rate, its queue a bfifo of ~300 ms (a village link's: a
+    burst waits, a flood is lost), on both devices; with ``change``, the rate and
+    queue of those made before, whose packets stay queued (tbf, changed, drops them)."""
     if rate_kbit is None:
         return []
-    # A village link's queue holds ~300 ms: a burst waits, a flood is lost.
-    tbf = ["tbf", "rate", f"{rate_kbit}kbit", "burst", "16kb", "latency", "300ms"]
-    return [
-        station.run("tc", "qdisc", "add", "dev", station.station_tun, "root", *tbf),
-        ["tc", "qdisc", "add", "dev", station.hub_tun, "root", *tbf],
-    ]
+    verb = "change" if change else "add"
+    rate = f"{rate_kbit}kbit"
+    limit = str(max(16000, rate_kbit * 1000 * 3 // 80))  # bytes in 300 ms
+    commands = []
+    for device, prefix in (
+        (station.station_tun, station.run()),
+        (station.hub_tun, []),
+    ):
+        tc = [*prefix, "tc"]
+        if not change:
+            commands.append(
+                [*tc, "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "1"]
+            )
+        commands += [
+            [
+                *tc,
+                "class",
+                verb,
+                "dev",
+                device,
+                "parent",
+                "1:",
+                "classid",
+                "1:1",
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+                "burst",
+                "16kb",
+            ],
+            [
+                *tc,
+                "qdisc",
+                verb,
+                "dev",
+                device,
+                "parent",
+                "1:1",
+                "handle",
+                "10:",
+                "bfifo",
+                "limit",
+                limit,
+            ],
+        ]
+    return commands
 
 
 def _ip(command: list[str]) -> None:
