@@ -114,12 +114,8 @@ WATCH_JS = """
 """
 
 
-def open_lecture(
-    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, room: str
-) -> tuple[HubProcess, Any]:
-    """A hub on the lab's address and the console lecturing in it, unshaped on the
-    hub's side, its camera (1280x720) sent in its three simulcast layers."""
-    hub = lab_hub(tmp_path, request, {})
+def open_lab_console(hub: HubProcess, browsers: Browsers, room: str) -> Any:
+    """The center's console lecturing in ``room``, on the hub's side of the lab."""
     console = browsers.open(
         f"{hub.base_url}/console#token={hub.token(room, 'CENTER-01', 'center')}",
         "console",
@@ -127,6 +123,16 @@ def open_lecture(
     )
     joined(console, "console")
     console.click("#golive")
+    return console
+
+
+def open_lecture(
+    tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, room: str
+) -> tuple[HubProcess, Any]:
+    """A hub on the lab's address and the console lecturing in it, unshaped on the
+    hub's side, its camera (1280x720) sent in its three simulcast layers."""
+    hub = lab_hub(tmp_path, request, {})
+    console = open_lab_console(hub, browsers, room)
     poll(lambda: three_layers(console), timeout=30)
     return hub, console
 
@@ -257,13 +263,7 @@ def test_a_station_without_udp_joins_through_turn(
         request,
         {"HUB_TURN_URLS": json.dumps(turn.urls(transport)), "HUB_TURN_SECRET": SECRET},
     )
-    console = browsers.open(
-        f"{hub.base_url}/console#token={hub.token('v', 'CENTER-01', 'center')}",
-        "console",
-        args=chromium_args(hub.base_url),
-    )
-    joined(console, "console")
-    console.click("#golive")
+    open_lab_console(hub, browsers, "v")
     station = lab.station(Link(block_udp=True))
     # The TLS listener's certificate is the test's own, self-signed.
     extra = ("--ignore-certificate-errors",) if transport == "tls" else ()
@@ -282,13 +282,7 @@ def test_a_station_whose_path_breaks_restarts_ice_and_keeps_its_join(
     station restarts ICE (the hub's new offer comes over the websocket), and once the
     path is back it decodes the lecturer again on the same connections, not rejoined."""
     hub = lab_hub(tmp_path, request, {"HUB_UDP_PORT": str(free_port())})
-    console = browsers.open(
-        f"{hub.base_url}/console#token={hub.token('f', 'CENTER-01', 'center')}",
-        "console",
-        args=chromium_args(hub.base_url),
-    )
-    joined(console, "console")
-    console.click("#golive")
+    open_lab_console(hub, browsers, "f")
     station = lab.station(Link())
     page = open_lab_station(hub, browsers, station, "f", 1)
     poll(Progress(page, "video", None, "camera", "framesDecoded"), timeout=40)
