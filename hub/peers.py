@@ -225,8 +225,30 @@ def answer_layers(sdp: str, layers: dict[str, tuple[str, ...]]) -> str:
             continue
         at = next(j for j, line in enumerate(lines) if line.startswith("a=mid:")) + 1
         extra = [f"a=rid:{rid} recv" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}"]
-        sections[i] = "\r\n".join(lines[:at] + extra + lines[at:])
+        sections[i] = "\r\n".join(_start_bitrate(lines[:at] + extra + lines[at:]))
     return "\r\nm=".join(sections)
+
+
+SIMULCAST_START_KBPS = 2200
+"""What a simulcast sender starts at (``x-google-start-bitrate``, which libwebrtc reads
+from the answer): its three layers' sum. From its default 300 kbps a sender ramps up
+over seconds and sends its top layer last, and the recording and live HLS, which take
+the top layer, waited that long after every (re)join of the lecturer."""
+
+
+def _start_bitrate(lines: list[str]) -> list[str]:
+    rtpmap = re.compile(r"^a=rtpmap:(\d+) (VP8|H264)/90000$", re.IGNORECASE)
+    video = {m[1] for m in map(rtpmap.match, lines) if m}
+    param = f"x-google-start-bitrate={SIMULCAST_START_KBPS}"
+    with_fmtp = {line[7:].split(" ", 1)[0] for line in lines if line.startswith("a=fmtp:")}
+    out: list[str] = []
+    for line in lines:
+        pt = line[7:].split(" ", 1)[0] if line.startswith("a=fmtp:") else None
+        out.append(f"{line};{param}" if pt in video else line)
+        found = rtpmap.match(line)
+        if found and found[1] not in with_fmtp:
+            out.append(f"a=fmtp:{found[1]} {param}")
+    return out
 
 
 async def close_peer(pc: RTCPeerConnection) -> None:

@@ -11,6 +11,7 @@ from hub.aiortc_internals import install_h264_profiles
 from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import PublicationID
 from hub.peers import (
+    SIMULCAST_START_KBPS,
     SdpError,
     SendingPeer,
     announce,
@@ -208,3 +209,21 @@ async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None
         assert target() == "l"
     finally:
         await peer.close()
+
+
+def test_a_simulcast_answer_starts_the_sender_at_its_layers_sum() -> None:
+    """``x-google-start-bitrate`` on every video codec of a simulcast m-line (an fmtp
+    line added, or an existing one extended), on no other m-line."""
+    answer = (
+        "v=0\r\ns=-\r\nm=video 9 x 96 97 98\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n"
+        "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rtpmap:98 H264/90000\r\n"
+        "a=fmtp:98 packetization-mode=1\r\nm=video 9 x 96\r\na=mid:1\r\n"
+        "a=rtpmap:96 VP8/90000\r\n"
+    )
+    answered = answer_layers(answer, {"0": ("l", "m", "h")})
+    start = f"x-google-start-bitrate={SIMULCAST_START_KBPS}"
+    simulcast, single = answered.split("m=video")[1:]
+    assert f"a=rtpmap:96 VP8/90000\r\na=fmtp:96 {start}\r\n" in simulcast
+    assert f"a=fmtp:98 packetization-mode=1;{start}\r\n" in simulcast
+    assert "a=fmtp:97 apt=96\r\n" in simulcast  # not on RTX
+    assert "start-bitrate" not in single
