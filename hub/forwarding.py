@@ -259,14 +259,13 @@ class Layer:
             moved = self._watch_keyframe(seq, timestamp, marker, keyframe and new, new)
             if moved:
                 downs = [down for down in downs if down not in moved]
+        self._last_arrival = time.monotonic()
         if up.muted or not downs:
-            self._last_arrival = time.monotonic()
             return
         ntp = _ntp_now()
         sent, plain, wants_keyframe = fanout(
             downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
         )
-        self._last_arrival = time.monotonic()
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
         if wants_keyframe:
