@@ -54,6 +54,7 @@ from hub.aiortc_internals import (
     ReceiverTap,
     RtpPacer,
     hear_keyframe_requests,
+    negotiated_header_extensions,
     raw_sending,
     restrict_host_addresses,
 )
@@ -468,32 +469,42 @@ def _packet(data: bytes, index: int, step: int) -> av.Packet:
 
 
 _RTP_HEADER = struct.Struct("!BBHII")
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 class RawTrack:
-    """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`)."""
+    """One track a station writes itself (:func:`~hub.aiortc_internals.raw_sending`).
+    A microphone's packets carry their audio level (RFC 6464) where it was negotiated,
+    as a browser's do: 127, silence."""
 
-    __slots__ = ("next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
+    __slots__ = ("extension", "next_frame", "payload_type", "seq", "ssrc", "ts_base", "writer")
 
     def __init__(self, transceiver: Any) -> None:
         self.ssrc, self.payload_type, self.writer = raw_sending(transceiver)
         self.seq = random.getrandbits(16)
         self.ts_base = random.getrandbits(32)
         self.next_frame = 0
+        self.extension = b""
+        if transceiver.kind == "audio":
+            for ext in negotiated_header_extensions(transceiver):
+                if ext.uri == AUDIO_LEVEL_URI:
+                    # One-byte header (RFC 8285): the element, its level, padding.
+                    self.extension = b"\xbe\xde\x00\x01" + bytes([ext.id << 4, 127, 0, 0])
 
     def send(self, payloads: list[bytes], timestamp: int, marker_last: bool) -> None:
         last = len(payloads) - 1
+        first = 0x90 if self.extension else 0x80
         for i, payload in enumerate(payloads):
             marker = 0x80 if marker_last and i == last else 0
             header = _RTP_HEADER.pack(
-                0x80,
+                first,
                 marker | self.payload_type,
                 self.seq,
                 (self.ts_base + timestamp) & 0xFFFFFFFF,
                 self.ssrc,
             )
             self.seq = (self.seq + 1) & 0xFFFF
-            self.writer.srtp_socket.send(header + payload)
+            self.writer.srtp_socket.send(header + self.extension + payload)
 
 
 class Station:

@@ -50,6 +50,8 @@ class ForwardingStats:
     video_yields: int = 0
     """Times a video down track was held because its subscriber's link could not carry it."""
     frames_to_sinks: int = 0
+    silence_withheld: int = 0
+    """Silent microphone packets not forwarded (:class:`SilenceGate`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,53 @@ class Vp8Numbering:
         return bytes(rewritten)
 
 
+SILENT_LEVEL = 127
+"""RFC 6464's audio level of digital silence (-127 dBov): a muted or silent microphone."""
+
+
+class SilenceGate:
+    """Withholds a microphone's digital silence from its subscribers, as the
+    publisher's Opus DTX would have (Jitsi's bridge discards silence likewise).
+
+    Browsers send a muted microphone (``track.enabled = false``) as a packet every 20 ms
+    with audio level 127; at a county lecture the stations on stage listen most of the
+    time, and each of their microphones would cost every station 50 packets a second.
+    A live room's noise is never 127: only digital silence is withheld. After
+    :attr:`HANGOVER` silent packets in a row only one in :attr:`KEEPALIVE` goes on,
+    as DTX sends a comfort-noise update every 400 ms; the first packet with sound goes
+    at once. The packets that go are renumbered without gaps, so a receiver sees a
+    pause in time, not loss. Packets without a level (a publisher that does not send
+    the extension) all go. Sinks take frames elsewhere (:meth:`UpTrack.on_frame`) and
+    keep every packet."""
+
+    HANGOVER = 50
+    """1 s: pauses between words pass untouched, and so does a source that is silent
+    between short sounds (Chromium's fake microphone beeps every 500 ms)."""
+    KEEPALIVE = 20
+
+    __slots__ = ("_run", "withheld")
+
+    def __init__(self) -> None:
+        self._run = 0
+        """Silent packets in a row, up to the last one seen."""
+        self.withheld = 0
+        """Packets not forwarded so far: what later sequence numbers are moved down by."""
+
+    def admit(self, seq: int, new: bool, level: int | None) -> int | None:
+        """The sequence number to forward a packet as, or None to withhold it.
+        ``new``: it is the highest sequence number so far (not a late one)."""
+        silent = level is not None and level >= SILENT_LEVEL
+        if not new:
+            # A late packet's place among those renumbered is unknown; one of silence
+            # is not missed.
+            return None if silent or self._run > self.HANGOVER else (seq - self.withheld) & 0xFFFF
+        self._run = self._run + 1 if silent else 0
+        if self._run > self.HANGOVER and (self._run - self.HANGOVER) % self.KEEPALIVE:
+            self.withheld += 1
+            return None
+        return (seq - self.withheld) & 0xFFFF
+
+
 class Layer:
     """One encoding of an up track: a simulcast layer (its rid), or the whole track.
 
@@ -196,6 +245,7 @@ class Layer:
         "media_ssrc",
         "packets_received",
         "rid",
+        "silence",
         "up",
     )
 
@@ -222,6 +272,7 @@ class Layer:
         """(first sequence number, timestamp, last sequence number once seen) of a
         keyframe arriving for a move here."""
         self._last_arrival = 0.0
+        self.silence = SilenceGate() if up.kind == "audio" else None
 
     def on_rtp(self, packet: RtpPacket) -> None:
         """Called for each media packet of this layer (after RTX unwrapping)."""
@@ -251,6 +302,13 @@ class Layer:
         if level is not None:
             up.audio_level = level[1]
             up.audio_level_at = time.monotonic()
+        if self.silence is not None:
+            admitted = self.silence.admit(seq, new, None if level is None else level[1])
+            if admitted is None:
+                stats.silence_withheld += 1
+                self._last_arrival = time.monotonic()
+                return
+            seq = admitted
         history = self.history
         if history is not None:
             history.add(seq, timestamp, marker, payload)

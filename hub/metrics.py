@@ -24,6 +24,8 @@ _HELP = {
     "over budget",
     "video_yields": "times a subscriber's video was held because its link could not carry it",
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
+    "silence_withheld": "silent microphone packets (audio level 127) not forwarded, as DTX "
+    "would not have sent them",
 }
 
 

@@ -60,3 +60,45 @@ async def test_raw_rtp_is_forwarded_and_datagrams_are_counted(hub_server: Runnin
             sending.cancel()
         for client in (counter, viewer, station):
             await client.close()
+
+
+async def test_a_raw_silent_microphone_says_its_level_and_is_withheld(
+    hub_server: RunningHub,
+) -> None:
+    """The stations' microphones label their silence (audio level 127) as a browser's
+    do, so the hub withholds it from listeners as it would a browser's."""
+    clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
+    # a moderator's microphone: every station hears it, as one on stage
+    station = HubClient(hub_server.ws, hub_server.token("hush", "S1", "center"), decode=False)
+    listener = HubClient(hub_server.ws, hub_server.token("hush", "S2", "station"), decode=False)
+    sending: asyncio.Task[None] | None = None
+    try:
+        for client in (station, listener):
+            await client.connect()
+        parked = ParkedTrack("audio")
+        await station.publish({"microphone": parked})
+        assert station.publisher is not None
+        transceiver = next(
+            t for t in station.publisher.getTransceivers() if t.sender.track is parked
+        )
+        track = RawTrack(transceiver)
+        assert track.extension, "no audio level negotiated"
+
+        async def send() -> None:
+            for index in range(200):
+                track.send([clip.audio[index % len(clip.audio)]], index * 960, False)
+                await asyncio.sleep(0.02)
+
+        sending = asyncio.create_task(send())
+        await first_track(listener, "microphone")
+        stats = hub_server.hub.stats
+        await wait_until(lambda: None if stats.silence_withheld > 50 else stats.silence_withheld)
+        participant = hub_server.hub.rooms["hush"].by_identity("S1")  # type: ignore[index,arg-type]
+        assert participant is not None
+        up = next(iter(participant.publications.values())).up
+        assert up.audio_level == 127
+    finally:
+        if sending is not None:
+            sending.cancel()
+        for client in (listener, station):
+            await client.close()
