@@ -9,6 +9,7 @@ pipe, one at a time: ``(method, args)`` in, ``("ok", result)`` or
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import fractions
 import logging
@@ -445,10 +446,14 @@ class _DecodeErrors(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
+        self.by_codec: collections.Counter[str] = collections.Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
         if "failed to decode" in record.getMessage():
             self.count += 1
+            # aiortc's arguments: the kind, the codec, the error
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.by_codec[" ".join(map(str, args))] += 1
 
 
 class Packetized:
@@ -718,6 +723,7 @@ class Stations:
             "at": time.monotonic(),
             "stations": [s.status() for s in self.stations],
             "decode_errors": self.decode_errors.count,
+            "decode_errors_by_codec": dict(self.decode_errors.by_codec),
         }
 
     async def close(self) -> None:

@@ -41,6 +41,7 @@ from bench.fanout import (
     percentile,
     rss_mb,
     stop_all,
+    udp_drops,
 )
 from hub.ids import ParticipantIdentity, RoomName
 from hub.tokens import Role, grant_for_role
@@ -215,17 +216,26 @@ class County:
         generators = [w.pid for w in everyone]
         cpu0, counters0 = cpu_seconds(hub.process.pid), _counters(hub)
         generators0 = sum(map(cpu_seconds, generators))
+        probes0 = cpu_seconds(probes.pid)
+        drops0 = [udp_drops([pid]) for pid in (hub.process.pid, probes.pid)]
+        station_drops0 = udp_drops([w.pid for w in workers])
         console0, stations0 = console.call("status"), statuses()
         time.sleep(self.seconds)
         cpu1, counters1 = cpu_seconds(hub.process.pid), _counters(hub)
         generators1 = sum(map(cpu_seconds, generators))
+        probes1 = cpu_seconds(probes.pid)
+        drops1 = [udp_drops([pid]) for pid in (hub.process.pid, probes.pid)]
+        station_drops1 = udp_drops([w.pid for w in workers])
         console1, stations1 = console.call("status"), statuses()
         window = stations1[0]["at"] - stations0[0]["at"]
-        fps = [
-            (b[3] - a[3]) / (end["at"] - begin["at"])
+        fps_by_worker = [
+            [
+                (b[3] - a[3]) / (end["at"] - begin["at"])
+                for a, b in zip(begin["stations"], end["stations"], strict=True)
+            ]
             for begin, end in zip(stations0, stations1, strict=True)
-            for a, b in zip(begin["stations"], end["stations"], strict=True)
         ]
+        fps = [f for worker in fps_by_worker for f in worker]
         everyone_end = [s for status in stations1 for s in status["stations"]]
         joined = [s for s in everyone_end if s[0]]
         join_times = [s[2] - s[1] for s in everyone_end if s[2] is not None]
@@ -251,6 +261,10 @@ class County:
             "lecturer_fps_min": round(min(fps), 2),
             # Errors before the window belong to the joins (a frame before a keyframe).
             "probe_decode_errors": stations1[-1]["decode_errors"] - stations0[-1]["decode_errors"],
+            "probe_decode_errors_by_codec": {
+                codec: count - stations0[-1]["decode_errors_by_codec"].get(codec, 0)
+                for codec, count in stations1[-1]["decode_errors_by_codec"].items()
+            },
             "console_downlink_kbps": round(
                 (console1["bytes"] - console0["bytes"]) * 8 / 1000 / console_seconds
             ),
@@ -258,7 +272,16 @@ class County:
             "udp_port_mode": "per-peer" if self.udp_port is None else "shared",
             "window_s": round(window, 1),
             "load_generator_cpu_percent": round((generators1 - generators0) / window * 100),
+            "probes_cpu_percent": round((probes1 - probes0) / window * 100),
+            # Datagrams the kernel dropped at full receive buffers in the window: a
+            # starved process, not the hub's sending.
+            "udp_drops_at_hub": drops1[0] - drops0[0],
+            "udp_drops_at_probes": drops1[1] - drops0[1],
+            "udp_drops_at_stations": station_drops1 - station_drops0,
             "lecturer_fps_median": round(percentile(fps, 50), 2),
+            # Which starved, if any: the counting stations, or the decoding probes.
+            "lecturer_fps_min_counting": round(min(f for w in fps_by_worker[:-1] for f in w), 2),
+            "lecturer_fps_min_probes": round(min(fps_by_worker[-1]), 2),
             **{
                 f"hub_{name}_per_s": round((counters1[name] - counters0[name]) / window)
                 for name in ("packets_received", "packets_forwarded", "retransmissions")
