@@ -51,6 +51,10 @@ class ForwardingStats:
     video_yields: int = 0
     """Times a video down track was held because its subscriber's link could not carry it."""
     frames_to_sinks: int = 0
+    red_packets_received: int = 0
+    """RED (RFC 2198) packets from publishers, malformed ones included."""
+    red_packets_forwarded: int = 0
+    """RED packets sent to subscribers that took RED."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +278,8 @@ class Layer:
                 self.request_keyframe()  # a subscription waits to start
         else:
             is_red = packet.payload_type == up.codec.red_payload_type
-            sent, plain = _fan_out_red(downs, seq, timestamp, marker, payload, is_red, ntp)
+            stats.red_packets_received += is_red
+            sent, plain = _fan_out_red(downs, seq, timestamp, marker, payload, is_red, ntp, stats)
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
 
@@ -715,6 +720,7 @@ def _fan_out_red(
     payload: bytes,
     is_red: bool,
     ntp: int,
+    stats: ForwardingStats,
 ) -> tuple[int, int]:
     """Audio from a publisher that negotiated RED, to down tracks grouped by the form
     they take: plain Opus (a RED packet's primary block) or RED whose blocks name
@@ -738,6 +744,8 @@ def _fan_out_red(
             count, size, _ = fanout(group, seq, timestamp, marker, form, False, ntp, abs3)
             sent += count
             plain += size
+            if block_type is not None:
+                stats.red_packets_forwarded += count
     return sent, plain
 
 

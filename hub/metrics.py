@@ -24,6 +24,8 @@ _HELP = {
     "over budget",
     "video_yields": "times a subscriber's video was held because its link could not carry it",
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
+    "red_packets_received": "RED (audio/red) packets received from publishers",
+    "red_packets_forwarded": "RED packets sent to subscribers that negotiated RED",
 }
 
 

@@ -320,6 +320,7 @@ def test_red_subscribers_get_red_retagged_and_the_others_its_primary_block() -> 
     ]
     assert [(p.payload_type, p.payload) for p in got[1]] == [(96, b"now"), (96, b"plain")]
     assert [(p.payload_type, p.payload) for p in got[2]] == [(111, b"now"), (111, b"plain")]
+    assert (stats.red_packets_received, stats.red_packets_forwarded) == (2, 2)
     # One sequence each, with the malformed packet's number left out as a loss.
     for packets in got:
         assert (packets[1].sequence_number - packets[0].sequence_number) & 0xFFFF == 2
