@@ -409,6 +409,8 @@ class UpTrack:
         self.audio_level_at = 0.0
         self.bytes_received = 0
         self.packets_received = 0
+        self._red_sent_timestamp: int | None = None
+        """The (unwrapped) timestamp of the last Opus packet sinks had of a RED frame."""
 
     def _send_plis(self) -> None:
         wanted, self._keyframes_wanted = self._keyframes_wanted, []
@@ -452,12 +454,31 @@ class UpTrack:
         never decoded."""
         if self.closed or self.muted or not self.frame_consumers:
             return
-        if codec == red.NAME:
-            # Sinks take Opus: the primary block is this packet's own.
-            primary = red.red_primary(data)
-            if primary is None:
-                return
-            codec, data = self.codec.name, primary
+        if codec != red.NAME:
+            self._to_sinks(codec, data, timestamp)
+            return
+        for at, block in self._unsent_red_blocks(data, timestamp):
+            self._to_sinks(self.codec.name, block, at)
+
+    def _unsent_red_blocks(self, data: bytes, timestamp: int) -> list[tuple[int, bytes]]:
+        """The Opus packets a RED frame carries that the sinks have not had, oldest
+        first, with their timestamps: its primary block, after copies of packets lost
+        before it (late beats never). Nothing from a malformed one."""
+        blocks = red.red_blocks(data)
+        if blocks is None:
+            return []
+        last = self._red_sent_timestamp
+        unsent: list[tuple[int, bytes]] = []
+        # In time order, each timestamp once: whatever the publisher wrote, a muxer
+        # takes nothing else.
+        for at, block in sorted((timestamp - b.timestamp_offset, b.data) for b in blocks):
+            if block and (at == timestamp if last is None else at > last):
+                unsent.append((at, block))
+                last = at
+        self._red_sent_timestamp = last
+        return unsent
+
+    def _to_sinks(self, codec: str, data: bytes, timestamp: int) -> None:
         keyframe = self.kind == "video" and frame_is_keyframe(codec, data)
         arrival = time.time()
         self.stats.frames_to_sinks += 1

@@ -326,3 +326,27 @@ def test_red_subscribers_get_red_retagged_and_the_others_its_primary_block() -> 
         assert (packets[1].sequence_number - packets[0].sequence_number) & 0xFFFF == 2
     for wire in wires:
         wire.close()
+
+
+def test_sinks_get_opus_and_a_lost_packet_from_the_copy_in_the_next() -> None:
+    opus = CodecInfo("opus", "audio/opus", 48000, channels=2, red_payload_type=63)
+    up = UpTrack("audio", opus, ForwardingStats(), lambda layer: None)
+    frames: list[tuple[str, bytes, int]] = []
+    up.frame_consumers.append(lambda codec, data, ts, key, at: frames.append((codec, data, ts)))
+    up.on_frame("red", red(b"p0", (960, b"older")), 0)  # the first: its primary alone
+    up.on_frame("red", red(b"p1", (960, b"p0")), 960)
+    # p2 (at 1920) was lost on the way in: the next packet carries it.
+    up.on_frame("red", red(b"p3", (1920, b"p1"), (960, b"p2")), 2880)
+    up.on_frame("red", b"\xef\x00", 3840)  # malformed: nothing
+    up.on_frame("red", red(b"p3", (960, b"p2")), 2880)  # a duplicate: nothing
+    # Blocks out of order, one timestamp twice: in time order, each once.
+    up.on_frame("red", red(b"p6", (960, b"p5"), (1920, b"p4"), (960, b"p5again")), 5760)
+    assert frames == [
+        ("opus", b"p0", 0),
+        ("opus", b"p1", 960),
+        ("opus", b"p2", 1920),
+        ("opus", b"p3", 2880),
+        ("opus", b"p4", 3840),
+        ("opus", b"p5", 4800),
+        ("opus", b"p6", 5760),
+    ]
