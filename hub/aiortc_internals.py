@@ -316,12 +316,14 @@ _original_filter_preferred_codecs = aiortc.rtcpeerconnection.filter_preferred_co
 def _find_common_codecs(
     local_codecs: list[RTCRtpCodecParameters], remote_codecs: list[RTCRtpCodecParameters]
 ) -> list[RTCRtpCodecParameters]:
+    """aiortc's, but an answer's RED takes the number and fmtp of the offer's, and
+    only if that names an Opus the answer takes, of as many channels."""
     common = _original_find_common_codecs(local_codecs, remote_codecs)
     opus = {c.payloadType: c.channels for c in common if c.mimeType.lower() == "audio/opus"}
     kept: list[RTCRtpCodecParameters] = []
     for codec in common:
         if _is_red(codec):
-            # aiortc answers with its own fmtp, naming its own Opus number.
+            # aiortc would answer with its own fmtp, naming its own Opus number.
             offered = next((c for c in remote_codecs if _is_red(c)), None)
             names = red.redundant_payload_types(offered.parameters) if offered else None
             if (
