@@ -31,6 +31,7 @@ import aioice.ice
 import aioice.stun
 import aioice.utils
 import aiortc.rate
+import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
@@ -47,6 +48,7 @@ from aiortc.rtcicetransport import (
 )
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
+    RTCRtpCodecCapability,
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
@@ -71,7 +73,7 @@ from pylibsrtp import SRTP_MAX_SRTCP_TRAILER_LEN, SRTP_MAX_TRAILER_LEN, Session
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
-from hub import fastpath
+from hub import fastpath, red
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
 from hub.udpmux import Endpoint, UdpMux
 
@@ -216,6 +218,7 @@ async def check_internals() -> None:
                 raise InternalsChanged(f"aiortc's RateCounter has no {name}")
         if 96 not in getattr(aiortc.rtp, "DYNAMIC_PAYLOAD_TYPES", ()):
             raise InternalsChanged("aiortc.rtp.DYNAMIC_PAYLOAD_TYPES is gone")
+        _check_red_internals()
         _check_simulcast_internals(pc)
     finally:
         await pc.close()
@@ -272,6 +275,94 @@ def install_opus_fec() -> None:
     for codec in CODECS["audio"]:
         if codec.mimeType.lower() == "audio/opus":
             codec.parameters.update(OPUS_PARAMETERS)
+
+
+def install_red() -> None:
+    """Register ``red/48000/2`` (RFC 2198), its fmtp naming aiortc's Opus (idempotent).
+
+    aiortc can neither send nor decode RED, so it is negotiated only on transceivers
+    whose codec preferences name it (the hub's: :func:`hub.peers.audio_preferences`),
+    never on aiortc's defaults (the Python client, load generators in this process).
+    Where negotiated it comes first (a browser sends the first codec of an answer,
+    RED then wrapping the Opus its fmtp names), and an answer's RED takes the fmtp
+    of the offer's, if that names an Opus the answer accepts."""
+    audio = CODECS["audio"]
+    if not any(_is_red(c) for c in audio):
+        opus = next(c for c in audio if c.mimeType.lower() == "audio/opus")
+        if opus.payloadType is None:
+            raise InternalsChanged("aiortc's Opus has no payload type")
+        used = {c.payloadType for kind in CODECS.values() for c in kind}
+        audio.append(
+            RTCRtpCodecParameters(
+                mimeType=red.MIME_TYPE,
+                clockRate=opus.clockRate,
+                channels=opus.channels,
+                payloadType=next(p for p in range(96, 128) if p not in used),
+                parameters={red.fmtp(opus.payloadType): None},
+            )
+        )
+    aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+    aiortc.rtcpeerconnection.filter_preferred_codecs = _filter_preferred_codecs
+
+
+def _is_red(codec: RTCRtpCodecParameters | RTCRtpCodecCapability) -> bool:
+    return codec.mimeType.lower() == red.MIME_TYPE
+
+
+_original_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
+_original_filter_preferred_codecs = aiortc.rtcpeerconnection.filter_preferred_codecs
+
+
+def _find_common_codecs(
+    local_codecs: list[RTCRtpCodecParameters], remote_codecs: list[RTCRtpCodecParameters]
+) -> list[RTCRtpCodecParameters]:
+    """aiortc's, but an answer's RED takes the number and fmtp of the offer's, and
+    only if that names an Opus the answer takes, of as many channels."""
+    common = _original_find_common_codecs(local_codecs, remote_codecs)
+    opus = {c.payloadType: c.channels for c in common if c.mimeType.lower() == "audio/opus"}
+    kept: list[RTCRtpCodecParameters] = []
+    for codec in common:
+        if _is_red(codec):
+            # aiortc would answer with its own fmtp, naming its own Opus number.
+            offered = next((c for c in remote_codecs if _is_red(c)), None)
+            names = red.redundant_payload_types(offered.parameters) if offered else None
+            if (
+                offered is None
+                or not names
+                or any(opus.get(pt, -1) != offered.channels for pt in names)
+            ):
+                continue
+            codec.payloadType = offered.payloadType
+            codec.parameters = dict(offered.parameters)
+        kept.append(codec)
+    return kept
+
+
+def _filter_preferred_codecs(
+    codecs: list[RTCRtpCodecParameters], preferred: list[RTCRtpCodecCapability]
+) -> list[RTCRtpCodecParameters]:
+    """aiortc's, but RED only where ``preferred`` names it, then first; matched by
+    name alone (its fmtp names whichever Opus number the negotiation settled on)."""
+    plain = _original_filter_preferred_codecs([c for c in codecs if not _is_red(c)], preferred)
+    if not any(_is_red(p) for p in preferred):
+        return plain
+    return [c for c in codecs if _is_red(c)] + plain
+
+
+def _check_red_internals() -> None:
+    """What :func:`install_red` relies on: the two functions it wraps, called by
+    ``setRemoteDescription`` and ``createOffer`` through the module's globals."""
+    for name in ("find_common_codecs", "filter_preferred_codecs"):
+        if not callable(getattr(aiortc.rtcpeerconnection, name, None)):
+            raise InternalsChanged(f"aiortc.rtcpeerconnection.{name} is gone")
+    words = inspect.getsource(aiortc.rtcpeerconnection.RTCPeerConnection).split()
+    source = " ".join(words).replace("( ", "(").replace(" )", ")")
+    for call in (
+        "filter_preferred_codecs(CODECS[transceiver.kind][:], transceiver._preferred_codecs)",
+        "find_common_codecs(CODECS[media.kind], media.rtp.codecs)",
+    ):
+        if call not in source:
+            raise InternalsChanged(f"aiortc no longer negotiates codecs through {call}")
 
 
 def accept_offered_payload_types() -> None:

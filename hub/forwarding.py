@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from aiortc.rtp import RtpPacket
 
+from hub import red
 from hub.codecs import VP8, frame_is_keyframe, keyframe_start, vp8_picture_ids
 from hub.fastpath import DownTrackCore, SrtpSocket, fanout
 from hub.retransmission import RetransmitBudget, Verdict
@@ -52,6 +53,10 @@ class ForwardingStats:
     frames_to_sinks: int = 0
     silence_withheld: int = 0
     """Silent microphone packets not forwarded (:class:`SilenceGate`)."""
+    red_packets_received: int = 0
+    """RED (RFC 2198) packets from publishers, malformed ones included."""
+    red_packets_forwarded: int = 0
+    """RED packets sent to subscribers that took RED."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class CodecInfo:
     clock_rate: int
     parameters: dict[str, str | int | None] = field(default_factory=dict)
     channels: int | None = None
+    red_payload_type: int | None = None
+    """RED (RFC 2198) wrapping this codec, when negotiated: packets may come either way."""
 
 
 class PacketHistory:
@@ -321,13 +328,18 @@ class Layer:
         if up.muted or not downs:
             return
         ntp = _ntp_now()
-        sent, plain, wants_keyframe = fanout(
-            downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
-        )
+        if up.codec.red_payload_type is None:
+            sent, plain, wants_keyframe = fanout(
+                downs, seq, timestamp, marker, payload, keyframe, ntp, _abs_send_time(ntp)
+            )
+            if wants_keyframe:
+                self.request_keyframe()  # a subscription waits to start
+        else:
+            is_red = packet.payload_type == up.codec.red_payload_type
+            stats.red_packets_received += is_red
+            sent, plain = _fan_out_red(downs, seq, timestamp, marker, payload, is_red, ntp, stats)
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
-        if wants_keyframe:
-            self.request_keyframe()  # a subscription waits to start
 
     def _watch_keyframe(
         self, seq: int, timestamp: int, marker: int, keyframe: bool, new: bool
@@ -455,6 +467,8 @@ class UpTrack:
         self.audio_level_at = 0.0
         self.bytes_received = 0
         self.packets_received = 0
+        self._red_sent_timestamp: int | None = None
+        """The (unwrapped) timestamp of the last Opus packet sinks had of a RED frame."""
 
     def _send_plis(self) -> None:
         wanted, self._keyframes_wanted = self._keyframes_wanted, []
@@ -498,6 +512,31 @@ class UpTrack:
         never decoded."""
         if self.closed or self.muted or not self.frame_consumers:
             return
+        if codec != red.NAME:
+            self._to_sinks(codec, data, timestamp)
+            return
+        for at, block in self._unsent_red_blocks(data, timestamp):
+            self._to_sinks(self.codec.name, block, at)
+
+    def _unsent_red_blocks(self, data: bytes, timestamp: int) -> list[tuple[int, bytes]]:
+        """The Opus packets a RED frame carries that the sinks have not had, oldest
+        first, with their timestamps: its primary block, after copies of packets lost
+        before it (late beats never). Nothing from a malformed one."""
+        blocks = red.red_blocks(data)
+        if blocks is None:
+            return []
+        last = self._red_sent_timestamp
+        unsent: list[tuple[int, bytes]] = []
+        # In time order, each timestamp once: whatever the publisher wrote, a muxer
+        # takes nothing else.
+        for at, block in sorted((timestamp - b.timestamp_offset, b.data) for b in blocks):
+            if block and (at == timestamp if last is None else at > last):
+                unsent.append((at, block))
+                last = at
+        self._red_sent_timestamp = last
+        return unsent
+
+    def _to_sinks(self, codec: str, data: bytes, timestamp: int) -> None:
         keyframe = self.kind == "video" and frame_is_keyframe(codec, data)
         arrival = time.time()
         self.stats.frames_to_sinks += 1
@@ -529,6 +568,7 @@ class DownTrack(DownTrackCore):
         "kind",
         "lost",
         "on_estimate",
+        "red_block_type",
         "rtx_payload_type",
         "rtx_ssrc",
         "stats",
@@ -554,6 +594,9 @@ class DownTrack(DownTrackCore):
         """Fraction of this track the subscriber last reported lost."""
         self.on_estimate: Callable[[], None] | None = None
         """Called after each new estimate (REMB): the layer may have to change."""
+        self.red_block_type: int | None = None
+        """While it sends RED: the payload type its subscriber gave the wrapped codec
+        (Opus), which RED's blocks name. None: it sends the codec plain."""
 
     def configure(
         self,
@@ -561,10 +604,13 @@ class DownTrack(DownTrackCore):
         payload_type: int,
         rtx_payload_type: int | None,
         abs_send_time_id: int | None,
+        red_payload_type: int | None = None,
     ) -> None:
-        """Apply what the last negotiation settled for this slot."""
+        """Apply what the last negotiation settled for this slot; with
+        ``red_payload_type``, it sends RED wrapping ``payload_type``."""
         self.srtp_socket = srtp_socket
-        self.payload_type = payload_type
+        self.payload_type = payload_type if red_payload_type is None else red_payload_type
+        self.red_block_type = None if red_payload_type is None else payload_type
         self.rtx_payload_type = rtx_payload_type
         self.abs_send_time_id = abs_send_time_id if abs_send_time_id and self.video else 0
 
@@ -743,6 +789,43 @@ class Subscription:
                 layer.release()
         if self.down.subscription is self:
             self.down.subscription = None
+
+
+def _fan_out_red(
+    downs: list[DownTrackCore],
+    seq: int,
+    timestamp: int,
+    marker: int,
+    payload: bytes,
+    is_red: bool,
+    ntp: int,
+    stats: ForwardingStats,
+) -> tuple[int, int]:
+    """Audio from a publisher that negotiated RED, to down tracks grouped by the form
+    they take: plain Opus (a RED packet's primary block) or RED whose blocks name
+    their subscriber's Opus number. Each form is made once, and each group gets one
+    fan-out; a malformed RED packet goes nowhere. Returns (sent, plain bytes)."""
+    groups: dict[int | None, list[DownTrackCore]] = {}
+    for down in downs:
+        # A bare core (tools, tests) has no RED: it takes plain Opus.
+        key = down.red_block_type if isinstance(down, DownTrack) else None
+        groups.setdefault(key, []).append(down)
+    abs3 = _abs_send_time(ntp)
+    sent = plain = 0
+    for block_type, group in groups.items():
+        if block_type is None:
+            form = red.red_primary(payload) if is_red else payload
+        elif is_red:
+            form = red.red_retagged(payload, block_type)
+        else:
+            form = red.red_single(payload, block_type)
+        if form is not None:
+            count, size, _ = fanout(group, seq, timestamp, marker, form, False, ntp, abs3)
+            sent += count
+            plain += size
+            if block_type is not None:
+                stats.red_packets_forwarded += count
+    return sent, plain
 
 
 def downstream_loss(up: UpTrack) -> float:

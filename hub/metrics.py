@@ -26,6 +26,8 @@ _HELP = {
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
     "silence_withheld": "silent microphone packets (audio level 127) not forwarded, as DTX "
     "would not have sent them",
+    "red_packets_received": "RED (audio/red) packets received from publishers",
+    "red_packets_forwarded": "RED packets sent to subscribers that negotiated RED",
 }
 
 

@@ -32,7 +32,7 @@ from aiortc.sdp import (
 from av import Packet
 from av.frame import Frame
 
-from hub import policy
+from hub import policy, red
 from hub.aiortc_internals import (
     SenderHook,
     install_flat_rate_counter,
@@ -349,16 +349,29 @@ class ParkedTrack(MediaStreamTrack):
 
 
 def codec_info(transceiver: RTCRtpTransceiver) -> CodecInfo | None:
-    """The first media codec the last negotiation settled on for ``transceiver``."""
-    for codec in negotiated_codecs(transceiver):
-        if codec.name.lower() != "rtx":
+    """The first media codec the last negotiation settled on for ``transceiver``
+    (RED is a wrapping of it: noted, not the codec)."""
+    codecs = negotiated_codecs(transceiver)
+    for codec in codecs:
+        if codec.name.lower() not in ("rtx", red.NAME):
             return CodecInfo(
                 name=codec.name,
                 mime_type=codec.mimeType,
                 clock_rate=codec.clockRate,
                 parameters=dict(codec.parameters),
                 channels=codec.channels,
+                red_payload_type=_red_payload_type(codecs, codec.payloadType),
             )
+    return None
+
+
+def _red_payload_type(codecs: list[RTCRtpCodecParameters], wrapped: int | None) -> int | None:
+    """The negotiated RED whose blocks are the codec numbered ``wrapped``, if any."""
+    for codec in codecs:
+        if codec.name.lower() == red.NAME:
+            names = red.redundant_payload_types(codec.parameters)
+            if names and all(name == wrapped for name in names):
+                return codec.payloadType
     return None
 
 
@@ -419,7 +432,22 @@ def preferences_for(kind: str, codec: CodecInfo) -> list[RTCRtpCodecCapability]:
     wanted = [c for _, c in sorted(ranked, key=lambda pair: pair[0])]
     if kind == "video":
         wanted += [c for c in capabilities if c.name.lower() == "rtx"]
+    else:
+        wanted = _red(capabilities) + wanted
     return wanted
+
+
+def audio_preferences() -> list[RTCRtpCodecCapability]:
+    """Every audio codec, RED first: what the hub negotiates where it does not yet
+    know what will be carried (a publisher's microphone, a WHEP player's voices)."""
+    capabilities = RTCRtpSender.getCapabilities("audio").codecs
+    return _red(capabilities) + [c for c in capabilities if c.name.lower() != red.NAME]
+
+
+def _red(capabilities: list[RTCRtpCodecCapability]) -> list[RTCRtpCodecCapability]:
+    """RED, when installed (:func:`hub.aiortc_internals.install_red`): negotiated
+    only where preferences name it."""
+    return [c for c in capabilities if c.name.lower() == red.NAME]
 
 
 @dataclass(frozen=True)
@@ -429,6 +457,8 @@ class SendParameters:
     payload_type: int
     rtx_payload_type: int | None
     abs_send_time_id: int | None
+    red_payload_type: int | None
+    """RED wrapping ``payload_type``, when negotiated."""
 
 
 def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendParameters | None:
@@ -451,7 +481,8 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
         (e.id for e in negotiated_header_extensions(transceiver) if e.uri == ABS_SEND_TIME_URI),
         None,
     )
-    return SendParameters(chosen.payloadType, rtx, abs_id)
+    red_pt = _red_payload_type(codecs, chosen.payloadType)
+    return SendParameters(chosen.payloadType, rtx, abs_id, red_pt)
 
 
 UP_AFTER = 8.0
@@ -564,11 +595,14 @@ class Slot:
         params = send_parameters(self.transceiver, publication.up.codec)
         if params is None:
             return False
+        # RED only from a publisher that sends it: a copy of nothing adds nothing.
+        sends_red = publication.up.codec.red_payload_type is not None
         self.down.configure(
             self.hook.writer().srtp_socket,
             params.payload_type,
             params.rtx_payload_type,
             params.abs_send_time_id,
+            params.red_payload_type if sends_red else None,
         )
         return True
 
@@ -785,9 +819,11 @@ class WhepPeer(SendingPeer):
         video, _ = room.program()
         for m in media:
             slot = self.add_slot(m.kind)
+            # Only possible before setRemoteDescription (aiortc).
             if m.kind == "video" and video is not None:
-                # Only possible before setRemoteDescription (aiortc).
                 slot.transceiver.setCodecPreferences(preferences_for("video", video.up.codec))
+            elif m.kind == "audio":
+                slot.transceiver.setCodecPreferences(audio_preferences())
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as exc:
@@ -834,6 +870,7 @@ class PublisherPeer:
             media = parse_sdp(sdp, self.participant.room.limits.max_media)
             sending = [m for m in media if m.direction in ("sendonly", "sendrecv")]
             self._check_sources(sending, sources)
+            self._prefer_red(media)
             try:
                 await set_remote_offer(self.pc, sdp)
                 answer = await self.pc.createAnswer()
@@ -850,6 +887,25 @@ class PublisherPeer:
             room = self.participant.room
             answered = answer_layers(self.pc.localDescription.sdp, layers)
             return announce(answered, room.announce_address, room.gather_first)
+
+    def _prefer_red(self, media: list[OfferedMedia]) -> None:
+        """A transceiver for each new m-line, made before the offer applies, as aiortc
+        would have made it (in m-line order: the first owns the bundle's transport),
+        audio with RED in its codec preferences: the answer lists RED first, and a
+        browser sends it."""
+        transceivers = self.pc.getTransceivers()
+        known = {t.mid for t in transceivers}
+        # Some may be left from an offer refused before it took them.
+        spare = [t.kind for t in transceivers if t.mid is None]
+        for m in media:
+            if m.mid in known:
+                continue
+            if m.kind in spare:
+                spare.remove(m.kind)
+                continue
+            transceiver = self.pc.addTransceiver(m.kind, direction="recvonly")
+            if m.kind == "audio":
+                transceiver.setCodecPreferences(audio_preferences())
 
     async def _recover(self) -> None:
         """aiortc may keep half of a refused offer; start afresh while that is cheap."""

@@ -19,6 +19,7 @@ from hub.aiortc_internals import (
     install_datagram_path,
     install_h264_profiles,
     install_opus_fec,
+    install_red,
     install_simulcast_extensions,
     keep_consent_while_heard,
     restrict_host_addresses,
@@ -89,6 +90,7 @@ class Hub:
         await check_internals()
         install_h264_profiles()
         install_opus_fec()
+        install_red()
         install_simulcast_extensions()
         accept_offered_payload_types()
         keep_consent_while_heard(self.settings.peer_silence_timeout)

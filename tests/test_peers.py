@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from hub.aiortc_internals import install_h264_profiles
+from hub.aiortc_internals import install_h264_profiles, install_red
 from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import PublicationID
 from hub.peers import (
@@ -114,7 +114,8 @@ def test_preferences_put_the_same_profile_first_then_those_that_decode_it() -> N
     vp8 = CodecInfo("VP8", "video/VP8", 90000)
     assert [c.name for c in preferences_for("video", vp8) if c.name != "rtx"] == ["VP8"]
     opus = CodecInfo("opus", "audio/opus", 48000, {"useinbandfec": 1}, 2)
-    assert [c.name for c in preferences_for("audio", opus)] == ["opus"]
+    install_red()  # RED first, for subscribers who take it
+    assert [c.name for c in preferences_for("audio", opus)] == ["red", "opus"]
 
 
 OFFER_HEAD = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
