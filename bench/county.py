@@ -283,8 +283,18 @@ class County:
             "lecturer_fps_min_counting": round(min(f for w in fps_by_worker[:-1] for f in w), 2),
             "lecturer_fps_min_probes": round(min(fps_by_worker[-1]), 2),
             **{
-                f"hub_{name}_per_s": round((counters1[name] - counters0[name]) / window)
-                for name in ("packets_received", "packets_forwarded", "retransmissions")
+                f"hub_{name}_per_s": round(
+                    (counters1.get(name, 0) - counters0.get(name, 0)) / window
+                )
+                for name in (
+                    "packets_received",
+                    "packets_forwarded",
+                    "retransmissions",
+                    "nacks_received",
+                    "keyframe_requests",
+                    "silence_withheld",
+                    "video_yields",
+                )
             },
             "stations_with_first_frame": len(join_times),
             "on_stage": staged,

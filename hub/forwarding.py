@@ -243,12 +243,14 @@ class Layer:
         "_highest_seq",
         "_keyframe",
         "_last_arrival",
+        "_mid_frame",
         "bitrate_bps",
         "bytes_received",
         "downs",
         "history",
         "incoming",
         "index",
+        "leaving",
         "media_ssrc",
         "packets_received",
         "rid",
@@ -268,6 +270,11 @@ class Layer:
         """The down tracks sending this layer, not held: what fanout() takes."""
         self.incoming: list[Subscription] = []
         """Subscriptions moving here at this layer's next keyframe."""
+        self.leaving: list[DownTrack] = []
+        """Video down tracks held (audio only, a link that cannot carry it) that stop at
+        the end of the frame they are in: a receiver given part of a frame, then the
+        next keyframe numbered without a gap, takes the part for a whole frame (aiortc
+        and GStreamer decode it, and fail)."""
         self.media_ssrc: int | None = None
         self.packets_received = 0
         self.bytes_received = 0
@@ -279,6 +286,8 @@ class Layer:
         """(first sequence number, timestamp, last sequence number once seen) of a
         keyframe arriving for a move here."""
         self._last_arrival = 0.0
+        self._mid_frame = False
+        """The last new packet did not end its frame."""
         self.silence = SilenceGate() if up.kind == "audio" else None
 
     def on_rtp(self, packet: RtpPacket) -> None:
@@ -298,6 +307,7 @@ class Layer:
             # choice weighs is the layer's own.
             self._highest_seq = seq
             self.bytes_received += len(payload)
+            self._mid_frame = not marker
         keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
         if up.vp8 is not None:
             payload = up.vp8.rewrite(self.index, payload, keyframe and new)
@@ -340,6 +350,38 @@ class Layer:
             sent, plain = _fan_out_red(downs, seq, timestamp, marker, payload, is_red, ntp, stats)
         stats.packets_forwarded += sent
         stats.bytes_forwarded += plain
+        if marker and self.leaving:
+            for down in self.leaving:
+                self.downs.remove(down)
+                down.leaving_from = None
+            self.leaving.clear()
+
+    def stop_sending(self, down: DownTrack) -> None:
+        """``down`` is held: video at the end of the frame it is in, if any; audio now."""
+        if down.video and self._mid_frame:
+            self.leaving.append(down)
+            down.leaving_from = self
+        else:
+            self.downs.remove(down)
+
+    def still_leaving(self, down: DownTrack) -> bool:
+        """``down`` is let go: True if it never stopped (held and let go within one
+        frame of this layer). Else it is gone from wherever it was leaving."""
+        leaving = down.leaving_from
+        if leaving is None:
+            return False
+        if leaving is self:
+            self.leaving.remove(down)
+            down.leaving_from = None
+            return True
+        leaving.forget(down)
+        return False
+
+    def forget(self, down: DownTrack) -> None:
+        """Stop a leaving ``down`` now, mid-frame or not: its subscription ended."""
+        self.leaving.remove(down)
+        self.downs.remove(down)
+        down.leaving_from = None
 
     def _watch_keyframe(
         self, seq: int, timestamp: int, marker: int, keyframe: bool, new: bool
@@ -566,6 +608,7 @@ class DownTrack(DownTrackCore):
         "fit",
         "held",
         "kind",
+        "leaving_from",
         "lost",
         "on_estimate",
         "red_block_type",
@@ -590,6 +633,8 @@ class DownTrack(DownTrackCore):
         """Held because the subscriber's link cannot carry this video."""
         self.held = False
         """Sends nothing: either of the two."""
+        self.leaving_from: Layer | None = None
+        """The layer it is still sending the current frame of, once held."""
         self.lost = 0.0
         """Fraction of this track the subscriber last reported lost."""
         self.on_estimate: Callable[[], None] | None = None
@@ -671,8 +716,8 @@ class DownTrack(DownTrackCore):
             return
         layer = subscription.layer
         if held:
-            layer.downs.remove(self)
-        else:
+            layer.stop_sending(self)
+        elif not layer.still_leaving(self):
             self.started = False
             layer.downs.append(self)
             if self.video:
@@ -783,6 +828,8 @@ class Subscription:
             up.subscriptions.remove(self)
             if not self.down.held:
                 self.layer.downs.remove(self.down)
+            elif self.down.leaving_from is not None:
+                self.down.leaving_from.forget(self.down)
             for layer in up.layers:
                 if self in layer.incoming:
                     layer.incoming.remove(self)

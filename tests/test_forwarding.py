@@ -4,6 +4,7 @@ on real RTP bytes (parsed back with aiortc's own parser)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from aiortc.rtp import RtpPacket, unwrap_rtx
 
@@ -305,3 +306,39 @@ async def test_a_held_down_track_is_sent_nothing_and_restarts_at_a_keyframe() ->
     assert up.top.downs == [] and up.subscriptions == []
     Subscription(up, down)  # a new publication on a held slot stays held
     assert up.top.downs == []
+
+
+async def test_video_held_mid_frame_stops_at_the_frames_end_never_in_it() -> None:
+    """A receiver given part of a frame, then the next keyframe numbered without a
+    gap, would decode the part as a whole frame (aiortc does, and fails)."""
+    stats = ForwardingStats()
+    plis: list[int] = []
+    up, down, wire = make_pair(stats, plis)
+    Subscription(up, down)
+    up.on_rtp(packet(1, 0, VP8_KEY, marker=1))
+    up.on_rtp(packet(2, 3000, VP8_DELTA))
+    down.hold(True)  # the link cannot carry it: mid-frame
+    up.on_rtp(packet(3, 3000, VP8_CONT))
+    up.on_rtp(packet(4, 3000, VP8_CONT, marker=1))  # the frame's end still goes
+    up.on_rtp(packet(5, 6000, VP8_DELTA, marker=1))  # the next frame does not
+    assert [RtpPacket.parse(d).marker for d in wire.sent] == [1, 0, 0, 1]
+    assert down not in up.top.downs and up.top.leaving == []
+    down.hold(False)  # back from the next keyframe
+    up.on_rtp(packet(6, 9000, VP8_KEY, marker=1))
+    # held and let go within one frame: it never stopped, no keyframe needed
+    up.on_rtp(packet(7, 12000, VP8_DELTA))
+    down.hold(True)
+    down.hold(False)
+    up.on_rtp(packet(8, 12000, VP8_CONT, marker=1))
+    up.on_rtp(packet(9, 15000, VP8_DELTA, marker=1))
+    out = [RtpPacket.parse(d) for d in wire.sent]
+    # after the pause the clock goes on one frame after its last packet (3000)
+    assert [p.timestamp - out[0].timestamp for p in out[4:]] == [6000, 9000, 9000, 12000]
+    seqs = [p.sequence_number for p in out]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    # a subscription that ends while its down track is leaving takes it out at once
+    up.on_rtp(packet(10, 18000, VP8_DELTA))
+    down.hold(True)
+    assert down in up.top.downs and down.leaving_from is up.top
+    down.subscription.close()  # type: ignore[union-attr]
+    assert up.top.downs == [] and up.top.leaving == [] and down.leaving_from is None
