@@ -517,8 +517,8 @@ class Station:
     (the pre-packetized clip, written straight to SRTP: aiortc's send path would cost
     the load generator more than the hub), receives the stage and counts the
     lecturer's frames (marker bits) without decoding; a probe decodes everything it
-    receives instead. Pauses its camera while the hub says ``quality`` ``paused``, as
-    a browser does."""
+    receives instead. Pauses its camera while the hub says ``quality`` ``paused``, and
+    its microphone while ``microphone`` is ``paused``, as a browser does."""
 
     def __init__(
         self, ws_url: str, token: str, clip: Packetized, lecturer: str, probe: bool
@@ -543,6 +543,7 @@ class Station:
         self.attempts = 1
         self.joined = False
         self.paused = False
+        self.microphone_paused = False
         self._read = 0
         self._readers: dict[str, asyncio.Task[None]] = {}
 
@@ -601,11 +602,13 @@ class Station:
         self.started_at = time.monotonic()
 
     def send_due(self, now: float) -> None:
-        """Send what the clip has due by ``now`` (the camera not while paused)."""
+        """Send what the clip has due by ``now`` (camera and microphone not while paused)."""
         elapsed = now - self.started_at
         audio, video, clip = self.audio, self.video, self.clip
         if audio is not None:
             due = int(elapsed * 50) + 1
+            if self.microphone_paused:
+                audio.next_frame = max(audio.next_frame, due)
             while audio.next_frame < due:
                 index = audio.next_frame
                 audio.send([clip.audio[index % len(clip.audio)]], index * AUDIO_FRAME, False)
@@ -626,8 +629,10 @@ class Station:
         """Act on the hub's new messages (pause, resume); probes start reading."""
         messages = self.client.messages
         for message in messages[self._read :]:
-            if message.get("type") == "quality":
-                self.paused = message.get("level") == "paused"
+            kind = message.get("type")
+            if kind in ("joined", "quality"):  # ``joined`` says how to start
+                self.paused = message.get("level" if kind == "quality" else "quality") == "paused"
+                self.microphone_paused = message.get("microphone") == "paused"
         self._read = len(messages)
         if self.probe:
             for mid, received in self.client.received.items():
@@ -648,7 +653,17 @@ class Station:
     def status(
         self,
     ) -> tuple[
-        bool, float, float | None, int, bool, str | None, str, int, float | None, float | None
+        bool,
+        float,
+        float | None,
+        int,
+        bool,
+        str | None,
+        str,
+        int,
+        float | None,
+        float | None,
+        bool,
     ]:
         return (
             self.joined,
@@ -661,6 +676,7 @@ class Station:
             self.attempts,
             self.joined_at,
             self.first_media_at,
+            self.microphone_paused,
         )
 
     async def close(self) -> None:

@@ -187,7 +187,10 @@ class County:
         station_workers = [*workers, probes]
         # The stations stand in for remote sites: on this machine they must not take
         # the CPU from the hub and the lecturer when both want it (as bench.fanout).
-        for w in (*station_workers, console):
+        # The probes are the measuring instrument (3 decoders, ~20 % of a core): at
+        # nice 10 on a full machine they fell behind, their kernel buffers overflowed,
+        # and their decode errors measured the machine, not what the hub sent.
+        for w in (*workers, console):
             os.setpriority(os.PRIO_PROCESS, w.pid, STATION_NICE)
 
         def statuses() -> list[dict[str, Any]]:
@@ -269,6 +272,7 @@ class County:
                 (console1["bytes"] - console0["bytes"]) * 8 / 1000 / console_seconds
             ),
             "uplinks_paused": sum(1 for s in everyone_end if s[4]),
+            "microphones_paused": sum(1 for s in everyone_end if s[10]),
             "udp_port_mode": "per-peer" if self.udp_port is None else "shared",
             "window_s": round(window, 1),
             "load_generator_cpu_percent": round((generators1 - generators0) / window * 100),
