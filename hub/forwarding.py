@@ -610,6 +610,7 @@ class DownTrack(DownTrackCore):
         "kind",
         "leaving_from",
         "lost",
+        "lost_at",
         "on_estimate",
         "red_block_type",
         "rtx_payload_type",
@@ -637,6 +638,8 @@ class DownTrack(DownTrackCore):
         """The layer it is still sending the current frame of, once held."""
         self.lost = 0.0
         """Fraction of this track the subscriber last reported lost."""
+        self.lost_at = 0.0
+        """When (monotonic) it reported that."""
         self.on_estimate: Callable[[], None] | None = None
         """Called after each new estimate (REMB): the layer may have to change."""
         self.red_block_type: int | None = None
@@ -730,6 +733,7 @@ class DownTrack(DownTrackCore):
             self.budget.rtt = rtt
         if lost is not None:
             self.lost = lost
+            self.lost_at = time.monotonic()
         if estimate_bps is not None:
             self.budget.estimate_bps = estimate_bps
             if self.on_estimate is not None:

@@ -533,7 +533,10 @@ class Slot:
     ) -> int:
         rates = [layer.bitrate_bps for layer in publication.up.layers]
         shows = self.peer.shows.get(publication.id, "stage")
-        return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up)
+        # Loss reported since the layer last changed: an older report was of another.
+        down = self.down
+        loss = down.lost if down.lost_at > self._steady_since else None
+        return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up, loss)
 
     def _estimate(self, current_bps: float | None) -> float | None:
         """What the subscriber's estimate (REMB) leaves for this video: the whole less

@@ -133,6 +133,12 @@ Shows = Literal["stage", "tile"]
 
 UP_MARGIN = 1.25
 """A higher layer is taken on the estimate only when it carries it with this to spare."""
+LOSS_DOWN = 0.10
+"""A subscriber losing more than this of a video's packets gets the next layer down
+(libwebrtc's loss-based controller backs off above 10 %): a smaller frame is fewer
+packets, so fewer frames lose one, and repairs cost its link less."""
+LOSS_HOLD = 0.02
+"""Between this and :data:`LOSS_DOWN` a subscription holds its layer (no tries up)."""
 _CAP_INDEX = {"low": 0, "mid": 1}
 
 
@@ -149,6 +155,7 @@ def layer_for(
     cap: LayerCap,
     estimate_bps: float | None,
     try_up: bool = False,
+    loss: float | None = None,
 ) -> int:
     """Which simulcast layer (an index of ``rates``, lowest first) a subscription
     sends. ``rates`` are the layers' measured bits/s, None for one not arriving
@@ -163,6 +170,9 @@ def layer_for(
     current layer for a while) the next layer up is tried all the same. No arriving
     layer fits: the lowest arriving one (its video may still yield); none known to
     arrive (nothing measured yet): the highest within what it shows and its cap.
+    ``loss``, the fraction of this video its subscriber last reported lost, bounds
+    that: over :data:`LOSS_DOWN` one layer down from the current, over
+    :data:`LOSS_HOLD` nothing higher than the current.
     Recording, live HLS and restream do not ask: they take the top."""
     top = len(rates) - 1
     limit = top if shows == "stage" else 0
@@ -172,15 +182,20 @@ def layer_for(
         lowest = next((i for i, rate in enumerate(rates) if rate is not None), None)
         return limit if lowest is None else lowest
     if estimate_bps is None:
-        return arriving[-1]
-    fitting = [
-        i
-        for i in arriving
-        if (rates[i] or 0.0) * (UP_MARGIN if i > current else 1.0) <= estimate_bps
-    ]
-    chosen = fitting[-1] if fitting else arriving[0]
-    if try_up and chosen == current:
-        chosen = next((i for i in arriving if i > current), current)
+        chosen = arriving[-1]
+    else:
+        fitting = [
+            i
+            for i in arriving
+            if (rates[i] or 0.0) * (UP_MARGIN if i > current else 1.0) <= estimate_bps
+        ]
+        chosen = fitting[-1] if fitting else arriving[0]
+        if try_up and chosen == current:
+            chosen = next((i for i in arriving if i > current), current)
+    if loss is not None and loss > LOSS_HOLD:
+        below = [i for i in arriving if i < current]
+        ceiling = (below[-1] if below else arriving[0]) if loss > LOSS_DOWN else current
+        chosen = min(chosen, ceiling)
     return chosen
 
 

@@ -242,3 +242,32 @@ def test_layer_for(
     expected: int,
 ) -> None:
     assert policy.layer_for(rates, current, shows, cap, estimate, try_up) == expected
+
+
+@pytest.mark.parametrize(
+    ("rates", "current", "estimate", "try_up", "loss", "expected"),
+    [
+        # loss the link's estimate does not show (random loss on a village link)
+        (THREE, 2, 5_000_000, False, 0.15, 1),  # over 10 %: one layer down
+        (THREE, 1, 5_000_000, False, 0.15, 0),
+        (THREE, 0, 5_000_000, True, 0.15, 0),  # the lowest stays
+        (THREE, 1, 5_000_000, True, 0.05, 1),  # 2-10 %: holds, no try up
+        (THREE, 1, 1_900_000, False, 0.05, 1),  # not up even when the estimate says so
+        (THREE, 2, 600_000, False, 0.05, 1),  # the estimate still moves it down
+        (THREE, 1, 1_900_000, False, 0.01, 2),  # little loss: as without
+        (THREE, 0, 200_000, True, 0.0, 1),
+        ((None, 500_000.0, 1_500_000.0), 2, None, False, 0.2, 1),
+        ((None, 500_000.0, 1_500_000.0), 1, None, False, 0.2, 1),  # lowest arriving
+        ((150_000.0, None, 1_500_000.0), 2, None, False, 0.2, 0),  # skips a paused one
+    ],
+)
+def test_layer_for_follows_loss(
+    rates: tuple[float | None, ...],
+    current: int,
+    estimate: float | None,
+    try_up: bool,
+    loss: float,
+    expected: int,
+) -> None:
+    chosen = policy.layer_for(rates, current, "stage", "auto", estimate, try_up, loss)
+    assert chosen == expected
