@@ -15,6 +15,15 @@ from tests.hubserver import RunningHub
 from tests.test_forwarding_e2e import decode_frames
 
 
+async def publish_raw(client: HubClient, source: str, kind: str) -> RawTrack:
+    """Publish ``source`` as a bench station does: negotiated by aiortc, written raw."""
+    parked = ParkedTrack(kind)
+    await client.publish({source: parked})
+    assert client.publisher is not None
+    transceiver = next(t for t in client.publisher.getTransceivers() if t.sender.track is parked)
+    return RawTrack(transceiver)
+
+
 async def test_raw_rtp_is_forwarded_and_datagrams_are_counted(hub_server: RunningHub) -> None:
     clip = Packetized(await asyncio.to_thread(load_thumbnail_clip))
     frames_counted = 0
@@ -36,13 +45,7 @@ async def test_raw_rtp_is_forwarded_and_datagrams_are_counted(hub_server: Runnin
     try:
         for client in (station, viewer, counter):
             await client.connect()
-        parked = ParkedTrack("video")
-        await station.publish({"camera": parked})
-        assert station.publisher is not None
-        transceiver = next(
-            t for t in station.publisher.getTransceivers() if t.sender.track is parked
-        )
-        track = RawTrack(transceiver)
+        track = await publish_raw(station, "camera", "video")
 
         async def send() -> None:
             for index in range(10 * THUMB_FPS):
@@ -75,13 +78,7 @@ async def test_a_raw_silent_microphone_says_its_level_and_is_withheld(
     try:
         for client in (station, listener):
             await client.connect()
-        parked = ParkedTrack("audio")
-        await station.publish({"microphone": parked})
-        assert station.publisher is not None
-        transceiver = next(
-            t for t in station.publisher.getTransceivers() if t.sender.track is parked
-        )
-        track = RawTrack(transceiver)
+        track = await publish_raw(station, "microphone", "audio")
         assert track.extension, "no audio level negotiated"
 
         async def send() -> None:
@@ -92,7 +89,9 @@ async def test_a_raw_silent_microphone_says_its_level_and_is_withheld(
         sending = asyncio.create_task(send())
         await first_track(listener, "microphone")
         stats = hub_server.hub.stats
-        await wait_until(lambda: None if stats.silence_withheld > 50 else stats.silence_withheld)
+        await wait_until(
+            lambda: None if stats.silence_withheld > 50 else f"{stats.silence_withheld} withheld"
+        )
         participant = hub_server.hub.rooms["hush"].by_identity("S1")  # type: ignore[index,arg-type]
         assert participant is not None
         up = next(iter(participant.publications.values())).up
