@@ -308,9 +308,6 @@ class Layer:
             self._highest_seq = seq
             self.bytes_received += len(payload)
             self._mid_frame = not marker
-        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
-        if up.vp8 is not None:
-            payload = up.vp8.rewrite(self.index, payload, keyframe and new)
         up.packets_received += 1
         up.bytes_received += len(payload)
         stats = up.stats
@@ -319,6 +316,14 @@ class Layer:
         if level is not None:
             up.audio_level = level[1]
             up.audio_level_at = time.monotonic()
+        if self.history is None and not self.downs and not self.incoming:
+            # Nobody receives this layer (a simulcast layer no subscriber takes, a
+            # track only sinks take): nothing to keep, rewrite or send.
+            self._last_arrival = time.monotonic()
+            return
+        keyframe = up.kind == "video" and keyframe_start(up.codec.name, payload)
+        if up.vp8 is not None:
+            payload = up.vp8.rewrite(self.index, payload, keyframe and new)
         if self.silence is not None:
             admitted = self.silence.admit(seq, new, None if level is None else level[1])
             if admitted is None:
