@@ -616,6 +616,7 @@ class DownTrack(DownTrackCore):
         "leaving_from",
         "lost",
         "lost_at",
+        "nacked",
         "on_estimate",
         "red_block_type",
         "rtx_payload_type",
@@ -645,6 +646,8 @@ class DownTrack(DownTrackCore):
         """Fraction of this track the subscriber last reported lost."""
         self.lost_at = 0.0
         """When (monotonic) it reported that."""
+        self.nacked = 0
+        """Sequence numbers its subscriber asked to have resent, so far."""
         self.on_estimate: Callable[[], None] | None = None
         """Called after each new estimate (REMB): the layer may have to change."""
         self.red_block_type: int | None = None
@@ -692,6 +695,7 @@ class DownTrack(DownTrackCore):
     async def on_nack(self, seq: int) -> None:
         """The subscriber lost ``seq``: answer from the hub's own history."""
         self.stats.nacks_received += 1
+        self.nacked += 1
         if self.subscription is not None:
             self.subscription.retransmit(seq)
 

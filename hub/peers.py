@@ -491,6 +491,9 @@ MAX_UP_AFTER = 64.0
 STAYED_UP = 20.0
 """A layer that fell back sooner than this after a move up waits twice as long to be
 tried again (at most :data:`MAX_UP_AFTER`)."""
+LOSS_WINDOW = 1.0
+"""Seconds of a layer before its NACKs say how lossy the link is."""
+LOSS_MIN_PACKETS = 30
 REMB_FALL = 0.95
 """An estimate under this share of the one before has fallen: the link is congested
 (libwebrtc's receiver cuts its estimate to 0.85 of what arrives on overuse)."""
@@ -510,6 +513,8 @@ class Slot:
         self.subscription: Subscription | None = None
         self._steady_since = time.monotonic()
         """Since when its layer has stayed (a layer up is tried after ``_up_after``)."""
+        self._loss_from = (self._steady_since, 0, 0)
+        """(when, packets sent, sequence numbers NACKed) as the layer last changed."""
         self._up_after = UP_AFTER
         self._up_at = 0.0
         self._remb_seen: int | None = None
@@ -522,7 +527,7 @@ class Slot:
         self.subscription = Subscription(
             publication.up, self.down, self._layer(publication, top, None)
         )
-        self._steady_since = time.monotonic()
+        self._settle(time.monotonic())
 
     def _layer(
         self,
@@ -533,10 +538,27 @@ class Slot:
     ) -> int:
         rates = [layer.bitrate_bps for layer in publication.up.layers]
         shows = self.peer.shows.get(publication.id, "stage")
-        # Loss reported since the layer last changed: an older report was of another.
+        return policy.layer_for(
+            rates, current, shows, self.peer.cap, estimate, try_up, self._loss()
+        )
+
+    def _loss(self) -> float | None:
+        """The share of this video its link lost since the layer last changed: the
+        subscriber's receiver reports say it after repairs (libwebrtc counts a packet
+        resent in time as received, so a link losing 10 % reports 1-3 %), its NACKs
+        before them: the higher of the two."""
         down = self.down
-        loss = down.lost if down.lost_at > self._steady_since else None
-        return policy.layer_for(rates, current, shows, self.peer.cap, estimate, try_up, loss)
+        reported = down.lost if down.lost_at > self._steady_since else None
+        at, sent, nacked = self._loss_from
+        sent_since = down.packets_sent - sent
+        if time.monotonic() - at < LOSS_WINDOW or sent_since < LOSS_MIN_PACKETS:
+            return reported
+        return max(reported or 0.0, (down.nacked - nacked) / sent_since)
+
+    def _settle(self, now: float) -> None:
+        """The layer changed (or the slot took a publication): measure afresh."""
+        self._steady_since = now
+        self._loss_from = (now, self.down.packets_sent, self.down.nacked)
 
     def _estimate(self, current_bps: float | None) -> float | None:
         """What the subscriber's estimate (REMB) leaves for this video: the whole less
@@ -582,7 +604,7 @@ class Slot:
             # The link fell short: a layer that just failed waits longer to be tried.
             recent = now - self._up_at < STAYED_UP
             self._up_after = min(MAX_UP_AFTER, self._up_after * 2) if recent else UP_AFTER
-        self._steady_since = now
+        self._settle(now)
         logger.debug(
             "%s: layer %s → %s (estimate %s, layers %s)",
             publication.id,

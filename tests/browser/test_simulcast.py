@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser.conftest import Browsers, HubProcess, poll
 from tests.browser.rtc import Progress, counter, inbound, outbound, sid_of
-from tests.browser.test_e2e import open_console, open_station, open_viewer
+from tests.browser.test_e2e import joined, open_console, open_station, open_viewer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -186,3 +186,63 @@ def test_a_household_viewer_caps_its_picture_to_the_low_layer(
     poll(decoded(LAYER_SIZES["l"]), timeout=10)
     viewer.select_option("#video-cap", "auto")
     poll(decoded(LAYER_SIZES["h"]), timeout=10)
+
+
+INBOUND_CODECS_JS = """
+async () => {
+  const c = window.practiceHub && window.practiceHub.client;
+  if (!c || !c.subscriber) return [];
+  const report = await c.subscriber.getStats();
+  const out = [];
+  for (const r of report.values()) {
+    if (r.type !== 'inbound-rtp' || r.kind !== 'video') continue;
+    const codec = r.codecId ? report.get(r.codecId) : undefined;
+    out.push(codec ? codec.mimeType : null);
+  }
+  return out;
+}
+"""
+
+
+def test_a_console_that_sends_h264_sends_it_in_layers_too(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    """The console's 视频编码 set to H.264 before going live: three H.264 layers, each
+    station decodes the one its cap allows, and the recording takes the top one."""
+    room = "simulcast-h264"
+    token = hub.token(room, "CENTER-01", "center", name="市中心")
+    console = browsers.open(f"{hub.base_url}/console#token={token}", "console")
+    joined(console, "console")
+    console.select_option("#codec-select", "H264")
+    console.click("#golive")
+    center = sid_of(console)
+
+    def all_layers() -> str | None:
+        sent = layers_sent(console)
+        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+    poll(all_layers, timeout=30)
+    assert console.is_disabled("#codec-select")  # the codec stays with the camera
+    capped = open_station(hub, browsers, room, 1)
+    full = open_station(hub, browsers, room, 2)
+    capped.select_option("#video-cap", "low")  # 流畅
+
+    def decoded() -> str | None:
+        got = (received_size(capped, center), received_size(full, center))
+        codecs = [capped.evaluate(INBOUND_CODECS_JS), full.evaluate(INBOUND_CODECS_JS)]
+        if got == (LAYER_SIZES["l"], LAYER_SIZES["h"]) and codecs == [["video/H264"]] * 2:
+            return None
+        return f"capped and full stations decode {got} in {codecs}"
+
+    poll(decoded, timeout=30)
+    media_request(hub, room, "recording", "POST")
+    time.sleep(4)
+    media_request(hub, room, "recording", "DELETE")
+    files = [p for p in hub.data_dir.rglob("*-camera-*") if p.stat().st_size > 0]
+    assert files, f"no camera recording under {hub.data_dir}"
+    with av.open(str(files[0])) as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(video=0))
+        assert stream.codec_context.name == "h264", stream.codec_context.name
+        assert (frame.width, frame.height) == LAYER_SIZES["h"]

@@ -38,6 +38,15 @@ const chatLog = byId("chat-log");
 const preview = /** @type {HTMLVideoElement} */ (byId("preview"));
 const screenPreview = /** @type {HTMLVideoElement} */ (byId("screen-preview"));
 const cameraSelect = /** @type {HTMLSelectElement} */ (byId("camera-select"));
+/** The codec the camera and screen are sent in: chosen before going live (a PC that
+ * encodes H.264 in hardware), kept for the next visit. */
+const codecSelect = /** @type {HTMLSelectElement} */ (byId("codec-select"));
+const CODEC_KEY = "practicehub.console.codec";
+codecSelect.value = localStorage.getItem(CODEC_KEY) === "H264" ? "H264" : "VP8";
+codecSelect.addEventListener("change", () => {
+    localStorage.setItem(CODEC_KEY, codecSelect.value);
+    if (client) client.videoCodec = codecSelect.value === "H264" ? "H264" : "VP8";
+});
 const micSelect = /** @type {HTMLSelectElement} */ (byId("mic-select"));
 const goLiveButton = /** @type {HTMLButtonElement} */ (byId("golive"));
 const shareButton = /** @type {HTMLButtonElement} */ (byId("share"));
@@ -158,6 +167,8 @@ goLiveButton.addEventListener("click", async () => {
             if (!micTrack || micTrack.readyState === "ended") micTrack = await openMicrophone(micSelect.value || undefined);
             attachTrack(preview, cameraTrack);
             live = true;
+            // The codec is negotiated with the camera's first offer and stays with it.
+            codecSelect.disabled = true;
             await client.publish("camera", cameraTrack);
             await client.publish("microphone", micTrack);
         } else {
@@ -824,7 +835,7 @@ async function start(joinToken) {
     token = joinToken;
     byId("token-form").hidden = true;
     byId("app").hidden = false;
-    client = new HubClient({ token, simulcast: true });
+    client = new HubClient({ token, simulcast: true, videoCodec: codecSelect.value === "H264" ? "H264" : "VP8" });
     exposed.client = client;
     client.on("state", (state) => showState(statusNode, state));
     client.on("participants", renderWall);

@@ -12,6 +12,7 @@
 /** @typedef {'thumbnail' | 'stage' | 'paused'} QualityLevel  how to send the camera (`quality`) */
 /** @typedef {'on' | 'paused'} MicrophoneLevel  how to send the microphone (`quality`) */
 /** @typedef {'low' | 'mid' | 'high' | 'auto'} VideoCap  our cap on simulcast layers (`video_cap`) */
+/** @typedef {'VP8' | 'H264'} VideoCodec  what our video is sent in */
 /** @typedef {'new' | 'connecting' | 'joined' | 'reconnecting' | 'closed'} ClientState */
 
 /**
@@ -183,6 +184,22 @@ export function cameraLayers(level, captureWidth) {
 }
 
 /**
+ * Puts `codec`'s variants first in what a sending transceiver offers (the hub answers
+ * with the first it takes): a PC whose hardware encodes H.264 may send it instead of
+ * VP8, simulcast included. Left as it is where the browser cannot send `codec`.
+ * @param {RTCRtpTransceiver} transceiver
+ * @param {VideoCodec} codec
+ */
+function preferCodec(transceiver, codec) {
+    const capabilities = RTCRtpSender.getCapabilities("video");
+    if (!capabilities || !transceiver.setCodecPreferences) return;
+    const mime = `video/${codec}`.toLowerCase();
+    const first = capabilities.codecs.filter((c) => c.mimeType.toLowerCase() === mime);
+    if (first.length === 0) return;
+    transceiver.setCodecPreferences([...first, ...capabilities.codecs.filter((c) => !first.includes(c))]);
+}
+
+/**
  * Reconnection delay for the n-th consecutive attempt (0-based), in ms:
  * 250, 500, 1000, 2000, then 3000 at most, with ±20 % jitter so that 190
  * stations do not all come back in the same instant. Kept short so that a
@@ -264,10 +281,13 @@ export class HubClient {
      * @param {number} [options.stallTimeoutMs]  a peer connection "disconnected" this long is rebuilt
      * @param {number} [options.iceRestartAfterMs]  ICE "disconnected" this long restarts ICE first
      * @param {boolean} [options.simulcast]     send the camera in three layers (the console)
+     * @param {VideoCodec} [options.videoCodec]  the codec our video is sent in (the browser's
+     *                                          first choice by default, VP8 in Chromium)
      */
     constructor(options) {
         this.token = options.token;
         this.simulcast = !!options.simulcast;
+        this.videoCodec = options.videoCodec;
         this.url = options.url || defaultSignalingUrl(roomOfToken(options.token));
         /** @type {string | null} where a `redirect` sends the next connection (once) */
         this._redirectTo = null;
@@ -936,6 +956,7 @@ export class HubClient {
             return;
         }
         transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings });
+        if (track.kind === "video" && this.videoCodec) preferCodec(transceiver, this.videoCodec);
         this.transceivers.set(source, transceiver);
     }
 
