@@ -246,3 +246,37 @@ def test_a_console_that_sends_h264_sends_it_in_layers_too(
         frame = next(container.decode(video=0))
         assert stream.codec_context.name == "h264", stream.codec_context.name
         assert (frame.width, frame.height) == LAYER_SIZES["h"]
+
+
+def test_the_screen_share_goes_in_two_layers_a_capped_station_reads_the_small_one(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    room = "simulcast-screen"
+    console = open_console(hub, browsers, room)
+    center = sid_of(console)
+    capped = open_station(hub, browsers, room, 1)
+    full = open_station(hub, browsers, room, 2)
+    capped.select_option("#video-cap", "low")  # 流畅
+    console.click("#share")
+
+    def screen_layers() -> str | None:
+        sent = {
+            str(r["rid"]): (r["frameWidth"], r["packetsSent"])
+            for r in outbound(console)
+            if r["source"] == "screen" and r["rid"]
+        }
+        flowing = {rid for rid, (_, packets) in sent.items() if packets}
+        return None if flowing == {"l", "h"} else f"console screen layers: {sent}"
+
+    poll(screen_layers, timeout=30)
+
+    def widths() -> str | None:
+        got = []
+        for page in (capped, full):
+            rows = [r for r in inbound(page) if r["participant"] == center]
+            got.append(next((r["frameWidth"] for r in rows if r["source"] == "screen"), 0))
+        small, large = got
+        # a third of the shared screen's width, and the whole of it
+        return None if small and large and abs(small * 3 - large) <= 6 else f"widths {got}"
+
+    poll(widths, timeout=30)

@@ -166,6 +166,17 @@ export const CAMERA_LAYERS = [
 ];
 
 /**
+ * The console's screen share in two layers, lowest first: a station whose link cannot
+ * carry the slides at full size reads them at a third of it, a few times a second,
+ * rather than not at all (the hub picks per station, as for the camera).
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const SCREEN_LAYERS = [
+    { rid: "l", scaleResolutionDownBy: 3, maxBitrate: 250_000, maxFramerate: 5 },
+    { rid: "h", scaleResolutionDownBy: 1, maxBitrate: STAGE.maxBitrate, maxFramerate: 15 },
+];
+
+/**
  * The encodings of a simulcast camera at a quality level: every layer on stage,
  * the lowest alone as a thumbnail, none while paused.
  * @param {QualityLevel} level
@@ -947,7 +958,9 @@ export class HubClient {
                 ? cameraLayers(this.quality, width)
                 : [cameraEncoding(this.quality, width)];
         } else if (source === "screen") {
-            sendEncodings = [{ maxBitrate: STAGE.maxBitrate, maxFramerate: 15 }];
+            sendEncodings = this.simulcast
+                ? SCREEN_LAYERS.map((layer) => ({ ...layer }))
+                : [{ maxBitrate: STAGE.maxBitrate, maxFramerate: 15 }];
         }
         let transceiver = this.transceivers.get(source);
         if (transceiver) {
