@@ -52,7 +52,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics, TimestampMapper
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpByePacket,
@@ -74,7 +74,9 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from hub import fastpath, red
+from hub.codecs import keyframe_start
 from hub.fastpath import BUFFER_SIZE, SrtpSocket
+from hub.forwarding import SinkSwitch
 from hub.udpmux import Endpoint, UdpMux
 
 logger = logging.getLogger(__name__)
@@ -406,7 +408,6 @@ def _check_simulcast_internals(pc: RTCPeerConnection) -> None:
         _require(transceiver.receiver, ("_handle_rtp_packet",))
         _require(transceiver.receiver.transport._rtp_router, ("mid_table", "route_rtp"))
     _require(NackGenerator(), ("add", "missing"))
-    _require(TimestampMapper(), ("map",))
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
@@ -1050,12 +1051,16 @@ class _JitterTap:
 
     def want(self, wanted: bool) -> None:
         if wanted and not self.wanted:
-            # What was buffered before the gap can never complete a frame. A new empty
-            # buffer, not a copy kept of the first: copying 512 slots for every
-            # receiver was 4 % of the hub in a join storm.
-            old = self._buffer
-            self._buffer = JitterBuffer(old._capacity, old._prefetch, old._is_video)
+            # What was buffered before the gap can never complete a frame.
+            self.restart()
         self.wanted = wanted
+
+    def restart(self) -> None:
+        """An empty buffer (the packets to come are of another stream), not a copy
+        kept of the first: copying 512 slots for every receiver was 4 % of the hub in
+        a join storm."""
+        old = self._buffer
+        self._buffer = JitterBuffer(old._capacity, old._prefetch, old._is_video)
 
 
 def drop_received(pc: RTCPeerConnection, lost: Callable[[bytes], bool]) -> None:
@@ -1119,6 +1124,7 @@ class ReceiverTap:
         bypass: bool = False,
         spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
         layers: Sequence[tuple[str, Callable[[RtpPacket], None]]] = (),
+        sink: SinkSwitch | None = None,
     ) -> None:
         """With ``bypass`` every packet goes straight to ``on_rtp`` and nothing else:
         no statistics, no RTCP reports, no NACKs, no RTX unwrapping, no frames. For
@@ -1131,7 +1137,7 @@ class ReceiverTap:
         With ``layers`` (simulcast: each rid and what takes its packets, lowest first;
         needs ``spawn``) the receiver's packets, on either path, go to the layer their
         rid names (:meth:`_on_layer_packet`), not to ``on_rtp``; frames are those of
-        the last (top) layer."""
+        the layer ``sink`` chooses (the top while it flows)."""
         _require(receiver, _RECEIVER_ATTRS)
         if bypass:
 
@@ -1165,6 +1171,8 @@ class ReceiverTap:
             direct = _DirectReceive.of(receiver.transport)
             direct.taps[receiver] = self
             if layers:
+                assert sink is not None, "layers need a sink switch"
+                self._sink = sink
                 self._init_layers(layers)
                 direct.spawn = spawn
         self.layered = bool(layers)
@@ -1180,7 +1188,6 @@ class ReceiverTap:
         """Each layer's media SSRC, once its first packet named it."""
         self._layer_of: dict[int, int] = {}
         """SSRC (media or RTX) → layer: Chromium names them only in the first packets."""
-        self._timestamps = TimestampMapper()
 
         async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
             self._on_layer_packet(packet)
@@ -1209,7 +1216,8 @@ class ReceiverTap:
         if stream is None:
             stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
-        if is_rtx(codec):
+        repair = is_rtx(codec)
+        if repair:
             media_ssrc = self._layer_ssrcs[index]
             apt = codec.parameters.get("apt")
             if media_ssrc is None or len(packet.payload) < 2 or not isinstance(apt, int):
@@ -1222,11 +1230,16 @@ class ReceiverTap:
         nack = self._layer_nacks[index]
         if nack.add(packet):
             self._spawn(receiver._send_rtcp_nack(packet.ssrc, sorted(nack.missing)))
-        if index == len(self._layer_rtp) - 1 and self._jitter.wanted:
-            self._assemble(codec, packet)
+        if self._jitter.wanted:
+            sink = self._sink
+            starts = not repair and keyframe_start(codec.name, packet.payload)
+            if not repair and sink.note(index, starts, time.monotonic()):
+                self._jitter.restart()  # the sinks move to this layer, from this keyframe
+            if index == sink.index:
+                self._assemble(codec, packet)
 
     def _assemble(self, codec: RTCRtpCodecParameters, packet: RtpPacket) -> None:
-        """Frames of the top layer for the sinks, as aiortc's path makes them."""
+        """Frames of the sinks' layer, as aiortc's path makes them."""
         on_frame = self._frames.on_frame
         if on_frame is None:
             return
@@ -1236,7 +1249,7 @@ class ReceiverTap:
             return
         _, frame = self._jitter.add(packet)
         if frame is not None:
-            on_frame(codec.name, frame.data, self._timestamps.map(frame.timestamp))
+            on_frame(codec.name, frame.data, self._sink.clock(frame.timestamp, time.monotonic()))
 
     def receive(self, data: bytes, dtls: RTCDtlsTransport) -> bool:
         """One SRTP datagram routed to this receiver, still encrypted. Does what

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -477,6 +478,78 @@ class Layer:
             self.history = None
 
 
+class SinkSwitch:
+    """Which simulcast layer the sinks (recorder, live HLS, restream) take, and their
+    clock across a change of layer.
+
+    The top while it flows. A sender whose uplink cannot afford it stops sending its
+    top layer (libwebrtc does): after :attr:`QUIET` without it, the sinks take the
+    highest layer still flowing, from that layer's next keyframe (asked for), rather
+    than nothing; and the top again from its first keyframe once it flows. Layers'
+    RTP clocks differ: the sinks' clock goes on by the time that passed."""
+
+    QUIET = 1.0
+    """Seconds without a layer's packets before it counts as stopped."""
+
+    __slots__ = (
+        "_ask",
+        "_clock_rate",
+        "_last_out",
+        "_last_rtp",
+        "_last_wall",
+        "_next_out",
+        "_seen",
+        "index",
+        "pending",
+    )
+
+    def __init__(self, layers: int, clock_rate: int, ask_keyframe: Callable[[int], None]) -> None:
+        self.index = layers - 1
+        """The layer the sinks take."""
+        self.pending: int | None = None
+        """The layer they move to at its next keyframe."""
+        self._seen = [-math.inf] * layers
+        self._ask = ask_keyframe
+        self._clock_rate = clock_rate
+        self._last_rtp: int | None = None
+        self._last_out = 0
+        self._last_wall = 0.0
+        self._next_out = 0
+        """The sinks' timestamp for the first frame after a change of layer."""
+
+    def note(self, index: int, keyframe: bool, now: float) -> bool:
+        """A media packet of layer ``index`` (``keyframe``: it starts one) arrived at
+        ``now``; True if the sinks move to that layer with it (assembly starts again)."""
+        seen = self._seen
+        seen[index] = now
+        flowing = [i for i, at in enumerate(seen) if now - at < self.QUIET]
+        target = flowing[-1] if flowing else self.index
+        if target == self.index:
+            self.pending = None
+            return False
+        if self.pending != target:
+            self.pending = target
+            self._ask(target)
+        if index != target or not keyframe:
+            return False
+        self.index, self.pending = target, None
+        if self._last_rtp is not None:
+            elapsed = max(now - self._last_wall, 1 / 30)
+            self._next_out = self._last_out + round(elapsed * self._clock_rate)
+        self._last_rtp = None
+        return True
+
+    def clock(self, rtp_timestamp: int, now: float) -> int:
+        """The sinks' timestamp of a frame of the current layer (first frame: 0)."""
+        if self._last_rtp is None:
+            out = self._next_out
+        else:
+            delta = (rtp_timestamp - self._last_rtp) & 0xFFFFFFFF
+            out = self._last_out + (delta - (1 << 32) if delta & 0x80000000 else delta)
+        self._last_rtp, self._last_out, self._last_wall = rtp_timestamp, out, now
+        return out
+
+
 class UpTrack:
     """One track received from a publisher, fanned out to its subscriptions.
 
@@ -508,6 +581,9 @@ class UpTrack:
         """Simulcast VP8 only: its layers' picture numbers made one."""
         self.subscriptions: list[Subscription] = []
         self.frame_consumers: list[FrameConsumer] = []
+        self.sink = SinkSwitch(
+            len(self.layers), codec.clock_rate, lambda i: self.layers[i].request_keyframe()
+        )
         self.muted = False
         self.audio_level: int = 127
         """Last audio level the publisher reported (0 loudest … 127 silence)."""
@@ -524,7 +600,8 @@ class UpTrack:
 
     @property
     def top(self) -> Layer:
-        """The highest layer: what a track sent once is, and what sinks take."""
+        """The highest layer: what a track sent once is, and what sinks take while it
+        flows (:class:`SinkSwitch`)."""
         return self.layers[-1]
 
     @property
@@ -551,7 +628,8 @@ class UpTrack:
         """Ask for a keyframe of every layer someone receives (a camera resumed or
         changed size, a stalled track flows again), coalesced per layer."""
         for layer in self.layers:
-            if layer.downs or layer.incoming or (layer is self.top and self.frame_consumers):
+            sinks = self.frame_consumers and layer.index in (self.sink.index, self.sink.pending)
+            if layer.downs or layer.incoming or sinks:
                 layer.request_keyframe()
 
     def on_frame(self, codec: str, data: bytes, timestamp: int) -> None:

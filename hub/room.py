@@ -225,7 +225,9 @@ class Participant:
 
         up = UpTrack(transceiver.kind, codec, room.stats, request_keyframe, rids)
         layers = [(layer.rid, layer.on_rtp) for layer in up.layers if layer.rid is not None]
-        tap = ReceiverTap(transceiver.receiver, up.on_rtp, spawn=send_nack, layers=layers)
+        tap = ReceiverTap(
+            transceiver.receiver, up.on_rtp, spawn=send_nack, layers=layers, sink=up.sink
+        )
         if up.kind == "video":
             tap.announce_bandwidth()
         else:

@@ -10,7 +10,15 @@ import itertools
 
 from aiortc.rtp import RtpPacket
 
-from hub.forwarding import CodecInfo, DownTrack, ForwardingStats, Layer, Subscription, UpTrack
+from hub.forwarding import (
+    CodecInfo,
+    DownTrack,
+    ForwardingStats,
+    Layer,
+    SinkSwitch,
+    Subscription,
+    UpTrack,
+)
 from tests.helpers import SrtpWire
 
 VP8 = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
@@ -237,3 +245,29 @@ async def test_vp8_picture_numbers_only_move_forward_across_a_move() -> None:
     assert all(0 < (b - a) & 0x7FFF < 0x4000 for a, b in itertools.pairwise(pictures))
     assert all(0 < (b - a) & 0xFF < 0x80 for a, b in itertools.pairwise(tl0s))
     assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pictures[4:]))
+
+
+def test_sinks_take_the_highest_flowing_layer_from_its_keyframe_on_one_clock() -> None:
+    """The recorder's layer: the top while it flows; a second without it, the
+    highest one still flowing, from that layer's keyframe (asked for); the top again
+    from its first keyframe. The sinks' clock goes on by the time that passed."""
+    asked: list[int] = []
+    sink = SinkSwitch(3, 90000, asked.append)
+    assert sink.note(2, True, 0.0) is False and sink.index == 2
+    assert sink.clock(1_000_000, 0.0) == 0
+    for t in range(1, 30):  # a second of all three layers
+        for index in range(3):
+            assert sink.note(index, False, t / 30) is False
+    assert sink.clock(1_000_000 + 3000 * 29, 29 / 30) == 3000 * 29
+    # the top stops: a second later the middle layer is asked for, taken at its keyframe
+    for t in range(30, 61):
+        sink.note(0, False, t / 30)
+        sink.note(1, False, t / 30)
+    assert asked == [1] and sink.pending == 1 and sink.index == 2
+    assert sink.note(1, True, 61 / 30) is True and sink.index == 1 and sink.pending is None
+    out = sink.clock(77_000, 61 / 30)  # another layer's clock, another origin
+    assert out == 3000 * 29 + round(32 / 30 * 90000)  # the time that passed
+    assert sink.clock(77_000 + 3000, 62 / 30) == out + 3000
+    # the top flows again: taken back at its first keyframe, not before
+    assert sink.note(2, False, 63 / 30) is False and sink.pending == 2 and asked == [1, 2]
+    assert sink.note(2, True, 64 / 30) is True and sink.index == 2

@@ -280,3 +280,46 @@ def test_the_screen_share_goes_in_two_layers_a_capped_station_reads_the_small_on
         return None if small and large and abs(small * 3 - large) <= 6 else f"widths {got}"
 
     poll(widths, timeout=30)
+
+
+PAUSE_TOP_JS = """
+async () => {
+  const t = window.practiceHub.client.transceivers.get('camera');
+  const p = t.sender.getParameters();
+  p.encodings.find((e) => e.rid === 'h').active = false;
+  await t.sender.setParameters(p);
+}
+"""
+
+
+def test_the_recording_goes_on_from_a_lower_layer_while_the_top_one_is_paused(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    """A console whose uplink cannot afford its top layer stops sending it (as
+    libwebrtc does): the recording takes the middle layer from its next keyframe
+    rather than nothing."""
+    room = "simulcast-sink-falls-back"
+    console = open_console(hub, browsers, room)
+
+    def all_layers() -> str | None:
+        flowing = {rid for rid, (_, _, packets) in layers_sent(console).items() if packets}
+        return None if flowing == {"l", "m", "h"} else f"console sends {flowing}"
+
+    poll(all_layers, timeout=30)
+    media_request(hub, room, "recording", "POST")
+    time.sleep(3)
+    console.evaluate(PAUSE_TOP_JS)
+    time.sleep(5)
+    media_request(hub, room, "recording", "DELETE")
+    files = [p for p in hub.data_dir.rglob("*-camera-*.webm") if p.stat().st_size > 0]
+    assert files, f"no camera recording under {hub.data_dir}"
+    sizes: list[tuple[float, tuple[int, int]]] = []
+    with av.open(str(files[0])) as container:
+        for frame in container.decode(video=0):
+            sizes.append((float(frame.time or 0.0), (frame.width, frame.height)))
+    first_mid = next((at for at, size in sizes if size == LAYER_SIZES["m"]), None)
+    last_top = max((at for at, size in sizes if size == LAYER_SIZES["h"]), default=None)
+    assert last_top is not None and first_mid is not None, sorted({s for _, s in sizes})
+    assert first_mid > last_top  # the top, then the middle layer
+    assert sizes[-1][0] - first_mid > 2.0, (first_mid, sizes[-1][0])  # and it went on
+    assert first_mid - last_top < 2.5, (last_top, first_mid)  # a short gap at most
