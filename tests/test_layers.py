@@ -271,3 +271,29 @@ def test_sinks_take_the_highest_flowing_layer_from_its_keyframe_on_one_clock() -
     # the top flows again: taken back at its first keyframe, not before
     assert sink.note(2, False, 63 / 30) is False and sink.pending == 2 and asked == [1, 2]
     assert sink.note(2, True, 64 / 30) is True and sink.index == 2
+
+
+async def test_a_video_held_mid_frame_while_moving_layers_comes_back_on_the_new_one() -> None:
+    up, _, down, wire, sources = setup()
+    subscription = Subscription(up, down, layer=0)
+    all_frames(sources, key=True)
+    subscription.move(2)
+    low, high = sources[0], sources[2]
+    p = packet(111, low.seq, low.ts, DELTA + b"\x00", 0)  # the first half of a frame of l
+    up.layers[0].on_rtp(p)
+    down.hold(True)  # its link cannot carry it: it stops at that frame's end
+    assert down.leaving_from is up.layers[0]
+    high.frame(key=True)  # the move completes meanwhile: held, it is not sent h yet
+    assert subscription.layer is up.layers[2] and down not in up.layers[2].downs
+    up.layers[0].on_rtp(packet(111, (low.seq + 1) & 0xFFFF, low.ts, DELTA + b"\x00", 1))
+    assert down.leaving_from is None and down not in up.layers[0].downs
+    sent = len(wire.sent)
+    down.hold(False)  # let go: from h's next keyframe
+    assert down in up.layers[2].downs and down not in up.layers[0].downs
+    high.frame()
+    assert len(wire.sent) == sent
+    high.frame(key=True)
+    out = [RtpPacket.parse(data) for data in wire.sent[sent:]]
+    assert [p.payload[-1] for p in out] == [2, 2] and out[0].payload[:5] == KEY
+    seqs = [RtpPacket.parse(d).sequence_number for d in wire.sent]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
