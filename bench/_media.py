@@ -37,6 +37,10 @@ THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS = 320, 180, 15
 THUMB_BITRATE = 150_000
 """A station's camera as a thumbnail: what it sends while off stage."""
 
+MID_BITRATE = 500_000
+"""The middle simulcast layer (``bench.fanout --simulcast``): the lecturer's picture
+size at about a third of its bitrate."""
+
 _MAGIC = b"PHBCLIP2"
 _LENGTH = struct.Struct("!I")
 
@@ -86,6 +90,16 @@ def load_thumbnail_clip() -> Clip:
             video=_encode_video(THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS, THUMB_BITRATE),
             audio=_encode_audio(tone=False),
         ),
+    )
+
+
+def load_mid_clip() -> Clip:
+    """The middle layer of the simulcast lecturer: 640x360 30 fps at ~500 kbps, the
+    same picture as :func:`load_clip`'s; video only (the microphone is the lecture
+    clip's)."""
+    return _cached(
+        f"mid-v1-{MID_BITRATE}",
+        lambda: Clip(video=_encode_video(WIDTH, HEIGHT, FPS, MID_BITRATE), audio=[]),
     )
 
 
