@@ -19,7 +19,6 @@ import signal
 import struct
 import time
 import traceback
-import zlib
 from array import array
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -50,6 +49,7 @@ from bench._media import (
     load_clip,
     load_mid_clip,
     load_thumbnail_clip,
+    payload_crc,
     vp8_frame_start,
 )
 from hub.aiortc_internals import (
@@ -133,12 +133,15 @@ class Counter:
         "audio_packets",
         "frames",
         "keys",
+        "past_descriptor",
         "recording",
         "video_packets",
     )
 
-    def __init__(self, keys: dict[bytes, int]) -> None:
+    def __init__(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
         self.keys = keys
+        self.past_descriptor = past_descriptor
+        """CRC-32 of what follows the VP8 descriptor (:func:`payload_crc`)."""
         self.audio_packets = 0
         self.video_packets = 0
         self.frames = 0
@@ -167,7 +170,7 @@ class Counter:
             self._frame = -1  # the frame's first packet was lost: unknown frame
         if self._frame >= 0:
             self.arrival_frame.append(self._frame)
-            self.arrival_crc.append(zlib.crc32(payload))
+            self.arrival_crc.append(payload_crc(payload, self.past_descriptor))
             self.arrival_at.append(now)
 
     def snapshot(self) -> tuple[int, int, int]:
@@ -183,8 +186,8 @@ class RawReceiver:
     """A plain aiortc peer connection that answers an offer and counts what it
     receives without decoding: the direct path and the baseline's subscribers."""
 
-    def __init__(self, keys: dict[bytes, int]) -> None:
-        self.counter = Counter(keys)
+    def __init__(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
+        self.counter = Counter(keys, past_descriptor)
         self.pc = _peer_connection()
         self.pc.on("track", self._on_track)
 
@@ -277,6 +280,9 @@ class Publisher:
         ids = extmap_ids(answered)
         if MID_URI not in ids or RID_URI not in ids:
             raise RuntimeError(f"the hub did not answer the mid and rid extensions: {ids}")
+        # The top layer's sends, by what follows each VP8 descriptor: the hub
+        # renumbers the picture ids of a simulcast track.
+        log = self.logs["hub"] = SendLog(past_descriptor=True)
         self.simulcast = SimulcastSender(
             transceiver,
             [(rid, clip.video, fps) for rid, clip, fps in self.layers],
@@ -284,6 +290,7 @@ class Publisher:
             ids[MID_URI],
             ids[RID_URI],
             self.pacing_bps,
+            {rids[-1]: log},
         )
         return self.simulcast.ssrcs
 
@@ -316,7 +323,7 @@ class Publisher:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         senders = pc.getSenders()
         video = [s for s in senders if s.kind == "video"]
-        self.logs[path] = log = SendLog()
+        self.logs[path] = log = SendLog(past_descriptor=bool(self.layers))
         RtpPacer(senders[0].transport, video, self.pacing_bps, log)
 
     async def sent_log(self, path: str) -> tuple[array[int], array[float]]:
@@ -403,6 +410,7 @@ class SimulcastSender:
         mid_id: int,
         rid_id: int,
         pacing_bps: float | None,
+        on_send: dict[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         own_ssrc, self.payload_type, self.writer = raw_sending(transceiver)
         self.layers = layers
@@ -420,13 +428,16 @@ class SimulcastSender:
         }
         self.seconds_per_byte = 8 / pacing_bps if pacing_bps else 0.0
         self.packets_sent = 0
+        self.on_send = on_send or {}
+        """rid → what sees each of its RTP packets as it leaves (before SRTP)."""
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         ts_base = random.getrandbits(32)
         seqs = {rid: random.getrandbits(16) for rid, _, _ in self.layers}
         next_frame = {rid: 0 for rid, _, _ in self.layers}
-        queue: collections.deque[bytes] = collections.deque()
+        queue: collections.deque[tuple[bytes, Callable[[bytes], None] | None]]
+        queue = collections.deque()
         send = self.writer.srtp_socket.send
         start = time.monotonic()
         next_send = start
@@ -435,6 +446,7 @@ class SimulcastSender:
             wake = now + 0.1
             for rid, frames, fps in self.layers:
                 index = next_frame[rid]
+                logged = self.on_send.get(rid)
                 while start + index / fps <= now:
                     payloads = frames[index % len(frames)]
                     timestamp = (ts_base + index * 90000 // fps) & 0xFFFFFFFF
@@ -448,7 +460,7 @@ class SimulcastSender:
                             self.ssrcs[rid],
                         )
                         seqs[rid] = (seqs[rid] + 1) & 0xFFFF
-                        queue.append(header + self.extensions[rid] + payload)
+                        queue.append((header + self.extensions[rid] + payload, logged))
                     index += 1
                 next_frame[rid] = index
                 wake = min(wake, start + index / fps)
@@ -456,7 +468,9 @@ class SimulcastSender:
                 if next_send > now:
                     wake = min(wake, next_send)
                     break
-                data = queue.popleft()
+                data, log = queue.popleft()
+                if log is not None:
+                    log(data)
                 send(data)
                 self.packets_sent += 1
                 next_send = max(next_send, now) + len(data) * self.seconds_per_byte
@@ -472,17 +486,22 @@ class Subscribers:
 
     def __init__(self) -> None:
         self.keys: dict[bytes, int] = {}
+        self.past_descriptor = False
         self.clients: list[tuple[HubClient, Counter]] = []
         self.raw: dict[str, list[RawReceiver]] = {}
 
-    async def setup(self, keys: dict[bytes, int]) -> None:
+    async def setup(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
+        """The clip's frame keys; ``past_descriptor``: arrivals are logged by the CRC of
+        what follows the VP8 descriptor (a simulcast publisher's, whose picture ids the
+        hub renumbers), as the publisher logs its sends."""
         self.keys = keys
+        self.past_descriptor = past_descriptor
 
     async def join(self, ws_url: str, tokens: list[str]) -> None:
         limit = asyncio.Semaphore(JOIN_CONCURRENCY)
 
         async def join_one(token: str) -> None:
-            counter = Counter(self.keys)
+            counter = Counter(self.keys, self.past_descriptor)
 
             def on_rtp(received: ReceivedTrack, packet: RtpPacket) -> None:
                 counter.on_packet(received.track.kind, packet)
@@ -495,7 +514,7 @@ class Subscribers:
         await asyncio.gather(*(join_one(token) for token in tokens))
 
     async def answer(self, group: str, offers: list[str]) -> list[str]:
-        receivers = [RawReceiver(self.keys) for _ in offers]
+        receivers = [RawReceiver(self.keys, self.past_descriptor) for _ in offers]
         self.raw.setdefault(group, []).extend(receivers)
         return [await r.answer(offer) for r, offer in zip(receivers, offers, strict=True)]
 

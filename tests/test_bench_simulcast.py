@@ -5,7 +5,7 @@ layer and decodes it at the lecturer's size."""
 
 from __future__ import annotations
 
-from bench._media import HEIGHT, WIDTH
+from bench._media import HEIGHT, WIDTH, payload_crc
 from bench._workers import Publisher, simulcast_offer
 from hub.client import HubClient
 from hub.ids import ParticipantIdentity
@@ -33,6 +33,16 @@ def test_the_offer_reads_as_a_browsers_simulcast() -> None:
     assert "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n" in video
     assert video.index("a=extmap:10") < video.index("a=rtpmap:97")
     assert video.endswith("a=rid:h send\r\na=simulcast:send l;m;h")
+
+
+def test_a_packet_renumbered_by_the_hub_keeps_its_crc_past_the_descriptor() -> None:
+    data = b"\x9d\x01\x2a frame bytes"
+    sent = bytes([0x90, 0x80, 0x12]) + data  # X, I: a 7-bit picture id
+    forwarded = bytes([0x90, 0x80, 0x80 | 0x45, 0x67]) + data  # renumbered, 15 bits
+    assert payload_crc(sent, True) == payload_crc(forwarded, True)
+    assert payload_crc(sent, False) != payload_crc(forwarded, False)
+    continuation = bytes([0x80, 0xC0, 0x80, 0x01, 0x07]) + data  # I (15 bits) and L
+    assert payload_crc(continuation, True) == payload_crc(sent, True)
 
 
 async def test_the_bench_publisher_sends_three_layers_and_the_top_decodes(
