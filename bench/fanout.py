@@ -7,7 +7,9 @@ video. Over a steady window it measures the hub's CPU per forwarded packet, the
 lowest frame rate any station received, the delay the hub adds (against a direct
 publisher → subscriber path measured at the same time) and the hub's memory per
 subscriber. Then the baseline: aiortc's ``MediaRelay`` (decode once, encode per
-subscriber) at a few subscribers, measured the same way. See bench/README.md.
+subscriber) at a few subscribers, measured the same way. With ``--simulcast`` the
+publisher sends its camera in three layers (rids l, m, h; the top one the same clip)
+and each station receives the one the hub chooses. See bench/README.md.
 """
 
 from __future__ import annotations
