@@ -37,6 +37,10 @@ THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS = 320, 180, 15
 THUMB_BITRATE = 150_000
 """A station's camera as a thumbnail: what it sends while off stage."""
 
+MID_BITRATE = 500_000
+"""The middle simulcast layer (``bench.fanout --simulcast``): the lecturer's picture
+size at about a third of its bitrate."""
+
 _MAGIC = b"PHBCLIP2"
 _LENGTH = struct.Struct("!I")
 
@@ -86,6 +90,16 @@ def load_thumbnail_clip() -> Clip:
             video=_encode_video(THUMB_WIDTH, THUMB_HEIGHT, THUMB_FPS, THUMB_BITRATE),
             audio=_encode_audio(tone=False),
         ),
+    )
+
+
+def load_mid_clip() -> Clip:
+    """The middle layer of the simulcast lecturer: 640x360 30 fps at ~500 kbps, the
+    same picture as :func:`load_clip`'s; video only (the microphone is the lecture
+    clip's)."""
+    return _cached(
+        f"mid-v1-{MID_BITRATE}",
+        lambda: Clip(video=_encode_video(WIDTH, HEIGHT, FPS, MID_BITRATE), audio=[]),
     )
 
 
@@ -266,15 +280,45 @@ class SendLog:
     """The moment each RTP packet left the publisher, by the CRC-32 of its payload:
     the hub forwards payloads unchanged, so a receiver finds its packet's send by
     the same CRC. VP8 payloads carry a picture id, so a looped clip's packets stay
-    unique for 2^15 frames (18 min)."""
+    unique for 2^15 frames (18 min).
 
-    def __init__(self) -> None:
+    With ``past_descriptor`` the CRC is of what follows the VP8 payload descriptor
+    (:func:`payload_crc`): a simulcast track's picture ids are renumbered by the hub."""
+
+    def __init__(self, past_descriptor: bool = False) -> None:
         self.crcs = array("I")
         self.at = array("d")
+        self.past_descriptor = past_descriptor
 
     def __call__(self, data: bytes) -> None:
-        self.crcs.append(zlib.crc32(rtp_payload(data)))
+        self.crcs.append(payload_crc(rtp_payload(data), self.past_descriptor))
         self.at.append(time.monotonic())
+
+
+def payload_crc(payload: bytes, past_descriptor: bool) -> int:
+    """The CRC-32 of an RTP payload, or with ``past_descriptor`` of what follows its
+    VP8 payload descriptor (RFC 7741): the frame's bytes, which the hub never changes,
+    while it renumbers the descriptor's picture ids on a simulcast track. Those bytes
+    repeat with the clip (every 10 s): a receiver's packet is matched to the latest
+    send before it."""
+    return zlib.crc32(payload[vp8_descriptor_length(payload) :] if past_descriptor else payload)
+
+
+def vp8_descriptor_length(payload: bytes) -> int:
+    """The length of the VP8 payload descriptor at the start of an RTP payload."""
+    if not payload:
+        return 0
+    pos = 1
+    if payload[0] & 0x80 and len(payload) > 1:  # X: an extension byte follows
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:  # I: picture id, one byte or two (M bit)
+            pos += 2 if len(payload) > pos and payload[pos] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if ext & 0x30:  # T or K: one byte for both
+            pos += 1
+    return min(pos, len(payload))
 
 
 def vp8_frame_start(payload: bytes) -> int | None:

@@ -19,9 +19,8 @@ import signal
 import struct
 import time
 import traceback
-import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,10 +47,14 @@ from bench._media import (
     bitrate_bps,
     clip_tracks,
     load_clip,
+    load_mid_clip,
     load_thumbnail_clip,
+    payload_crc,
     vp8_frame_start,
 )
 from hub.aiortc_internals import (
+    REPAIRED_RID_URI,
+    RID_URI,
     ReceiverTap,
     RtpPacer,
     hear_keyframe_requests,
@@ -130,12 +133,15 @@ class Counter:
         "audio_packets",
         "frames",
         "keys",
+        "past_descriptor",
         "recording",
         "video_packets",
     )
 
-    def __init__(self, keys: dict[bytes, int]) -> None:
+    def __init__(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
         self.keys = keys
+        self.past_descriptor = past_descriptor
+        """CRC-32 of what follows the VP8 descriptor (:func:`payload_crc`)."""
         self.audio_packets = 0
         self.video_packets = 0
         self.frames = 0
@@ -164,7 +170,7 @@ class Counter:
             self._frame = -1  # the frame's first packet was lost: unknown frame
         if self._frame >= 0:
             self.arrival_frame.append(self._frame)
-            self.arrival_crc.append(zlib.crc32(payload))
+            self.arrival_crc.append(payload_crc(payload, self.past_descriptor))
             self.arrival_at.append(now)
 
     def snapshot(self) -> tuple[int, int, int]:
@@ -180,8 +186,8 @@ class RawReceiver:
     """A plain aiortc peer connection that answers an offer and counts what it
     receives without decoding: the direct path and the baseline's subscribers."""
 
-    def __init__(self, keys: dict[bytes, int]) -> None:
-        self.counter = Counter(keys)
+    def __init__(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
+        self.counter = Counter(keys, past_descriptor)
         self.pc = _peer_connection()
         self.pc.on("track", self._on_track)
 
@@ -207,12 +213,28 @@ class Publisher:
         self.pcs: dict[str, RTCPeerConnection] = {}
         self.logs: dict[str, SendLog] = {}
         self.pacing_bps: float | None = None
+        self.layers: list[tuple[str, Packetized, int]] = []
+        """With simulcast: each layer's rid, its packetized clip and frame rate."""
+        self.simulcast: SimulcastSender | None = None
 
-    async def load(self, pacing_factor: float) -> tuple[dict[bytes, int], float | None]:
+    async def load(
+        self, pacing_factor: float, simulcast: bool = False
+    ) -> tuple[dict[bytes, int], float | None]:
         """Encode (or read) the clip: its frame keys for the subscribers, and the rate
-        the video is paced at (``pacing_factor`` × its bitrate; 0: not paced)."""
+        the video is paced at (``pacing_factor`` × its bitrate; 0: not paced). With
+        ``simulcast`` the two lower layers too (the thumbnail clip, the mid clip), and
+        the pace is of the three layers' sum, as libwebrtc's pacer paces them."""
         self.clip = await asyncio.to_thread(load_clip)
-        self.pacing_bps = pacing_factor * bitrate_bps(self.clip.video, FPS) or None
+        bps = bitrate_bps(self.clip.video, FPS)
+        if simulcast:
+            low, mid = await asyncio.to_thread(lambda: (load_thumbnail_clip(), load_mid_clip()))
+            self.layers = [
+                ("l", Packetized(low), THUMB_FPS),
+                ("m", Packetized(mid), FPS),
+                ("h", Packetized(self.clip), FPS),
+            ]
+            bps += bitrate_bps(low.video, THUMB_FPS) + bitrate_bps(mid.video, FPS)
+        self.pacing_bps = pacing_factor * bps or None
         return self.clip.frame_keys(), self.pacing_bps
 
     async def publish(self, ws_url: str, token: str, keyframes_on_request: bool = False) -> None:
@@ -231,7 +253,51 @@ class Publisher:
                 if sender.track is video:
                     hear_keyframe_requests(sender, video.request_keyframe)
 
+    async def publish_simulcast(self, ws_url: str, token: str) -> dict[str, int]:
+        """Publish the camera as a browser's simulcast (rids l, m, h, lowest first)
+        and the clip's microphone: negotiated by aiortc with the offer rewritten as a
+        browser writes it (:func:`simulcast_offer`), each layer's RTP written
+        straight to SRTP (:class:`SimulcastSender`). Each layer's SSRC, by rid."""
+        assert self.layers, "load(..., simulcast=True) first"
+        self.client = HubClient(ws_url, token, decode=False)
+        await self.client.connect()
+        camera = ParkedTrack("video")
+        _, audio = clip_tracks(self.clip)
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in ("VP8", "rtx")]
+        rids = [rid for rid, _, _ in self.layers]
+        await self.client.publish(
+            {"camera": camera, "microphone": audio},
+            preferences={"camera": vp8},
+            offer_filter=lambda sdp: simulcast_offer(sdp, rids),
+        )
+        pc = self.client.publisher
+        assert pc is not None
+        transceiver = next(t for t in pc.getTransceivers() if t.sender.track is camera)
+        mid = str(transceiver.mid)
+        answered = answered_section(self.client.publisher_answer, mid)
+        if f"a=simulcast:recv {';'.join(rids)}" not in answered:
+            raise RuntimeError(f"the hub did not answer the simulcast: {answered}")
+        ids = extmap_ids(answered)
+        if MID_URI not in ids or RID_URI not in ids:
+            raise RuntimeError(f"the hub did not answer the mid and rid extensions: {ids}")
+        # The top layer's sends, by what follows each VP8 descriptor: the hub
+        # renumbers the picture ids of a simulcast track.
+        log = self.logs["hub"] = SendLog(past_descriptor=True)
+        self.simulcast = SimulcastSender(
+            transceiver,
+            [(rid, clip.video, fps) for rid, clip, fps in self.layers],
+            mid,
+            ids[MID_URI],
+            ids[RID_URI],
+            self.pacing_bps,
+            {rids[-1]: log},
+        )
+        return self.simulcast.ssrcs
+
     async def unpublish(self) -> None:
+        if self.simulcast is not None:
+            self.simulcast.close()
+            self.simulcast = None
         if self.client is not None:
             await self.client.close()
             self.client = None
@@ -257,7 +323,7 @@ class Publisher:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         senders = pc.getSenders()
         video = [s for s in senders if s.kind == "video"]
-        self.logs[path] = log = SendLog()
+        self.logs[path] = log = SendLog(past_descriptor=bool(self.layers))
         RtpPacer(senders[0].transport, video, self.pacing_bps, log)
 
     async def sent_log(self, path: str) -> tuple[array[int], array[float]]:
@@ -272,22 +338,170 @@ class Publisher:
         self.pcs.clear()
 
 
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+SIMULCAST_EXTMAP = ((10, RID_URI), (11, REPAIRED_RID_URI))
+"""The rid header extensions as Chromium numbers them (the hub's own offers too)."""
+
+
+def simulcast_offer(sdp: str, rids: Sequence[str]) -> str:
+    """aiortc's offer made to look like a browser's simulcast offer: in each video
+    m-line, the rid header extensions (if missing), ``a=rid:<rid> send`` for each
+    layer and ``a=simulcast:send`` listing them lowest first, and no ``a=ssrc``
+    lines (a browser's simulcast names its SSRCs in the packets, by rid)."""
+    sections = sdp.split("\r\nm=")
+    for i, section in enumerate(sections[1:], start=1):
+        if not section.startswith("video "):
+            continue
+        lines = [
+            line
+            for line in section.split("\r\n")
+            if not line.startswith(("a=ssrc:", "a=ssrc-group:"))
+        ]
+        extmaps = [j for j, line in enumerate(lines) if line.startswith("a=extmap:")]
+        uris = {lines[j].split(" ", 1)[1] for j in extmaps}
+        at = extmaps[-1] + 1 if extmaps else len(lines)
+        lines[at:at] = [f"a=extmap:{n} {uri}" for n, uri in SIMULCAST_EXTMAP if uri not in uris]
+        end = len(lines) - 1 if lines[-1] == "" else len(lines)
+        lines[end:end] = [f"a=rid:{rid} send" for rid in rids] + [
+            f"a=simulcast:send {';'.join(rids)}"
+        ]
+        sections[i] = "\r\n".join(lines)
+    return "\r\nm=".join(sections)
+
+
+def answered_section(sdp: str, mid: str) -> str:
+    """The m-section of ``sdp`` with ``a=mid:<mid>`` (empty if none)."""
+    for section in sdp.split("\r\nm=")[1:]:
+        if f"\r\na=mid:{mid}\r\n" in f"\r\n{section}\r\n":
+            return section
+    return ""
+
+
+def extmap_ids(section: str) -> dict[str, int]:
+    """Header extension URI → id, as an m-section's ``a=extmap`` lines give them."""
+    ids: dict[str, int] = {}
+    for line in section.split("\r\n"):
+        if line.startswith("a=extmap:"):
+            number, uri = line[9:].split(" ", 1)
+            ids[uri.split(" ", 1)[0]] = int(number.split("/", 1)[0])
+    return ids
+
+
+def _one_byte_extensions(elements: list[tuple[int, bytes]]) -> bytes:
+    """An RTP header extension block of one-byte elements (RFC 8285), padded."""
+    body = b"".join(bytes([ext_id << 4 | (len(data) - 1)]) + data for ext_id, data in elements)
+    body += bytes(-len(body) % 4)
+    return b"\xbe\xde" + struct.pack("!H", len(body) // 4) + body
+
+
+class SimulcastSender:
+    """Writes each simulcast layer's RTP straight to SRTP through the camera
+    transceiver's transport, as a browser's simulcast sends it: each layer its own
+    SSRC and sequence, every packet naming its mid and rid (one-byte header
+    extensions), frames in real time, a clock shared by the layers, and the packets
+    of all layers through one pacer at ``pacing_bps`` (None: each frame at once).
+    Keyframe requests are not answered: the clips have a keyframe every second."""
+
+    def __init__(
+        self,
+        transceiver: Any,
+        layers: list[tuple[str, list[list[bytes]], int]],
+        mid: str,
+        mid_id: int,
+        rid_id: int,
+        pacing_bps: float | None,
+        on_send: dict[str, Callable[[bytes], None]] | None = None,
+    ) -> None:
+        own_ssrc, self.payload_type, self.writer = raw_sending(transceiver)
+        self.layers = layers
+        taken = {own_ssrc}
+        self.ssrcs: dict[str, int] = {}
+        for rid, _, _ in layers:
+            ssrc = own_ssrc
+            while ssrc in taken:
+                ssrc = random.getrandbits(32)
+            taken.add(ssrc)
+            self.ssrcs[rid] = ssrc
+        self.extensions = {
+            rid: _one_byte_extensions([(mid_id, mid.encode()), (rid_id, rid.encode())])
+            for rid, _, _ in layers
+        }
+        self.seconds_per_byte = 8 / pacing_bps if pacing_bps else 0.0
+        self.packets_sent = 0
+        self.on_send = on_send or {}
+        """rid → what sees each of its RTP packets as it leaves (before SRTP)."""
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        ts_base = random.getrandbits(32)
+        seqs = {rid: random.getrandbits(16) for rid, _, _ in self.layers}
+        next_frame = {rid: 0 for rid, _, _ in self.layers}
+        queue: collections.deque[tuple[bytes, Callable[[bytes], None] | None]]
+        queue = collections.deque()
+        send = self.writer.srtp_socket.send
+        start = time.monotonic()
+        next_send = start
+        while True:
+            now = time.monotonic()
+            wake = now + 0.1
+            for rid, frames, fps in self.layers:
+                index = next_frame[rid]
+                logged = self.on_send.get(rid)
+                while start + index / fps <= now:
+                    payloads = frames[index % len(frames)]
+                    timestamp = (ts_base + index * 90000 // fps) & 0xFFFFFFFF
+                    last = len(payloads) - 1
+                    for i, payload in enumerate(payloads):
+                        header = _RTP_HEADER.pack(
+                            0x90,
+                            (0x80 if i == last else 0) | self.payload_type,
+                            seqs[rid],
+                            timestamp,
+                            self.ssrcs[rid],
+                        )
+                        seqs[rid] = (seqs[rid] + 1) & 0xFFFF
+                        queue.append((header + self.extensions[rid] + payload, logged))
+                    index += 1
+                next_frame[rid] = index
+                wake = min(wake, start + index / fps)
+            while queue:
+                if next_send > now:
+                    wake = min(wake, next_send)
+                    break
+                data, log = queue.popleft()
+                if log is not None:
+                    log(data)
+                send(data)
+                self.packets_sent += 1
+                next_send = max(next_send, now) + len(data) * self.seconds_per_byte
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+
+
 class Subscribers:
     """Many HubClients that count without decoding, plus raw receivers."""
 
     def __init__(self) -> None:
         self.keys: dict[bytes, int] = {}
+        self.past_descriptor = False
         self.clients: list[tuple[HubClient, Counter]] = []
         self.raw: dict[str, list[RawReceiver]] = {}
 
-    async def setup(self, keys: dict[bytes, int]) -> None:
+    async def setup(self, keys: dict[bytes, int], past_descriptor: bool = False) -> None:
+        """The clip's frame keys; ``past_descriptor``: arrivals are logged by the CRC of
+        what follows the VP8 descriptor (a simulcast publisher's, whose picture ids the
+        hub renumbers), as the publisher logs its sends."""
         self.keys = keys
+        self.past_descriptor = past_descriptor
 
     async def join(self, ws_url: str, tokens: list[str]) -> None:
         limit = asyncio.Semaphore(JOIN_CONCURRENCY)
 
         async def join_one(token: str) -> None:
-            counter = Counter(self.keys)
+            counter = Counter(self.keys, self.past_descriptor)
 
             def on_rtp(received: ReceivedTrack, packet: RtpPacket) -> None:
                 counter.on_packet(received.track.kind, packet)
@@ -300,7 +514,7 @@ class Subscribers:
         await asyncio.gather(*(join_one(token) for token in tokens))
 
     async def answer(self, group: str, offers: list[str]) -> list[str]:
-        receivers = [RawReceiver(self.keys) for _ in offers]
+        receivers = [RawReceiver(self.keys, self.past_descriptor) for _ in offers]
         self.raw.setdefault(group, []).extend(receivers)
         return [await r.answer(offer) for r, offer in zip(receivers, offers, strict=True)]
 

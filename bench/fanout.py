@@ -7,7 +7,9 @@ video. Over a steady window it measures the hub's CPU per forwarded packet, the
 lowest frame rate any station received, the delay the hub adds (against a direct
 publisher → subscriber path measured at the same time) and the hub's memory per
 subscriber. Then the baseline: aiortc's ``MediaRelay`` (decode once, encode per
-subscriber) at a few subscribers, measured the same way. See bench/README.md.
+subscriber) at a few subscribers, measured the same way. With ``--simulcast`` the
+publisher sends its camera in three layers (rids l, m, h; the top one the same clip)
+and each station receives the one the hub chooses. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -391,6 +393,7 @@ class Bench:
         hub_source: Path = ROOT,
         hub_fastpath: str = "c",
         udp_port: str = "per-peer",
+        simulcast: bool = False,
     ):
         self.n = subscribers
         self.seconds = seconds
@@ -401,7 +404,12 @@ class Bench:
         self.hub_source = hub_source
         self.hub_fastpath = hub_fastpath
         self.udp_port = udp_port
-        self.result: dict[str, Any] = {"subscribers": subscribers, "udp_port_mode": udp_port}
+        self.simulcast = simulcast
+        self.result: dict[str, Any] = {
+            "subscribers": subscribers,
+            "udp_port_mode": udp_port,
+            "simulcast": simulcast,
+        }
         self.keyframes: set[int] = set()
 
     def run(self, stack: ExitStack) -> dict[str, Any]:
@@ -431,11 +439,13 @@ class Bench:
         # Stopped before the hub (callbacks run last in, first out).
         stack.callback(stop_all, [*workers, probe, publisher, decoder, baseline])
         keys, self.result["publisher_pacing_bps"] = publisher.call(
-            "load", self.pacing_factor, timeout=120
+            "load", self.pacing_factor, self.simulcast, timeout=120
         )
         # A VP8 frame tag's lowest bit is 0 on a keyframe.
         self.keyframes = {index for key, index in keys.items() if not key[0] & 1}
-        call_all([(w, "setup", (keys,)) for w in (*workers, probe)])
+        # Simulcast: the hub renumbers the VP8 picture ids, so packets are matched by
+        # what follows the VP8 descriptor, on the direct path too.
+        call_all([(w, "setup", (keys, self.simulcast)) for w in (*workers, probe)])
         hub.wait_healthy(30)
         self.result["hub_fastpath"] = hub.fastpath()
         self.measure_hub(hub, publisher, workers, probe, decoder)
@@ -457,7 +467,11 @@ class Bench:
         probe: Child,
         decoder: Child,
     ) -> None:
-        publisher.call("publish", hub.ws, hub.token("center", "center"))
+        if self.simulcast:
+            # Three layers in (l, m, h); each station receives one, the hub's choice.
+            publisher.call("publish_simulcast", hub.ws, hub.token("center", "center"))
+        else:
+            publisher.call("publish", hub.ws, hub.token("center", "center"))
         # The floor: the same publisher and probe processes, no hub in between.
         (answer,) = probe.call("answer", "direct", [publisher.call("offer", "direct")])
         publisher.call("accept", "direct", answer)
@@ -528,10 +542,15 @@ class Bench:
             self.finish_profiler(profiler)
 
         fps: list[float] = []
+        video_pps: list[float] = []
         per_process: list[int] = []
         for start, end in zip(starts, ends, strict=True):
             stream_fps, packets = rates(start["hub"], end["hub"], end["at"] - start["at"])
             fps += stream_fps
+            video_pps += [
+                (b[0] - a[0]) / (end["at"] - start["at"])
+                for a, b in zip(start["hub"], end["hub"], strict=True)
+            ]
             per_process.append(packets)
         worker_packets = sum(per_process[:-1])  # the last one is the probe
         counted = sum(per_process) + decoder_packets1 - decoder_packets0
@@ -570,6 +589,9 @@ class Bench:
             if sends
             else None,
             "packets_forwarded": forwarded,
+            "packets_received_per_s": round(delta["packets_received"] / probe_seconds, 1),
+            # Which layer the stations got: the top one is ~150 video packets a second.
+            "video_packets_per_subscriber_s_median": round(percentile(video_pps, 50), 1),
             "packets_counted": counted,
             # Subscribers count retransmissions too. Above a few percent, fps_min
             # and the delays describe starved subscriber processes, not the hub.
@@ -669,6 +691,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("hub CPU per forwarded packet", "us_per_packet", "µs"),
         ("hub CPU per send (retransmissions too)", "us_per_send", "µs"),
         ("hub CPU", "hub_cpu_percent", "% of a core"),
+        ("simulcast (three layers in)", "simulcast", ""),
+        ("packets the hub received per second", "packets_received_per_s", "/s"),
         ("packets forwarded by the hub", "packets_forwarded", ""),
         ("packets the subscribers counted", "packets_counted", ""),
         ("sent (incl. retransmissions), not counted", "subscriber_loss", ""),
@@ -742,6 +766,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the hub's WebRTC media on a UDP port per peer connection (default) or all "
         "on one (HUB_UDP_PORT)",
     )
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="the publisher sends its camera as three simulcast layers (rids l, m, h: "
+        "320x180, 640x360 ~500 kbps, and the one-layer run's clip); each station "
+        "receives the one the hub chooses",
+    )
     args = parser.parse_args(argv)
     n = args.subscribers or (20 if args.quick else 50)
     seconds = args.seconds or (8.0 if args.quick else 20.0)
@@ -763,6 +794,7 @@ def main(argv: list[str] | None = None) -> None:
         args.hub_source.resolve(),
         args.hub_fastpath,
         args.udp_port,
+        args.simulcast,
     )
     # Connecting, two windows and the baseline, with room to spare.
     limit = 85 if args.quick else 120 + 3 * seconds + 2 * n

@@ -94,6 +94,10 @@ class HubClient:
         self._sources: dict[str, str] = {}
         """Every sending m-line's source: each offer carries the whole map."""
         self._sending: dict[str, tuple[RTCRtpSender, MediaStreamTrack]] = {}
+        self._offer_filter: Callable[[str], str] = str
+        self.publisher_answer = ""
+        """The hub's last answer on the publisher connection, as sent (aiortc's
+        ``remoteDescription`` drops what it does not read, such as simulcast)."""
         """Each published source's sender and track (a paused one sends no track)."""
         self.quality: dict[str, str] = {"level": "thumbnail", "microphone": "on"}
         """How the hub last said to send (``joined``, ``quality``)."""
@@ -139,13 +143,18 @@ class HubClient:
         preferences: dict[str, list[RTCRtpCodecCapability]] | None = None,
         pacing_bps: float | None = None,
         on_send: Callable[[bytes], None] | None = None,
+        offer_filter: Callable[[str], str] | None = None,
     ) -> None:
         """Send ``tracks`` (source → track) on the publisher connection, offering the
         codecs in ``preferences`` (source → capabilities) where given.
 
         With ``pacing_bps`` the video packets leave at that rate, as a browser's do
         (:data:`~hub.aiortc_internals.PACING_FACTOR` × its target bitrate), not a
-        frame at a time; ``on_send`` sees every RTP packet as it leaves (before SRTP)."""
+        frame at a time; ``on_send`` sees every RTP packet as it leaves (before SRTP).
+        ``offer_filter`` rewrites each offer the hub is sent from now on (a load
+        generator's offer made to look like a browser's, e.g. simulcast)."""
+        if offer_filter is not None:
+            self._offer_filter = offer_filter
         if self.publisher is None:
             self.publisher = make_peer_connection(self.ice_servers, self.udp_mux)
         pending = []
@@ -172,11 +181,11 @@ class HubClient:
             {
                 "type": "offer",
                 "pc": "publisher",
-                "sdp": self.publisher.localDescription.sdp,
+                "sdp": self._offer_filter(self.publisher.localDescription.sdp),
                 "sources": self._sources,
             }
         )
-        answer = await asyncio.wait_for(self._answer, timeout)
+        answer = self.publisher_answer = await asyncio.wait_for(self._answer, timeout)
         await set_remote_answer(self.publisher, answer, restart_ice)
 
     async def restart_ice(self, timeout: float = 10.0) -> None:
