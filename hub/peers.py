@@ -514,7 +514,9 @@ class Slot:
         self._steady_since = time.monotonic()
         """Since when its layer has stayed (a layer up is tried after ``_up_after``)."""
         self._loss_from = (self._steady_since, 0, 0)
-        """(when, packets sent, sequence numbers NACKed) as the layer last changed."""
+        """(when, packets sent, sequence numbers NACKed) as the last window began."""
+        self._nacked_share: float | None = None
+        """The share of its packets the subscriber NACKed over the last window."""
         self._up_after = UP_AFTER
         self._up_at = 0.0
         self._remb_seen: int | None = None
@@ -543,22 +545,28 @@ class Slot:
         )
 
     def _loss(self) -> float | None:
-        """The share of this video its link lost since the layer last changed: the
+        """The share of this video its link lost lately, on this layer: the
         subscriber's receiver reports say it after repairs (libwebrtc counts a packet
         resent in time as received, so a link losing 10 % reports 1-3 %), its NACKs
-        before them: the higher of the two."""
+        before them (over the last window of at least :data:`LOSS_WINDOW`): the higher
+        of the two."""
         down = self.down
-        reported = down.lost if down.lost_at > self._steady_since else None
+        now = time.monotonic()
         at, sent, nacked = self._loss_from
         sent_since = down.packets_sent - sent
-        if time.monotonic() - at < LOSS_WINDOW or sent_since < LOSS_MIN_PACKETS:
-            return reported
-        return max(reported or 0.0, (down.nacked - nacked) / sent_since)
+        if now - at >= LOSS_WINDOW and sent_since >= LOSS_MIN_PACKETS:
+            self._nacked_share = (down.nacked - nacked) / sent_since
+            self._loss_from = (now, down.packets_sent, down.nacked)
+        reported = down.lost if down.lost_at > self._steady_since else None
+        if reported is None and self._nacked_share is None:
+            return None
+        return max(reported or 0.0, self._nacked_share or 0.0)
 
     def _settle(self, now: float) -> None:
         """The layer changed (or the slot took a publication): measure afresh."""
         self._steady_since = now
         self._loss_from = (now, self.down.packets_sent, self.down.nacked)
+        self._nacked_share = None
 
     def _estimate(self, current_bps: float | None) -> float | None:
         """What the subscriber's estimate (REMB) leaves for this video: the whole less

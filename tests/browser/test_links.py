@@ -230,12 +230,15 @@ def test_a_station_on_a_lossy_long_link_keeps_decoding(
     tmp_path: Path, request: pytest.FixtureRequest, browsers: Browsers, lab: Netlab
 ) -> None:
     """10 % loss each way and 300 ms round trip. The lecturer is told of the
-    station's loss (its Opus encoder adds in-band FEC in proportion), and resends
-    within the budget keep the video decoding, on the layer the hub chose. The
-    issue's goals (15 frames/s, at most 5 freezes in 20 s, concealment under 5 %)
-    are not reached: seven runs here decoded 5.7-10.6 frames/s of the 18-20 the
-    loaded console encoded, with 7-16 freezes and 6.4-8.9 % of audio concealed (no
-    RED yet); the bounds below only say that sound and picture go on."""
+    station's loss (its Opus encoder adds in-band FEC in proportion), its audio
+    reaches the station as RED (each packet also carries the one before), and resends
+    within the budget keep the video decoding, on the layer the hub chose: the
+    lowest, since the station NACKs over 10 % of what it is sent. The issue's audio
+    goal holds (under 5 % concealed: 0.52 and 0.64 % in two runs on 2026-12-07,
+    against 6.4-8.9 % before RED). Its video goals (15 frames/s, at most 5 freezes in
+    20 s) are not reached: those two runs decoded 12.6 and 12.1 of the 20 frames/s the
+    console encoded, with 15 freezes each; the video bounds below only say that the
+    picture goes on."""
     hub, console = open_lecture(tmp_path, request, browsers, "l")
     station = lab.station(Link(loss=0.10, rtt_ms=300))
     page = open_lab_station(hub, browsers, station, "l", 1)
@@ -250,7 +253,7 @@ def test_a_station_on_a_lossy_long_link_keeps_decoding(
     figures, layer, sent_fps = measure(page, console, 20)
     print(f"10 % loss + 300 ms: {figures}, layer {layer} sent at {sent_fps} fps")
     assert figures.fps >= 2, figures
-    assert figures.audio_concealed_pct < 30, figures
+    assert figures.audio_concealed_pct < 5, figures
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
