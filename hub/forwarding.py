@@ -789,8 +789,16 @@ class DownTrack(DownTrackCore):
         now = time.monotonic()
         budget = self.budget
         budget.note_media(self.bytes_sent, now)
+        media_bps = budget.media_bps
+        subscription = self.subscription
+        target = subscription.target.bitrate_bps if subscription is not None else None
+        if target is not None:
+            # Just moved down (the link fell short of a higher layer): what it sent
+            # lately is that layer's rate; whether the link carries the layer it now
+            # sends is the question.
+            media_bps = min(media_bps, target)
         was = self.fit.held
-        if self.fit.update(estimate_bps, budget.media_bps, now) and not was:
+        if self.fit.update(estimate_bps, media_bps, now) and not was:
             self.stats.video_yields += 1
             # Nothing is measured while held: try again after the back-off.
             asyncio.get_running_loop().call_later(self.fit.retry_after, self._fit, None)

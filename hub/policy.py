@@ -137,8 +137,6 @@ LOSS_DOWN = 0.10
 """A subscriber losing more than this of a video's packets gets the next layer down
 (libwebrtc's loss-based controller backs off above 10 %): a smaller frame is fewer
 packets, so fewer frames lose one, and repairs cost its link less."""
-LOSS_HOLD = 0.02
-"""Between this and :data:`LOSS_DOWN` a subscription holds its layer (no tries up)."""
 _CAP_INDEX = {"low": 0, "mid": 1}
 
 
@@ -171,8 +169,8 @@ def layer_for(
     layer fits: the lowest arriving one (its video may still yield); none known to
     arrive (nothing measured yet): the highest within what it shows and its cap.
     ``loss``, the fraction of this video its subscriber last reported lost, bounds
-    that: over :data:`LOSS_DOWN` one layer down from the current, over
-    :data:`LOSS_HOLD` nothing higher than the current.
+    that: over :data:`LOSS_DOWN`, one layer down from the current (tries up go on:
+    on a link that stayed lossy, the next look brings it down again).
     Recording, live HLS and restream do not ask: they take the top."""
     top = len(rates) - 1
     limit = top if shows == "stage" else 0
@@ -192,10 +190,9 @@ def layer_for(
         chosen = fitting[-1] if fitting else arriving[0]
         if try_up and chosen == current:
             chosen = next((i for i in arriving if i > current), current)
-    if loss is not None and loss > LOSS_HOLD:
+    if loss is not None and loss > LOSS_DOWN:
         below = [i for i in arriving if i < current]
-        ceiling = (below[-1] if below else arriving[0]) if loss > LOSS_DOWN else current
-        chosen = min(chosen, ceiling)
+        chosen = min(chosen, below[-1] if below else arriving[0])
     return chosen
 
 

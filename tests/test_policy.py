@@ -251,10 +251,9 @@ def test_layer_for(
         (THREE, 2, 5_000_000, False, 0.15, 1),  # over 10 %: one layer down
         (THREE, 1, 5_000_000, False, 0.15, 0),
         (THREE, 0, 5_000_000, True, 0.15, 0),  # the lowest stays
-        (THREE, 1, 5_000_000, True, 0.05, 1),  # 2-10 %: holds, no try up
-        (THREE, 1, 1_900_000, False, 0.05, 1),  # not up even when the estimate says so
+        (THREE, 1, 5_000_000, True, 0.05, 2),  # under 10 %: as without
         (THREE, 2, 600_000, False, 0.05, 1),  # the estimate still moves it down
-        (THREE, 1, 1_900_000, False, 0.01, 2),  # little loss: as without
+        (THREE, 1, 1_900_000, False, 0.01, 2),
         (THREE, 0, 200_000, True, 0.0, 1),
         ((None, 500_000.0, 1_500_000.0), 2, None, False, 0.2, 1),
         ((None, 500_000.0, 1_500_000.0), 1, None, False, 0.2, 1),  # lowest arriving

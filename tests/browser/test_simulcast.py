@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
@@ -30,6 +31,26 @@ def layers_sent(page: Any) -> dict[str, tuple[int, int, int]]:
     }
 
 
+def capped_and_full(hub: HubProcess, browsers: Browsers, room: str) -> tuple[Any, Any]:
+    """Two stations in ``room``: the first capped to the lowest layer (流畅), the
+    second as it comes (自动)."""
+    capped = open_station(hub, browsers, room, 1)
+    full = open_station(hub, browsers, room, 2)
+    capped.select_option("#video-cap", "low")
+    return capped, full
+
+
+def all_layers(console: Any) -> Callable[[], str | None]:
+    """A check: the console's camera flows in every layer, each at its size."""
+
+    def check() -> str | None:
+        sent = layers_sent(console)
+        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
+        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
+
+    return check
+
+
 def received_size(page: Any, sender: str) -> tuple[int, int]:
     rows = [r for r in inbound(page) if r["participant"] == sender and r["source"] == "camera"]
     return (rows[0]["frameWidth"], rows[0]["frameHeight"]) if rows else (0, 0)
@@ -42,12 +63,7 @@ def test_the_console_sends_three_layers_and_a_station_decodes_the_top(
     console = open_console(hub, browsers, room)
     center = sid_of(console)
 
-    def all_layers() -> str | None:
-        sent = layers_sent(console)
-        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
-        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
-
-    poll(all_layers, timeout=30)
+    poll(all_layers(console), timeout=30)
     station = open_station(hub, browsers, room, 1)
     poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
 
@@ -64,9 +80,7 @@ def test_each_station_receives_the_layer_its_cap_allows_and_moves_without_a_free
     room = "simulcast-caps"
     console = open_console(hub, browsers, room)
     center = sid_of(console)
-    capped = open_station(hub, browsers, room, 1)
-    auto = open_station(hub, browsers, room, 2)
-    capped.select_option("#video-cap", "low")  # 流畅
+    capped, auto = capped_and_full(hub, browsers, room)
     for station in (capped, auto):
         poll(Progress(station, "video", center, "camera", "framesDecoded"), timeout=25)
 
@@ -134,6 +148,21 @@ def media_request(hub: HubProcess, room: str, what: str, method: str) -> None:
         assert response.status in (200, 201)
 
 
+def record_camera(hub: HubProcess, room: str, *steps: float | Callable[[], object]) -> Path:
+    """Records ``room`` through the HTTP API while ``steps`` run (seconds to wait, or
+    something to do); the camera's recording."""
+    media_request(hub, room, "recording", "POST")
+    for step in steps:
+        if callable(step):
+            step()
+        else:
+            time.sleep(step)
+    media_request(hub, room, "recording", "DELETE")
+    files = [p for p in hub.data_dir.rglob("*-camera-*") if p.stat().st_size > 0]
+    assert files, f"no camera recording under {hub.data_dir}"
+    return files[0]
+
+
 def test_the_recording_takes_the_top_layer_while_a_station_is_capped_low(
     hub: HubProcess, browsers: Browsers
 ) -> None:
@@ -148,12 +177,7 @@ def test_the_recording_takes_the_top_layer_while_a_station_is_capped_low(
         return None if size == LAYER_SIZES["l"] else f"station decodes {size}"
 
     poll(low, timeout=30)
-    media_request(hub, room, "recording", "POST")
-    time.sleep(4)
-    media_request(hub, room, "recording", "DELETE")
-    files = [p for p in hub.data_dir.rglob("*-camera-*.webm") if p.stat().st_size > 0]
-    assert files, f"no camera recording under {hub.data_dir}"
-    with av.open(str(files[0])) as container:
+    with av.open(str(record_camera(hub, room, 4))) as container:
         frame = next(container.decode(video=0))
         assert (frame.width, frame.height) == LAYER_SIZES["h"]
 
@@ -217,16 +241,9 @@ def test_a_console_that_sends_h264_sends_it_in_layers_too(
     console.click("#golive")
     center = sid_of(console)
 
-    def all_layers() -> str | None:
-        sent = layers_sent(console)
-        sizes = {rid: (w, h) for rid, (w, h, packets) in sent.items() if packets}
-        return None if sizes == LAYER_SIZES else f"console camera layers: {sent}"
-
-    poll(all_layers, timeout=30)
+    poll(all_layers(console), timeout=30)
     assert console.is_disabled("#codec-select")  # the codec stays with the camera
-    capped = open_station(hub, browsers, room, 1)
-    full = open_station(hub, browsers, room, 2)
-    capped.select_option("#video-cap", "low")  # 流畅
+    capped, full = capped_and_full(hub, browsers, room)
 
     def decoded() -> str | None:
         got = (received_size(capped, center), received_size(full, center))
@@ -236,12 +253,7 @@ def test_a_console_that_sends_h264_sends_it_in_layers_too(
         return f"capped and full stations decode {got} in {codecs}"
 
     poll(decoded, timeout=30)
-    media_request(hub, room, "recording", "POST")
-    time.sleep(4)
-    media_request(hub, room, "recording", "DELETE")
-    files = [p for p in hub.data_dir.rglob("*-camera-*") if p.stat().st_size > 0]
-    assert files, f"no camera recording under {hub.data_dir}"
-    with av.open(str(files[0])) as container:
+    with av.open(str(record_camera(hub, room, 4))) as container:
         stream = container.streams.video[0]
         frame = next(container.decode(video=0))
         assert stream.codec_context.name == "h264", stream.codec_context.name
@@ -254,9 +266,7 @@ def test_the_screen_share_goes_in_two_layers_a_capped_station_reads_the_small_on
     room = "simulcast-screen"
     console = open_console(hub, browsers, room)
     center = sid_of(console)
-    capped = open_station(hub, browsers, room, 1)
-    full = open_station(hub, browsers, room, 2)
-    capped.select_option("#video-cap", "low")  # 流畅
+    capped, full = capped_and_full(hub, browsers, room)
     console.click("#share")
 
     def screen_layers() -> str | None:
@@ -301,20 +311,10 @@ def test_the_recording_goes_on_from_a_lower_layer_while_the_top_one_is_paused(
     room = "simulcast-sink-falls-back"
     console = open_console(hub, browsers, room)
 
-    def all_layers() -> str | None:
-        flowing = {rid for rid, (_, _, packets) in layers_sent(console).items() if packets}
-        return None if flowing == {"l", "m", "h"} else f"console sends {flowing}"
-
-    poll(all_layers, timeout=30)
-    media_request(hub, room, "recording", "POST")
-    time.sleep(3)
-    console.evaluate(PAUSE_TOP_JS)
-    time.sleep(5)
-    media_request(hub, room, "recording", "DELETE")
-    files = [p for p in hub.data_dir.rglob("*-camera-*.webm") if p.stat().st_size > 0]
-    assert files, f"no camera recording under {hub.data_dir}"
+    poll(all_layers(console), timeout=30)
+    recording = record_camera(hub, room, 3, lambda: console.evaluate(PAUSE_TOP_JS), 5)
     sizes: list[tuple[float, tuple[int, int]]] = []
-    with av.open(str(files[0])) as container:
+    with av.open(str(recording)) as container:
         for frame in container.decode(video=0):
             sizes.append((float(frame.time or 0.0), (frame.width, frame.height)))
     first_mid = next((at for at, size in sizes if size == LAYER_SIZES["m"]), None)
