@@ -707,8 +707,7 @@ class RawTrack:
         if transceiver.kind == "audio":
             for ext in negotiated_header_extensions(transceiver):
                 if ext.uri == AUDIO_LEVEL_URI:
-                    # One-byte header (RFC 8285): the element, its level, padding.
-                    self.extension = b"\xbe\xde\x00\x01" + bytes([ext.id << 4, 127, 0, 0])
+                    self.extension = _one_byte_extensions([(ext.id, bytes([127]))])
 
     def send(self, payloads: list[bytes], timestamp: int, marker_last: bool) -> None:
         last = len(payloads) - 1

@@ -94,11 +94,11 @@ class HubClient:
         self._sources: dict[str, str] = {}
         """Every sending m-line's source: each offer carries the whole map."""
         self._sending: dict[str, tuple[RTCRtpSender, MediaStreamTrack]] = {}
+        """Each published source's sender and track (a paused one sends no track)."""
         self._offer_filter: Callable[[str], str] = str
         self.publisher_answer = ""
         """The hub's last answer on the publisher connection, as sent (aiortc's
         ``remoteDescription`` drops what it does not read, such as simulcast)."""
-        """Each published source's sender and track (a paused one sends no track)."""
         self.quality: dict[str, str] = {"level": "thumbnail", "microphone": "on"}
         """How the hub last said to send (``joined``, ``quality``)."""
         self._ws: Any = None

@@ -168,10 +168,12 @@ def layer_for(
     current layer for a while) the next layer up is tried all the same. No arriving
     layer fits: the lowest arriving one (its video may still yield); none known to
     arrive (nothing measured yet): the highest within what it shows and its cap.
-    ``loss``, the fraction of this video its subscriber last reported lost, bounds
-    that: over :data:`LOSS_DOWN`, one layer down from the current (tries up go on:
-    on a link that stayed lossy, the next look brings it down again).
-    Recording, live HLS and restream do not ask: they take the top."""
+    ``loss``, the fraction of this video its subscriber's link lost lately (its
+    reports or its NACKs, see :meth:`hub.peers.Slot._loss`), bounds that: over
+    :data:`LOSS_DOWN`, one layer down from the current (tries up go on: on a link
+    that stayed lossy, the next look brings it down again).
+    Recording, live HLS and restream do not ask: they take the top while it flows
+    (:class:`hub.forwarding.SinkSwitch`)."""
     top = len(rates) - 1
     limit = top if shows == "stage" else 0
     limit = min(limit, _CAP_INDEX.get(cap, top))
