@@ -10,7 +10,8 @@ layers, simulcast: ``rid`` l, m or h when the frame size decoded is that layer's
 as sent and as meant; the frame size itself), the frames per second the console
 encoded in that layer, the station's frames per second, ``freezeCount``, seconds in
 which no new frame was decoded, the share of audio samples concealed, what the hub
-resent and forwarded meanwhile (``/metrics``), and the hub process's CPU.
+resent, declined to resend, was asked to resend, asked of the lecturer as keyframes
+and forwarded meanwhile (``/metrics``), and the hub process's CPU.
 ``--source DIR`` runs the hub of another checkout (to set two commits side by side:
 the bench itself, the lab and the browsers stay this checkout's). Needs root
 (network namespaces); prints one JSON object last.
@@ -53,7 +54,7 @@ async () => {
   if (!c || !c.subscriber) return null;
   const report = await c.subscriber.getStats();
   const out = {frames: 0, freezes: 0, width: 0, height: 0, samples: 0, concealed: 0,
-               relay: null};
+               relay: null, hold: c.playoutDelay ? c.playoutDelay.targetMs : null};
   for (const s of report.values()) {
     if (s.type === 'transport' && s.selectedCandidatePairId) {
       const pair = report.get(s.selectedCandidatePairId);
@@ -92,6 +93,9 @@ class Figures:
     audio_concealed_pct: float
     relay: str | None
     """The TURN transport its connection went through, or None when direct."""
+    playout_hold_ms: int | None
+    """The hold its page gave received media for resends at the end (protocol.js
+    ``PlayoutDelay``), or None: the browser's own."""
 
 
 def station_figures(page: Any, seconds: int) -> Figures:
@@ -114,6 +118,7 @@ def station_figures(page: Any, seconds: int) -> Figures:
         stalled_seconds=stalled,
         audio_concealed_pct=round(100 * concealed / samples, 2) if samples else 100.0,
         relay=last["relay"],
+        playout_hold_ms=last["hold"],
     )
 
 
@@ -259,12 +264,16 @@ class Bench:
                 **asdict(figures),
                 "rid": layer,
                 "rid_sent_fps": sent_fps,
-                "retransmissions": int(
-                    _counter(after, "retransmissions") - _counter(before, "retransmissions")
-                ),
-                "packets_forwarded": int(
-                    _counter(after, "packets_forwarded") - _counter(before, "packets_forwarded")
-                ),
+                **{
+                    name: int(_counter(after, name) - _counter(before, name))
+                    for name in (
+                        "retransmissions",
+                        "retransmissions_declined",
+                        "nacks_received",
+                        "keyframe_requests",
+                        "packets_forwarded",
+                    )
+                },
                 "hub_cpu_pct": round(100 * hub_cpu, 1),
             }
         finally:

@@ -233,12 +233,15 @@ def test_a_station_on_a_lossy_long_link_keeps_decoding(
     station's loss (its Opus encoder adds in-band FEC in proportion), its audio
     reaches the station as RED (each packet also carries the one before), and resends
     within the budget keep the video decoding, on the layer the hub chose: the
-    lowest, since the station NACKs over 10 % of what it is sent. The issue's audio
-    goal holds (under 5 % concealed: 0.52 and 0.64 % in two runs on 2026-12-07,
-    against 6.4-8.9 % before RED). Its video goals (15 frames/s, at most 5 freezes in
-    20 s) are not reached: those two runs decoded 12.6 and 12.1 of the 20 frames/s the
-    console encoded, with 15 freezes each; the video bounds below only say that the
-    picture goes on."""
+    lowest, since the station NACKs over 10 % of what it is sent. The station's page
+    holds what it receives for two round trips and a frame (protocol.js
+    ``PlayoutDelay``), so that resends arrive before their frames are due.
+
+    The issue's goals: under 5 % of the audio concealed (0.52 and 0.64 % in two runs
+    on 2026-12-07, 6.4-8.9 % before RED), 15 frames/s or more and at most 5 freezes
+    in 20 s. Without the hold, runs decoded 12.0-13.8 of the 20 frames/s the console
+    encoded, with 13-15 freezes; with it 18.2-18.4, with 1-2. Where the loaded console
+    encodes the layer at fewer frames/s, 75 % of those count as the 15 of 20."""
     hub, console = open_lecture(tmp_path, request, browsers, "l")
     station = lab.station(Link(loss=0.10, rtt_ms=300))
     page = open_lab_station(hub, browsers, station, "l", 1)
@@ -252,8 +255,10 @@ def test_a_station_on_a_lossy_long_link_keeps_decoding(
     time.sleep(10)  # the encoder's loss estimate is smoothed over seconds
     figures, layer, sent_fps = measure(page, console, 20)
     print(f"10 % loss + 300 ms: {figures}, layer {layer} sent at {sent_fps} fps")
-    assert figures.fps >= 2, figures
     assert figures.audio_concealed_pct < 5, figures
+    assert figures.playout_hold_ms is not None and 600 <= figures.playout_hold_ms <= 900, figures
+    assert figures.fps >= min(15.0, 0.75 * sent_fps), (figures, sent_fps)
+    assert figures.freezes <= 5, figures
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])

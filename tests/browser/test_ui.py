@@ -146,6 +146,8 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
                 stage: m.cameraEncoding('stage', 1280),
                 paused: m.cameraEncoding('paused', 1280),
                 levels: [m.qualityLevel(20, 0), m.qualityLevel(200, 0), m.qualityLevel(20, 0.1)],
+                holds: [[null, 0.5], [300, null], [300, 0], [300, 0.019], [300, 0.02],
+                        [300, 0.2], [2, 0.1], [1000, 0.1]].map(([r, n]) => m.repairDelayMs(r, n)),
                 pasted: [ui.tokenFromPaste('  abc.def.ghi '),
                          ui.tokenFromPaste('https://hub.local/station?token=abc.def')],
             };
@@ -171,6 +173,9 @@ def test_protocol_library_pure_parts(hub: HubProcess, browsers: Browsers) -> Non
     # paused: nobody receives it; the camera stays open, its encoding inactive
     assert got["paused"] == {**got["thumb"], "active": False}
     assert got["levels"] == ["good", "fair", "poor"]
+    # resends need two round trips and a frame: only while the link asks for them
+    # (2 NACKs per 100 video packets or more), and never over 1.5 s
+    assert got["holds"] == [None, None, None, None, 700, 700, 104, 1500]
     assert got["pasted"] == ["abc.def.ghi", "abc.def"]
 
 

@@ -366,6 +366,10 @@ export class HubClient {
         this._lastHeard = 0;
         /** @type {ReturnType<typeof setInterval> | null} */
         this._pingTimer = null;
+        /** Holds what the subscriber connection receives as long as resends need. */
+        this.playoutDelay = new PlayoutDelay(() => this.pingRttMs);
+        /** @type {ReturnType<typeof setInterval> | null} */
+        this._playoutTimer = null;
         /** @type {ReturnType<typeof setTimeout> | null} */
         this._retryTimer = null;
         /** @type {ReturnType<typeof setTimeout> | null} */
@@ -461,9 +465,10 @@ export class HubClient {
 
     _clearTimers() {
         if (this._pingTimer) clearInterval(this._pingTimer);
+        if (this._playoutTimer) clearInterval(this._playoutTimer);
         if (this._retryTimer) clearTimeout(this._retryTimer);
         if (this._joinTimer) clearTimeout(this._joinTimer);
-        this._pingTimer = this._retryTimer = this._joinTimer = null;
+        this._pingTimer = this._playoutTimer = this._retryTimer = this._joinTimer = null;
     }
 
     _connect() {
@@ -593,6 +598,9 @@ export class HubClient {
             }
             this._send({ type: "ping", id });
         }, this.pingIntervalMs);
+        this._playoutTimer = setInterval(() => {
+            if (generation === this._generation && this.subscriber) this.playoutDelay.update(this.subscriber);
+        }, PLAYOUT_CHECK_MS);
     }
 
     // ---- incoming messages ------------------------------------------------------
@@ -1343,6 +1351,99 @@ export function qualityLevel(rttMs, loss) {
     return "good";
 }
 
+// ---- playout delay for resends ------------------------------------------------------
+
+/** How often a receiving connection's need for resends is sampled (ms). */
+const PLAYOUT_CHECK_MS = 2000;
+/** Resends asked for per video packet received over which a link needs repairs. */
+export const REPAIR_NACK_RATIO = 0.02;
+/** The longest hold a receiver is given (ms); beyond, the picture would lag too far. */
+export const REPAIR_DELAY_MAX_MS = 1500;
+/** How long a link must go without repairs before its hold is let go (ms). */
+export const REPAIR_QUIET_MS = 30_000;
+
+/**
+ * How long received media should wait before it plays (ms), so that a lost packet's
+ * resend arrives in time: one round trip after the loss shows, two if the resend is
+ * lost too (the hub resends again no sooner than a round trip later), plus 100 ms for
+ * the frame that reveals the loss. `null` leaves it to the browser. Only while the
+ * link needs repairs (`nackRatio`, NACKs sent per video packet received, at or over
+ * `REPAIR_NACK_RATIO`): a clean link keeps the browser's low delay.
+ * @param {number | null} rttMs
+ * @param {number | null} nackRatio
+ * @returns {number | null}
+ */
+export function repairDelayMs(rttMs, nackRatio) {
+    if (rttMs === null || nackRatio === null || nackRatio < REPAIR_NACK_RATIO) return null;
+    return Math.min(REPAIR_DELAY_MAX_MS, Math.round(2 * rttMs + 100));
+}
+
+/**
+ * Holds a receiving connection's media as long as its resends need (`repairDelayMs`),
+ * through each receiver's `jitterBufferTarget`, audio with video so they stay in step.
+ * A browser that only receives learns no round trip from RTCP, and its jitter buffer
+ * did not wait for resends over a long link: at 10 % loss and 300 ms, a station
+ * decoded 12 of 20 frames/s with 13 freezes in 20 s, and 18 with 2-3 held (issue 15).
+ * The hold rises at once and is let go after `REPAIR_QUIET_MS` without repairs.
+ */
+export class PlayoutDelay {
+    /** @param {() => number | null} [fallbackRttMs] a round trip when ICE has none yet */
+    constructor(fallbackRttMs = () => null) {
+        this.fallbackRttMs = fallbackRttMs;
+        /** @type {number | null} the hold now given (ms), null: the browser's own */
+        this.targetMs = null;
+        this._repairedAt = 0;
+        /** @type {{nacks: number, packets: number} | null} */
+        this._last = null;
+    }
+
+    /**
+     * Samples `pc` and sets its receivers' hold; called every few seconds.
+     * @param {RTCPeerConnection} pc
+     */
+    async update(pc) {
+        /** @type {RTCStatsReport} */
+        let report;
+        try {
+            report = await pc.getStats();
+        } catch {
+            return; // closed meanwhile
+        }
+        /** @type {number | null} */
+        let rttMs = null;
+        let nacks = 0;
+        let packets = 0;
+        for (const s of report.values()) {
+            if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+                rttMs = s.currentRoundTripTime * 1000;
+            }
+            if (s.type === "inbound-rtp" && s.kind === "video") {
+                nacks += s.nackCount || 0;
+                packets += s.packetsReceived || 0;
+            }
+        }
+        const last = this._last;
+        this._last = { nacks, packets };
+        if (!last || packets < last.packets) return; // first sample, or a new connection
+        const received = packets - last.packets;
+        const ratio = received > 0 ? (nacks - last.nacks) / received : null;
+        const wanted = repairDelayMs(rttMs ?? this.fallbackRttMs(), ratio);
+        const now = performance.now();
+        /** @type {number | null} */
+        let target = this.targetMs;
+        if (wanted !== null) {
+            this._repairedAt = now;
+            target = Math.max(target ?? 0, wanted);
+        } else if (target !== null && now - this._repairedAt > REPAIR_QUIET_MS) {
+            target = null;
+        }
+        this.targetMs = target;
+        for (const receiver of pc.getReceivers()) {
+            if (receiver.jitterBufferTarget !== target) receiver.jitterBufferTarget = target;
+        }
+    }
+}
+
 /**
  * @template T
  * @param {Promise<T>} promise
@@ -1394,6 +1495,10 @@ export class WhepSession {
         this.onstatechange = null;
         /** @type {(() => void) | null} called when a track is added to `stream` */
         this.ontrack = null;
+        /** Holds what it receives as long as resends need. */
+        this.playoutDelay = new PlayoutDelay();
+        /** @type {ReturnType<typeof setInterval> | null} */
+        this._playoutTimer = null;
     }
 
     /**
@@ -1431,6 +1536,7 @@ export class WhepSession {
         const location = response.headers.get("Location");
         this.resource = location ? new URL(location, new URL(this.endpoint, globalThis.location.href)).href : null;
         await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+        this._playoutTimer = setInterval(() => this.playoutDelay.update(pc), PLAYOUT_CHECK_MS);
     }
 
     /**
@@ -1459,6 +1565,8 @@ export class WhepSession {
         const pc = this.pc;
         this.pc = null;
         if (pc) pc.close();
+        if (this._playoutTimer) clearInterval(this._playoutTimer);
+        this._playoutTimer = null;
         for (const track of this.stream.getTracks()) this.stream.removeTrack(track);
         const resource = this.resource;
         this.resource = null;
