@@ -286,6 +286,7 @@ class County:
             # Which starved, if any: the counting stations, or the decoding probes.
             "lecturer_fps_min_counting": round(min(f for w in fps_by_worker[:-1] for f in w), 2),
             "lecturer_fps_min_probes": round(min(fps_by_worker[-1]), 2),
+            "lecturer_fps_probes": [round(f, 2) for f in fps_by_worker[-1]],
             **{
                 f"hub_{name}_per_s": round(
                     (counters1.get(name, 0) - counters0.get(name, 0)) / window

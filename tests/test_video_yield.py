@@ -69,3 +69,24 @@ def test_held_video_is_tried_again_later_and_later_while_it_fails() -> None:
     while fit.update(None, MEDIA, now):
         nudge()
     assert now - held_at == RETRY_AFTER
+
+
+def test_a_retried_video_whose_estimate_rises_is_kept() -> None:
+    """Tried again, a video starts from the estimate its link had when it yielded
+    (held, nothing arrived to change it): risen as a receiver's estimator lets it
+    (8 % a second) it is a link carrying the stream, and the video stays; the same
+    estimate staying low yields again at once its wait is over."""
+    for rising, expected in ((1.08, False), (1.0, True), (0.9, True)):
+        fit = VideoYield()
+        now = 0.0
+        while not fit.update(300_000, MEDIA, now):
+            now += 0.5
+        now += RETRY_AFTER
+        assert not fit.update(None, MEDIA, now)
+        estimate = 300_000.0
+        held = False
+        for _ in range(20):  # ten seconds
+            now += 0.5
+            estimate *= rising**0.5
+            held = held or fit.update(estimate, MEDIA, now)
+        assert held is expected, rising
