@@ -10,8 +10,9 @@ layers, simulcast: ``rid`` l, m or h when the frame size decoded is that layer's
 as sent and as meant; the frame size itself), the frames per second the console
 encoded in that layer, the station's frames per second, ``freezeCount``, seconds in
 which no new frame was decoded, the share of audio samples concealed, what the hub
-resent, declined to resend, was asked to resend, asked of the lecturer as keyframes
-and forwarded meanwhile (``/metrics``), and the hub process's CPU.
+resent, declined to resend, was asked to resend, asked of the lecturer as keyframes,
+probed (and how often the probe failed, with how many bytes of padding) and forwarded
+meanwhile (``/metrics``), and the hub process's CPU.
 ``--source DIR`` runs the hub of another checkout (to set two commits side by side:
 the bench itself, the lab and the browsers stay this checkout's). Needs root
 (network namespaces); prints one JSON object last.
@@ -271,6 +272,9 @@ class Bench:
                         "retransmissions_declined",
                         "nacks_received",
                         "keyframe_requests",
+                        "probes",
+                        "probes_failed",
+                        "padding_bytes",
                         "packets_forwarded",
                     )
                 },

@@ -28,8 +28,12 @@ logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!BBHII")
 _RTX_OSN = struct.Struct("!H")
+_ONE_BYTE_EXTENSIONS = b"\xbe\xde\x00\x01"
+"""RFC 8285's one-byte header extensions, one 32-bit word of them: abs-send-time."""
 HISTORY_SIZE = 2048
 """Packets kept per track for NACKs: over 1 s at 2,000 packets/s (~20 Mbps)."""
+PAD_DEPTH = 64
+"""Packets back from the newest that padding copies, at most, per call."""
 KEYFRAME_INTERVAL = 0.5
 """At most one keyframe request per publisher per this many seconds."""
 _NTP_EPOCH_OFFSET = 2208988800
@@ -51,6 +55,12 @@ class ForwardingStats:
     """NACKed packets not resent: repeated too soon or too often, too old, over budget."""
     video_yields: int = 0
     """Times a video down track was held because its subscriber's link could not carry it."""
+    probes: int = 0
+    """Times a subscriber's link was probed with padding before a move up a layer."""
+    probes_failed: int = 0
+    """Probes its estimate fell during: the layer stayed."""
+    padding_bytes: int = 0
+    """Bytes of probing padding sent (RTX copies of packets already sent)."""
     frames_to_sinks: int = 0
     silence_withheld: int = 0
     """Silent microphone packets not forwarded (:class:`SilenceGate`)."""
@@ -750,8 +760,7 @@ class DownTrack(DownTrackCore):
 
     def write_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> None:
         """Resend a packet, on the RTX stream when one was negotiated (RFC 4588)."""
-        srtp_socket = self.srtp_socket
-        if self.rtx_payload_type is None or srtp_socket is None:
+        if self.rtx_payload_type is None or self.srtp_socket is None:
             ntp = _ntp_now()
             plain = self.write(seq, timestamp, marker, payload, ntp, _abs_send_time(ntp))
             if plain >= 0:
@@ -759,16 +768,27 @@ class DownTrack(DownTrackCore):
                 self.stats.bytes_forwarded += plain
                 self.stats.retransmissions += 1
             return
-        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
-        data = (
-            _HEADER.pack(
-                0x80, (marker << 7) | self.rtx_payload_type, self._rtx_seq, timestamp, self.rtx_ssrc
-            )
-            + _RTX_OSN.pack(seq)
-            + payload
-        )
-        if srtp_socket.send(data):
+        if self._send_rtx(seq, timestamp, marker, payload):
             self.stats.retransmissions += 1
+
+    def _send_rtx(self, seq: int, timestamp: int, marker: int, payload: bytes) -> bool:
+        """One packet on the RTX stream, stamped with its send time as media is: the
+        subscriber's estimate weighs it with the rest."""
+        srtp_socket = self.srtp_socket
+        if self.rtx_payload_type is None or srtp_socket is None:
+            return False
+        self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        ext = self.abs_send_time_id
+        header = _HEADER.pack(
+            0x90 if ext else 0x80,
+            (marker << 7) | self.rtx_payload_type,
+            self._rtx_seq,
+            timestamp,
+            self.rtx_ssrc,
+        )
+        if ext:
+            header += _ONE_BYTE_EXTENSIONS + bytes(((ext << 4) | 2,)) + _abs_send_time(_ntp_now())
+        return srtp_socket.send(header + _RTX_OSN.pack(seq) + payload)
 
     async def on_nack(self, seq: int) -> None:
         """The subscriber lost ``seq``: answer from the hub's own history."""
@@ -917,6 +937,34 @@ class Subscription:
         down.stats.retransmissions_declined += 1
         if verdict.needs_keyframe and down.video and budget.keyframe_due(now):
             self.layer.request_keyframe()  # a keyframe repairs what resends cannot
+
+    def pad(self, size: int) -> int:
+        """Send about ``size`` bytes of padding: RTX copies of the packets last sent,
+        newest first (a receiver drops what it has; libwebrtc pads so too), to show
+        whether the subscriber's link carries more. Bytes sent; 0 if nothing can be."""
+        down = self.down
+        history = self.layer.history
+        if self.closed or down.held or not down.started or history is None:
+            return 0
+        sent = 0
+        out_seq = down.next_seq
+        for _ in range(PAD_DEPTH):
+            if sent >= size:
+                break
+            out_seq = (out_seq - 1) & 0xFFFF
+            seq = (out_seq - down.seq_offset) & 0xFFFF
+            if (seq - down.first_seq) & 0x8000:
+                break  # before this subscription's start
+            entry = history.get(seq)
+            if entry is None:
+                continue
+            _, timestamp, marker, payload = entry
+            out_ts = (timestamp + down.ts_offset) & 0xFFFFFFFF
+            if not down._send_rtx(out_seq, out_ts, marker, payload):
+                break
+            sent += len(payload)
+        down.stats.padding_bytes += sent
+        return sent
 
     def close(self) -> None:
         if self.closed:

@@ -23,6 +23,9 @@ _HELP = {
     "retransmissions_declined": "NACKed packets not resent: too soon, too often, too old, "
     "over budget",
     "video_yields": "times a subscriber's video was held because its link could not carry it",
+    "probes": "times a subscriber's link was probed with padding before a move up a layer",
+    "probes_failed": "probes during which the subscriber's estimate fell (the layer stayed)",
+    "padding_bytes": "bytes of probing padding sent (copies of packets already sent)",
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
     "silence_withheld": "silent microphone packets (audio level 127) not forwarded, as DTX "
     "would not have sent them",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from aiortc.rtp import RtpPacket, unwrap_rtx
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 
 from hub.codecs import h264_keyframe_start, vp8_keyframe_start
 from hub.forwarding import (
@@ -21,6 +22,7 @@ from hub.forwarding import (
 from tests.helpers import SrtpWire
 
 VP8 = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 VP8_KEY = bytes([0x10, 0x00, 0x9D, 0x01, 0x2A])  # S=1, PID=0; P bit 0: key frame
 VP8_DELTA = bytes([0x10, 0x01, 0x00])  # S=1, P bit 1: delta frame
 VP8_CONT = bytes([0x00, 0x55, 0x66])  # continuation of a frame
@@ -135,6 +137,40 @@ async def test_nack_is_answered_from_history_over_rtx() -> None:
     assert original.sequence_number == lost.sequence_number
     assert original.timestamp == lost.timestamp and original.payload == lost.payload
     assert stats.nacks_received == 1 and stats.retransmissions == 1
+
+
+async def test_padding_is_rtx_copies_of_the_newest_packets_stamped_with_their_send_time() -> None:
+    """A probe's padding (:meth:`Subscription.pad`): copies of what the subscriber was
+    last sent, newest first, on the RTX stream, each with abs-send-time (a receiver's
+    estimate weighs only what carries it), about as many bytes as asked; counted
+    apart from resends."""
+    stats = ForwardingStats()
+    up, down, wire = make_pair(stats, [], abs_id=3)
+    subscription = Subscription(up, down)
+    assert subscription.pad(10_000) == 0  # nothing sent yet: nothing to copy
+    for i in range(50):
+        payload = (VP8_KEY if i == 0 else VP8_DELTA) + bytes(97)
+        up.on_rtp(packet(1000 + i, 3000 * i, payload, marker=1))
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(3, ABS_SEND_TIME)])
+    )
+    originals = {p.sequence_number: p for p in map(RtpPacket.parse, wire.sent)}
+    wire.sent.clear()
+    sent = subscription.pad(1_000)
+    assert 1_000 <= sent < 1_000 + 100  # ten packets of 100 bytes: stops once it is there
+    copies = [RtpPacket.parse(data, extensions) for data in wire.sent]
+    assert all(c.ssrc == 0x01020304 and c.payload_type == 101 for c in copies)
+    assert all(c.extensions.abs_send_time is not None for c in copies)
+    unwrapped = [unwrap_rtx(c, payload_type=100, ssrc=0xABCDEF01) for c in copies]
+    newest = max(originals)
+    assert [u.sequence_number for u in unwrapped] == [newest - i for i in range(len(copies))]
+    for u in unwrapped:
+        original = originals[u.sequence_number]
+        assert (u.payload, u.timestamp) == (original.payload, original.timestamp)
+    assert stats.padding_bytes == sent and stats.retransmissions == 0
+    down.hold(True)
+    assert subscription.pad(1_000) == 0  # a held video is sent nothing, padding neither
 
 
 async def test_a_repeated_nack_is_answered_once_per_round_trip() -> None:

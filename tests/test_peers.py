@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ from hub.aiortc_internals import install_h264_profiles, install_red
 from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import PublicationID
 from hub.peers import (
+    PROBE_SECONDS,
     SIMULCAST_START_KBPS,
     SdpError,
     SendingPeer,
@@ -199,9 +201,23 @@ async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None
         assert target() == "m"  # falling: down at once to what fits
         slot.follow_layer()
         assert target() == "m"
-        slot._steady_since -= 9  # eight seconds on m without a shortfall: h is tried
+        # Eight seconds on m without a shortfall: the estimate shows no room for h
+        # (it grows only with what arrives), so the link is probed first, padded up to
+        # h's rate; the estimate falling meanwhile ends the probe, and m stays.
+        slot._steady_since -= 9
         slot.follow_layer()
-        assert target() == "h"
+        assert target() == "m" and stats.probes == 1
+        slot.hook.remb_bps = 700_000
+        slot.follow_layer()
+        assert target() == "m" and stats.probes_failed == 1
+        slot.follow_layer()
+        assert stats.probes == 1  # the next probe waits twice as long
+        slot._steady_since -= 17
+        slot.follow_layer()
+        assert stats.probes == 2 and target() == "m"
+        # The estimate holds for the probe's length: h, from its next keyframe.
+        await asyncio.sleep(PROBE_SECONDS + 0.2)
+        assert target() == "h" and stats.probes_failed == 1
         peer.set_cap("low")  # 流畅
         assert target() == "l"
         peer.set_cap("auto")  # chosen afresh: the link corrects it if it falls short
