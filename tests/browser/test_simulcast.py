@@ -323,3 +323,64 @@ def test_the_recording_goes_on_from_a_lower_layer_while_the_top_one_is_paused(
     assert first_mid > last_top  # the top, then the middle layer
     assert sizes[-1][0] - first_mid > 2.0, (first_mid, sizes[-1][0])  # and it went on
     assert first_mid - last_top < 2.5, (last_top, first_mid)  # a short gap at most
+
+
+WHIP_SIMULCAST_JS = """
+async ({room, token}) => {
+  const stream = await navigator.mediaDevices.getUserMedia(
+      {video: {width: 1280, height: 720, frameRate: 30}, audio: true});
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.addTransceiver(stream.getVideoTracks()[0], {direction: 'sendonly', sendEncodings: [
+      {rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 150000},
+      {rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 500000},
+      {rid: 'h', maxBitrate: 1500000}]});
+  pc.addTransceiver(stream.getAudioTracks()[0], {direction: 'sendonly'});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && resolve();
+    setTimeout(resolve, 2000);
+  });
+  const response = await fetch(`/whip/${room}`, {method: 'POST', body: pc.localDescription.sdp,
+      headers: {'Content-Type': 'application/sdp', Authorization: `Bearer ${token}`}});
+  const answer = await response.text();
+  if (response.status === 201) await pc.setRemoteDescription({type: 'answer', sdp: answer});
+  window.whip = pc;
+  return {status: response.status, answer};
+}
+"""
+
+
+def test_a_whip_encoder_that_sends_simulcast_is_read_by_layer_as_the_console_is(
+    hub: HubProcess, browsers: Browsers
+) -> None:
+    """A WHIP ingest offering simulcast (Chromium's own RTCPeerConnection with three
+    encodings, POSTed to /whip as any WHIP encoder does): the hub answers the layers,
+    reads them by rid, and a station capped to 流畅 decodes the 320x180 layer while
+    one as it comes decodes 1280x720, from the same encoder."""
+    room = "simulcast-whip"
+    encoder = browsers.open(f"{hub.base_url}/", "whip-encoder")
+    sent = encoder.evaluate(
+        WHIP_SIMULCAST_JS, {"room": room, "token": hub.token(room, "ENCODER-1", "ingest")}
+    )
+    assert sent["status"] == 201, sent["answer"]
+    assert "a=simulcast:recv l;m;h" in sent["answer"], sent["answer"]
+    capped, auto = capped_and_full(hub, browsers, room)
+
+    def encoder_sid() -> str | None:
+        sid: str | None = auto.evaluate(
+            """() => { for (const p of window.practiceHub.client.participants.values())
+                         if (p.identity === 'ENCODER-1') return p.sid;
+                       return null; }"""
+        )
+        return sid
+
+    poll(lambda: None if encoder_sid() else "the encoder is not in the room", timeout=20)
+    sender = encoder_sid()
+    assert sender is not None
+
+    def sizes() -> str | None:
+        got = (received_size(capped, sender), received_size(auto, sender))
+        return None if got == (LAYER_SIZES["l"], LAYER_SIZES["h"]) else f"stations decode {got}"
+
+    poll(sizes, timeout=40)
