@@ -1544,6 +1544,10 @@ class SenderHook:
         self.remb_bps: int | None = None
         """The whole of the last REMB naming this sender: the subscriber's estimate
         of its link, for every stream it receives."""
+        self.remb_ssrcs: tuple[int, ...] = ()
+        """The streams that REMB names. Chromium's figure halved when a second one
+        (the first RTX packets) joined it: estimates over different sets are not
+        comparable."""
         # Instance attributes shadow the methods aiortc calls on NACK and PLI, and
         # the RTCP loop that ``sender.send()`` starts.
         setattr(sender, "_retransmit", retransmit)  # noqa: B010
@@ -1570,7 +1574,7 @@ class SenderHook:
                 except ValueError:
                     return
                 if self.ssrc in ssrcs:
-                    self.remb_bps = bitrate
+                    self.remb_bps, self.remb_ssrcs = bitrate, tuple(sorted(ssrcs))
                     feedback(None, bitrate // len(ssrcs), None)
 
         setattr(sender, "_handle_rtcp_packet", handle_rtcp)  # noqa: B010

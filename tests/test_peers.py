@@ -13,7 +13,9 @@ from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import PublicationID
 from hub.peers import (
     PROBE_SECONDS,
+    PROBE_WARMUP,
     SIMULCAST_START_KBPS,
+    UP_AFTER,
     SdpError,
     SendingPeer,
     announce,
@@ -201,22 +203,28 @@ async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None
         assert target() == "m"  # falling: down at once to what fits
         slot.follow_layer()
         assert target() == "m"
-        # Eight seconds on m without a shortfall: the estimate shows no room for h
+        # The same link's estimate over one more stream (its first RTX packets:
+        # Chromium's figure halved then) is another measure, not a fall.
+        slot.hook.remb_bps, slot.hook.remb_ssrcs = 600_000, (1, 2)
+        slot.follow_layer()
+        assert target() == "m"
+        # UP_AFTER seconds on m without a shortfall: the estimate shows no room for h
         # (it grows only with what arrives), so the link is probed first, padded up to
         # h's rate; the estimate falling meanwhile ends the probe, and m stays.
-        slot._steady_since -= 9
+        slot._steady_since -= UP_AFTER + 1
         slot.follow_layer()
         assert target() == "m" and stats.probes == 1
-        slot.hook.remb_bps = 700_000
+        slot.hook.remb_bps = 560_000
         slot.follow_layer()
         assert target() == "m" and stats.probes_failed == 1
         slot.follow_layer()
         assert stats.probes == 1  # the next probe waits twice as long
-        slot._steady_since -= 17
+        slot._steady_since -= 2 * UP_AFTER + 1
         slot.follow_layer()
         assert stats.probes == 2 and target() == "m"
-        # The estimate holds for the probe's length: h, from its next keyframe.
-        await asyncio.sleep(PROBE_SECONDS + 0.2)
+        # The estimate holds for the probe's length (after a second of warming up the
+        # RTX stream, which the estimate named none of): h, from its next keyframe.
+        await asyncio.sleep(PROBE_WARMUP + PROBE_SECONDS + 0.2)
         assert target() == "h" and stats.probes_failed == 1
         peer.set_cap("low")  # 流畅
         assert target() == "l"
