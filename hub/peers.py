@@ -685,7 +685,7 @@ class Slot:
         self._probe = _Probe(begins + PROBE_SECONDS, rate / 8, begins)
         if not warm and self.subscription is not None:
             self.subscription.pad(1)
-        self._probe.timer = asyncio.get_running_loop().call_at(begins, self._pad)
+        self._probe.timer = asyncio.get_running_loop().call_later(begins - now, self._pad)
 
     def _pad(self) -> None:
         """Send the padding owed since the last burst; at the probe's end, decide."""
