@@ -34,6 +34,8 @@ class BadLink:
         ssrc = int.from_bytes(packet[8:12], "big")
         if ssrc == self.rtx_ssrc:
             header = 12 + 4 * (packet[0] & 0x0F)
+            if packet[0] & 0x10:  # header extensions (abs-send-time) before the OSN
+                header += 4 + 4 * int.from_bytes(packet[header + 2 : header + 4], "big")
             self.resends[int.from_bytes(packet[header : header + 2], "big")] += 1
             self.resent_bytes += len(packet)
             return sum(self.resends.values()) % 10 != 0
