@@ -407,7 +407,9 @@ class Layer:
         (the down tracks returned have had the current packet). Until then their old
         layer goes on: a keyframe takes a while to arrive (tens of packets, paced by
         the sender), and a switch at its first packet froze the picture that long."""
-        if keyframe:
+        if keyframe and (self._keyframe is None or self._keyframe[1] != timestamp):
+            # Its first packet: an H.264 keyframe's IDR starts after its SPS and PPS,
+            # which the move must send too.
             self._keyframe = (seq, timestamp, None)
         if self._keyframe is None:
             return []

@@ -297,3 +297,39 @@ async def test_a_video_held_mid_frame_while_moving_layers_comes_back_on_the_new_
     assert [p.payload[-1] for p in out] == [2, 2] and out[0].payload[:5] == KEY
     seqs = [RtpPacket.parse(d).sequence_number for d in wire.sent]
     assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+
+
+async def test_a_move_to_an_h264_keyframe_starts_at_its_sps_and_pps() -> None:
+    """An H.264 keyframe: a STAP-A of SPS and PPS, then the IDR in fragments (the IDR's
+    first fragment starts a keyframe too). A subscription moving to that layer is
+    sent all of it from the STAP-A: without SPS and PPS the IDR does not decode, and
+    a capped station went on showing the top layer's last picture (the browser test
+    of H.264 simulcast failed so in 1 run of 5)."""
+    stats = ForwardingStats()
+    h264 = CodecInfo(name="H264", mime_type="video/H264", clock_rate=90000)
+    up = UpTrack("video", h264, stats, lambda layer: None, ("l", "h"))
+    down = DownTrack("video", 0x0BADCAFE, 0x0BADCAFF, stats)
+    wire = SrtpWire()
+    down.configure(wire.srtp_socket, payload_type=100, rtx_payload_type=101, abs_send_time_id=0)
+    stap_a = bytes([24, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xCE])  # SPS, PPS
+    idr_start, idr_end = bytes([28, 0x85, 1]), bytes([28, 0x45, 2])  # FU-A of an IDR
+    delta = bytes([0x41, 3])  # a non-IDR slice
+
+    def send(layer: int, seq: int, ts: int, payload: bytes, marker: int) -> None:
+        p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=marker)
+        p.ssrc = 100 + layer
+        p.payload = payload
+        up.layers[layer].on_rtp(p)
+
+    subscription = Subscription(up, down, layer=1)
+    for layer in (0, 1):
+        for i, payload in enumerate((stap_a, idr_start, idr_end)):
+            send(layer, i, 0, payload, int(i == 2))
+    subscription.move(0)
+    send(1, 3, 3000, delta, 1)
+    wire.sent.clear()
+    for i, payload in enumerate((stap_a, idr_start, idr_end)):
+        send(0, 4 + i, 6000, payload, int(i == 2))
+    out = [RtpPacket.parse(data).payload for data in wire.sent]
+    assert out == [stap_a, idr_start, idr_end]
+    assert subscription.layer is up.layers[0]
