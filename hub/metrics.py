@@ -24,7 +24,7 @@ _HELP = {
     "over budget",
     "video_yields": "times a subscriber's video was held because its link could not carry it",
     "probes": "times a subscriber's link was probed with padding before a move up a layer",
-    "probes_failed": "probes during which the subscriber's estimate fell (the layer stayed)",
+    "probes_failed": "probes the subscriber's link could not carry (estimate fell, or loss)",
     "padding_bytes": "bytes of probing padding sent (copies of packets already sent)",
     "frames_to_sinks": "encoded frames handed to recorders and live packagers",
     "silence_withheld": "silent microphone packets (audio level 127) not forwarded, as DTX "

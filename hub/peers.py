@@ -485,25 +485,53 @@ def send_parameters(transceiver: RTCRtpTransceiver, codec: CodecInfo) -> SendPar
     return SendParameters(chosen.payloadType, rtx, abs_id, red_pt)
 
 
-UP_AFTER = 8.0
-"""Seconds a simulcast subscription stays on a layer before the link is probed for the
-next one up."""
-MAX_UP_AFTER = 64.0
+UP_AFTER = 5.0
+"""Seconds a simulcast subscription stays on a layer before its link is probed for the
+layers above (LiveKit waits 5 s too)."""
+BACK_OFF = 2.0
+"""After a try up that failed (a probe's estimate fell, or the layer fell back within
+:data:`STAYED_UP` of the move), the next waits this much longer, up to
+:data:`MAX_UP_AFTER`."""
+MAX_UP_AFTER = 60.0
+"""A narrow link is probed this seldom at most: a probe's padding that overflows its
+queue before the estimate falls costs it a burst of loss (1-3 freezes on 700 kbps)."""
+RECOVER_UP_AFTER = 8.0
+"""For :data:`RECOVERY` after the link fell short of a layer it had held (for
+:data:`HELD`), tries up to it wait at most this: such a drop (the village's
+download) passes, and the layer is back within this and a probe (the issue's 15 s),
+as libwebrtc probes again after a large drop."""
+RECOVERY = 60.0
+HELD = 10.0
+"""Seconds on a layer after which the link counts as having held it."""
 STAYED_UP = 20.0
-"""A layer that fell back sooner than this after a move up waits twice as long to be
-tried again (at most :data:`MAX_UP_AFTER`)."""
+PROBE_AFTERMATH = 1.5
+"""Seconds after a probe during which loss and a falling estimate are its own (the
+queue it filled draining, the receiver's reports of it, the new layer's keyframe),
+not the layer's."""
 LOSS_WINDOW = 1.0
 """Seconds of a layer before its NACKs say how lossy the link is."""
 LOSS_MIN_PACKETS = 30
 REMB_FALL = 0.95
 """An estimate under this share of the one before has fallen: the link is congested
 (libwebrtc's receiver cuts its estimate to 0.85 of what arrives on overuse)."""
-PROBE_SECONDS = 1.5
-"""How long a link is padded up to the next layer's rate before the move up to it:
-long enough for a receiver's delay-based estimate to fall on a link that cannot
-carry it (it fell within 0.5 s on a 700 kbps link padded to 1.5 Mbps)."""
+PROBE_FALL = 0.995
+"""An estimate under this share of the one before, while a probe pads, fails it: a
+link it overfills may lower its estimate by 2 % only (when that was already under
+what arrives) and hold it there until its queue overflows a second later; growing,
+it rises 0.5 % a report."""
+PROBE_SECONDS = 2.0
+"""How long a link is padded up to a layer's rate (:data:`PROBE_RAMP` of it rising)
+before that layer counts as carried: long enough for a receiver's delay-based
+estimate to fall on a link that cannot carry it (it fell within 0.5 s on a 700 kbps
+link padded to 1.5 Mbps at once)."""
+PROBE_RAMP = 1.0
+"""Seconds over which a step's padding rises to its full rate: a link that cannot
+carry it queues it (and its estimate falls) before the queue overflows, as at once it
+overflowed first, a burst of loss (1-3 freezes on 700 kbps)."""
 PROBE_WARMUP = 1.0
 """Seconds between a first RTX packet and a probe on a stream that had none."""
+PROBE_LOSS_MIN = 3
+"""NACKs in a step before its loss can fail it."""
 PROBE_TICK = 0.02
 """Seconds between bursts of padding: paced, as a sender paces media."""
 
@@ -528,6 +556,12 @@ class Slot:
         """The share of its packets the subscriber NACKed over the last window."""
         self._up_after = UP_AFTER
         self._up_at = 0.0
+        self._moved_at = self._steady_since
+        """When its layer last changed."""
+        self._dropped: tuple[int, float] | None = None
+        """(layer, when) the link last fell short of a layer it had held."""
+        self._quiet_until = 0.0
+        """Until when loss and falls are a failed probe's aftermath."""
         self._remb_seen: tuple[int, tuple[int, ...]] | None = None
         """The last estimate looked at, with the streams it named."""
         self._fell = False
@@ -542,7 +576,8 @@ class Slot:
         self.subscription = Subscription(
             publication.up, self.down, self._layer(publication, top, None)
         )
-        self._settle(time.monotonic())
+        self._moved_at = time.monotonic()
+        self._settle(self._moved_at)
 
     def _layer(
         self,
@@ -567,17 +602,25 @@ class Slot:
         now = time.monotonic()
         at, sent, nacked = self._loss_from
         sent_since = down.packets_sent - sent
+        if now < self._quiet_until:
+            self._loss_from = (now, down.packets_sent, down.nacked)
+            self._nacked_share = None
+            return None
         if now - at >= LOSS_WINDOW and sent_since >= LOSS_MIN_PACKETS:
             self._nacked_share = (down.nacked - nacked) / sent_since
             self._loss_from = (now, down.packets_sent, down.nacked)
-        reported = down.lost if down.lost_at > self._steady_since else None
+        since = max(self._steady_since, self._quiet_until)
+        reported = down.lost if down.lost_at > since else None
         if reported is None and self._nacked_share is None:
             return None
         return max(reported or 0.0, self._nacked_share or 0.0)
 
-    def _settle(self, now: float) -> None:
-        """The layer changed (or the slot took a publication): measure afresh."""
+    def _settle(self, now: float, after_probe: bool = False) -> None:
+        """The layer changed (or the slot took a publication, or a probe ended):
+        measure afresh, past a probe's aftermath."""
         self._steady_since = now
+        if after_probe:
+            self._quiet_until = now + PROBE_AFTERMATH
         self._loss_from = (now, self.down.packets_sent, self.down.nacked)
         self._nacked_share = None
 
@@ -599,8 +642,13 @@ class Slot:
                 others += slot.down.budget.media_bps
         estimate = max(0.0, total - others)
         # Over other streams (RTX joining, a slot added) it is another measure.
-        falling = self._fell = seen is not None and named == seen[1] and total < seen[0] * REMB_FALL
-        return estimate if falling or current_bps is None else max(estimate, current_bps)
+        # While a probe pads, what arrives only grows: an estimate that gives up even
+        # a little has seen the queue grow (libwebrtc's AIMD decreases only then).
+        fall = PROBE_FALL if self._probe is not None else REMB_FALL
+        falling = self._fell = seen is not None and named == seen[1] and total < seen[0] * fall
+        if (falling and now >= self._quiet_until) or current_bps is None:
+            return estimate
+        return max(estimate, current_bps)
 
     def follow_layer(self, fresh: bool = False) -> None:
         """Move to the layer the policy now chooses (a simulcast publication only).
@@ -615,37 +663,80 @@ class Slot:
         current = subscription.target.index
         estimate = None if fresh else self._estimate(layers[current].bitrate_bps)
         now = time.monotonic()
-        probe, probed = self._probe, False
-        if probe is not None:
-            if fresh or self._fell or (self._loss() or 0.0) > policy.LOSS_DOWN:
-                self._end_probe()
-                if not fresh:  # the link could not carry the next layer: wait longer
-                    self.down.stats.probes_failed += 1
-                    self._up_after = min(MAX_UP_AFTER, self._up_after * 2)
-                    self._settle(now)
-            elif now < probe.until:
+        probe = self._probe
+        if probe is not None and (
+            fresh
+            or self._fell
+            or self._probe_lossy(probe)
+            or (self._loss() or 0.0) > policy.LOSS_DOWN
+        ):
+            self._end_probe()
+            if not fresh:
+                # The link could not carry the layer probed for: the highest it did
+                # carry, if any, and the next try waits longer.
+                self.down.stats.probes_failed += 1
+                logger.debug(
+                    "%s: probe for layer %s failed (estimate fell: %s), carried %s",
+                    publication.id,
+                    layers[probe.target].rid,
+                    self._fell,
+                    probe.carried,
+                )
+                self._back_off(probe.target, now)
+                if probe.carried is not None:
+                    self._move(probe.carried, now, estimate, after_probe=True)
+                else:
+                    self._settle(now, after_probe=True)
                 return
-            else:
-                self._end_probe()
-                probed = True
+        elif probe is not None:
+            if now < probe.until:
+                return
+            # Carried at its rate: the link holds that layer; on to the next one's
+            # rate, as libwebrtc's probes grow (one probe, 180p to 720p).
+            carried = max(estimate or 0.0, layers[probe.target].bitrate_bps or 0.0)
+            above = self._layer(publication, probe.target, carried, try_up=True)
+            if above > probe.target:
+                self._raise_probe(probe, above, now)
+                return
+            self._end_probe()
+            self._up_after = UP_AFTER
+            self._move(probe.target, now, estimate, after_probe=True)
+            return
         try_up = now - self._steady_since >= self._up_after
         index = self._layer(publication, current, estimate, try_up)
-        if index > current and not probed and self._layer(publication, current, estimate) < index:
-            # Only a try would go up (the estimate shows no room): pad up to that
-            # layer's rate first, and go only if the estimate holds meanwhile.
-            self._start_probe(layers[index].bitrate_bps, layers[current].bitrate_bps, now)
-            return
+        if index > current and estimate is not None:
+            if not try_up:
+                index = current  # the estimate shows room, the wait is not over
+            elif self._layer(publication, current, estimate) < index:
+                # Only a try would go up (the estimate shows no room): pad up to that
+                # layer's rate first, and go only if the estimate holds meanwhile.
+                self._start_probe(index, now)
+                return
         if index == current:
             if subscription.target is not subscription.layer:
                 subscription.target.request_keyframe()  # still waiting: ask again
             return
-        if index > current:
+        if index < current and self._layer(publication, current, None) > index:
+            # The link fell short: a layer just moved up to waits longer to be tried
+            # again; one it had held is tried again soon (see RECOVER_UP_AFTER).
+            if now - self._up_at < STAYED_UP:
+                self._back_off(current, now)
+            else:
+                self._up_after = UP_AFTER
+            if now - self._moved_at >= HELD:
+                self._dropped = (current, now)
+        self._move(index, now, estimate)
+
+    def _move(
+        self, index: int, now: float, estimate: float | None, after_probe: bool = False
+    ) -> None:
+        subscription, publication = self.subscription, self.publication
+        assert subscription is not None and publication is not None
+        layers = subscription.up.layers
+        if index > subscription.target.index:
             self._up_at = now
-        elif self._layer(publication, current, None) > index:
-            # The link fell short: a layer that just failed waits longer to be tried.
-            recent = now - self._up_at < STAYED_UP
-            self._up_after = min(MAX_UP_AFTER, self._up_after * 2) if recent else UP_AFTER
-        self._settle(now)
+        self._moved_at = now
+        self._settle(now, after_probe)
         logger.debug(
             "%s: layer %s → %s (estimate %s, layers %s)",
             publication.id,
@@ -655,6 +746,14 @@ class Slot:
             [layer.bitrate_bps for layer in layers],
         )
         subscription.move(index)
+
+    def _back_off(self, target: int, now: float) -> None:
+        """A try up to ``target`` failed: wait longer before the next."""
+        limit = MAX_UP_AFTER
+        dropped = self._dropped
+        if dropped is not None and target <= dropped[0] and now - dropped[1] < RECOVERY:
+            limit = RECOVER_UP_AFTER
+        self._up_after = min(limit, self._up_after * BACK_OFF)
 
     def configure(self, publication: Publication) -> bool:
         """Set the payload types for ``publication``'s codec; False if not negotiated."""
@@ -672,20 +771,35 @@ class Slot:
         )
         return True
 
-    def _start_probe(self, target_bps: float | None, current_bps: float | None, now: float) -> None:
-        rate = (target_bps or 0.0) - (current_bps or 0.0)
-        if rate <= 0:
-            return
+    def _start_probe(self, target: int, now: float) -> None:
+        subscription = self.subscription
+        assert subscription is not None
         self.down.stats.probes += 1
         # A first RTX stream at the probe's full rate made Chromium's estimate fall
         # at once on a 3 Mbps link carrying 0.5 (four runs in four); one packet of
         # it a second ahead, then the full rate, did not.
         warm = self.hook.rtx_ssrc in self.hook.remb_ssrcs
         begins = now if warm else now + PROBE_WARMUP
-        self._probe = _Probe(begins + PROBE_SECONDS, rate / 8, begins)
-        if not warm and self.subscription is not None:
-            self.subscription.pad(1)
-        self._probe.timer = asyncio.get_running_loop().call_later(begins - now, self._pad)
+        baseline = self._nacked_share or 0.0
+        self._probe = probe = _Probe(target, begins + PROBE_SECONDS, 0.0, begins, baseline)
+        self._raise_probe(probe, target, begins)
+        if not warm:
+            subscription.pad(1)
+        probe.timer = asyncio.get_running_loop().call_later(begins - now, self._pad)
+
+    def _raise_probe(self, probe: _Probe, target: int, now: float) -> None:
+        """Pad up to ``target``'s rate from ``now`` (any layer probed before, carried)."""
+        subscription = self.subscription
+        assert subscription is not None
+        if target != probe.target:
+            probe.carried, probe.target = probe.target, target
+            probe.until = now + PROBE_SECONDS
+        probe.sent_from, probe.nacked_from = self.down.packets_sent, self.down.nacked
+        probe.step_from = now
+        # With the headroom the estimate must show for a move up (LiveKit probes
+        # at 120 % of its goal).
+        target_bps = (subscription.up.layers[target].bitrate_bps or 0.0) * policy.UP_MARGIN
+        probe.bytes_per_second = max(0.0, target_bps - (subscription.target.bitrate_bps or 0.0)) / 8
 
     def _pad(self) -> None:
         """Send the padding owed since the last burst; at the probe's end, decide."""
@@ -694,15 +808,28 @@ class Slot:
             return
         subscription = self.subscription
         now = time.monotonic()
-        if subscription is None or now >= probe.until:
-            probe.timer = None
+        if subscription is None or now >= probe.until or self._probe_lossy(probe):
             self.follow_layer()
-            return
-        owed = probe.owed + probe.bytes_per_second * (now - probe.at)
+            if self._probe is not probe:
+                return
+            if subscription is None or now >= probe.until:  # undecided: not the link's
+                self._end_probe()
+                return
+        ramp = min(1.0, (now - probe.step_from) / PROBE_RAMP)
+        owed = probe.owed + ramp * probe.bytes_per_second * (now - probe.at)
         sent = subscription.pad(int(owed))
         probe.owed = owed - sent if sent else 0.0
         probe.at = now
         probe.timer = asyncio.get_running_loop().call_later(PROBE_TICK, self._pad)
+
+    def _probe_lossy(self, probe: _Probe) -> bool:
+        """The subscriber NACKs more of this step's media than before the probe, by
+        :data:`hub.policy.LOSS_DOWN`: the padding overflows its link's queue. Looked at every
+        tick, not only with the next report, since each moment of it costs media."""
+        down = self.down
+        nacked = down.nacked - probe.nacked_from
+        sent = down.packets_sent - probe.sent_from
+        return nacked >= PROBE_LOSS_MIN and nacked > (probe.baseline + policy.LOSS_DOWN) * sent
 
     def _end_probe(self) -> None:
         probe, self._probe = self._probe, None
@@ -719,12 +846,22 @@ class Slot:
 
 @dataclass(slots=True)
 class _Probe:
-    """A probe of a subscriber's link: padding at a rate until a moment."""
+    """A probe of a subscriber's link: padding up to a layer's rate until a moment."""
 
+    target: int
+    """The layer whose rate it pads up to."""
     until: float
     bytes_per_second: float
     at: float
     """When padding was last sent (or owed from)."""
+    baseline: float
+    """The share of its media the subscriber NACKed before the probe."""
+    step_from: float = 0.0
+    sent_from: int = 0
+    nacked_from: int = 0
+    """When this step began, and its media packets sent and NACKed by then."""
+    carried: int | None = None
+    """The highest layer the link carried at its rate in this probe (before target)."""
     owed: float = 0.0
     timer: asyncio.TimerHandle | None = None
 

@@ -8,12 +8,16 @@ from dataclasses import dataclass
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from hub import peers
 from hub.aiortc_internals import install_h264_profiles, install_red
 from hub.forwarding import CodecInfo, ForwardingStats, UpTrack
 from hub.ids import PublicationID
 from hub.peers import (
+    BACK_OFF,
     PROBE_SECONDS,
     PROBE_WARMUP,
+    RECOVER_UP_AFTER,
+    RECOVERY,
     SIMULCAST_START_KBPS,
     UP_AFTER,
     SdpError,
@@ -26,6 +30,7 @@ from hub.peers import (
     parse_sdp,
     preferences_for,
 )
+from hub.policy import UP_MARGIN
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -218,8 +223,8 @@ async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None
         slot.follow_layer()
         assert target() == "m" and stats.probes_failed == 1
         slot.follow_layer()
-        assert stats.probes == 1  # the next probe waits twice as long
-        slot._steady_since -= 2 * UP_AFTER + 1
+        assert stats.probes == 1  # the next probe waits longer
+        slot._steady_since -= BACK_OFF * UP_AFTER + 1
         slot.follow_layer()
         assert stats.probes == 2 and target() == "m"
         # The estimate holds for the probe's length (after a second of warming up the
@@ -232,6 +237,88 @@ async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None
         assert target() == "h"
         peer.set_shows({published.id: "tile"})
         assert target() == "l"
+    finally:
+        await peer.close()
+
+
+async def test_a_probe_climbs_layer_by_layer_and_the_link_keeps_what_it_carried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the lowest layer one probe pads up to the middle layer's rate (with the
+    headroom a move up needs), then, that carried, to the top's; the estimate falling
+    in the second step moves the subscription to the middle layer (carried), and the
+    next try waits longer; the estimate still falling just after is the probe's own
+    doing, not the layer's. A probe carried to the top moves there at once."""
+    monkeypatch.setattr(peers, "PROBE_SECONDS", 0.3)
+    monkeypatch.setattr(peers, "PROBE_WARMUP", 0.1)
+    monkeypatch.setattr(peers, "PROBE_AFTERMATH", 0.1)
+    stats = ForwardingStats()
+    peer = SendingPeer(make_peer_connection([]), stats)
+    try:
+        slot = peer.add_slot("video")
+        codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+        up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
+        for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
+            layer.bitrate_bps = rate
+        slot.bind(_Published(PublicationID("PUB_climb"), up))  # type: ignore[arg-type]
+        assert slot.subscription is not None
+        target = lambda: slot.subscription.target.rid  # noqa: E731
+        slot.hook.remb_bps = 1_000_000
+        slot.follow_layer()
+        slot.hook.remb_bps = 200_000
+        slot.follow_layer()
+        assert target() == "l"  # fallen: 200 kbps fits only l
+        for step in range(2):
+            slot._steady_since -= slot._up_after + 1
+            slot.follow_layer()
+            probe = slot._probe
+            assert probe is not None and probe.target == 1 and target() == "l"
+            assert probe.bytes_per_second == (500_000 * UP_MARGIN - 150_000) / 8
+            await asyncio.sleep(0.1 + 0.3 + 0.1)
+            assert slot._probe is probe and probe.target == 2 and probe.carried == 1
+            assert probe.bytes_per_second == (1_500_000 * UP_MARGIN - 150_000) / 8
+            assert target() == "l"
+            if step == 0:
+                slot.hook.remb_bps = 180_000  # the top's rate did not fit
+                slot.follow_layer()
+                assert slot._probe is None and target() == "m" and stats.probes_failed == 1
+                assert slot._up_after == UP_AFTER * BACK_OFF
+                slot.hook.remb_bps = 100_000
+                slot.follow_layer()
+                assert target() == "m"  # the probe's own aftermath
+                await asyncio.sleep(0.15)
+                slot.hook.remb_bps = 90_000
+                slot.follow_layer()
+                assert target() == "l"
+        await asyncio.sleep(0.3 + 0.1)
+        assert slot._probe is None and target() == "h" and stats.probes == 2
+        assert slot._up_after == UP_AFTER
+    finally:
+        await peer.close()
+
+
+async def test_tries_up_back_off_slowly_after_a_drop_from_a_held_layer_else_far() -> None:
+    """A failed try up waits longer each time: up to a minute on a link that never
+    held the layer (a narrow one, each probe a burst over it), up to 8 s for a minute
+    after the link fell short of a layer it had held (a drop that passes)."""
+    peer = SendingPeer(make_peer_connection([]), ForwardingStats())
+    try:
+        slot = peer.add_slot("video")
+        now = 1000.0
+        waits = []
+        for _ in range(8):
+            slot._back_off(2, now)
+            waits.append(slot._up_after)
+        assert waits == [10.0, 20.0, 40.0, 60.0, 60.0, 60.0, 60.0, 60.0]
+        slot._up_after = UP_AFTER
+        slot._dropped = (2, now)  # held h, then fell short of it
+        waits = []
+        for _ in range(3):
+            slot._back_off(2, now + 30)
+            waits.append(slot._up_after)
+        assert waits == [RECOVER_UP_AFTER] * 3
+        slot._back_off(2, now + RECOVERY)  # a drop that lasts: far again
+        assert slot._up_after == RECOVER_UP_AFTER * BACK_OFF
     finally:
         await peer.close()
 
