@@ -170,9 +170,9 @@ def test_a_station_on_700_kbps_takes_a_lower_layer_while_an_unshaped_one_takes_t
     probe, a blind try cost a keyframe that did not arrive whole, freezes and stalled
     seconds: ten runs gave 0-17 freezes and stalled seconds in three. Probes that
     padded at once (not rising) and failed only on a 5 % fall of the estimate
-    overfilled this link's queue first: 3-7 freezes in a minute in four runs of
-    seven. Rising, and failed on any fall: six runs, 0-1 freezes, no stalled second,
-    the station on 640x360 or 320x180."""
+    overfilled this link's queue first: 0-7 freezes in a minute over thirteen runs.
+    Rising, and failed on any fall: six runs, 0-1 freezes, no stalled second, the
+    station on 640x360 or 320x180."""
     hub, console = open_lecture(tmp_path, request, browsers, "w")
     narrow = open_lab_station(hub, browsers, lab.station(Link(rate_kbit=700)), "w", 1)
     wide = open_lab_station(hub, browsers, lab.station(Link()), "w", 2)
