@@ -186,15 +186,21 @@ class _Published:
     up: UpTrack
 
 
+def _three_layers(stats: ForwardingStats) -> UpTrack:
+    """A VP8 up track in three layers, at 150 kbps, 500 kbps and 1.5 Mbps."""
+    codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
+    up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
+    for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
+        layer.bitrate_bps = rate
+    return up
+
+
 async def test_a_simulcast_slot_follows_its_cap_and_a_falling_estimate() -> None:
     stats = ForwardingStats()
     peer = SendingPeer(make_peer_connection([]), stats)
     try:
         slot = peer.add_slot("video")
-        codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
-        up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
-        for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
-            layer.bitrate_bps = rate
+        up = _three_layers(stats)
         published = _Published(PublicationID("PUB_simulcast"), up)
         slot.bind(published)  # type: ignore[arg-type]
         assert slot.subscription is not None
@@ -256,10 +262,7 @@ async def test_a_probe_climbs_layer_by_layer_and_the_link_keeps_what_it_carried(
     peer = SendingPeer(make_peer_connection([]), stats)
     try:
         slot = peer.add_slot("video")
-        codec = CodecInfo(name="VP8", mime_type="video/VP8", clock_rate=90000)
-        up = UpTrack("video", codec, stats, lambda layer: None, ("l", "m", "h"))
-        for layer, rate in zip(up.layers, (150_000, 500_000, 1_500_000), strict=True):
-            layer.bitrate_bps = rate
+        up = _three_layers(stats)
         slot.bind(_Published(PublicationID("PUB_climb"), up))  # type: ignore[arg-type]
         assert slot.subscription is not None
         target = lambda: slot.subscription.target.rid  # noqa: E731
