@@ -561,7 +561,7 @@ class Slot:
         self._dropped: tuple[int, float] | None = None
         """(layer, when) the link last fell short of a layer it had held."""
         self._quiet_until = 0.0
-        """Until when loss and falls are a failed probe's aftermath."""
+        """Until when loss and falls are a probe's aftermath."""
         self._remb_seen: tuple[int, tuple[int, ...]] | None = None
         """The last estimate looked at, with the streams it named."""
         self._fell = False
@@ -693,8 +693,8 @@ class Slot:
                 return
             # Carried at its rate: the link holds that layer; on to the next one's
             # rate, as libwebrtc's probes grow (one probe, 180p to 720p).
-            carried = max(estimate or 0.0, layers[probe.target].bitrate_bps or 0.0)
-            above = self._layer(publication, probe.target, carried, try_up=True)
+            carried_bps = max(estimate or 0.0, layers[probe.target].bitrate_bps or 0.0)
+            above = self._layer(publication, probe.target, carried_bps, try_up=True)
             if above > probe.target:
                 self._raise_probe(probe, above, now)
                 return
@@ -781,7 +781,7 @@ class Slot:
         warm = self.hook.rtx_ssrc in self.hook.remb_ssrcs
         begins = now if warm else now + PROBE_WARMUP
         baseline = self._nacked_share or 0.0
-        self._probe = probe = _Probe(target, begins + PROBE_SECONDS, 0.0, begins, baseline)
+        self._probe = probe = _Probe(target, begins + PROBE_SECONDS, begins, baseline)
         self._raise_probe(probe, target, begins)
         if not warm:
             subscription.pad(1)
@@ -851,11 +851,12 @@ class _Probe:
     target: int
     """The layer whose rate it pads up to."""
     until: float
-    bytes_per_second: float
     at: float
     """When padding was last sent (or owed from)."""
     baseline: float
     """The share of its media the subscriber NACKed before the probe."""
+    bytes_per_second: float = 0.0
+    """Padding's full rate in this step."""
     step_from: float = 0.0
     sent_from: int = 0
     nacked_from: int = 0

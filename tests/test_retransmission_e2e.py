@@ -8,6 +8,8 @@ import asyncio
 import time
 from collections import Counter
 
+from aiortc.rtp import RtpPacket
+
 from hub.aiortc_internals import drop_received
 from hub.client import HubClient
 from hub.forwarding import DownTrack
@@ -33,10 +35,8 @@ class BadLink:
     def lost(self, packet: bytes) -> bool:
         ssrc = int.from_bytes(packet[8:12], "big")
         if ssrc == self.rtx_ssrc:
-            header = 12 + 4 * (packet[0] & 0x0F)
-            if packet[0] & 0x10:  # header extensions (abs-send-time) before the OSN
-                header += 4 + 4 * int.from_bytes(packet[header + 2 : header + 4], "big")
-            self.resends[int.from_bytes(packet[header : header + 2], "big")] += 1
+            # The payload starts with the original sequence number (RFC 4588).
+            self.resends[int.from_bytes(RtpPacket.parse(packet).payload[:2], "big")] += 1
             self.resent_bytes += len(packet)
             return sum(self.resends.values()) % 10 != 0
         if ssrc == self.media_ssrc:
